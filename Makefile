@@ -1,0 +1,54 @@
+# Quick start: `make demo` and `make test` do all set-up (virtualenv, native build, deps).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+NATIVE := $(shell find ops_native -name '*.c' -o -name '*.h' -o -name '*.pyx' -o -name '*.pxi' -o -name '*.pxd' 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: all install build demo test test-py test-c test-asan test-arm bench lint clean
+
+all: install
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q "setuptools>=68" wheel "Cython>=3.0" "numpy>=1.24"
+	touch $@
+
+# Editable install without build isolation so native rebuilds are incremental.
+$(VENV)/.installed: $(VENV)/.deps pyproject.toml setup.py $(NATIVE)
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+install: $(VENV)/.installed
+
+build: install
+
+demo: install
+	$(VENV)/bin/edge-agent demo
+
+test: install test-c test-asan test-arm test-py
+
+test-py: install
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
+
+# C kernel tests: native, under ASan+UBSan, and the NEON path under qemu-aarch64.
+test-c:
+	$(MAKE) -C ops_native/tests run
+
+test-asan:
+	$(MAKE) -C ops_native/tests asan
+
+test-arm:
+	$(MAKE) -C ops_native/tests arm
+
+bench: install
+	$(PY) -m benchmarks
+
+lint: install
+	$(VENV)/bin/ruff check edge_agent discovery models ops_native tests benchmarks
+
+clean:
+	rm -rf build ops_native/*.so ops_native/_core.c *.egg-info
+	$(MAKE) -C ops_native/tests clean
