@@ -1,0 +1,26 @@
+"""edge-agent: turn a fleet of heterogeneous edge devices into one ONNX inference pool.
+
+    from edge_agent import Fleet
+    fleet = Fleet("mqtt://127.0.0.1:1883")
+    fleet.deploy("model.onnx", name="m", stages=3)
+    outputs = fleet.infer("m", {"input": array})
+"""
+
+__version__ = "0.1.0"
+
+from .errors import (  # noqa: E402
+    DeployError,
+    DeployTimeout,
+    EdgeAgentError,
+    InferenceError,
+    InferenceTimeout,
+    InvalidInputError,
+    StageUnavailableError,
+    UnknownModelError,
+)
+from .fleet import Deployment, DeviceStatus, Fleet  # noqa: E402
+
+__all__ = [
+    "DeployError", "DeployTimeout", "Deployment", "DeviceStatus", "EdgeAgentError", "Fleet", "InferenceError",
+    "InferenceTimeout", "InvalidInputError", "StageUnavailableError", "UnknownModelError", "__version__",
+]

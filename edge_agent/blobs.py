@@ -1,0 +1,223 @@
+"""Chunked, verified, resumable shard transfer over MQTT.
+
+Transfers are *pulled*: the receiver asks a holder for a window of chunks and asks for more as verified
+chunks arrive. That bounds what is in flight (window x chunk size), lets a transfer resume after a
+restart (chunks already on disk are never asked for again), and lets any holder (the operator or a peer
+device) serve a blob the same way. Every chunk is checked against the manifest's per-chunk sha256, and the
+assembled shard against its sha256, before it is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import topics
+from .errors import ProtocolError, StoreError
+from .messages import BlobChunk, BlobRequest
+from .store import BlobStore, sha256_hex
+from .transport import Transport
+
+log = logging.getLogger("edge_agent.blobs")
+
+WINDOW = 8               # chunks in flight per transfer (8 x 256 KiB = 2 MiB)
+CHUNK_TIMEOUT = 5.0      # re-ask for a chunk not seen within this many seconds
+MAX_REQUEST_CHUNKS = 64  # a single request may name at most this many chunks
+
+
+class BlobServer:
+    """Answers BlobRequests for blobs held in memory (operator) or in a BlobStore (device)."""
+
+    def __init__(self, transport: Transport, endpoint: str, store: BlobStore | None = None,
+                 on_reject: Callable[[str], None] | None = None) -> None:
+        self.transport = transport
+        self.endpoint = endpoint
+        self.store = store
+        self._memory: dict[str, bytes] = {}
+        self._queue: queue.Queue[BlobRequest | None] = queue.Queue(maxsize=1024)
+        self._on_reject = on_reject
+        self.served_chunks = 0
+        self._thread = threading.Thread(target=self._run, name="blob-server", daemon=True)
+        self._thread.start()
+
+    def add(self, data: bytes) -> str:
+        """Serve ``data`` from memory; returns its sha256."""
+        sha = sha256_hex(data)
+        self._memory[sha] = data
+        return sha
+
+    def holds(self, sha: str) -> bool:
+        return sha in self._memory or (self.store is not None and self.store.has(sha))
+
+    def handle(self, topic: str, payload: bytes, retained: bool) -> None:
+        """Transport handler for the ``cmd`` inbox: queue a decoded BlobRequest."""
+        try:
+            req = BlobRequest.from_bytes(payload)
+            if not isinstance(req.chunks, list) or len(req.chunks) > MAX_REQUEST_CHUNKS:
+                raise ProtocolError(f"blob request names {len(req.chunks)} chunks (max {MAX_REQUEST_CHUNKS})")
+            if not req.reply_to.startswith(topics.ROOT + "/"):
+                raise ProtocolError(f"blob request reply_to {req.reply_to!r} is outside the topic tree")
+            self._queue.put_nowait(req)
+        except (ProtocolError, queue.Full) as exc:
+            log.warning("rejected blob request on %s: %s", topic, exc)
+            if self._on_reject:
+                self._on_reject("blob_request")
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _load(self, sha: str) -> bytes | None:
+        data = self._memory.get(sha)
+        if data is None and self.store is not None and self.store.has(sha):
+            try:
+                data = self.store.get(sha)
+            except StoreError as exc:
+                log.warning("cannot serve blob: %s", exc)
+                return None
+        return data
+
+    def _run(self) -> None:
+        while True:
+            req = self._queue.get()
+            if req is None:
+                return
+            data = self._load(req.sha256)
+            dest = topics.inbox(req.reply_to, "blob")
+            cs = int(req.chunk_size)
+            for idx in req.chunks:
+                if data is None or not isinstance(idx, int) or cs <= 0 or idx < 0 or idx * cs >= max(len(data), 1):
+                    msg = BlobChunk(req.sha256, int(idx) if isinstance(idx, int) else -1, 0, cs,
+                                    sender=self.endpoint,
+                                    error="not held here" if data is None else f"no chunk {idx}")
+                else:
+                    msg = BlobChunk(req.sha256, idx, len(data), cs, memoryview(data)[idx * cs:(idx + 1) * cs],
+                                    sender=self.endpoint)
+                    self.served_chunks += 1
+                self.transport.publish(dest, msg.to_bytes(), qos=1)
+
+
+@dataclass
+class TransferSpec:
+    """What the manifest says about one shard."""
+
+    sha256: str
+    size: int
+    chunk_size: int
+    chunk_sha256: list[str]
+
+
+class BlobFetcher:
+    """Pulls blobs into a BlobStore. ``deliver`` is the transport handler of the ``blob`` inbox."""
+
+    def __init__(self, transport: Transport, endpoint: str, store: BlobStore,
+                 on_reject: Callable[[str], None] | None = None) -> None:
+        self.transport = transport
+        self.endpoint = endpoint
+        self.store = store
+        self._active: dict[str, queue.Queue[BlobChunk]] = {}
+        self._lock = threading.Lock()
+        self._on_reject = on_reject
+
+    def deliver(self, topic: str, payload: bytes, retained: bool) -> None:
+        try:
+            chunk = BlobChunk.from_bytes(payload)
+        except ProtocolError as exc:
+            log.warning("rejected blob chunk on %s: %s", topic, exc)
+            if self._on_reject:
+                self._on_reject("blob_chunk")
+            return
+        with self._lock:
+            q = self._active.get(chunk.sha256)
+        if q is not None:
+            q.put(chunk)
+
+    def fetch(self, spec: TransferSpec, sources: list[str], timeout: float = 300.0,
+              progress: Callable[[int, int], None] | None = None) -> str:
+        """Make sure the blob is in the store; returns its sha256. Raises StoreError when no source can
+        provide it before ``timeout``. Chunks already on disk are kept, so a later call resumes."""
+        if self.store.has(spec.sha256):
+            return spec.sha256
+        n = len(spec.chunk_sha256)
+        if n != max(1, -(-spec.size // spec.chunk_size)):
+            raise StoreError(f"blob {spec.sha256[:12]}: manifest lists {n} chunk digests for "
+                             f"{spec.size} bytes in {spec.chunk_size}-byte chunks")
+        if not sources:
+            raise StoreError(f"blob {spec.sha256[:12]}: no source to fetch it from")
+        q: queue.Queue[BlobChunk] = queue.Queue()
+        with self._lock:
+            self._active[spec.sha256] = q
+        try:
+            return self._fetch(spec, sources, q, timeout, progress)
+        finally:
+            with self._lock:
+                self._active.pop(spec.sha256, None)
+
+    def _fetch(self, spec: TransferSpec, sources: list[str], q: queue.Queue[BlobChunk], timeout: float,
+               progress: Callable[[int, int], None] | None) -> str:
+        n = len(spec.chunk_sha256)
+        have = {i for i in self.store.have_chunks(spec.sha256) if i < n}
+        todo = [i for i in range(n) if i not in have]
+        asked: dict[int, float] = {}
+        src_idx = 0
+        failures: dict[str, str] = {}
+        deadline = time.monotonic() + timeout
+        if progress:
+            progress(len(have), n)
+
+        def ask(indices: list[int]) -> None:
+            src = sources[src_idx % len(sources)]
+            req = BlobRequest(spec.sha256, indices, spec.chunk_size, reply_to=self.endpoint,
+                              requester=self.endpoint)
+            self.transport.publish(topics.inbox(src, "cmd"), req.to_bytes(), qos=1)
+            now = time.monotonic()
+            for i in indices:
+                asked[i] = now
+
+        while len(have) < n:
+            now = time.monotonic()
+            if now > deadline:
+                raise StoreError(f"blob {spec.sha256[:12]}: transfer timed out with {len(have)}/{n} chunks "
+                                 f"(sources {', '.join(sources)})")
+            # re-ask for chunks that went missing, then fill the window
+            stale = [i for i, t in asked.items() if now - t > CHUNK_TIMEOUT]
+            if stale:
+                src_idx += 1
+                ask(stale)
+            room = WINDOW - len(asked)
+            if room > 0 and todo:
+                batch, todo = todo[:room], todo[room:]
+                ask(batch)
+            try:
+                chunk = q.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            idx = chunk.index
+            if chunk.error:
+                failures[chunk.sender] = chunk.error
+                if len(failures) >= len(sources):
+                    raise StoreError(f"blob {spec.sha256[:12]}: no source holds it ("
+                                     + "; ".join(f"{s}: {e}" for s, e in failures.items()) + ")")
+                src_idx += 1
+                if 0 <= idx < n and idx not in have:
+                    ask([idx])
+                continue
+            if not (0 <= idx < n) or idx in have:
+                continue  # duplicate or stray chunk (QoS 1 may deliver twice)
+            try:
+                self.store.put_chunk(spec.sha256, idx, chunk.data, spec.chunk_sha256[idx])
+            except StoreError as exc:
+                log.warning("%s; asking again", exc)
+                if self._on_reject:
+                    self._on_reject("corrupt_chunk")
+                src_idx += 1
+                ask([idx])
+                continue
+            have.add(idx)
+            asked.pop(idx, None)
+            if progress:
+                progress(len(have), n)
+        return self.store.assemble(spec.sha256, n, spec.chunk_sha256)

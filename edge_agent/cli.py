@@ -1,0 +1,343 @@
+"""The ``edge-agent`` command line. Thin: it parses, calls the Python API, and renders (rich or --json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import EdgeAgentError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+
+
+def _console():  # noqa: ANN202 - rich is imported lazily to keep `run` start-up light
+    from rich.console import Console
+    return Console(stderr=False)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", help="broker URL, e.g. mqtt://10.0.0.5:1883 (default: $EDGE_AGENT_BROKER, "
+                                    "else found by mDNS)")
+    p.add_argument("--fleet", default=os.environ.get("EDGE_AGENT_FLEET", "default"), help="fleet name")
+    p.add_argument("--interface", action="append", dest="interfaces", metavar="IFACE",
+                   help="interface name or IPv4 address for mDNS (repeatable; default: loopback)")
+    p.add_argument("--log-level", default=os.environ.get("EDGE_AGENT_LOG", "WARNING"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="edge-agent", description="Edge inference across a fleet of devices.")
+    ap.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("run", help="run the agent daemon on this device")
+    _common(p)
+    p.add_argument("--name", required=True, help="device id (unique in the fleet)")
+    p.add_argument("--data-dir", default=None, help="shard store and state (default ~/.local/share/edge-agent/<name>)")
+    p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1), help="compute threads per stage")
+    p.add_argument("--backend", choices=["auto", "native", "onnxruntime"], default="auto")
+    p.add_argument("--gflops", type=float, default=None, help="advertise this GFLOP/s instead of measuring")
+    p.add_argument("--no-discovery", action="store_true", help="do not advertise/browse mDNS")
+    p.add_argument("--advertise-broker", action="store_true", help="advertise the broker URL as its host")
+    p.add_argument("--max-message-mb", type=float, default=64.0, help="reject larger messages")
+
+    p = sub.add_parser("broker", help="run an MQTT broker for a small fleet (Mosquitto if installed, else embedded)")
+    _common(p)
+    p.add_argument("--kind", choices=["auto", "mosquitto", "embedded"], default="auto")
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--advertise", action="store_true", help="advertise the broker over mDNS")
+
+    p = sub.add_parser("fleet", help="fleet queries")
+    fsub = p.add_subparsers(dest="fleet_cmd", required=True)
+    ls = fsub.add_parser("ls", help="list devices: status, ISA, cores, RAM, GFLOP/s, models")
+    _common(ls)
+    ls.add_argument("--all", action="store_true", help="include offline devices")
+    ls.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("deploy", help="deploy an ONNX model split into pipeline stages")
+    _common(p)
+    p.add_argument("model", help="path of the ONNX model")
+    p.add_argument("--name", required=True)
+    p.add_argument("--stages", type=int, default=None, help="number of pipeline stages (default: best)")
+    p.add_argument("--devices", default=None, help="comma-separated device ids to use")
+    p.add_argument("--version", type=int, default=None)
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
+                   help="fix dynamic input dims for planning")
+    p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("infer", help="run inference on a deployed model")
+    _common(p)
+    p.add_argument("name")
+    p.add_argument("--input", action="append", required=True, metavar="NAME=FILE.npy",
+                   help="input tensor (repeatable) or an .npz with all inputs")
+    p.add_argument("--output-dir", default=None, help="write each output as <name>.npy here")
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("undeploy", help="remove a deployment from the fleet")
+    _common(p)
+    p.add_argument("name")
+    p.add_argument("--timeout", type=float, default=30.0)
+
+    p = sub.add_parser("ls", help="list deployments")
+    _common(p)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("zoo", help="export a reference model built in code")
+    p.add_argument("model", help="zoo model name (mlp, mobilenetv2, transformer, ...)")
+    p.add_argument("out", help="output .onnx path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample-input", default=None, help="also write a sample input .npz here")
+
+    p = sub.add_parser("demo", help="3 simulated devices on an embedded broker: deploy a CNN in 3 stages")
+    p.add_argument("--model", default="mobilenetv2")
+    p.add_argument("--stages", type=int, default=3)
+    p.add_argument("--requests", type=int, default=64)
+    p.add_argument("--broker-kind", choices=["auto", "mosquitto", "embedded"], default="embedded")
+    p.add_argument("--log-level", default="WARNING")
+    return ap
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, str(level).upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _fleet(args: argparse.Namespace):  # noqa: ANN202
+    from .fleet import Fleet
+    return Fleet(args.broker, fleet=args.fleet, interfaces=args.interfaces or ["127.0.0.1"])
+
+
+def _parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for item in items:
+        name, _, dims = item.partition("=")
+        if not name or not dims:
+            raise ValueError(f"--input-shape {item!r}: use NAME=1x3x224x224")
+        out[name] = tuple(int(d) for d in dims.lower().split("x"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ commands
+def cmd_run(args: argparse.Namespace) -> int:
+    from discovery import resolve_interfaces
+
+    from .agent import Agent, AgentConfig
+    from .transport import broker_from_env
+
+    broker = broker_from_env(args.broker)
+    ifaces = resolve_interfaces(args.interfaces)
+    if broker is None:
+        from .fleet import _discover_broker
+        broker = _discover_broker(args.fleet, ifaces)
+    data_dir = Path(args.data_dir or Path.home() / ".local" / "share" / "edge-agent" / args.name)
+    cfg = AgentConfig(name=args.name, broker=broker, data_dir=data_dir, fleet=args.fleet, interfaces=ifaces,
+                      threads=args.threads, backend=args.backend, gflops=args.gflops,
+                      discovery=not args.no_discovery, advertise_broker=args.advertise_broker,
+                      max_message_bytes=int(args.max_message_mb * (1 << 20)))
+    agent = Agent(cfg)
+    agent.start(wait=None)
+    print(f"edge-agent {args.name}: fleet {args.fleet}, broker {broker}, {agent.isa}, "
+          f"{agent.gflops:.1f} GFLOP/s ({agent.gflops_source}), data {data_dir}", flush=True)
+    agent.run_forever()
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    import signal
+
+    from .broker import Broker
+
+    b = Broker.start(args.kind, port=args.port, host=args.host)
+    disc = None
+    if args.advertise:
+        from discovery import DeviceInfo, Discovery, resolve_interfaces
+        disc = Discovery(interfaces=resolve_interfaces(args.interfaces), fleet=args.fleet)
+        disc.advertise(DeviceInfo(device_id=f"broker-{args.port}", fleet=args.fleet, broker=b.url,
+                                  role="broker", version=__version__), port=args.port)
+    print(f"{b.kind} broker listening on {b.url}" + (" (advertised over mDNS)" if disc else ""), flush=True)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    try:
+        while not stop and b.proc.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if disc:
+            disc.close()
+        b.stop()
+    return 0
+
+
+def cmd_fleet_ls(args: argparse.Namespace) -> int:
+    with _fleet(args) as fleet:
+        devs = fleet.devices(include_offline=args.all)
+    if args.json:
+        print(json.dumps([d.to_dict() for d in devs], indent=2, default=str))
+        return 0
+    from rich.table import Table
+    t = Table(title=f"fleet '{args.fleet}'")
+    for col in ("device", "status", "ISA", "cores", "RAM", "GFLOP/s", "models", "queue"):
+        t.add_column(col, justify="right" if col in ("cores", "GFLOP/s", "queue") else "left")
+    for d in devs:
+        models = ", ".join(f"{s['model']} v{s.get('version')} stage {s.get('stage')}/{s.get('n_stages', '?')} "
+                           f"[{s.get('status')}, {s.get('backend', '?')}]" for s in d.stages) or "-"
+        t.add_row(d.device_id, "online" if d.online else "[red]offline[/red]", d.isa, str(d.cores),
+                  f"{d.ram_mb / 1024:.1f} GiB", f"{d.gflops:.1f}", models, str(d.queue_depth))
+    _console().print(t)
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    devices = [d for d in args.devices.split(",") if d] if args.devices else None
+    shapes = _parse_shapes(args.input_shape)
+    with _fleet(args) as fleet:
+        if args.json:
+            dep = fleet.deploy(args.model, args.name, stages=args.stages, devices=devices, version=args.version,
+                               input_shapes=shapes or None, timeout=args.timeout)
+        else:
+            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
+                          console=_console(), transient=False) as prog:
+                tasks: dict[str, Any] = {}
+
+                def progress(dev: str, row: dict) -> None:
+                    if dev not in tasks:
+                        tasks[dev] = prog.add_task(f"stage {row['stage']} → {dev}", total=1.0, status="")
+                    prog.update(tasks[dev], completed=row["progress"], status=row["status"])
+
+                dep = fleet.deploy(args.model, args.name, stages=args.stages, devices=devices,
+                                   version=args.version, input_shapes=shapes or None, timeout=args.timeout,
+                                   progress=progress)
+    if args.json:
+        print(json.dumps({"name": dep.name, "version": dep.version, "seconds": round(dep.seconds, 3),
+                          "plan": dep.manifest.plan, "stages": dep.manifest.stages and [
+                              {k: v for k, v in st.items() if k != "chunk_sha256"} for st in dep.manifest.stages],
+                          "status": dep.stage_status}, indent=2))
+        return 0
+    print_placement(dep)
+    return 0
+
+
+def print_placement(dep: Any) -> None:
+    from rich.table import Table
+    t = Table(title=f"{dep.name} v{dep.version}: {len(dep.manifest.stages)} stage(s), ready in {dep.seconds:.1f} s")
+    for col in ("stage", "device", "nodes", "layers", "MFLOP", "shard", "est ms", "backend"):
+        t.add_column(col)
+    for st, row in zip(dep.manifest.stages, dep.stage_status):
+        first, last = st.get("nodes", ["", ""])
+        t.add_row(str(st["index"]), st["device"], str(st.get("n_nodes", "")), f"{first} … {last}",
+                  f"{st.get('flops', 0) / 1e6:.1f}", f"{st['shard_size'] / 1024:.0f} KiB",
+                  f"{st.get('est_ms', 0):.2f}", row.get("backend", ""))
+    c = _console()
+    c.print(t)
+    c.print(f"why: {dep.manifest.plan.get('reason', '')}")
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from .fleet import load_inputs
+
+    inputs = load_inputs(args.input)
+    with _fleet(args) as fleet:
+        t0 = time.perf_counter()
+        outputs, timings = fleet.infer(args.name, inputs, timeout=args.timeout, with_timings=True)
+        total_ms = (time.perf_counter() - t0) * 1e3
+    if args.output_dir:
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, arr in outputs.items():
+            np.save(out / f"{_safe_filename(name)}.npy", arr)
+    summary = {"latency_ms": round(total_ms, 3), "timings": timings,
+               "outputs": {k: {"dtype": v.dtype.name, "shape": list(v.shape)} for k, v in outputs.items()}}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for k, v in summary["outputs"].items():
+            print(f"{k}: {v['dtype']} {v['shape']}")
+        for tm in timings:
+            print(f"  stage {tm['stage']} on {tm['device']} ({tm.get('backend')}): run {tm['run_ms']:.2f} ms")
+        print(f"end-to-end {total_ms:.2f} ms")
+    return 0
+
+
+def _safe_filename(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def cmd_undeploy(args: argparse.Namespace) -> int:
+    with _fleet(args) as fleet:
+        fleet.undeploy(args.name, timeout=args.timeout)
+    print(f"undeployed {args.name}")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    with _fleet(args) as fleet:
+        deps = fleet.deployments()
+    rows = [{"name": m.name, "version": m.version, "stages": len(m.stages),
+             "devices": [s["device"] for s in m.stages], "created": m.created} for m in deps]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.table import Table
+    t = Table(title="deployments")
+    for col in ("name", "version", "stages", "devices", "created"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], str(r["version"]), str(r["stages"]), ", ".join(r["devices"]),
+                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])))
+    _console().print(t)
+    return 0
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    import onnx
+
+    from models import zoo
+    model = zoo.build(args.model, seed=args.seed)
+    onnx.save(model, args.out)
+    if args.sample_input:
+        np.savez(args.sample_input, **zoo.sample_inputs(model, seed=args.seed))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return run_demo(model=args.model, stages=args.stages, requests=args.requests, broker_kind=args.broker_kind)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(getattr(args, "log_level", "WARNING"))
+    handlers = {"run": cmd_run, "broker": cmd_broker, "deploy": cmd_deploy, "infer": cmd_infer,
+                "undeploy": cmd_undeploy, "ls": cmd_ls, "zoo": cmd_zoo, "demo": cmd_demo}
+    try:
+        if args.cmd == "fleet":
+            return cmd_fleet_ls(args)
+        return handlers[args.cmd](args)
+    except EdgeAgentError as exc:
+        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"edge-agent: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+"""Wire messages: small typed dataclasses with ``to_bytes``/``from_bytes``, defined once.
+
+Frame layout (all messages)::
+
+    u32 little-endian header length | msgpack header | padding to 64 | buffer 0 | padding | buffer 1 ...
+
+The msgpack header holds the message kind ``k``, protocol version ``v`` and the message fields. Tensors
+and blob chunks are not packed into msgpack: the header describes them (name, dtype, shape, offset,
+length) and their bytes follow the header, 64-byte aligned, so a receiver builds numpy arrays over the
+received payload without copying (``np.frombuffer`` with an offset). Any peer with a msgpack library can
+read the format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+import numpy as np
+
+from .errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+ALIGN = 64
+MAX_HEADER_BYTES = 1 << 20
+_LEN = struct.Struct("<I")
+
+# dtypes a tensor may carry on the wire (ONNX tensor types with a numpy equivalent)
+WIRE_DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(name)
+    for name in ("float32", "float16", "float64", "int8", "uint8", "int16", "uint16", "int32",
+                 "uint32", "int64", "uint64", "bool")
+}
+MAX_TENSOR_RANK = 16
+
+
+def _pad(n: int) -> int:
+    return (-n) % ALIGN
+
+
+def encode_frame(header: dict[str, Any], buffers: list[memoryview] | None = None) -> bytes:
+    """Frame a header and raw buffers. Buffer offsets in the header are relative to the data section."""
+    head = msgpack.packb(header, use_bin_type=True)
+    parts: list[Any] = [_LEN.pack(len(head)), head]
+    pos = _LEN.size + len(head)
+    for buf in buffers or ():
+        gap = _pad(pos)
+        if gap:
+            parts.append(b"\0" * gap)
+            pos += gap
+        parts.append(buf)
+        pos += buf.nbytes
+    return b"".join(parts)
+
+
+def _relative_offsets(sizes: list[int]) -> list[int]:
+    """Offsets of buffers of ``sizes`` relative to the (aligned) start of the data section."""
+    pos, offsets = 0, []
+    for n in sizes:
+        pos += _pad(pos)
+        offsets.append(pos)
+        pos += n
+    return offsets
+
+
+def decode_frame(payload: bytes | bytearray | memoryview, max_bytes: int | None = None
+                 ) -> tuple[dict[str, Any], memoryview]:
+    """Split a frame into its header dict and a memoryview of its (aligned) data section."""
+    view = memoryview(payload)
+    if view.ndim != 1 or view.itemsize != 1:
+        view = view.cast("B")
+    if max_bytes is not None and view.nbytes > max_bytes:
+        raise ProtocolError(f"message of {view.nbytes} bytes exceeds the limit of {max_bytes} bytes")
+    if view.nbytes < _LEN.size:
+        raise ProtocolError(f"message too short ({view.nbytes} bytes) to hold a header")
+    (hlen,) = _LEN.unpack_from(view, 0)
+    if hlen > MAX_HEADER_BYTES or _LEN.size + hlen > view.nbytes:
+        raise ProtocolError(f"header length {hlen} does not fit a {view.nbytes}-byte message")
+    try:
+        header = msgpack.unpackb(view[_LEN.size:_LEN.size + hlen], raw=False, strict_map_key=True,
+                                 max_bin_len=MAX_HEADER_BYTES, max_str_len=MAX_HEADER_BYTES)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"malformed msgpack header: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(f"header must be a map, got {type(header).__name__}")
+    if header.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {header.get('v')!r} (expected {PROTOCOL_VERSION})")
+    base = _LEN.size + hlen
+    base += _pad(base)
+    return header, view[min(base, view.nbytes):]
+
+
+# --------------------------------------------------------------------------------------------- tensors
+
+def _tensor_meta(name: str, arr: np.ndarray) -> dict[str, Any]:
+    dt = arr.dtype.name
+    if dt not in WIRE_DTYPES:
+        raise ProtocolError(f"tensor '{name}': dtype {arr.dtype} cannot be sent (supported: {', '.join(WIRE_DTYPES)})")
+    return {"n": name, "d": dt, "s": [int(x) for x in arr.shape], "l": int(arr.nbytes)}
+
+
+def _tensor_from_meta(meta: Any, view: memoryview) -> tuple[str, np.ndarray]:
+    if not isinstance(meta, dict):
+        raise ProtocolError("tensor descriptor must be a map")
+    name, dt, shape, off, nbytes = meta.get("n"), meta.get("d"), meta.get("s"), meta.get("o"), meta.get("l")
+    if not isinstance(name, str):
+        raise ProtocolError("tensor descriptor without a name")
+    if dt not in WIRE_DTYPES:
+        raise ProtocolError(f"tensor '{name}': unsupported dtype {dt!r}")
+    if (not isinstance(shape, list) or len(shape) > MAX_TENSOR_RANK
+            or not all(isinstance(d, int) and d >= 0 for d in shape)):
+        raise ProtocolError(f"tensor '{name}': bad shape {shape!r}")
+    if not isinstance(off, int) or not isinstance(nbytes, int) or off < 0 or nbytes < 0:
+        raise ProtocolError(f"tensor '{name}': bad buffer offset/length")
+    dtype = WIRE_DTYPES[dt]
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if count * dtype.itemsize != nbytes:
+        raise ProtocolError(f"tensor '{name}': shape {shape} of {dt} needs {count * dtype.itemsize} bytes, "
+                            f"message carries {nbytes}")
+    if off + nbytes > view.nbytes:
+        raise ProtocolError(f"tensor '{name}': truncated (needs bytes up to {off + nbytes}, message has {view.nbytes})")
+    arr = np.frombuffer(view, dtype=dtype, count=count, offset=off).reshape(shape)
+    return name, arr
+
+
+# --------------------------------------------------------------------------------------------- base
+
+_REGISTRY: dict[str, type[Message]] = {}
+
+
+def _check_type(cls_name: str, fname: str, value: Any, ftype: Any) -> Any:
+    """Light type check of a decoded field; raises ProtocolError naming the field."""
+    expected = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict}
+    tname = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
+    base = tname.split("[")[0].split("|")[0].strip()
+    if "None" in tname and value is None:
+        return value
+    want = expected.get(base)
+    if want is not None and not isinstance(value, want):
+        raise ProtocolError(f"{cls_name}.{fname}: expected {base}, got {type(value).__name__}")
+    if base == "float":
+        return float(value)
+    return value
+
+
+@dataclass
+class Message:
+    """Base of all wire messages. Subclasses set KIND; fields named in TENSORS are ndarray dicts,
+    fields in BUFFERS are raw bytes-like."""
+
+    KIND: ClassVar[str] = ""
+    TENSORS: ClassVar[tuple[str, ...]] = ()
+    BUFFERS: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if cls.KIND:
+            _REGISTRY[cls.KIND] = cls
+
+    def to_bytes(self) -> bytes:
+        header: dict[str, Any] = {"k": self.KIND, "v": PROTOCOL_VERSION}
+        bufs: list[memoryview] = []
+        metas: list[dict[str, Any]] = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in self.TENSORS:
+                tlist = []
+                for name, arr in (value or {}).items():
+                    arr = np.ascontiguousarray(arr)
+                    meta = _tensor_meta(name, arr)
+                    tlist.append(meta)
+                    metas.append(meta)
+                    bufs.append(memoryview(arr).cast("B") if arr.nbytes else memoryview(b""))
+                header[f.name] = tlist
+            elif f.name in self.BUFFERS:
+                data = memoryview(value if value is not None else b"").cast("B")
+                meta = {"l": data.nbytes}
+                metas.append(meta)
+                bufs.append(data)
+                header[f.name] = meta
+            else:
+                header[f.name] = value
+        for meta, off in zip(metas, _relative_offsets([b.nbytes for b in bufs])):
+            meta["o"] = off
+        return encode_frame(header, bufs)
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any], view: memoryview) -> Message:
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in header:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+                    raise ProtocolError(f"{cls.__name__}: missing field '{f.name}'")
+                continue
+            value = header[f.name]
+            if f.name in cls.TENSORS:
+                if not isinstance(value, list):
+                    raise ProtocolError(f"{cls.__name__}.{f.name}: expected a tensor list")
+                tensors = {}
+                for meta in value:
+                    name, arr = _tensor_from_meta(meta, view)
+                    tensors[name] = arr
+                kwargs[f.name] = tensors
+            elif f.name in cls.BUFFERS:
+                if not isinstance(value, dict):
+                    raise ProtocolError(f"{cls.__name__}.{f.name}: expected a buffer descriptor")
+                off, n = value.get("o"), value.get("l")
+                if not isinstance(off, int) or not isinstance(n, int) or off < 0 or n < 0 or off + n > view.nbytes:
+                    raise ProtocolError(f"{cls.__name__}.{f.name}: buffer outside the message (truncated?)")
+                kwargs[f.name] = view[off:off + n]
+            else:
+                kwargs[f.name] = _check_type(cls.__name__, f.name, value, f.type)
+        return cls(**kwargs)
+
+    @classmethod
+    def from_bytes(cls, payload: bytes | bytearray | memoryview, max_bytes: int | None = None) -> Message:
+        header, view = decode_frame(payload, max_bytes)
+        kind = header.get("k")
+        if cls is Message:
+            target = _REGISTRY.get(kind)  # type: ignore[arg-type]
+            if target is None:
+                raise ProtocolError(f"unknown message kind {kind!r}")
+        else:
+            if kind != cls.KIND:
+                raise ProtocolError(f"expected a '{cls.KIND}' message, got {kind!r}")
+            target = cls
+        return target.from_header(header, view)
+
+
+def decode(payload: bytes | bytearray | memoryview, max_bytes: int | None = None) -> Message:
+    """Decode any registered message; raises ProtocolError with the reason when it is bad."""
+    return Message.from_bytes(payload, max_bytes)
+
+
+# --------------------------------------------------------------------------------------------- messages
+
+@dataclass
+class DeviceState(Message):
+    """Reported state of one device (retained; the Last Will is the same message with online=False)."""
+
+    KIND: ClassVar[str] = "state"
+    device_id: str
+    fleet: str
+    online: bool
+    ts: float = field(default_factory=time.time)
+    started: float = 0.0
+    isa: str = ""
+    cores: int = 0
+    ram_mb: int = 0
+    gflops: float = 0.0
+    version: str = ""
+    backend_isa: str = ""
+    dev_mode: bool = True
+    stages: list = field(default_factory=list)      # [{model, version, stage, n_stages, status, backend, error, progress}]
+    blobs: list = field(default_factory=list)       # sha256 of shards this device holds (it can serve them)
+    peers: list = field(default_factory=list)       # device ids seen by mDNS
+    counters: dict = field(default_factory=dict)    # rejected messages by reason, requests served ...
+    queue_depth: int = 0
+    endpoint: str = ""                              # topic prefix of the device's inbox
+
+
+@dataclass
+class Manifest(Message):
+    """A deployment: what runs where, and the content address of every shard (retained under deploy/<name>)."""
+
+    KIND: ClassVar[str] = "manifest"
+    name: str
+    version: int
+    created: float
+    model_sha256: str
+    inputs: list          # [{name, dtype, shape}] shape entries int or str for dynamic dims
+    outputs: list
+    stages: list          # [{index, device, shard_sha256, shard_size, chunk_size, chunk_sha256: [..],
+                          #   inputs, outputs, carry, flops, est_ms, nodes}]
+    sources: list = field(default_factory=list)     # endpoints that serve the shards (operator, peers)
+    plan: dict = field(default_factory=dict)        # planner summary: bottleneck, reason
+    operator: str = ""
+
+    def stage_for(self, device_id: str) -> dict | None:
+        for st in self.stages:
+            if st.get("device") == device_id:
+                return st
+        return None
+
+
+@dataclass
+class BlobRequest(Message):
+    """Ask a holder for some chunks of a blob; the holder answers on ``reply_to``/blob."""
+
+    KIND: ClassVar[str] = "blob_req"
+    sha256: str
+    chunks: list
+    chunk_size: int
+    reply_to: str
+    requester: str = ""
+
+
+@dataclass
+class BlobChunk(Message):
+    """One chunk of a blob. ``error`` is set (and data empty) when the holder cannot serve it."""
+
+    KIND: ClassVar[str] = "blob_chunk"
+    BUFFERS: ClassVar[tuple[str, ...]] = ("data",)
+    sha256: str
+    index: int
+    total_size: int
+    chunk_size: int
+    data: Any = b""
+    sender: str = ""
+    error: str = ""
+
+
+@dataclass
+class InferRequest(Message):
+    """Tensors entering a stage. ``tensors`` is the request's environment (inputs + carried values)."""
+
+    KIND: ClassVar[str] = "infer"
+    TENSORS: ClassVar[tuple[str, ...]] = ("tensors",)
+    request_id: str
+    model: str
+    version: int
+    stage: int
+    reply_to: str
+    tensors: dict = field(default_factory=dict)
+    timings: list = field(default_factory=list)     # [{stage, device, queue_ms, run_ms, backend}]
+    attempt: int = 0
+    sent: float = field(default_factory=time.time)
+
+
+@dataclass
+class InferResult(Message):
+    """Final outputs (or the error) of a request, sent by the last stage (or a failing one) to the caller."""
+
+    KIND: ClassVar[str] = "result"
+    TENSORS: ClassVar[tuple[str, ...]] = ("tensors",)
+    request_id: str
+    model: str
+    ok: bool
+    tensors: dict = field(default_factory=dict)
+    error: dict = field(default_factory=dict)       # {code, message, stage, device}
+    timings: list = field(default_factory=list)

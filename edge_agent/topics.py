@@ -1,0 +1,74 @@
+"""The MQTT topic tree, in one place.
+
+::
+
+    ea/v1/<fleet>/dev/<id>/state        retained DeviceState (Last Will: the same with online=false)
+    ea/v1/<fleet>/dev/<id>/in           InferRequest for a stage on this device            (QoS 1)
+    ea/v1/<fleet>/dev/<id>/cmd          BlobRequest and other commands to this device      (QoS 1)
+    ea/v1/<fleet>/dev/<id>/blob         BlobChunk answers for this device                  (QoS 1)
+    ea/v1/<fleet>/ctl/<id>/out          InferResult for an operator / API client           (QoS 1)
+    ea/v1/<fleet>/ctl/<id>/cmd          BlobRequest to an operator serving shards          (QoS 1)
+    ea/v1/<fleet>/ctl/<id>/blob         BlobChunk answers for an operator                  (QoS 1)
+    ea/v1/<fleet>/deploy/<name>         retained Manifest (empty retained message = undeployed)
+
+An *endpoint* is the topic prefix of a participant (``ea/v1/<fleet>/dev/<id>`` or ``.../ctl/<id>``);
+messages name their reply endpoint, so devices and operators answer each other the same way.
+"""
+
+from __future__ import annotations
+
+import re
+
+ROOT = "ea/v1"
+_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+
+
+def check_segment(kind: str, value: str) -> str:
+    """Validate a fleet/device/model name used as a topic segment (no wildcards, no slashes)."""
+    if not isinstance(value, str) or not _SEGMENT.match(value):
+        raise ValueError(f"invalid {kind} {value!r}: use 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
+    return value
+
+
+def fleet_root(fleet: str) -> str:
+    return f"{ROOT}/{fleet}"
+
+
+def device_endpoint(fleet: str, device_id: str) -> str:
+    return f"{ROOT}/{fleet}/dev/{device_id}"
+
+
+def client_endpoint(fleet: str, client_id: str) -> str:
+    return f"{ROOT}/{fleet}/ctl/{client_id}"
+
+
+def state(fleet: str, device_id: str) -> str:
+    return f"{device_endpoint(fleet, device_id)}/state"
+
+
+def all_states(fleet: str) -> str:
+    return f"{ROOT}/{fleet}/dev/+/state"
+
+
+def deploy(fleet: str, name: str) -> str:
+    return f"{ROOT}/{fleet}/deploy/{name}"
+
+
+def all_deploys(fleet: str) -> str:
+    return f"{ROOT}/{fleet}/deploy/+"
+
+
+def inbox(endpoint: str, kind: str) -> str:
+    """Topic of one inbox (``in``, ``cmd``, ``blob``, ``out``) of an endpoint."""
+    return f"{endpoint}/{kind}"
+
+
+def last_segment(topic: str) -> str:
+    return topic.rsplit("/", 1)[-1]
+
+
+def device_of_state_topic(topic: str) -> str:
+    """``ea/v1/f/dev/<id>/state`` -> ``<id>``."""
+    parts = topic.split("/")
+    return parts[-2] if len(parts) >= 2 else ""

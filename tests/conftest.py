@@ -1,0 +1,43 @@
+"""Shared fixtures: real brokers and simulated fleets of real agent processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from edge_agent.broker import Broker, find_mosquitto
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> object:
+    """Poll ``cond`` until truthy; fail the test with ``what`` if it never becomes true."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = cond()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what or cond}")
+
+
+@pytest.fixture(scope="session")
+def mosquitto_available() -> str:
+    exe = find_mosquitto()
+    if exe is None:
+        pytest.fail("mosquitto is not installed: run .ci/run or `apt-get install mosquitto`")
+    return exe
+
+
+@pytest.fixture
+def mosquitto(mosquitto_available: str, tmp_path) -> Iterator[Broker]:
+    """A private Mosquitto on a free loopback port (TCP_NODELAY, large queues)."""
+    with Broker.start("mosquitto", workdir=str(tmp_path / "broker")) as b:
+        yield b
+
+
+@pytest.fixture(params=["mosquitto", "embedded"])
+def any_broker(request, mosquitto_available: str, tmp_path) -> Iterator[Broker]:
+    """Each test runs against Mosquitto and against the embedded (amqtt, MQTT 3.1.1) broker."""
+    with Broker.start(request.param, workdir=str(tmp_path / "broker")) as b:
+        yield b

@@ -1,0 +1,137 @@
+"""Content-addressed store and chunked shard transfer over a real broker."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from edge_agent import topics
+from edge_agent.blobs import BlobFetcher, BlobServer, TransferSpec
+from edge_agent.errors import StoreError
+from edge_agent.store import BlobStore, chunk_digests, sha256_hex
+from edge_agent.transport import Transport
+
+
+def test_put_get_and_corruption_is_detected(tmp_path) -> None:
+    store = BlobStore(tmp_path)
+    data = os.urandom(1000)
+    sha = store.put(data)
+    assert store.has(sha) and store.get(sha) == data and store.list() == [sha]
+    store.path(sha).write_bytes(b"x" + data[1:])
+    with pytest.raises(StoreError, match="corrupt"):
+        store.get(sha)
+    assert not store.has(sha)  # a corrupt blob is removed so it is fetched again
+
+
+def test_put_with_wrong_expected_hash_is_refused(tmp_path) -> None:
+    with pytest.raises(StoreError, match="expected"):
+        BlobStore(tmp_path).put(b"abc", expected_sha="0" * 64)
+
+
+def test_chunks_assemble_into_verified_blob(tmp_path) -> None:
+    store = BlobStore(tmp_path)
+    data = os.urandom(10_000)
+    shas = chunk_digests(data, 4096)
+    assert len(shas) == 3
+    for i in (2, 0, 1):
+        store.put_chunk(sha256_hex(data), i, data[i * 4096:(i + 1) * 4096], shas[i])
+    assert store.have_chunks(sha256_hex(data)) == {0, 1, 2}
+    store.assemble(sha256_hex(data), 3, shas)
+    assert store.get(sha256_hex(data)) == data
+    assert store.have_chunks(sha256_hex(data)) == set()
+
+
+def test_corrupt_chunk_is_refused(tmp_path) -> None:
+    store = BlobStore(tmp_path)
+    with pytest.raises(StoreError, match="chunk 0 .* corrupt"):
+        store.put_chunk("a" * 64, 0, b"evil", sha256_hex(b"good"))
+
+
+def _pair(url: str, tmp_path):
+    server_t = Transport(url).start()
+    client_t = Transport(url).start()
+    server_ep = topics.client_endpoint("t", "server")
+    client_ep = topics.device_endpoint("t", "client")
+    server = BlobServer(server_t, server_ep)
+    server_t.subscribe(topics.inbox(server_ep, "cmd"), server.handle)
+    store = BlobStore(tmp_path / "client")
+    fetcher = BlobFetcher(client_t, client_ep, store)
+    client_t.subscribe(topics.inbox(client_ep, "blob"), fetcher.deliver)
+    return server_t, client_t, server, server_ep, store, fetcher
+
+
+def test_transfer_of_multi_chunk_blob_over_both_brokers(any_broker, tmp_path) -> None:
+    server_t, client_t, server, server_ep, store, fetcher = _pair(any_broker.url, tmp_path)
+    try:
+        data = os.urandom(3 * 256 * 1024 + 123)
+        sha = server.add(data)
+        seen = []
+        spec = TransferSpec(sha, len(data), 256 * 1024, chunk_digests(data, 256 * 1024))
+        fetcher.fetch(spec, [server_ep], timeout=30, progress=lambda h, n: seen.append((h, n)))
+        assert store.get(sha) == data
+        assert seen[-1] == (4, 4)
+    finally:
+        server.close()
+        server_t.close()
+        client_t.close()
+
+
+def test_transfer_resumes_with_only_missing_chunks(mosquitto, tmp_path) -> None:
+    server_t, client_t, server, server_ep, store, fetcher = _pair(mosquitto.url, tmp_path)
+    try:
+        cs = 64 * 1024
+        data = os.urandom(10 * cs)
+        sha = server.add(data)
+        digests = chunk_digests(data, cs)
+        for i in range(6):  # an earlier, interrupted transfer left 6 chunks on disk
+            store.put_chunk(sha, i, data[i * cs:(i + 1) * cs], digests[i])
+        before = server.served_chunks
+        fetcher.fetch(TransferSpec(sha, len(data), cs, digests), [server_ep], timeout=30)
+        assert store.get(sha) == data
+        assert server.served_chunks - before == 4
+    finally:
+        server.close()
+        server_t.close()
+        client_t.close()
+
+
+def test_fetch_from_source_without_blob_fails_clearly(mosquitto, tmp_path) -> None:
+    server_t, client_t, server, server_ep, store, fetcher = _pair(mosquitto.url, tmp_path)
+    try:
+        spec = TransferSpec("b" * 64, 10, 1024, [sha256_hex(b"x" * 10)])
+        with pytest.raises(StoreError, match="no source holds it"):
+            fetcher.fetch(spec, [server_ep], timeout=20)
+    finally:
+        server.close()
+        server_t.close()
+        client_t.close()
+
+
+def test_corrupted_chunks_in_transit_are_refetched(mosquitto, tmp_path) -> None:
+    """A source that corrupts the first copy of a chunk: the chunk is rejected, asked again, blob is intact."""
+    server_t, client_t, server, server_ep, store, fetcher = _pair(mosquitto.url, tmp_path)
+    try:
+        cs = 32 * 1024
+        data = os.urandom(4 * cs)
+        sha = sha256_hex(data)
+        corrupted_once = threading.Event()
+
+        class FlakyMemory(dict):
+            def get(self, key, default=None):  # noqa: ANN001, ANN202
+                if key == sha and not corrupted_once.is_set():
+                    corrupted_once.set()
+                    return b"\0" * len(data)
+                return data if key == sha else default
+
+        server._memory = FlakyMemory()  # type: ignore[assignment]
+        rejects = []
+        fetcher._on_reject = rejects.append
+        fetcher.fetch(TransferSpec(sha, len(data), cs, chunk_digests(data, cs)), [server_ep], timeout=30)
+        assert store.get(sha) == data
+        assert "corrupt_chunk" in rejects
+    finally:
+        server.close()
+        server_t.close()
+        client_t.close()
