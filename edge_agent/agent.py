@@ -23,7 +23,7 @@ import numpy as np
 
 from . import __version__, topics
 from .backend import Backend, IOSpec, check_inputs, load_backend
-from .blobs import BlobFetcher, BlobServer, TransferSpec
+from .blobs import BlobFetcher, BlobServer, TransferCancelled, TransferSpec
 from .capability import cores, cpu_isa, measure_gflops, ram_mb
 from .errors import EdgeAgentError, InvalidInputError, ProtocolError, StoreError
 from .messages import DeviceState, InferRequest, InferResult, Manifest
@@ -95,6 +95,9 @@ class Agent:
         self._status: dict[str, dict] = {}                # model -> {status, version, stage, error, progress}
         self._lock = threading.RLock()
         self._control: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._desired: dict[str, Manifest | None] = {}     # latest wanted state per model, not yet applied
+        self._cancel: dict[str, threading.Event] = {}
+        self._jobs: dict[str, threading.Thread] = {}
         self._work: queue.Queue[InferRequest | None] = queue.Queue(maxsize=WORK_QUEUE)
         self._done: collections.OrderedDict[tuple[str, int], tuple[str, bytes]] = collections.OrderedDict()
         self._states: dict[str, DeviceState] = {}        # other devices' reported states
@@ -297,19 +300,45 @@ class Agent:
 
     # ---------------------------------------------------------------------------------- deployments
     def _control_loop(self) -> None:
+        """Record the desired manifest per model and make sure one job per model converges to it.
+
+        Each model has its own job thread, so a slow or failing transfer of one deployment never blocks
+        another, and a newer manifest cancels the transfer of an older one."""
         while True:
             kind, arg = self._control.get()
             if kind == "stop":
+                with self._lock:
+                    for ev in self._cancel.values():
+                        ev.set()
                 return
-            try:
-                if kind == "deploy":
-                    self._apply_manifest(arg)  # type: ignore[arg-type]
-                elif kind == "undeploy":
-                    self._uninstall(str(arg), reason="undeployed")
-            except Exception:  # keep the control loop alive whatever happens
-                log.exception("control action %s failed", kind)
+            name = arg.name if isinstance(arg, Manifest) else str(arg)
+            with self._lock:
+                self._desired[name] = arg if isinstance(arg, Manifest) else None
+                if name in self._cancel:
+                    self._cancel[name].set()  # supersede whatever the running job is doing
+                job = self._jobs.get(name)
+                if job is None or not job.is_alive():
+                    job = threading.Thread(target=self._job, args=(name,), name=f"deploy-{name}", daemon=True)
+                    self._jobs[name] = job
+                    job.start()
 
-    def _apply_manifest(self, m: Manifest) -> None:
+    def _job(self, name: str) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if name not in self._desired:
+                    self._jobs.pop(name, None)
+                    return
+                target = self._desired.pop(name)
+                cancel = self._cancel[name] = threading.Event()
+            try:
+                if target is None:
+                    self._uninstall(name, reason="undeployed")
+                else:
+                    self._apply_manifest(target, cancel)
+            except Exception:  # keep the agent alive whatever a deployment does
+                log.exception("deployment job for %s failed", name)
+
+    def _apply_manifest(self, m: Manifest, cancel: threading.Event | None = None) -> None:
         st = m.stage_for(self.device_id)
         with self._lock:
             cur = self._installed.get(m.name)
@@ -331,11 +360,14 @@ class Agent:
                     self._set_status(m.name, force=have == total, progress=round(have / max(total, 1), 3))
 
                 self.fetcher.fetch(spec, self._sources_for(m, sha), timeout=self.cfg.fetch_timeout_s,
-                                   progress=progress)
+                                   progress=progress, cancel=cancel)
             self._set_status(m.name, status="loading", progress=1.0, **base)
             shard = self.store.get(sha)
             backend = load_backend(shard, threads=self.cfg.threads, prefer=self.cfg.backend)
             _check_stage_io(backend, st)
+        except TransferCancelled:
+            log.info("transfer for %s v%s superseded by a newer desired state", m.name, m.version)
+            return
         except (StoreError, EdgeAgentError, ValueError, RuntimeError, KeyError, TypeError) as exc:
             log.error("deployment %s v%s stage %s failed: %s", m.name, m.version, st.get("index"), exc)
             self.counters["deploy_failed"] += 1

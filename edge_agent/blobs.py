@@ -27,6 +27,11 @@ log = logging.getLogger("edge_agent.blobs")
 WINDOW = 8               # chunks in flight per transfer (8 x 256 KiB = 2 MiB)
 CHUNK_TIMEOUT = 5.0      # re-ask for a chunk not seen within this many seconds
 MAX_REQUEST_CHUNKS = 64  # a single request may name at most this many chunks
+MAX_BAD_COPIES = 5       # a chunk that fails verification this many times ends the transfer
+
+
+class TransferCancelled(StoreError):
+    """The transfer was abandoned because a newer desired state superseded it."""
 
 
 class BlobServer:
@@ -136,7 +141,8 @@ class BlobFetcher:
             q.put(chunk)
 
     def fetch(self, spec: TransferSpec, sources: list[str], timeout: float = 300.0,
-              progress: Callable[[int, int], None] | None = None) -> str:
+              progress: Callable[[int, int], None] | None = None,
+              cancel: threading.Event | None = None) -> str:
         """Make sure the blob is in the store; returns its sha256. Raises StoreError when no source can
         provide it before ``timeout``. Chunks already on disk are kept, so a later call resumes."""
         if self.store.has(spec.sha256):
@@ -151,19 +157,20 @@ class BlobFetcher:
         with self._lock:
             self._active[spec.sha256] = q
         try:
-            return self._fetch(spec, sources, q, timeout, progress)
+            return self._fetch(spec, sources, q, timeout, progress, cancel)
         finally:
             with self._lock:
                 self._active.pop(spec.sha256, None)
 
     def _fetch(self, spec: TransferSpec, sources: list[str], q: queue.Queue[BlobChunk], timeout: float,
-               progress: Callable[[int, int], None] | None) -> str:
+               progress: Callable[[int, int], None] | None, cancel: threading.Event | None) -> str:
         n = len(spec.chunk_sha256)
         have = {i for i in self.store.have_chunks(spec.sha256) if i < n}
         todo = [i for i in range(n) if i not in have]
         asked: dict[int, float] = {}
         src_idx = 0
         failures: dict[str, str] = {}
+        bad_copies: dict[int, int] = {}
         deadline = time.monotonic() + timeout
         if progress:
             progress(len(have), n)
@@ -178,6 +185,8 @@ class BlobFetcher:
                 asked[i] = now
 
         while len(have) < n:
+            if cancel is not None and cancel.is_set():
+                raise TransferCancelled(f"blob {spec.sha256[:12]}: transfer cancelled at {len(have)}/{n} chunks")
             now = time.monotonic()
             if now > deadline:
                 raise StoreError(f"blob {spec.sha256[:12]}: transfer timed out with {len(have)}/{n} chunks "
@@ -213,6 +222,10 @@ class BlobFetcher:
                 log.warning("%s; asking again", exc)
                 if self._on_reject:
                     self._on_reject("corrupt_chunk")
+                bad_copies[idx] = bad_copies.get(idx, 0) + 1
+                if bad_copies[idx] >= MAX_BAD_COPIES:
+                    raise StoreError(f"blob {spec.sha256[:12]}: chunk {idx} failed verification "
+                                     f"{MAX_BAD_COPIES} times (sources {', '.join(sources)}); giving up") from None
                 src_idx += 1
                 ask([idx])
                 continue

@@ -22,7 +22,8 @@ EXIT_USAGE = 2
 
 def _console():  # noqa: ANN202 - rich is imported lazily to keep `run` start-up light
     from rich.console import Console
-    return Console(stderr=False)
+    # rich assumes 80 columns when not on a terminal (CI logs, pipes); placement tables need more
+    return Console(width=None if sys.stdout.isatty() else 130)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -20,16 +20,15 @@ RTOL = 1e-4
 def run_demo(model: str = "mobilenetv2", stages: int = 3, requests: int = 64, broker_kind: str = "embedded",
              devices: int = 3, concurrency: int = 8) -> int:
     import onnxruntime as ort
-    from rich.console import Console
     from rich.table import Table
 
     from models import zoo
 
-    from .cli import print_placement
+    from .cli import _console, print_placement
     from .fleet import Fleet
     from .sim import SimFleet
 
-    con = Console()
+    con = _console()
     con.rule(f"edge-agent demo: {model} in {stages} stages on {devices} simulated devices")
     proto = zoo.build(model, seed=0)
     inputs = [zoo.sample_inputs(proto, seed=i) for i in range(8)]

@@ -1,0 +1,337 @@
+"""A simulated fleet of real agent processes on a real Mosquitto: discovery, deploy, pipelined inference
+checked against ONNX Runtime, restarts, and bad input of every kind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edge_agent import (
+    DeployError,
+    Fleet,
+    InferenceError,
+    InferenceTimeout,
+    InvalidInputError,
+    StageUnavailableError,
+    UnknownModelError,
+)
+from edge_agent import topics
+from edge_agent.messages import InferRequest, Manifest
+from edge_agent.sim import SimFleet
+from edge_agent.store import CHUNK_SIZE, chunk_digests
+from models import ppocr, zoo
+
+from .conftest import wait_until
+
+ATOL = RTOL = 1e-4
+
+
+def ort_reference(model, inputs: dict) -> dict:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs)))
+
+
+def assert_matches(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].shape == want[name].shape, name
+        np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory, mosquitto_available):
+    with SimFleet(3, broker_kind="mosquitto", workdir=tmp_path_factory.mktemp("fleet")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def fleet(sim):
+    with Fleet(sim.broker.url) as f:
+        f.wait_for_devices(3, timeout=60)
+        yield f
+
+
+def _ready(fleet: Fleet, name: str, version: int, n: int) -> bool:
+    rows = [e for d in fleet.devices() for e in d.stages if e.get("model") == name]
+    return len(rows) == n and all(e.get("status") == "ready" and e.get("version") == version for e in rows)
+
+
+# ------------------------------------------------------------------------------------------ discovery
+def test_five_agents_discover_each_other_by_mdns_and_cli_finds_broker(tmp_path, mosquitto_available) -> None:
+    with SimFleet(5, broker_kind="mosquitto", workdir=tmp_path, extra_args=["--advertise-broker"]) as s:
+        with Fleet(s.broker.url) as f:
+            f.wait_for_devices(5, timeout=60)
+            names = {f"dev-{i}" for i in range(5)}
+            wait_until(lambda: all(set(d.peers) == names - {d.device_id} for d in f.devices()), 30,
+                       what="every agent to list the 4 others as mDNS peers")
+        # no --broker, no EDGE_AGENT_BROKER: the CLI finds the broker advertised over mDNS on loopback
+        env = {k: v for k, v in os.environ.items() if k != "EDGE_AGENT_BROKER"}
+        out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "fleet", "ls", "--json",
+                              "--interface", "lo"], capture_output=True, text=True, env=env, timeout=60)
+        assert out.returncode == 0, out.stderr
+        listed = json.loads(out.stdout)
+        assert {d["device_id"] for d in listed} == names
+        assert all(d["online"] and d["gflops"] > 0 and d["cores"] >= 1 and d["isa"] for d in listed)
+
+
+# ------------------------------------------------------------------------------------------ correctness
+CASES = [(name, k) for name in zoo.names() for k in (1, 2, 3)] + [("ppocr_det", k) for k in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("model_name, k", CASES, ids=[f"{m}-K{k}" for m, k in CASES])
+def test_deploy_and_pipelined_infer_match_onnxruntime(fleet: Fleet, model_name: str, k: int) -> None:
+    if model_name == "ppocr_det":
+        model = ppocr.load_det_model()
+        inputs = [{model.graph.input[0].name:
+                   np.random.default_rng(s).random(ppocr.DET_INPUT_SHAPE, dtype=np.float32)} for s in range(2)]
+        shapes = {model.graph.input[0].name: ppocr.DET_INPUT_SHAPE}
+    else:
+        model = zoo.build(model_name, seed=1)
+        inputs = [zoo.sample_inputs(model, seed=s) for s in range(3)]
+        shapes = None
+    name = f"{model_name.replace('_', '-')}-k{k}"
+    dep = fleet.deploy(model, name, stages=k, input_shapes=shapes, timeout=180)
+    try:
+        assert len(dep.manifest.stages) == k
+        assert len({st["device"] for st in dep.manifest.stages}) == k  # one device per stage
+        futures = [fleet.submit(name, x, timeout=120) for x in inputs]  # several in flight at once
+        for x, fut in zip(inputs, futures):
+            outputs, timings = fut.result(150)
+            assert_matches(outputs, ort_reference(model, x))
+            assert [t["stage"] for t in timings] == list(range(k))
+            assert [t["device"] for t in timings] == [st["device"] for st in dep.manifest.stages]
+    finally:
+        fleet.undeploy(name)
+    assert not any(e.get("model") == name for d in fleet.devices() for e in d.stages)
+
+
+def test_cli_exports_deploys_infers_lists_and_undeploys(sim, fleet: Fleet, tmp_path) -> None:
+    env = {**os.environ, "EDGE_AGENT_BROKER": sim.broker.url}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        r = subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
+                           env=env, timeout=180)
+        assert r.returncode == 0, f"edge-agent {' '.join(args)} failed: {r.stderr}"
+        return r
+
+    cli("zoo", "mlp", str(tmp_path / "mlp.onnx"), "--sample-input", str(tmp_path / "x.npz"))
+    dep = json.loads(cli("deploy", str(tmp_path / "mlp.onnx"), "--name", "cli-mlp", "--stages", "2", "--json").stdout)
+    assert dep["version"] == 1 and len(dep["stages"]) == 2 and all(s["status"] == "ready" for s in dep["status"])
+    devices = json.loads(cli("fleet", "ls", "--json").stdout)
+    assert sum(1 for d in devices for e in d["stages"] if e["model"] == "cli-mlp") == 2
+    assert json.loads(cli("ls", "--json").stdout)[0]["name"] == "cli-mlp"
+    info = json.loads(cli("infer", "cli-mlp", "--input", str(tmp_path / "x.npz"), "--output-dir",
+                          str(tmp_path / "out"), "--json").stdout)
+    assert len(info["timings"]) == 2
+    import onnx
+    model = onnx.load(str(tmp_path / "mlp.onnx"))
+    with np.load(tmp_path / "x.npz") as z:
+        want = ort_reference(model, {k: z[k] for k in z.files})
+    got = {name: np.load(tmp_path / "out" / f"{name}.npy") for name in want}
+    assert_matches(got, want)
+    # redeploy bumps the version; the table output renders
+    table = cli("deploy", str(tmp_path / "mlp.onnx"), "--name", "cli-mlp", "--stages", "1").stdout
+    assert "cli-mlp v2" in table
+    cli("undeploy", "cli-mlp")
+    r = subprocess.run([sys.executable, "-m", "edge_agent.cli", "infer", "cli-mlp", "--input",
+                        str(tmp_path / "x.npz")], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 1 and "no deployment named 'cli-mlp'" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def test_bad_requests_get_clear_errors_and_the_fleet_keeps_serving(fleet: Fleet, sim) -> None:
+    model = zoo.build("mlp", seed=2)
+    x = zoo.sample_inputs(model)
+    (in_name,) = x
+    fleet.deploy(model, "bad-in", stages=2, timeout=120)
+    try:
+        with pytest.raises(InvalidInputError, match="missing input"):
+            fleet.infer("bad-in", {"nope": x[in_name]})
+        with pytest.raises(InvalidInputError, match="expected dtype float32, got float64"):
+            fleet.infer("bad-in", {in_name: x[in_name].astype(np.float64)})
+        with pytest.raises(InvalidInputError, match="expected shape"):
+            fleet.infer("bad-in", {in_name: np.zeros((1, 7), np.float32)})
+        with pytest.raises(UnknownModelError, match="no deployment named 'ghost'"):
+            fleet.infer("ghost", x)
+        # the same mistakes sent straight to the agent (a client that skips validation) are answered too
+        m = fleet.manifest("bad-in")
+        first = m.stages[0]["device"]
+        for tensors, err in [({in_name: np.zeros((1, 7), np.float32)}, "expected shape"),
+                             ({in_name: x[in_name].astype(np.int64)}, "expected dtype"),
+                             ({}, "missing input")]:
+            with pytest.raises(InvalidInputError, match=err) as info:
+                _raw_request(fleet, first, "bad-in", m.version, tensors)
+            assert first in str(info.value)
+        with pytest.raises(UnknownModelError, match="does not serve model 'ghost'"):
+            _raw_request(fleet, first, "ghost", 1, x)
+        with pytest.raises(InferenceError, match="serves bad-in v1, request is for v7"):
+            _raw_request(fleet, first, "bad-in", 7, x)
+        assert_matches(fleet.infer("bad-in", x), ort_reference(model, x))
+    finally:
+        fleet.undeploy("bad-in")
+
+
+def _raw_request(fleet: Fleet, device: str, model: str, version: int, tensors: dict, timeout: float = 20):
+    """Send a request without the Fleet's own validation; wait for its answer."""
+    from concurrent.futures import Future
+    import uuid
+
+    from edge_agent.fleet import _Pending
+
+    req = InferRequest(uuid.uuid4().hex, model, version, 0, fleet.endpoint, tensors=tensors)
+    fut: Future = Future()
+    topic = topics.inbox(topics.device_endpoint(fleet.fleet, device), "in")
+    now = time.monotonic()
+    with fleet._lock:
+        fleet._pending[req.request_id] = _Pending(fut, req, req.to_bytes(), topic, [device], now + timeout, now + timeout)
+    fleet.transport.publish(topic, req.to_bytes())
+    return fut.result(timeout + 5)
+
+
+def test_malformed_and_oversized_messages_are_counted_and_agent_keeps_serving(fleet: Fleet, sim) -> None:
+    model = zoo.build("mlp", seed=3)
+    x = zoo.sample_inputs(model)
+    fleet.deploy(model, "robust", stages=1, timeout=120)
+    try:
+        device = fleet.manifest("robust").stages[0]["device"]
+        ep = topics.device_endpoint(fleet.fleet, device)
+        before = next(d for d in fleet.devices() if d.device_id == device).counters
+        garbage = [b"", b"\x00", b"\xff" * 64, b"\x10\x00\x00\x00" + b"\x81\xa1k\xa5infer" + b"\0" * 9, os.urandom(4096)]
+        for payload in garbage:
+            for kind in ("in", "cmd", "blob"):
+                fleet.transport.publish(topics.inbox(ep, kind), payload)
+        fleet.transport.publish(topics.deploy(fleet.fleet, "junk"), b"\x01\x02\x03", retain=False)
+        fleet.transport.publish(topics.inbox(ep, "in"), b"\0" * (65 * 1024 * 1024))  # over the 64 MiB limit
+
+        def counted() -> dict | None:
+            c = next(d for d in fleet.devices() if d.device_id == device).counters
+            keys = ("rejected_malformed_request", "rejected_blob_request", "rejected_blob_chunk",
+                    "rejected_manifest", "rejected_oversized")
+            return c if all(c.get(k, 0) > before.get(k, 0) for k in keys) else None
+
+        counters = wait_until(counted, 30, what="the agent to count every rejected message")
+        assert counters["rejected_malformed_request"] - before.get("rejected_malformed_request", 0) >= 4
+        assert_matches(fleet.infer("robust", x), ort_reference(model, x))
+        assert "rejected malformed request" in sim.log(device)
+    finally:
+        fleet.undeploy("robust")
+
+
+def test_corrupt_onnx_file_is_refused_at_deploy(fleet: Fleet, tmp_path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(zoo.build("mlp").SerializeToString()[:500])
+    with pytest.raises(DeployError, match="cannot deploy 'corrupt'"):
+        fleet.deploy(str(bad), "corrupt", stages=1)
+    with pytest.raises(DeployError):
+        fleet.deploy(str(tmp_path / "missing.onnx"), "corrupt", stages=1)
+
+
+def _publish_manifest(fleet: Fleet, name: str, shard: bytes, device: str, chunk_shas=None) -> Manifest:
+    sha = fleet.blob_server.add(shard)
+    m = Manifest(name, 1, time.time(), sha, [{"name": "input", "dtype": "float32", "shape": [1, 256]}], [],
+                 [{"index": 0, "device": device, "shard_sha256": sha, "shard_size": len(shard),
+                   "chunk_size": CHUNK_SIZE, "chunk_sha256": chunk_shas or chunk_digests(shard, CHUNK_SIZE),
+                   "inputs": ["input"], "outputs": ["output"], "carry": ["output"]}],
+                 sources=[fleet.endpoint])
+    fleet.transport.publish(topics.deploy(fleet.fleet, name), m.to_bytes(), retain=True).wait_for_publish(5)
+    return m
+
+
+def test_shard_that_is_not_onnx_fails_that_stage_only(fleet: Fleet, sim) -> None:
+    model = zoo.build("mlp", seed=4)
+    x = zoo.sample_inputs(model)
+    fleet.deploy(model, "healthy", stages=1, timeout=120)
+    device = fleet.manifest("healthy").stages[0]["device"]
+    try:
+        _publish_manifest(fleet, "garbage", b"this is not an onnx model" * 100, device)
+        err = wait_until(lambda: next((e for d in fleet.devices() if d.device_id == device for e in d.stages
+                                       if e["model"] == "garbage" and e["status"] == "error"), None), 60,
+                         what="the agent to report the bad shard")
+        assert "cannot load shard" in err["error"]
+        assert_matches(fleet.infer("healthy", x), ort_reference(model, x))
+    finally:
+        fleet.transport.publish(topics.deploy(fleet.fleet, "garbage"), b"", retain=True).wait_for_publish(5)
+        fleet.undeploy("healthy")
+
+
+def test_chunks_that_do_not_match_the_manifest_are_rejected(fleet: Fleet, sim) -> None:
+    """A source serving corrupted chunks: every copy fails verification, the stage reports why."""
+    device = fleet.devices()[0].device_id
+    shard = zoo.build("mlp", seed=5).SerializeToString()
+    fake = [c[::-1] for c in chunk_digests(shard, CHUNK_SIZE)]  # digests the served bytes never match
+    _publish_manifest(fleet, "tampered", shard, device, chunk_shas=fake)
+    try:
+        err = wait_until(lambda: next((e for d in fleet.devices() if d.device_id == device for e in d.stages
+                                       if e["model"] == "tampered" and e["status"] == "error"), None), 90,
+                         what="the agent to give up on corrupt chunks")
+        assert "failed verification" in err["error"]
+        counters = next(d for d in fleet.devices() if d.device_id == device).counters
+        assert counters.get("rejected_corrupt_chunk", 0) >= 5
+    finally:
+        fleet.transport.publish(topics.deploy(fleet.fleet, "tampered"), b"", retain=True).wait_for_publish(5)
+
+
+# ------------------------------------------------------------------------------------------ restarts, faults
+def test_agent_restart_keeps_its_shards_and_serves_again(tmp_path, mosquitto_available) -> None:
+    model = zoo.build("transformer", seed=6)
+    x = zoo.sample_inputs(model)
+    with SimFleet(2, broker_kind="mosquitto", workdir=tmp_path, discovery=False) as s, Fleet(s.broker.url) as f:
+        f.wait_for_devices(2, timeout=60)
+        f.deploy(model, "tr", stages=2, timeout=120)
+        served = f.blob_server.served_chunks
+        assert served > 0
+        s.restart_device("dev-1")
+        wait_until(lambda: not any(d.device_id == "dev-1" for d in f.devices()), 20, what="dev-1 offline")
+        wait_until(lambda: _ready(f, "tr", 1, 2), 60, what="dev-1 to serve again after restart")
+        assert f.blob_server.served_chunks == served  # nothing downloaded again
+        assert_matches(f.infer("tr", x), ort_reference(model, x))
+
+
+def test_broker_killed_and_restarted_mid_session_is_survived(tmp_path, mosquitto_available) -> None:
+    model = zoo.build("mobilenetv2", seed=7)
+    x = zoo.sample_inputs(model)
+    want = ort_reference(model, x)
+    with SimFleet(3, broker_kind="mosquitto", workdir=tmp_path, discovery=False) as s, Fleet(s.broker.url) as f:
+        f.wait_for_devices(3, timeout=60)
+        f.deploy(model, "mnet", stages=3, timeout=120)
+        assert_matches(f.infer("mnet", x), want)
+        reconnects = f.transport.connect_count
+        s.broker.restart(kill=True)  # no goodbye, no persistence: retained state is gone
+        wait_until(lambda: f.transport.connect_count > reconnects, 30, what="the client to reconnect")
+        wait_until(lambda: _ready(f, "mnet", 1, 3), 30, what="agents to report their stages again")
+        assert_matches(f.infer("mnet", x, timeout=60), want)
+
+
+def test_request_fails_clearly_when_a_stage_device_dies_or_stalls(tmp_path, mosquitto_available) -> None:
+    model = zoo.build("mlp", seed=8)
+    x = zoo.sample_inputs(model)
+    with SimFleet(3, broker_kind="mosquitto", workdir=tmp_path, discovery=False) as s, Fleet(s.broker.url) as f:
+        f.wait_for_devices(3, timeout=60)
+        dep = f.deploy(model, "mlp3", stages=3, timeout=120)
+        middle = dep.manifest.stages[1]["device"]
+        last = dep.manifest.stages[2]["device"]
+        # a stalled device (SIGSTOP): still "online", never answers -> a timeout naming the pipeline
+        os.kill(s.devices[last].proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(InferenceTimeout, match=f"stage 2@{last}"):
+                f.infer("mlp3", x, timeout=3)
+        finally:
+            os.kill(s.devices[last].proc.pid, signal.SIGCONT)
+        # a device killed with requests in flight: the Last Will fails them at once, naming stage and device
+        os.kill(s.devices[middle].proc.pid, signal.SIGSTOP)
+        futs = [f.submit("mlp3", x, timeout=60) for _ in range(4)]
+        s.stop_device(middle, kill=True)
+        for fut in futs:
+            with pytest.raises(StageUnavailableError, match=f"stage 1 device '{middle}' went offline") as info:
+                fut.result(40)
+            assert info.value.stage == 1 and info.value.device == middle
+        with pytest.raises(DeployError, match="not online"):
+            f.deploy(model, "mlp3", devices=[middle], timeout=10)
