@@ -40,7 +40,7 @@ def run_demo(model: str = "mobilenetv2", stages: int = 3, requests: int = 64, br
     with SimFleet(devices, broker_kind=broker_kind) as sim:
         con.print(f"broker: {sim.broker.kind} on {sim.broker.url}; agent logs in {sim.workdir}")
         with Fleet(sim.broker.url) as fleet:
-            devs = fleet.wait_for_devices(devices, timeout=60)
+            fleet.wait_for_devices(devices, timeout=60)
             _wait_peers(fleet, devices, timeout=20)
             t = Table(title="devices (found each other by mDNS, live by MQTT presence)")
             for col in ("device", "ISA", "cores", "GFLOP/s (measured)", "mDNS peers"):
