@@ -22,8 +22,8 @@ from edge_agent import (
     InvalidInputError,
     StageUnavailableError,
     UnknownModelError,
+    topics,
 )
-from edge_agent import topics
 from edge_agent.messages import InferRequest, Manifest
 from edge_agent.sim import SimFleet
 from edge_agent.store import CHUNK_SIZE, chunk_digests
@@ -181,8 +181,8 @@ def test_bad_requests_get_clear_errors_and_the_fleet_keeps_serving(fleet: Fleet,
 
 def _raw_request(fleet: Fleet, device: str, model: str, version: int, tensors: dict, timeout: float = 20):
     """Send a request without the Fleet's own validation; wait for its answer."""
-    from concurrent.futures import Future
     import uuid
+    from concurrent.futures import Future
 
     from edge_agent.fleet import _Pending
 
