@@ -1,0 +1,31 @@
+"""Model zoo, ONNX graph tools, per-node cost model and pipeline partitioner.
+
+- :mod:`models.zoo`: reference models built in code (``mlp``, ``mobilenetv2``, ``transformer``).
+- :mod:`models.ppocr`: the PP-OCRv4 text detection model shipped with ``rapidocr_onnxruntime``.
+- :mod:`models.graph`: loading/validation, input/output specs, static shapes.
+- :mod:`models.cost`: FLOPs, weight and activation bytes per node.
+- :mod:`models.partition`: cut a model into pipeline stages placed on devices; extract stage models.
+"""
+
+from models.cost import ModelCost, NodeCost, model_cost
+from models.graph import ModelError, TensorSpec, input_specs, load_model, output_specs, with_static_shapes
+from models.partition import DeviceSpec, Plan, PlanError, Stage, extract_stage, plan_pipeline, split_model
+
+__all__ = [
+    "DeviceSpec",
+    "ModelCost",
+    "ModelError",
+    "NodeCost",
+    "Plan",
+    "PlanError",
+    "Stage",
+    "TensorSpec",
+    "extract_stage",
+    "input_specs",
+    "load_model",
+    "model_cost",
+    "output_specs",
+    "plan_pipeline",
+    "split_model",
+    "with_static_shapes",
+]
