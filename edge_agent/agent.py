@@ -2,16 +2,20 @@
 
 It advertises itself by mDNS, reports its state over MQTT (retained, with a Last Will for liveness),
 installs the pipeline stages that deployments assign to it (shards fetched chunk by chunk into a
-content-addressed store), and serves them: tensors in, stage run, tensors out to the next stage or the
-caller. Bad input of any kind is logged, counted in the reported state and answered with an error where
-there is someone to answer; the agent keeps serving.
+content-addressed store), and serves them: tensors in, stage run, tensors out to the least loaded live
+replica of the next stage, or to the caller. When every device holding a stage is gone, the agents agree
+(same rule, same view) on one of them to adopt it, so serving resumes without the operator. Bad input of
+any kind is logged, counted in the reported state and answered with an error where there is someone to
+answer; the agent keeps serving.
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import queue
+import random
 import signal
 import threading
 import time
@@ -26,15 +30,20 @@ from .backend import Backend, IOSpec, check_inputs, load_backend
 from .blobs import BlobFetcher, BlobServer, TransferCancelled, TransferSpec
 from .capability import cores, cpu_isa, measure_gflops, ram_mb
 from .errors import EdgeAgentError, InvalidInputError, ProtocolError, StoreError
-from .messages import DeviceState, InferRequest, InferResult, Manifest
+from .messages import DeviceState, InferRequest, InferResult, LoadReport, Manifest, stage_devices
 from .store import BlobStore
 from .transport import Transport
 
 log = logging.getLogger("edge_agent.agent")
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
-DEDUP_CACHE = 2048       # (request, stage) pairs whose answers are kept for retries
+DEDUP_CACHE = 2048       # (request, stage) answers kept so a retry is resent, not recomputed
 WORK_QUEUE = 1024        # requests waiting per device before it answers "overloaded"
+OLD_VERSION_GRACE_S = 10.0   # an upgraded stage's old version keeps serving in-flight requests this long
+LOAD_REPORT_EVERY_S = 0.05
+LIVE_STATUSES = ("fetching", "loading", "ready")
+
+Key = tuple[str, int, int]   # (model, version, stage index)
 
 
 @dataclass
@@ -52,8 +61,11 @@ class AgentConfig:
     discovery: bool = True
     advertise_broker: bool = False       # this device hosts the broker: advertise role "broker"
     max_message_bytes: int = DEFAULT_MAX_MESSAGE
-    heartbeat_s: float = 5.0
+    heartbeat_s: float = 2.0
+    keepalive_s: int = 4                 # the broker publishes the Last Will ~1.5x this after a silent death
     fetch_timeout_s: float = 300.0
+    slowdown: float = 1.0                # simulate a slower device: each run takes this many times longer
+    transport_kwargs: dict = field(default_factory=dict)   # username/password/tls for the broker
 
 
 @dataclass
@@ -68,8 +80,26 @@ class InstalledStage:
         return int(self.stage["index"])
 
     @property
+    def key(self) -> Key:
+        return (self.manifest.name, self.manifest.version, self.index)
+
+    @property
     def last(self) -> bool:
         return self.index == len(self.manifest.stages) - 1
+
+
+@dataclass
+class _Job:
+    thread: threading.Thread
+    cancel: threading.Event
+
+
+@dataclass
+class _Peer:
+    queue: int = 0
+    service_ms: float = 1.0
+    ts: float = 0.0
+    sent_since: int = 0
 
 
 class Agent:
@@ -82,7 +112,8 @@ class Agent:
         self.device_id = config.name
         self.endpoint = topics.device_endpoint(config.fleet, config.name)
         self.fleet_prefix = topics.fleet_root(config.fleet) + "/"
-        self.store = BlobStore(Path(config.data_dir) / "blobs")
+        self.data_dir = Path(config.data_dir)
+        self.store = BlobStore(self.data_dir / "blobs")
         self.counters: collections.Counter[str] = collections.Counter()
         self.started = time.time()
         self.isa = cpu_isa()
@@ -90,24 +121,33 @@ class Agent:
             self.gflops, self.gflops_source = float(config.gflops), "configured"
         else:
             self.gflops, self.gflops_source = measure_gflops(0.3, max(1, config.threads))
-        self._installed: dict[str, InstalledStage] = {}   # model name -> stage this device runs
-        self._previous: dict[str, InstalledStage] = {}    # the version before, for in-flight requests
-        self._status: dict[str, dict] = {}                # model -> {status, version, stage, error, progress}
+            self.gflops /= max(config.slowdown, 1e-3)
         self._lock = threading.RLock()
-        self._control: queue.Queue[tuple[str, object]] = queue.Queue()
-        self._desired: dict[str, Manifest | None] = {}     # latest wanted state per model, not yet applied
-        self._cancel: dict[str, threading.Event] = {}
-        self._jobs: dict[str, threading.Thread] = {}
-        self._work: queue.Queue[InferRequest | None] = queue.Queue(maxsize=WORK_QUEUE)
-        self._done: collections.OrderedDict[tuple[str, int], tuple[str, bytes]] = collections.OrderedDict()
+        self._manifests: dict[tuple[str, str], Manifest] = {}   # (channel, model) -> manifest
+        self._installed: dict[Key, InstalledStage] = {}
+        self._status: dict[Key, dict] = {}
+        self._adopted: set[Key] = set()
+        self._undesired_since: dict[Key, float] = {}
+        self._jobs: dict[Key, _Job] = {}
+        self._prefetching: set[str] = set()
         self._states: dict[str, DeviceState] = {}        # other devices' reported states
+        self._peers_load: dict[str, _Peer] = {}
+        self._service_ms = 1.0                            # EWMA of this device's run time per request
+        self._kick = threading.Event()                    # something changed: reconcile
+        self._work: queue.Queue[InferRequest | None] = queue.Queue(maxsize=WORK_QUEUE)
+        self._done: collections.OrderedDict[tuple[str, int], tuple[str, bytes, InferRequest | None]] = (
+            collections.OrderedDict())
         self._stop = threading.Event()
         self._last_state_pub = 0.0
+        self._last_load_pub = 0.0
+        self._last_signature = ""
         self._peers: list[str] = []
         self.discovery = None
         will = DeviceState(self.device_id, config.fleet, online=False, endpoint=self.endpoint).to_bytes()
         self.transport = Transport(config.broker, client_id=f"ea-{config.fleet}-{config.name}",
-                                   clean_session=True, will=(topics.state(config.fleet, self.device_id), will, True))
+                                   clean_session=True, keepalive=config.keepalive_s,
+                                   will=(topics.state(config.fleet, self.device_id), will, True),
+                                   **config.transport_kwargs)
         self.blob_server = BlobServer(self.transport, self.endpoint, self.store, on_reject=self._reject)
         self.fetcher = BlobFetcher(self.transport, self.endpoint, self.store, on_reject=self._reject)
         self._threads: list[threading.Thread] = []
@@ -115,13 +155,16 @@ class Agent:
     # ---------------------------------------------------------------------------------- lifecycle
     def start(self, wait: float | None = 30.0) -> Agent:
         t = self.transport
+        fleet = self.cfg.fleet
         t.subscribe(topics.inbox(self.endpoint, "in"), self._on_infer)
         t.subscribe(topics.inbox(self.endpoint, "cmd"), self._guard(self.blob_server.handle))
         t.subscribe(topics.inbox(self.endpoint, "blob"), self._guard(self.fetcher.deliver))
-        t.subscribe(topics.all_deploys(self.cfg.fleet), self._on_manifest)
-        t.subscribe(topics.all_states(self.cfg.fleet), self._on_state)
+        t.subscribe(topics.all_deploys(fleet, "stable"), self._on_manifest)
+        t.subscribe(topics.all_deploys(fleet, "canary"), self._on_manifest)
+        t.subscribe(topics.all_states(fleet), self._on_state)
+        t.subscribe(topics.all_loads(fleet), self._on_load, qos=0)
         t.add_connect_hook(self.publish_state)
-        for target, name in ((self._control_loop, "control"), (self._work_loop, "stage-worker"),
+        for target, name in ((self._reconcile_loop, "reconcile"), (self._work_loop, "stage-worker"),
                              (self._heartbeat_loop, "heartbeat")):
             th = threading.Thread(target=target, name=f"{name}-{self.device_id}", daemon=True)
             th.start()
@@ -130,15 +173,12 @@ class Agent:
         if self.cfg.discovery:
             self._start_discovery()
         log.info("agent %s up: fleet %s, broker %s, isa %s, %.1f GFLOP/s (%s), data %s", self.device_id,
-                 self.cfg.fleet, self.cfg.broker, self.isa, self.gflops, self.gflops_source, self.cfg.data_dir)
+                 self.cfg.fleet, self.cfg.broker, self.isa, self.gflops, self.gflops_source, self.data_dir)
         return self
 
     def _start_discovery(self) -> None:
-        try:
-            from discovery import DeviceInfo, Discovery
-        except ImportError:
-            log.warning("discovery package unavailable; running without mDNS")
-            return
+        from discovery import DeviceInfo, Discovery
+
         info = DeviceInfo(device_id=self.device_id, fleet=self.cfg.fleet, broker=self.cfg.broker,
                           isa=self.isa, cores=cores(), ram_mb=ram_mb(), gflops=round(self.gflops, 1),
                           version=__version__, role="broker" if self.cfg.advertise_broker else "agent")
@@ -159,10 +199,13 @@ class Agent:
 
     def stop(self) -> None:
         """Clean shutdown: offline state (retained), mDNS goodbye, disconnect."""
-        if self._stop.is_set():
+        if self._stop.is_set() and not self.transport.connected.is_set():
             return
         self._stop.set()
-        self._control.put(("stop", None))
+        self._kick.set()
+        with self._lock:
+            for job in self._jobs.values():
+                job.cancel.set()
         try:
             self._work.put_nowait(None)
         except queue.Full:
@@ -187,11 +230,11 @@ class Agent:
 
     def run_forever(self) -> None:
         """Block until SIGTERM/SIGINT, then stop cleanly."""
+        stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self._stop.set())
-        while not self._stop.wait(0.5):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(0.5):
             pass
-        self._stop.clear()
         self.stop()
 
     # ---------------------------------------------------------------------------------- state
@@ -202,13 +245,14 @@ class Agent:
     def _state(self, online: bool = True) -> DeviceState:
         with self._lock:
             stages = []
-            for name, st in sorted(self._status.items()):
-                entry = dict(st)
-                inst = self._installed.get(name)
+            for key, st in sorted(self._status.items()):
+                model, version, index = key
+                entry = {"model": model, "version": version, "stage": index, **st}
+                inst = self._installed.get(key)
                 if inst is not None:
                     entry.update(backend=inst.backend.name, backend_reason=inst.backend.reason,
                                  n_stages=len(inst.manifest.stages))
-                stages.append({"model": name, **entry})
+                stages.append(entry)
             peers = list(self._peers)
         return DeviceState(
             device_id=self.device_id, fleet=self.cfg.fleet, online=online, started=self.started,
@@ -228,15 +272,24 @@ class Agent:
         except Exception:  # pragma: no cover - transport errors are retried by paho
             log.debug("state publish failed", exc_info=True)
 
-    def _set_status(self, model: str, force: bool = True, **fields: object) -> None:
+    def _publish_load(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_load_pub < LOAD_REPORT_EVERY_S:
+            return
+        self._last_load_pub = now
+        rep = LoadReport(self.device_id, self._work.qsize(), round(self._service_ms, 3))
+        self.transport.publish(topics.load(self.cfg.fleet, self.device_id), rep.to_bytes(), qos=0)
+
+    def _set_status(self, key: Key, force: bool = True, **fields: object) -> None:
         with self._lock:
-            self._status.setdefault(model, {}).update(fields)
+            self._status.setdefault(key, {}).update(fields)
         self.publish_state(force=force)
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.cfg.heartbeat_s):
             if self.transport.connected.is_set():
                 self.publish_state()
+                self._publish_load(force=True)
 
     # ---------------------------------------------------------------------------------- handlers
     def _guard(self, handler):  # noqa: ANN001, ANN202 - wraps a transport handler with the size limit
@@ -257,25 +310,50 @@ class Agent:
         except ProtocolError as exc:
             log.warning("ignored malformed state on %s: %s", topic, exc)
             return
-        if st.device_id != self.device_id:
-            with self._lock:
-                self._states[st.device_id] = st
+        if st.device_id == self.device_id:
+            return
+        with self._lock:
+            old = self._states.get(st.device_id)
+            self._states[st.device_id] = st
+        if old is None or old.online != st.online or old.stages != st.stages:
+            self._kick.set()   # liveness or placement changed: maybe adopt or drop a stage
+
+    def _on_load(self, topic: str, payload: bytes, retained: bool) -> None:
+        try:
+            rep = LoadReport.from_bytes(payload, max_bytes=4096)
+        except ProtocolError:
+            self.counters["rejected_load"] += 1
+            return
+        with self._lock:
+            p = self._peers_load.setdefault(rep.device_id, _Peer())
+            p.queue, p.service_ms, p.ts, p.sent_since = int(rep.queue), float(rep.service_ms), time.monotonic(), 0
 
     def _on_manifest(self, topic: str, payload: bytes, retained: bool) -> None:
         name = topics.last_segment(topic)
+        channel = "canary" if "/canary/" in topic else "stable"
         if not payload:
-            self._control.put(("undeploy", name))
+            with self._lock:
+                self._manifests.pop((channel, name), None)
+            self._kick.set()
             return
         try:
             m = Manifest.from_bytes(payload, max_bytes=self.cfg.max_message_bytes)
             if m.name != name:
-                raise ProtocolError(f"manifest for '{m.name}' published under deploy/{name}")
-            _validate_manifest(m)
-        except ProtocolError as exc:
+                raise ProtocolError(f"manifest for '{m.name}' published under {channel}/{name}")
+            if m.channel != channel:
+                raise ProtocolError(f"manifest of channel '{m.channel}' published on the {channel} topic")
+            validate_manifest(m)
+            self.accept_manifest(m)
+        except (ProtocolError, EdgeAgentError) as exc:
             log.warning("rejected manifest on %s: %s", topic, exc)
             self._reject("manifest")
             return
-        self._control.put(("deploy", m))
+        with self._lock:
+            self._manifests[(channel, name)] = m
+        self._kick.set()
+
+    def accept_manifest(self, m: Manifest) -> None:
+        """Hook for trust checks (signature, version order); raises to reject. Development mode accepts."""
 
     def _on_infer(self, topic: str, payload: bytes, retained: bool) -> None:
         if len(payload) > self.cfg.max_message_bytes:
@@ -288,6 +366,9 @@ class Agent:
             log.warning("rejected malformed request on %s: %s", topic, exc)
             self._reject("malformed_request")
             return
+        self._enqueue(req)
+
+    def _enqueue(self, req: InferRequest) -> None:
         if not req.reply_to.startswith(self.fleet_prefix):
             log.warning("rejected request %s: reply_to %r outside fleet %s", req.request_id, req.reply_to,
                         self.cfg.fleet)
@@ -297,110 +378,211 @@ class Agent:
             self._work.put_nowait(req)
         except queue.Full:
             self._reply_error(req, "overloaded", f"device {self.device_id} has {WORK_QUEUE} requests queued")
+            return
+        self._publish_load()
 
-    # ---------------------------------------------------------------------------------- deployments
-    def _control_loop(self) -> None:
-        """Record the desired manifest per model and make sure one job per model converges to it.
-
-        Each model has its own job thread, so a slow or failing transfer of one deployment never blocks
-        another, and a newer manifest cancels the transfer of an older one."""
-        while True:
-            kind, arg = self._control.get()
-            if kind == "stop":
-                with self._lock:
-                    for ev in self._cancel.values():
-                        ev.set()
-                return
-            name = arg.name if isinstance(arg, Manifest) else str(arg)
-            with self._lock:
-                self._desired[name] = arg if isinstance(arg, Manifest) else None
-                if name in self._cancel:
-                    self._cancel[name].set()  # supersede whatever the running job is doing
-                job = self._jobs.get(name)
-                if job is None or not job.is_alive():
-                    job = threading.Thread(target=self._job, args=(name,), name=f"deploy-{name}", daemon=True)
-                    self._jobs[name] = job
-                    job.start()
-
-    def _job(self, name: str) -> None:
+    # ---------------------------------------------------------------------------------- desired state
+    def _reconcile_loop(self) -> None:
         while not self._stop.is_set():
-            with self._lock:
-                if name not in self._desired:
-                    self._jobs.pop(name, None)
-                    return
-                target = self._desired.pop(name)
-                cancel = self._cancel[name] = threading.Event()
+            self._kick.wait(1.0)
+            self._kick.clear()
+            if self._stop.is_set():
+                return
             try:
-                if target is None:
-                    self._uninstall(name, reason="undeployed")
-                else:
-                    self._apply_manifest(target, cancel)
-            except Exception:  # keep the agent alive whatever a deployment does
-                log.exception("deployment job for %s failed", name)
+                self._reconcile()
+            except Exception:  # keep the loop alive whatever a manifest or a state holds
+                log.exception("reconcile failed")
 
-    def _apply_manifest(self, m: Manifest, cancel: threading.Event | None = None) -> None:
-        st = m.stage_for(self.device_id)
-        with self._lock:
-            cur = self._installed.get(m.name)
+    def _live(self, device: str) -> bool:
+        if device == self.device_id:
+            return True
+        st = self._states.get(device)
+        return st is not None and st.online
+
+    def _reports(self, device: str, key: Key) -> dict | None:
+        st = self._states.get(device)
         if st is None:
-            if cur is not None:
-                self._uninstall(m.name, reason=f"version {m.version} runs elsewhere")
-            return
-        if cur is not None and cur.manifest.version == m.version and cur.stage["shard_sha256"] == st["shard_sha256"]:
+            return None
+        return next((e for e in st.stages if (e.get("model"), e.get("version"), e.get("stage")) == key), None)
+
+    def _desired(self) -> tuple[set[Key], dict[Key, Manifest]]:
+        """Stages this device should hold: assigned by a manifest, or adopted because nobody else can."""
+        want: set[Key] = set()
+        source: dict[Key, Manifest] = {}
+        for (channel, _), m in self._manifests.items():
+            for st in m.stages:
+                key = (m.name, m.version, int(st["index"]))
+                source[key] = m
+                devs = stage_devices(st)
+                if self.device_id in devs:
+                    want.add(key)
+                    continue
+                if channel != "stable" or not m.failover:
+                    continue
+                holders = set(devs) | {d for d in self._states if d != self.device_id and
+                                       (e := self._reports(d, key)) and e.get("status") in LIVE_STATUSES}
+                assigned_back = any(self._live(d) and (e := self._reports(d, key)) and e.get("status") == "ready"
+                                    for d in devs)
+                if key in self._adopted:
+                    if assigned_back:
+                        log.info("%s v%d stage %d is back on %s; dropping adoption", *key, devs)
+                        self._adopted.discard(key)
+                    else:
+                        want.add(key)
+                    continue
+                if any(self._live(d) for d in holders):
+                    continue
+                if self._chosen_adopter(key) == self.device_id:
+                    log.warning("no live device holds %s v%d stage %d (held by %s); adopting it", *key,
+                                ", ".join(sorted(holders)))
+                    self._adopted.add(key)
+                    self.counters["adoptions"] += 1
+                    want.add(key)
+        return want, source
+
+    def _chosen_adopter(self, key: Key) -> str:
+        """Every agent applies the same rule to the same view: fewest stages, fastest, then by id."""
+        cands = [(len(self._status), -self.gflops, self.device_id)]
+        for d, st in self._states.items():
+            if d != self.device_id and st.online:
+                err = self._reports(d, key)
+                if err is not None and err.get("status") == "error":
+                    continue
+                cands.append((len(st.stages), -st.gflops, d))
+        return min(cands)[2]
+
+    def _reconcile(self) -> None:
+        with self._lock:
+            want, source = self._desired()
+            now = time.monotonic()
+            # start what is missing
+            for key in want:
+                self._undesired_since.pop(key, None)
+                if key in self._installed or key in self._jobs:
+                    continue
+                cancel = threading.Event()
+                th = threading.Thread(target=self._install_job, args=(source[key], key, cancel),
+                                      name=f"install-{key[0]}-v{key[1]}-s{key[2]}", daemon=True)
+                self._jobs[key] = _Job(th, cancel)
+                th.start()
+            # cancel transfers nobody wants any more
+            for key, job in list(self._jobs.items()):
+                if key not in want:
+                    job.cancel.set()
+            # retire installed stages: at once when the model is gone, after a grace when replaced
+            for key in list(self._installed):
+                if key in want:
+                    continue
+                replaced = any(k[0] == key[0] and k[2] == key[2] and k[1] > key[1] and
+                               self._status.get(k, {}).get("status") == "ready" for k in self._installed)
+                first = self._undesired_since.setdefault(key, now)
+                if not replaced or now - first >= OLD_VERSION_GRACE_S:
+                    self._uninstall(key, "replaced" if replaced else "no longer deployed here")
+            for key in list(self._status):
+                if key not in want and key not in self._installed and key not in self._jobs:
+                    self._status.pop(key, None)
+            # keep a copy of every shard of the deployments this device takes part in (failover source)
+            involved = {id(source[k]): source[k] for k in want if k in source}
+            signature = repr(sorted(self._status.items()))
+        for m in involved.values():
+            for st in m.stages:
+                self._prefetch(m, st)
+        if signature != self._last_signature:
+            self._last_signature = signature
             self.publish_state()
-            return
-        base = {"version": m.version, "stage": int(st["index"]), "n_stages": len(m.stages), "error": ""}
+
+    def _prefetch(self, m: Manifest, st: dict) -> None:
+        sha = st["shard_sha256"]
+        with self._lock:
+            if sha in self._prefetching or self.store.has(sha):
+                return
+            self._prefetching.add(sha)
+
+        def job() -> None:
+            try:
+                spec = TransferSpec(sha, int(st["shard_size"]), int(st["chunk_size"]), list(st["chunk_sha256"]))
+                self.fetcher.fetch(spec, self._sources_for(m, sha), timeout=self.cfg.fetch_timeout_s)
+                self.publish_state(force=False)
+            except StoreError as exc:
+                log.info("prefetch of %s stage %s shard skipped: %s", m.name, st["index"], exc)
+            finally:
+                with self._lock:
+                    self._prefetching.discard(sha)
+
+        threading.Thread(target=job, name=f"prefetch-{sha[:8]}", daemon=True).start()
+
+    def _install_job(self, m: Manifest, key: Key, cancel: threading.Event) -> None:
+        try:
+            self._install(m, key, cancel)
+        except Exception:
+            log.exception("installing %s v%d stage %d failed", *key)
+        finally:
+            with self._lock:
+                self._jobs.pop(key, None)
+            self._kick.set()
+
+    def _install(self, m: Manifest, key: Key, cancel: threading.Event) -> None:
+        st = m.stages[key[2]]
+        role = "assigned" if self.device_id in stage_devices(st) else "adopted"
+        base = {"n_stages": len(m.stages), "error": "", "role": role, "channel": m.channel}
         try:
             sha = st["shard_sha256"]
             if not self.store.has(sha):
-                self._set_status(m.name, status="fetching", progress=0.0, **base)
+                self._set_status(key, status="fetching", progress=0.0, **base)
                 spec = TransferSpec(sha, int(st["shard_size"]), int(st["chunk_size"]), list(st["chunk_sha256"]))
 
                 def progress(have: int, total: int) -> None:
-                    self._set_status(m.name, force=have == total, progress=round(have / max(total, 1), 3))
+                    self._set_status(key, force=have == total, progress=round(have / max(total, 1), 3))
 
                 self.fetcher.fetch(spec, self._sources_for(m, sha), timeout=self.cfg.fetch_timeout_s,
                                    progress=progress, cancel=cancel)
-            self._set_status(m.name, status="loading", progress=1.0, **base)
-            shard = self.store.get(sha)
-            backend = load_backend(shard, threads=self.cfg.threads, prefer=self.cfg.backend)
+            if cancel.is_set():
+                raise TransferCancelled("superseded")
+            self._set_status(key, status="loading", progress=1.0, **base)
+            backend = load_backend(self.store.get(sha), threads=self.cfg.threads, prefer=self.cfg.backend)
             _check_stage_io(backend, st)
         except TransferCancelled:
-            log.info("transfer for %s v%s superseded by a newer desired state", m.name, m.version)
+            log.info("install of %s v%d stage %d cancelled: no longer wanted", *key)
+            with self._lock:
+                self._status.pop(key, None)
             return
         except (StoreError, EdgeAgentError, ValueError, RuntimeError, KeyError, TypeError) as exc:
-            log.error("deployment %s v%s stage %s failed: %s", m.name, m.version, st.get("index"), exc)
-            self.counters["deploy_failed"] += 1
-            self._set_status(m.name, status="error", **{**base, "error": str(exc)})
+            self._install_failed(key, base, str(exc))
             return
-        except Exception as exc:  # ORT raises its own exception types for bad models
-            log.error("deployment %s v%s stage %s: cannot load shard: %s", m.name, m.version, st.get("index"), exc)
-            self.counters["deploy_failed"] += 1
-            self._set_status(m.name, status="error", **{**base, "error": f"cannot load shard: {exc}"})
+        except Exception as exc:  # ORT and onnx raise their own exception types for bad models
+            self._install_failed(key, base, f"cannot load shard: {exc}")
             return
         inst = InstalledStage(m, st, backend)
         with self._lock:
-            if cur is not None:
-                self._previous[m.name] = cur
-            self._installed[m.name] = inst
-        log.info("serving %s v%d stage %d/%d on %s (%s: %s)", m.name, m.version, inst.index + 1, len(m.stages),
-                 self.device_id, backend.name, backend.reason)
-        self._set_status(m.name, status="ready", progress=1.0, **base)
+            if cancel.is_set():
+                self._status.pop(key, None)
+                return
+            self._installed[key] = inst
+        log.info("serving %s v%d stage %d/%d on %s as %s (%s: %s)", m.name, m.version, inst.index + 1,
+                 len(m.stages), self.device_id, role, backend.name, backend.reason)
+        self._set_status(key, status="ready", progress=1.0, **base)
+        self._publish_load(force=True)
+
+    def _install_failed(self, key: Key, base: dict, why: str) -> None:
+        log.error("deployment %s v%d stage %d failed: %s", *key, why)
+        self.counters["deploy_failed"] += 1
+        self._set_status(key, status="error", **{**base, "error": why})
 
     def _sources_for(self, m: Manifest, sha: str) -> list[str]:
-        """Where to fetch a shard: peers that report holding it first, then the manifest's sources."""
+        """Where to fetch a shard: live peers that report holding it first, then the manifest's sources."""
         with self._lock:
             peers = [s.endpoint for s in self._states.values() if s.online and s.endpoint and sha in s.blobs]
+        random.shuffle(peers)  # spread the load of a fleet-wide deploy over the holders
         return peers + [s for s in m.sources if s not in peers]
 
-    def _uninstall(self, name: str, reason: str) -> None:
+    def _uninstall(self, key: Key, reason: str) -> None:
         with self._lock:
-            had = self._installed.pop(name, None)
-            self._previous.pop(name, None)
-            self._status.pop(name, None)
+            had = self._installed.pop(key, None)
+            self._status.pop(key, None)
+            self._undesired_since.pop(key, None)
+            self._adopted.discard(key)
         if had is not None:
-            log.info("stopped serving %s (%s)", name, reason)
-        self.publish_state()
+            log.info("stopped serving %s v%d stage %d (%s)", *key, reason)
 
     # ---------------------------------------------------------------------------------- serving
     def _work_loop(self) -> None:
@@ -413,37 +595,62 @@ class Agent:
             except Exception as exc:  # the worker must survive anything a request does
                 log.exception("request %s failed unexpectedly", req.request_id)
                 self._reply_error(req, "internal", f"{type(exc).__name__}: {exc}")
+            self._publish_load()
+
+    def route(self, model: str, version: int, stage: int) -> str | None:
+        """The live device (maybe this one) with the earliest expected completion for a stage."""
+        key = (model, version, stage)
+        best, best_score = None, float("inf")
+        with self._lock:
+            if key in self._installed:
+                best = self.device_id
+                best_score = (self._work.qsize() + 1) * max(self._service_ms, 0.05)
+            for d, st in self._states.items():
+                if d == self.device_id or not st.online:
+                    continue
+                e = self._reports(d, key)
+                if e is None or e.get("status") != "ready":
+                    continue
+                p = self._peers_load.get(d, _Peer())
+                score = (p.queue + p.sent_since + 1) * max(p.service_ms, 0.05)
+                if score < best_score or (score == best_score and random.random() < 0.5):
+                    best, best_score = d, score
+        return best
+
+    def _send(self, req: InferRequest, payload: bytes | None = None) -> str | None:
+        """Forward a request to the best device for its stage; returns the device or None (no route)."""
+        dest = self.route(req.model, req.version, req.stage)
+        if dest is None:
+            return None
+        if dest == self.device_id:
+            self._enqueue(req)
+            return dest
+        with self._lock:
+            self._peers_load.setdefault(dest, _Peer()).sent_since += 1
+        self.transport.publish(topics.inbox(topics.device_endpoint(self.cfg.fleet, dest), "in"),
+                               payload if payload is not None else req.to_bytes(), qos=1)
+        return dest
 
     def _find_stage(self, req: InferRequest) -> InstalledStage | None:
         with self._lock:
-            for inst in (self._installed.get(req.model), self._previous.get(req.model)):
-                if inst is not None and inst.manifest.version == req.version:
-                    return inst
-        return None
+            return self._installed.get((req.model, req.version, req.stage))
 
     def _serve(self, req: InferRequest) -> None:
         key = (req.request_id, req.stage)
         cached = self._done.get(key)
         if cached is not None:
-            # a retry: the work is done, resend what we sent (the next hop or the caller de-duplicates)
+            # a retry: the work is done; resend the answer (routing again, the old next hop may be gone)
             self.counters["duplicates"] += 1
-            self.transport.publish(cached[0], cached[1], qos=1)
+            kind, payload, fwd = cached
+            if kind == "result":
+                self.transport.publish(topics.inbox(req.reply_to, "out"), payload, qos=1)
+            elif fwd is not None and self._send(fwd, payload) is None:
+                self._reply_error(req, "no_route", f"no live device serves {req.model} v{req.version} "
+                                  f"stage {fwd.stage}", stage=fwd.stage)
             return
         inst = self._find_stage(req)
         if inst is None:
-            with self._lock:
-                known = sorted(self._installed)
-                cur = self._installed.get(req.model)
-            if cur is None:
-                self._reply_error(req, "unknown_model", f"device {self.device_id} does not serve model "
-                                  f"'{req.model}' (serving: {', '.join(known) or 'nothing'})")
-            else:
-                self._reply_error(req, "version_mismatch", f"device {self.device_id} serves {req.model} "
-                                  f"v{cur.manifest.version}, request is for v{req.version}")
-            return
-        if inst.index != req.stage:
-            self._reply_error(req, "wrong_stage", f"device {self.device_id} runs stage {inst.index} of "
-                              f"{req.model}, request is for stage {req.stage}")
+            self._not_served(req)
             return
         t_recv = time.time()
         where = f"{req.model} stage {inst.index} on {self.device_id}"
@@ -459,7 +666,11 @@ class Agent:
         except Exception as exc:
             self._reply_error(req, "run_failed", f"{where}: {type(exc).__name__}: {exc}")
             return
-        run_ms = (time.perf_counter() - t0) * 1e3
+        run_s = time.perf_counter() - t0
+        if self.cfg.slowdown > 1.0:
+            time.sleep(run_s * (self.cfg.slowdown - 1.0))
+            run_s *= self.cfg.slowdown
+        self._service_ms = 0.8 * self._service_ms + 0.2 * run_s * 1e3
         env = dict(req.tensors)
         env.update(outs)
         carry = inst.stage.get("carry") or inst.stage["outputs"]
@@ -470,45 +681,68 @@ class Agent:
         forward = {n: np.asarray(env[n]) for n in carry}
         timings = list(req.timings) + [{"stage": inst.index, "device": self.device_id,
                                         "queue_ms": round(max(0.0, t_recv - req.sent) * 1e3, 3),
-                                        "run_ms": round(run_ms, 3), "backend": inst.backend.name}]
+                                        "run_ms": round(run_s * 1e3, 3), "backend": inst.backend.name}]
         if inst.last:
-            topic = topics.inbox(req.reply_to, "out")
             payload = InferResult(req.request_id, req.model, True, tensors=forward, timings=timings).to_bytes()
+            self.transport.publish(topics.inbox(req.reply_to, "out"), payload, qos=1)
+            entry: tuple[str, bytes, InferRequest | None] = ("result", payload, None)
         else:
-            nxt = inst.manifest.stages[inst.index + 1]
-            topic = topics.inbox(topics.device_endpoint(self.cfg.fleet, nxt["device"]), "in")
-            payload = InferRequest(req.request_id, req.model, req.version, inst.index + 1, req.reply_to,
-                                   tensors=forward, timings=timings, attempt=req.attempt).to_bytes()
-        self.transport.publish(topic, payload, qos=1)
+            fwd = InferRequest(req.request_id, req.model, req.version, inst.index + 1, req.reply_to,
+                               tensors=forward, timings=timings, attempt=req.attempt)
+            payload = fwd.to_bytes()
+            entry = ("forward", payload, fwd)
+            if self._send(fwd, payload) is None:
+                self._reply_error(req, "no_route", f"no live device serves {req.model} v{req.version} "
+                                  f"stage {inst.index + 1}", stage=inst.index + 1)
         self.counters["served"] += 1
-        self._done[key] = (topic, payload)
+        self._done[key] = entry
         while len(self._done) > DEDUP_CACHE:
             self._done.popitem(last=False)
 
-    def _reply_error(self, req: InferRequest, code: str, message: str) -> None:
+    def _not_served(self, req: InferRequest) -> None:
+        with self._lock:
+            models = sorted({k[0] for k in self._installed})
+            versions = sorted({k[1] for k in self._installed if k[0] == req.model})
+            stages = sorted({k[2] for k in self._installed if k[0] == req.model and k[1] == req.version})
+        if not versions:
+            self._reply_error(req, "unknown_model", f"device {self.device_id} does not serve model "
+                              f"'{req.model}' (serving: {', '.join(models) or 'nothing'})")
+        elif req.version not in versions:
+            self._reply_error(req, "version_mismatch", f"device {self.device_id} serves {req.model} "
+                              f"v{', v'.join(map(str, versions))}, request is for v{req.version}")
+        else:
+            self._reply_error(req, "wrong_stage", f"device {self.device_id} runs stage(s) {stages} of "
+                              f"{req.model}, request is for stage {req.stage}")
+
+    def _reply_error(self, req: InferRequest, code: str, message: str, stage: int | None = None) -> None:
         log.warning("request %s (%s stage %s): %s", req.request_id, req.model, req.stage, message)
         self.counters[f"error_{code}"] += 1
         res = InferResult(req.request_id, req.model, False,
-                          error={"code": code, "message": message, "stage": req.stage, "device": self.device_id},
+                          error={"code": code, "message": message,
+                                 "stage": req.stage if stage is None else stage, "device": self.device_id},
                           timings=list(req.timings))
         self.transport.publish(topics.inbox(req.reply_to, "out"), res.to_bytes(), qos=1)
 
 
-def _validate_manifest(m: Manifest) -> None:
+def validate_manifest(m: Manifest) -> None:
     """Structural checks of a decoded manifest (types of every field the agent relies on)."""
     if not isinstance(m.version, int) or m.version < 1:
         raise ProtocolError(f"manifest {m.name}: version must be a positive integer")
     if not isinstance(m.stages, list) or not m.stages:
         raise ProtocolError(f"manifest {m.name}: no stages")
+    if m.channel not in ("stable", "canary"):
+        raise ProtocolError(f"manifest {m.name}: unknown channel {m.channel!r}")
     for i, st in enumerate(m.stages):
         if not isinstance(st, dict):
             raise ProtocolError(f"manifest {m.name}: stage {i} is not a map")
-        for key, typ in (("index", int), ("device", str), ("shard_sha256", str), ("shard_size", int),
+        for key, typ in (("index", int), ("shard_sha256", str), ("shard_size", int),
                          ("chunk_size", int), ("chunk_sha256", list), ("inputs", list), ("outputs", list)):
             if not isinstance(st.get(key), typ):
                 raise ProtocolError(f"manifest {m.name}: stage {i} field '{key}' must be {typ.__name__}")
         if st["index"] != i:
             raise ProtocolError(f"manifest {m.name}: stage {i} has index {st['index']}")
+        if not stage_devices(st):
+            raise ProtocolError(f"manifest {m.name}: stage {i} names no device")
         if st["chunk_size"] <= 0 or st["shard_size"] < 0:
             raise ProtocolError(f"manifest {m.name}: stage {i} has bad sizes")
     if not all(isinstance(s, str) for s in m.sources):
@@ -529,4 +763,11 @@ def new_device_name() -> str:
     return f"dev-{uuid.uuid4().hex[:8]}"
 
 
-__all__ = ["Agent", "AgentConfig", "IOSpec", "new_device_name"]
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+__all__ = ["Agent", "AgentConfig", "IOSpec", "new_device_name", "validate_manifest"]

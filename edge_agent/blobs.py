@@ -124,6 +124,7 @@ class BlobFetcher:
         self.endpoint = endpoint
         self.store = store
         self._active: dict[str, queue.Queue[BlobChunk]] = {}
+        self._done_events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._on_reject = on_reject
 
@@ -153,14 +154,30 @@ class BlobFetcher:
                              f"{spec.size} bytes in {spec.chunk_size}-byte chunks")
         if not sources:
             raise StoreError(f"blob {spec.sha256[:12]}: no source to fetch it from")
-        q: queue.Queue[BlobChunk] = queue.Queue()
-        with self._lock:
-            self._active[spec.sha256] = q
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                other = self._done_events.get(spec.sha256)
+                if other is None:
+                    done = self._done_events[spec.sha256] = threading.Event()
+                    q: queue.Queue[BlobChunk] = queue.Queue()
+                    self._active[spec.sha256] = q
+                    break
+            # another thread is fetching the same blob: wait for it rather than compete for its chunks
+            while not other.wait(0.2):
+                if cancel is not None and cancel.is_set():
+                    raise TransferCancelled(f"blob {spec.sha256[:12]}: transfer cancelled")
+                if time.monotonic() > deadline:
+                    raise StoreError(f"blob {spec.sha256[:12]}: timed out waiting for a parallel transfer")
+            if self.store.has(spec.sha256):
+                return spec.sha256
         try:
-            return self._fetch(spec, sources, q, timeout, progress, cancel)
+            return self._fetch(spec, sources, q, max(0.0, deadline - time.monotonic()), progress, cancel)
         finally:
             with self._lock:
                 self._active.pop(spec.sha256, None)
+                self._done_events.pop(spec.sha256, None)
+            done.set()
 
     def _fetch(self, spec: TransferSpec, sources: list[str], q: queue.Queue[BlobChunk], timeout: float,
                progress: Callable[[int, int], None] | None, cancel: threading.Event | None) -> str:

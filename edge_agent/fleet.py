@@ -33,7 +33,7 @@ from .errors import (
     StageUnavailableError,
     UnknownModelError,
 )
-from .messages import DeviceState, InferRequest, InferResult, Manifest
+from .messages import DeviceState, InferRequest, InferResult, Manifest, stage_devices
 from .store import CHUNK_SIZE, chunk_digests, sha256_hex
 from .transport import Transport, broker_from_env
 
@@ -59,11 +59,12 @@ class DeviceStatus:
     counters: dict
     queue_depth: int
     last_seen: float
+    blobs: list[str] = field(default_factory=list)
 
     @classmethod
     def from_state(cls, st: DeviceState) -> DeviceStatus:
         return cls(st.device_id, st.online, st.isa, st.cores, st.ram_mb, st.gflops, st.version,
-                   list(st.stages), list(st.peers), dict(st.counters), st.queue_depth, st.ts)
+                   list(st.stages), list(st.peers), dict(st.counters), st.queue_depth, st.ts, list(st.blobs))
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -92,11 +93,15 @@ class _Pending:
     future: Future
     request: InferRequest
     payload: bytes
-    topic: str
-    devices: list[str]
     deadline: float
     next_retry: float
+    device: str = ""                 # where stage 0 was last sent
     attempts: int = 1
+    last_error: str = ""             # why the last attempt failed (retriable errors)
+    lost: dict = field(default_factory=dict)   # device -> stage it held when it went offline
+
+
+RETRIABLE = {"no_route", "overloaded", "device_offline"}
 
 
 class Fleet:
@@ -119,15 +124,17 @@ class Fleet:
         self._states: dict[str, DeviceState] = {}
         self._manifests: dict[str, Manifest] = {}
         self._pending: dict[str, _Pending] = {}
+        self._loads: dict[str, tuple[int, float, int]] = {}   # device -> (queue, service ms, sent since)
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._last_retained = time.monotonic()
-        self.stats = {"results": 0, "duplicates": 0, "retries": 0, "errors": 0}
+        self.stats = {"results": 0, "duplicates": 0, "retries": 0, "errors": 0, "failovers": 0}
         self.transport = Transport(url, client_id=self.client_id, clean_session=True)
         self.blob_server = BlobServer(self.transport, self.endpoint)
         t = self.transport
         t.subscribe(topics.all_states(fleet), self._on_state)
         t.subscribe(topics.all_deploys(fleet), self._on_manifest)
+        t.subscribe(topics.all_loads(fleet), self._on_load, qos=0)
         t.subscribe(topics.inbox(self.endpoint, "out"), self._on_result)
         t.subscribe(topics.inbox(self.endpoint, "cmd"), self.blob_server.handle)
         t.start(wait=connect_timeout)
@@ -176,11 +183,21 @@ class Fleet:
             log.warning("ignored malformed state on %s: %s", topic, exc)
             return
         with self._lock:
+            old = self._states.get(st.device_id)
             self._states[st.device_id] = st
             self._last_retained = time.monotonic()
             self._changed.notify_all()
-        if not st.online:
-            self._fail_requests_on(st.device_id)
+        if not st.online and (old is None or old.online):
+            self._device_lost(st.device_id, old)
+
+    def _on_load(self, topic: str, payload: bytes, retained: bool) -> None:
+        from .messages import LoadReport
+        try:
+            rep = LoadReport.from_bytes(payload, max_bytes=4096)
+        except ProtocolError:
+            return
+        with self._lock:
+            self._loads[rep.device_id] = (int(rep.queue), float(rep.service_ms), 0)
 
     def _on_manifest(self, topic: str, payload: bytes, retained: bool) -> None:
         name = topics.last_segment(topic)
@@ -201,11 +218,18 @@ class Fleet:
         except ProtocolError as exc:
             log.warning("ignored malformed result: %s", exc)
             return
+        code = (res.error or {}).get("code")
         with self._lock:
-            p = self._pending.pop(res.request_id, None)
+            p = self._pending.get(res.request_id)
             if p is None:
                 self.stats["duplicates"] += 1
                 return
+            if not res.ok and code in RETRIABLE and time.monotonic() < p.deadline:
+                # the pipeline is changing under us (device lost, stage moving): try again shortly
+                p.last_error = f"{code}: {res.error.get('message', '')}"
+                p.next_retry = min(p.next_retry, time.monotonic() + 0.2)
+                return
+            self._pending.pop(res.request_id, None)
             self.stats["results"] += 1
         if res.ok:
             p.future.set_result((dict(res.tensors), list(res.timings)))
@@ -213,16 +237,41 @@ class Fleet:
             self.stats["errors"] += 1
             p.future.set_exception(_result_error(res))
 
-    def _fail_requests_on(self, device: str) -> None:
+    def _device_lost(self, device: str, last: DeviceState | None) -> None:
+        """A device went offline: requests that may be inside it are sent again at once (stages
+        de-duplicate), or, when the deployment has no failover, fail naming the stage and device."""
+        held = {} if last is None else {e.get("model"): e.get("stage") for e in last.stages}
+        fail, again = [], []
         with self._lock:
-            doomed = [(rid, p) for rid, p in self._pending.items() if device in p.devices]
-            for rid, _ in doomed:
-                self._pending.pop(rid, None)
-        for _, p in doomed:
-            stage = p.devices.index(device)
+            for rid, p in list(self._pending.items()):
+                model = p.request.model
+                m = self._manifests.get(model)
+                involved = model in held or p.device == device or (
+                    m is not None and any(device in stage_devices(st) for st in m.stages))
+                if not involved:
+                    continue
+                stage = held.get(model, 0 if p.device == device else None)
+                if stage is None and m is not None:
+                    stage = next((st["index"] for st in m.stages if device in stage_devices(st)), None)
+                p.lost[device] = stage
+                if m is not None and not m.failover and not self._other_replica(m, stage, device):
+                    fail.append((self._pending.pop(rid), stage))
+                else:
+                    p.next_retry = time.monotonic()   # the monitor resends it now
+                    again.append(p)
+        if again:
+            self.stats["failovers"] += 1
+        for p, stage in fail:
             p.future.set_exception(StageUnavailableError(
                 f"request {p.request.request_id} for {p.request.model}: stage {stage} device '{device}' went "
-                "offline while the request was in flight", stage=stage, device=device, code="device_offline"))
+                "offline while the request was in flight (deployment has no failover)", stage=stage,
+                device=device, code="device_offline"))
+
+    def _other_replica(self, m: Manifest, stage: int | None, gone: str) -> bool:
+        if stage is None:
+            return False
+        return any(d != gone and (st := self._states.get(d)) is not None and st.online
+                   for d in stage_devices(m.stages[stage]))
 
     def _monitor_loop(self) -> None:
         while not self._closed.wait(0.05):
@@ -233,28 +282,70 @@ class Fleet:
                     if now >= p.deadline:
                         expired.append(self._pending.pop(rid))
                     elif now >= p.next_retry:
-                        p.attempts += 1
-                        p.next_retry = now + RETRY_AFTER_S
                         resend.append(p)
             for p in resend:
-                self.stats["retries"] += 1
-                self.transport.publish(p.topic, p.payload, qos=1)
+                self._dispatch(p, retry=True)
             for p in expired:
                 p.future.set_exception(self._timeout_error(p))
 
-    def _timeout_error(self, p: _Pending) -> InferenceTimeout:
-        parts = []
+    def _dispatch(self, p: _Pending, retry: bool = False) -> None:
+        """Send (or resend) a request to the best live device of stage 0."""
+        req = p.request
+        dest = self.route(req.model, req.version, 0)
+        now = time.monotonic()
+        if dest is None:
+            p.last_error = p.last_error or f"no live device serves {req.model} v{req.version} stage 0"
+            p.next_retry = now + 0.25   # wait for a device to adopt the stage
+            return
+        if retry:
+            self.stats["retries"] += 1
+            p.attempts += 1
+        p.device = dest
+        p.next_retry = now + RETRY_AFTER_S
         with self._lock:
-            for i, dev in enumerate(p.devices):
-                st = self._states.get(dev)
-                state = "unknown" if st is None else ("online" if st.online else "offline")
-                parts.append(f"stage {i}@{dev} ({state})")
-        suspect = next((i for i, dev in enumerate(p.devices)
-                        if self._states.get(dev) is None or not self._states[dev].online), None)
+            q, ms, sent = self._loads.get(dest, (0, 1.0, 0))
+            self._loads[dest] = (q, ms, sent + 1)
+        self.transport.publish(topics.inbox(topics.device_endpoint(self.fleet, dest), "in"), p.payload, qos=1)
+
+    def route(self, model: str, version: int, stage: int) -> str | None:
+        """Live device reporting the stage ready with the earliest expected completion (queue x speed)."""
+        best, best_score = None, float("inf")
+        with self._lock:
+            for d, st in self._states.items():
+                if not st.online:
+                    continue
+                if not any(e.get("model") == model and e.get("version") == version and e.get("stage") == stage
+                           and e.get("status") == "ready" for e in st.stages):
+                    continue
+                q, ms, sent = self._loads.get(d, (0, 1.0, 0))
+                score = (q + sent + 1) * max(ms, 0.05)
+                if score < best_score:
+                    best, best_score = d, score
+        return best
+
+    def _timeout_error(self, p: _Pending) -> InferenceTimeout:
+        m = self._manifests.get(p.request.model)
+        parts = []
+        suspect: tuple[int | None, str | None] = (None, None)
+        with self._lock:
+            for st in (m.stages if m else []):
+                devs = stage_devices(st)
+                desc = []
+                for dev in devs:
+                    ds = self._states.get(dev)
+                    state = "unknown" if ds is None else ("online" if ds.online else "offline")
+                    desc.append(f"{dev} ({state})")
+                    if (ds is None or not ds.online) and suspect[0] is None:
+                        suspect = (st["index"], dev)
+                parts.append(f"stage {st['index']}@{'|'.join(desc)}")
+        for dev, stage in p.lost.items():
+            if suspect[0] is None:
+                suspect = (stage, dev)
+        why = f"; last error: {p.last_error}" if p.last_error else ""
         return InferenceTimeout(
             f"request {p.request.request_id} for {p.request.model} got no result after {p.attempts} "
-            f"attempt(s) before its deadline; pipeline: {', '.join(parts)}",
-            stage=suspect, device=p.devices[suspect] if suspect is not None else None, code="timeout")
+            f"attempt(s) before its deadline; pipeline: {', '.join(parts)}{why}",
+            stage=suspect[0], device=suspect[1], code="timeout")
 
     # --------------------------------------------------------------------------------- queries
     def devices(self, include_offline: bool = False) -> list[DeviceStatus]:
@@ -296,9 +387,14 @@ class Fleet:
     # --------------------------------------------------------------------------------- deploy
     def deploy(self, model: Any, name: str, *, stages: int | None = None, devices: Sequence[str] | None = None,
                version: int | None = None, input_shapes: dict[str, Sequence[int]] | None = None,
-               timeout: float = 120.0, progress: Callable[[str, dict], None] | None = None) -> Deployment:
+               replicas: int = 1, failover: bool = True, timeout: float = 120.0,
+               progress: Callable[[str, dict], None] | None = None) -> Deployment:
         """Plan, ship and start ``model`` (path, bytes or ModelProto) as ``name``; returns when every stage
-        reports ready, raises DeployError (a stage failed) or DeployTimeout (with each device's progress)."""
+        reports ready on every replica, raises DeployError (a stage failed) or DeployTimeout (with each
+        device's progress).
+
+        ``replicas`` places each stage on that many devices (requests are balanced by queue depth);
+        ``failover`` lets the fleet move a stage whose devices are all gone to another device."""
         from models.graph import load_model
         from models.partition import DeviceSpec, plan_pipeline, split_model
 
@@ -324,11 +420,15 @@ class Fleet:
         specs = [DeviceSpec(d.device_id, gflops=max(d.gflops, 0.01), ram_bytes=max(d.ram_mb, 1) << 20)
                  for d in chosen]
         shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()} or None
+        if replicas < 1:
+            raise DeployError(f"cannot deploy '{name}': replicas must be at least 1")
         try:
-            plan = plan_pipeline(proto, specs, stages=stages, input_shapes=shapes)
+            plan = plan_pipeline(proto, specs, stages=stages, input_shapes=shapes, model_name=name)
             shards = [s.SerializeToString() for s in split_model(proto, plan)]
         except ValueError as exc:
             raise DeployError(f"cannot plan '{name}': {exc}") from None
+        placement = assign_replicas([st.device_id for st in plan.stages], [st.est_ms for st in plan.stages],
+                                    specs, replicas)
         prev = self._manifests.get(name)
         if version is None:
             version = (prev.version + 1) if prev else 1
@@ -336,7 +436,8 @@ class Fleet:
         for st, shard in zip(plan.stages, shards):
             sha = self.blob_server.add(shard)
             stage_entries.append({
-                "index": st.index, "device": st.device_id, "shard_sha256": sha, "shard_size": len(shard),
+                "index": st.index, "device": st.device_id, "devices": placement[st.index],
+                "shard_sha256": sha, "shard_size": len(shard),
                 "chunk_size": CHUNK_SIZE, "chunk_sha256": chunk_digests(shard, CHUNK_SIZE),
                 "inputs": list(st.inputs), "outputs": list(st.outputs), "carry": list(st.carry),
                 "flops": int(st.flops), "est_ms": round(float(st.est_ms), 3),
@@ -349,27 +450,34 @@ class Fleet:
             outputs=[_spec_dict(o) for o in _graph_io(proto.graph.output, [])],
             stages=stage_entries, sources=[self.endpoint],
             plan={"bottleneck_ms": round(plan.bottleneck_ms, 3), "total_ms": round(plan.total_ms, 3),
-                  "reason": plan.reason}, operator=self.client_id)
+                  "reason": plan.reason}, operator=self.client_id, replicas=replicas, failover=failover)
         info = self.transport.publish(topics.deploy(self.fleet, name), manifest.to_bytes(), qos=1, retain=True)
         info.wait_for_publish(10.0)
         status = self._wait_ready(manifest, timeout, progress)
         return Deployment(manifest, plan, time.monotonic() - t0, status)
 
-    def _wait_ready(self, m: Manifest, timeout: float, progress: Callable[[str, dict], None] | None) -> list[dict]:
-        end = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                rows = []
-                for st in m.stages:
-                    dev = st["device"]
+    def stage_rows(self, m: Manifest) -> list[dict]:
+        """Desired vs reported, one row per (stage, replica device)."""
+        rows = []
+        with self._lock:
+            for st in m.stages:
+                for dev in stage_devices(st):
                     ds = self._states.get(dev)
-                    entry = next((e for e in (ds.stages if ds else []) if e.get("model") == m.name), None)
+                    entry = None if ds is None else next(
+                        (e for e in ds.stages if e.get("model") == m.name and e.get("version") == m.version
+                         and e.get("stage") == st["index"]), None)
                     row = {"stage": st["index"], "device": dev, "online": bool(ds and ds.online),
                            "status": "pending", "progress": 0.0, "error": "", "backend": ""}
-                    if entry is not None and entry.get("version") == m.version:
+                    if entry is not None:
                         row.update(status=entry.get("status", "?"), progress=float(entry.get("progress", 0.0)),
                                    error=entry.get("error", ""), backend=entry.get("backend", ""))
                     rows.append(row)
+        return rows
+
+    def _wait_ready(self, m: Manifest, timeout: float, progress: Callable[[str, dict], None] | None) -> list[dict]:
+        end = time.monotonic() + timeout
+        while True:
+            rows = self.stage_rows(m)
             if progress is not None:
                 for row in rows:
                     progress(row["device"], row)
@@ -409,32 +517,54 @@ class Fleet:
 
     # --------------------------------------------------------------------------------- inference
     def submit(self, name: str, inputs: dict[str, np.ndarray], timeout: float = 30.0) -> Future:
-        """Send one request; the Future resolves to (outputs, per-stage timings) exactly once."""
+        """Send one request; the Future resolves to (outputs, per-stage timings) exactly once, or to an
+        error once the deadline (``timeout`` s) passes. Lost devices are routed around meanwhile."""
         m = self.manifest(name)
         specs = [IOSpec.from_dict(d) for d in m.inputs]
         check_inputs(specs, inputs, f"model '{name}' v{m.version}")
-        devices = [st["device"] for st in m.stages]
-        with self._lock:
-            first = self._states.get(devices[0])
-        if first is None or not first.online:
-            raise StageUnavailableError(f"model '{name}': stage 0 device '{devices[0]}' is offline",
-                                        stage=0, device=devices[0], code="device_offline")
+        if self.route(name, m.version, 0) is None and not m.failover:
+            devs = stage_devices(m.stages[0])
+            raise StageUnavailableError(f"model '{name}': no live device serves stage 0 "
+                                        f"(assigned: {', '.join(devs)})", stage=0, device=devs[0],
+                                        code="device_offline")
         req = InferRequest(uuid.uuid4().hex, name, m.version, 0, self.endpoint, tensors=dict(inputs))
-        payload = req.to_bytes()
-        topic = topics.inbox(topics.device_endpoint(self.fleet, devices[0]), "in")
-        fut: Future = Future()
         now = time.monotonic()
+        p = _Pending(Future(), req, req.to_bytes(), now + timeout, now)
         with self._lock:
-            self._pending[req.request_id] = _Pending(fut, req, payload, topic, devices, now + timeout,
-                                                     now + min(RETRY_AFTER_S, timeout / 2))
-        self.transport.publish(topic, payload, qos=1)
-        return fut
+            self._pending[req.request_id] = p
+            self._dispatch(p)
+        return p.future
 
     def infer(self, name: str, inputs: dict[str, np.ndarray], timeout: float = 30.0,
               with_timings: bool = False) -> Any:
         """Run one request through the pipeline; returns ``{output name: array}`` (and timings if asked)."""
         outputs, timings = self.submit(name, inputs, timeout).result(timeout + 5.0)
         return (outputs, timings) if with_timings else outputs
+
+
+def assign_replicas(primary: list[str], est_ms: list[float], specs: list[Any], replicas: int) -> list[list[str]]:
+    """Replica devices per stage: the planner's device first, then unused devices (fastest first) to the
+    stages that need help most; when devices run out, a device may hold several stages, never the same
+    stage twice."""
+    placement = [[d] for d in primary]
+    if replicas <= 1:
+        return placement
+    if replicas > len(specs):
+        raise DeployError(f"{replicas} replicas per stage need at least {replicas} devices; "
+                          f"{len(specs)} online")
+    load = {s.id: 0.0 for s in specs}
+    speed = {s.id: max(s.gflops, 1e-3) for s in specs}
+    for i, d in enumerate(primary):
+        load[d] += est_ms[i]
+    order = sorted(range(len(primary)), key=lambda i: -est_ms[i])
+    for _ in range(replicas - 1):
+        for i in order:
+            cands = [d for d in load if d not in placement[i]]
+            # least loaded relative to its speed, unused devices first
+            best = min(cands, key=lambda d: (load[d] / speed[d], -speed[d], d))
+            placement[i].append(best)
+            load[best] += est_ms[i]
+    return placement
 
 
 def _result_error(res: InferResult) -> Exception:

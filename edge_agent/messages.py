@@ -279,12 +279,40 @@ class Manifest(Message):
     sources: list = field(default_factory=list)     # endpoints that serve the shards (operator, peers)
     plan: dict = field(default_factory=dict)        # planner summary: bottleneck, reason
     operator: str = ""
+    channel: str = "stable"                         # "stable" or "canary"
+    replicas: int = 1
+    failover: bool = True                           # other devices may adopt a stage left without replicas
+    expires: float = 0.0                            # epoch seconds; 0 = never
+    rollback: bool = False                          # an explicit (signed) return to an older version
+    sig: dict = field(default_factory=dict)         # {"alg", "key_id", "value"}; empty in development mode
 
-    def stage_for(self, device_id: str) -> dict | None:
-        for st in self.stages:
-            if st.get("device") == device_id:
-                return st
-        return None
+    def stages_for(self, device_id: str) -> list[dict]:
+        """Stages assigned to ``device_id`` by the plan (a device may hold several)."""
+        return [st for st in self.stages if device_id in stage_devices(st)]
+
+    def signed_fields(self) -> dict:
+        """Every field except the signature: the content the fleet key signs."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sig"}
+
+
+def stage_devices(stage: dict) -> list[str]:
+    """Replica devices of a manifest stage entry."""
+    devs = stage.get("devices")
+    if isinstance(devs, list) and devs:
+        return [d for d in devs if isinstance(d, str)]
+    dev = stage.get("device")
+    return [dev] if isinstance(dev, str) else []
+
+
+@dataclass
+class LoadReport(Message):
+    """Telemetry (QoS 0, not retained): how busy a device is, for routing among replicas."""
+
+    KIND: ClassVar[str] = "load"
+    device_id: str
+    queue: int
+    service_ms: float
+    ts: float = field(default_factory=time.time)
 
 
 @dataclass

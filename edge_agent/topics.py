@@ -9,7 +9,10 @@
     ea/v1/<fleet>/ctl/<id>/out          InferResult for an operator / API client           (QoS 1)
     ea/v1/<fleet>/ctl/<id>/cmd          BlobRequest to an operator serving shards          (QoS 1)
     ea/v1/<fleet>/ctl/<id>/blob         BlobChunk answers for an operator                  (QoS 1)
-    ea/v1/<fleet>/deploy/<name>         retained Manifest (empty retained message = undeployed)
+    ea/v1/<fleet>/dev/<id>/load         LoadReport telemetry for routing among replicas     (QoS 0)
+    ea/v1/<fleet>/deploy/<name>         retained Manifest, stable channel (empty = undeployed)
+    ea/v1/<fleet>/canary/<name>         retained Manifest of a version under canary test (empty = none)
+    ea/v1/<fleet>/rollout/<name>        retained rollout record: history, gates, why it rolled back
 
 An *endpoint* is the topic prefix of a participant (``ea/v1/<fleet>/dev/<id>`` or ``.../ctl/<id>``);
 messages name their reply endpoint, so devices and operators answer each other the same way.
@@ -51,12 +54,32 @@ def all_states(fleet: str) -> str:
     return f"{ROOT}/{fleet}/dev/+/state"
 
 
-def deploy(fleet: str, name: str) -> str:
-    return f"{ROOT}/{fleet}/deploy/{name}"
+def load(fleet: str, device_id: str) -> str:
+    return f"{device_endpoint(fleet, device_id)}/load"
 
 
-def all_deploys(fleet: str) -> str:
-    return f"{ROOT}/{fleet}/deploy/+"
+def all_loads(fleet: str) -> str:
+    return f"{ROOT}/{fleet}/dev/+/load"
+
+
+CHANNELS = ("deploy", "canary")
+
+
+def deploy(fleet: str, name: str, channel: str = "stable") -> str:
+    """Retained manifest topic of a model on a channel ("stable" -> deploy/, "canary" -> canary/)."""
+    return f"{ROOT}/{fleet}/{'canary' if channel == 'canary' else 'deploy'}/{name}"
+
+
+def all_deploys(fleet: str, channel: str = "stable") -> str:
+    return f"{ROOT}/{fleet}/{'canary' if channel == 'canary' else 'deploy'}/+"
+
+
+def rollout(fleet: str, name: str) -> str:
+    return f"{ROOT}/{fleet}/rollout/{name}"
+
+
+def all_rollouts(fleet: str) -> str:
+    return f"{ROOT}/{fleet}/rollout/+"
 
 
 def inbox(endpoint: str, kind: str) -> str:

@@ -190,8 +190,9 @@ def _raw_request(fleet: Fleet, device: str, model: str, version: int, tensors: d
     fut: Future = Future()
     topic = topics.inbox(topics.device_endpoint(fleet.fleet, device), "in")
     now = time.monotonic()
-    with fleet._lock:
-        fleet._pending[req.request_id] = _Pending(fut, req, req.to_bytes(), topic, [device], now + timeout, now + timeout)
+    with fleet._lock:  # registered like a normal request, but never routed or retried by the Fleet
+        fleet._pending[req.request_id] = _Pending(fut, req, req.to_bytes(), now + timeout, now + timeout + 1,
+                                                  device=device)
     fleet.transport.publish(topic, req.to_bytes())
     return fut.result(timeout + 5)
 
@@ -310,12 +311,13 @@ def test_broker_killed_and_restarted_mid_session_is_survived(tmp_path, mosquitto
         assert_matches(f.infer("mnet", x, timeout=60), want)
 
 
-def test_request_fails_clearly_when_a_stage_device_dies_or_stalls(tmp_path, mosquitto_available) -> None:
+def test_request_fails_clearly_without_failover_when_a_stage_device_dies_or_stalls(tmp_path,
+                                                                                 mosquitto_available) -> None:
     model = zoo.build("mlp", seed=8)
     x = zoo.sample_inputs(model)
     with SimFleet(3, broker_kind="mosquitto", workdir=tmp_path, discovery=False) as s, Fleet(s.broker.url) as f:
         f.wait_for_devices(3, timeout=60)
-        dep = f.deploy(model, "mlp3", stages=3, timeout=120)
+        dep = f.deploy(model, "mlp3", stages=3, failover=False, timeout=120)
         middle = dep.manifest.stages[1]["device"]
         last = dep.manifest.stages[2]["device"]
         # a stalled device (SIGSTOP): still "online", never answers -> a timeout naming the pipeline
@@ -335,3 +337,31 @@ def test_request_fails_clearly_when_a_stage_device_dies_or_stalls(tmp_path, mosq
             assert info.value.stage == 1 and info.value.device == middle
         with pytest.raises(DeployError, match="not online"):
             f.deploy(model, "mlp3", devices=[middle], timeout=10)
+
+
+def test_in_flight_requests_fail_over_when_the_only_device_of_a_stage_dies(tmp_path, mosquitto_available) -> None:
+    """No replicas: the fleet notices the death (Last Will), another device adopts the stage from its
+    prefetched copy of the shard, and every request in flight completes exactly once."""
+    model = zoo.build("mobilenetv2", seed=9)
+    xs = [zoo.sample_inputs(model, seed=i) for i in range(6)]
+    want = [ort_reference(model, x) for x in xs]
+    with SimFleet(3, broker_kind="mosquitto", workdir=tmp_path, discovery=False) as s, Fleet(s.broker.url) as f:
+        f.wait_for_devices(3, timeout=60)
+        dep = f.deploy(model, "mnet", stages=3, timeout=120)
+        middle = dep.manifest.stages[1]["device"]
+        shas = {st["shard_sha256"] for st in dep.manifest.stages}
+        wait_until(lambda: all(shas <= set(d.blobs) for d in f.devices()), 30,
+                   what="every device to prefetch all shards")
+        os.kill(s.devices[middle].proc.pid, signal.SIGSTOP)   # requests pile up inside the doomed device
+        futs = [f.submit("mnet", x, timeout=60) for x in xs]
+        time.sleep(0.5)
+        s.stop_device(middle, kill=True)
+        for fut, w in zip(futs, want):
+            outputs, timings = fut.result(70)
+            assert_matches(outputs, w)
+            assert middle not in [t["device"] for t in timings]
+        adopters = [d.device_id for d in f.devices() for e in d.stages
+                    if e["model"] == "mnet" and e["stage"] == 1 and e.get("role") == "adopted"]
+        assert len(adopters) == 1 and adopters[0] != middle
+        assert f.stats["results"] == len(xs)
+        assert_matches(f.infer("mnet", xs[0]), want[0])

@@ -135,3 +135,32 @@ def test_corrupted_chunks_in_transit_are_refetched(mosquitto, tmp_path) -> None:
         server.close()
         server_t.close()
         client_t.close()
+
+
+def test_parallel_fetches_of_one_blob_share_one_transfer(mosquitto, tmp_path) -> None:
+    server_t, client_t, server, server_ep, store, fetcher = _pair(mosquitto.url, tmp_path)
+    try:
+        cs = 64 * 1024
+        data = os.urandom(20 * cs)
+        sha = server.add(data)
+        spec = TransferSpec(sha, len(data), cs, chunk_digests(data, cs))
+        results, errors = [], []
+
+        def run() -> None:
+            try:
+                results.append(fetcher.fetch(spec, [server_ep], timeout=30))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(40)
+        assert not errors and results == [sha] * 3
+        assert store.get(sha) == data
+        assert server.served_chunks == 20  # one transfer, not three
+    finally:
+        server.close()
+        server_t.close()
+        client_t.close()
