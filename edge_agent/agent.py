@@ -12,8 +12,10 @@ answer; the agent keeps serving.
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
 import logging
+import os
 import queue
 import random
 import signal
@@ -66,6 +68,8 @@ class AgentConfig:
     fetch_timeout_s: float = 300.0
     slowdown: float = 1.0                # simulate a slower device: each run takes this many times longer
     transport_kwargs: dict = field(default_factory=dict)   # username/password/tls for the broker
+    trust: list = field(default_factory=list)   # FleetKeys whose signatures are accepted on manifests
+    dev_mode: bool = False               # accept unsigned manifests (demo, simulated fleets, labs)
 
 
 @dataclass
@@ -122,8 +126,13 @@ class Agent:
         else:
             self.gflops, self.gflops_source = measure_gflops(0.3, max(1, config.threads))
             self.gflops /= max(config.slowdown, 1e-3)
+        if not config.trust and not config.dev_mode:
+            raise ValueError("no trusted fleet key (--trust keys/fleet.pub) and development mode not requested "
+                             "(--dev): refusing to run a device that would install unsigned models")
         self._lock = threading.RLock()
         self._manifests: dict[tuple[str, str], Manifest] = {}   # (channel, model) -> manifest
+        self._versions_path = self.data_dir / "versions.json"
+        self._versions: dict[str, dict] = read_json(self._versions_path)   # "<channel>/<model>" -> {version, digest}
         self._installed: dict[Key, InstalledStage] = {}
         self._status: dict[Key, dict] = {}
         self._adopted: set[Key] = set()
@@ -172,6 +181,9 @@ class Agent:
         t.start(wait=wait)
         if self.cfg.discovery:
             self._start_discovery()
+        if not self.cfg.trust:
+            log.warning("DEVELOPMENT MODE: %s installs unsigned manifests from anyone on the broker "
+                        "(start with --trust <fleet.pub> on real devices)", self.device_id)
         log.info("agent %s up: fleet %s, broker %s, isa %s, %.1f GFLOP/s (%s), data %s", self.device_id,
                  self.cfg.fleet, self.cfg.broker, self.isa, self.gflops, self.gflops_source, self.data_dir)
         return self
@@ -258,7 +270,8 @@ class Agent:
             device_id=self.device_id, fleet=self.cfg.fleet, online=online, started=self.started,
             isa=self.isa, cores=cores(), ram_mb=ram_mb(), gflops=round(self.gflops, 2), version=__version__,
             backend_isa=self.isa, stages=stages, blobs=self.store.list()[:256], peers=peers,
-            counters=dict(self.counters), queue_depth=self._work.qsize(), endpoint=self.endpoint)
+            counters=dict(self.counters), queue_depth=self._work.qsize(), endpoint=self.endpoint,
+            dev_mode=not self.cfg.trust)
 
     def publish_state(self, force: bool = True) -> None:
         """Publish the retained state; unforced calls are rate-limited (progress, counters)."""
@@ -332,6 +345,11 @@ class Agent:
         name = topics.last_segment(topic)
         channel = "canary" if "/canary/" in topic else "stable"
         if not payload:
+            if self.cfg.trust and channel == "stable":
+                # with a fleet key, only a signed tombstone manifest may undeploy
+                log.warning("ignored unsigned undeploy of %s (trusted mode needs a signed undeploy)", name)
+                self._reject("unsigned_undeploy")
+                return
             with self._lock:
                 self._manifests.pop((channel, name), None)
             self._kick.set()
@@ -343,17 +361,50 @@ class Agent:
             if m.channel != channel:
                 raise ProtocolError(f"manifest of channel '{m.channel}' published on the {channel} topic")
             validate_manifest(m)
-            self.accept_manifest(m)
-        except (ProtocolError, EdgeAgentError) as exc:
+        except ProtocolError as exc:
             log.warning("rejected manifest on %s: %s", topic, exc)
             self._reject("manifest")
             return
+        reason = self.accept_manifest(m)
+        if reason is not None:
+            log.warning("rejected manifest %s v%s (%s): %s", name, m.version, channel, reason[1])
+            self._reject(f"manifest_{reason[0]}")
+            return
         with self._lock:
-            self._manifests[(channel, name)] = m
+            if m.stages:
+                self._manifests[(channel, name)] = m
+            else:
+                log.info("%s undeployed by a signed tombstone (v%d)", name, m.version)
+                self._manifests.pop((channel, name), None)
         self._kick.set()
 
-    def accept_manifest(self, m: Manifest) -> None:
-        """Hook for trust checks (signature, version order); raises to reject. Development mode accepts."""
+    def accept_manifest(self, m: Manifest) -> tuple[str, str] | None:
+        """Trust checks: signature by a trusted fleet key (unless development mode), validity window, and
+        version order (never below the last accepted version of that model and channel, persisted across
+        restarts; the same version only with the same content). Returns (counter, reason) to reject."""
+        from .security import SignatureError, canonical_bytes, verify_document
+
+        signed = {**m.signed_fields(), "sig": m.sig}
+        if self.cfg.trust:
+            try:
+                verify_document(signed, self.cfg.trust)
+            except SignatureError as exc:
+                text = str(exc)
+                kind = "unsigned" if "unsigned" in text else "expired" if "expired" in text else "signature"
+                return kind, text
+        digest = hashlib.sha256(canonical_bytes(m.signed_fields())).hexdigest()
+        slot = f"{m.channel}/{m.name}"
+        with self._lock:
+            last = self._versions.get(slot, {})
+            if m.version < int(last.get("version", 0)):
+                return "replay", (f"version {m.version} is older than the last accepted version "
+                                  f"{last['version']} (replayed manifest?); a rollback must be a new version")
+            if m.version == last.get("version") and digest != last.get("digest"):
+                return "conflict", f"a different manifest with version {m.version} was accepted before"
+            if m.version != last.get("version"):
+                self._versions[slot] = {"version": m.version, "digest": digest, "ts": time.time()}
+                write_json(self._versions_path, self._versions)
+        return None
 
     def _on_infer(self, topic: str, payload: bytes, retained: bool) -> None:
         if len(payload) > self.cfg.max_message_bytes:
@@ -728,8 +779,8 @@ def validate_manifest(m: Manifest) -> None:
     """Structural checks of a decoded manifest (types of every field the agent relies on)."""
     if not isinstance(m.version, int) or m.version < 1:
         raise ProtocolError(f"manifest {m.name}: version must be a positive integer")
-    if not isinstance(m.stages, list) or not m.stages:
-        raise ProtocolError(f"manifest {m.name}: no stages")
+    if not isinstance(m.stages, list):
+        raise ProtocolError(f"manifest {m.name}: stages must be a list (empty = undeployed)")
     if m.channel not in ("stable", "canary"):
         raise ProtocolError(f"manifest {m.name}: unknown channel {m.channel!r}")
     for i, st in enumerate(m.stages):
@@ -765,9 +816,17 @@ def new_device_name() -> str:
 
 def read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
     except (FileNotFoundError, ValueError):
         return {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
 
 
 __all__ = ["Agent", "AgentConfig", "IOSpec", "new_device_name", "validate_manifest"]

@@ -33,6 +33,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interface", action="append", dest="interfaces", metavar="IFACE",
                    help="interface name or IPv4 address for mDNS (repeatable; default: loopback)")
     p.add_argument("--log-level", default=os.environ.get("EDGE_AGENT_LOG", "WARNING"))
+    p.add_argument("--credentials", default=os.environ.get("EDGE_AGENT_CREDENTIALS"),
+                   help="identity file from `edge-agent fleet init` (<name>.cred) for an authenticated broker")
+
+
+def _signing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", default=os.environ.get("EDGE_AGENT_KEY"),
+                   help="fleet signing key (fleet.key from `edge-agent keys init`); without it manifests are "
+                        "unsigned and only development-mode devices accept them")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-discovery", action="store_true", help="do not advertise/browse mDNS")
     p.add_argument("--advertise-broker", action="store_true", help="advertise the broker URL as its host")
     p.add_argument("--max-message-mb", type=float, default=64.0, help="reject larger messages")
+    p.add_argument("--trust", action="append", default=[], metavar="FLEET.PUB",
+                   help="public key whose signed manifests this device installs (repeatable for rotation)")
+    p.add_argument("--dev", action="store_true",
+                   help="development mode: install unsigned manifests from anyone on the broker (demo, labs)")
+    p.add_argument("--slowdown", type=float, default=1.0, help="simulate a slower device (run time x N)")
+
+    p = sub.add_parser("keys", help="fleet signing keys")
+    ksub = p.add_subparsers(dest="keys_cmd", required=True)
+    k = ksub.add_parser("init", help="create an Ed25519 fleet signing key pair (fleet.key, fleet.pub)")
+    k.add_argument("--out", required=True)
+    k.add_argument("--force", action="store_true", help="overwrite an existing key")
 
     p = sub.add_parser("broker", help="run an MQTT broker for a small fleet (Mosquitto if installed, else embedded)")
     _common(p)
@@ -64,6 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ls)
     ls.add_argument("--all", action="store_true", help="include offline devices")
     ls.add_argument("--json", action="store_true")
+    fi = fsub.add_parser("init", help="Mosquitto config with per-device credentials, fleet CA/TLS and ACLs")
+    fi.add_argument("--out", required=True)
+    fi.add_argument("--devices", required=True, help="comma-separated device ids")
+    fi.add_argument("--fleet", default="default")
+    fi.add_argument("--operator", default="operator", help="operator identity (the only one that may deploy)")
+    fi.add_argument("--host", default="127.0.0.1", help="address devices use to reach the broker")
+    fi.add_argument("--port", type=int, default=8883, help="TLS listener (client certificates)")
+    fi.add_argument("--plain-port", type=int, default=None, help="also a password listener on this port")
+    fi.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("deploy", help="deploy an ONNX model split into pipeline stages")
     _common(p)
@@ -74,7 +102,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, default=None)
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
                    help="fix dynamic input dims for planning")
+    p.add_argument("--replicas", type=int, default=1, help="devices per stage (balanced by queue depth)")
+    p.add_argument("--no-failover", action="store_true", help="do not move stages off dead devices")
+    p.add_argument("--canary", default=None, help="first deploy to N devices (or N%%) and check the gates")
+    p.add_argument("--gate", default=None, help='e.g. "p95_ms<=120,error_rate<=0.01,max_abs_diff<=1e-3"')
+    p.add_argument("--check-data", default=None, help=".npz with inputs (samples on axis 0) for the gates")
     p.add_argument("--timeout", type=float, default=300.0)
+    p.add_argument("--json", action="store_true")
+    _signing(p)
+
+    p = sub.add_parser("status", help="desired vs reported state of a deployment, and its rollout history")
+    _common(p)
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("rollback", help="return a deployment to its previous good version (signed)")
+    _common(p)
+    p.add_argument("name")
+    p.add_argument("--to", type=int, default=None, help="a specific earlier version")
+    p.add_argument("--timeout", type=float, default=300.0)
+    _signing(p)
+
+    p = sub.add_parser("bench", help="load a deployment: latency percentiles, throughput, lost, duplicated")
+    _common(p)
+    p.add_argument("name")
+    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=30.0, help="deadline per request")
+    p.add_argument("--input", action="append", default=[], help="inputs (default: random per input spec)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("infer", help="run inference on a deployed model")
@@ -90,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("name")
     p.add_argument("--timeout", type=float, default=30.0)
+    _signing(p)
 
     p = sub.add_parser("ls", help="list deployments")
     _common(p)
@@ -117,7 +173,8 @@ def _setup_logging(level: str) -> None:
 
 def _fleet(args: argparse.Namespace):  # noqa: ANN202
     from .fleet import Fleet
-    return Fleet(args.broker, fleet=args.fleet, interfaces=args.interfaces or ["127.0.0.1"])
+    return Fleet(args.broker, fleet=args.fleet, interfaces=args.interfaces or ["127.0.0.1"],
+                 key=getattr(args, "key", None), credentials=args.credentials)
 
 
 def _parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
@@ -135,9 +192,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from discovery import resolve_interfaces
 
     from .agent import Agent, AgentConfig
+    from .security import load_trusted_keys
     from .transport import broker_from_env
 
+    if not args.trust and not args.dev:
+        raise ValueError("a device needs --trust <fleet.pub> (install only manifests signed by the fleet key) "
+                         "or an explicit --dev (development mode: unsigned manifests from anyone on the broker)")
+    trust = load_trusted_keys(args.trust) if args.trust else []
+    transport_kwargs: dict = {}
     broker = broker_from_env(args.broker)
+    if args.credentials:
+        from .fleet_init import Credentials
+        creds = Credentials.from_file(args.credentials)
+        transport_kwargs = creds.transport_kwargs()
+        broker = broker or creds.broker_url or creds.plain_url or None
     ifaces = resolve_interfaces(args.interfaces)
     if broker is None:
         from .fleet import _discover_broker
@@ -146,11 +214,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = AgentConfig(name=args.name, broker=broker, data_dir=data_dir, fleet=args.fleet, interfaces=ifaces,
                       threads=args.threads, backend=args.backend, gflops=args.gflops,
                       discovery=not args.no_discovery, advertise_broker=args.advertise_broker,
-                      max_message_bytes=int(args.max_message_mb * (1 << 20)))
+                      max_message_bytes=int(args.max_message_mb * (1 << 20)), trust=trust, dev_mode=args.dev,
+                      slowdown=args.slowdown, transport_kwargs=transport_kwargs)
     agent = Agent(cfg)
     agent.start(wait=None)
+    mode = "DEVELOPMENT MODE (unsigned manifests accepted)" if not trust else \
+        f"trusting key(s) {', '.join(k.key_id for k in trust)}"
     print(f"edge-agent {args.name}: fleet {args.fleet}, broker {broker}, {agent.isa}, "
-          f"{agent.gflops:.1f} GFLOP/s ({agent.gflops_source}), data {data_dir}", flush=True)
+          f"{agent.gflops:.1f} GFLOP/s ({agent.gflops_source}), data {data_dir}; {mode}", flush=True)
     agent.run_forever()
     return 0
 
@@ -190,12 +261,13 @@ def cmd_fleet_ls(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
     t = Table(title=f"fleet '{args.fleet}'")
-    for col in ("device", "status", "ISA", "cores", "RAM", "GFLOP/s", "models", "queue"):
+    for col in ("device", "status", "mode", "ISA", "cores", "RAM", "GFLOP/s", "models", "queue"):
         t.add_column(col, justify="right" if col in ("cores", "GFLOP/s", "queue") else "left")
     for d in devs:
         models = ", ".join(f"{s['model']} v{s.get('version')} stage {s.get('stage')}/{s.get('n_stages', '?')} "
                            f"[{s.get('status')}, {s.get('backend', '?')}]" for s in d.stages) or "-"
-        t.add_row(d.device_id, "online" if d.online else "[red]offline[/red]", d.isa, str(d.cores),
+        t.add_row(d.device_id, "online" if d.online else "[red]offline[/red]",
+                  "[yellow]dev[/yellow]" if d.dev_mode else "signed", d.isa, str(d.cores),
                   f"{d.ram_mb / 1024:.1f} GiB", f"{d.gflops:.1f}", models, str(d.queue_depth))
     _console().print(t)
     return 0
@@ -206,10 +278,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
     devices = [d for d in args.devices.split(",") if d] if args.devices else None
     shapes = _parse_shapes(args.input_shape)
+    extra = dict(replicas=args.replicas, failover=not args.no_failover, canary=args.canary, gates=args.gate,
+                 check_data=args.check_data)
     with _fleet(args) as fleet:
         if args.json:
             dep = fleet.deploy(args.model, args.name, stages=args.stages, devices=devices, version=args.version,
-                               input_shapes=shapes or None, timeout=args.timeout)
+                               input_shapes=shapes or None, timeout=args.timeout, **extra)
         else:
             with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
                           console=_console(), transient=False) as prog:
@@ -222,7 +296,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 
                 dep = fleet.deploy(args.model, args.name, stages=args.stages, devices=devices,
                                    version=args.version, input_shapes=shapes or None, timeout=args.timeout,
-                                   progress=progress)
+                                   progress=progress, **extra)
     if args.json:
         print(json.dumps({"name": dep.name, "version": dep.version, "seconds": round(dep.seconds, 3),
                           "plan": dep.manifest.plan, "stages": dep.manifest.stages and [
@@ -316,6 +390,85 @@ def cmd_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .security import generate_keys, load_public_key
+    priv, pub = generate_keys(args.out, force=args.force)
+    print(f"wrote {priv} (keep it secret, mode 0600) and {pub} (key id {load_public_key(pub).key_id}); "
+          f"start devices with --trust {pub}")
+    return 0
+
+
+def cmd_fleet_init(args: argparse.Namespace) -> int:
+    from .fleet_init import init_fleet
+    devices = [d for d in args.devices.split(",") if d]
+    res = init_fleet(args.out, devices, fleet=args.fleet, operator=args.operator, host=args.host,
+                     port=args.port, plain_port=args.plain_port, overwrite=args.overwrite)
+    print(f"broker config: mosquitto -c {res.conf_path}")
+    for name, path in sorted(res.creds.items()):
+        print(f"  {name}: {path}")
+    print("move ca.key off the broker host after issuing identities")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _fleet(args) as fleet:
+        st = fleet.status(args.name)
+    if args.json:
+        print(json.dumps(st, indent=2, default=str))
+        return 0
+    from rich.table import Table
+    c = _console()
+    for channel in ("stable", "canary"):
+        if channel not in st:
+            continue
+        ch = st[channel]
+        t = Table(title=f"{args.name} {channel} v{ch['version']} "
+                        f"({'signed' if ch['signed'] else 'UNSIGNED'}; "
+                        f"{'converged' if ch['converged'] else 'converging'})")
+        for col in ("stage", "device", "online", "status", "progress", "backend", "error"):
+            t.add_column(col)
+        for r in ch["stages"]:
+            t.add_row(str(r["stage"]), r["device"], "yes" if r["online"] else "[red]no[/red]", r["status"],
+                      f"{r['progress'] * 100:.0f}%", r["backend"], r["error"])
+        c.print(t)
+    for a in st["adopted"]:
+        c.print(f"adopted: stage {a['stage']} v{a['version']} runs on {a['device']} ({a['status']})")
+    for dev, counters in st["rejected"].items():
+        c.print(f"rejected on {dev}: " + ", ".join(f"{k[9:]}={v}" for k, v in counters.items()))
+    for h in st["history"]:
+        c.print(f"{time.strftime('%H:%M:%S', time.localtime(h['ts']))} v{h['version']} {h['channel']}: "
+                f"{h['status']} - {h['reason']}")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    with _fleet(args) as fleet:
+        dep = fleet.rollback(args.name, to_version=args.to, timeout=args.timeout)
+    print(f"{args.name} is now v{dep.version}: {dep.manifest.plan.get('restores') and 'content of v' + str(dep.manifest.plan['restores'])}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .benchtool import run_bench
+    from .fleet import load_inputs
+    inputs = load_inputs(args.input) if args.input else None
+    with _fleet(args) as fleet:
+        res = run_bench(fleet, args.name, requests=args.requests, concurrency=args.concurrency,
+                        timeout=args.timeout, inputs=inputs)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    else:
+        from rich.table import Table
+        t = Table(title=f"{args.name}: {args.requests} requests, {args.concurrency} in flight")
+        for col in ("p50 ms", "p95 ms", "p99 ms", "req/s", "ok", "lost", "duplicated", "retried", "failovers"):
+            t.add_column(col)
+        t.add_row(*(f"{res[k]:.2f}" if isinstance(res[k], float) else str(res[k]) for k in
+                    ("p50_ms", "p95_ms", "p99_ms", "throughput_rps", "ok", "lost", "duplicated", "retried",
+                     "failovers")))
+        _console().print(t)
+    return 0 if res["lost"] == 0 else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
     return run_demo(model=args.model, stages=args.stages, requests=args.requests, broker_kind=args.broker_kind)
@@ -325,10 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "log_level", "WARNING"))
     handlers = {"run": cmd_run, "broker": cmd_broker, "deploy": cmd_deploy, "infer": cmd_infer,
-                "undeploy": cmd_undeploy, "ls": cmd_ls, "zoo": cmd_zoo, "demo": cmd_demo}
+                "undeploy": cmd_undeploy, "ls": cmd_ls, "zoo": cmd_zoo, "demo": cmd_demo, "keys": cmd_keys,
+                "status": cmd_status, "rollback": cmd_rollback, "bench": cmd_bench}
     try:
         if args.cmd == "fleet":
-            return cmd_fleet_ls(args)
+            return cmd_fleet_init(args) if args.fleet_cmd == "init" else cmd_fleet_ls(args)
         return handlers[args.cmd](args)
     except EdgeAgentError as exc:
         print(f"edge-agent: error: {exc}", file=sys.stderr)

@@ -177,6 +177,7 @@ class FaultProxy:
 
     @property
     def port(self) -> int:
+        """The port the proxy accepts on."""
         return self.address[1]
 
     @property

@@ -33,7 +33,7 @@ from .errors import (
     StageUnavailableError,
     UnknownModelError,
 )
-from .messages import DeviceState, InferRequest, InferResult, Manifest, stage_devices
+from .messages import DeviceState, InferRequest, InferResult, Manifest, RolloutRecord, stage_devices
 from .store import CHUNK_SIZE, chunk_digests, sha256_hex
 from .transport import Transport, broker_from_env
 
@@ -60,11 +60,13 @@ class DeviceStatus:
     queue_depth: int
     last_seen: float
     blobs: list[str] = field(default_factory=list)
+    dev_mode: bool = True
 
     @classmethod
     def from_state(cls, st: DeviceState) -> DeviceStatus:
         return cls(st.device_id, st.online, st.isa, st.cores, st.ram_mb, st.gflops, st.version,
-                   list(st.stages), list(st.peers), dict(st.counters), st.queue_depth, st.ts, list(st.blobs))
+                   list(st.stages), list(st.peers), dict(st.counters), st.queue_depth, st.ts, list(st.blobs),
+                   st.dev_mode)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -112,11 +114,27 @@ class Fleet:
     """
 
     def __init__(self, broker: str | None = None, fleet: str = "default", *, client_id: str | None = None,
-                 interfaces: Sequence[str] = ("127.0.0.1",), connect_timeout: float = 10.0) -> None:
+                 interfaces: Sequence[str] = ("127.0.0.1",), connect_timeout: float = 10.0,
+                 key: Any = None, credentials: Any = None, manifest_ttl_s: float = 30 * 86400) -> None:
+        """``key``: the fleet signing key (path of fleet.key or FleetKeys) used to sign manifests; without it
+        manifests are unsigned (only development-mode devices install them). ``credentials``: a .cred file
+        (or Credentials) from ``edge-agent fleet init`` for an authenticated broker."""
         topics.check_segment("fleet", fleet)
-        url = broker_from_env(broker)
+        creds = None
+        if credentials is not None:
+            from .fleet_init import Credentials
+            creds = credentials if isinstance(credentials, Credentials) else Credentials.from_file(credentials)
+        url = broker_from_env(broker) or (creds.broker_url or creds.plain_url if creds else None)
         if url is None:
             url = _discover_broker(fleet, interfaces)
+        if key is not None and not hasattr(key, "private"):
+            from .security import load_private_key
+            key = load_private_key(key)
+        self.keys = key
+        self.manifest_ttl_s = manifest_ttl_s
+        self._canaries: dict[str, Manifest] = {}
+        self._rollouts: dict[str, RolloutRecord] = {}
+        self._tombstones: dict[str, int] = {}
         self.fleet = fleet
         self.broker = url
         self.client_id = client_id or f"op-{uuid.uuid4().hex[:10]}"
@@ -129,11 +147,14 @@ class Fleet:
         self._changed = threading.Condition(self._lock)
         self._last_retained = time.monotonic()
         self.stats = {"results": 0, "duplicates": 0, "retries": 0, "errors": 0, "failovers": 0}
-        self.transport = Transport(url, client_id=self.client_id, clean_session=True)
+        self.transport = Transport(url, client_id=self.client_id if creds is None else creds.username,
+                                   clean_session=True, **(creds.transport_kwargs() if creds else {}))
         self.blob_server = BlobServer(self.transport, self.endpoint)
         t = self.transport
         t.subscribe(topics.all_states(fleet), self._on_state)
         t.subscribe(topics.all_deploys(fleet), self._on_manifest)
+        t.subscribe(topics.all_deploys(fleet, "canary"), self._on_manifest)
+        t.subscribe(topics.all_rollouts(fleet), self._on_rollout)
         t.subscribe(topics.all_loads(fleet), self._on_load, qos=0)
         t.subscribe(topics.inbox(self.endpoint, "out"), self._on_result)
         t.subscribe(topics.inbox(self.endpoint, "cmd"), self.blob_server.handle)
@@ -201,16 +222,34 @@ class Fleet:
 
     def _on_manifest(self, topic: str, payload: bytes, retained: bool) -> None:
         name = topics.last_segment(topic)
+        table = self._canaries if "/canary/" in topic else self._manifests
         with self._lock:
             self._last_retained = time.monotonic()
             if not payload:
-                self._manifests.pop(name, None)
+                table.pop(name, None)
             else:
                 try:
-                    self._manifests[name] = Manifest.from_bytes(payload)
+                    m = Manifest.from_bytes(payload)
+                    if m.stages:
+                        table[name] = m
+                    else:  # a signed tombstone: undeployed
+                        table.pop(name, None)
+                        self._tombstones[name] = max(self._tombstones.get(name, 0), m.version)
                 except ProtocolError as exc:
                     log.warning("ignored malformed manifest %s: %s", name, exc)
             self._changed.notify_all()
+
+    def _on_rollout(self, topic: str, payload: bytes, retained: bool) -> None:
+        if not payload:
+            return
+        try:
+            rec = RolloutRecord.from_bytes(payload)
+        except ProtocolError as exc:
+            log.warning("ignored malformed rollout record on %s: %s", topic, exc)
+            return
+        with self._lock:
+            self._rollouts[rec.name] = rec
+            self._last_retained = time.monotonic()
 
     def _on_result(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
@@ -385,21 +424,27 @@ class Fleet:
             return self._manifests[name]
 
     # --------------------------------------------------------------------------------- deploy
-    def deploy(self, model: Any, name: str, *, stages: int | None = None, devices: Sequence[str] | None = None,
-               version: int | None = None, input_shapes: dict[str, Sequence[int]] | None = None,
-               replicas: int = 1, failover: bool = True, timeout: float = 120.0,
-               progress: Callable[[str, dict], None] | None = None) -> Deployment:
-        """Plan, ship and start ``model`` (path, bytes or ModelProto) as ``name``; returns when every stage
-        reports ready on every replica, raises DeployError (a stage failed) or DeployTimeout (with each
-        device's progress).
+    def next_version(self, name: str) -> int:
+        """One above every version of ``name`` seen on any channel or in its rollout history."""
+        with self._lock:
+            seen = [table[name].version for table in (self._manifests, self._canaries) if name in table]
+            rec = self._rollouts.get(name)
+            if rec is not None:
+                seen += [int(h.get("version", 0)) for h in rec.history]
+                seen += [int(g.get("version", 0)) for g in rec.good]
+            seen += [self._tombstones.get(name, 0)]
+        return max(seen, default=0) + 1
 
-        ``replicas`` places each stage on that many devices (requests are balanced by queue depth);
-        ``failover`` lets the fleet move a stage whose devices are all gone to another device."""
+    def build_manifest(self, model: Any, name: str, *, stages: int | None = None,
+                       devices: Sequence[str] | None = None, version: int | None = None,
+                       input_shapes: dict[str, Sequence[int]] | None = None, replicas: int = 1,
+                       failover: bool = True, channel: str = "stable") -> tuple[Manifest, Any]:
+        """Plan ``model`` onto live devices and build its (unsigned, unpublished) manifest; the shards are
+        served by this Fleet from then on."""
         from models.graph import load_model
         from models.partition import DeviceSpec, plan_pipeline, split_model
 
         topics.check_segment("model name", name)
-        t0 = time.monotonic()
         try:
             proto = load_model(model)
         except ValueError as exc:
@@ -411,7 +456,7 @@ class Fleet:
                 raise DeployError(f"cannot deploy '{name}': device(s) {missing} are not online "
                                   f"(online: {sorted(live) or 'none'})")
             chosen = [live[d] for d in devices]
-            if stages is None:
+            if stages is None and replicas == 1:
                 stages = len(chosen)
         else:
             chosen = list(live.values())
@@ -429,9 +474,6 @@ class Fleet:
             raise DeployError(f"cannot plan '{name}': {exc}") from None
         placement = assign_replicas([st.device_id for st in plan.stages], [st.est_ms for st in plan.stages],
                                     specs, replicas)
-        prev = self._manifests.get(name)
-        if version is None:
-            version = (prev.version + 1) if prev else 1
         stage_entries = []
         for st, shard in zip(plan.stages, shards):
             sha = self.blob_server.add(shard)
@@ -443,18 +485,144 @@ class Fleet:
                 "flops": int(st.flops), "est_ms": round(float(st.est_ms), 3),
                 "nodes": [st.first_node, st.last_node], "n_nodes": st.node_end - st.node_start,
             })
+        created = time.time()
         manifest = Manifest(
-            name=name, version=int(version), created=time.time(),
+            name=name, version=int(version or self.next_version(name)), created=created,
             model_sha256=sha256_hex(proto.SerializeToString()),
             inputs=[_spec_dict(i) for i in _graph_io(proto.graph.input, proto.graph.initializer)],
             outputs=[_spec_dict(o) for o in _graph_io(proto.graph.output, [])],
             stages=stage_entries, sources=[self.endpoint],
             plan={"bottleneck_ms": round(plan.bottleneck_ms, 3), "total_ms": round(plan.total_ms, 3),
-                  "reason": plan.reason}, operator=self.client_id, replicas=replicas, failover=failover)
-        info = self.transport.publish(topics.deploy(self.fleet, name), manifest.to_bytes(), qos=1, retain=True)
+                  "reason": plan.reason}, operator=self.client_id, replicas=replicas, failover=failover,
+            channel=channel, expires=(created + self.manifest_ttl_s) if self.keys is not None else 0.0)
+        return manifest, plan
+
+    def publish_manifest(self, m: Manifest) -> Manifest:
+        """Sign (when this Fleet has the fleet key) and publish a manifest as the retained desired state."""
+        if self.keys is not None:
+            from .security import sign_document
+            m.sig = sign_document(m.signed_fields(), self.keys)["sig"]
+        info = self.transport.publish(topics.deploy(self.fleet, m.name, m.channel), m.to_bytes(), qos=1,
+                                      retain=True)
         info.wait_for_publish(10.0)
-        status = self._wait_ready(manifest, timeout, progress)
+        return m
+
+    def _clear_canary(self, name: str) -> None:
+        self.transport.publish(topics.deploy(self.fleet, name, "canary"), b"", qos=1,
+                               retain=True).wait_for_publish(10.0)
+        with self._lock:
+            self._canaries.pop(name, None)
+
+    def deploy(self, model: Any, name: str, *, stages: int | None = None, devices: Sequence[str] | None = None,
+               version: int | None = None, input_shapes: dict[str, Sequence[int]] | None = None,
+               replicas: int = 1, failover: bool = True, timeout: float = 120.0,
+               canary: int | str | None = None, gates: str | dict | None = None,
+               check_data: Any = None, progress: Callable[[str, dict], None] | None = None) -> Deployment:
+        """Plan, sign, ship and start ``model`` (path, bytes or ModelProto) as ``name``; returns when every
+        stage reports ready on every replica, raises DeployError (a stage failed) or DeployTimeout (with each
+        device's progress).
+
+        ``replicas`` places each stage on that many devices (requests are balanced by queue depth);
+        ``failover`` lets the fleet move a stage whose devices are all gone to another device.
+        ``canary`` (a device count or "N%") first runs the new version on that many devices only and
+        checks ``gates`` (e.g. "p95_ms<=120,error_rate<=0.01,max_abs_diff<=1e-3") on ``check_data``
+        (an .npz path or a dict of input arrays, samples on axis 0) before the rest of the fleet gets it;
+        if a gate fails the canary is withdrawn, the fleet stays on the previous version, and the rollout
+        record says why."""
+        t0 = time.monotonic()
+        kw = dict(input_shapes=input_shapes, replicas=replicas, failover=failover)
+        if canary is not None:
+            from .rollout import run_canary
+            metrics = run_canary(self, model, name, canary=canary, gates=gates, check_data=check_data,
+                                 stages=stages, version=version, timeout=timeout, progress=progress, **kw)
+            version = metrics["version"]
+        manifest, plan = self.build_manifest(model, name, stages=stages, devices=devices, version=version, **kw)
+        self.publish_manifest(manifest)
+        try:
+            status = self._wait_ready(manifest, timeout, progress)
+        except DeployError as exc:
+            self.record_rollout(name, manifest.version, "stable", "failed", str(exc))
+            raise
+        self.record_rollout(name, manifest.version, "stable", "deployed" if canary is None else "promoted",
+                            "all stages ready", good=manifest)
         return Deployment(manifest, plan, time.monotonic() - t0, status)
+
+    def rollouts(self, name: str) -> RolloutRecord | None:
+        with self._lock:
+            return self._rollouts.get(name)
+
+    def record_rollout(self, name: str, version: int, channel: str, status: str, reason: str,
+                       metrics: dict | None = None, good: Manifest | None = None) -> None:
+        """Append to the retained rollout record of ``name`` (keeps the last 50 events, 5 good manifests)."""
+        with self._lock:
+            rec = self._rollouts.get(name) or RolloutRecord(name)
+            rec.history = (rec.history + [{"version": version, "channel": channel, "status": status,
+                                           "reason": reason, "metrics": metrics or {}, "ts": time.time()}])[-50:]
+            if good is not None:
+                entry = {**good.signed_fields(), "sig": good.sig}
+                rec.good = ([g for g in rec.good if g.get("version") != good.version] + [entry])[-5:]
+            self._rollouts[name] = rec
+        self.transport.publish(topics.rollout(self.fleet, name), rec.to_bytes(), qos=1,
+                               retain=True).wait_for_publish(10.0)
+
+    def rollback(self, name: str, to_version: int | None = None, timeout: float = 120.0,
+                 progress: Callable[[str, dict], None] | None = None) -> Deployment:
+        """Return ``name`` to the previous good version (or ``to_version``) as a new, signed version with the
+        old content, so version numbers only grow and old manifests can never be replayed. Shards come
+        from the devices' stores and their peers; nothing is rebuilt."""
+        t0 = time.monotonic()
+        current = self.manifest(name)
+        rec = self.rollouts(name)
+        goods = [g for g in (rec.good if rec else []) if g.get("version", 0) < current.version and
+                 g.get("model_sha256") != current.model_sha256 or (to_version and g.get("version") == to_version)]
+        if to_version is not None:
+            goods = [g for g in goods if g.get("version") == to_version]
+        if not goods:
+            raise DeployError(f"cannot roll back '{name}': no earlier good version recorded"
+                              + (f" with version {to_version}" if to_version else ""))
+        target = dict(goods[-1])
+        target.pop("sig", None)
+        old_version = target["version"]
+        target.update(version=self.next_version(name), created=time.time(), rollback=True, channel="stable",
+                      sources=list(dict.fromkeys([self.endpoint] + list(target.get("sources", [])))),
+                      operator=self.client_id,
+                      expires=(time.time() + self.manifest_ttl_s) if self.keys is not None else 0.0)
+        target["plan"] = {**target.get("plan", {}), "rollback_of": current.version, "restores": old_version}
+        m = Manifest(**target)
+        self.publish_manifest(m)
+        try:
+            status = self._wait_ready(m, timeout, progress)
+        except DeployError as exc:
+            self.record_rollout(name, m.version, "stable", "failed", f"rollback to v{old_version}: {exc}")
+            raise
+        self.record_rollout(name, m.version, "stable", "rolled_back",
+                            f"restored the content of v{old_version} (replacing v{current.version})", good=m)
+        return Deployment(m, None, time.monotonic() - t0, status)
+
+    def status(self, name: str) -> dict:
+        """Desired vs reported for ``name``: per channel, one row per (stage, device), and the rollout record."""
+        stable = self.manifest(name, wait=0.5)
+        with self._lock:
+            canary = self._canaries.get(name)
+        rows = self.stage_rows(stable)
+        out = {"name": name, "stable": {"version": stable.version, "created": stable.created,
+                                        "signed": bool(stable.sig), "rollback": stable.rollback,
+                                        "stages": rows,
+                                        "converged": all(r["status"] == "ready" for r in rows)}}
+        if canary is not None:
+            crows = self.stage_rows(canary)
+            out["canary"] = {"version": canary.version, "signed": bool(canary.sig), "stages": crows,
+                             "converged": all(r["status"] == "ready" for r in crows)}
+        with self._lock:
+            adopted = [{"device": d.device_id, **e} for d in self._states.values() if d.online
+                       for e in d.stages if e.get("model") == name and e.get("role") == "adopted"]
+            rejected = {d.device_id: {k: v for k, v in d.counters.items() if k.startswith("rejected")}
+                        for d in self._states.values() if any(k.startswith("rejected") for k in d.counters)}
+        out["adopted"] = adopted
+        out["rejected"] = rejected
+        rec = self.rollouts(name)
+        out["history"] = rec.history[-10:] if rec else []
+        return out
 
     def stage_rows(self, m: Manifest) -> list[dict]:
         """Desired vs reported, one row per (stage, replica device)."""
@@ -499,9 +667,20 @@ class Fleet:
 
     def undeploy(self, name: str, timeout: float = 30.0) -> None:
         """Remove a deployment; returns when no live device serves it any more."""
-        self.manifest(name)  # raises UnknownModelError
-        info = self.transport.publish(topics.deploy(self.fleet, name), b"", qos=1, retain=True)
-        info.wait_for_publish(10.0)
+        current = self.manifest(name)  # raises UnknownModelError
+        if self.keys is not None:
+            # devices that trust a fleet key ignore unsigned removals: publish a signed tombstone
+            tomb = Manifest(name, self.next_version(name), time.time(), current.model_sha256, [], [], [],
+                            operator=self.client_id)
+            self.publish_manifest(tomb)
+            with self._lock:
+                self._tombstones[name] = tomb.version
+        else:
+            info = self.transport.publish(topics.deploy(self.fleet, name), b"", qos=1, retain=True)
+            info.wait_for_publish(10.0)
+        if name in self._canaries:
+            self._clear_canary(name)
+        self.record_rollout(name, current.version, "stable", "undeployed", "operator request")
         end = time.monotonic() + timeout
         with self._lock:
             while True:
@@ -516,10 +695,18 @@ class Fleet:
                 self._changed.wait(min(left, 0.25))
 
     # --------------------------------------------------------------------------------- inference
-    def submit(self, name: str, inputs: dict[str, np.ndarray], timeout: float = 30.0) -> Future:
+    def submit(self, name: str, inputs: dict[str, np.ndarray], timeout: float = 30.0,
+               channel: str = "stable") -> Future:
         """Send one request; the Future resolves to (outputs, per-stage timings) exactly once, or to an
-        error once the deadline (``timeout`` s) passes. Lost devices are routed around meanwhile."""
-        m = self.manifest(name)
+        error once the deadline (``timeout`` s) passes. Lost devices are routed around meanwhile.
+        ``channel="canary"`` sends it to the version under canary test."""
+        if channel == "canary":
+            with self._lock:
+                m = self._canaries.get(name)
+            if m is None:
+                raise UnknownModelError(f"no canary of '{name}' in fleet '{self.fleet}'")
+        else:
+            m = self.manifest(name)
         specs = [IOSpec.from_dict(d) for d in m.inputs]
         check_inputs(specs, inputs, f"model '{name}' v{m.version}")
         if self.route(name, m.version, 0) is None and not m.failover:

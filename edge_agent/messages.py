@@ -371,3 +371,14 @@ class InferResult(Message):
     tensors: dict = field(default_factory=dict)
     error: dict = field(default_factory=dict)       # {code, message, stage, device}
     timings: list = field(default_factory=list)
+
+
+@dataclass
+class RolloutRecord(Message):
+    """Retained operator record of a model's rollouts: what happened and why, and the last good versions
+    (full signed manifests, so a rollback can restore one without the original model file)."""
+
+    KIND: ClassVar[str] = "rollout"
+    name: str
+    history: list = field(default_factory=list)   # [{version, channel, status, reason, metrics, ts}]
+    good: list = field(default_factory=list)      # [manifest fields incl. sig], newest last

@@ -459,6 +459,7 @@ class LabDevice:
     proc: subprocess.Popen | None = None
 
     def alive(self) -> bool:
+        """Whether the agent process is running."""
         return self.proc is not None and self.proc.poll() is None
 
 
@@ -559,6 +560,7 @@ class LabFleet:
         return self.devices[name].host
 
     def start_device(self, name: str) -> None:
+        """Start (or start again) device ``name``'s agent on its host; its log is appended to."""
         dev = self.devices[name]
         if dev.alive():
             return
@@ -579,6 +581,7 @@ class LabFleet:
             dev.proc.wait(5)
 
     def restart_device(self, name: str) -> None:
+        """Clean stop, then start: same host, same data directory (its shards survive)."""
         self.stop_device(name)
         self.start_device(name)
 
@@ -589,7 +592,17 @@ class LabFleet:
         except FileNotFoundError:
             return ""
 
+    def exited(self, lines: int = 5) -> dict[str, str]:
+        """Agents that were started and are no longer running: name -> exit code and last log lines."""
+        out = {}
+        for name, dev in self.devices.items():
+            if dev.proc is not None and dev.proc.poll() is not None:
+                tail = "\n".join(self.log(name).splitlines()[-lines:])
+                out[name] = f"exit code {dev.proc.returncode}: {tail}"
+        return out
+
     def broker_log(self) -> str:
+        """Mosquitto's log (connections, disconnections, errors)."""
         try:
             return (self.workdir / "broker" / "mosquitto.log").read_text(errors="replace")
         except FileNotFoundError:

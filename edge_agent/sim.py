@@ -31,12 +31,15 @@ class SimDevice:
 
 
 class SimFleet:
-    """``with SimFleet(3) as sim: Fleet(sim.broker.url)...``"""
+    """``with SimFleet(3) as sim: Fleet(sim.broker.url)...``
+
+    Devices run in development mode (unsigned manifests) unless ``trust`` names a fleet public key."""
 
     def __init__(self, n: int = 3, *, broker_kind: str = "auto", fleet: str = "default",
                  workdir: str | os.PathLike | None = None, threads: int = 1, gflops: list[float] | None = None,
                  discovery: bool = True, persistence: bool = False, extra_args: list[str] | None = None,
-                 names: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 names: list[str] | None = None, env: dict[str, str] | None = None,
+                 trust: str | None = None) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ea-sim-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.fleet = fleet
@@ -52,6 +55,7 @@ class SimFleet:
                 argv += ["--gflops", str(gflops[i])]
             if not discovery:
                 argv.append("--no-discovery")
+            argv += ["--trust", str(trust)] if trust else ["--dev"]
             argv += extra_args or []
             self.devices[name] = SimDevice(name, self.workdir / name, self.workdir / f"{name}.log", argv)
         for name in self.devices:
