@@ -151,6 +151,7 @@ class Agent:
         self._last_load_pub = 0.0
         self._last_signature = ""
         self._peers: list[str] = []
+        self._events: collections.deque[dict] = collections.deque(maxlen=20)
         self.discovery = None
         will = DeviceState(self.device_id, config.fleet, online=False, endpoint=self.endpoint).to_bytes()
         self.transport = Transport(config.broker, client_id=f"ea-{config.fleet}-{config.name}",
@@ -271,7 +272,7 @@ class Agent:
             isa=self.isa, cores=cores(), ram_mb=ram_mb(), gflops=round(self.gflops, 2), version=__version__,
             backend_isa=self.isa, stages=stages, blobs=self.store.list()[:256], peers=peers,
             counters=dict(self.counters), queue_depth=self._work.qsize(), endpoint=self.endpoint,
-            dev_mode=not self.cfg.trust)
+            dev_mode=not self.cfg.trust, events=list(self._events))
 
     def publish_state(self, force: bool = True) -> None:
         """Publish the retained state; unforced calls are rate-limited (progress, counters)."""
@@ -368,7 +369,11 @@ class Agent:
         reason = self.accept_manifest(m)
         if reason is not None:
             log.warning("rejected manifest %s v%s (%s): %s", name, m.version, channel, reason[1])
+            with self._lock:
+                self._events.append({"ts": time.time(), "kind": f"manifest_{reason[0]}", "model": name,
+                                     "version": m.version, "reason": reason[1]})
             self._reject(f"manifest_{reason[0]}")
+            self.publish_state()
             return
         with self._lock:
             if m.stages:

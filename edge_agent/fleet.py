@@ -61,12 +61,13 @@ class DeviceStatus:
     last_seen: float
     blobs: list[str] = field(default_factory=list)
     dev_mode: bool = True
+    events: list[dict] = field(default_factory=list)
 
     @classmethod
     def from_state(cls, st: DeviceState) -> DeviceStatus:
         return cls(st.device_id, st.online, st.isa, st.cores, st.ram_mb, st.gflops, st.version,
                    list(st.stages), list(st.peers), dict(st.counters), st.queue_depth, st.ts, list(st.blobs),
-                   st.dev_mode)
+                   st.dev_mode, list(st.events))
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -438,7 +439,8 @@ class Fleet:
     def build_manifest(self, model: Any, name: str, *, stages: int | None = None,
                        devices: Sequence[str] | None = None, version: int | None = None,
                        input_shapes: dict[str, Sequence[int]] | None = None, replicas: int = 1,
-                       failover: bool = True, channel: str = "stable") -> tuple[Manifest, Any]:
+                       failover: bool = True, channel: str = "stable",
+                       include_offline: bool = False) -> tuple[Manifest, Any]:
         """Plan ``model`` onto live devices and build its (unsigned, unpublished) manifest; the shards are
         served by this Fleet from then on."""
         from models.graph import load_model
@@ -449,7 +451,7 @@ class Fleet:
             proto = load_model(model)
         except ValueError as exc:
             raise DeployError(f"cannot deploy '{name}': {exc}") from None
-        live = {d.device_id: d for d in self.devices()}
+        live = {d.device_id: d for d in self.devices(include_offline=include_offline and bool(devices))}
         if devices:
             missing = [d for d in devices if d not in live]
             if missing:
@@ -517,7 +519,8 @@ class Fleet:
                version: int | None = None, input_shapes: dict[str, Sequence[int]] | None = None,
                replicas: int = 1, failover: bool = True, timeout: float = 120.0,
                canary: int | str | None = None, gates: str | dict | None = None,
-               check_data: Any = None, progress: Callable[[str, dict], None] | None = None) -> Deployment:
+               check_data: Any = None, include_offline: bool = False,
+               progress: Callable[[str, dict], None] | None = None) -> Deployment:
         """Plan, sign, ship and start ``model`` (path, bytes or ModelProto) as ``name``; returns when every
         stage reports ready on every replica, raises DeployError (a stage failed) or DeployTimeout (with each
         device's progress).
@@ -536,10 +539,11 @@ class Fleet:
             metrics = run_canary(self, model, name, canary=canary, gates=gates, check_data=check_data,
                                  stages=stages, version=version, timeout=timeout, progress=progress, **kw)
             version = metrics["version"]
-        manifest, plan = self.build_manifest(model, name, stages=stages, devices=devices, version=version, **kw)
+        manifest, plan = self.build_manifest(model, name, stages=stages, devices=devices, version=version,
+                                             include_offline=include_offline, **kw)
         self.publish_manifest(manifest)
         try:
-            status = self._wait_ready(manifest, timeout, progress)
+            status = self._wait_ready(manifest, timeout, progress, offline_ok=include_offline)
         except DeployError as exc:
             self.record_rollout(name, manifest.version, "stable", "failed", str(exc))
             raise
@@ -642,20 +646,25 @@ class Fleet:
                     rows.append(row)
         return rows
 
-    def _wait_ready(self, m: Manifest, timeout: float, progress: Callable[[str, dict], None] | None) -> list[dict]:
+    def _wait_ready(self, m: Manifest, timeout: float, progress: Callable[[str, dict], None] | None,
+                    offline_ok: bool = False) -> list[dict]:
         end = time.monotonic() + timeout
         while True:
             rows = self.stage_rows(m)
             if progress is not None:
                 for row in rows:
                     progress(row["device"], row)
-            failed = [r for r in rows if r["status"] == "error" or not r["online"]]
+            failed = [r for r in rows if r["status"] == "error" or (not r["online"] and not offline_ok)]
             if failed:
                 r = failed[0]
                 why = r["error"] or "device went offline"
                 raise DeployError(f"deployment {m.name} v{m.version}: stage {r['stage']} on '{r['device']}' "
                                   f"failed: {why}")
-            if all(r["status"] == "ready" for r in rows):
+            rejected = self._rejections(m)
+            if rejected:
+                raise DeployError(f"deployment {m.name} v{m.version} ({m.channel}) was rejected: " +
+                                  "; ".join(f"{d}: {why}" for d, why in rejected.items()))
+            if all(r["status"] == "ready" for r in rows if r["online"] or not offline_ok):
                 return rows
             left = end - time.monotonic()
             if left <= 0:
@@ -664,6 +673,18 @@ class Fleet:
                 raise DeployTimeout(f"deployment {m.name} v{m.version} not ready after {timeout:.0f} s: {report}")
             with self._lock:
                 self._changed.wait(min(left, 0.25))
+
+    def _rejections(self, m: Manifest) -> dict[str, str]:
+        """Devices assigned to ``m`` that reported rejecting it (signature, expiry, replay...)."""
+        assigned = {d for st in m.stages for d in stage_devices(st)}
+        out = {}
+        with self._lock:
+            for d in assigned:
+                ds = self._states.get(d)
+                for ev in (ds.events if ds else []):
+                    if ev.get("model") == m.name and ev.get("version") == m.version and ev.get("ts", 0) >= m.created - 5:
+                        out[d] = f"{ev.get('kind')}: {ev.get('reason')}"
+        return out
 
     def undeploy(self, name: str, timeout: float = 30.0) -> None:
         """Remove a deployment; returns when no live device serves it any more."""

@@ -261,6 +261,7 @@ class DeviceState(Message):
     counters: dict = field(default_factory=dict)    # rejected messages by reason, requests served ...
     queue_depth: int = 0
     endpoint: str = ""                              # topic prefix of the device's inbox
+    events: list = field(default_factory=list)      # last rejections: [{ts, kind, model, version, reason}]
 
 
 @dataclass

@@ -39,27 +39,42 @@ class SimFleet:
                  workdir: str | os.PathLike | None = None, threads: int = 1, gflops: list[float] | None = None,
                  discovery: bool = True, persistence: bool = False, extra_args: list[str] | None = None,
                  names: list[str] | None = None, env: dict[str, str] | None = None,
-                 trust: str | None = None) -> None:
+                 trust: str | None = None, broker_url: str | None = None,
+                 credentials_dir: str | os.PathLike | None = None) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ea-sim-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.fleet = fleet
-        self.broker = Broker.start(broker_kind, workdir=str(self.workdir / "broker"), persistence=persistence)
+        self.broker = None if broker_url else Broker.start(broker_kind, workdir=str(self.workdir / "broker"),
+                                                           persistence=persistence)
+        self.broker_url = broker_url or self.broker.url
+        self._opts = dict(threads=threads, gflops=gflops, discovery=discovery, extra_args=extra_args or [],
+                          trust=trust, credentials_dir=credentials_dir)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.devices: dict[str, SimDevice] = {}
         names = names or [f"dev-{i}" for i in range(n)]
         for i, name in enumerate(names):
-            argv = [sys.executable, "-m", "edge_agent.cli", "run", "--name", name, "--broker", self.broker.url,
-                    "--fleet", fleet, "--data-dir", str(self.workdir / name), "--threads", str(threads),
-                    "--interface", "127.0.0.1", "--log-level", "INFO"]
-            if gflops is not None:
-                argv += ["--gflops", str(gflops[i])]
-            if not discovery:
-                argv.append("--no-discovery")
-            argv += ["--trust", str(trust)] if trust else ["--dev"]
-            argv += extra_args or []
-            self.devices[name] = SimDevice(name, self.workdir / name, self.workdir / f"{name}.log", argv)
+            self.add_device(name, gflops=None if gflops is None else gflops[i], start=False)
         for name in self.devices:
             self.start_device(name)
+
+    def add_device(self, name: str, gflops: float | None = None, start: bool = True) -> SimDevice:
+        """Define (and by default start) one more simulated device."""
+        o = self._opts
+        argv = [sys.executable, "-m", "edge_agent.cli", "run", "--name", name, "--broker", self.broker_url,
+                "--fleet", self.fleet, "--data-dir", str(self.workdir / name), "--threads", str(o["threads"]),
+                "--interface", "127.0.0.1", "--log-level", "INFO"]
+        if gflops is not None:
+            argv += ["--gflops", str(gflops)]
+        if not o["discovery"]:
+            argv.append("--no-discovery")
+        argv += ["--trust", str(o["trust"])] if o["trust"] else ["--dev"]
+        if o["credentials_dir"]:
+            argv += ["--credentials", str(Path(o["credentials_dir"]) / f"{name}.cred")]
+        argv += o["extra_args"]
+        dev = self.devices[name] = SimDevice(name, self.workdir / name, self.workdir / f"{name}.log", argv)
+        if start:
+            self.start_device(name)
+        return dev
 
     def start_device(self, name: str) -> None:
         dev = self.devices[name]
@@ -106,7 +121,8 @@ class SimFleet:
                 except subprocess.TimeoutExpired:
                     dev.proc.kill()
                     dev.proc.wait(5)
-        self.broker.stop()
+        if self.broker is not None:
+            self.broker.stop()
 
     def __enter__(self) -> SimFleet:
         return self
