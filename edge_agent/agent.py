@@ -44,6 +44,7 @@ WORK_QUEUE = 1024        # requests waiting per device before it answers "overlo
 OLD_VERSION_GRACE_S = 10.0   # an upgraded stage's old version keeps serving in-flight requests this long
 LOAD_REPORT_EVERY_S = 0.05
 LIVE_STATUSES = ("fetching", "loading", "ready")
+ADOPT_AFTER_CONNECT_S = 3.0   # a fresh (re)connection has not seen every retained state yet
 
 Key = tuple[str, int, int]   # (model, version, stage index)
 
@@ -150,6 +151,7 @@ class Agent:
         self._last_state_pub = 0.0
         self._last_load_pub = 0.0
         self._last_signature = ""
+        self._connected_at = float("inf")
         self._peers: list[str] = []
         self._events: collections.deque[dict] = collections.deque(maxlen=20)
         self.discovery = None
@@ -169,11 +171,11 @@ class Agent:
         t.subscribe(topics.inbox(self.endpoint, "in"), self._on_infer)
         t.subscribe(topics.inbox(self.endpoint, "cmd"), self._guard(self.blob_server.handle))
         t.subscribe(topics.inbox(self.endpoint, "blob"), self._guard(self.fetcher.deliver))
+        t.subscribe(topics.all_states(fleet), self._on_state)
         t.subscribe(topics.all_deploys(fleet, "stable"), self._on_manifest)
         t.subscribe(topics.all_deploys(fleet, "canary"), self._on_manifest)
-        t.subscribe(topics.all_states(fleet), self._on_state)
         t.subscribe(topics.all_loads(fleet), self._on_load, qos=0)
-        t.add_connect_hook(self.publish_state)
+        t.add_connect_hook(self._on_connected)
         for target, name in ((self._reconcile_loop, "reconcile"), (self._work_loop, "stage-worker"),
                              (self._heartbeat_loop, "heartbeat")):
             th = threading.Thread(target=target, name=f"{name}-{self.device_id}", daemon=True)
@@ -188,6 +190,10 @@ class Agent:
         log.info("agent %s up: fleet %s, broker %s, isa %s, %.1f GFLOP/s (%s), data %s", self.device_id,
                  self.cfg.fleet, self.cfg.broker, self.isa, self.gflops, self.gflops_source, self.data_dir)
         return self
+
+    def _on_connected(self) -> None:
+        self._connected_at = time.monotonic()
+        self.publish_state()
 
     def _start_discovery(self) -> None:
         from discovery import DeviceInfo, Discovery
@@ -488,6 +494,8 @@ class Agent:
                     continue
                 if any(self._live(d) for d in holders):
                     continue
+                if time.monotonic() - self._connected_at < ADOPT_AFTER_CONNECT_S:
+                    continue  # decide once the retained states of the fleet are in (reconcile runs each 1 s)
                 if self._chosen_adopter(key) == self.device_id:
                     log.warning("no live device holds %s v%d stage %d (held by %s); adopting it", *key,
                                 ", ".join(sorted(holders)))
