@@ -159,6 +159,7 @@ class Fleet:
         t.subscribe(topics.all_loads(fleet), self._on_load, qos=0)
         t.subscribe(topics.inbox(self.endpoint, "out"), self._on_result)
         t.subscribe(topics.inbox(self.endpoint, "cmd"), self.blob_server.handle)
+        t.add_connect_hook(self._on_reconnect)
         t.start(wait=connect_timeout)
         self._closed = threading.Event()
         self._monitor = threading.Thread(target=self._monitor_loop, name="fleet-monitor", daemon=True)
@@ -196,6 +197,14 @@ class Fleet:
             time.sleep(0.05)
 
     # --------------------------------------------------------------------------------- handlers
+    def _on_reconnect(self) -> None:
+        """After a broker restart, messages it held for us may be gone: resend what is in flight."""
+        if self.transport.connect_count <= 1:
+            return
+        with self._lock:
+            for p in self._pending.values():
+                p.next_retry = time.monotonic() + 0.5   # let the devices reconnect and resubscribe first
+
     def _on_state(self, topic: str, payload: bytes, retained: bool) -> None:
         if not payload:
             return

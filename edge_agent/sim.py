@@ -57,7 +57,8 @@ class SimFleet:
         for name in self.devices:
             self.start_device(name)
 
-    def add_device(self, name: str, gflops: float | None = None, start: bool = True) -> SimDevice:
+    def add_device(self, name: str, gflops: float | None = None, start: bool = True,
+                   extra_args: list[str] | None = None) -> SimDevice:
         """Define (and by default start) one more simulated device."""
         o = self._opts
         argv = [sys.executable, "-m", "edge_agent.cli", "run", "--name", name, "--broker", self.broker_url,
@@ -70,7 +71,7 @@ class SimFleet:
         argv += ["--trust", str(o["trust"])] if o["trust"] else ["--dev"]
         if o["credentials_dir"]:
             argv += ["--credentials", str(Path(o["credentials_dir"]) / f"{name}.cred")]
-        argv += o["extra_args"]
+        argv += o["extra_args"] + list(extra_args or [])
         dev = self.devices[name] = SimDevice(name, self.workdir / name, self.workdir / f"{name}.log", argv)
         if start:
             self.start_device(name)
