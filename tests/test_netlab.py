@@ -335,3 +335,38 @@ def test_fault_proxy_cli_takes_delay_drop_and_sever_commands(echo_server) -> Non
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+# ------------------------------------------------------------------------------------------ failover
+def test_partitioned_stage_fails_over_to_another_host_and_requests_complete(
+        fleet: Fleet, lab_fleet: LabFleet, clean_hosts) -> None:
+    """With failover on (the default), a stage whose only host is cut off moves: another host adopts it
+    from its prefetched copy of the shard, in-flight requests are resent and complete exactly once; when the
+    partition heals, the stage goes back to its assigned host."""
+    model = zoo.build("mlp", seed=12)
+    xs = [zoo.sample_inputs(model, seed=s) for s in range(4)]
+    want = [ort_reference(model, x) for x in xs]
+    dep = fleet.deploy(model, "mlp3f", stages=3, devices=STAGE_DEVICES, timeout=120)
+    shas = {st["shard_sha256"] for st in dep.manifest.stages}
+    wait_until(lambda: all(shas <= set(d.blobs) for d in fleet.devices() if d.device_id in STAGE_DEVICES), 60,
+               what="every stage host to hold a copy of every shard")
+    victim = dep.manifest.stages[1]["device"]
+    host = lab_fleet.host_of(victim)
+    host.partition()
+    try:
+        futures = [fleet.submit("mlp3f", x, timeout=90) for x in xs]
+        wait_until(lambda: not online(fleet, victim), FAULT_WAIT, interval=0.2, what=f"{victim} offline")
+        for fut, w in zip(futures, want):
+            outputs, timings = fut.result(120)
+            assert_matches(outputs, w)
+            assert victim not in [t["device"] for t in timings]
+        adopters = [d.device_id for d in fleet.devices() for e in d.stages
+                    if e["model"] == "mlp3f" and e["stage"] == 1 and e.get("role") == "adopted"]
+        assert len(adopters) == 1 and adopters[0] in STAGE_DEVICES and adopters[0] != victim
+    finally:
+        host.heal()
+    wait_until(lambda: online(fleet, victim), FAULT_WAIT, interval=0.2, what=f"{victim} back")
+    wait_until(lambda: not any(e.get("role") == "adopted" for d in fleet.devices() for e in d.stages
+                               if e["model"] == "mlp3f"), FAULT_WAIT, what="the adoption to be dropped")
+    assert_matches(fleet.infer("mlp3f", xs[0], timeout=30), want[0])
+    fleet.undeploy("mlp3f")
