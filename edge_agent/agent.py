@@ -42,7 +42,7 @@ DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 DEDUP_CACHE = 2048       # (request, stage) answers kept so a retry is resent, not recomputed
 WORK_QUEUE = 1024        # requests waiting per device before it answers "overloaded"
 OLD_VERSION_GRACE_S = 10.0   # an upgraded stage's old version keeps serving in-flight requests this long
-LOAD_REPORT_EVERY_S = 0.05
+LOAD_REPORT_EVERY_S = 0.1
 LIVE_STATUSES = ("fetching", "loading", "ready")
 ADOPT_AFTER_CONNECT_S = 3.0   # a fresh (re)connection has not seen every retained state yet
 
@@ -150,6 +150,7 @@ class Agent:
         self._stop = threading.Event()
         self._last_state_pub = 0.0
         self._last_load_pub = 0.0
+        self._last_load_depth = -1
         self._last_signature = ""
         self._connected_at = float("inf")
         self._peers: list[str] = []
@@ -293,11 +294,14 @@ class Agent:
             log.debug("state publish failed", exc_info=True)
 
     def _publish_load(self, force: bool = False) -> None:
+        """Load telemetry for routing: only when the queue depth changed, at most every 100 ms."""
         now = time.monotonic()
-        if not force and now - self._last_load_pub < LOAD_REPORT_EVERY_S:
+        depth = self._work.qsize()
+        if not force and (now - self._last_load_pub < LOAD_REPORT_EVERY_S or depth == self._last_load_depth):
             return
         self._last_load_pub = now
-        rep = LoadReport(self.device_id, self._work.qsize(), round(self._service_ms, 3))
+        self._last_load_depth = depth
+        rep = LoadReport(self.device_id, depth, round(self._service_ms, 3))
         self.transport.publish(topics.load(self.cfg.fleet, self.device_id), rep.to_bytes(), qos=0)
 
     def _set_status(self, key: Key, force: bool = True, **fields: object) -> None:
