@@ -400,6 +400,8 @@ class Agent:
         from .security import SignatureError, canonical_bytes, verify_document
 
         signed = {**m.signed_fields(), "sig": m.sig}
+        if self.cfg.trust and m.fleet != self.cfg.fleet:
+            return "foreign_fleet", f"manifest is for fleet {m.fleet!r}, this device is in {self.cfg.fleet!r}"
         if self.cfg.trust:
             try:
                 verify_document(signed, self.cfg.trust)

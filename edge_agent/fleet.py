@@ -505,7 +505,8 @@ class Fleet:
             stages=stage_entries, sources=[self.endpoint],
             plan={"bottleneck_ms": round(plan.bottleneck_ms, 3), "total_ms": round(plan.total_ms, 3),
                   "reason": plan.reason}, operator=self.client_id, replicas=replicas, failover=failover,
-            channel=channel, expires=(created + self.manifest_ttl_s) if self.keys is not None else 0.0)
+            channel=channel, expires=(created + self.manifest_ttl_s) if self.keys is not None else 0.0,
+            fleet=self.fleet)
         return manifest, plan
 
     def publish_manifest(self, m: Manifest) -> Manifest:
@@ -701,7 +702,7 @@ class Fleet:
         if self.keys is not None:
             # devices that trust a fleet key ignore unsigned removals: publish a signed tombstone
             tomb = Manifest(name, self.next_version(name), time.time(), current.model_sha256, [], [], [],
-                            operator=self.client_id)
+                            operator=self.client_id, fleet=self.fleet)
             self.publish_manifest(tomb)
             with self._lock:
                 self._tombstones[name] = tomb.version

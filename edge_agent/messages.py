@@ -14,6 +14,7 @@ read the format.
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
 import time
 from dataclasses import dataclass, field
@@ -112,18 +113,21 @@ def _tensor_from_meta(meta: Any, view: memoryview) -> tuple[str, np.ndarray]:
     if dt not in WIRE_DTYPES:
         raise ProtocolError(f"tensor '{name}': unsupported dtype {dt!r}")
     if (not isinstance(shape, list) or len(shape) > MAX_TENSOR_RANK
-            or not all(isinstance(d, int) and d >= 0 for d in shape)):
+            or not all(type(d) is int and d >= 0 for d in shape)):
         raise ProtocolError(f"tensor '{name}': bad shape {shape!r}")
     if not isinstance(off, int) or not isinstance(nbytes, int) or off < 0 or nbytes < 0:
         raise ProtocolError(f"tensor '{name}': bad buffer offset/length")
     dtype = WIRE_DTYPES[dt]
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    count = math.prod(shape)  # exact: np.prod in int64 wraps around for hostile shapes
     if count * dtype.itemsize != nbytes:
         raise ProtocolError(f"tensor '{name}': shape {shape} of {dt} needs {count * dtype.itemsize} bytes, "
                             f"message carries {nbytes}")
     if off + nbytes > view.nbytes:
         raise ProtocolError(f"tensor '{name}': truncated (needs bytes up to {off + nbytes}, message has {view.nbytes})")
-    arr = np.frombuffer(view, dtype=dtype, count=count, offset=off).reshape(shape)
+    try:
+        arr = np.frombuffer(view, dtype=dtype, count=count, offset=off).reshape(shape)
+    except ValueError as exc:  # a zero-size shape whose other dims numpy cannot index ("array is too big")
+        raise ProtocolError(f"tensor '{name}': shape {shape} cannot be represented: {exc}") from None
     return name, arr
 
 
@@ -221,7 +225,7 @@ class Message:
         header, view = decode_frame(payload, max_bytes)
         kind = header.get("k")
         if cls is Message:
-            target = _REGISTRY.get(kind)  # type: ignore[arg-type]
+            target = _REGISTRY.get(kind) if isinstance(kind, str) else None
             if target is None:
                 raise ProtocolError(f"unknown message kind {kind!r}")
         else:
@@ -286,6 +290,7 @@ class Manifest(Message):
     expires: float = 0.0                            # epoch seconds; 0 = never
     rollback: bool = False                          # an explicit (signed) return to an older version
     sig: dict = field(default_factory=dict)         # {"alg", "key_id", "value"}; empty in development mode
+    fleet: str = ""                                 # signed: a manifest of fleet A is refused by fleet B
 
     def stages_for(self, device_id: str) -> list[dict]:
         """Stages assigned to ``device_id`` by the plan (a device may hold several)."""

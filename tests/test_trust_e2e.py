@@ -256,3 +256,14 @@ def test_whole_stack_over_tls_with_device_certificates_and_acls(tmp_path, keys, 
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(broker_dir, ignore_errors=True)
+
+
+def test_manifest_signed_for_another_fleet_is_refused(op: Fleet) -> None:
+    m, _ = op.build_manifest(zoo.build("mlp", seed=14), "elsewhere", stages=1)
+    m.fleet = "other-fleet"       # validly signed, but for another fleet (a cross-fleet replay)
+    op.publish_manifest(m)
+    device = m.stages[0]["device"]
+    wait_until(lambda: _counter(op, device, "rejected_manifest_foreign_fleet") > 0, 30,
+               what="the foreign-fleet manifest to be refused")
+    assert not any(e["model"] == "elsewhere" for e in _device(op, device).stages)
+    op.transport.publish(topics.deploy(op.fleet, "elsewhere"), b"", retain=True).wait_for_publish(5)
