@@ -39,7 +39,8 @@ from .transport import Transport
 log = logging.getLogger("edge_agent.agent")
 
 DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
-DEDUP_CACHE = 2048       # (request, stage) answers kept so a retry is resent, not recomputed
+DEDUP_CACHE = 2048       # (request, stage) answers kept so a retry is resent, not recomputed...
+DEDUP_MAX_BYTES = 64 << 20   # ...bounded in bytes too: 2048 x 1 MiB activations would be 2 GiB
 WORK_QUEUE = 1024        # requests waiting per device before it answers "overloaded"
 OLD_VERSION_GRACE_S = 10.0   # an upgraded stage's old version keeps serving in-flight requests this long
 LOAD_REPORT_EVERY_S = 0.1
@@ -147,6 +148,7 @@ class Agent:
         self._work: queue.Queue[InferRequest | None] = queue.Queue(maxsize=WORK_QUEUE)
         self._done: collections.OrderedDict[tuple[str, int], tuple[str, bytes, InferRequest | None]] = (
             collections.OrderedDict())
+        self._done_bytes = 0
         self._stop = threading.Event()
         self._last_state_pub = 0.0
         self._last_load_pub = 0.0
@@ -766,8 +768,10 @@ class Agent:
                                   f"stage {inst.index + 1}", stage=inst.index + 1)
         self.counters["served"] += 1
         self._done[key] = entry
-        while len(self._done) > DEDUP_CACHE:
-            self._done.popitem(last=False)
+        self._done_bytes += len(entry[1])
+        while len(self._done) > DEDUP_CACHE or (self._done_bytes > DEDUP_MAX_BYTES and len(self._done) > 1):
+            _, old = self._done.popitem(last=False)
+            self._done_bytes -= len(old[1])
 
     def _not_served(self, req: InferRequest) -> None:
         with self._lock:

@@ -182,7 +182,7 @@ class BlobFetcher:
     def _fetch(self, spec: TransferSpec, sources: list[str], q: queue.Queue[BlobChunk], timeout: float,
                progress: Callable[[int, int], None] | None, cancel: threading.Event | None) -> str:
         n = len(spec.chunk_sha256)
-        have = {i for i in self.store.have_chunks(spec.sha256) if i < n}
+        have = {i for i in self.store.have_chunks(spec.sha256, spec.chunk_sha256, spec.chunk_size) if i < n}
         todo = [i for i in range(n) if i not in have]
         asked: dict[int, float] = {}
         src_idx = 0
@@ -234,7 +234,7 @@ class BlobFetcher:
             if not (0 <= idx < n) or idx in have:
                 continue  # duplicate or stray chunk (QoS 1 may deliver twice)
             try:
-                self.store.put_chunk(spec.sha256, idx, chunk.data, spec.chunk_sha256[idx])
+                self.store.put_chunk(spec.sha256, idx, chunk.data, spec.chunk_sha256[idx], spec.chunk_size)
             except StoreError as exc:
                 log.warning("%s; asking again", exc)
                 if self._on_reject:
@@ -250,4 +250,4 @@ class BlobFetcher:
             asked.pop(idx, None)
             if progress:
                 progress(len(have), n)
-        return self.store.assemble(spec.sha256, n, spec.chunk_sha256)
+        return self.store.assemble(spec.sha256, n, spec.chunk_sha256, spec.chunk_size)

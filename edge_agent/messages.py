@@ -110,7 +110,7 @@ def _tensor_from_meta(meta: Any, view: memoryview) -> tuple[str, np.ndarray]:
     name, dt, shape, off, nbytes = meta.get("n"), meta.get("d"), meta.get("s"), meta.get("o"), meta.get("l")
     if not isinstance(name, str):
         raise ProtocolError("tensor descriptor without a name")
-    if dt not in WIRE_DTYPES:
+    if not isinstance(dt, str) or dt not in WIRE_DTYPES:
         raise ProtocolError(f"tensor '{name}': unsupported dtype {dt!r}")
     if (not isinstance(shape, list) or len(shape) > MAX_TENSOR_RANK
             or not all(type(d) is int and d >= 0 for d in shape)):

@@ -3,7 +3,8 @@
 Layout under ``<data_dir>/blobs``::
 
     sha256/<aa>/<sha256>            complete, verified blobs (read-only by convention)
-    partial/<sha256>/<index>.chunk  chunks received so far for an incomplete blob (resumable transfers)
+    partial/<sha256>.part           an incomplete blob, each chunk written at its offset (resumable)
+    partial/<sha256>.idx            the chunks received so far
 
 Every write goes to a temporary file and is renamed into place, so a crash never leaves a half-written
 blob under its final name. A blob is verified against its sha256 before it becomes visible.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -83,55 +83,85 @@ class BlobStore:
 
     def remove(self, sha: str) -> None:
         self.path(sha).unlink(missing_ok=True)
-        shutil.rmtree(self.root / "partial" / _check_sha(sha), ignore_errors=True)
+        self._drop_partial(sha)
 
     # ------------------------------------------------------------------ partial blobs (resumable)
-    def _partial_dir(self, sha: str) -> Path:
-        return self.root / "partial" / _check_sha(sha)
+    # An incomplete blob is one file written at each chunk's offset (no per-chunk fsync, no second copy)
+    # plus an index of the chunks received; on resume the listed chunks are re-verified against the
+    # manifest's digests, so a torn write after a crash is fetched again instead of trusted.
+    def _part(self, sha: str) -> Path:
+        return self.root / "partial" / f"{_check_sha(sha)}.part"
 
-    def have_chunks(self, sha: str) -> set[int]:
-        d = self._partial_dir(sha)
-        if not d.is_dir():
+    def _idx(self, sha: str) -> Path:
+        return self.root / "partial" / f"{_check_sha(sha)}.idx"
+
+    def have_chunks(self, sha: str, chunk_shas: list[str] | None = None, chunk_size: int | None = None) -> set[int]:
+        """Chunks of an incomplete blob already on disk (verified when digests and chunk size are given)."""
+        try:
+            listed = {int(line) for line in self._idx(sha).read_text().split() if line.isdigit()}
+        except FileNotFoundError:
             return set()
-        out = set()
-        for p in d.glob("*.chunk"):
-            try:
-                out.add(int(p.stem))
-            except ValueError:
-                p.unlink(missing_ok=True)
-        return out
+        if chunk_shas is None or chunk_size is None:
+            return listed
+        good = set()
+        try:
+            with open(self._part(sha), "rb") as f:
+                for i in sorted(listed):
+                    if i < len(chunk_shas):
+                        f.seek(i * chunk_size)
+                        if sha256_hex(f.read(chunk_size)) == chunk_shas[i]:
+                            good.add(i)
+        except FileNotFoundError:
+            return set()
+        return good
 
-    def put_chunk(self, sha: str, index: int, data: bytes | memoryview, expected_chunk_sha: str) -> None:
+    def put_chunk(self, sha: str, index: int, data: bytes | memoryview, expected_chunk_sha: str,
+                  chunk_size: int) -> None:
         """Keep one verified chunk of an incomplete blob."""
         got = sha256_hex(data)
         if got != expected_chunk_sha:
             raise StoreError(f"chunk {index} of blob {sha[:12]} is corrupt: sha256 {got[:12]}, "
                              f"expected {expected_chunk_sha[:12]}")
-        d = self._partial_dir(sha)
-        d.mkdir(parents=True, exist_ok=True)
-        self._atomic_write(d / f"{index}.chunk", bytes(data))
-
-    def assemble(self, sha: str, n_chunks: int, chunk_shas: list[str] | None = None) -> str:
-        """Join chunks 0..n-1 into the blob, verify the whole, and drop the partial directory."""
-        d = self._partial_dir(sha)
-        parts = []
-        for i in range(n_chunks):
-            p = d / f"{i}.chunk"
+        try:
+            fd = os.open(self._part(sha), os.O_WRONLY | os.O_CREAT, 0o644)
             try:
-                data = p.read_bytes()
-            except FileNotFoundError:
-                raise StoreError(f"blob {sha[:12]}: chunk {i} missing") from None
-            if chunk_shas is not None and sha256_hex(data) != chunk_shas[i]:
-                p.unlink(missing_ok=True)
-                raise StoreError(f"blob {sha[:12]}: stored chunk {i} is corrupt; removed it")
-            parts.append(data)
-        blob = b"".join(parts)
-        if sha256_hex(blob) != sha:
-            shutil.rmtree(d, ignore_errors=True)
+                os.pwrite(fd, data, index * chunk_size)
+            finally:
+                os.close(fd)
+            with open(self._idx(sha), "a") as f:
+                f.write(f"{index}\n")
+        except OSError as exc:
+            raise StoreError(f"cannot write chunk {index} of blob {sha[:12]}: {exc}") from None
+
+    def assemble(self, sha: str, n_chunks: int, chunk_shas: list[str] | None = None,
+                 chunk_size: int | None = None) -> str:
+        """Check every chunk arrived, verify the whole blob once, and move it into place atomically."""
+        have = self.have_chunks(sha)
+        missing = [i for i in range(n_chunks) if i not in have]
+        if missing:
+            raise StoreError(f"blob {sha[:12]}: chunks {missing[:8]} missing")
+        part = self._part(sha)
+        h = hashlib.sha256()
+        try:
+            with open(part, "rb+") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise StoreError(f"blob {sha[:12]}: cannot read the received data: {exc}") from None
+        if h.hexdigest() != sha:
+            self._drop_partial(sha)
             raise StoreError(f"blob {sha[:12]}: assembled content does not match its sha256; discarded")
-        self.put(blob, sha)
-        shutil.rmtree(d, ignore_errors=True)
+        dest = self.path(sha)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, dest)
+        self._idx(sha).unlink(missing_ok=True)
         return sha
+
+    def _drop_partial(self, sha: str) -> None:
+        self._part(sha).unlink(missing_ok=True)
+        self._idx(sha).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ helpers
     def _atomic_write(self, path: Path, data: bytes) -> None:

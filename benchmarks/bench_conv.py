@@ -1,0 +1,109 @@
+"""Convolution layers of MobileNetV2 and ResNet: the native core vs ONNX Runtime, 1 and 2 threads.
+
+    python -m benchmarks.bench_conv [--quick] [--json out.json]
+
+Each layer is one Conv (+ its activation, which both sides fuse: Clip(0, 6) for MobileNetV2, Relu for
+ResNet) with constant weights. Timing as in bench_gemm: best run of alternating blocks. "speed" =
+ORT ms / ours ms (> 1: we are faster); "%peak" is per core against 93 GFLOP/s/core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from benchmarks.bench_gemm import PEAK_GFLOPS_PER_CORE, best_pair_ms, ort_session
+from benchmarks.common import fmt, fmt_ratio, parser, table, write_json
+from ops_native import _core as core
+
+# name, (C, H, W), OC, kernel, stride, group, activation
+LAYERS = [
+    ("mbv2 expand 1x1 16->96 @112", (16, 112, 112), 96, 1, 1, 1, "relu6"),
+    ("mbv2 expand 1x1 24->144 @56", (24, 56, 56), 144, 1, 1, 1, "relu6"),
+    ("mbv2 expand 1x1 96->576 @14", (96, 14, 14), 576, 1, 1, 1, "relu6"),
+    ("mbv2 project 1x1 144->24 @56", (144, 56, 56), 24, 1, 1, 1, "none"),
+    ("mbv2 project 1x1 576->96 @14", (576, 14, 14), 96, 1, 1, 1, "none"),
+    ("mbv2 dw 3x3 s1 144 @56", (144, 56, 56), 144, 3, 1, 144, "relu6"),
+    ("mbv2 dw 3x3 s1 576 @14", (576, 14, 14), 576, 3, 1, 576, "relu6"),
+    ("mbv2 dw 3x3 s2 96 @112", (96, 112, 112), 96, 3, 2, 96, "relu6"),
+    ("mbv2 dw 3x3 s2 144 @56", (144, 56, 56), 144, 3, 2, 144, "relu6"),
+    ("mbv2 stem 3x3 s2 3->32 @224", (3, 224, 224), 32, 3, 2, 1, "relu6"),
+    ("resnet stem 7x7 s2 3->64 @224", (3, 224, 224), 64, 7, 2, 1, "relu"),
+    ("resnet 3x3 64 @56", (64, 56, 56), 64, 3, 1, 1, "relu"),
+    ("resnet 3x3 128 @28", (128, 28, 28), 128, 3, 1, 1, "relu"),
+    ("resnet 3x3 256 @14", (256, 14, 14), 256, 3, 1, 1, "relu"),
+    ("resnet 3x3 s2 128->256 @28", (128, 28, 28), 256, 3, 2, 1, "relu"),
+]
+QUICK = {"mbv2 expand 1x1 24->144 @56", "mbv2 project 1x1 576->96 @14", "mbv2 dw 3x3 s1 144 @56",
+         "mbv2 dw 3x3 s2 144 @56", "resnet 3x3 64 @56", "resnet 3x3 256 @14"}
+
+
+def conv_model(w: np.ndarray, b: np.ndarray, x_shape: tuple, stride: int, pad: int, group: int,
+               act: str) -> bytes:
+    """Conv (+ Clip(0, 6) or Relu) with constant weights."""
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c" if act != "none" else "y"], strides=[stride] * 2,
+                              pads=[pad] * 4, group=group)]
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
+    if act == "relu6":
+        inits += [numpy_helper.from_array(np.array(0, np.float32), "lo"),
+                  numpy_helper.from_array(np.array(6, np.float32), "hi")]
+        nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
+    elif act == "relu":
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Run the conv-layer comparison and print the table; returns the rows."""
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--budget", type=float, default=None, help="seconds per measurement (default 1.0, quick 0.3)")
+    args = p.parse_args(argv)
+    budget = args.budget or (0.3 if args.quick else 1.0)
+    rng = np.random.default_rng(0)
+    rows, records = [], []
+    for name, (c, h, w_), oc, k, stride, group, act in LAYERS:
+        if args.quick and name not in QUICK:
+            continue
+        pad = k // 2
+        x = rng.standard_normal((1, c, h, w_), dtype=np.float32)
+        w = rng.standard_normal((oc, c // group, k, k), dtype=np.float32) / np.float32(np.sqrt(c // group * k * k))
+        b = rng.standard_normal(oc, dtype=np.float32)
+        ours_act = {"relu6": "clip", "relu": "relu"}.get(act, "none")
+        conv = core.Conv2d(w, b, strides=(stride, stride), pads=(pad,) * 4, group=group, act=ours_act,
+                           act_alpha=0.0, act_beta=6.0)
+        model = conv_model(w, b, x.shape, stride, pad, group, act)
+        out = np.empty(conv.output_shape(x.shape), np.float32)
+        _, _, oh, ow = out.shape
+        flops = 2.0 * oc * oh * ow * (c // group) * k * k
+        for threads in (1, 2):
+            sess = ort_session(model, threads)
+            feed = {"x": x}
+            ref = sess.run(None, feed)[0]
+            np.testing.assert_allclose(conv.run(x, out=out, threads=threads), ref, rtol=1e-3, atol=1e-3)
+            ours_ms, ort_ms = best_pair_ms(partial(conv.run, x, out=out, threads=threads),
+                                           partial(sess.run, None, feed), budget)
+            gflops = flops / (ours_ms * 1e-3) / 1e9
+            pct = 100.0 * gflops / (PEAK_GFLOPS_PER_CORE * threads)
+            speed = ort_ms / ours_ms
+            rows.append([name, conv.path, threads, fmt(ours_ms), fmt(ort_ms), fmt_ratio(speed), fmt(gflops),
+                         f"{pct:.0f}%"])
+            records.append({"layer": name, "path": conv.path, "threads": threads, "ours_ms": ours_ms,
+                            "ort_ms": ort_ms, "speed_vs_ort": speed, "gflops": gflops, "pct_peak": pct})
+    table(f"Conv layers ops_native ({core.isa()}) vs ONNX Runtime {ort.__version__}",
+          ["layer", "path", "threads", "ours ms", "ORT ms", "speed (ORT/ours)", "GFLOP/s", "%peak"], rows,
+          caption="best run of alternating blocks; %peak vs 93 GFLOP/s per core")
+    result = {"isa": core.isa(), "conv": records}
+    write_json(args.json, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
