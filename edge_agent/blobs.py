@@ -24,7 +24,7 @@ from .transport import Transport
 
 log = logging.getLogger("edge_agent.blobs")
 
-WINDOW = 8               # chunks in flight per transfer (8 x 256 KiB = 2 MiB)
+WINDOW = 16              # chunks in flight per transfer (16 x 256 KiB = 4 MiB)
 CHUNK_TIMEOUT = 5.0      # re-ask for a chunk not seen within this many seconds
 MAX_REQUEST_CHUNKS = 64  # a single request may name at most this many chunks
 MAX_BAD_COPIES = 5       # a chunk that fails verification this many times ends the transfer
