@@ -1,0 +1,69 @@
+/* on_conv.h - 2-D convolution and transposed convolution, NCHW float32.
+ *
+ * Pads are explicit (top, left, bottom, right): ONNX auto_pad (SAME_UPPER / SAME_LOWER / VALID) is
+ * resolved by the caller (the executor) before it builds a plan. 1-D convolution is the 2-D case
+ * with H = KH = 1. A plan (on_conv2d / on_conv_transpose2d) copies and re-lays-out the weights once;
+ * it is immutable afterwards, so one plan may run on several threads at once.
+ *
+ * Paths chosen at plan time:
+ *   depthwise (group == C == OC): its own direct kernel (AVX2 / NEON vectorised along W);
+ *   1x1 stride 1 pad 0:           GEMM W[OC,C] x X[C,H*W] straight on the NCHW input;
+ *   everything else:              im2col packed straight into GEMM panels + the packed GEMM.
+ * Bias and activation are fused into the GEMM store (or the depthwise kernel).
+ */
+#ifndef ON_CONV_H
+#define ON_CONV_H
+
+#include "on_common.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    size_t C, OC;            /* input / output channels (all groups) */
+    size_t KH, KW;
+    size_t stride_h, stride_w;
+    size_t dil_h, dil_w;
+    size_t pad_t, pad_l, pad_b, pad_r;
+    size_t group;
+    size_t out_pad_h, out_pad_w; /* ConvTranspose only (ignored by Conv) */
+} on_conv_params;
+
+typedef enum { ON_CONV_PATH_IM2COL = 0, ON_CONV_PATH_1X1, ON_CONV_PATH_DEPTHWISE } on_conv_path;
+
+typedef struct on_conv2d on_conv2d;
+typedef struct on_conv_transpose2d on_conv_transpose2d;
+
+/* Checks the parameters (non-zero sizes, C and OC divisible by group). */
+on_status on_conv_params_check(const on_conv_params *p);
+
+/* Conv: weight [OC, C/group, KH, KW], bias NULL or [OC]. */
+on_status on_conv2d_create(const on_conv_params *p, const float *weight, const float *bias, on_act_t act,
+                           on_conv2d **out);
+void on_conv2d_free(on_conv2d *conv);
+on_conv_path on_conv2d_path(const on_conv2d *conv);
+/* Output spatial size; ON_ERR_SHAPE if the (dilated) kernel does not fit the padded input. */
+on_status on_conv2d_output_size(const on_conv_params *p, size_t H, size_t W, size_t *OH, size_t *OW);
+/* x [N, C, H, W] -> y [N, OC, OH, OW] */
+on_status on_conv2d_run(const on_conv2d *conv, size_t N, size_t H, size_t W, const float *x, float *y,
+                        int nthreads);
+/* Direct 7-loop reference. */
+on_status on_conv2d_ref(const on_conv_params *p, const float *weight, const float *bias, on_act_t act, size_t N,
+                        size_t H, size_t W, const float *x, float *y);
+
+/* ConvTranspose: weight [C, OC/group, KH, KW] (ONNX layout), bias NULL or [OC].
+ * OH = stride_h * (H - 1) + out_pad_h + dil_h * (KH - 1) + 1 - pad_t - pad_b. */
+on_status on_conv_transpose2d_create(const on_conv_params *p, const float *weight, const float *bias,
+                                     on_conv_transpose2d **out);
+void on_conv_transpose2d_free(on_conv_transpose2d *conv);
+on_status on_conv_transpose2d_output_size(const on_conv_params *p, size_t H, size_t W, size_t *OH, size_t *OW);
+on_status on_conv_transpose2d_run(const on_conv_transpose2d *conv, size_t N, size_t H, size_t W, const float *x,
+                                  float *y, int nthreads);
+on_status on_conv_transpose2d_ref(const on_conv_params *p, const float *weight, const float *bias, size_t N,
+                                  size_t H, size_t W, const float *x, float *y);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* ON_CONV_H */

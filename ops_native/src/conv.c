@@ -1,0 +1,528 @@
+/* conv.c - convolution plans, references, the im2col->packed-GEMM path, depthwise (portable) and
+ * ConvTranspose (GEMM + col2im).
+ *
+ * The im2col path never materialises the full column matrix: the output pixels are cut into
+ * chunks (sized to stay in L2) and each chunk is written straight into GEMM panel layout
+ * ([panel][K][16]), so the packed micro-kernels read it like packed weights. The weights are the
+ * GEMM's A operand (row-major [OC/group, C/group*KH*KW], read in place).
+ */
+#include <stdatomic.h>
+#include <string.h>
+
+#include "conv_internal.h"
+#include "gemm_internal.h"
+
+/* A packed im2col chunk should stay in L2 next to the A block while the GEMM sweeps it. */
+#ifndef CONV_CHUNK_BYTES
+#define CONV_CHUNK_BYTES (160 * 1024)
+#endif
+#define CONV_CHUNK_MIN 32
+#define CONV_CHUNK_MAX 512
+#define NR ON_GEMM_NR
+
+struct on_conv2d {
+    on_conv_params p;
+    on_act_t act;
+    on_conv_path path;
+    float *weight; /* [OC, C/group * KH * KW] */
+    float *bias;   /* [OC] or NULL */
+};
+
+struct on_conv_transpose2d {
+    on_conv_params p;
+    float *wt;   /* per group: [OC/group * KH * KW, C/group] (A of the col GEMM) */
+    float *bias; /* [OC] or NULL */
+};
+
+on_status on_conv_params_check(const on_conv_params *p) {
+    if (!p) return ON_ERR_ARG;
+    if (!p->C || !p->OC || !p->KH || !p->KW || !p->stride_h || !p->stride_w || !p->dil_h || !p->dil_w || !p->group)
+        return ON_ERR_ARG;
+    if (p->C % p->group || p->OC % p->group) return ON_ERR_SHAPE;
+    if (p->KH > 65536 || p->KW > 65536 || p->dil_h > 65536 || p->dil_w > 65536) return ON_ERR_ARG;
+    return ON_OK;
+}
+
+on_status on_conv2d_output_size(const on_conv_params *p, size_t H, size_t W, size_t *OH, size_t *OW) {
+    on_status st = on_conv_params_check(p);
+    if (st != ON_OK) return st;
+    if (!OH || !OW || H == 0 || W == 0) return ON_ERR_ARG;
+    size_t eh = p->dil_h * (p->KH - 1) + 1, ew = p->dil_w * (p->KW - 1) + 1;
+    size_t ph = H + p->pad_t + p->pad_b, pw = W + p->pad_l + p->pad_r;
+    if (ph < eh || pw < ew) return ON_ERR_SHAPE;
+    *OH = (ph - eh) / p->stride_h + 1;
+    *OW = (pw - ew) / p->stride_w + 1;
+    return ON_OK;
+}
+
+static float *copy_floats(const float *src, size_t n) {
+    size_t bytes;
+    if (!on_mul_size(n, sizeof(float), &bytes)) return NULL;
+    float *d = (float *)on_malloc(bytes);
+    if (d) memcpy(d, src, bytes);
+    return d;
+}
+
+/* ---- references ------------------------------------------------------------------------------ */
+
+on_status on_conv2d_ref(const on_conv_params *p, const float *weight, const float *bias, on_act_t act, size_t N,
+                        size_t H, size_t W, const float *x, float *y) {
+    size_t OH, OW;
+    on_status st = on_conv2d_output_size(p, H, W, &OH, &OW);
+    if (st != ON_OK) return st;
+    if (!weight || !x || !y) return ON_ERR_ARG;
+    size_t Cg = p->C / p->group, OCg = p->OC / p->group;
+    for (size_t n = 0; n < N; n++)
+        for (size_t oc = 0; oc < p->OC; oc++) {
+            size_t g = oc / OCg;
+            for (size_t oh = 0; oh < OH; oh++)
+                for (size_t ow = 0; ow < OW; ow++) {
+                    double s = bias ? bias[oc] : 0.0;
+                    for (size_t ic = 0; ic < Cg; ic++)
+                        for (size_t kh = 0; kh < p->KH; kh++) {
+                            long ih = (long)(oh * p->stride_h + kh * p->dil_h) - (long)p->pad_t;
+                            if (ih < 0 || ih >= (long)H) continue;
+                            for (size_t kw = 0; kw < p->KW; kw++) {
+                                long iw = (long)(ow * p->stride_w + kw * p->dil_w) - (long)p->pad_l;
+                                if (iw < 0 || iw >= (long)W) continue;
+                                float xv = x[((n * p->C + g * Cg + ic) * H + (size_t)ih) * W + (size_t)iw];
+                                float wv = weight[((oc * Cg + ic) * p->KH + kh) * p->KW + kw];
+                                s += (double)xv * wv;
+                            }
+                        }
+                    y[((n * p->OC + oc) * OH + oh) * OW + ow] = on_act_ref(act, (float)s);
+                }
+        }
+    return ON_OK;
+}
+
+on_status on_conv_transpose2d_output_size(const on_conv_params *p, size_t H, size_t W, size_t *OH, size_t *OW) {
+    on_status st = on_conv_params_check(p);
+    if (st != ON_OK) return st;
+    if (!OH || !OW || H == 0 || W == 0) return ON_ERR_ARG;
+    if (p->out_pad_h >= p->stride_h && p->out_pad_h >= p->dil_h) return ON_ERR_ARG;
+    if (p->out_pad_w >= p->stride_w && p->out_pad_w >= p->dil_w) return ON_ERR_ARG;
+    size_t fh = p->stride_h * (H - 1) + p->out_pad_h + p->dil_h * (p->KH - 1) + 1;
+    size_t fw = p->stride_w * (W - 1) + p->out_pad_w + p->dil_w * (p->KW - 1) + 1;
+    if (fh <= p->pad_t + p->pad_b || fw <= p->pad_l + p->pad_r) return ON_ERR_SHAPE;
+    *OH = fh - p->pad_t - p->pad_b;
+    *OW = fw - p->pad_l - p->pad_r;
+    return ON_OK;
+}
+
+on_status on_conv_transpose2d_ref(const on_conv_params *p, const float *weight, const float *bias, size_t N,
+                                  size_t H, size_t W, const float *x, float *y) {
+    size_t OH, OW;
+    on_status st = on_conv_transpose2d_output_size(p, H, W, &OH, &OW);
+    if (st != ON_OK) return st;
+    if (!weight || !x || !y) return ON_ERR_ARG;
+    size_t Cg = p->C / p->group, OCg = p->OC / p->group;
+    for (size_t n = 0; n < N; n++)
+        for (size_t oc = 0; oc < p->OC; oc++)
+            for (size_t i = 0; i < OH * OW; i++) y[(n * p->OC + oc) * OH * OW + i] = bias ? bias[oc] : 0.0f;
+    for (size_t n = 0; n < N; n++)
+        for (size_t c = 0; c < p->C; c++) {
+            size_t g = c / Cg;
+            for (size_t ih = 0; ih < H; ih++)
+                for (size_t iw = 0; iw < W; iw++) {
+                    float xv = x[((n * p->C + c) * H + ih) * W + iw];
+                    for (size_t o = 0; o < OCg; o++)
+                        for (size_t kh = 0; kh < p->KH; kh++) {
+                            long oh = (long)(ih * p->stride_h + kh * p->dil_h) - (long)p->pad_t;
+                            if (oh < 0 || oh >= (long)OH) continue;
+                            for (size_t kw = 0; kw < p->KW; kw++) {
+                                long ow = (long)(iw * p->stride_w + kw * p->dil_w) - (long)p->pad_l;
+                                if (ow < 0 || ow >= (long)OW) continue;
+                                float wv = weight[((c * OCg + o) * p->KH + kh) * p->KW + kw];
+                                y[((n * p->OC + g * OCg + o) * OH + (size_t)oh) * OW + (size_t)ow] += xv * wv;
+                            }
+                        }
+                }
+        }
+    return ON_OK;
+}
+
+/* ---- plans ----------------------------------------------------------------------------------- */
+
+on_status on_conv2d_create(const on_conv_params *p, const float *weight, const float *bias, on_act_t act,
+                           on_conv2d **out) {
+    if (!out) return ON_ERR_ARG;
+    *out = NULL;
+    on_status st = on_conv_params_check(p);
+    if (st != ON_OK) return st;
+    if (!weight || (int)act.kind < 0 || act.kind >= ON_ACT_COUNT) return ON_ERR_ARG;
+    size_t wn;
+    if (!on_mul_size(p->OC, p->C / p->group, &wn) || !on_mul_size(wn, p->KH * p->KW, &wn)) return ON_ERR_NOMEM;
+    on_conv2d *c = (on_conv2d *)on_calloc(1, sizeof(on_conv2d));
+    if (!c) return ON_ERR_NOMEM;
+    c->p = *p;
+    c->act = act;
+    c->weight = copy_floats(weight, wn);
+    c->bias = bias ? copy_floats(bias, p->OC) : NULL;
+    if (!c->weight || (bias && !c->bias)) {
+        on_conv2d_free(c);
+        return ON_ERR_NOMEM;
+    }
+    if (p->group == p->C && p->group == p->OC)
+        c->path = ON_CONV_PATH_DEPTHWISE;
+    else if (p->KH == 1 && p->KW == 1 && p->stride_h == 1 && p->stride_w == 1 && !p->pad_t && !p->pad_l &&
+             !p->pad_b && !p->pad_r)
+        c->path = ON_CONV_PATH_1X1;
+    else
+        c->path = ON_CONV_PATH_IM2COL;
+    *out = c;
+    return ON_OK;
+}
+
+void on_conv2d_free(on_conv2d *c) {
+    if (!c) return;
+    on_free(c->weight);
+    on_free(c->bias);
+    on_free(c);
+}
+
+on_conv_path on_conv2d_path(const on_conv2d *c) { return c ? c->path : ON_CONV_PATH_IM2COL; }
+
+/* ---- depthwise (portable) -------------------------------------------------------------------- */
+
+void on_conv_dw_planes__scalar(const on_dw_args *a, size_t begin, size_t end, float *pad) {
+    const on_conv_params *p = a->p;
+    for (size_t pl = begin; pl < end; pl++) {
+        size_t c = pl % a->C;
+        on_dw_fill_padded(a, a->x + pl * a->H * a->W, pad);
+        const float *w = a->weight + c * p->KH * p->KW;
+        float b = a->bias ? a->bias[c] : 0.0f;
+        float *y = a->y + pl * a->OH * a->OW;
+        for (size_t oh = 0; oh < a->OH; oh++)
+            for (size_t ow = 0; ow < a->OW; ow++) {
+                float s = b;
+                for (size_t kh = 0; kh < p->KH; kh++) {
+                    const float *row = pad + (oh * p->stride_h + kh * p->dil_h) * a->PW + ow * p->stride_w;
+                    for (size_t kw = 0; kw < p->KW; kw++) s += w[kh * p->KW + kw] * row[kw * p->dil_w];
+                }
+                y[oh * a->OW + ow] = on_act_ref(a->act, s);
+            }
+    }
+}
+
+on_dw_planes_fn on_conv_dw_for(on_isa_t isa) {
+#if defined(__x86_64__)
+    if (isa == ON_ISA_AVX2) return on_conv_dw_planes__avx2;
+#endif
+#if defined(__aarch64__)
+    if (isa == ON_ISA_NEON) return on_conv_dw_planes__neon;
+#endif
+    (void)isa;
+    return on_conv_dw_planes__scalar;
+}
+
+typedef struct {
+    on_dw_args a;
+    on_dw_planes_fn fn;
+    atomic_int failed;
+} dw_job;
+
+static void dw_range(void *vctx, size_t begin, size_t end) {
+    dw_job *j = (dw_job *)vctx;
+    float *pad = (float *)on_scratch(ON_SLOT_AUX, on_dw_scratch_floats(&j->a) * sizeof(float));
+    if (!pad) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    memset(pad, 0, j->a.PH * j->a.PW * sizeof(float)); /* borders stay zero; kernels rewrite the interior */
+    j->fn(&j->a, begin, end, pad);
+}
+
+static on_status run_depthwise(const on_conv2d *c, size_t N, size_t H, size_t W, size_t OH, size_t OW,
+                               const float *x, float *y, int nthreads) {
+    const on_conv_params *p = &c->p;
+    dw_job j;
+    j.a.p = p;
+    j.a.x = x;
+    j.a.y = y;
+    j.a.weight = c->weight;
+    j.a.bias = c->bias;
+    j.a.act = c->act;
+    j.a.C = p->C;
+    j.a.H = H;
+    j.a.W = W;
+    j.a.OH = OH;
+    j.a.OW = OW;
+    size_t need_h = (OH - 1) * p->stride_h + (p->KH - 1) * p->dil_h + 1;
+    size_t ow8 = (OW + 7) / 8 * 8;
+    size_t need_w = ow8 * p->stride_w + (p->KW - 1) * p->dil_w + 16; /* vector over-reads stay inside */
+    j.a.PH = H + p->pad_t + p->pad_b > need_h ? H + p->pad_t + p->pad_b : need_h;
+    j.a.PW = W + p->pad_l + p->pad_r > need_w ? W + p->pad_l + p->pad_r : need_w;
+    j.fn = on_conv_dw_for(on_active_isa());
+    atomic_init(&j.failed, 0);
+    size_t planes = N * p->C;
+    if ((double)planes * OH * OW * p->KH * p->KW < 65536.0) nthreads = 1;
+    on_parallel_for(planes, dw_range, &j, nthreads);
+    return atomic_load(&j.failed) ? ON_ERR_NOMEM : ON_OK;
+}
+
+/* ---- im2col / 1x1 -> packed GEMM ------------------------------------------------------------- */
+
+typedef struct {
+    const on_conv2d *c;
+    const float *x;
+    float *y;
+    size_t H, W, OH, OW, Cg, OCg, Kg;
+    size_t nchunk, nchunks, msplit, m_unit;
+    size_t chunk_bytes; /* packed chunk, in the per-thread ON_SLOT_CONV_COL scratch */
+    atomic_int failed;
+    const on_gemm_ukernel *uk;
+} im2col_job;
+
+/* Write columns [j0, j0 + nc) of the im2col matrix of one image/group into panel layout. */
+static void im2col_pack(const im2col_job *j, const float *xg, size_t j0, size_t nc, float *dst) {
+    const on_conv_params *p = &j->c->p;
+    size_t HW = j->H * j->W, npan = (nc + NR - 1) / NR;
+    if (j->c->path == ON_CONV_PATH_1X1) {
+        for (size_t pn = 0; pn < npan; pn++) {
+            size_t c0 = j0 + pn * NR, w = nc - pn * NR < NR ? nc - pn * NR : NR;
+            float *d = dst + pn * j->Kg * NR;
+            for (size_t k = 0; k < j->Kg; k++, d += NR) {
+                memcpy(d, xg + k * HW + c0, w * sizeof(float));
+                for (size_t q = w; q < NR; q++) d[q] = 0.0f;
+            }
+        }
+        return;
+    }
+    /* One im2col row (ic, kh, kw) at a time: the chunk's pixels are runs along output rows, each
+     * reading one input row (zeros over the padding, a straight copy for stride 1); the row is built
+     * contiguously in `line`, then dealt out to the panels in fixed 16-float copies. */
+    const long H = (long)j->H, W = (long)j->W, sw = (long)p->stride_w;
+    float line[CONV_CHUNK_MAX + NR];
+    size_t k = 0;
+    for (size_t ic = 0; ic < j->Cg; ic++) {
+        const float *xc = xg + ic * HW;
+        for (size_t kh = 0; kh < p->KH; kh++)
+            for (size_t kw = 0; kw < p->KW; kw++, k++) {
+                for (size_t q = 0; q < nc;) {
+                    size_t oh = (j0 + q) / j->OW, ow = (j0 + q) % j->OW;
+                    long n = (long)(j->OW - ow < nc - q ? j->OW - ow : nc - q);
+                    float *ds = line + q;
+                    q += (size_t)n;
+                    long ih = (long)(oh * p->stride_h) - (long)p->pad_t + (long)(kh * p->dil_h);
+                    if (ih < 0 || ih >= H) {
+                        memset(ds, 0, (size_t)n * sizeof(float));
+                        continue;
+                    }
+                    long iw0 = (long)(ow * p->stride_w) - (long)p->pad_l + (long)(kw * p->dil_w);
+                    /* valid t: 0 <= iw0 + t * sw < W */
+                    long lo = iw0 >= 0 ? 0 : (-iw0 + sw - 1) / sw;
+                    long hi = iw0 >= W ? 0 : (W - iw0 + sw - 1) / sw;
+                    if (lo > n) lo = n;
+                    if (hi > n) hi = n;
+                    if (hi < lo) hi = lo;
+                    const float *row = xc + ih * W + iw0;
+                    for (long t = 0; t < lo; t++) ds[t] = 0.0f;
+                    if (sw == 1) memcpy(ds + lo, row + lo, (size_t)(hi - lo) * sizeof(float));
+                    else
+                        for (long t = lo; t < hi; t++) ds[t] = row[t * sw];
+                    for (long t = hi; t < n; t++) ds[t] = 0.0f;
+                }
+                for (size_t q = nc; q < npan * NR; q++) line[q] = 0.0f;
+                float *d = dst + k * NR;
+                for (size_t pn = 0; pn < npan; pn++)
+                    memcpy(d + pn * j->Kg * NR, line + pn * NR, NR * sizeof(float));
+            }
+    }
+}
+
+static void im2col_range(void *vctx, size_t begin, size_t end) {
+    im2col_job *j = (im2col_job *)vctx;
+    const on_conv_params *p = &j->c->p;
+    float *buf = (float *)on_scratch(ON_SLOT_CONV_COL, j->chunk_bytes);
+    if (!buf) {
+        atomic_store(&j->failed, 1);
+        return;
+    }
+    size_t OHW = j->OH * j->OW;
+    on_gemm_epilogue ep;
+    ep.alpha = 1.0f;
+    ep.act = j->c->act;
+    /* unit = ((image * group + g) * nchunks + chunk) * msplit + mpart */
+    for (size_t u = begin; u < end; u++) {
+        size_t mpart = u % j->msplit, rest = u / j->msplit;
+        size_t chunk = rest % j->nchunks, ng = rest / j->nchunks;
+        size_t n = ng / p->group, g = ng % p->group;
+        size_t j0 = chunk * j->nchunk, nc = OHW - j0 < j->nchunk ? OHW - j0 : j->nchunk;
+        const float *xg = j->x + (n * p->C + g * j->Cg) * j->H * j->W;
+        float *yg = j->y + (n * p->OC + g * j->OCg) * OHW;
+        size_t m0 = mpart * j->m_unit, m1 = m0 + j->m_unit > j->OCg ? j->OCg : m0 + j->m_unit;
+        if (m0 >= m1) continue;
+        const float *A = j->c->weight + g * j->OCg * j->Kg;
+        ep.bias_kind = j->c->bias ? ON_BIAS_ROW : ON_BIAS_NONE;
+        ep.bias = j->c->bias ? j->c->bias + g * j->OCg : NULL;
+        if (j->c->path == ON_CONV_PATH_1X1) {
+            /* B = the input rows themselves ([C, H*W], row stride H*W): full 16-pixel panels are read
+             * in place, only a partial last panel is packed */
+            size_t nfull = nc / NR, tail = nc - nfull * NR;
+            if (nfull)
+                on_gemm_run_rowmajor_b(j->uk, m0, m1, 0, nfull, nfull * NR, j->Kg, A, j->Kg, xg + j0,
+                                       j->H * j->W, yg + j0, OHW, &ep);
+            if (tail) {
+                im2col_pack(j, xg, j0 + nfull * NR, tail, buf);
+                on_gemm_run_panels(j->uk, m0, m1, 0, 1, tail, j->Kg, A, j->Kg, buf, yg + j0 + nfull * NR, OHW,
+                                   &ep);
+            }
+            continue;
+        }
+        im2col_pack(j, xg, j0, nc, buf);
+        on_gemm_run_panels(j->uk, m0, m1, 0, (nc + NR - 1) / NR, nc, j->Kg, A, j->Kg, buf, yg + j0, OHW, &ep);
+    }
+}
+
+static on_status run_im2col(const on_conv2d *c, size_t N, size_t H, size_t W, size_t OH, size_t OW,
+                            const float *x, float *y, int nthreads) {
+    const on_conv_params *p = &c->p;
+    im2col_job j;
+    j.c = c;
+    j.x = x;
+    j.y = y;
+    j.H = H;
+    j.W = W;
+    j.OH = OH;
+    j.OW = OW;
+    j.Cg = p->C / p->group;
+    j.OCg = p->OC / p->group;
+    j.Kg = j.Cg * p->KH * p->KW;
+    j.uk = on_gemm_ukernel_for(on_active_isa());
+    size_t OHW = OH * OW;
+    size_t nchunk = CONV_CHUNK_BYTES / (j.Kg * sizeof(float)) / NR * NR;
+    nchunk = nchunk < CONV_CHUNK_MIN ? CONV_CHUNK_MIN : (nchunk > CONV_CHUNK_MAX ? CONV_CHUNK_MAX : nchunk);
+    j.nchunk = nchunk;
+    j.nchunks = (OHW + nchunk - 1) / nchunk;
+    double flops = 2.0 * N * p->OC * OHW * j.Kg;
+    if (flops < 524288.0 || nthreads < 1) nthreads = 1;
+    size_t units = N * p->group * j.nchunks;
+    j.msplit = 1;
+    j.m_unit = j.OCg;
+    if (units < (size_t)nthreads && j.OCg >= 12) { /* few pixels, many channels: split the channels */
+        j.msplit = (size_t)nthreads;
+        j.m_unit = ((j.OCg + j.msplit - 1) / j.msplit + 5) / 6 * 6;
+        j.msplit = (j.OCg + j.m_unit - 1) / j.m_unit;
+    }
+    units *= j.msplit;
+    int slots = nthreads < (int)units ? nthreads : (int)units;
+    if (slots < 1) slots = 1;
+    size_t chunk_floats = ((nchunk < OHW ? nchunk : OHW) + NR - 1) / NR * NR;
+    if (!on_mul_size(chunk_floats, j.Kg, &chunk_floats) ||
+        !on_mul_size(chunk_floats, sizeof(float), &j.chunk_bytes))
+        return ON_ERR_NOMEM;
+    atomic_init(&j.failed, 0);
+    on_parallel_for(units, im2col_range, &j, slots);
+    return atomic_load(&j.failed) ? ON_ERR_NOMEM : ON_OK;
+}
+
+on_status on_conv2d_run(const on_conv2d *c, size_t N, size_t H, size_t W, const float *x, float *y,
+                        int nthreads) {
+    if (!c) return ON_ERR_ARG;
+    size_t OH, OW;
+    on_status st = on_conv2d_output_size(&c->p, H, W, &OH, &OW);
+    if (st != ON_OK) return st;
+    if (N == 0) return ON_OK;
+    if (!x || !y) return ON_ERR_ARG;
+    if (nthreads > 64) nthreads = 64;
+    if (c->path == ON_CONV_PATH_DEPTHWISE) return run_depthwise(c, N, H, W, OH, OW, x, y, nthreads);
+    return run_im2col(c, N, H, W, OH, OW, x, y, nthreads);
+}
+
+/* ---- ConvTranspose: col = W^T x X (GEMM), then col2im scatter-add ----------------------------- */
+
+on_status on_conv_transpose2d_create(const on_conv_params *p, const float *weight, const float *bias,
+                                     on_conv_transpose2d **out) {
+    if (!out) return ON_ERR_ARG;
+    *out = NULL;
+    on_status st = on_conv_params_check(p);
+    if (st != ON_OK) return st;
+    if (!weight) return ON_ERR_ARG;
+    size_t Cg = p->C / p->group, OCg = p->OC / p->group, KK = p->KH * p->KW, wn;
+    if (!on_mul_size(p->C, OCg * KK, &wn)) return ON_ERR_NOMEM;
+    on_conv_transpose2d *c = (on_conv_transpose2d *)on_calloc(1, sizeof(on_conv_transpose2d));
+    if (!c) return ON_ERR_NOMEM;
+    c->p = *p;
+    c->wt = (float *)on_calloc(wn, sizeof(float));
+    c->bias = bias ? copy_floats(bias, p->OC) : NULL;
+    if (!c->wt || (bias && !c->bias)) {
+        on_conv_transpose2d_free(c);
+        return ON_ERR_NOMEM;
+    }
+    /* weight [C, OCg, KH, KW] -> per group g: wt_g[(o * KK + k), ic] */
+    for (size_t g = 0; g < p->group; g++)
+        for (size_t ic = 0; ic < Cg; ic++)
+            for (size_t r = 0; r < OCg * KK; r++)
+                c->wt[g * OCg * KK * Cg + r * Cg + ic] = weight[(g * Cg + ic) * OCg * KK + r];
+    *out = c;
+    return ON_OK;
+}
+
+void on_conv_transpose2d_free(on_conv_transpose2d *c) {
+    if (!c) return;
+    on_free(c->wt);
+    on_free(c->bias);
+    on_free(c);
+}
+
+typedef struct {
+    const on_conv_params *p;
+    const float *col;  /* [OCg * KH * KW, H * W] */
+    const float *bias; /* group's bias or NULL */
+    float *y;          /* group's output [OCg, OH, OW] */
+    size_t H, W, OH, OW;
+} col2im_job;
+
+static void col2im_range(void *vctx, size_t begin, size_t end) {
+    const col2im_job *j = (const col2im_job *)vctx;
+    const on_conv_params *p = j->p;
+    size_t HW = j->H * j->W;
+    for (size_t o = begin; o < end; o++) {
+        float *yo = j->y + o * j->OH * j->OW;
+        float b = j->bias ? j->bias[o] : 0.0f;
+        for (size_t i = 0; i < j->OH * j->OW; i++) yo[i] = b;
+        for (size_t kh = 0; kh < p->KH; kh++)
+            for (size_t kw = 0; kw < p->KW; kw++) {
+                const float *cr = j->col + ((o * p->KH + kh) * p->KW + kw) * HW;
+                for (size_t ih = 0; ih < j->H; ih++) {
+                    long oh = (long)(ih * p->stride_h + kh * p->dil_h) - (long)p->pad_t;
+                    if (oh < 0 || oh >= (long)j->OH) continue;
+                    float *yr = yo + (size_t)oh * j->OW;
+                    const float *crow = cr + ih * j->W;
+                    for (size_t iw = 0; iw < j->W; iw++) {
+                        long ow = (long)(iw * p->stride_w + kw * p->dil_w) - (long)p->pad_l;
+                        if (ow >= 0 && ow < (long)j->OW) yr[ow] += crow[iw];
+                    }
+                }
+            }
+    }
+}
+
+on_status on_conv_transpose2d_run(const on_conv_transpose2d *c, size_t N, size_t H, size_t W, const float *x,
+                                  float *y, int nthreads) {
+    if (!c) return ON_ERR_ARG;
+    size_t OH, OW;
+    const on_conv_params *p = &c->p;
+    on_status st = on_conv_transpose2d_output_size(p, H, W, &OH, &OW);
+    if (st != ON_OK) return st;
+    if (N == 0) return ON_OK;
+    if (!x || !y) return ON_ERR_ARG;
+    size_t Cg = p->C / p->group, OCg = p->OC / p->group, KK = p->KH * p->KW, HW = H * W, rows = OCg * KK, bytes;
+    if (!on_mul_size(rows, HW, &bytes) || !on_mul_size(bytes, sizeof(float), &bytes)) return ON_ERR_NOMEM;
+    int owned;
+    float *col = (float *)on_temp_alloc(ON_SLOT_CONV_COL, bytes, &owned);
+    if (!col) return ON_ERR_NOMEM;
+    on_gemm_epilogue ep = on_gemm_epilogue_default();
+    for (size_t n = 0; n < N && st == ON_OK; n++)
+        for (size_t g = 0; g < p->group && st == ON_OK; g++) {
+            const float *xg = x + (n * p->C + g * Cg) * HW;
+            st = on_gemm(0, 0, rows, HW, Cg, c->wt + g * rows * Cg, Cg, xg, HW, &ep, col, HW, nthreads);
+            if (st != ON_OK) break;
+            col2im_job j = {p, col, c->bias ? c->bias + g * OCg : NULL, y + (n * p->OC + g * OCg) * OH * OW,
+                            H, W, OH, OW};
+            on_parallel_for(OCg, col2im_range, &j, (double)rows * HW < 65536.0 ? 1 : nthreads);
+        }
+    on_temp_free(col, owned);
+    return st;
+}

@@ -1,0 +1,104 @@
+/* dispatch.c - run-time ISA detection and the active-ISA switch.
+ *
+ * x86-64: AVX2 and FMA need the CPUID feature bits AND the OS saving YMM state (OSXSAVE + XCR0
+ * bits 1|2), otherwise the first AVX instruction faults. aarch64: Advanced SIMD is architectural.
+ * OPS_NATIVE_ISA=scalar|avx2|neon forces a path; an unavailable one is reported through
+ * on_isa_env_status() and the detected best ISA stays active.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "on_common.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#define ON_HAVE_X86 1
+#endif
+
+static atomic_int g_active_isa = ATOMIC_VAR_INIT(ON_ISA_SCALAR);
+static on_status g_env_status = ON_OK;
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+static on_isa_t g_best = ON_ISA_SCALAR;
+
+#ifdef ON_HAVE_X86
+static int x86_has_avx2_fma(void) {
+    unsigned int a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
+    if (!(fma && osxsave && avx)) return 0;
+    unsigned int xcr0_lo, xcr0_hi;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    if ((xcr0_lo & 0x6u) != 0x6u) return 0; /* XMM and YMM state enabled by the OS */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b >> 5) & 1; /* AVX2 */
+}
+#endif
+
+int on_isa_available(on_isa_t isa) {
+    switch (isa) {
+    case ON_ISA_SCALAR: return 1;
+#ifdef ON_HAVE_X86
+    case ON_ISA_AVX2: return x86_has_avx2_fma();
+#endif
+#if defined(__aarch64__)
+    case ON_ISA_NEON: return 1;
+#endif
+    default: return 0;
+    }
+}
+
+static void detect_once(void) {
+#if defined(__aarch64__)
+    g_best = ON_ISA_NEON;
+#elif defined(ON_HAVE_X86)
+    g_best = x86_has_avx2_fma() ? ON_ISA_AVX2 : ON_ISA_SCALAR;
+#else
+    g_best = ON_ISA_SCALAR;
+#endif
+    on_isa_t chosen = g_best;
+    const char *env = getenv("OPS_NATIVE_ISA");
+    if (env && env[0]) {
+        int want = on_isa_from_name(env);
+        if (want < 0) g_env_status = ON_ERR_ARG;
+        else if (!on_isa_available((on_isa_t)want)) g_env_status = ON_ERR_UNSUPPORTED;
+        else chosen = (on_isa_t)want;
+    }
+    atomic_store(&g_active_isa, (int)chosen);
+}
+
+on_isa_t on_active_isa(void) {
+    pthread_once(&g_once, detect_once);
+    return (on_isa_t)atomic_load_explicit(&g_active_isa, memory_order_relaxed);
+}
+
+on_status on_isa_env_status(void) {
+    pthread_once(&g_once, detect_once);
+    return g_env_status;
+}
+
+const char *on_isa_name(on_isa_t isa) {
+    switch (isa) {
+    case ON_ISA_SCALAR: return "scalar";
+    case ON_ISA_AVX2: return "avx2-fma";
+    case ON_ISA_NEON: return "neon";
+    default: return "unknown";
+    }
+}
+
+int on_isa_from_name(const char *name) {
+    if (!name) return -1;
+    if (strcmp(name, "scalar") == 0) return ON_ISA_SCALAR;
+    if (strcmp(name, "avx2") == 0 || strcmp(name, "avx2-fma") == 0) return ON_ISA_AVX2;
+    if (strcmp(name, "neon") == 0) return ON_ISA_NEON;
+    return -1;
+}
+
+int on_set_isa(on_isa_t isa) {
+    pthread_once(&g_once, detect_once);
+    if ((int)isa < 0 || isa >= ON_ISA_COUNT || !on_isa_available(isa)) return -1;
+    atomic_store(&g_active_isa, (int)isa);
+    return 0;
+}

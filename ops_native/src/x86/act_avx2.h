@@ -1,0 +1,27 @@
+/* act_avx2.h - fused activations on 8 floats (AVX2 + FMA), shared by the GEMM and conv kernels.
+ * Sigmoid is not here: callers route it through the plain-C on_act_ref. */
+#ifndef ON_ACT_AVX2_H
+#define ON_ACT_AVX2_H
+
+#include <immintrin.h>
+
+#include "on_common.h"
+
+static inline __m256 act_avx2(__m256 v, const on_act_t *a) {
+    switch (a->kind) {
+    case ON_ACT_RELU: return _mm256_max_ps(v, _mm256_setzero_ps());
+    case ON_ACT_CLIP: return _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(a->alpha)), _mm256_set1_ps(a->beta));
+    case ON_ACT_LEAKY_RELU: {
+        __m256 neg = _mm256_mul_ps(v, _mm256_set1_ps(a->alpha));
+        return _mm256_blendv_ps(neg, v, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GE_OQ));
+    }
+    case ON_ACT_HARDSWISH: {
+        __m256 t = _mm256_fmadd_ps(v, _mm256_set1_ps(1.0f / 6.0f), _mm256_set1_ps(0.5f));
+        t = _mm256_min_ps(_mm256_max_ps(t, _mm256_setzero_ps()), _mm256_set1_ps(1.0f));
+        return _mm256_mul_ps(v, t);
+    }
+    default: return v;
+    }
+}
+
+#endif

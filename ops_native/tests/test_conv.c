@@ -1,0 +1,195 @@
+/* test_conv.c - convolution / ConvTranspose fast paths vs the direct references, every ISA. */
+#include "on_conv.h"
+#include "on_test.h"
+
+typedef struct {
+    const char *name;
+    size_t N, C, H, W, OC, KH, KW, sh, sw, dh, dw, pt, pl, pb, pr, group;
+    on_act_kind act;
+} conv_case;
+
+static const conv_case CASES[] = {
+    {"1x1 s1", 2, 8, 10, 7, 16, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_NONE},
+    {"1x1 s1 relu many px", 1, 24, 19, 23, 40, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_RELU},
+    {"1x1 s2", 1, 8, 9, 9, 12, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 1, ON_ACT_CLIP},
+    {"1x1 padded", 1, 4, 5, 6, 8, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, ON_ACT_NONE},
+    {"3x3 s1 p1", 2, 3, 9, 11, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_RELU},
+    {"3x3 s2 p1", 1, 16, 14, 13, 24, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, ON_ACT_HARDSWISH},
+    {"3x3 deep 7x7", 1, 64, 7, 7, 70, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_NONE},
+    {"3x3 asym pads", 1, 5, 8, 9, 7, 3, 3, 1, 1, 1, 1, 0, 2, 1, 0, 1, ON_ACT_LEAKY_RELU},
+    {"5x5 s2 dil", 1, 6, 17, 15, 9, 5, 3, 2, 1, 2, 3, 3, 1, 2, 0, 1, ON_ACT_NONE},
+    {"groups 4", 1, 8, 12, 13, 12, 3, 3, 1, 2, 2, 1, 2, 1, 0, 1, 4, ON_ACT_SIGMOID},
+    {"groups 2 1x1", 2, 8, 6, 6, 6, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, ON_ACT_NONE},
+    {"dw mult 2 (grouped)", 1, 4, 5, 5, 8, 5, 5, 2, 2, 1, 1, 2, 2, 2, 2, 4, ON_ACT_NONE},
+    {"dw 3x3 s1", 2, 16, 12, 13, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 16, ON_ACT_CLIP},
+    {"dw 3x3 s2", 1, 16, 12, 13, 16, 3, 3, 2, 2, 1, 1, 1, 0, 1, 2, 16, ON_ACT_RELU},
+    {"dw 3x3 s2 wide", 1, 8, 9, 37, 8, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 8, ON_ACT_HARDSWISH},
+    {"dw 5x5 s1 dil2", 1, 8, 11, 10, 8, 5, 5, 1, 1, 2, 2, 4, 4, 4, 4, 8, ON_ACT_NONE},
+    {"dw 3x3 s3", 1, 4, 10, 10, 4, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 4, ON_ACT_LEAKY_RELU},
+    {"dw 7x1 s(2,1)", 1, 4, 14, 6, 4, 7, 1, 2, 1, 1, 1, 3, 0, 3, 0, 4, ON_ACT_NONE},
+    {"dw sigmoid", 1, 8, 6, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8, ON_ACT_SIGMOID},
+    {"1-D as H=1", 2, 6, 1, 31, 10, 1, 5, 1, 2, 1, 1, 0, 2, 0, 2, 1, ON_ACT_NONE},
+    {"kernel = input", 1, 3, 4, 4, 5, 4, 4, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_NONE},
+};
+
+static on_conv_params params_of(const conv_case *c) {
+    on_conv_params p = {c->C, c->OC, c->KH, c->KW, c->sh, c->sw, c->dh, c->dw, c->pt, c->pl, c->pb, c->pr,
+                        c->group, 0, 0};
+    return p;
+}
+
+static void test_conv2d_matches_reference_all_isas(void) {
+    for (int isa = 0; isa < ON_ISA_COUNT; isa++) {
+        if (!on_isa_available((on_isa_t)isa)) continue;
+        on_set_isa((on_isa_t)isa);
+        printf("  conv isa: %s\n", on_isa_name(on_active_isa()));
+        for (size_t i = 0; i < sizeof(CASES) / sizeof(CASES[0]); i++) {
+            const conv_case *c = &CASES[i];
+            on_conv_params p = params_of(c);
+            on_act_t act = {c->act, c->act == ON_ACT_CLIP ? 0.0f : 0.1f, 6.0f};
+            size_t OH = 0, OW = 0;
+            CHECK_EQ_INT(on_conv2d_output_size(&p, c->H, c->W, &OH, &OW), ON_OK);
+            size_t xn = c->N * c->C * c->H * c->W, wn = c->OC * (c->C / c->group) * c->KH * c->KW;
+            size_t yn = c->N * c->OC * OH * OW;
+            float *x = malloc(xn * 4), *w = malloc(wn * 4), *b = malloc(c->OC * 4);
+            float *ref = malloc(yn * 4), *got = malloc(yn * 4);
+            on_test_fill(x, xn);
+            on_test_fill(w, wn);
+            on_test_fill(b, c->OC);
+            CHECK_EQ_INT(on_conv2d_ref(&p, w, i % 3 ? b : NULL, act, c->N, c->H, c->W, x, ref), ON_OK);
+            on_conv2d *plan = NULL;
+            CHECK_EQ_INT(on_conv2d_create(&p, w, i % 3 ? b : NULL, act, &plan), ON_OK);
+            for (int th = 1; th <= 2 && plan; th++) {
+                for (size_t k = 0; k < yn; k++) got[k] = 1e30f;
+                CHECK_EQ_INT(on_conv2d_run(plan, c->N, c->H, c->W, x, got, th), ON_OK);
+                char what[128];
+                snprintf(what, sizeof(what), "%s (path %d, %s, %d threads)", c->name, (int)on_conv2d_path(plan),
+                         on_isa_name(on_active_isa()), th);
+                CHECK_ALLCLOSE(got, ref, yn, 1e-4f, 1e-4f * (float)(wn / c->OC + 1), what);
+            }
+            if (c->group == c->C && c->group == c->OC) CHECK_EQ_INT(on_conv2d_path(plan), ON_CONV_PATH_DEPTHWISE);
+            on_conv2d_free(plan);
+            free(x);
+            free(w);
+            free(b);
+            free(ref);
+            free(got);
+        }
+    }
+}
+
+static void test_conv2d_large_threads_identical(void) {
+    on_conv_params p = {32, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
+    size_t H = 40, W = 33, n = 2, OH, OW;
+    CHECK_EQ_INT(on_conv2d_output_size(&p, H, W, &OH, &OW), ON_OK);
+    size_t xn = n * 32 * H * W, wn = 48 * 32 * 9, yn = n * 48 * OH * OW;
+    float *x = malloc(xn * 4), *w = malloc(wn * 4), *y1 = malloc(yn * 4), *y2 = malloc(yn * 4), *r = malloc(yn * 4);
+    on_test_fill(x, xn);
+    on_test_fill(w, wn);
+    on_act_t act = {ON_ACT_RELU, 0, 0};
+    on_conv2d *plan = NULL;
+    CHECK_EQ_INT(on_conv2d_create(&p, w, NULL, act, &plan), ON_OK);
+    CHECK_EQ_INT(on_conv2d_run(plan, n, H, W, x, y1, 1), ON_OK);
+    CHECK_EQ_INT(on_conv2d_run(plan, n, H, W, x, y2, 2), ON_OK);
+    CHECK_EQ_INT(on_conv2d_ref(&p, w, NULL, act, n, H, W, x, r), ON_OK);
+    CHECK_ALLCLOSE(y1, r, yn, 1e-4f, 1e-3f, "im2col vs ref");
+    CHECK_ALLCLOSE(y2, y1, yn, 0.0f, 0.0f, "2 threads identical to 1");
+    on_conv2d_free(plan);
+    free(x);
+    free(w);
+    free(y1);
+    free(y2);
+    free(r);
+}
+
+typedef struct {
+    const char *name;
+    size_t N, C, H, W, OC, KH, KW, sh, sw, dh, dw, pt, pl, pb, pr, group, oph, opw;
+} convt_case;
+
+static const convt_case TCASES[] = {
+    {"2x2 s2", 1, 4, 5, 6, 3, 2, 2, 2, 2, 1, 1, 0, 0, 0, 0, 1, 0, 0},
+    {"3x3 s2 p1 op1", 2, 3, 4, 5, 5, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1, 1},
+    {"3x3 s1 p1", 1, 8, 7, 7, 4, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0},
+    {"groups 2 asym", 1, 4, 5, 4, 6, 3, 2, 2, 3, 1, 1, 0, 1, 1, 0, 2, 1, 2},
+    {"dilated", 1, 2, 4, 4, 2, 3, 3, 1, 1, 2, 2, 1, 0, 0, 1, 1, 0, 0},
+    {"4x4 s2 p1 (decoder)", 1, 16, 8, 8, 8, 4, 4, 2, 2, 1, 1, 1, 1, 1, 1, 1, 0, 0},
+    {"depthwise-ish g=C", 1, 6, 5, 5, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6, 1, 1},
+};
+
+static void test_conv_transpose_matches_reference_all_isas(void) {
+    for (int isa = 0; isa < ON_ISA_COUNT; isa++) {
+        if (!on_isa_available((on_isa_t)isa)) continue;
+        on_set_isa((on_isa_t)isa);
+        printf("  conv_transpose isa: %s\n", on_isa_name(on_active_isa()));
+        for (size_t i = 0; i < sizeof(TCASES) / sizeof(TCASES[0]); i++) {
+            const convt_case *c = &TCASES[i];
+            on_conv_params p = {c->C, c->OC, c->KH, c->KW, c->sh, c->sw, c->dh, c->dw, c->pt, c->pl,
+                                c->pb, c->pr, c->group, c->oph, c->opw};
+            size_t OH = 0, OW = 0;
+            CHECK_EQ_INT(on_conv_transpose2d_output_size(&p, c->H, c->W, &OH, &OW), ON_OK);
+            size_t xn = c->N * c->C * c->H * c->W, wn = c->C * (c->OC / c->group) * c->KH * c->KW;
+            size_t yn = c->N * c->OC * OH * OW;
+            float *x = malloc(xn * 4), *w = malloc(wn * 4), *b = malloc(c->OC * 4);
+            float *ref = malloc(yn * 4), *got = malloc(yn * 4);
+            on_test_fill(x, xn);
+            on_test_fill(w, wn);
+            on_test_fill(b, c->OC);
+            const float *bias = i % 2 ? b : NULL;
+            CHECK_EQ_INT(on_conv_transpose2d_ref(&p, w, bias, c->N, c->H, c->W, x, ref), ON_OK);
+            on_conv_transpose2d *plan = NULL;
+            CHECK_EQ_INT(on_conv_transpose2d_create(&p, w, bias, &plan), ON_OK);
+            for (int th = 1; th <= 2 && plan; th++) {
+                CHECK_EQ_INT(on_conv_transpose2d_run(plan, c->N, c->H, c->W, x, got, th), ON_OK);
+                char what[96];
+                snprintf(what, sizeof(what), "%s (%s, %d threads)", c->name, on_isa_name(on_active_isa()), th);
+                CHECK_ALLCLOSE(got, ref, yn, 1e-4f, 1e-4f * (float)(c->C + 1), what);
+            }
+            on_conv_transpose2d_free(plan);
+            free(x);
+            free(w);
+            free(b);
+            free(ref);
+            free(got);
+        }
+    }
+}
+
+static void test_conv_rejects_bad_arguments(void) {
+    float w[64] = {0}, x[64] = {0}, y[64];
+    on_act_t none = {ON_ACT_NONE, 0, 0};
+    on_conv2d *plan = NULL;
+    on_conv_params p = {4, 6, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0, 4, 0, 0}; /* OC 6 not divisible by group 4 */
+    CHECK_EQ_INT(on_conv2d_create(&p, w, NULL, none, &plan), ON_ERR_SHAPE);
+    CHECK(plan == NULL);
+    p.group = 1;
+    p.stride_h = 0;
+    CHECK_EQ_INT(on_conv2d_create(&p, w, NULL, none, &plan), ON_ERR_ARG);
+    p.stride_h = 1;
+    CHECK_EQ_INT(on_conv2d_create(&p, NULL, NULL, none, &plan), ON_ERR_ARG);
+    size_t OH, OW;
+    CHECK_EQ_INT(on_conv2d_output_size(&p, 2, 2, &OH, &OW), ON_ERR_SHAPE); /* 3x3 kernel on 2x2, no pad */
+    p.C = 1;
+    p.OC = 1;
+    CHECK_EQ_INT(on_conv2d_create(&p, w, NULL, none, &plan), ON_OK);
+    CHECK_EQ_INT(on_conv2d_run(plan, 1, 2, 2, x, y, 1), ON_ERR_SHAPE);
+    CHECK_EQ_INT(on_conv2d_run(plan, 1, 4, 4, NULL, y, 1), ON_ERR_ARG);
+    CHECK_EQ_INT(on_conv2d_run(NULL, 1, 4, 4, x, y, 1), ON_ERR_ARG);
+    on_conv2d_free(plan);
+    on_conv_params t = {2, 2, 3, 3, 2, 2, 1, 1, 0, 0, 0, 0, 1, 2, 0}; /* output_padding >= stride */
+    CHECK_EQ_INT(on_conv_transpose2d_output_size(&t, 3, 3, &OH, &OW), ON_ERR_ARG);
+    t.out_pad_h = 0;
+    t.pad_t = t.pad_b = 9; /* pads eat the whole output */
+    CHECK_EQ_INT(on_conv_transpose2d_output_size(&t, 3, 3, &OH, &OW), ON_ERR_SHAPE);
+}
+
+int main(void) {
+    printf("ops_native test_conv: best ISA %s\n", on_isa_name(on_active_isa()));
+    on_isa_t best = on_active_isa();
+    RUN(test_conv_rejects_bad_arguments);
+    RUN(test_conv2d_matches_reference_all_isas);
+    on_set_isa(best);
+    RUN(test_conv2d_large_threads_identical);
+    RUN(test_conv_transpose_matches_reference_all_isas);
+    return on_test_summary();
+}
