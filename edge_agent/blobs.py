@@ -46,6 +46,7 @@ class BlobServer:
         self._queue: queue.Queue[BlobRequest | None] = queue.Queue(maxsize=1024)
         self._on_reject = on_reject
         self.served_chunks = 0
+        self.budget: int | None = None   # serve at most this many more chunks (fault injection in tests)
         self._thread = threading.Thread(target=self._run, name="blob-server", daemon=True)
         self._thread.start()
 
@@ -94,6 +95,10 @@ class BlobServer:
             dest = topics.inbox(req.reply_to, "blob")
             cs = int(req.chunk_size)
             for idx in req.chunks:
+                if self.budget is not None:
+                    if self.budget <= 0:
+                        continue   # an interrupted source: the request goes unanswered
+                    self.budget -= 1
                 if data is None or not isinstance(idx, int) or cs <= 0 or idx < 0 or idx * cs >= max(len(data), 1):
                     msg = BlobChunk(req.sha256, int(idx) if isinstance(idx, int) else -1, 0, cs,
                                     sender=self.endpoint,

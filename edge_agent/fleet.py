@@ -40,6 +40,7 @@ from .transport import Transport, broker_from_env
 log = logging.getLogger("edge_agent.fleet")
 
 RETRY_AFTER_S = 5.0      # resend a request with no answer after this long (stages de-duplicate)
+HEARTBEAT_STALE_S = 8.0  # agents republish state every 2 s; four missed heartbeats = treated as gone
 SETTLE_S = 0.3           # retained messages arrive right after subscribing; wait this long for quiet
 
 
@@ -144,6 +145,8 @@ class Fleet:
         self._manifests: dict[str, Manifest] = {}
         self._pending: dict[str, _Pending] = {}
         self._loads: dict[str, tuple[int, float, int]] = {}   # device -> (queue, service ms, sent since)
+        self._seen: dict[str, float] = {}     # device -> monotonic time its last state arrived
+        self._stale: set[str] = set()         # online by its retained state, but its heartbeats stopped
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._last_retained = time.monotonic()
@@ -216,6 +219,8 @@ class Fleet:
         with self._lock:
             old = self._states.get(st.device_id)
             self._states[st.device_id] = st
+            self._seen[st.device_id] = time.monotonic()
+            self._stale.discard(st.device_id)
             self._last_retained = time.monotonic()
             self._changed.notify_all()
         if not st.online and (old is None or old.online):
@@ -323,8 +328,12 @@ class Fleet:
                    for d in stage_devices(m.stages[stage]))
 
     def _monitor_loop(self) -> None:
+        last_sweep = 0.0
         while not self._closed.wait(0.05):
             now = time.monotonic()
+            if now - last_sweep > 1.0:
+                last_sweep = now
+                self._sweep_heartbeats(now)
             expired, resend = [], []
             with self._lock:
                 for rid, p in list(self._pending.items()):
@@ -336,6 +345,19 @@ class Fleet:
                 self._dispatch(p, retry=True)
             for p in expired:
                 p.future.set_exception(self._timeout_error(p))
+
+    def _sweep_heartbeats(self, now: float) -> None:
+        """Devices whose retained state says online but whose heartbeats stopped are treated as gone."""
+        if not self.transport.connected.is_set():
+            return
+        with self._lock:
+            silent = [(d, st) for d, st in self._states.items() if st.online and d not in self._stale
+                      and now - self._seen.get(d, now) > HEARTBEAT_STALE_S]
+            for d, _ in silent:
+                self._stale.add(d)
+        for d, st in silent:
+            log.warning("device %s missed its heartbeats for %.0f s; routing around it", d, HEARTBEAT_STALE_S)
+            self._device_lost(d, st)
 
     def _dispatch(self, p: _Pending, retry: bool = False) -> None:
         """Send (or resend) a request to the best live device of stage 0."""
@@ -361,7 +383,7 @@ class Fleet:
         best, best_score = None, float("inf")
         with self._lock:
             for d, st in self._states.items():
-                if not st.online:
+                if not st.online or d in self._stale:
                     continue
                 if not any(e.get("model") == model and e.get("version") == version and e.get("stage") == stage
                            and e.get("status") == "ready" for e in st.stages):

@@ -16,6 +16,7 @@ import pytest
 
 from edge_agent import (
     DeployError,
+    DeployTimeout,
     Fleet,
     InferenceError,
     InferenceTimeout,
@@ -365,3 +366,54 @@ def test_in_flight_requests_fail_over_when_the_only_device_of_a_stage_dies(tmp_p
         assert len(adopters) == 1 and adopters[0] != middle
         assert f.stats["results"] == len(xs)
         assert_matches(f.infer("mnet", xs[0]), want[0])
+
+
+def test_deploy_that_cannot_finish_times_out_clearly_and_blocks_nothing(fleet: Fleet, sim) -> None:
+    model = zoo.build("mlp", seed=20)
+    x = zoo.sample_inputs(model)
+    stuck = sim.devices["dev-2"].proc
+    os.kill(stuck.pid, signal.SIGSTOP)        # alive for the broker a few seconds more, but does nothing
+    try:
+        with pytest.raises(DeployTimeout, match=r"stuck v\d+ not ready after 3 s: stage 0@dev-2: pending"):
+            fleet.deploy(model, "stuck", stages=1, devices=["dev-2"], timeout=3)
+        # later deploys, of this model and of others, go ahead at once
+        fleet.deploy(model, "stuck", stages=1, devices=["dev-0"], timeout=60)
+        fleet.deploy(model, "other", stages=1, devices=["dev-1"], timeout=60)
+        assert_matches(fleet.infer("stuck", x), ort_reference(model, x))
+        assert_matches(fleet.infer("other", x), ort_reference(model, x))
+    finally:
+        os.kill(stuck.pid, signal.SIGCONT)
+    # the stalled device wakes up, sees it is no longer wanted for 'stuck', and does not serve it
+    wait_until(lambda: not any(e["model"] == "stuck" for d in fleet.devices() if d.device_id == "dev-2"
+                               for e in d.stages), 30, what="dev-2 to drop the superseded deployment")
+    fleet.undeploy("stuck")
+    fleet.undeploy("other")
+
+
+def test_interrupted_transfer_resumes_after_agent_restart_without_refetching(fleet: Fleet, sim) -> None:
+    """The source stops after 20 chunks, the device is SIGKILLed mid-transfer and restarted: it re-verifies
+    what is on disk and asks only for the missing chunks."""
+    model = zoo.build("mobilenetv2", seed=21)
+    m, _ = fleet.build_manifest(model, "resume", stages=1, devices=["dev-1"])
+    n = len(m.stages[0]["chunk_sha256"])
+    assert n > 40
+    before = fleet.blob_server.served_chunks
+    fleet.blob_server.budget = 20
+    try:
+        fleet.publish_manifest(m)
+
+        def progress() -> float:
+            rows = fleet.stage_rows(m)
+            return rows[0]["progress"] if rows[0]["status"] == "fetching" else 0.0
+
+        wait_until(lambda: progress() >= 19 / n, 30, what="20 chunks on dev-1's disk")
+        sim.stop_device("dev-1", kill=True)
+    finally:
+        fleet.blob_server.budget = None
+    sim.start_device("dev-1")
+    wait_until(lambda: fleet.stage_rows(m)[0]["status"] == "ready" and fleet.stage_rows(m)[0]["online"], 90,
+               what="dev-1 to finish the transfer after its restart")
+    assert fleet.blob_server.served_chunks - before == n   # 20 before the kill + n-20 after: none twice
+    x = zoo.sample_inputs(model)
+    assert_matches(fleet.infer("resume", x), ort_reference(model, x))
+    fleet.undeploy("resume")
