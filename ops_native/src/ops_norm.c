@@ -1,0 +1,111 @@
+/* ops_norm.c - softmax, layer normalisation and the per-channel affine map of inference BatchNorm. */
+#include <math.h>
+
+#include "on_ops.h"
+
+int on_softmax_row_ref(const float *x, float *y, size_t cols, int log) {
+    float mx = -INFINITY;
+    for (size_t i = 0; i < cols; i++) mx = x[i] > mx ? x[i] : mx;
+    double sum = 0.0;
+    if (log) {
+        for (size_t i = 0; i < cols; i++) sum += expf(x[i] - mx);
+        float lse = (float)logf((float)sum);
+        for (size_t i = 0; i < cols; i++) y[i] = x[i] - mx - lse;
+    } else {
+        for (size_t i = 0; i < cols; i++) {
+            y[i] = expf(x[i] - mx);
+            sum += y[i];
+        }
+        float inv = (float)(1.0 / sum);
+        for (size_t i = 0; i < cols; i++) y[i] *= inv;
+    }
+    return 1;
+}
+
+int on_layernorm_row_ref(const float *x, const float *scale, const float *bias, float *y, size_t cols, float eps) {
+    double mean = 0.0, var = 0.0;
+    for (size_t i = 0; i < cols; i++) mean += x[i];
+    mean /= (double)cols;
+    for (size_t i = 0; i < cols; i++) {
+        double d = x[i] - mean;
+        var += d * d;
+    }
+    var /= (double)cols;
+    float inv = (float)(1.0 / sqrt(var + eps)), m = (float)mean;
+    for (size_t i = 0; i < cols; i++) y[i] = (x[i] - m) * inv * scale[i] + (bias ? bias[i] : 0.0f);
+    return 1;
+}
+
+typedef struct {
+    const float *x, *scale, *bias;
+    float *y;
+    size_t cols;
+    float eps;
+    int log;
+    const on_ops_table *tab;
+} rows_ctx;
+
+static void softmax_work(void *vctx, size_t begin, size_t end) {
+    const rows_ctx *c = vctx;
+    for (size_t r = begin; r < end; r++) {
+        const float *x = c->x + r * c->cols;
+        float *y = c->y + r * c->cols;
+        if (!c->tab->softmax_row(x, y, c->cols, c->log)) on_softmax_row_ref(x, y, c->cols, c->log);
+    }
+}
+
+on_status on_softmax_f32(const float *x, float *y, size_t rows, size_t cols, int log, int nthreads) {
+    if (rows * cols > 0 && (!x || !y)) return ON_ERR_ARG;
+    if (cols == 0 || rows == 0) return ON_OK;
+    rows_ctx c = {x, NULL, NULL, y, cols, 0.0f, log, on_ops_active()};
+    if (rows * cols < 16384) nthreads = 1;
+    on_parallel_for(rows, softmax_work, &c, nthreads);
+    return ON_OK;
+}
+
+static void layernorm_work(void *vctx, size_t begin, size_t end) {
+    const rows_ctx *c = vctx;
+    for (size_t r = begin; r < end; r++) {
+        const float *x = c->x + r * c->cols;
+        float *y = c->y + r * c->cols;
+        if (!c->tab->layernorm_row(x, c->scale, c->bias, y, c->cols, c->eps))
+            on_layernorm_row_ref(x, c->scale, c->bias, y, c->cols, c->eps);
+    }
+}
+
+on_status on_layernorm_f32(const float *x, const float *scale, const float *bias, float *y, size_t rows,
+                           size_t cols, float eps, int nthreads) {
+    if (rows * cols > 0 && (!x || !y || !scale)) return ON_ERR_ARG;
+    if (cols == 0 || rows == 0) return ON_OK;
+    rows_ctx c = {x, scale, bias, y, cols, eps, 0, on_ops_active()};
+    if (rows * cols < 16384) nthreads = 1;
+    on_parallel_for(rows, layernorm_work, &c, nthreads);
+    return ON_OK;
+}
+
+typedef struct {
+    const float *x, *scale, *shift;
+    float *y;
+    size_t c, inner;
+    const on_ops_table *tab;
+} affine_ctx;
+
+static void affine_work(void *vctx, size_t begin, size_t end) {
+    const affine_ctx *c = vctx;
+    for (size_t p = begin; p < end; p++) {
+        size_t ch = p % c->c;
+        const float *x = c->x + p * c->inner;
+        float *y = c->y + p * c->inner;
+        if (!c->tab->unary(ON_UN_AFFINE, x, y, c->inner, c->scale[ch], c->shift[ch]))
+            for (size_t i = 0; i < c->inner; i++) y[i] = x[i] * c->scale[ch] + c->shift[ch];
+    }
+}
+
+on_status on_channel_affine_f32(const float *x, const float *scale, const float *shift, float *y, size_t n,
+                                size_t c, size_t inner, int nthreads) {
+    if (n * c * inner > 0 && (!x || !y || !scale || !shift)) return ON_ERR_ARG;
+    affine_ctx ctx = {x, scale, shift, y, c, inner, on_ops_active()};
+    if (n * c * inner < 32768) nthreads = 1;
+    on_parallel_for(n * c, affine_work, &ctx, nthreads);
+    return ON_OK;
+}

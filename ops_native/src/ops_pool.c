@@ -1,0 +1,120 @@
+/* ops_pool.c - reference 2-D max / average pooling (NCHW planes) and global pooling. */
+#include <math.h>
+
+#include "on_ops.h"
+
+int on_pool2d_plane_ref(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oh, int64_t ow,
+                        int64_t pb, int64_t pr, const on_pool2d_params *p) {
+    for (int64_t oy = 0; oy < oh; oy++) {
+        int64_t y0 = oy * p->sh - p->pt;
+        for (int64_t ox = 0; ox < ow; ox++) {
+            int64_t x0 = ox * p->sw - p->pl;
+            float acc = is_max ? -INFINITY : 0.0f;
+            int64_t valid = 0, padded = 0;
+            for (int64_t ky = 0; ky < p->kh; ky++) {
+                int64_t iy = y0 + ky * p->dh;
+                int64_t in_pad_y = iy >= -p->pt && iy < ih + pb;
+                for (int64_t kx = 0; kx < p->kw; kx++) {
+                    int64_t ix = x0 + kx * p->dw;
+                    if (in_pad_y && ix >= -p->pl && ix < iw + pr) padded++;
+                    if (iy < 0 || iy >= ih || ix < 0 || ix >= iw) continue;
+                    float v = x[iy * iw + ix];
+                    if (is_max) acc = (v > acc || isnan(v)) ? v : acc;
+                    else acc += v;
+                    valid++;
+                }
+            }
+            if (!is_max) {
+                int64_t cnt = p->count_include_pad ? padded : valid;
+                acc = cnt > 0 ? acc / (float)cnt : 0.0f;
+            }
+            y[oy * ow + ox] = acc;
+        }
+    }
+    return 1;
+}
+
+int on_row_reduce_ref(int is_max, const float *x, size_t n, float *out) {
+    if (is_max) {
+        float m = -INFINITY;
+        for (size_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+        *out = m;
+    } else {
+        double s = 0.0;
+        for (size_t i = 0; i < n; i++) s += x[i];
+        *out = (float)s;
+    }
+    return 1;
+}
+
+typedef struct {
+    int is_max;
+    const float *x;
+    float *y;
+    int64_t ih, iw, oh, ow, pb, pr;
+    const on_pool2d_params *p;
+    const on_ops_table *tab;
+} pool_ctx;
+
+static void pool_work(void *vctx, size_t begin, size_t end) {
+    const pool_ctx *c = vctx;
+    for (size_t pl = begin; pl < end; pl++) {
+        const float *x = c->x + pl * (size_t)(c->ih * c->iw);
+        float *y = c->y + pl * (size_t)(c->oh * c->ow);
+        if (!c->tab->pool2d_plane(c->is_max, x, y, c->ih, c->iw, c->oh, c->ow, c->pb, c->pr, c->p))
+            on_pool2d_plane_ref(c->is_max, x, y, c->ih, c->iw, c->oh, c->ow, c->pb, c->pr, c->p);
+    }
+}
+
+static int pool_params_ok(const on_pool2d_params *p) {
+    return p && p->kh > 0 && p->kw > 0 && p->sh > 0 && p->sw > 0 && p->dh > 0 && p->dw > 0 && p->pt >= 0 &&
+           p->pl >= 0;
+}
+
+static on_status pool_run(int is_max, const float *x, float *y, size_t planes, int64_t ih, int64_t iw, int64_t oh,
+                          int64_t ow, int64_t pb, int64_t pr, const on_pool2d_params *p, int nthreads) {
+    if (!pool_params_ok(p) || ih < 0 || iw < 0 || oh < 0 || ow < 0 || pb < 0 || pr < 0) return ON_ERR_ARG;
+    if (planes == 0 || oh == 0 || ow == 0) return ON_OK;
+    if (!x || !y) return ON_ERR_ARG;
+    pool_ctx c = {is_max, x, y, ih, iw, oh, ow, pb, pr, p, on_ops_active()};
+    if ((size_t)(oh * ow * p->kh * p->kw) * planes < 32768) nthreads = 1;
+    on_parallel_for(planes, pool_work, &c, nthreads);
+    return ON_OK;
+}
+
+on_status on_maxpool2d_f32(const float *x, float *y, size_t planes, int64_t ih, int64_t iw, int64_t oh,
+                           int64_t ow, const on_pool2d_params *p, int nthreads) {
+    return pool_run(1, x, y, planes, ih, iw, oh, ow, 0, 0, p, nthreads);
+}
+
+on_status on_avgpool2d_f32(const float *x, float *y, size_t planes, int64_t ih, int64_t iw, int64_t oh,
+                           int64_t ow, int64_t pb, int64_t pr, const on_pool2d_params *p, int nthreads) {
+    return pool_run(0, x, y, planes, ih, iw, oh, ow, pb, pr, p, nthreads);
+}
+
+typedef struct {
+    const float *x;
+    float *y;
+    size_t cols;
+    int is_max;
+    const on_ops_table *tab;
+} gpool_ctx;
+
+static void gpool_work(void *vctx, size_t begin, size_t end) {
+    const gpool_ctx *c = vctx;
+    for (size_t r = begin; r < end; r++) {
+        const float *x = c->x + r * c->cols;
+        float v;
+        if (!c->tab->row_reduce(c->is_max, x, c->cols, &v)) on_row_reduce_ref(c->is_max, x, c->cols, &v);
+        c->y[r] = c->is_max ? v : v / (float)c->cols;
+    }
+}
+
+on_status on_global_pool_f32(const float *x, float *y, size_t rows, size_t cols, int is_max, int nthreads) {
+    if (rows == 0) return ON_OK;
+    if (!x || !y || cols == 0) return ON_ERR_ARG;
+    gpool_ctx c = {x, y, cols, is_max, on_ops_active()};
+    if (rows * cols < 32768) nthreads = 1;
+    on_parallel_for(rows, gpool_work, &c, nthreads);
+    return ON_OK;
+}

@@ -1,0 +1,255 @@
+/* ops_elementwise_avx2.c - AVX2/FMA fast paths of the elementwise ops, softmax and layer norm, and the
+ * AVX2 entry of the ops table. Compiled with -mavx2 -mfma; only reached when on_active_isa() says so.
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#include "on_ops.h"
+
+/* exp(x) for 8 floats: range reduction x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial (Cephes
+ * coefficients), 2^n built in the exponent field. Relative error ~2 ulp over [-87, 88]. */
+static inline __m256 exp256_ps(__m256 x) {
+    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365478515625f);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline __m256 sigmoid256_ps(__m256 x) {
+    __m256 e = exp256_ps(_mm256_sub_ps(_mm256_setzero_ps(), x));
+    return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+/* tanh(x) = sign(x) (1 - 2 / (exp(2|x|) + 1)); small |x| by its odd Taylor series to keep relative accuracy. */
+static inline __m256 tanh256_ps(__m256 x) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 ax = _mm256_andnot_ps(sign, x);
+    __m256 e = exp256_ps(_mm256_add_ps(ax, ax));
+    __m256 t = _mm256_sub_ps(_mm256_set1_ps(1.0f),
+                             _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
+    __m256 x2 = _mm256_mul_ps(ax, ax);
+    __m256 s = _mm256_fmadd_ps(x2, _mm256_set1_ps(0.1333333333f), _mm256_set1_ps(-0.3333333333f));
+    s = _mm256_fmadd_ps(_mm256_mul_ps(s, x2), ax, ax);
+    __m256 small = _mm256_cmp_ps(ax, _mm256_set1_ps(0.0625f), _CMP_LT_OQ);
+    t = _mm256_blendv_ps(t, s, small);
+    return _mm256_or_ps(t, _mm256_and_ps(x, sign));
+}
+
+/* erf for |x| < 1: odd Taylor series in x^2 (11 terms, |error| < 2e-8, keeps relative accuracy near 0). */
+static inline __m256 erf_small256_ps(__m256 x) {
+    static const float c[11] = {1.1283791670955126f, -0.37612638903183754f, 0.11283791670955126f,
+                                -0.026866170645131252f, 0.0052239776254421878f, -0.00085483270234508528f,
+                                0.00012055332981789664f, -1.4925650358406251e-05f, 1.6462114365889246e-06f,
+                                -1.6365844691234924e-07f, 1.4807192815879218e-08f};
+    __m256 x2 = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(c[10]);
+    for (int k = 9; k >= 0; k--) p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(c[k]));
+    return _mm256_mul_ps(p, x);
+}
+
+/* erfc(z) for z >= 0 (Chebyshev fit of Numerical Recipes' erfcc): relative error < 1.2e-7, so
+ * 1 + erf(x) = erfc(-x) stays accurate where it is tiny (GELU of large negative inputs). */
+static inline __m256 erfc_pos256_ps(__m256 z) {
+    static const float c[10] = {-1.26551223f, 1.00002368f, 0.37409196f, 0.09678418f, -0.18628806f,
+                                0.27886807f, -1.13520398f, 1.48851587f, -0.82215223f, 0.17087277f};
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.5f), z, one));
+    __m256 p = _mm256_set1_ps(c[9]);
+    for (int k = 8; k >= 0; k--) p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c[k]));
+    return _mm256_mul_ps(t, exp256_ps(_mm256_fnmadd_ps(z, z, p)));
+}
+
+static inline __m256 erf256_ps(__m256 x) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+    __m256 ax = _mm256_andnot_ps(sign, x);
+    __m256 large = _mm256_sub_ps(one, erfc_pos256_ps(ax));
+    large = _mm256_or_ps(large, _mm256_and_ps(x, sign));
+    return _mm256_blendv_ps(large, erf_small256_ps(x), _mm256_cmp_ps(ax, one, _CMP_LT_OQ));
+}
+
+/* 0.5 x (1 + erf(x / sqrt 2)), with 1 + erf taken from erfc for |u| >= 1 to avoid cancellation. */
+static inline __m256 gelu256_ps(__m256 x) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+    __m256 u = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f));
+    __m256 au = _mm256_andnot_ps(sign, u);
+    __m256 ec = erfc_pos256_ps(au);
+    __m256 neg = _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_LT_OQ);
+    __m256 big = _mm256_blendv_ps(_mm256_sub_ps(two, ec), ec, neg);
+    __m256 small = _mm256_add_ps(one, erf_small256_ps(u));
+    __m256 e = _mm256_blendv_ps(big, small, _mm256_cmp_ps(au, one, _CMP_LT_OQ));
+    return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), e);
+}
+
+/* ---- binary ---------------------------------------------------------------------------------------- */
+#define BIN_BODY(VEXPR, SEXPR)                                                                   \
+    do {                                                                                         \
+        size_t i = 0;                                                                            \
+        if (sa && sb) {                                                                          \
+            for (; i + 8 <= n; i += 8) {                                                         \
+                __m256 x = _mm256_loadu_ps(a + i), y = _mm256_loadu_ps(b + i);                   \
+                _mm256_storeu_ps(out + i, VEXPR);                                                \
+            }                                                                                    \
+        } else if (sa) {                                                                         \
+            const __m256 y = _mm256_set1_ps(b[0]);                                               \
+            for (; i + 8 <= n; i += 8) {                                                         \
+                __m256 x = _mm256_loadu_ps(a + i);                                               \
+                _mm256_storeu_ps(out + i, VEXPR);                                                \
+            }                                                                                    \
+        } else if (sb) {                                                                         \
+            const __m256 x = _mm256_set1_ps(a[0]);                                               \
+            for (; i + 8 <= n; i += 8) {                                                         \
+                __m256 y = _mm256_loadu_ps(b + i);                                               \
+                _mm256_storeu_ps(out + i, VEXPR);                                                \
+            }                                                                                    \
+        }                                                                                        \
+        for (; i < n; i++) {                                                                     \
+            const float xs = a[(int64_t)i * sa], ys = b[(int64_t)i * sb];                        \
+            out[i] = (SEXPR);                                                                    \
+        }                                                                                        \
+    } while (0)
+
+static int binary_row_avx2(on_binary_op op, const float *a, int64_t sa, const float *b, int64_t sb, float *out,
+                           size_t n) {
+    if (!sa && !sb) return 0;
+    switch (op) {
+    case ON_BIN_ADD: BIN_BODY(_mm256_add_ps(x, y), xs + ys); return 1;
+    case ON_BIN_SUB: BIN_BODY(_mm256_sub_ps(x, y), xs - ys); return 1;
+    case ON_BIN_MUL: BIN_BODY(_mm256_mul_ps(x, y), xs * ys); return 1;
+    case ON_BIN_DIV: BIN_BODY(_mm256_div_ps(x, y), xs / ys); return 1;
+    default: return 0; /* pow, min, max (NaN rules): reference */
+    }
+}
+
+/* ---- unary ----------------------------------------------------------------------------------------- */
+#define UN_BODY(VEXPR, SEXPR)                                                                    \
+    do {                                                                                         \
+        size_t i = 0;                                                                            \
+        for (; i + 8 <= n; i += 8) {                                                             \
+            __m256 v = _mm256_loadu_ps(x + i);                                                   \
+            _mm256_storeu_ps(y + i, VEXPR);                                                      \
+        }                                                                                        \
+        if (i < n) { /* tail through a padded register so results match the vector body */      \
+            float buf[8] = {0};                                                                  \
+            for (size_t k = 0; k < n - i; k++) buf[k] = x[i + k];                                \
+            __m256 v = _mm256_loadu_ps(buf);                                                     \
+            _mm256_storeu_ps(buf, VEXPR);                                                        \
+            for (size_t k = 0; k < n - i; k++) y[i + k] = buf[k];                                \
+        }                                                                                        \
+        (void)0;                                                                                 \
+    } while (0)
+
+static int unary_avx2(on_unary_op op, const float *x, float *y, size_t n, float alpha, float beta) {
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
+    const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+    switch (op) {
+    case ON_UN_RELU: UN_BODY(_mm256_max_ps(v, zero), 0); return 1;
+    case ON_UN_LEAKY_RELU:
+        UN_BODY(_mm256_blendv_ps(_mm256_mul_ps(v, va), v, _mm256_cmp_ps(v, zero, _CMP_GE_OQ)), 0);
+        return 1;
+    case ON_UN_CLIP: UN_BODY(_mm256_min_ps(_mm256_max_ps(v, va), vb), 0); return 1;
+    case ON_UN_SIGMOID: UN_BODY(sigmoid256_ps(v), 0); return 1;
+    case ON_UN_HARD_SIGMOID: UN_BODY(_mm256_max_ps(zero, _mm256_min_ps(one, _mm256_fmadd_ps(va, v, vb))), 0); return 1;
+    case ON_UN_HARD_SWISH: {
+        const __m256 k = _mm256_set1_ps(1.0f / 6.0f), h = _mm256_set1_ps(0.5f);
+        UN_BODY(_mm256_mul_ps(v, _mm256_max_ps(zero, _mm256_min_ps(one, _mm256_fmadd_ps(v, k, h)))), 0);
+        return 1;
+    }
+    case ON_UN_TANH: UN_BODY(tanh256_ps(v), 0); return 1;
+    case ON_UN_ERF: UN_BODY(erf256_ps(v), 0); return 1;
+    case ON_UN_GELU: UN_BODY(gelu256_ps(v), 0); return 1;
+    case ON_UN_EXP: UN_BODY(exp256_ps(v), 0); return 1;
+    case ON_UN_NEG: UN_BODY(_mm256_sub_ps(zero, v), 0); return 1;
+    case ON_UN_ABS: UN_BODY(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), 0); return 1;
+    case ON_UN_SQRT: UN_BODY(_mm256_sqrt_ps(v), 0); return 1;
+    case ON_UN_AFFINE: UN_BODY(_mm256_fmadd_ps(v, va, vb), 0); return 1;
+    default: return 0;
+    }
+}
+
+/* ---- softmax / layer norm --------------------------------------------------------------------------- */
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline float hmax256(__m256 v) {
+    __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_max_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static int softmax_row_avx2(const float *x, float *y, size_t cols, int log) {
+    if (log) return 0;
+    size_t i = 0;
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    for (; i + 8 <= cols; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
+    float mx = hmax256(vm);
+    for (; i < cols; i++) mx = x[i] > mx ? x[i] : mx;
+    const __m256 m = _mm256_set1_ps(mx);
+    __m256 vs = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= cols; i += 8) {
+        __m256 e = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+        _mm256_storeu_ps(y + i, e);
+        vs = _mm256_add_ps(vs, e);
+    }
+    float sum = hsum256(vs);
+    for (; i < cols; i++) {
+        y[i] = expf(x[i] - mx);
+        sum += y[i];
+    }
+    const __m256 inv = _mm256_set1_ps(1.0f / sum);
+    for (i = 0; i + 8 <= cols; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), inv));
+    for (; i < cols; i++) y[i] *= 1.0f / sum;
+    return 1;
+}
+
+static int layernorm_row_avx2(const float *x, const float *scale, const float *bias, float *y, size_t cols,
+                              float eps) {
+    size_t i = 0;
+    __m256 vs = _mm256_setzero_ps();
+    for (; i + 8 <= cols; i += 8) vs = _mm256_add_ps(vs, _mm256_loadu_ps(x + i));
+    float sum = hsum256(vs);
+    for (; i < cols; i++) sum += x[i];
+    const float mean = sum / (float)cols;
+    const __m256 vmean = _mm256_set1_ps(mean);
+    __m256 vq = _mm256_setzero_ps();
+    for (i = 0; i + 8 <= cols; i += 8) {
+        __m256 d = _mm256_sub_ps(_mm256_loadu_ps(x + i), vmean);
+        vq = _mm256_fmadd_ps(d, d, vq);
+    }
+    float q = hsum256(vq);
+    for (; i < cols; i++) q += (x[i] - mean) * (x[i] - mean);
+    const float inv = 1.0f / sqrtf(q / (float)cols + eps);
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= cols; i += 8) {
+        __m256 n = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vmean), vinv);
+        __m256 b = bias ? _mm256_loadu_ps(bias + i) : _mm256_setzero_ps();
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(n, _mm256_loadu_ps(scale + i), b));
+    }
+    for (; i < cols; i++) y[i] = (x[i] - mean) * inv * scale[i] + (bias ? bias[i] : 0.0f);
+    return 1;
+}
+
+/* defined in ops_pool_avx2.c */
+int on_pool2d_plane_avx2(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oh, int64_t ow,
+                         int64_t pb, int64_t pr, const on_pool2d_params *p);
+int on_row_reduce_avx2(int is_max, const float *x, size_t n, float *out);
+
+const on_ops_table on_ops_table_avx2 = {
+    "avx2-fma", binary_row_avx2, unary_avx2, softmax_row_avx2, layernorm_row_avx2, on_pool2d_plane_avx2,
+    on_row_reduce_avx2,
+};

@@ -1,0 +1,109 @@
+/* ops_pool_avx2.c - AVX2 pooling: 8 output columns per register for horizontal strides 1 and 2 (stride 2
+ * de-interleaves two loads), scalar at the padded borders; vector sum / max of a row for global pooling. */
+#include <immintrin.h>
+#include <math.h>
+
+#include "on_ops.h"
+
+/* One output exactly as the reference computes it (used at the borders). */
+static float pool_one(int is_max, const float *x, int64_t ih, int64_t iw, int64_t pb, int64_t pr, int64_t oy,
+                      int64_t ox, const on_pool2d_params *p) {
+    int64_t y0 = oy * p->sh - p->pt, x0 = ox * p->sw - p->pl;
+    float acc = is_max ? -INFINITY : 0.0f;
+    int64_t valid = 0, padded = 0;
+    for (int64_t ky = 0; ky < p->kh; ky++) {
+        int64_t iy = y0 + ky * p->dh;
+        int in_pad_y = iy >= -p->pt && iy < ih + pb;
+        for (int64_t kx = 0; kx < p->kw; kx++) {
+            int64_t ix = x0 + kx * p->dw;
+            if (in_pad_y && ix >= -p->pl && ix < iw + pr) padded++;
+            if (iy < 0 || iy >= ih || ix < 0 || ix >= iw) continue;
+            float v = x[iy * iw + ix];
+            if (is_max) acc = (v > acc || isnan(v)) ? v : acc;
+            else acc += v;
+            valid++;
+        }
+    }
+    if (!is_max) {
+        int64_t cnt = p->count_include_pad ? padded : valid;
+        acc = cnt > 0 ? acc / (float)cnt : 0.0f;
+    }
+    return acc;
+}
+
+static inline __m256 load_strided(const float *src, int64_t sw) {
+    if (sw == 1) return _mm256_loadu_ps(src);
+    __m256 a = _mm256_loadu_ps(src), b = _mm256_loadu_ps(src + 8);
+    __m256 ev = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0)); /* a0 a2 b0 b2 | a4 a6 b4 b6 */
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), _MM_SHUFFLE(3, 1, 2, 0)));
+}
+
+int on_pool2d_plane_avx2(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oh, int64_t ow,
+                         int64_t pb, int64_t pr, const on_pool2d_params *p) {
+    const int64_t sw = p->sw;
+    if (sw > 2) return 0;
+    /* columns whose whole window (and the over-read of the stride-2 load) lies inside the row */
+    const int64_t span = (p->kw - 1) * p->dw + (sw == 2 ? 1 : 0);
+    int64_t ox_lo = (p->pl + sw - 1) / sw;
+    int64_t num = iw - 1 - span + p->pl;
+    int64_t ox_hi = num < 0 ? -1 : num / sw; /* inclusive */
+    if (ox_hi > ow - 1) ox_hi = ow - 1;
+    for (int64_t oy = 0; oy < oh; oy++) {
+        float *yr = y + oy * ow;
+        int64_t y0 = oy * p->sh - p->pt;
+        int64_t valid_rows = 0, padded_rows = 0;
+        for (int64_t ky = 0; ky < p->kh; ky++) {
+            int64_t iy = y0 + ky * p->dh;
+            if (iy >= 0 && iy < ih) valid_rows++;
+            if (iy >= -p->pt && iy < ih + pb) padded_rows++;
+        }
+        int64_t ox = 0;
+        for (; ox < ox_lo && ox < ow; ox++) yr[ox] = pool_one(is_max, x, ih, iw, pb, pr, oy, ox, p);
+        const float cnt = (float)((p->count_include_pad ? padded_rows : valid_rows) * p->kw);
+        const __m256 inv = _mm256_set1_ps(cnt > 0 ? 1.0f / cnt : 0.0f);
+        for (; ox + 7 <= ox_hi && valid_rows > 0; ox += 8) {
+            __m256 acc = _mm256_set1_ps(is_max ? -INFINITY : 0.0f);
+            const int64_t x0 = ox * sw - p->pl;
+            for (int64_t ky = 0; ky < p->kh; ky++) {
+                int64_t iy = y0 + ky * p->dh;
+                if (iy < 0 || iy >= ih) continue;
+                const float *row = x + iy * iw + x0;
+                for (int64_t kx = 0; kx < p->kw; kx++) {
+                    __m256 v = load_strided(row + kx * p->dw, sw);
+                    acc = is_max ? _mm256_max_ps(v, acc) : _mm256_add_ps(acc, v);
+                }
+            }
+            _mm256_storeu_ps(yr + ox, is_max ? acc : _mm256_mul_ps(acc, inv));
+        }
+        for (; ox < ow; ox++) yr[ox] = pool_one(is_max, x, ih, iw, pb, pr, oy, ox, p);
+    }
+    return 1;
+}
+
+int on_row_reduce_avx2(int is_max, const float *x, size_t n, float *out) {
+    size_t i = 0;
+    if (is_max) {
+        __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0;
+        for (; i + 16 <= n; i += 16) {
+            m0 = _mm256_max_ps(_mm256_loadu_ps(x + i), m0);
+            m1 = _mm256_max_ps(_mm256_loadu_ps(x + i + 8), m1);
+        }
+        float buf[8], m = -INFINITY;
+        _mm256_storeu_ps(buf, _mm256_max_ps(m0, m1));
+        for (int k = 0; k < 8; k++) m = buf[k] > m ? buf[k] : m;
+        for (; i < n; i++) m = x[i] > m ? x[i] : m;
+        *out = m;
+    } else {
+        __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+        for (; i + 16 <= n; i += 16) {
+            s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + i));
+            s1 = _mm256_add_ps(s1, _mm256_loadu_ps(x + i + 8));
+        }
+        float buf[8], s = 0.0f;
+        _mm256_storeu_ps(buf, _mm256_add_ps(s0, s1));
+        for (int k = 0; k < 8; k++) s += buf[k];
+        for (; i < n; i++) s += x[i];
+        *out = s;
+    }
+    return 1;
+}

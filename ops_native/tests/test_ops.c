@@ -1,0 +1,225 @@
+/* test_ops.c - the non-GEMM kernels: every fast path of the active ISA against the scalar reference,
+ * broadcasting / pooling / data-movement entry points against naive loops, threads 1 and 2. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "on_ops.h"
+#include "on_test.h"
+
+static float *rnd(size_t n, float scale) {
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = on_test_randf() * scale;
+    return p;
+}
+
+static const on_ops_table *fast_table(void) { return on_ops_active(); }
+
+/* ---- row kernels: fast vs reference -------------------------------------------------------------- */
+static void test_binary_rows_match_reference(void) {
+    const on_ops_table *ref = &on_ops_table_scalar, *fast = fast_table();
+    for (int op = 0; op < ON_BIN_COUNT; op++) {
+        for (size_t n = 1; n <= 67; n += 3) {
+            float *a = rnd(n, 3.0f), *b = rnd(n, 3.0f), *o1 = rnd(n, 1), *o2 = rnd(n, 1);
+            for (size_t i = 0; i < n; i++) {
+                if (op == ON_BIN_POW) a[i] = fabsf(a[i]) + 0.1f;
+                if (op == ON_BIN_DIV && fabsf(b[i]) < 0.1f) b[i] = 0.5f;
+            }
+            static const int64_t modes[3][2] = {{1, 1}, {1, 0}, {0, 1}};
+            for (int m = 0; m < 3; m++) {
+                ref->binary_row((on_binary_op)op, a, modes[m][0], b, modes[m][1], o1, n);
+                if (!fast->binary_row((on_binary_op)op, a, modes[m][0], b, modes[m][1], o2, n))
+                    memcpy(o2, o1, n * sizeof(float)); /* no fast path for this op: nothing to compare */
+                CHECK_ALLCLOSE(o2, o1, n, 1e-6f, 1e-6f, "binary row");
+            }
+            free(a), free(b), free(o1), free(o2);
+        }
+    }
+}
+
+static void test_unary_fast_paths_match_reference(void) {
+    const on_ops_table *ref = &on_ops_table_scalar, *fast = fast_table();
+    for (int op = 0; op < ON_UN_COUNT; op++) {
+        size_t n = 203;
+        float *x = rnd(n, 6.0f), *y1 = rnd(n, 1), *y2 = rnd(n, 1);
+        if (op == ON_UN_LOG || op == ON_UN_SQRT)
+            for (size_t i = 0; i < n; i++) x[i] = fabsf(x[i]) + 1e-3f;
+        ref->unary((on_unary_op)op, x, y1, n, 0.2f, 0.5f);
+        if (!fast->unary((on_unary_op)op, x, y2, n, 0.2f, 0.5f)) memcpy(y2, y1, n * sizeof(float));
+        char what[48];
+        snprintf(what, sizeof what, "unary op %d", op);
+        CHECK_ALLCLOSE(y2, y1, n, 2e-6f, 2e-7f, what);
+        free(x), free(y1), free(y2);
+    }
+    /* exp / sigmoid / tanh at the range ends */
+    float x[8] = {-100.f, -87.f, -20.f, -1e-4f, 1e-4f, 20.f, 88.f, 100.f}, y1[8], y2[8];
+    int ops[3] = {ON_UN_EXP, ON_UN_SIGMOID, ON_UN_TANH};
+    for (int k = 0; k < 3; k++) {
+        ref->unary((on_unary_op)ops[k], x, y1, 8, 0, 0);
+        if (!fast->unary((on_unary_op)ops[k], x, y2, 8, 0, 0)) memcpy(y2, y1, sizeof y1);
+        for (int i = 0; i < 8; i++)
+            if (ops[k] == ON_UN_EXP && (x[i] < -87.f || x[i] > 88.f)) y2[i] = y1[i]; /* clamped range */
+        CHECK_ALLCLOSE(y2, y1, 8, 3e-6f, 1e-30f, "unary extremes");
+    }
+}
+
+static void test_softmax_and_layernorm_rows_match_reference(void) {
+    const on_ops_table *ref = &on_ops_table_scalar, *fast = fast_table();
+    for (size_t cols = 1; cols <= 100; cols += 9) {
+        float *x = rnd(cols, 5.0f), *s = rnd(cols, 1.0f), *b = rnd(cols, 1.0f);
+        float *y1 = rnd(cols, 1), *y2 = rnd(cols, 1);
+        ref->softmax_row(x, y1, cols, 0);
+        if (!fast->softmax_row(x, y2, cols, 0)) memcpy(y2, y1, cols * sizeof(float));
+        CHECK_ALLCLOSE(y2, y1, cols, 1e-5f, 1e-7f, "softmax row");
+        float sum = 0;
+        for (size_t i = 0; i < cols; i++) sum += y2[i];
+        CHECK_NEAR(sum, 1.0f, 1e-5f, 1e-5f);
+        ref->layernorm_row(x, s, b, y1, cols, 1e-5f);
+        if (!fast->layernorm_row(x, s, b, y2, cols, 1e-5f)) memcpy(y2, y1, cols * sizeof(float));
+        CHECK_ALLCLOSE(y2, y1, cols, 1e-4f, 1e-5f, "layernorm row");
+        free(x), free(s), free(b), free(y1), free(y2);
+    }
+}
+
+static void test_pool_planes_match_reference(void) {
+    const on_ops_table *ref = &on_ops_table_scalar, *fast = fast_table();
+    const int64_t cfg[][8] = {
+        /* kh kw sh sw pt pl pb pr */
+        {3, 3, 1, 1, 1, 1, 1, 1}, {3, 3, 2, 2, 1, 1, 1, 1}, {2, 2, 2, 2, 0, 0, 0, 0}, {5, 5, 1, 1, 2, 2, 2, 2},
+        {3, 3, 2, 2, 0, 0, 1, 1}, {1, 1, 1, 1, 0, 0, 0, 0}, {3, 2, 1, 2, 1, 0, 0, 1},
+    };
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        for (int64_t ih = 5; ih <= 37; ih += 8) {
+            for (int cip = 0; cip < 2; cip++) {
+                int64_t iw = ih + 3;
+                on_pool2d_params p = {cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], 1, 1, cfg[c][4], cfg[c][5], cip};
+                int64_t pb = cfg[c][6], pr = cfg[c][7];
+                int64_t oh = (ih + p.pt + pb - p.kh) / p.sh + 1, ow = (iw + p.pl + pr - p.kw) / p.sw + 1;
+                float *x = rnd((size_t)(ih * iw), 4.0f), *y1 = rnd((size_t)(oh * ow), 1), *y2 = rnd((size_t)(oh * ow), 1);
+                for (int is_max = 0; is_max < 2; is_max++) {
+                    ref->pool2d_plane(is_max, x, y1, ih, iw, oh, ow, pb, pr, &p);
+                    if (!fast->pool2d_plane(is_max, x, y2, ih, iw, oh, ow, pb, pr, &p))
+                        memcpy(y2, y1, (size_t)(oh * ow) * sizeof(float));
+                    CHECK_ALLCLOSE(y2, y1, (size_t)(oh * ow), 1e-5f, 1e-6f, "pool plane");
+                }
+                free(x), free(y1), free(y2);
+            }
+        }
+    }
+}
+
+static void test_row_reduce_matches_reference(void) {
+    const on_ops_table *ref = &on_ops_table_scalar, *fast = fast_table();
+    for (size_t n = 1; n < 300; n += 17) {
+        float *x = rnd(n, 2.0f), r1, r2;
+        for (int is_max = 0; is_max < 2; is_max++) {
+            ref->row_reduce(is_max, x, n, &r1);
+            if (!fast->row_reduce(is_max, x, n, &r2)) r2 = r1;
+            CHECK_NEAR(r2, r1, 1e-5f, 1e-5f);
+        }
+        free(x);
+    }
+}
+
+/* ---- entry points against naive loops ----------------------------------------------------------------- */
+static void test_binary_broadcast_channel_scale_matches_naive(void) {
+    /* x [2, 5, 7, 9] * s [1, 5, 1, 1] and + b [9] */
+    int64_t shape[4] = {2, 5, 7, 9}, xs[4] = {315, 63, 9, 1}, ss[4] = {0, 1, 0, 0}, bs[4] = {0, 0, 0, 1};
+    size_t n = 2 * 5 * 7 * 9;
+    float *x = rnd(n, 1), *s = rnd(5, 1), *b = rnd(9, 1), *y = rnd(n, 1), *want = rnd(n, 1);
+    for (int threads = 1; threads <= 2; threads++) {
+        CHECK(on_binary_f32(ON_BIN_MUL, 4, shape, x, xs, s, ss, y, threads) == ON_OK);
+        for (size_t i = 0; i < n; i++) want[i] = x[i] * s[(i / 63) % 5];
+        CHECK_ALLCLOSE(y, want, n, 0, 0, "channel scale");
+        CHECK(on_binary_f32(ON_BIN_ADD, 4, shape, x, xs, b, bs, y, threads) == ON_OK);
+        for (size_t i = 0; i < n; i++) want[i] = x[i] + b[i % 9];
+        CHECK_ALLCLOSE(y, want, n, 0, 0, "last-dim bias");
+    }
+    CHECK(on_binary_f32(ON_BIN_COUNT, 4, shape, x, xs, s, ss, y, 1) == ON_ERR_ARG);
+    CHECK(on_binary_f32(ON_BIN_ADD, 9, shape, x, xs, s, ss, y, 1) == ON_ERR_ARG);
+    free(x), free(s), free(b), free(y), free(want);
+}
+
+static void test_large_elementwise_is_split_across_threads_identically(void) {
+    size_t n = 300001;
+    float *x = rnd(n, 3), *y1 = rnd(n, 1), *y2 = rnd(n, 1);
+    CHECK(on_unary_f32(ON_UN_SIGMOID, x, y1, n, 0, 0, 1) == ON_OK);
+    CHECK(on_unary_f32(ON_UN_SIGMOID, x, y2, n, 0, 0, 2) == ON_OK);
+    CHECK_ALLCLOSE(y2, y1, n, 0, 0, "sigmoid threads 1 vs 2");
+    int64_t shape[1] = {(int64_t)n}, st[1] = {1};
+    CHECK(on_binary_f32(ON_BIN_SUB, 1, shape, x, st, y1, st, y2, 2) == ON_OK);
+    int ok = 1;
+    for (size_t i = 0; i < n; i++) ok &= y2[i] == x[i] - y1[i];
+    CHECK(ok);
+    free(x), free(y1), free(y2);
+}
+
+static void test_copy_strided_transposes(void) {
+    /* src [3, 4, 5] -> dst = transpose(2, 0, 1) */
+    float src[60], dst[60];
+    for (int i = 0; i < 60; i++) src[i] = (float)i;
+    int64_t shape[3] = {5, 3, 4}, ss[3] = {1, 20, 5}, ds[3] = {12, 4, 1};
+    CHECK(on_copy_strided(4, 3, shape, src, ss, dst, ds, 2) == ON_OK);
+    int ok = 1;
+    for (int k = 0; k < 5; k++)
+        for (int i = 0; i < 3; i++)
+            for (int j = 0; j < 4; j++) ok &= dst[k * 12 + i * 4 + j] == src[i * 20 + j * 5 + k];
+    CHECK(ok);
+    CHECK(on_copy_strided(3, 3, shape, src, ss, dst, ds, 1) == ON_ERR_ARG);
+}
+
+static void test_concat_and_gather(void) {
+    int64_t a[6] = {0, 1, 2, 3, 4, 5}, b[4] = {6, 7, 8, 9}, out[10];
+    const void *srcs[2] = {a, b};
+    int64_t lens[2] = {3, 2}; /* [2, 3] ++ [2, 2] along axis 1 */
+    CHECK(on_concat(8, 2, srcs, lens, 2, 1, out, 1) == ON_OK);
+    int64_t want[10] = {0, 1, 2, 6, 7, 3, 4, 5, 8, 9};
+    CHECK(memcmp(out, want, sizeof want) == 0);
+    float x[12], y8[8];
+    for (int i = 0; i < 12; i++) x[i] = (float)i;
+    int64_t idx[2] = {2, 0}; /* rows 2 and 0 of x [3, 4] */
+    CHECK(on_gather(4, x, 1, 3, 4, idx, 2, y8, 1) == ON_OK);
+    CHECK(y8[0] == 8.f && y8[4] == 0.f && y8[7] == 3.f);
+    int64_t bad[1] = {3};
+    CHECK(on_gather(4, x, 1, 3, 4, bad, 1, y8, 1) == ON_ERR_ARG);
+}
+
+static void test_reduce_mean_middle_axis(void) {
+    float x[2 * 3 * 4], y[8];
+    for (int i = 0; i < 24; i++) x[i] = (float)i;
+    CHECK(on_reduce_f32(ON_RED_MEAN, x, y, 2, 3, 4, 1) == ON_OK);
+    CHECK_NEAR(y[0], 4.0f, 0, 1e-6f);
+    CHECK_NEAR(y[7], 19.0f, 0, 1e-6f);
+    CHECK(on_reduce_f32(ON_RED_MAX, x, y, 8, 3, 1, 1) == ON_OK);
+    CHECK_NEAR(y[0], 2.0f, 0, 0);
+}
+
+static void test_resize_nearest_and_linear(void) {
+    float x[4] = {0, 1, 2, 3}, y[16];
+    int64_t iy[4] = {0, 0, 1, 1}, ix[4] = {0, 0, 1, 1};
+    CHECK(on_resize_nearest2d_f32(x, y, 1, 2, 2, 4, 4, iy, ix, 1) == ON_OK);
+    CHECK(y[0] == 0 && y[3] == 1 && y[15] == 3);
+    int64_t y0[2] = {0, 0}, y1[2] = {1, 1}, x0[2] = {0, 0}, x1[2] = {1, 1};
+    float wy[2] = {0, 0.5f}, wx[2] = {0, 0.5f}, out[4];
+    CHECK(on_resize_linear2d_f32(x, out, 1, 2, 2, 2, 2, y0, y1, wy, x0, x1, wx, 1) == ON_OK);
+    CHECK_NEAR(out[3], 1.5f, 0, 1e-6f);
+    int64_t badi[4] = {0, 0, 2, 1};
+    CHECK(on_resize_nearest2d_f32(x, y, 1, 2, 2, 4, 4, badi, ix, 1) == ON_ERR_ARG);
+}
+
+int main(void) {
+    printf("ops tests: ISA %s (table %s)\n", on_isa_name(on_active_isa()), on_ops_active()->name);
+    RUN(test_binary_rows_match_reference);
+    RUN(test_unary_fast_paths_match_reference);
+    RUN(test_softmax_and_layernorm_rows_match_reference);
+    RUN(test_pool_planes_match_reference);
+    RUN(test_row_reduce_matches_reference);
+    RUN(test_binary_broadcast_channel_scale_matches_naive);
+    RUN(test_large_elementwise_is_split_across_threads_identically);
+    RUN(test_copy_strided_transposes);
+    RUN(test_concat_and_gather);
+    RUN(test_reduce_mean_middle_axis);
+    RUN(test_resize_nearest_and_linear);
+    return on_test_summary();
+}
