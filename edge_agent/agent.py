@@ -32,7 +32,16 @@ from .backend import Backend, IOSpec, check_inputs, load_backend
 from .blobs import BlobFetcher, BlobServer, TransferCancelled, TransferSpec
 from .capability import cores, cpu_isa, measure_gflops, ram_mb
 from .errors import EdgeAgentError, InvalidInputError, ProtocolError, StoreError
-from .messages import DeviceState, InferRequest, InferResult, LoadReport, Manifest, stage_devices
+from .messages import (
+    DeviceState,
+    InferRequest,
+    InferResult,
+    LoadReport,
+    Manifest,
+    stage_devices,
+    validate_manifest,
+    validate_state,
+)
 from .store import BlobStore
 from .transport import Transport
 
@@ -333,8 +342,12 @@ class Agent:
             return
         try:
             st = DeviceState.from_bytes(payload, max_bytes=1 << 20)
+            validate_state(st)
+            if st.device_id != topics.device_of_state_topic(topic):
+                raise ProtocolError(f"state of {st.device_id!r} published under {topic}")
         except ProtocolError as exc:
             log.warning("ignored malformed state on %s: %s", topic, exc)
+            self._reject("state")
             return
         if st.device_id == self.device_id:
             return
@@ -378,7 +391,10 @@ class Agent:
             log.warning("rejected manifest on %s: %s", topic, exc)
             self._reject("manifest")
             return
-        reason = self.accept_manifest(m)
+        try:
+            reason = self.accept_manifest(m)
+        except (TypeError, ValueError) as exc:   # content that cannot be put in canonical form
+            reason = ("malformed", f"cannot check the manifest: {exc}")
         if reason is not None:
             log.warning("rejected manifest %s v%s (%s): %s", name, m.version, channel, reason[1])
             with self._lock:
@@ -439,7 +455,7 @@ class Agent:
         self._enqueue(req)
 
     def _enqueue(self, req: InferRequest) -> None:
-        if not req.reply_to.startswith(self.fleet_prefix):
+        if not topics.is_endpoint(req.reply_to, self.cfg.fleet):
             log.warning("rejected request %s: reply_to %r outside fleet %s", req.request_id, req.reply_to,
                         self.cfg.fleet)
             self._reject("bad_reply_to")
@@ -558,7 +574,8 @@ class Agent:
             signature = repr(sorted(self._status.items()))
         for m in involved.values():
             for st in m.stages:
-                self._prefetch(m, st)
+                if (m.name, m.version, int(st["index"])) not in want:   # own stages: the install job fetches
+                    self._prefetch(m, st)
         if signature != self._last_signature:
             self._last_signature = signature
             self.publish_state()
@@ -666,7 +683,10 @@ class Agent:
                 self._serve(req)
             except Exception as exc:  # the worker must survive anything a request does
                 log.exception("request %s failed unexpectedly", req.request_id)
-                self._reply_error(req, "internal", f"{type(exc).__name__}: {exc}")
+                try:
+                    self._reply_error(req, "internal", f"{type(exc).__name__}: {exc}")
+                except Exception:
+                    log.exception("could not even answer request %s", req.request_id)
             self._publish_load()
 
     def route(self, model: str, version: int, stage: int) -> str | None:
@@ -791,36 +811,13 @@ class Agent:
     def _reply_error(self, req: InferRequest, code: str, message: str, stage: int | None = None) -> None:
         log.warning("request %s (%s stage %s): %s", req.request_id, req.model, req.stage, message)
         self.counters[f"error_{code}"] += 1
+        if not topics.is_endpoint(req.reply_to, self.cfg.fleet):
+            return   # nobody valid to answer
         res = InferResult(req.request_id, req.model, False,
                           error={"code": code, "message": message,
                                  "stage": req.stage if stage is None else stage, "device": self.device_id},
                           timings=list(req.timings))
         self.transport.publish(topics.inbox(req.reply_to, "out"), res.to_bytes(), qos=1)
-
-
-def validate_manifest(m: Manifest) -> None:
-    """Structural checks of a decoded manifest (types of every field the agent relies on)."""
-    if not isinstance(m.version, int) or m.version < 1:
-        raise ProtocolError(f"manifest {m.name}: version must be a positive integer")
-    if not isinstance(m.stages, list):
-        raise ProtocolError(f"manifest {m.name}: stages must be a list (empty = undeployed)")
-    if m.channel not in ("stable", "canary"):
-        raise ProtocolError(f"manifest {m.name}: unknown channel {m.channel!r}")
-    for i, st in enumerate(m.stages):
-        if not isinstance(st, dict):
-            raise ProtocolError(f"manifest {m.name}: stage {i} is not a map")
-        for key, typ in (("index", int), ("shard_sha256", str), ("shard_size", int),
-                         ("chunk_size", int), ("chunk_sha256", list), ("inputs", list), ("outputs", list)):
-            if not isinstance(st.get(key), typ):
-                raise ProtocolError(f"manifest {m.name}: stage {i} field '{key}' must be {typ.__name__}")
-        if st["index"] != i:
-            raise ProtocolError(f"manifest {m.name}: stage {i} has index {st['index']}")
-        if not stage_devices(st):
-            raise ProtocolError(f"manifest {m.name}: stage {i} names no device")
-        if st["chunk_size"] <= 0 or st["shard_size"] < 0:
-            raise ProtocolError(f"manifest {m.name}: stage {i} has bad sizes")
-    if not all(isinstance(s, str) for s in m.sources):
-        raise ProtocolError(f"manifest {m.name}: sources must be topic prefixes")
 
 
 def _check_stage_io(backend: Backend, st: dict) -> None:

@@ -34,6 +34,10 @@ class TransferCancelled(StoreError):
     """The transfer was abandoned because a newer desired state superseded it."""
 
 
+def _is_sha(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 class BlobServer:
     """Answers BlobRequests for blobs held in memory (operator) or in a BlobStore (device)."""
 
@@ -65,8 +69,10 @@ class BlobServer:
             req = BlobRequest.from_bytes(payload)
             if not isinstance(req.chunks, list) or len(req.chunks) > MAX_REQUEST_CHUNKS:
                 raise ProtocolError(f"blob request names {len(req.chunks)} chunks (max {MAX_REQUEST_CHUNKS})")
-            if not req.reply_to.startswith(topics.ROOT + "/"):
-                raise ProtocolError(f"blob request reply_to {req.reply_to!r} is outside the topic tree")
+            if not topics.is_endpoint(req.reply_to):
+                raise ProtocolError(f"blob request reply_to {req.reply_to!r} is not an endpoint")
+            if not 0 < req.chunk_size <= (64 << 20):
+                raise ProtocolError(f"blob request chunk size {req.chunk_size} out of range")
             self._queue.put_nowait(req)
         except (ProtocolError, queue.Full) as exc:
             log.warning("rejected blob request on %s: %s", topic, exc)
@@ -77,6 +83,8 @@ class BlobServer:
         self._queue.put(None)
 
     def _load(self, sha: str) -> bytes | None:
+        if not _is_sha(sha):
+            return None   # answered with "not held here"
         data = self._memory.get(sha)
         if data is None and self.store is not None and self.store.has(sha):
             try:
@@ -91,23 +99,29 @@ class BlobServer:
             req = self._queue.get()
             if req is None:
                 return
-            data = self._load(req.sha256)
-            dest = topics.inbox(req.reply_to, "blob")
-            cs = int(req.chunk_size)
-            for idx in req.chunks:
-                if self.budget is not None:
-                    if self.budget <= 0:
-                        continue   # an interrupted source: the request goes unanswered
-                    self.budget -= 1
-                if data is None or not isinstance(idx, int) or cs <= 0 or idx < 0 or idx * cs >= max(len(data), 1):
-                    msg = BlobChunk(req.sha256, int(idx) if isinstance(idx, int) else -1, 0, cs,
-                                    sender=self.endpoint,
-                                    error="not held here" if data is None else f"no chunk {idx}")
-                else:
-                    msg = BlobChunk(req.sha256, idx, len(data), cs, memoryview(data)[idx * cs:(idx + 1) * cs],
-                                    sender=self.endpoint)
-                    self.served_chunks += 1
-                self.transport.publish(dest, msg.to_bytes(), qos=1)
+            try:
+                self._serve(req)
+            except Exception:  # the server thread must outlive any request
+                log.exception("blob request for %s failed", req.sha256[:12])
+
+    def _serve(self, req: BlobRequest) -> None:
+        data = self._load(req.sha256)
+        dest = topics.inbox(req.reply_to, "blob")
+        cs = int(req.chunk_size)
+        for idx in req.chunks:
+            if self.budget is not None:
+                if self.budget <= 0:
+                    continue   # an interrupted source: the request goes unanswered
+                self.budget -= 1
+            if data is None or not isinstance(idx, int) or cs <= 0 or idx < 0 or idx * cs >= max(len(data), 1):
+                msg = BlobChunk(req.sha256, int(idx) if isinstance(idx, int) else -1, 0, cs,
+                                sender=self.endpoint,
+                                error="not held here" if data is None else f"no chunk {idx}")
+            else:
+                msg = BlobChunk(req.sha256, idx, len(data), cs, memoryview(data)[idx * cs:(idx + 1) * cs],
+                                sender=self.endpoint)
+                self.served_chunks += 1
+            self.transport.publish(dest, msg.to_bytes(), qos=1)
 
 
 @dataclass

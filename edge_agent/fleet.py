@@ -33,7 +33,16 @@ from .errors import (
     StageUnavailableError,
     UnknownModelError,
 )
-from .messages import DeviceState, InferRequest, InferResult, Manifest, RolloutRecord, stage_devices
+from .messages import (
+    DeviceState,
+    InferRequest,
+    InferResult,
+    Manifest,
+    RolloutRecord,
+    stage_devices,
+    validate_manifest,
+    validate_state,
+)
 from .store import CHUNK_SIZE, chunk_digests, sha256_hex
 from .transport import Transport, broker_from_env
 
@@ -213,6 +222,7 @@ class Fleet:
             return
         try:
             st = DeviceState.from_bytes(payload, max_bytes=1 << 20)
+            validate_state(st)
         except ProtocolError as exc:
             log.warning("ignored malformed state on %s: %s", topic, exc)
             return
@@ -245,6 +255,7 @@ class Fleet:
             else:
                 try:
                     m = Manifest.from_bytes(payload)
+                    validate_manifest(m)
                     if m.stages:
                         table[name] = m
                     else:  # a signed tombstone: undeployed
@@ -272,7 +283,8 @@ class Fleet:
         except ProtocolError as exc:
             log.warning("ignored malformed result: %s", exc)
             return
-        code = (res.error or {}).get("code")
+        code = res.error.get("code") if isinstance(res.error, dict) else None
+        code = code if isinstance(code, str) else "error"
         with self._lock:
             p = self._pending.get(res.request_id)
             if p is None:
@@ -808,13 +820,17 @@ def assign_replicas(primary: list[str], est_ms: list[float], specs: list[Any], r
 
 
 def _result_error(res: InferResult) -> Exception:
-    err = res.error or {}
+    err = res.error if isinstance(res.error, dict) else {}
     code, msg = err.get("code", "error"), err.get("message", "unknown error")
+    code = code if isinstance(code, str) else "error"
+    msg = msg if isinstance(msg, str) else repr(msg)[:500]
+    stage = err.get("stage") if isinstance(err.get("stage"), int) else None
+    device = err.get("device") if isinstance(err.get("device"), str) else None
     if code == "invalid_input":
         return InvalidInputError(msg)
     if code == "unknown_model":
         return UnknownModelError(msg)
-    return InferenceError(msg, stage=err.get("stage"), device=err.get("device"), code=code)
+    return InferenceError(msg, stage=stage, device=device, code=code)
 
 
 def _graph_io(values: Any, initializers: Any) -> list[IOSpec]:

@@ -174,7 +174,7 @@ class Message:
             if f.name in self.TENSORS:
                 tlist = []
                 for name, arr in (value or {}).items():
-                    arr = np.ascontiguousarray(arr)
+                    arr = np.asarray(arr, order="C")   # keeps rank 0 (ascontiguousarray would make it 1-d)
                     meta = _tensor_meta(name, arr)
                     tlist.append(meta)
                     metas.append(meta)
@@ -388,3 +388,55 @@ class RolloutRecord(Message):
     name: str
     history: list = field(default_factory=list)   # [{version, channel, status, reason, metrics, ts}]
     good: list = field(default_factory=list)      # [manifest fields incl. sig], newest last
+
+
+def validate_manifest(m: Manifest) -> None:
+    """Structural checks of a decoded manifest (types of every field a device or client relies on)."""
+    from . import topics
+
+    if not isinstance(m.version, int) or m.version < 1:
+        raise ProtocolError(f"manifest {m.name}: version must be a positive integer")
+    if not isinstance(m.stages, list):
+        raise ProtocolError(f"manifest {m.name}: stages must be a list (empty = undeployed)")
+    if m.channel not in ("stable", "canary"):
+        raise ProtocolError(f"manifest {m.name}: unknown channel {m.channel!r}")
+    for what, specs in (("inputs", m.inputs), ("outputs", m.outputs)):
+        if not isinstance(specs, list) or not all(
+                isinstance(sp, dict) and isinstance(sp.get("name"), str) and sp.get("dtype") in WIRE_DTYPES
+                and isinstance(sp.get("shape"), list) for sp in specs):
+            raise ProtocolError(f"manifest {m.name}: {what} must be a list of {{name, dtype, shape}}")
+    for i, st in enumerate(m.stages):
+        if not isinstance(st, dict):
+            raise ProtocolError(f"manifest {m.name}: stage {i} is not a map")
+        for key, typ in (("index", int), ("shard_sha256", str), ("shard_size", int),
+                         ("chunk_size", int), ("chunk_sha256", list), ("inputs", list), ("outputs", list)):
+            if not isinstance(st.get(key), typ):
+                raise ProtocolError(f"manifest {m.name}: stage {i} field '{key}' must be {typ.__name__}")
+        if st["index"] != i:
+            raise ProtocolError(f"manifest {m.name}: stage {i} has index {st['index']}")
+        if not stage_devices(st) or not all(topics.check_segment_ok(d) for d in stage_devices(st)):
+            raise ProtocolError(f"manifest {m.name}: stage {i} names no valid device")
+        if st["chunk_size"] <= 0 or st["shard_size"] < 0 or st["chunk_size"] > (64 << 20):
+            raise ProtocolError(f"manifest {m.name}: stage {i} has bad sizes")
+        if not all(isinstance(n, str) for n in st["inputs"] + st["outputs"] + list(st.get("carry") or [])):
+            raise ProtocolError(f"manifest {m.name}: stage {i} tensor names must be strings")
+    if not isinstance(m.sources, list) or not all(topics.is_endpoint(s) for s in m.sources):
+        raise ProtocolError(f"manifest {m.name}: sources must be endpoints (ea/v1/<fleet>/dev|ctl/<id>)")
+
+
+def validate_state(st: DeviceState) -> None:
+    """Structural checks of a decoded device state before anyone routes by it."""
+    from . import topics
+
+    if not topics.check_segment_ok(st.device_id):
+        raise ProtocolError(f"state: bad device id {st.device_id!r}")
+    for e in st.stages:
+        if not (isinstance(e, dict) and isinstance(e.get("model"), str) and isinstance(e.get("version"), int)
+                and isinstance(e.get("stage"), int) and isinstance(e.get("status", ""), str)):
+            raise ProtocolError(f"state of {st.device_id}: stage entries must be maps with model, version, stage")
+    if not all(isinstance(b, str) for b in st.blobs) or not all(isinstance(p, str) for p in st.peers):
+        raise ProtocolError(f"state of {st.device_id}: blobs and peers must be lists of strings")
+    if not all(isinstance(e, dict) for e in st.events):
+        raise ProtocolError(f"state of {st.device_id}: events must be maps")
+    if st.endpoint and not topics.is_endpoint(st.endpoint, st.fleet):
+        raise ProtocolError(f"state of {st.device_id}: bad endpoint {st.endpoint!r}")

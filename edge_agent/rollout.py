@@ -107,7 +107,7 @@ def load_check_data(check_data: Any, input_specs: list[dict]) -> tuple[list[dict
         samples = [{k: arrays[k] for k in inputs}]
         exp = {k.split(":", 1)[1]: v for k, v in arrays.items() if k.startswith("expected:")}
         return samples, ([exp] if exp else None)
-    samples = [{k: np.ascontiguousarray(arrays[k][i]) for k in inputs} for i in range(n)]
+    samples = [{k: np.asarray(arrays[k][i], order="C") for k in inputs} for i in range(n)]
     exp_keys = [k for k in arrays if k.startswith("expected:")]
     expected = [{k.split(":", 1)[1]: arrays[k][i] for k in exp_keys} for i in range(n)] if exp_keys else None
     return samples, expected

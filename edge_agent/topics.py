@@ -24,6 +24,16 @@ import re
 
 ROOT = "ea/v1"
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_SEG = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
+_ENDPOINT = re.compile(rf"^ea/v1/{_SEG}/(dev|ctl)/{_SEG}$")
+
+
+def is_endpoint(value: object, fleet: str | None = None) -> bool:
+    """True for ``ea/v1/<fleet>/dev/<id>`` or ``.../ctl/<id>`` (no wildcards, control characters, empty
+    levels): the only thing an agent will publish answers under, whatever a message claims."""
+    if not isinstance(value, str) or not _ENDPOINT.match(value):
+        return False
+    return fleet is None or value.split("/")[2] == fleet
 
 
 def check_segment(kind: str, value: str) -> str:
@@ -32,6 +42,10 @@ def check_segment(kind: str, value: str) -> str:
         raise ValueError(f"invalid {kind} {value!r}: use 1-64 letters, digits, '.', '_' or '-', "
                          "starting with a letter or digit")
     return value
+
+
+def check_segment_ok(value: object) -> bool:
+    return isinstance(value, str) and bool(_SEGMENT.match(value))
 
 
 def fleet_root(fleet: str) -> str:
