@@ -73,7 +73,7 @@ def _stream(fleet: Fleet, name: str, xs: list[dict], want: list[dict], n: int, c
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--kills", type=int, default=6)
     ap.add_argument("--devices", type=int, default=5)
     ap.add_argument("--concurrency", type=int, default=8)
@@ -107,10 +107,10 @@ def main(argv: list[str] | None = None) -> dict:
                 victim = rng.choice(sorted(sim.devices))
                 events.append({"t": time.perf_counter(), "device": victim})
                 sim.stop_device(victim, kill=True)
-                if stop.wait(rng.uniform(1.5, 3.0)):
+                if stop.wait(rng.uniform(0.8, 1.5)):
                     return
                 sim.start_device(victim)
-                if stop.wait(rng.uniform(2.0, 4.0)):
+                if stop.wait(rng.uniform(1.0, 2.0)):
                     return
 
         killer = threading.Thread(target=chaos, daemon=True)

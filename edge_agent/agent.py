@@ -54,7 +54,8 @@ WORK_QUEUE = 1024        # requests waiting per device before it answers "overlo
 OLD_VERSION_GRACE_S = 10.0   # an upgraded stage's old version keeps serving in-flight requests this long
 LOAD_REPORT_EVERY_S = 0.1
 LIVE_STATUSES = ("fetching", "loading", "ready")
-ADOPT_AFTER_CONNECT_S = 3.0   # a fresh (re)connection has not seen every retained state yet
+ADOPT_AFTER_CONNECT_S = 3.0
+MAX_REROUTES = 3          # a request passed on more often than this is answered with an error   # a fresh (re)connection has not seen every retained state yet
 
 Key = tuple[str, int, int]   # (model, version, stage index)
 
@@ -563,6 +564,10 @@ class Agent:
                     continue
                 replaced = any(k[0] == key[0] and k[2] == key[2] and k[1] > key[1] and
                                self._status.get(k, {}).get("status") == "ready" for k in self._installed)
+                # a stage handed back (adoption dropped) keeps serving a while: routers may still send here
+                replaced = replaced or (key in source and any(
+                    self._live(d) and (e := self._reports(d, key)) is not None and e.get("status") == "ready"
+                    for d in self._states))
                 first = self._undesired_since.setdefault(key, now)
                 if not replaced or now - first >= OLD_VERSION_GRACE_S:
                     self._uninstall(key, "replaced" if replaced else "no longer deployed here")
@@ -742,6 +747,13 @@ class Agent:
             return
         inst = self._find_stage(req)
         if inst is None:
+            # routed here on a stale view (the stage moved on): pass it on to a device that holds it
+            dest = self.route(req.model, req.version, req.stage) if req.reroutes < MAX_REROUTES else None
+            if dest is not None and dest != self.device_id:
+                req.reroutes += 1
+                self.counters["rerouted"] += 1
+                self._send(req)
+                return
             self._not_served(req)
             return
         t_recv = time.time()

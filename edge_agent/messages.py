@@ -363,6 +363,7 @@ class InferRequest(Message):
     timings: list = field(default_factory=list)     # [{stage, device, queue_ms, run_ms, backend}]
     attempt: int = 0
     sent: float = field(default_factory=time.time)
+    reroutes: int = 0                               # times a device passed it on to a holder of the stage
 
 
 @dataclass
