@@ -417,3 +417,17 @@ def test_interrupted_transfer_resumes_after_agent_restart_without_refetching(fle
     x = zoo.sample_inputs(model)
     assert_matches(fleet.infer("resume", x), ort_reference(model, x))
     fleet.undeploy("resume")
+
+
+def test_cli_bench_reports_latency_throughput_and_no_losses(sim, fleet: Fleet) -> None:
+    fleet.deploy(zoo.build("mlp", seed=22), "benched", stages=2, replicas=1, timeout=120)
+    try:
+        r = subprocess.run([sys.executable, "-m", "edge_agent.cli", "bench", "benched", "--requests", "60",
+                            "--concurrency", "6", "--json"], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "EDGE_AGENT_BROKER": sim.broker_url})
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert res["ok"] == 60 and res["lost"] == 0 and res["duplicated"] == 0
+        assert 0 < res["p50_ms"] <= res["p95_ms"] <= res["p99_ms"] and res["throughput_rps"] > 0
+    finally:
+        fleet.undeploy("benched")
