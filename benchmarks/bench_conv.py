@@ -37,6 +37,17 @@ LAYERS = [
     ("resnet 3x3 128 @28", (128, 28, 28), 128, 3, 1, 1, "relu"),
     ("resnet 3x3 256 @14", (256, 14, 14), 256, 3, 1, 1, "relu"),
     ("resnet 3x3 s2 128->256 @28", (128, 28, 28), 256, 3, 2, 1, "relu"),
+    # PP-OCRv4 det (1x3x640x640): the two 96->24 3x3 layers at 160x160 are ~half of its FLOPs
+    ("ppocr stem 3x3 s2 3->16 @640", (3, 640, 640), 16, 3, 2, 1, "none"),
+    ("ppocr 3x3 96->24 @160", (96, 160, 160), 24, 3, 1, 1, "none"),
+    ("ppocr 3x3 96->24 @80", (96, 80, 80), 24, 3, 1, 1, "none"),
+    ("ppocr 3x3 96->24 @40", (96, 40, 40), 24, 3, 1, 1, "none"),
+    ("ppocr 1x1 16->32 @320", (16, 320, 320), 32, 1, 1, 1, "none"),
+    ("ppocr dw 3x3 s1 16 @320", (16, 320, 320), 16, 3, 1, 16, "none"),
+    ("ppocr dw 3x3 s2 32 @320", (32, 320, 320), 32, 3, 2, 32, "none"),
+    ("ppocr dw 3x3 s1 48 @160", (48, 160, 160), 48, 3, 1, 48, "none"),
+    ("ppocr dw 5x5 s1 192 @40", (192, 40, 40), 192, 5, 1, 192, "none"),
+    ("ppocr dw 5x5 s1 384 @20", (384, 20, 20), 384, 5, 1, 384, "none"),
 ]
 QUICK = {"mbv2 expand 1x1 24->144 @56", "mbv2 project 1x1 576->96 @14", "mbv2 dw 3x3 s1 144 @56",
          "mbv2 dw 3x3 s2 144 @56", "resnet 3x3 64 @56", "resnet 3x3 256 @14"}
@@ -65,12 +76,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Run the conv-layer comparison and print the table; returns the rows."""
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=None, help="seconds per measurement (default 1.0, quick 0.3)")
+    p.add_argument("--only", default="", help="run only the layers whose name contains this text")
     args = p.parse_args(argv)
     budget = args.budget or (0.3 if args.quick else 1.0)
     rng = np.random.default_rng(0)
     rows, records = [], []
     for name, (c, h, w_), oc, k, stride, group, act in LAYERS:
-        if args.quick and name not in QUICK:
+        if (args.quick and name not in QUICK) or args.only not in name:
             continue
         pad = k // 2
         x = rng.standard_normal((1, c, h, w_), dtype=np.float32)

@@ -425,6 +425,7 @@ cdef extern from "on_conv.h" nogil:
         ON_CONV_PATH_IM2COL
         ON_CONV_PATH_1X1
         ON_CONV_PATH_DEPTHWISE
+        ON_CONV_PATH_NCHWC
     on_status on_conv2d_create(const on_conv_params *p, const float *weight, const float *bias, on_act_t act,
                                on_conv2d **out)
     void on_conv2d_free(on_conv2d *conv)
@@ -550,9 +551,10 @@ cdef class Conv2d(_ConvBase):
 
     @property
     def path(self) -> str:
-        """Which kernel runs: "depthwise", "1x1" or "im2col"."""
+        """Which kernel runs: "depthwise", "1x1", "nchwc" (direct, channel-blocked) or "im2col"."""
         cdef on_conv_path pth = on_conv2d_path(self.conv)
-        return {ON_CONV_PATH_DEPTHWISE: "depthwise", ON_CONV_PATH_1X1: "1x1"}.get(pth, "im2col")
+        return {ON_CONV_PATH_DEPTHWISE: "depthwise", ON_CONV_PATH_1X1: "1x1",
+                ON_CONV_PATH_NCHWC: "nchwc"}.get(pth, "im2col")
 
     def output_shape(self, x_shape) -> tuple:
         """Output shape for an input of shape x_shape."""

@@ -255,7 +255,8 @@ def test_conv2d_relu6_clip_matches_numpy_and_paths_are_reported():
     np.testing.assert_allclose(conv.run(x), np.clip(plain.run(x), 0, 6), rtol=1e-6, atol=1e-6)
     assert conv.path == "depthwise"
     assert core.Conv2d(rand(rng, 8, 4, 1, 1)).path == "1x1"
-    assert core.Conv2d(rand(rng, 8, 4, 3, 3)).path == "im2col"
+    assert core.Conv2d(rand(rng, 8, 4, 3, 3)).path == "nchwc"
+    assert core.Conv2d(rand(rng, 8, 2, 3, 3), group=2).path == "im2col"  # < 8 channels per group
 
 
 def test_conv1d_weight_is_treated_as_height_one(isa):

@@ -7,9 +7,13 @@
  *
  * Paths chosen at plan time:
  *   depthwise (group == C == OC): its own direct kernel (AVX2 / NEON vectorised along W);
- *   1x1 stride 1 pad 0:           GEMM W[OC,C] x X[C,H*W] straight on the NCHW input;
+ *   1x1 stride 1 pad 0:           GEMM W[OC,C] x X[C,H*W] on the NCHW input (reported as "1x1"; at
+ *                                 run time <= 48 input channels on >= 160x160 pixels take the direct
+ *                                 NCHWc kernel below instead, which is not bound by the GEMM's stores);
+ *   other KxK, group 1 or >= ON_C0 channels per group: direct convolution in the NCHWc layout
+ *                                 (input re-laid-out per run, weights packed per 8-channel block);
  *   everything else:              im2col packed straight into GEMM panels + the packed GEMM.
- * Bias and activation are fused into the GEMM store (or the depthwise kernel).
+ * Bias and activation are fused into the store of every path.
  */
 #ifndef ON_CONV_H
 #define ON_CONV_H
@@ -30,7 +34,7 @@ typedef struct {
     size_t out_pad_h, out_pad_w; /* ConvTranspose only (ignored by Conv) */
 } on_conv_params;
 
-typedef enum { ON_CONV_PATH_IM2COL = 0, ON_CONV_PATH_1X1, ON_CONV_PATH_DEPTHWISE } on_conv_path;
+typedef enum { ON_CONV_PATH_IM2COL = 0, ON_CONV_PATH_1X1, ON_CONV_PATH_DEPTHWISE, ON_CONV_PATH_NCHWC } on_conv_path;
 
 typedef struct on_conv2d on_conv2d;
 typedef struct on_conv_transpose2d on_conv_transpose2d;

@@ -1,4 +1,5 @@
-/* conv_internal.h - depthwise kernel table shared by conv.c and the per-ISA files. */
+/* conv_internal.h - kernel tables shared by the convolution drivers (conv.c, conv_nchwc.c) and the
+ * per-ISA files. */
 #ifndef ON_CONV_INTERNAL_H
 #define ON_CONV_INTERNAL_H
 
@@ -40,5 +41,75 @@ static inline void on_dw_fill_padded(const on_dw_args *a, const float *x, float 
         for (size_t j = 0; j < a->W; j++) dst[j] = src[j];
     }
 }
+
+/* ---- direct NCHWc convolution (conv_nchwc.c) ------------------------------------------------ */
+
+/* At most this many output-channel blocks (ON_C0 channels each) per register tile. */
+#define ON_NCHWC_MAX_NB 3
+
+/* One output row of one group of output-channel blocks.
+ * Input: the conv group's zero-padded NCHWc copy x[icb][PH][PW][CB] (CB = ON_C0, or C/group when
+ * that is smaller: no wasted lanes for an RGB stem). Weights: per output block [icb][KH][KW][CB][ON_C0],
+ * block b at w + b * wstride. The kernel writes act(conv + bias) for OW pixels into the NCHW output
+ * y[oc * ystride + ow], oc < oc_valid, through rowbuf (nb * ow_pad * ON_C0 floats). */
+typedef struct {
+    const float *x;
+    size_t ncb, CB, PH, PW;
+    size_t KH, KW, sh, sw, dh, dw;
+    const float *w;
+    size_t wstride;
+    const float *bias; /* nb * ON_C0 floats (zero padded) */
+    on_act_t act;
+    size_t OW, ow_pad;  /* ow_pad: OW rounded up to a multiple of ON_C0 */
+    size_t nb;          /* 1 .. ON_NCHWC_MAX_NB */
+    size_t oc_valid;    /* channels to store: <= nb * ON_C0 */
+    float *y;           /* output row oh of the block group's first channel */
+    size_t ystride;     /* OH * OW */
+    float *rowbuf;
+} on_nchwc_row;
+
+/* Compute output row oh (its input rows start at row oh * sh of the padded copy). */
+typedef void (*on_nchwc_row_fn)(const on_nchwc_row *r, size_t oh);
+on_nchwc_row_fn on_conv_nchwc_row_for(on_isa_t isa);
+void on_conv_nchwc_row__scalar(const on_nchwc_row *r, size_t oh);
+#if defined(__x86_64__)
+void on_conv_nchwc_row__avx2(const on_nchwc_row *r, size_t oh);
+#endif
+#if defined(__aarch64__)
+void on_conv_nchwc_row__neon(const on_nchwc_row *r, size_t oh);
+#endif
+
+/* Transpose rowbuf [nb][ow_pad][ON_C0] into the NCHW row r->y, applying sigmoid if that is the
+ * activation (the kernels apply the others in registers). Portable. */
+void on_nchwc_store_rows_ref(const on_nchwc_row *r);
+
+/* Gather one input row of `nch` channels (planes plane_stride floats apart, nch <= CB) into the
+ * interleaved row dst[iw * CB + ci], iw < W; channels nch..CB-1 become zero. */
+typedef void (*on_nchwc_pack_fn)(const float *src, size_t plane_stride, size_t nch, size_t CB, size_t W,
+                                 float *dst);
+on_nchwc_pack_fn on_conv_nchwc_pack_for(on_isa_t isa);
+void on_conv_nchwc_pack__scalar(const float *src, size_t plane_stride, size_t nch, size_t CB, size_t W,
+                                float *dst);
+#if defined(__x86_64__)
+void on_conv_nchwc_pack__avx2(const float *src, size_t plane_stride, size_t nch, size_t CB, size_t W,
+                              float *dst);
+#endif
+
+/* The NCHWc plan part of a convolution (weights packed per output-channel block). */
+typedef struct on_nchwc_plan on_nchwc_plan;
+/* 1 if the direct NCHWc path is chosen for these parameters (see the rule in conv_nchwc.c). */
+int on_nchwc_suits(const on_conv_params *p);
+/* 1 if a 1x1 stride-1 conv (GEMM path) should run the direct kernel for this output size; the 1x1
+ * plan builds an NCHWc plan too when on_nchwc_suits_1x1(p, SIZE_MAX, 1) holds. */
+int on_nchwc_suits_1x1(const on_conv_params *p, size_t OH, size_t OW);
+on_status on_nchwc_plan_create(const on_conv_params *p, const float *weight, const float *bias, on_act_t act,
+                               on_nchwc_plan **out);
+void on_nchwc_plan_free(on_nchwc_plan *plan);
+on_status on_nchwc_run(const on_nchwc_plan *plan, size_t N, size_t H, size_t W, size_t OH, size_t OW,
+                       const float *x, float *y, int nthreads);
+
+/* Path selection for tests: 0 makes plans created afterwards use im2col instead of the direct NCHWc
+ * path, 1 (default) lets them pick it. Not thread-safe; tests only. */
+void on_conv_set_nchwc_enabled(int enabled);
 
 #endif

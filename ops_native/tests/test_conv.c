@@ -1,4 +1,5 @@
 /* test_conv.c - convolution / ConvTranspose fast paths vs the direct references, every ISA. */
+#include "conv_internal.h"
 #include "on_conv.h"
 #include "on_test.h"
 
@@ -11,6 +12,7 @@ typedef struct {
 static const conv_case CASES[] = {
     {"1x1 s1", 2, 8, 10, 7, 16, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_NONE},
     {"1x1 s1 relu many px", 1, 24, 19, 23, 40, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_RELU},
+    {"1x1 many out ch (packed input)", 2, 20, 9, 11, 100, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_HARDSWISH},
     {"1x1 s2", 1, 8, 9, 9, 12, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 1, ON_ACT_CLIP},
     {"1x1 padded", 1, 4, 5, 6, 8, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, ON_ACT_NONE},
     {"3x3 s1 p1", 2, 3, 9, 11, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_RELU},
@@ -30,6 +32,18 @@ static const conv_case CASES[] = {
     {"dw sigmoid", 1, 8, 6, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8, ON_ACT_SIGMOID},
     {"1-D as H=1", 2, 6, 1, 31, 10, 1, 5, 1, 2, 1, 1, 0, 2, 0, 2, 1, ON_ACT_NONE},
     {"kernel = input", 1, 3, 4, 4, 5, 4, 4, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_NONE},
+    /* NCHWc direct path: partial channel blocks, 1..3-block tiles, pixel tails, chunked channels */
+    {"nchwc C12 OC20 3x3", 2, 12, 9, 14, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_RELU},
+    {"nchwc C5 stem s2", 1, 5, 17, 19, 11, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0, 1, ON_ACT_HARDSWISH},
+    {"nchwc 7x7 s2 rgb", 1, 3, 23, 21, 64, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 1, ON_ACT_RELU},
+    {"nchwc groups 2 Cg8", 1, 16, 10, 9, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, ON_ACT_CLIP},
+    {"nchwc dil2 asym", 1, 16, 13, 12, 24, 3, 3, 1, 1, 2, 2, 2, 1, 0, 2, 1, ON_ACT_LEAKY_RELU},
+    {"nchwc s2 dil2 5x3", 1, 17, 15, 16, 40, 5, 3, 2, 2, 2, 1, 2, 1, 2, 1, 1, ON_ACT_NONE},
+    {"nchwc tiny 1x1 out", 1, 24, 3, 3, 33, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_SIGMOID},
+    {"nchwc many ch chunks", 1, 136, 6, 11, 56, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_NONE},
+    {"nchwc OC 8 single block", 1, 9, 7, 23, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_CLIP},
+    {"1x1 few channels big image (direct)", 1, 12, 161, 160, 40, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_CLIP},
+    {"nchwc 1x3 stride (1,3)", 1, 8, 5, 29, 16, 1, 3, 1, 3, 1, 1, 0, 1, 0, 1, 1, ON_ACT_NONE},
 };
 
 static on_conv_params params_of(const conv_case *c) {
@@ -38,11 +52,13 @@ static on_conv_params params_of(const conv_case *c) {
     return p;
 }
 
-static void test_conv2d_matches_reference_all_isas(void) {
+/* Every case through the default path choice, then with the NCHWc path disabled (im2col instead). */
+static void check_conv2d_cases(int nchwc) {
+    on_conv_set_nchwc_enabled(nchwc);
     for (int isa = 0; isa < ON_ISA_COUNT; isa++) {
         if (!on_isa_available((on_isa_t)isa)) continue;
         on_set_isa((on_isa_t)isa);
-        printf("  conv isa: %s\n", on_isa_name(on_active_isa()));
+        printf("  conv isa: %s (nchwc %s)\n", on_isa_name(on_active_isa()), nchwc ? "on" : "off");
         for (size_t i = 0; i < sizeof(CASES) / sizeof(CASES[0]); i++) {
             const conv_case *c = &CASES[i];
             on_conv_params p = params_of(c);
@@ -68,6 +84,8 @@ static void test_conv2d_matches_reference_all_isas(void) {
                 CHECK_ALLCLOSE(got, ref, yn, 1e-4f, 1e-4f * (float)(wn / c->OC + 1), what);
             }
             if (c->group == c->C && c->group == c->OC) CHECK_EQ_INT(on_conv2d_path(plan), ON_CONV_PATH_DEPTHWISE);
+            if (!strncmp(c->name, "nchwc", 5))
+                CHECK_EQ_INT(on_conv2d_path(plan), nchwc ? ON_CONV_PATH_NCHWC : ON_CONV_PATH_IM2COL);
             on_conv2d_free(plan);
             free(x);
             free(w);
@@ -76,7 +94,11 @@ static void test_conv2d_matches_reference_all_isas(void) {
             free(got);
         }
     }
+    on_conv_set_nchwc_enabled(1);
 }
+
+static void test_conv2d_matches_reference_all_isas(void) { check_conv2d_cases(1); }
+static void test_conv2d_im2col_matches_reference_all_isas(void) { check_conv2d_cases(0); }
 
 static void test_conv2d_large_threads_identical(void) {
     on_conv_params p = {32, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
@@ -115,6 +137,8 @@ static const convt_case TCASES[] = {
     {"dilated", 1, 2, 4, 4, 2, 3, 3, 1, 1, 2, 2, 1, 0, 0, 1, 1, 0, 0},
     {"4x4 s2 p1 (decoder)", 1, 16, 8, 8, 8, 4, 4, 2, 2, 1, 1, 1, 1, 1, 1, 1, 0, 0},
     {"depthwise-ish g=C", 1, 6, 5, 5, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 6, 1, 1},
+    {"3x3 s3 tiling g2", 1, 4, 3, 5, 6, 3, 3, 3, 3, 1, 1, 0, 0, 0, 0, 2, 0, 0},
+    {"2x2 s2 tiling to 1 ch", 2, 24, 6, 7, 1, 2, 2, 2, 2, 1, 1, 0, 0, 0, 0, 1, 0, 0},
 };
 
 static void test_conv_transpose_matches_reference_all_isas(void) {
@@ -188,6 +212,7 @@ int main(void) {
     on_isa_t best = on_active_isa();
     RUN(test_conv_rejects_bad_arguments);
     RUN(test_conv2d_matches_reference_all_isas);
+    RUN(test_conv2d_im2col_matches_reference_all_isas);
     on_set_isa(best);
     RUN(test_conv2d_large_threads_identical);
     RUN(test_conv_transpose_matches_reference_all_isas);

@@ -2,9 +2,9 @@
  *
  * Each plane is copied into a zero-padded scratch plane, so the inner loop has no bounds checks.
  * Stride 1 loads 8 neighbours; stride 2 loads 16 and keeps the even lanes.
- * Up to 4 output vectors per step keep independent FMA chains in flight. 3x3 is specialised
- * (weights held in registers); other kernel sizes and dilations use the generic loop; strides
- * above 2 fall back to the portable kernel.
+ * 3x3 is specialised (weights held in registers, up to 4 output vectors of one row per step);
+ * other kernel sizes and dilations take 2-4 rows per step so 8 FMA chains are in flight (5x5 on a
+ * 20x20 plane: 1.4x faster than one row). Strides above 2 fall back to the portable kernel.
  */
 #include <immintrin.h>
 
@@ -22,7 +22,9 @@ static inline __m256i tail_mask(size_t n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-static inline void store_out(float *y, __m256 acc, size_t n, const on_act_t *act) {
+/* always_inline: left to itself GCC made this a call, a quarter of the 5x5 time */
+static inline __attribute__((always_inline)) void store_out(float *y, __m256 acc, size_t n,
+                                                            const on_act_t *act) {
     if (act->kind == ON_ACT_SIGMOID) {
         float t[8];
         _mm256_storeu_ps(t, acc);
@@ -76,6 +78,97 @@ static inline __attribute__((always_inline)) void dw_plane(const int S, const in
     }
 }
 
+#define DW_LOAD(off) (S == 1 ? _mm256_loadu_ps(src + (off)) : load_s2(src + 2 * (off)))
+
+/* R output rows x NV vectors (8 outputs each) starting at (oh, ow), read from the padded plane.
+ * R * NV <= 8 independent FMA chains hide the FMA latency (Zen 3: 2 pipes x 4 cycles). */
+static inline __attribute__((always_inline)) void dw_tile(const int S, const int R, const int NV,
+                                                          const on_dw_args *a, const float *pad,
+                                                          const float *w, float b, float *y, size_t oh, size_t ow) {
+    const on_conv_params *p = a->p;
+    const size_t KH = p->KH, KW = p->KW, dh = p->dil_h, dw = p->dil_w, PW = a->PW;
+    __m256 c00 = _mm256_set1_ps(b), c01 = c00, c02 = c00, c03 = c00; /* named: stay in registers */
+    __m256 c10 = c00, c11 = c00, c12 = c00, c13 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+    const float *base = pad + oh * (size_t)S * PW + ow * (size_t)S;
+    for (size_t kh = 0; kh < KH; kh++) {
+        for (size_t kw = 0; kw < KW; kw++) {
+            const __m256 wv = _mm256_broadcast_ss(w + kh * KW + kw);
+            const float *src = base + kh * dh * PW + kw * dw;
+            c00 = _mm256_fmadd_ps(wv, DW_LOAD(0), c00);
+            if (NV > 1) c01 = _mm256_fmadd_ps(wv, DW_LOAD(8), c01);
+            if (NV > 2) c02 = _mm256_fmadd_ps(wv, DW_LOAD(16), c02);
+            if (NV > 3) c03 = _mm256_fmadd_ps(wv, DW_LOAD(24), c03);
+            if (R > 1) {
+                src += (size_t)S * PW;
+                c10 = _mm256_fmadd_ps(wv, DW_LOAD(0), c10);
+                if (NV > 1) c11 = _mm256_fmadd_ps(wv, DW_LOAD(8), c11);
+                if (NV > 2) c12 = _mm256_fmadd_ps(wv, DW_LOAD(16), c12);
+                if (NV > 3) c13 = _mm256_fmadd_ps(wv, DW_LOAD(24), c13);
+            }
+            if (R > 2) {
+                src += (size_t)S * PW;
+                c20 = _mm256_fmadd_ps(wv, DW_LOAD(0), c20);
+                if (NV > 1) c21 = _mm256_fmadd_ps(wv, DW_LOAD(8), c21);
+            }
+            if (R > 3) {
+                src += (size_t)S * PW;
+                c30 = _mm256_fmadd_ps(wv, DW_LOAD(0), c30);
+                if (NV > 1) c31 = _mm256_fmadd_ps(wv, DW_LOAD(8), c31);
+            }
+        }
+    }
+    const size_t OW = a->OW, n0 = OW - ow < 8 ? OW - ow : 8;
+    const size_t n1 = NV > 1 ? (OW - ow - 8 < 8 ? OW - ow - 8 : 8) : 0;
+    const size_t n2 = NV > 2 ? (OW - ow - 16 < 8 ? OW - ow - 16 : 8) : 0;
+    const size_t n3 = NV > 3 ? (OW - ow - 24 < 8 ? OW - ow - 24 : 8) : 0;
+    float *yr = y + oh * OW + ow;
+    store_out(yr, c00, n0, &a->act);
+    if (NV > 1) store_out(yr + 8, c01, n1, &a->act);
+    if (NV > 2) store_out(yr + 16, c02, n2, &a->act);
+    if (NV > 3) store_out(yr + 24, c03, n3, &a->act);
+    if (R > 1) {
+        yr += OW;
+        store_out(yr, c10, n0, &a->act);
+        if (NV > 1) store_out(yr + 8, c11, n1, &a->act);
+        if (NV > 2) store_out(yr + 16, c12, n2, &a->act);
+        if (NV > 3) store_out(yr + 24, c13, n3, &a->act);
+    }
+    if (R > 2) {
+        yr += OW;
+        store_out(yr, c20, n0, &a->act);
+        if (NV > 1) store_out(yr + 8, c21, n1, &a->act);
+    }
+    if (R > 3) {
+        yr += OW;
+        store_out(yr, c30, n0, &a->act);
+        if (NV > 1) store_out(yr + 8, c31, n1, &a->act);
+    }
+}
+
+/* R rows of one plane starting at oh: wide rows in 2x4-vector tiles, narrow ones in 4x2 / 4x1. */
+static inline __attribute__((always_inline)) void dw_rows(const int S, const int R,
+                                                          const on_dw_args *a, const float *pad, const float *w,
+                                                          float b, float *y, size_t oh) {
+    size_t ow = 0;
+    if (R <= 2)
+        for (; ow + 32 <= a->OW; ow += 32) dw_tile(S, R, 4, a, pad, w, b, y, oh, ow);
+    for (; ow + 8 < a->OW; ow += 16) dw_tile(S, R, 2, a, pad, w, b, y, oh, ow);
+    if (ow < a->OW) dw_tile(S, R, 1, a, pad, w, b, y, oh, ow);
+}
+
+/* Other kernel sizes / dilations: several output rows per tile (the taps are read through memory). */
+static inline __attribute__((always_inline)) void dw_plane_rows(const int S, const on_dw_args *a, const float *pad,
+                                                                const float *w, float b, float *y) {
+    size_t oh = 0;
+    if (a->OW >= 32) {
+        for (; oh + 2 <= a->OH; oh += 2) dw_rows(S, 2, a, pad, w, b, y, oh);
+    } else {
+        for (; oh + 4 <= a->OH; oh += 4) dw_rows(S, 4, a, pad, w, b, y, oh);
+        for (; oh + 2 <= a->OH; oh += 2) dw_rows(S, 2, a, pad, w, b, y, oh);
+    }
+    for (; oh < a->OH; oh++) dw_rows(S, 1, a, pad, w, b, y, oh);
+}
+
 void on_conv_dw_planes__avx2(const on_dw_args *a, size_t begin, size_t end, float *pad) {
     const on_conv_params *p = a->p;
     if (p->stride_h > 2 || p->stride_w != p->stride_h) {
@@ -91,10 +184,10 @@ void on_conv_dw_planes__avx2(const on_dw_args *a, size_t begin, size_t end, floa
         float *y = a->y + pl * a->OH * a->OW;
         if (p->stride_h == 1) {
             if (k3) dw_plane(1, 1, a, pad, w, b, y);
-            else dw_plane(1, 0, a, pad, w, b, y);
+            else dw_plane_rows(1, a, pad, w, b, y);
         } else {
             if (k3) dw_plane(2, 1, a, pad, w, b, y);
-            else dw_plane(2, 0, a, pad, w, b, y);
+            else dw_plane_rows(2, a, pad, w, b, y);
         }
     }
 }

@@ -1,0 +1,216 @@
+/* conv_nchwc_avx2.c - direct NCHWc convolution row kernel and NCHW -> NCHWc gather, AVX2 + FMA.
+ *
+ * Register tile: NB output-channel blocks (one ymm = ON_C0 = 8 channels each) x P output pixels:
+ * 3x4 or 2x6 (12 accumulators + NB weight vectors + 1 input broadcast <= 16 ymm), 1x8 for a single
+ * block. Per input channel and tap a tile issues NB weight loads + P broadcasts for NB*P FMAs, so
+ * the 3x4 / 2x6 tiles are FMA bound (7-8 loads per 12 FMAs). A row's tiles go to a [nb][OW][8]
+ * buffer (bias + activation applied in registers), which 8x8 transposes write to the NCHW rows.
+ */
+#include <immintrin.h>
+
+#include "conv_internal.h"
+#include "x86/act_avx2.h"
+
+#define C0 ON_C0
+/* bytes of weights a row pass keeps hot in L1 (32 KiB on Zen 3, shared with the input rows) */
+#ifndef NCHWC_L1_WEIGHTS
+#define NCHWC_L1_WEIGHTS (16 * 1024)
+#endif
+
+/* a[b][p]: named so every accumulator stays in a register; the ones past NB / P compile away. */
+#define ACC_ROW(b) __m256 a##b##0 = bv##b, a##b##1 = bv##b, a##b##2 = bv##b, a##b##3 = bv##b, \
+                          a##b##4 = bv##b, a##b##5 = bv##b, a##b##6 = bv##b, a##b##7 = bv##b
+
+#define FMA_PIX(q)                                                                                  \
+    if (P > q) {                                                                                    \
+        const __m256 xv = _mm256_broadcast_ss(xq + (q) * ps);                                       \
+        a0##q = _mm256_fmadd_ps(xv, w0, a0##q);                                                     \
+        if (NB > 1) a1##q = _mm256_fmadd_ps(xv, w1, a1##q);                                         \
+        if (NB > 2) a2##q = _mm256_fmadd_ps(xv, w2, a2##q);                                         \
+    }
+
+#define STORE_PIX(q)                                                                                \
+    if (P > q) {                                                                                    \
+        _mm256_storeu_ps(out + (q) * C0, act ? act_avx2(a0##q, &r->act) : a0##q);                   \
+        if (NB > 1) _mm256_storeu_ps(out + ob + (q) * C0, act ? act_avx2(a1##q, &r->act) : a1##q);  \
+        if (NB > 2) _mm256_storeu_ps(out + 2 * ob + (q) * C0, act ? act_avx2(a2##q, &r->act) : a2##q); \
+    }
+
+/* One tile: NB blocks x P pixels starting at output column ow0. CB8: the input block is a full 8
+ * channels (inner loop unrolled), else r->CB < 8 channels (RGB stems). */
+static inline __attribute__((always_inline)) void tile(const int NB, const int P, const int CB8,
+                                                       const on_nchwc_row *r, const float *xrow, size_t ow0,
+                                                       size_t icb0, size_t icb1, __m256 bv0, __m256 bv1,
+                                                       __m256 bv2, int first, int act) {
+    const size_t CB = CB8 ? C0 : r->CB;
+    const size_t ps = CB8 == 2 ? C0 : r->sw * CB, rs = r->PW * CB, cs = r->PH * rs;
+    const size_t KH = r->KH, KW = r->KW, dhs = r->dh * rs, dws = r->dw * CB, wst = r->wstride;
+    float *out = r->rowbuf + ow0 * C0;
+    const size_t ob = r->ow_pad * C0;
+    if (!first) { /* partial sums of the earlier input-channel chunks */
+        bv0 = _mm256_loadu_ps(out);
+        if (NB > 1) bv1 = _mm256_loadu_ps(out + ob);
+        if (NB > 2) bv2 = _mm256_loadu_ps(out + 2 * ob);
+    }
+    ACC_ROW(0);
+    ACC_ROW(1);
+    ACC_ROW(2);
+    if (!first) {
+#define RELOAD(q) if (P > q) { a0##q = _mm256_loadu_ps(out + (q) * C0); \
+        if (NB > 1) a1##q = _mm256_loadu_ps(out + ob + (q) * C0);          \
+        if (NB > 2) a2##q = _mm256_loadu_ps(out + 2 * ob + (q) * C0); }
+        RELOAD(1) RELOAD(2) RELOAD(3) RELOAD(4) RELOAD(5) RELOAD(6) RELOAD(7)
+#undef RELOAD
+    }
+    const float *wp = r->w + icb0 * KH * KW * CB * C0;
+    const float *xc = xrow + ow0 * ps + icb0 * cs;
+    for (size_t icb = icb0; icb < icb1; icb++, xc += cs) {
+        const float *xr = xc;
+        for (size_t kh = 0; kh < KH; kh++, xr += dhs) {
+            const float *xs = xr;
+            for (size_t kw = 0; kw < KW; kw++, xs += dws) {
+                if (CB8) {
+#pragma GCC unroll 8
+                    for (size_t ci = 0; ci < C0; ci++, wp += C0) {
+                        const __m256 w0 = _mm256_loadu_ps(wp);
+                        const __m256 w1 = NB > 1 ? _mm256_loadu_ps(wp + wst) : w0;
+                        const __m256 w2 = NB > 2 ? _mm256_loadu_ps(wp + 2 * wst) : w0;
+                        const float *xq = xs + ci;
+                        FMA_PIX(0) FMA_PIX(1) FMA_PIX(2) FMA_PIX(3) FMA_PIX(4) FMA_PIX(5) FMA_PIX(6) FMA_PIX(7)
+                    }
+                } else {
+                    for (size_t ci = 0; ci < CB; ci++, wp += C0) {
+                        const __m256 w0 = _mm256_loadu_ps(wp);
+                        const __m256 w1 = NB > 1 ? _mm256_loadu_ps(wp + wst) : w0;
+                        const __m256 w2 = NB > 2 ? _mm256_loadu_ps(wp + 2 * wst) : w0;
+                        const float *xq = xs + ci;
+                        FMA_PIX(0) FMA_PIX(1) FMA_PIX(2) FMA_PIX(3) FMA_PIX(4) FMA_PIX(5) FMA_PIX(6) FMA_PIX(7)
+                    }
+                }
+            }
+        }
+    }
+    STORE_PIX(0) STORE_PIX(1) STORE_PIX(2) STORE_PIX(3) STORE_PIX(4) STORE_PIX(5) STORE_PIX(6) STORE_PIX(7)
+}
+
+static inline void transpose8(__m256 *v) {
+    __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
+    __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
+    __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
+    __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    v[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    v[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    v[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    v[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    v[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    v[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    v[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    v[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+static inline __m256i tail_mask(size_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* rowbuf [nb][ow_pad][8] -> y[oc * ystride + ow] */
+static void store_rows(const on_nchwc_row *r) {
+    for (size_t b = 0; b < r->nb; b++) {
+        size_t nv = r->oc_valid - b * C0 < C0 ? r->oc_valid - b * C0 : C0;
+        const float *src = r->rowbuf + b * r->ow_pad * C0;
+        float *dst = r->y + b * C0 * r->ystride;
+        for (size_t ow = 0; ow < r->OW; ow += C0) {
+            __m256 v[8];
+            for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(src + (ow + (size_t)i) * C0);
+            transpose8(v);
+            size_t n = r->OW - ow;
+            if (n >= C0)
+                for (size_t c = 0; c < nv; c++) _mm256_storeu_ps(dst + c * r->ystride + ow, v[c]);
+            else {
+                __m256i m = tail_mask(n);
+                for (size_t c = 0; c < nv; c++) _mm256_maskstore_ps(dst + c * r->ystride + ow, m, v[c]);
+            }
+        }
+    }
+}
+
+#define TAIL_CASES(NB, CB8, PMAX)                                                                  \
+    switch (r->OW - ow) {                                                                          \
+    case 1: tile(NB, 1, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                                 \
+    case 2: tile(NB, 2, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                                 \
+    case 3: if (PMAX > 3) tile(NB, 3, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                   \
+    case 4: if (PMAX > 4) tile(NB, 4, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                   \
+    case 5: if (PMAX > 5) tile(NB, 5, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                   \
+    case 6: if (PMAX > 6) tile(NB, 6, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                   \
+    case 7: if (PMAX > 7) tile(NB, 7, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                   \
+    default: break;                                                                                \
+    }
+
+static inline __attribute__((always_inline)) void row_nb(const int NB, const int CB8, const on_nchwc_row *r,
+                                                         size_t oh) {
+    const int P = NB == 1 ? 8 : (NB == 2 ? 6 : 4);
+    const float *xrow = r->x + oh * r->sh * r->PW * r->CB;
+    const __m256 b0 = _mm256_loadu_ps(r->bias);
+    const __m256 b1 = NB > 1 ? _mm256_loadu_ps(r->bias + C0) : b0;
+    const __m256 b2 = NB > 2 ? _mm256_loadu_ps(r->bias + 2 * C0) : b0;
+    const int has_act = r->act.kind != ON_ACT_NONE && r->act.kind != ON_ACT_SIGMOID;
+    /* input-channel chunks whose weights (NB blocks) stay in L1 while the row's tiles reuse them */
+    size_t per_icb = (size_t)NB * r->KH * r->KW * r->CB * C0 * sizeof(float);
+    size_t chunk = NCHWC_L1_WEIGHTS / per_icb;
+    if (chunk < 1) chunk = 1;
+    for (size_t i0 = 0; i0 < r->ncb; i0 += chunk) {
+        size_t i1 = r->ncb - i0 < chunk ? r->ncb : i0 + chunk;
+        int first = i0 == 0, act = has_act && i1 == r->ncb;
+        size_t ow = 0;
+        for (; ow + (size_t)P <= r->OW; ow += (size_t)P)
+            tile(NB, P, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act);
+        if (ow < r->OW) TAIL_CASES(NB, CB8, P)
+    }
+}
+
+void on_conv_nchwc_row__avx2(const on_nchwc_row *r, size_t oh) {
+    int cb8 = r->CB == C0 ? (r->sw == 1 ? 2 : 1) : 0;
+    switch (r->nb) {
+    case 1:
+        if (cb8 == 2) row_nb(1, 2, r, oh);
+        else if (cb8) row_nb(1, 1, r, oh);
+        else row_nb(1, 0, r, oh);
+        break;
+    case 2:
+        if (cb8 == 2) row_nb(2, 2, r, oh);
+        else if (cb8) row_nb(2, 1, r, oh);
+        else row_nb(2, 0, r, oh);
+        break;
+    default:
+        if (cb8 == 2) row_nb(3, 2, r, oh);
+        else if (cb8) row_nb(3, 1, r, oh);
+        else row_nb(3, 0, r, oh);
+        break;
+    }
+    if (r->act.kind == ON_ACT_SIGMOID) on_nchwc_store_rows_ref(r);
+    else store_rows(r);
+}
+
+void on_conv_nchwc_pack__avx2(const float *src, size_t plane_stride, size_t nch, size_t CB, size_t W,
+                              float *dst) {
+    if (CB != C0 || nch != C0) {
+        on_conv_nchwc_pack__scalar(src, plane_stride, nch, CB, W, dst);
+        return;
+    }
+    size_t iw = 0;
+    for (; iw + C0 <= W; iw += C0) {
+        __m256 v[8];
+        for (size_t c = 0; c < C0; c++) v[c] = _mm256_loadu_ps(src + c * plane_stride + iw);
+        transpose8(v);
+        for (size_t i = 0; i < C0; i++) _mm256_storeu_ps(dst + (iw + i) * C0, v[i]);
+    }
+    for (; iw < W; iw++)
+        for (size_t c = 0; c < C0; c++) dst[iw * C0 + c] = src[c * plane_stride + iw];
+}
