@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import pytest
 
 from edge_agent.broker import Broker, find_mosquitto
@@ -41,3 +42,19 @@ def any_broker(request, mosquitto_available: str, tmp_path) -> Iterator[Broker]:
     """Each test runs against Mosquitto and against the embedded (amqtt, MQTT 3.1.1) broker."""
     with Broker.start(request.param, workdir=str(tmp_path / "broker")) as b:
         yield b
+
+
+def ort_reference(model, inputs: dict) -> dict:  # noqa: ANN001 - an onnx.ModelProto
+    """Outputs of ONNX Runtime (CPU) on the whole model: the reference every inference path is held to."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs)))
+
+
+def assert_matches(got: dict, want: dict, rtol: float = 1e-4, atol: float = 1e-4) -> None:
+    """Same output names and shapes, values within rtol/atol (1e-4 unless stated)."""
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].shape == want[name].shape, name
+        np.testing.assert_allclose(got[name], want[name], rtol=rtol, atol=atol, err_msg=name)

@@ -11,7 +11,6 @@ import sys
 import time
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from edge_agent import (
@@ -30,21 +29,7 @@ from edge_agent.sim import SimFleet
 from edge_agent.store import CHUNK_SIZE, chunk_digests
 from models import ppocr, zoo
 
-from .conftest import wait_until
-
-ATOL = RTOL = 1e-4
-
-
-def ort_reference(model, inputs: dict) -> dict:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs)))
-
-
-def assert_matches(got: dict, want: dict) -> None:
-    assert set(got) == set(want)
-    for name in want:
-        assert got[name].shape == want[name].shape, name
-        np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
+from .conftest import assert_matches, ort_reference, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import sys
 import threading
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from edge_agent import Fleet, InferenceTimeout, StageUnavailableError
@@ -24,9 +23,8 @@ from edge_agent.faultproxy import FaultProxy
 from edge_agent.netlab import LabFleet, NetLab, list_netns, netns_supported
 from models import zoo
 
-from .conftest import wait_until
+from .conftest import assert_matches, ort_reference, wait_until
 
-ATOL = RTOL = 1e-4
 STAGE_DEVICES = ["dev-0", "dev-1", "dev-2"]
 FAULT_WAIT = 45      # keepalive 10 s: the broker gives up after 15 s; reconnects back off to 2 s
 
@@ -82,16 +80,6 @@ def deploy_fixed(fleet: Fleet, model, name: str, devices: list[str]):
     return fleet.deploy(model, name, stages=len(devices), devices=devices, timeout=120, **kw)
 
 
-def ort_reference(model, inputs: dict) -> dict:
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs)))
-
-
-def assert_matches(got: dict, want: dict) -> None:
-    assert set(got) == set(want)
-    for name in want:
-        assert got[name].shape == want[name].shape, name
-        np.testing.assert_allclose(got[name], want[name], rtol=RTOL, atol=ATOL, err_msg=name)
 
 
 def online(fleet: Fleet, device: str) -> bool:
