@@ -173,6 +173,14 @@ def _np_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(a, b).astype(a.dtype, copy=False)
 
 
+PARALLEL_MIN_FLOPS = 4_000_000   # below this a pool wake-up costs more than splitting saves (~60 us here)
+
+
+def _threads_for(flops: float, threads: int) -> int:
+    """Threads worth using for one call: small kernels run inline on the calling thread."""
+    return threads if flops >= PARALLEL_MIN_FLOPS else 1
+
+
 def _binary_fn(op_type: str, threads: int, pool: BufferPool | None = None
                ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     code = _core.OPS_BINARY[op_type]
@@ -1141,7 +1149,8 @@ def _build_matmul(node: Node, ctx: BuildContext) -> Fn:
             if a.shape[-1] != k:
                 raise OpBuildError(f"MatMul: A {a.shape} and B {b_const.shape} do not agree")
             a2 = np.ascontiguousarray(a).reshape(-1, k)
-            y = _core.gemm(a2, packed, bias, threads=threads, out=ctx.pool.empty((a2.shape[0], n)), **act)
+            y = _core.gemm(a2, packed, bias, threads=_threads_for(2.0 * a2.shape[0] * k * n, threads),
+                           out=ctx.pool.empty((a2.shape[0], n)), **act)
             return [y.reshape(a.shape[:-1] + (n,))]
 
         return fn_packed
@@ -1151,7 +1160,8 @@ def _build_matmul(node: Node, ctx: BuildContext) -> Fn:
     def fn(args: list) -> list:
         a, b = args
         if _is_f32(a, b):
-            y = _core.matmul(a, b, threads=threads)
+            y = _core.matmul(a, b, threads=_threads_for(2.0 * a.size * (b.shape[-1] if b.ndim > 1 else 1),
+                                                        threads))
             return [y.reshape(()) if a.ndim == 1 and b.ndim == 1 else y]
         return [np.matmul(a, b)]
 
@@ -1246,10 +1256,16 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
         else:
             b = args[2] if len(args) > 2 else None
             conv = make(args[1], b, spatial)
+        wshape = (w_const if w_const is not None else args[1]).shape
+        per_out = int(np.prod(wshape[1:]))
         if x.ndim == 3:
-            y = conv.run(np.ascontiguousarray(x[:, :, None, :]), threads=threads)
+            x4 = np.ascontiguousarray(x[:, :, None, :])
+            n_thr = _threads_for(2.0 * per_out * np.prod(conv.output_shape(x4.shape)), threads)
+            y = conv.run(x4, threads=n_thr)
             return [y.reshape(y.shape[0], y.shape[1], y.shape[3])]
-        return [conv.run(np.ascontiguousarray(x), out=empty(conv.output_shape(x.shape)), threads=threads)]
+        oshape = conv.output_shape(x.shape)
+        n_thr = _threads_for(2.0 * per_out * np.prod(oshape), threads)
+        return [conv.run(np.ascontiguousarray(x), out=empty(oshape), threads=n_thr)]
 
     return fn
 
