@@ -45,6 +45,7 @@ from typing import Any
 
 from .broker import find_mosquitto, mosquitto_config
 from .errors import BrokerError
+from .sim import read_log, stop_process
 
 log = logging.getLogger("edge_agent.netlab")
 
@@ -570,15 +571,8 @@ class LabFleet:
     def stop_device(self, name: str, kill: bool = False, timeout: float = 15.0) -> None:
         """SIGTERM (clean goodbye) or SIGKILL (the broker's Last Will tells the fleet)."""
         dev = self.devices[name]
-        if not dev.alive():
-            return
-        assert dev.proc is not None
-        dev.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            dev.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            dev.proc.kill()
-            dev.proc.wait(5)
+        if dev.proc is not None:
+            stop_process(dev.proc, kill, timeout)
 
     def restart_device(self, name: str) -> None:
         """Clean stop, then start: same host, same data directory (its shards survive)."""
@@ -587,10 +581,7 @@ class LabFleet:
 
     def log(self, name: str) -> str:
         """Everything device ``name`` wrote to its log so far."""
-        try:
-            return self.devices[name].log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.devices[name].log_path)
 
     def exited(self, lines: int = 5) -> dict[str, str]:
         """Agents that were started and are no longer running: name -> exit code and last log lines."""

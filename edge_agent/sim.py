@@ -18,6 +18,25 @@ from pathlib import Path
 from .broker import Broker
 
 
+def stop_process(proc: subprocess.Popen, kill: bool = False, timeout: float = 15.0) -> None:
+    """SIGTERM (clean: goodbye + offline state) or SIGKILL (the Last Will tells the fleet); wait for it."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def read_log(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
 @dataclass
 class SimDevice:
     name: str
@@ -88,25 +107,15 @@ class SimFleet:
     def stop_device(self, name: str, kill: bool = False, timeout: float = 15.0) -> None:
         """SIGTERM (clean: goodbye + offline state) or SIGKILL (the Last Will tells the fleet)."""
         dev = self.devices[name]
-        if not dev.alive():
-            return
-        assert dev.proc is not None
-        dev.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            dev.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            dev.proc.kill()
-            dev.proc.wait(5)
+        if dev.proc is not None:
+            stop_process(dev.proc, kill, timeout)
 
     def restart_device(self, name: str) -> None:
         self.stop_device(name)
         self.start_device(name)
 
     def log(self, name: str) -> str:
-        try:
-            return self.devices[name].log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        return read_log(self.devices[name].log_path)
 
     def close(self) -> None:
         for name in self.devices:

@@ -2,35 +2,37 @@
 #include <math.h>
 
 #include "on_ops.h"
+#include "ops_pool_internal.h"
+
+float on_pool2d_one_ref(int is_max, const float *x, int64_t ih, int64_t iw, int64_t pb, int64_t pr, int64_t oy,
+                        int64_t ox, const on_pool2d_params *p) {
+    int64_t y0 = oy * p->sh - p->pt, x0 = ox * p->sw - p->pl;
+    float acc = is_max ? -INFINITY : 0.0f;
+    int64_t valid = 0, padded = 0;
+    for (int64_t ky = 0; ky < p->kh; ky++) {
+        int64_t iy = y0 + ky * p->dh;
+        int in_pad_y = iy >= -p->pt && iy < ih + pb;
+        for (int64_t kx = 0; kx < p->kw; kx++) {
+            int64_t ix = x0 + kx * p->dw;
+            if (in_pad_y && ix >= -p->pl && ix < iw + pr) padded++;
+            if (iy < 0 || iy >= ih || ix < 0 || ix >= iw) continue;
+            float v = x[iy * iw + ix];
+            if (is_max) acc = (v > acc || isnan(v)) ? v : acc;
+            else acc += v;
+            valid++;
+        }
+    }
+    if (!is_max) {
+        int64_t cnt = p->count_include_pad ? padded : valid;
+        acc = cnt > 0 ? acc / (float)cnt : 0.0f;
+    }
+    return acc;
+}
 
 int on_pool2d_plane_ref(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oh, int64_t ow,
                         int64_t pb, int64_t pr, const on_pool2d_params *p) {
-    for (int64_t oy = 0; oy < oh; oy++) {
-        int64_t y0 = oy * p->sh - p->pt;
-        for (int64_t ox = 0; ox < ow; ox++) {
-            int64_t x0 = ox * p->sw - p->pl;
-            float acc = is_max ? -INFINITY : 0.0f;
-            int64_t valid = 0, padded = 0;
-            for (int64_t ky = 0; ky < p->kh; ky++) {
-                int64_t iy = y0 + ky * p->dh;
-                int64_t in_pad_y = iy >= -p->pt && iy < ih + pb;
-                for (int64_t kx = 0; kx < p->kw; kx++) {
-                    int64_t ix = x0 + kx * p->dw;
-                    if (in_pad_y && ix >= -p->pl && ix < iw + pr) padded++;
-                    if (iy < 0 || iy >= ih || ix < 0 || ix >= iw) continue;
-                    float v = x[iy * iw + ix];
-                    if (is_max) acc = (v > acc || isnan(v)) ? v : acc;
-                    else acc += v;
-                    valid++;
-                }
-            }
-            if (!is_max) {
-                int64_t cnt = p->count_include_pad ? padded : valid;
-                acc = cnt > 0 ? acc / (float)cnt : 0.0f;
-            }
-            y[oy * ow + ox] = acc;
-        }
-    }
+    for (int64_t oy = 0; oy < oh; oy++)
+        for (int64_t ox = 0; ox < ow; ox++) y[oy * ow + ox] = on_pool2d_one_ref(is_max, x, ih, iw, pb, pr, oy, ox, p);
     return 1;
 }
 

@@ -4,32 +4,7 @@
 #include <math.h>
 
 #include "on_ops.h"
-
-/* One output exactly as the reference computes it (used at the borders). */
-static float pool_one(int is_max, const float *x, int64_t ih, int64_t iw, int64_t pb, int64_t pr, int64_t oy,
-                      int64_t ox, const on_pool2d_params *p) {
-    int64_t y0 = oy * p->sh - p->pt, x0 = ox * p->sw - p->pl;
-    float acc = is_max ? -INFINITY : 0.0f;
-    int64_t valid = 0, padded = 0;
-    for (int64_t ky = 0; ky < p->kh; ky++) {
-        int64_t iy = y0 + ky * p->dh;
-        int in_pad_y = iy >= -p->pt && iy < ih + pb;
-        for (int64_t kx = 0; kx < p->kw; kx++) {
-            int64_t ix = x0 + kx * p->dw;
-            if (in_pad_y && ix >= -p->pl && ix < iw + pr) padded++;
-            if (iy < 0 || iy >= ih || ix < 0 || ix >= iw) continue;
-            float v = x[iy * iw + ix];
-            if (is_max) acc = (v > acc || isnan(v)) ? v : acc;
-            else acc += v;
-            valid++;
-        }
-    }
-    if (!is_max) {
-        int64_t cnt = p->count_include_pad ? padded : valid;
-        acc = cnt > 0 ? acc / (float)cnt : 0.0f;
-    }
-    return acc;
-}
+#include "ops_pool_internal.h"
 
 static inline __m256 load_strided(const float *src, int64_t sw) {
     if (sw == 1) return _mm256_loadu_ps(src);
@@ -58,7 +33,7 @@ int on_pool2d_plane_avx2(int is_max, const float *x, float *y, int64_t ih, int64
             if (iy >= -p->pt && iy < ih + pb) padded_rows++;
         }
         int64_t ox = 0;
-        for (; ox < ox_lo && ox < ow; ox++) yr[ox] = pool_one(is_max, x, ih, iw, pb, pr, oy, ox, p);
+        for (; ox < ox_lo && ox < ow; ox++) yr[ox] = on_pool2d_one_ref(is_max, x, ih, iw, pb, pr, oy, ox, p);
         const float cnt = (float)((p->count_include_pad ? padded_rows : valid_rows) * p->kw);
         const __m256 inv = _mm256_set1_ps(cnt > 0 ? 1.0f / cnt : 0.0f);
         for (; ox + 7 <= ox_hi && valid_rows > 0; ox += 8) {
@@ -75,7 +50,7 @@ int on_pool2d_plane_avx2(int is_max, const float *x, float *y, int64_t ih, int64
             }
             _mm256_storeu_ps(yr + ox, is_max ? acc : _mm256_mul_ps(acc, inv));
         }
-        for (; ox < ow; ox++) yr[ox] = pool_one(is_max, x, ih, iw, pb, pr, oy, ox, p);
+        for (; ox < ow; ox++) yr[ox] = on_pool2d_one_ref(is_max, x, ih, iw, pb, pr, oy, ox, p);
     }
     return 1;
 }
