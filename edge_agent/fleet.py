@@ -824,6 +824,7 @@ def _result_error(res: InferResult) -> Exception:
     code, msg = err.get("code", "error"), err.get("message", "unknown error")
     code = code if isinstance(code, str) else "error"
     msg = msg if isinstance(msg, str) else repr(msg)[:500]
+    msg = msg.strip() or f"the device answered with error code {code!r} and no message"
     stage = err.get("stage") if isinstance(err.get("stage"), int) else None
     device = err.get("device") if isinstance(err.get("device"), str) else None
     if code == "invalid_input":

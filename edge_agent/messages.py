@@ -419,7 +419,10 @@ def validate_manifest(m: Manifest) -> None:
             raise ProtocolError(f"manifest {m.name}: stage {i} names no valid device")
         if st["chunk_size"] <= 0 or st["shard_size"] < 0 or st["chunk_size"] > (64 << 20):
             raise ProtocolError(f"manifest {m.name}: stage {i} has bad sizes")
-        if not all(isinstance(n, str) for n in st["inputs"] + st["outputs"] + list(st.get("carry") or [])):
+        carry = st.get("carry") or []
+        if not isinstance(carry, list):
+            raise ProtocolError(f"manifest {m.name}: stage {i} field 'carry' must be list")
+        if not all(isinstance(n, str) for n in st["inputs"] + st["outputs"] + carry):
             raise ProtocolError(f"manifest {m.name}: stage {i} tensor names must be strings")
     if not isinstance(m.sources, list) or not all(topics.is_endpoint(s) for s in m.sources):
         raise ProtocolError(f"manifest {m.name}: sources must be endpoints (ea/v1/<fleet>/dev|ctl/<id>)")

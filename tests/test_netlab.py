@@ -286,12 +286,14 @@ def test_fault_proxy_forwards_bytes_intact_blackholes_on_drop_and_severs(echo_se
     port = dead.getsockname()[1]
     dead.close()
     with FaultProxy(("127.0.0.1", 0), ("127.0.0.1", port)) as proxy:
-        with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as c:
-            c.settimeout(20)
-            try:
+        # The proxy resets the client as soon as the target refuses; depending on timing the client sees
+        # that as EOF, a reset on recv, or even EPIPE/ECONNRESET from connect() itself. All mean "cut".
+        try:
+            with socket.create_connection(("127.0.0.1", proxy.port), timeout=20) as c:
+                c.settimeout(20)
                 assert c.recv(10) == b""
-            except ConnectionResetError:
-                pass
+        except ConnectionError:
+            pass
         wait_until(lambda: proxy.failed == 1, 10, what="the unreachable target to be counted")
 
 
