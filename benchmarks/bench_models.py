@@ -3,7 +3,7 @@
     python -m benchmarks.bench_models [--quick] [--runs N] [--profile] [--models mlp,ppocr_det] [--json out.json]
 
 Every zoo model and the PP-OCRv4 text detector at 1x3x640x640, at 1 and 2 threads (ORT with
-intra_op_num_threads = threads, inter-op 1). Median of N runs, ours and ORT timed alternately; ratio = ours / ORT
+intra_op_num_threads = threads, inter-op 1). Median of N runs, ours and ORT timed in alternating blocks; ratio = ours / ORT
 (below 1 means faster). ``--profile`` adds a per-op-type time breakdown of our executor (1 thread) so the
 slow kernels are visible.
 """
@@ -49,17 +49,25 @@ def workloads(selected: list[str] | None) -> list[tuple[str, onnx.ModelProto, di
     return out
 
 
-def paired_median_ms(fns: list[Callable[[], Any]], runs: int) -> list[float]:
-    """Median wall time (ms) of each fn, timed alternately run by run so that load changes on a shared
-    machine hit both sides alike (one warm-up call each)."""
+def paired_median_ms(fns: list[Callable[[], Any]], runs: int, blocks: int = 5) -> list[float]:
+    """Median wall time (ms) of each fn over `runs` timed calls, taken in alternating blocks (A A A, B B B,
+    A A A, ...) so that load changes on a shared machine hit both sides alike.
+
+    Blocks rather than single calls, with a pause between them: both runtimes' worker threads spin for a
+    while after a run, and one-by-one alternation let ORT's spinning threads take the second core from
+    our 2-thread runs (and ours from ORT's), which measured the interference, not either runtime."""
     for fn in fns:
         fn()
+    per_block = max(1, -(-runs // blocks))
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(runs):
+    while min(len(t) for t in times) < runs:
         for k, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t0)
+            time.sleep(0.1)   # ORT's idle workers spin ~50 ms after a run (measured: 0.05 s CPU in 1 s idle)
+            fn()  # first call of a block wakes the pool; not timed
+            for _ in range(per_block):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
     return [float(np.median(t) * 1e3) for t in times]
 
 

@@ -48,6 +48,7 @@ cdef extern from "on_common.h" nogil:
     int on_set_isa(on_isa_t isa)
     on_status on_isa_env_status()
     int on_num_cpus()
+    void on_pool_warm(int nthreads)
 
 cdef extern from "on_gemm.h" nogil:
     ctypedef enum on_bias_kind:
@@ -109,6 +110,12 @@ def set_isa(name: str) -> None:
         raise ValueError(f"set_isa: unknown ISA {name!r}; available: {available_isas()}")
     if on_set_isa(<on_isa_t>code) != 0:
         raise ValueError(f"set_isa: ISA {name!r} is not available on this CPU; available: {available_isas()}")
+
+
+def pool_warm(int threads) -> None:
+    """Start the worker pool spinning ahead of a run with `threads` threads (returns at once)."""
+    with nogil:
+        on_pool_warm(threads)
 
 
 def num_cpus() -> int:
@@ -369,6 +376,20 @@ def matmul(a, b, out=None, threads=1):
         return carr
     aarr = _on_np.ascontiguousarray(a2)
     barr = _on_np.ascontiguousarray(b2)
+    cdef size_t i, nbt = nbatch
+    if sa[:len(sa) - 2] == sb[:len(sb) - 2]:
+        # same batch shape on both sides (attention's Q.K^T and P.V): batch i pairs with batch i, no
+        # broadcasting tables to build (they cost more than these small products)
+        ap = _on_fptr(aarr)
+        bp = _on_fptr(barr)
+        cp = _on_fptr(carr)
+        with nogil:
+            for i in range(nbt):
+                st = on_gemm(0, 0, M, N, K, ap + i * M * K, K, bp + i * K * N, N, &ep, cp + i * M * N, N, nt)
+                if st != ON_OK:
+                    break
+        _on_check(st, "matmul")
+        return carr
     # per-batch offsets (in elements) through numpy broadcasting of batch indices
     na = int(_on_np.prod(sa[:len(sa) - 2], dtype=_on_np.int64)) if a2.ndim > 2 else 1
     nb = int(_on_np.prod(sb[:len(sb) - 2], dtype=_on_np.int64)) if b2.ndim > 2 else 1
@@ -381,7 +402,6 @@ def matmul(a, b, out=None, threads=1):
     ap = _on_fptr(aarr)
     bp = _on_fptr(barr)
     cp = _on_fptr(carr)
-    cdef size_t i, nbt = nbatch
     with nogil:
         for i in range(nbt):
             st = on_gemm(0, 0, M, N, K, ap + pa[i], K, bp + pbo[i], N, &ep, cp + i * M * N, N, nt)

@@ -96,6 +96,8 @@ class InferenceSession:
         values = list(plan.template)
         for name, x in feeds.items():
             values[plan.input_slots[name]] = x
+        if self.threads > 1:
+            _core.pool_warm(self.threads)   # workers start spinning while Python sets up the first node
         if self._profile is not None:
             self._run_profiled(values)
         else:

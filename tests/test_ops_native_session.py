@@ -320,7 +320,29 @@ def test_second_run_reuses_every_intermediate_buffer() -> None:
     sess = ops_native.InferenceSession(model)
     sess.run(None, feeds)
     pool = sess._plan.pool._free
-    first = {id(b) for bufs in pool.values() for b in bufs}
+    first = {id(b) for b in pool}
     sess.run(None, feeds)
-    second = {id(b) for bufs in pool.values() for b in bufs}
+    second = {id(b) for b in pool}
     assert first and second == first
+    assert all(b.ctypes.data % 64 == 0 for b in pool), "pooled buffers start on a cache line"
+
+
+def test_pool_hands_back_the_most_recently_freed_fitting_buffer() -> None:
+    """Reuse is LIFO among buffers of the requested size up to twice it (the hot one), never a smaller one."""
+    from ops_native.ops import BufferPool
+
+    pool = BufferPool()
+    a, b = pool.empty((1 << 15,)), pool.empty((1 << 15,))           # 128 KiB each
+    big = pool.empty((1 << 17,))                                     # 512 KiB
+    ids = {name: x.base.ctypes.data for name, x in (("a", a), ("b", b), ("big", big))}
+    pool.give(a)
+    pool.give(big)
+    pool.give(b)
+    del a, b, big
+    got = pool.empty((1 << 15,))
+    assert got.ctypes.data == ids["b"]                               # last freed that fits
+    got2 = pool.empty((1 << 15,))
+    assert got2.ctypes.data == ids["a"]                              # big is more than 2x: skipped
+    got3 = pool.empty((1 << 16,))                                    # 256 KiB: only big (2x) fits
+    assert got3.ctypes.data == ids["big"] and got3.shape == (1 << 16,)
+    assert pool.empty((1 << 15,)).ctypes.data not in ids.values()   # nothing free: a new buffer

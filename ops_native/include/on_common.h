@@ -59,6 +59,10 @@ on_status on_isa_env_status(void);
  * n <= 1 runs inline on the caller. The caller takes part as one of the threads. Calls from several
  * threads at once are serialised; a nested call from inside fn runs inline. */
 void on_parallel_for(size_t n, void (*fn)(void *ctx, size_t begin, size_t end), void *ctx, int nthreads);
+/* Get the workers of an nthreads pool spinning before a burst of parallel calls (one inference), so
+ * the first kernels of the burst do not wait for a sleeping thread to be scheduled (tens of
+ * microseconds on a VM). Does not wait; a no-op for nthreads <= 1 or inside the pool. */
+void on_pool_warm(int nthreads);
 /* Hardware threads of this machine (>= 1). */
 int on_num_cpus(void);
 

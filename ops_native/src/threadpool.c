@@ -25,10 +25,13 @@
 #define ON_CPU_RELAX() ((void)0)
 #endif
 
-/* How long an idle worker (or a waiting caller) spins before sleeping: longer than the gap between
- * back-to-back kernels of one inference, far shorter than a scheduler tick. A futex wake-up costs
- * 30-100 us on a VM, as much as a whole small GEMM. */
-#define SPIN_NS 300000L
+/* How long an idle worker (or a waiting caller) spins before sleeping: longer than the gaps between
+ * the parallel kernels of one inference (elementwise and shape ops run inline between them; on the
+ * transformer zoo model the gaps reach ~1 ms), and short enough that an idle agent stops burning its
+ * cores almost at once. A futex wake-up costs 30-100 us on a VM, as much as a whole small GEMM:
+ * with 300 us the worker was asleep at most parallel kernels of small models, and 2 threads ran no
+ * faster than 1. */
+#define SPIN_NS 2000000L
 
 typedef void (*on_range_fn)(void *ctx, size_t begin, size_t end);
 
@@ -153,6 +156,25 @@ int on_threadpool_workers(void) {
 int on_num_cpus(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
+}
+
+/* Publish an empty job: every worker sees a new generation, finds no chunk and spins for SPIN_NS
+ * waiting for the next one. Callers never wait on an empty job (remaining = 0). */
+void on_pool_warm(int nthreads) {
+    if (nthreads > ON_MAX_THREADS) nthreads = ON_MAX_THREADS;
+    if (nthreads <= 1 || tl_in_pool) return;
+    pthread_once(&g_atfork_once, register_atfork);
+    pthread_mutex_lock(&g_pool.call_lock);
+    if (ensure_workers(nthreads - 1) >= 1) {
+        atomic_store_explicit(&g_pool.nchunks, 0u, memory_order_relaxed);
+        atomic_store_explicit(&g_pool.remaining, 0u, memory_order_relaxed);
+        uint64_t old = atomic_load(&g_pool.ticket);
+        atomic_store_explicit(&g_pool.ticket, (uint64_t)((uint32_t)(old >> 32) + 1u) << 32, memory_order_release);
+        pthread_mutex_lock(&g_pool.mu);
+        pthread_cond_broadcast(&g_pool.cv_work);
+        pthread_mutex_unlock(&g_pool.mu);
+    }
+    pthread_mutex_unlock(&g_pool.call_lock);
 }
 
 void on_parallel_for(size_t n, void (*fn)(void *ctx, size_t begin, size_t end), void *ctx, int nthreads) {

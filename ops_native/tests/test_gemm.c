@@ -175,6 +175,28 @@ static void test_parallel_for_covers_every_index_once(void) {
     CHECK(on_num_cpus() >= 1);
 }
 
+/* A warm-up (empty job) between real jobs must not lose or repeat a chunk, whatever the workers are
+ * doing when it lands: spinning, asleep, or still leaving the previous job. */
+static void test_pool_warm_interleaved_with_jobs(void) {
+    static const int ts[] = {1, 2, 3, 8};
+    for (size_t b = 0; b < sizeof(ts) / sizeof(ts[0]); b++) {
+        size_t n = 257;
+        atomic_int *hits = (atomic_int *)calloc(n, sizeof(atomic_int));
+        cover_ctx c = {hits, 0};
+        for (int rep = 0; rep < 50; rep++) {
+            on_pool_warm(ts[b]);
+            if (rep % 3 == 0) on_pool_warm(ts[b]); /* back-to-back warm-ups */
+            on_parallel_for(n, cover_fn, &c, ts[b]);
+        }
+        int ok = 1;
+        for (size_t i = 0; i < n; i++) ok &= atomic_load(&hits[i]) == 50;
+        CHECK_MSG(ok, "threads=%d: every index hit exactly 50 times across warm-ups", ts[b]);
+        free(hits);
+    }
+    on_pool_warm(0);
+    on_pool_warm(-3);
+}
+
 /* ---- ISA, status, memory ------------------------------------------------------------------------ */
 
 static void test_isa_dispatch_and_names(void) {
@@ -212,6 +234,7 @@ int main(void) {
     printf("ops_native test_gemm: best ISA %s\n", on_isa_name(on_active_isa()));
     RUN(test_isa_dispatch_and_names);
     RUN(test_parallel_for_covers_every_index_once);
+    RUN(test_pool_warm_interleaved_with_jobs);
     RUN(test_gemm_rejects_bad_arguments);
     RUN(test_gemm_k_zero_gives_bias_activation);
     RUN(test_gemm_shapes_all_isas);

@@ -78,16 +78,14 @@ static inline __m256 erf256_ps(__m256 x) {
     return _mm256_blendv_ps(large, erf_small256_ps(x), _mm256_cmp_ps(ax, one, _CMP_LT_OQ));
 }
 
-/* 0.5 x (1 + erf(x / sqrt 2)), with 1 + erf taken from erfc for |u| >= 1 to avoid cancellation. */
+/* 0.5 x (1 + erf(x / sqrt 2)) with 1 + erf(u) = 2 - erfc(|u|) for u >= 0 and erfc(|u|) for u < 0: one
+ * erfc evaluation (relative error < 1.2e-7, so tiny outputs for large negative x stay accurate). Near
+ * u = 0 the absolute error of 1 + erf is ~1e-7 of a value close to 1, so no series branch is needed. */
 static inline __m256 gelu256_ps(__m256 x) {
-    const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f), two = _mm256_set1_ps(2.0f);
+    const __m256 sign = _mm256_set1_ps(-0.0f), two = _mm256_set1_ps(2.0f);
     __m256 u = _mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f));
-    __m256 au = _mm256_andnot_ps(sign, u);
-    __m256 ec = erfc_pos256_ps(au);
-    __m256 neg = _mm256_cmp_ps(u, _mm256_setzero_ps(), _CMP_LT_OQ);
-    __m256 big = _mm256_blendv_ps(_mm256_sub_ps(two, ec), ec, neg);
-    __m256 small = _mm256_add_ps(one, erf_small256_ps(u));
-    __m256 e = _mm256_blendv_ps(big, small, _mm256_cmp_ps(au, one, _CMP_LT_OQ));
+    __m256 ec = erfc_pos256_ps(_mm256_andnot_ps(sign, u));
+    __m256 e = _mm256_blendv_ps(_mm256_sub_ps(two, ec), ec, u); /* blend on the sign bit of u */
     return _mm256_mul_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.5f)), e);
 }
 
@@ -149,6 +147,29 @@ static int binary_row_avx2(on_binary_op op, const float *a, int64_t sa, const fl
         (void)0;                                                                                 \
     } while (0)
 
+/* The transcendental bodies are long dependency chains (Horner polynomials, a divide, exp): four
+ * independent vectors per iteration give the core four chains to interleave. Measured on Zen 3:
+ * the tail matches UN_BODY exactly. */
+#define UN_BODY4(FN)                                                                             \
+    do {                                                                                         \
+        size_t i = 0;                                                                            \
+        for (; i + 32 <= n; i += 32) {                                                           \
+            __m256 r0 = FN(_mm256_loadu_ps(x + i)), r1 = FN(_mm256_loadu_ps(x + i + 8));         \
+            __m256 r2 = FN(_mm256_loadu_ps(x + i + 16)), r3 = FN(_mm256_loadu_ps(x + i + 24));   \
+            _mm256_storeu_ps(y + i, r0);                                                         \
+            _mm256_storeu_ps(y + i + 8, r1);                                                     \
+            _mm256_storeu_ps(y + i + 16, r2);                                                    \
+            _mm256_storeu_ps(y + i + 24, r3);                                                    \
+        }                                                                                        \
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, FN(_mm256_loadu_ps(x + i)));         \
+        if (i < n) {                                                                             \
+            float buf[8] = {0};                                                                  \
+            for (size_t k = 0; k < n - i; k++) buf[k] = x[i + k];                                \
+            _mm256_storeu_ps(buf, FN(_mm256_loadu_ps(buf)));                                     \
+            for (size_t k = 0; k < n - i; k++) y[i + k] = buf[k];                                \
+        }                                                                                        \
+    } while (0)
+
 static int unary_avx2(on_unary_op op, const float *x, float *y, size_t n, float alpha, float beta) {
     const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f);
     const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
@@ -158,17 +179,17 @@ static int unary_avx2(on_unary_op op, const float *x, float *y, size_t n, float 
         UN_BODY(_mm256_blendv_ps(_mm256_mul_ps(v, va), v, _mm256_cmp_ps(v, zero, _CMP_GE_OQ)), 0);
         return 1;
     case ON_UN_CLIP: UN_BODY(_mm256_min_ps(_mm256_max_ps(v, va), vb), 0); return 1;
-    case ON_UN_SIGMOID: UN_BODY(sigmoid256_ps(v), 0); return 1;
+    case ON_UN_SIGMOID: UN_BODY4(sigmoid256_ps); return 1;
     case ON_UN_HARD_SIGMOID: UN_BODY(_mm256_max_ps(zero, _mm256_min_ps(one, _mm256_fmadd_ps(va, v, vb))), 0); return 1;
     case ON_UN_HARD_SWISH: {
         const __m256 k = _mm256_set1_ps(1.0f / 6.0f), h = _mm256_set1_ps(0.5f);
         UN_BODY(_mm256_mul_ps(v, _mm256_max_ps(zero, _mm256_min_ps(one, _mm256_fmadd_ps(v, k, h)))), 0);
         return 1;
     }
-    case ON_UN_TANH: UN_BODY(tanh256_ps(v), 0); return 1;
-    case ON_UN_ERF: UN_BODY(erf256_ps(v), 0); return 1;
-    case ON_UN_GELU: UN_BODY(gelu256_ps(v), 0); return 1;
-    case ON_UN_EXP: UN_BODY(exp256_ps(v), 0); return 1;
+    case ON_UN_TANH: UN_BODY4(tanh256_ps); return 1;
+    case ON_UN_ERF: UN_BODY4(erf256_ps); return 1;
+    case ON_UN_GELU: UN_BODY4(gelu256_ps); return 1;
+    case ON_UN_EXP: UN_BODY4(exp256_ps); return 1;
     case ON_UN_NEG: UN_BODY(_mm256_sub_ps(zero, v), 0); return 1;
     case ON_UN_ABS: UN_BODY(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), 0); return 1;
     case ON_UN_SQRT: UN_BODY(_mm256_sqrt_ps(v), 0); return 1;
