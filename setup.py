@@ -52,6 +52,9 @@ class BuildExtPerFileFlags(build_ext):
             )
         ext.sources = [s for s, _ in plain]
         ext.extra_objects = list(ext.extra_objects or []) + objects
+        # the base class relinks only when a source or dependency is newer than the extension; without
+        # this an edit to an ISA-specific file alone would be compiled and then never linked in
+        ext.depends = list(ext.depends) + [s for s, _ in special]
         super().build_extension(ext)
 
 

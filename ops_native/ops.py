@@ -1290,7 +1290,9 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
             y = conv.run(x4, threads=n_thr)
             return [y.reshape(y.shape[0], y.shape[1], y.shape[3])]
         oshape = conv.output_shape(x.shape)
-        n_thr = _threads_for(2.0 * per_out * math.prod(oshape), threads)
+        # depthwise runs at ~1/5 of the GEMM's FLOP rate (memory-bound), so the same FLOPs are 5x the time
+        n_thr = _threads_for(2.0 * per_out * math.prod(oshape) * (5.0 if conv.path == "depthwise" else 1.0),
+                             threads)
         if w_const is not None and len(shapes) < 64:
             shapes[x.shape] = (conv, oshape, n_thr)
         return [conv.run(np.ascontiguousarray(x), out=empty(oshape), threads=n_thr)]

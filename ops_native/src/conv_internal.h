@@ -15,6 +15,8 @@ typedef struct {
     on_act_t act;
     size_t C, H, W, OH, OW;
     size_t PH, PW;       /* zero-padded plane in scratch: PH x PW floats */
+    const float *w_c8;    /* channel-blocked kernel: [ceil(C/8)][KH*KW][8] weights, zero-padded lanes */
+    const float *bias_c8; /* [ceil(C/8) * 8], zeros where there is no bias or channel */
 } on_dw_args;
 
 /* Compute planes [begin, end) (plane = n * C + c). scratch: PH * PW floats, zeroed by the caller
@@ -29,6 +31,12 @@ void on_conv_dw_planes__scalar(const on_dw_args *a, size_t begin, size_t end, fl
 #if defined(__x86_64__)
 void on_conv_dw_planes__avx2(const on_dw_args *a, size_t begin, size_t end, float *scratch);
 #endif
+#if defined(__x86_64__)
+/* Channel blocks [begin, end) (block = n * ceil(C/8) + c/8) through a zero-padded HWc8 tile.
+ * scratch: on_dw_c8_scratch_floats floats, the first PH * PW * 8 zeroed by the caller once. */
+void on_conv_dw_c8__avx2(const on_dw_args *a, size_t begin, size_t end, float *scratch);
+#endif
+static inline size_t on_dw_c8_scratch_floats(const on_dw_args *a) { return (a->PH * a->PW + a->OH * a->OW) * 8; }
 #if defined(__aarch64__)
 void on_conv_dw_planes__neon(const on_dw_args *a, size_t begin, size_t end, float *scratch);
 #endif

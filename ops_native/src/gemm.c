@@ -193,6 +193,10 @@ static inline size_t strip_rows(size_t rem, size_t mr) {
 /* Rows of A in a block are copied to a contiguous buffer (row stride kc) when there are enough
  * panels to amortise it: a short constant stride keeps the 6 row streams of a tile out of each
  * other's cache sets and pages, whatever lda is. abuf: GEMM_MC * GEMM_KC floats or NULL. */
+#ifndef GEMM_SHORT_K
+#define GEMM_SHORT_K 64
+#endif
+
 static void run_panels_buf(const on_gemm_ukernel *uk, size_t m_begin, size_t m_end, size_t p_begin, size_t p_end,
                            size_t N, size_t K, const float *A, size_t lda, const float *panels,
                            size_t panel_stride, size_t ldb, float *C, size_t ldc, const on_gemm_epilogue *ep,
@@ -211,6 +215,22 @@ static void run_panels_buf(const on_gemm_ukernel *uk, size_t m_begin, size_t m_e
                 for (size_t r = 0; r < me - mb; r++) memcpy(abuf + r * kcur, ab + r * lda, kcur * sizeof(float));
                 ab = abuf;
                 ablda = kcur;
+            }
+            if (kcur <= GEMM_SHORT_K) {
+                /* short K (1x1 convs with few input channels): the tiles are cheap and the C stores
+                 * dominate. Sweep each row strip across all panels, so C is written as mr sequential
+                 * streams; panel-outer order wrote one 64-byte piece of every row in turn, and rows
+                 * H*W floats apart (16 KiB at 64x64) all fall into the same cache sets. */
+                for (size_t m = mb; m < me;) {
+                    size_t mr = strip_rows(me - m, uk->mr);
+                    for (size_t p = p_begin; p < p_end; p++) {
+                        size_t n0 = p * NR, nr = N - n0 < NR ? N - n0 : NR;
+                        uk->tile(mr, nr, kcur, ab + (m - mb) * ablda, ablda, panels + p * panel_stride + k0 * ldb,
+                                 ldb, C + m * ldc + n0, ldc, !first, last ? ep : NULL, m, n0);
+                    }
+                    m += mr;
+                }
+                continue;
             }
             for (size_t p = p_begin; p < p_end; p++) {
                 size_t n0 = p * NR, nr = N - n0 < NR ? N - n0 : NR;

@@ -30,6 +30,17 @@ static const conv_case CASES[] = {
     {"dw 3x3 s3", 1, 4, 10, 10, 4, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 4, ON_ACT_LEAKY_RELU},
     {"dw 7x1 s(2,1)", 1, 4, 14, 6, 4, 7, 1, 2, 1, 1, 1, 3, 0, 3, 0, 4, ON_ACT_NONE},
     {"dw sigmoid", 1, 8, 6, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 8, ON_ACT_SIGMOID},
+    /* channel-blocked depthwise (AVX2): partial last block, 3- and 5-wide rows at stride 1 and 2 with
+     * 8-, 4- and 1-pixel groups, planes narrower than 8, a 1x1 output, and a plane past the size
+     * limit (back on the plane kernel) */
+    {"dw c8 C13 N2 3x3 s1", 2, 13, 11, 21, 13, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 13, ON_ACT_CLIP},
+    {"dw c8 C20 3x3 s2 asym", 1, 20, 15, 30, 20, 3, 3, 2, 2, 1, 1, 0, 1, 1, 0, 20, ON_ACT_RELU},
+    {"dw c8 C24 5x5 s1", 1, 24, 9, 27, 24, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 24, ON_ACT_HARDSWISH},
+    {"dw c8 C9 5x5 s2", 2, 9, 13, 23, 9, 5, 5, 2, 2, 1, 1, 2, 2, 2, 2, 9, ON_ACT_SIGMOID},
+    {"dw c8 C16 narrow 5x3", 1, 16, 5, 3, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 16, ON_ACT_NONE},
+    {"dw c8 C8 1x1 out", 1, 8, 3, 3, 8, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0, 8, ON_ACT_LEAKY_RELU},
+    {"dw c8 C16 3x5 dil (2,1)", 1, 16, 12, 19, 16, 3, 5, 1, 1, 2, 1, 2, 2, 2, 2, 16, ON_ACT_NONE},
+    {"dw plane 72x70 past c8 limit", 1, 9, 72, 70, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 9, ON_ACT_CLIP},
     {"1-D as H=1", 2, 6, 1, 31, 10, 1, 5, 1, 2, 1, 1, 0, 2, 0, 2, 1, ON_ACT_NONE},
     {"kernel = input", 1, 3, 4, 4, 5, 4, 4, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_NONE},
     /* NCHWc direct path: partial channel blocks, 1..3-block tiles, pixel tails, chunked channels */

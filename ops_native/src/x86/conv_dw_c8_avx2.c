@@ -1,0 +1,204 @@
+/* conv_dw_c8_avx2.c - depthwise convolution on blocks of 8 channels (one ymm = one pixel of 8 planes).
+ *
+ * The plane kernel (conv_dw_avx2.c) vectorises along W: on small planes (14x14, 7x7: the late layers of
+ * MobileNet-style networks) most lanes of a row's last vector idle and the per-plane set-up dominates,
+ * and stride 2 needs a lane shuffle per load. Here 8 planes are transposed into a zero-padded HWc8 tile
+ * (the NCHWc idea inside one kernel call, so the graph stays NCHW), every output pixel is KH*KW 8-wide
+ * FMAs with no shuffles at any stride, and the result is transposed back. For 3- and 5-wide kernels at
+ * stride 1 and 2 an input row is loaded once per group of 4 outputs and reused across the taps.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "conv_internal.h"
+#include "x86/act_avx2.h"
+
+/* In-register 8x8 transpose: r[i] lane j <-> r[j] lane i. */
+static inline void transpose8(__m256 r[8]) {
+    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* Planes c0..c0+nc-1 of one image (x: plane stride H*W) -> interior of the padded tile (PW * 8 floats
+ * per padded row). Lanes >= nc are written as zeros, so a partial block computes zeros there. */
+static void pack_block(const on_dw_args *a, const float *x, size_t nc, float *tile) {
+    const size_t H = a->H, W = a->W, HW = H * W;
+    for (size_t h = 0; h < H; h++) {
+        float *dst = tile + ((h + a->p->pad_t) * a->PW + a->p->pad_l) * 8;
+        const float *src = x + h * W;
+        size_t w = 0;
+        if (nc == 8 && W >= 8) {
+            /* 8 columns at a time; a tail is done as the last 8 columns, overlapping (same values) */
+            for (size_t w0 = 0; w0 < W; w0 += 8) {
+                size_t c0 = w0 + 8 <= W ? w0 : W - 8;
+                __m256 r[8];
+                for (int c = 0; c < 8; c++) r[c] = _mm256_loadu_ps(src + c * HW + c0);
+                transpose8(r);
+                for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (c0 + i) * 8, r[i]);
+            }
+            w = W;
+        }
+        for (; w < W; w++)
+            for (size_t c = 0; c < 8; c++) dst[w * 8 + c] = c < nc ? src[c * HW + w] : 0.0f;
+    }
+}
+
+/* HWc8 output tile (OH * OW pixels) -> planes c0..c0+nc-1 of y (plane stride OH*OW). */
+static void unpack_block(const on_dw_args *a, const float *tile, size_t nc, float *y) {
+    const size_t OHW = a->OH * a->OW;
+    size_t i = 0;
+    if (nc == 8 && OHW >= 8) {
+        for (size_t i0 = 0; i0 < OHW; i0 += 8) {
+            size_t p0 = i0 + 8 <= OHW ? i0 : OHW - 8; /* overlapping tail, as in pack_block */
+            __m256 r[8];
+            for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(tile + (p0 + k) * 8);
+            transpose8(r);
+            for (int c = 0; c < 8; c++) _mm256_storeu_ps(y + c * OHW + p0, r[c]);
+        }
+        i = OHW;
+    }
+    for (; i < OHW; i++)
+        for (size_t c = 0; c < nc; c++) y[c * OHW + i] = tile[i * 8 + c];
+}
+
+static inline __attribute__((always_inline)) __m256 finish(__m256 acc, const on_act_t *act) {
+    if (act->kind == ON_ACT_SIGMOID) {
+        float t[8];
+        _mm256_storeu_ps(t, acc);
+        for (int i = 0; i < 8; i++) t[i] = on_act_ref(*act, t[i]);
+        return _mm256_loadu_ps(t);
+    }
+    return act_avx2(acc, act);
+}
+
+/* One output row: OW pixels, 4 at a time (4 independent FMA chains). */
+static inline __attribute__((always_inline)) void row_c8(const on_dw_args *a, const float *tile, const float *w8,
+                                                         __m256 bias, float *out, size_t oh) {
+    const on_conv_params *p = a->p;
+    const size_t KH = p->KH, KW = p->KW, sh = p->stride_h, sw = p->stride_w, dh = p->dil_h, dw = p->dil_w;
+    const size_t PW = a->PW, OW = a->OW;
+    const float *base = tile + oh * sh * PW * 8;
+    size_t ow = 0;
+    for (; ow + 4 <= OW; ow += 4) {
+        __m256 a0 = bias, a1 = bias, a2 = bias, a3 = bias;
+        for (size_t kh = 0; kh < KH; kh++) {
+            const float *r = base + (kh * dh * PW + ow * sw) * 8;
+            for (size_t kw = 0; kw < KW; kw++) {
+                const __m256 wv = _mm256_loadu_ps(w8 + (kh * KW + kw) * 8);
+                const float *q = r + kw * dw * 8;
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q), wv, a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + sw * 8), wv, a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 2 * sw * 8), wv, a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 3 * sw * 8), wv, a3);
+            }
+        }
+        float *o = out + (oh * OW + ow) * 8;
+        _mm256_storeu_ps(o, finish(a0, &a->act));
+        _mm256_storeu_ps(o + 8, finish(a1, &a->act));
+        _mm256_storeu_ps(o + 16, finish(a2, &a->act));
+        _mm256_storeu_ps(o + 24, finish(a3, &a->act));
+    }
+    for (; ow < OW; ow++) {
+        __m256 acc = bias;
+        for (size_t kh = 0; kh < KH; kh++) {
+            const float *r = base + (kh * dh * PW + ow * sw) * 8;
+            for (size_t kw = 0; kw < KW; kw++)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(r + kw * dw * 8), _mm256_loadu_ps(w8 + (kh * KW + kw) * 8), acc);
+        }
+        _mm256_storeu_ps(out + (oh * OW + ow) * 8, finish(acc, &a->act));
+    }
+}
+
+/* KW (3 or 5), dil_w == 1, stride SW (1 or 2): compile-time constants after inlining. The KW - 1 + 4*SW
+ * input pixels the 4 outputs of a group read in one kernel row are loaded once, not 4*KW times. */
+static inline __attribute__((always_inline)) void rowk_c8(const on_dw_args *a, const float *tile, const float *w8,
+                                                          __m256 bias, float *out, size_t oh, const size_t KW,
+                                                          const size_t SW) {
+    const on_conv_params *p = a->p;
+    const size_t KH = p->KH, dh = p->dil_h, PW = a->PW, OW = a->OW;
+    const float *base = tile + oh * p->stride_h * PW * 8;
+    size_t ow = 0;
+    /* 8 outputs: 8 independent FMA chains cover the FMA latency; inputs straight from L1 (3 loads/cycle) */
+    for (; ow + 8 <= OW; ow += 8) {
+        __m256 acc[8] = {bias, bias, bias, bias, bias, bias, bias, bias};
+        for (size_t kh = 0; kh < KH; kh++) {
+            const float *r = base + (kh * dh * PW + ow * SW) * 8;
+            const float *wk = w8 + kh * KW * 8;
+#pragma GCC unroll 5
+            for (size_t kw = 0; kw < KW; kw++) {
+                const __m256 wv = _mm256_loadu_ps(wk + kw * 8);
+#pragma GCC unroll 8
+                for (size_t j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(r + (j * SW + kw) * 8), wv, acc[j]);
+            }
+        }
+        float *o = out + (oh * OW + ow) * 8;
+#pragma GCC unroll 8
+        for (size_t j = 0; j < 8; j++) _mm256_storeu_ps(o + j * 8, finish(acc[j], &a->act));
+    }
+    for (; ow + 4 <= OW; ow += 4) {
+        __m256 acc[4] = {bias, bias, bias, bias};
+        for (size_t kh = 0; kh < KH; kh++) {
+            const float *r = base + (kh * dh * PW + ow * SW) * 8;
+            const float *wk = w8 + kh * KW * 8;
+            __m256 in[12];
+#pragma GCC unroll 12
+            for (size_t i = 0; i < KW - 1 + 4 * SW; i++) in[i] = _mm256_loadu_ps(r + i * 8);
+#pragma GCC unroll 5
+            for (size_t kw = 0; kw < KW; kw++) {
+                const __m256 wv = _mm256_loadu_ps(wk + kw * 8);
+#pragma GCC unroll 4
+                for (size_t j = 0; j < 4; j++) acc[j] = _mm256_fmadd_ps(in[j * SW + kw], wv, acc[j]);
+            }
+        }
+        float *o = out + (oh * OW + ow) * 8;
+#pragma GCC unroll 4
+        for (size_t j = 0; j < 4; j++) _mm256_storeu_ps(o + j * 8, finish(acc[j], &a->act));
+    }
+    for (; ow < OW; ow++) {
+        __m256 acc = bias;
+        for (size_t kh = 0; kh < KH; kh++) {
+            const float *r = base + (kh * dh * PW + ow * SW) * 8;
+            for (size_t kw = 0; kw < KW; kw++)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(r + kw * 8), _mm256_loadu_ps(w8 + (kh * KW + kw) * 8), acc);
+        }
+        _mm256_storeu_ps(out + (oh * OW + ow) * 8, finish(acc, &a->act));
+    }
+}
+
+void on_conv_dw_c8__avx2(const on_dw_args *a, size_t begin, size_t end, float *scratch) {
+    const size_t ncb = (a->C + 7) / 8, KK = a->p->KH * a->p->KW;
+    float *tile = scratch, *out = scratch + a->PH * a->PW * 8;
+    for (size_t b = begin; b < end; b++) {
+        size_t n = b / ncb, cb = b % ncb, c0 = cb * 8, nc = a->C - c0 < 8 ? a->C - c0 : 8;
+        pack_block(a, a->x + (n * a->C + c0) * a->H * a->W, nc, tile);
+        const float *w8 = a->w_c8 + cb * KK * 8;
+        const __m256 bias = _mm256_loadu_ps(a->bias_c8 + cb * 8);
+        const on_conv_params *p = a->p;
+        const size_t kw = p->dil_w == 1 ? p->KW : 0, sw = p->stride_w;
+        if (kw == 3 && sw == 1)
+            for (size_t oh = 0; oh < a->OH; oh++) rowk_c8(a, tile, w8, bias, out, oh, 3, 1);
+        else if (kw == 3 && sw == 2)
+            for (size_t oh = 0; oh < a->OH; oh++) rowk_c8(a, tile, w8, bias, out, oh, 3, 2);
+        else if (kw == 5 && sw == 1)
+            for (size_t oh = 0; oh < a->OH; oh++) rowk_c8(a, tile, w8, bias, out, oh, 5, 1);
+        else if (kw == 5 && sw == 2)
+            for (size_t oh = 0; oh < a->OH; oh++) rowk_c8(a, tile, w8, bias, out, oh, 5, 2);
+        else
+            for (size_t oh = 0; oh < a->OH; oh++) row_c8(a, tile, w8, bias, out, oh);
+        unpack_block(a, out, nc, a->y + (n * a->C + c0) * a->OH * a->OW);
+    }
+}
