@@ -19,7 +19,8 @@ IS_X86 = MACHINE in ("x86_64", "amd64")
 IS_ARM64 = MACHINE in ("aarch64", "arm64")
 
 # Flags per ISA-specific translation unit, keyed by file-name suffix.
-ISA_FLAGS = {"_avx2.c": ["-mavx2", "-mfma", "-mf16c"], "_neon.c": []}
+ISA_FLAGS = {"_avx2.c": ["-mavx2", "-mfma", "-mf16c"], "_avx512.c": ["-mavx512f", "-mavx2", "-mfma", "-mf16c"],
+             "_neon.c": []}
 BASE_CFLAGS = ["-O3", "-std=c11", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-math-errno", "-pthread"]
 
 

@@ -54,5 +54,5 @@ def unsupported_ops(model: str | os.PathLike | bytes | onnx.ModelProto) -> list[
 
 
 def isa() -> str:
-    """The instruction set the kernels use now ("avx2-fma", "neon" or "scalar")."""
+    """The instruction set the kernels use now ("avx512f", "avx2-fma", "neon" or "scalar")."""
     return _core.isa()

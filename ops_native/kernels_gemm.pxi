@@ -28,6 +28,7 @@ cdef extern from "on_common.h" nogil:
         ON_ISA_SCALAR
         ON_ISA_AVX2
         ON_ISA_NEON
+        ON_ISA_AVX512
         ON_ISA_COUNT
     ctypedef enum on_act_kind:
         ON_ACT_NONE
@@ -70,6 +71,7 @@ cdef extern from "on_gemm.h" nogil:
                              const on_packed_b *B, const on_gemm_epilogue *ep, float *C, size_t ldc, int nthreads)
     on_status on_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, const float *A, size_t lda,
                       const float *B, size_t ldb, const on_gemm_epilogue *ep, float *C, size_t ldc, int nthreads)
+    double on_fma_peak_gflops(on_isa_t isa, double seconds)
 
 
 class ArgumentError(ValueError, TypeError):
@@ -94,7 +96,7 @@ cdef int _on_check(on_status st, str what) except -1:
 # ---- ISA ------------------------------------------------------------------------------------------
 
 def isa() -> str:
-    """Name of the active ISA: "avx2-fma", "neon" or "scalar"."""
+    """Name of the active ISA: "avx512f", "avx2-fma", "neon" or "scalar"."""
     return on_isa_name(on_active_isa()).decode()
 
 
@@ -104,12 +106,24 @@ def available_isas() -> list:
 
 
 def set_isa(name: str) -> None:
-    """Switch every dispatched kernel to ISA `name` ("scalar", "avx2"/"avx2-fma", "neon")."""
+    """Switch every dispatched kernel to ISA `name` ("scalar", "avx2"/"avx2-fma", "avx512"/"avx512f", "neon")."""
     cdef int code = on_isa_from_name(str(name).encode())
     if code < 0:
         raise ValueError(f"set_isa: unknown ISA {name!r}; available: {available_isas()}")
     if on_set_isa(<on_isa_t>code) != 0:
         raise ValueError(f"set_isa: ISA {name!r} is not available on this CPU; available: {available_isas()}")
+
+
+def fma_peak_gflops(name: str | None = None, double seconds=0.25) -> float:
+    """Single-core f32 FMA peak of ISA `name` (default: the active one) in GFLOP/s, measured now by a
+    register-only FMA loop: the denominator of the benchmarks' %-of-peak."""
+    cdef int code = on_active_isa() if name is None else on_isa_from_name(str(name).encode())
+    if code < 0 or not on_isa_available(<on_isa_t>code):
+        raise ValueError(f"fma_peak_gflops: ISA {name!r} is not available; available: {available_isas()}")
+    cdef double gf
+    with nogil:
+        gf = on_fma_peak_gflops(<on_isa_t>code, seconds)
+    return gf
 
 
 def pool_warm(int threads) -> None:

@@ -73,10 +73,18 @@ def test_isa_reports_an_available_isa_and_unknown_names_are_rejected():
     assert "scalar" in ISAS
     with pytest.raises(ValueError, match="unknown ISA 'sse9'"):
         core.set_isa("sse9")
-    missing = [n for n in ("avx2-fma", "neon") if n not in ISAS]
+    missing = [n for n in ("avx2-fma", "avx512f", "neon") if n not in ISAS]
     for name in missing:
         with pytest.raises(ValueError, match="not available"):
             core.set_isa(name)
+
+
+def test_fma_peak_is_measured_for_each_available_isa():
+    peaks = {name: core.fma_peak_gflops(name, seconds=0.05) for name in ISAS}
+    assert all(p > 0 for p in peaks.values()), peaks
+    assert core.fma_peak_gflops(seconds=0.05) > 0  # the active ISA
+    with pytest.raises(ValueError, match="not available|unknown"):
+        core.fma_peak_gflops("sse9")
 
 
 @pytest.mark.parametrize("value,ok", [("scalar", True), ("bogus", False)])
@@ -93,7 +101,7 @@ def test_ops_native_isa_env_var_is_honoured_at_import(value, ok):
 
 
 def test_env_var_naming_an_isa_this_cpu_lacks_fails_import_with_clear_text():
-    missing = [n for n in ("avx2", "neon") if not any(i.startswith(n) for i in ISAS)]
+    missing = [n for n in ("avx2", "avx512", "neon") if not any(i.startswith(n) for i in ISAS)]
     if not missing:
         pytest.skip("every ISA is available here")
     env = dict(os.environ, OPS_NATIVE_ISA=missing[0])

@@ -199,7 +199,7 @@ def test_supported_ops_cover_the_common_cnn_and_transformer_ops() -> None:
     ops = set(ops_native.supported_ops())
     assert {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Relu", "Softmax", "LayerNormalization",
             "MaxPool", "Resize", "Transpose", "Concat", "Gather", "Reshape", "Erf"} <= ops
-    assert ops_native.isa() in ("avx2-fma", "neon", "scalar")
+    assert ops_native.isa() in ("avx512f", "avx2-fma", "neon", "scalar")
 
 
 def test_intermediate_buffers_are_released_after_their_last_use() -> None:

@@ -31,15 +31,19 @@ typedef enum {
     ON_ISA_SCALAR = 0,   /* portable C reference */
     ON_ISA_AVX2 = 1,     /* x86-64 AVX2 + FMA (name "avx2-fma") */
     ON_ISA_NEON = 2,     /* aarch64 Advanced SIMD */
+    ON_ISA_AVX512 = 3,   /* x86-64 AVX-512F (name "avx512f"): its own GEMM micro-kernel, AVX2 kernels elsewhere */
     ON_ISA_COUNT
 } on_isa_t;
 
+/* AVX2 kernels run under both x86 vector ISAs (AVX-512F CPUs have AVX2 + FMA). */
+static inline int on_isa_has_avx2(on_isa_t isa) { return isa == ON_ISA_AVX2 || isa == ON_ISA_AVX512; }
+
 /* The ISA used by every dispatched kernel. Detected once (cpuid + XCR0 on x86, always NEON on
- * aarch64); OPS_NATIVE_ISA=scalar|avx2|neon forces one (see on_isa_env_status). */
+ * aarch64); OPS_NATIVE_ISA=scalar|avx2|avx512|neon forces one (see on_isa_env_status). */
 on_isa_t on_active_isa(void);
-/* "scalar", "avx2-fma", "neon"; "unknown" for anything else. */
+/* "scalar", "avx2-fma", "neon", "avx512f"; "unknown" for anything else. */
 const char *on_isa_name(on_isa_t isa);
-/* Parse "scalar" | "avx2" | "avx2-fma" | "neon"; returns -1 for an unknown name. */
+/* Parse "scalar" | "avx2" | "avx2-fma" | "avx512" | "avx512f" | "neon"; returns -1 for an unknown name. */
 int on_isa_from_name(const char *name);
 /* 1 if this CPU and this build can run the ISA. */
 int on_isa_available(on_isa_t isa);

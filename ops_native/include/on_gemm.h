@@ -60,6 +60,11 @@ on_status on_gemm_ref(int trans_a, int trans_b, size_t M, size_t N, size_t K, co
 /* Epilogue with alpha 1, no bias, no activation. */
 on_gemm_epilogue on_gemm_epilogue_default(void);
 
+/* Single-core f32 FMA throughput of an ISA in GFLOP/s, measured by a register-only FMA loop for about
+ * `seconds` (best of 5 slices): the peak that the %-of-peak figures of the benchmarks divide by.
+ * 0 when the ISA is not available. */
+double on_fma_peak_gflops(on_isa_t isa, double seconds);
+
 #ifdef __cplusplus
 }
 #endif

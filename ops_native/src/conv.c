@@ -246,7 +246,7 @@ void on_conv_dw_planes__scalar(const on_dw_args *a, size_t begin, size_t end, fl
 
 on_dw_planes_fn on_conv_dw_for(on_isa_t isa) {
 #if defined(__x86_64__)
-    if (isa == ON_ISA_AVX2) return on_conv_dw_planes__avx2;
+    if (on_isa_has_avx2(isa)) return on_conv_dw_planes__avx2;
 #endif
 #if defined(__aarch64__)
     if (isa == ON_ISA_NEON) return on_conv_dw_planes__neon;
@@ -319,7 +319,7 @@ static on_status run_depthwise(const on_conv2d *c, size_t N, size_t H, size_t W,
     atomic_init(&j.failed, 0);
     size_t planes = N * p->C;
 #if defined(__x86_64__)
-    if (on_active_isa() == ON_ISA_AVX2 && dw_use_c8(p, OH, OW)) {
+    if (on_isa_has_avx2(on_active_isa()) && dw_use_c8(p, OH, OW)) {
         /* the tile needs no over-read margin: just the padded input the taps reach */
         size_t nh = (OH - 1) * p->stride_h + (p->KH - 1) * p->dil_h + 1;
         size_t nw = (OW - 1) * p->stride_w + (p->KW - 1) * p->dil_w + 1;

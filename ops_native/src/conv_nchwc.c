@@ -167,7 +167,7 @@ void on_conv_nchwc_pack__scalar(const float *src, size_t plane_stride, size_t nc
 
 on_nchwc_row_fn on_conv_nchwc_row_for(on_isa_t isa) {
 #if defined(__x86_64__)
-    if (isa == ON_ISA_AVX2) return on_conv_nchwc_row__avx2;
+    if (on_isa_has_avx2(isa)) return on_conv_nchwc_row__avx2;
 #endif
 #if defined(__aarch64__)
     if (isa == ON_ISA_NEON) return on_conv_nchwc_row__neon;
@@ -178,7 +178,7 @@ on_nchwc_row_fn on_conv_nchwc_row_for(on_isa_t isa) {
 
 on_nchwc_pack_fn on_conv_nchwc_pack_for(on_isa_t isa) {
 #if defined(__x86_64__)
-    if (isa == ON_ISA_AVX2) return on_conv_nchwc_pack__avx2;
+    if (on_isa_has_avx2(isa)) return on_conv_nchwc_pack__avx2;
 #endif
     (void)isa;
     return on_conv_nchwc_pack__scalar;

@@ -1,8 +1,9 @@
 /* dispatch.c - run-time ISA detection and the active-ISA switch.
  *
  * x86-64: AVX2 and FMA need the CPUID feature bits AND the OS saving YMM state (OSXSAVE + XCR0
- * bits 1|2), otherwise the first AVX instruction faults. aarch64: Advanced SIMD is architectural.
- * OPS_NATIVE_ISA=scalar|avx2|neon forces a path; an unavailable one is reported through
+ * bits 1|2), otherwise the first AVX instruction faults; AVX-512F also needs the opmask and ZMM
+ * state (XCR0 bits 5|6|7). aarch64: Advanced SIMD is architectural.
+ * OPS_NATIVE_ISA=scalar|avx2|avx512|neon forces a path; an unavailable one is reported through
  * on_isa_env_status() and the detected best ISA stays active.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -11,6 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <time.h>
+
+#include "gemm_internal.h"
 #include "on_common.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -35,6 +39,15 @@ static int x86_has_avx2_fma(void) {
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
     return (b >> 5) & 1; /* AVX2 */
 }
+
+static int x86_has_avx512f(void) {
+    if (!x86_has_avx2_fma()) return 0;
+    unsigned int a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((b >> 16) & 1)) return 0; /* AVX512F */
+    unsigned int xcr0_lo, xcr0_hi;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    return (xcr0_lo & 0xE6u) == 0xE6u; /* XMM, YMM, opmask, ZMM_Hi256, Hi16_ZMM saved by the OS */
+}
 #endif
 
 int on_isa_available(on_isa_t isa) {
@@ -42,6 +55,7 @@ int on_isa_available(on_isa_t isa) {
     case ON_ISA_SCALAR: return 1;
 #ifdef ON_HAVE_X86
     case ON_ISA_AVX2: return x86_has_avx2_fma();
+    case ON_ISA_AVX512: return x86_has_avx512f();
 #endif
 #if defined(__aarch64__)
     case ON_ISA_NEON: return 1;
@@ -54,7 +68,7 @@ static void detect_once(void) {
 #if defined(__aarch64__)
     g_best = ON_ISA_NEON;
 #elif defined(ON_HAVE_X86)
-    g_best = x86_has_avx2_fma() ? ON_ISA_AVX2 : ON_ISA_SCALAR;
+    g_best = x86_has_avx512f() ? ON_ISA_AVX512 : (x86_has_avx2_fma() ? ON_ISA_AVX2 : ON_ISA_SCALAR);
 #else
     g_best = ON_ISA_SCALAR;
 #endif
@@ -84,6 +98,7 @@ const char *on_isa_name(on_isa_t isa) {
     case ON_ISA_SCALAR: return "scalar";
     case ON_ISA_AVX2: return "avx2-fma";
     case ON_ISA_NEON: return "neon";
+    case ON_ISA_AVX512: return "avx512f";
     default: return "unknown";
     }
 }
@@ -93,6 +108,7 @@ int on_isa_from_name(const char *name) {
     if (strcmp(name, "scalar") == 0) return ON_ISA_SCALAR;
     if (strcmp(name, "avx2") == 0 || strcmp(name, "avx2-fma") == 0) return ON_ISA_AVX2;
     if (strcmp(name, "neon") == 0) return ON_ISA_NEON;
+    if (strcmp(name, "avx512") == 0 || strcmp(name, "avx512f") == 0) return ON_ISA_AVX512;
     return -1;
 }
 
@@ -101,4 +117,46 @@ int on_set_isa(on_isa_t isa) {
     if ((int)isa < 0 || isa >= ON_ISA_COUNT || !on_isa_available(isa)) return -1;
     atomic_store(&g_active_isa, (int)isa);
     return 0;
+}
+
+static double mono_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+double on_fma_peak_gflops(on_isa_t isa, double seconds) {
+    float (*burst)(size_t) = NULL;
+    double lanes = 1.0;
+    if (!on_isa_available(isa)) return 0.0;
+    switch (isa) {
+    case ON_ISA_SCALAR: burst = on_fma_burst__scalar; break;
+#ifdef ON_HAVE_X86
+    case ON_ISA_AVX2: burst = on_fma_burst__avx2; lanes = 8.0; break;
+    case ON_ISA_AVX512: burst = on_fma_burst__avx512; lanes = 16.0; break;
+#endif
+#if defined(__aarch64__)
+    case ON_ISA_NEON: burst = on_fma_burst__neon; lanes = 4.0; break;
+#endif
+    default: return 0.0;
+    }
+    size_t iters = 1u << 16;
+    volatile float sink = 0.0f;
+    for (;;) { /* size a slice to about seconds / 5 */
+        double t0 = mono_seconds();
+        sink += burst(iters);
+        double dt = mono_seconds() - t0;
+        if (dt >= seconds / 5.0 || iters > ((size_t)1 << 40)) break;
+        iters *= 2;
+    }
+    double best = 0.0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = mono_seconds();
+        sink += burst(iters);
+        double dt = mono_seconds() - t0;
+        double gf = dt > 0.0 ? (double)iters * 12.0 * lanes * 2.0 / dt / 1e9 : 0.0;
+        if (gf > best) best = gf;
+    }
+    (void)sink;
+    return best;
 }

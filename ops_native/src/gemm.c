@@ -172,6 +172,7 @@ const on_gemm_ukernel on_f32_gemm_4x16__scalar = {"f32_gemm_4x16__scalar", 4, f3
 
 const on_gemm_ukernel *on_gemm_ukernel_for(on_isa_t isa) {
 #if defined(__x86_64__)
+    if (isa == ON_ISA_AVX512) return &on_f32_gemm_12x16__avx512f;
     if (isa == ON_ISA_AVX2) return &on_f32_gemm_6x16__avx2_fma;
 #endif
 #if defined(__aarch64__)
@@ -183,10 +184,11 @@ const on_gemm_ukernel *on_gemm_ukernel_for(on_isa_t isa) {
 
 /* ---- driver --------------------------------------------------------------------------------- */
 
-/* Rows for the next tile: full tiles, but a 7/8-row tail becomes 4+3/4+4 so no tile runs with 1-2
- * rows (those are FMA-latency bound). */
+/* Rows for the next tile: full tiles, but a remainder just past a full tile is split evenly (6-row
+ * kernel: 7/8 -> 4+3/4+4; 12-row kernel: 13..17 -> 7+6..9+8) so no tile runs with 1-2 rows (those
+ * are FMA-latency bound). */
 static inline size_t strip_rows(size_t rem, size_t mr) {
-    if (mr == 6 && (rem == 7 || rem == 8)) return 4;
+    if (rem > mr && rem < mr + mr / 2) return (rem + 1) / 2;
     return rem < mr ? rem : mr;
 }
 
@@ -223,24 +225,37 @@ static void run_panels_buf(const on_gemm_ukernel *uk, size_t m_begin, size_t m_e
                  * H*W floats apart (16 KiB at 64x64) all fall into the same cache sets. */
                 for (size_t m = mb; m < me;) {
                     size_t mr = strip_rows(me - m, uk->mr);
-                    for (size_t p = p_begin; p < p_end; p++) {
-                        size_t n0 = p * NR, nr = N - n0 < NR ? N - n0 : NR;
-                        uk->tile(mr, nr, kcur, ab + (m - mb) * ablda, ablda, panels + p * panel_stride + k0 * ldb,
-                                 ldb, C + m * ldc + n0, ldc, !first, last ? ep : NULL, m, n0);
+                    for (size_t p = p_begin; p < p_end;) {
+                        size_t n0 = p * NR, step = uk->tile2 && p + 1 < p_end ? 2 : 1;
+                        size_t nr = N - n0 < step * NR ? N - n0 : step * NR;
+                        const float *bp = panels + p * panel_stride + k0 * ldb;
+                        if (step == 2)
+                            uk->tile2(mr, nr, kcur, ab + (m - mb) * ablda, ablda, bp, ldb, panel_stride,
+                                      C + m * ldc + n0, ldc, !first, last ? ep : NULL, m, n0);
+                        else
+                            uk->tile(mr, nr, kcur, ab + (m - mb) * ablda, ablda, bp, ldb, C + m * ldc + n0, ldc,
+                                     !first, last ? ep : NULL, m, n0);
+                        p += step;
                     }
                     m += mr;
                 }
                 continue;
             }
-            for (size_t p = p_begin; p < p_end; p++) {
-                size_t n0 = p * NR, nr = N - n0 < NR ? N - n0 : NR;
+            for (size_t p = p_begin; p < p_end;) {
+                size_t n0 = p * NR, step = uk->tile2 && p + 1 < p_end ? 2 : 1;
+                size_t nr = N - n0 < step * NR ? N - n0 : step * NR;
                 const float *bp = panels + p * panel_stride + k0 * ldb;
                 for (size_t m = mb; m < me;) {
                     size_t mr = strip_rows(me - m, uk->mr);
-                    uk->tile(mr, nr, kcur, ab + (m - mb) * ablda, ablda, bp, ldb, C + m * ldc + n0, ldc, !first,
-                             last ? ep : NULL, m, n0);
+                    if (step == 2)
+                        uk->tile2(mr, nr, kcur, ab + (m - mb) * ablda, ablda, bp, ldb, panel_stride, C + m * ldc + n0,
+                                  ldc, !first, last ? ep : NULL, m, n0);
+                    else
+                        uk->tile(mr, nr, kcur, ab + (m - mb) * ablda, ablda, bp, ldb, C + m * ldc + n0, ldc, !first,
+                                 last ? ep : NULL, m, n0);
                     m += mr;
                 }
+                p += step;
             }
         }
     }
@@ -403,4 +418,14 @@ on_status on_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, const 
     st = run_gemm(trans_a, M, N, K, A, lda, panels, K * NR, NR, ep, C, ldc, nthreads);
     on_temp_free(panels, owned);
     return st;
+}
+
+float on_fma_burst__scalar(size_t iters) {
+    volatile float sink = 0.0f; /* scalar FMAs: the compiler may vectorise, which is then the portable peak */
+    float v[12];
+    for (int i = 0; i < 12; i++) v[i] = (float)i * 1e-3f;
+    for (size_t it = 0; it < iters; it++)
+        for (int i = 0; i < 12; i++) v[i] = v[i] * 0.999f + 1e-4f;
+    for (int i = 0; i < 12; i++) sink += v[i];
+    return sink;
 }

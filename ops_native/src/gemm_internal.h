@@ -20,10 +20,18 @@ typedef void (*on_gemm_tile_fn)(size_t mr, size_t nr, size_t kc, const float *a,
                                 size_t ldb, float *c, size_t ldc, int accumulate, const on_gemm_epilogue *ep, size_t m0,
                                 size_t n0);
 
+/* Two adjacent panels in one tile: columns [n0, n0 + nr) with 16 < nr <= 32, the second panel at
+ * b + bstride (K * NR for packed panels, 16 when B is read in place). Halves the A broadcasts per
+ * FMA for kernels with registers to spare. */
+typedef void (*on_gemm_tile2_fn)(size_t mr, size_t nr, size_t kc, const float *a, size_t lda, const float *b,
+                                 size_t ldb, size_t bstride, float *c, size_t ldc, int accumulate,
+                                 const on_gemm_epilogue *ep, size_t m0, size_t n0);
+
 typedef struct {
     const char *name;
     size_t mr;          /* rows per register tile */
     on_gemm_tile_fn tile;
+    on_gemm_tile2_fn tile2; /* NULL: the driver runs panels one at a time */
 } on_gemm_ukernel;
 
 const on_gemm_ukernel *on_gemm_ukernel_for(on_isa_t isa);
@@ -31,9 +39,21 @@ const on_gemm_ukernel *on_gemm_ukernel_for(on_isa_t isa);
 extern const on_gemm_ukernel on_f32_gemm_4x16__scalar;
 #if defined(__x86_64__)
 extern const on_gemm_ukernel on_f32_gemm_6x16__avx2_fma;
+extern const on_gemm_ukernel on_f32_gemm_12x16__avx512f;
 #endif
 #if defined(__aarch64__)
 extern const on_gemm_ukernel on_f32_gemm_6x16__neon;
+#endif
+
+/* iters x 12 independent vector FMAs (the peak probe behind on_fma_peak_gflops); returns a value
+ * derived from the results so the loop cannot be elided. */
+float on_fma_burst__scalar(size_t iters);
+#if defined(__x86_64__)
+float on_fma_burst__avx2(size_t iters);
+float on_fma_burst__avx512(size_t iters);
+#endif
+#if defined(__aarch64__)
+float on_fma_burst__neon(size_t iters);
 #endif
 
 /* Compute rows [m_begin, m_end) x panels [p_begin, p_end) of C (N columns in all) from A and the

@@ -62,3 +62,16 @@ static void f32_gemm_6x16__neon(size_t mr, size_t nr, size_t kc, const float *a,
 }
 
 const on_gemm_ukernel on_f32_gemm_6x16__neon = {"f32_gemm_6x16__neon", 6, f32_gemm_6x16__neon};
+
+/* Peak probe: 12 independent FMA chains, enough to fill 2 pipes x 4-6 cycles of latency. */
+float on_fma_burst__neon(size_t iters) {
+    float32x4_t v[12];
+    const float32x4_t m = vdupq_n_f32(0.999f), c = vdupq_n_f32(1e-4f);
+    for (int i = 0; i < 12; i++) v[i] = vdupq_n_f32((float)i * 1e-3f);
+    for (size_t it = 0; it < iters; it++)
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) v[i] = vfmaq_f32(c, v[i], m);
+    float s = 0.0f;
+    for (int i = 0; i < 12; i++) s += vgetq_lane_f32(v[i], 0);
+    return s;
+}

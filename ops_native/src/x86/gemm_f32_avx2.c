@@ -183,3 +183,16 @@ static void f32_gemm_6x16__avx2_fma(size_t mr, size_t nr, size_t kc, const float
 }
 
 const on_gemm_ukernel on_f32_gemm_6x16__avx2_fma = {"f32_gemm_6x16__avx2_fma", 6, f32_gemm_6x16__avx2_fma};
+
+/* Peak probe: 12 independent FMA chains, enough to fill 2 pipes x 4-6 cycles of latency. */
+float on_fma_burst__avx2(size_t iters) {
+    __m256 v[12];
+    const __m256 m = _mm256_set1_ps(0.999f), c = _mm256_set1_ps(1e-4f);
+    for (int i = 0; i < 12; i++) v[i] = _mm256_set1_ps((float)i * 1e-3f);
+    for (size_t it = 0; it < iters; it++)
+#pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) v[i] = _mm256_fmadd_ps(v[i], m, c);
+    float s = 0.0f;
+    for (int i = 0; i < 12; i++) s += _mm256_cvtss_f32(v[i]);
+    return s;
+}
