@@ -82,6 +82,10 @@ on_nchwc_row_fn on_conv_nchwc_row_for(on_isa_t isa);
 void on_conv_nchwc_row__scalar(const on_nchwc_row *r, size_t oh);
 #if defined(__x86_64__)
 void on_conv_nchwc_row__avx2(const on_nchwc_row *r, size_t oh);
+/* AVX-512F: output blocks of 16 channels (weights [ob16][icb][KH][KW][CB][16], block b at
+ * w + b * wstride, bias nb * 16 floats, rowbuf nb * ow_pad * 16 floats), nb 1..2. */
+void on_conv_nchwc_row16__avx512(const on_nchwc_row *r, size_t oh);
+#define ON_NCHWC16_MAX_NB 2
 #endif
 #if defined(__aarch64__)
 void on_conv_nchwc_row__neon(const on_nchwc_row *r, size_t oh);

@@ -8,6 +8,10 @@
  * and taps, and writes the row back to NCHW through a small transposing buffer, with bias and
  * activation applied in registers.
  *
+ * On a CPU with AVX-512F the plan also packs the weights in output blocks of 16 channels (one zmm)
+ * for conv_nchwc_avx512.c, which the driver uses while that ISA is active; the input copy is the
+ * same.
+ *
  * Against im2col + GEMM this saves writing and re-reading KH*KW copies of the input (the im2col
  * matrix), which is what made 3x3 layers with few output channels memory bound. Measured on Zen 3
  * (benchmarks/bench_conv.py) direct wins on every KxK shape tried, including RGB stems; the rule in
@@ -35,6 +39,10 @@ struct on_nchwc_plan {
     float *bias;                   /* [group][OCgb * C0], zero padded */
     size_t ngrp;                   /* block groups per conv group: first block, block count */
     size_t *grp_first, *grp_nb;
+    /* AVX-512 layout (NULL w16 when the CPU has no AVX-512F): blocks of 16 output channels */
+    size_t OCgb16, wstride16, ngrp16;
+    float *w16, *bias16;
+    size_t *grp16_first, *grp16_nb;
 };
 
 static int nchwc_enabled = 1;
@@ -69,8 +77,40 @@ static size_t split_blocks(size_t nblocks, size_t *first, size_t *nb) {
     return n;
 }
 
+/* 16-channel blocks: tiles of 2 blocks (24 zmm accumulators), a lone 1-block tile for an odd count */
+static size_t split_blocks16(size_t nblocks, size_t *first, size_t *nb) {
+    size_t n = 0;
+    for (size_t b = 0; b < nblocks; b += 2, n++) {
+        first[n] = b;
+        nb[n] = nblocks - b >= 2 ? 2 : 1;
+    }
+    return n;
+}
+
+/* Weights [g][ob][icb][taps][CB][blk] for output blocks of blk channels (zero padded), bias [g][ob*blk]. */
+static void pack_weights(const on_nchwc_plan *pl, const float *weight, const float *bias, size_t blk,
+                         size_t nblocks, size_t wstride, float *w, float *b) {
+    const on_conv_params *p = &pl->p;
+    size_t taps = p->KH * p->KW;
+    for (size_t g = 0; g < p->group; g++)
+        for (size_t oc = 0; oc < pl->OCg; oc++) {
+            size_t ob = oc / blk, co = oc % blk, goc = g * pl->OCg + oc;
+            float *wb = w + (g * nblocks + ob) * wstride;
+            for (size_t ic = 0; ic < pl->Cg; ic++) {
+                size_t icb = ic / pl->CB, ci = ic % pl->CB;
+                for (size_t t = 0; t < taps; t++)
+                    wb[((icb * taps + t) * pl->CB + ci) * blk + co] = weight[(goc * pl->Cg + ic) * taps + t];
+            }
+            if (bias) b[g * nblocks * blk + oc] = bias[goc];
+        }
+}
+
 void on_nchwc_plan_free(on_nchwc_plan *pl) {
     if (!pl) return;
+    on_free(pl->w16);
+    on_free(pl->bias16);
+    on_free(pl->grp16_first);
+    on_free(pl->grp16_nb);
     on_free(pl->w);
     on_free(pl->bias);
     on_free(pl->grp_first);
@@ -105,17 +145,23 @@ on_status on_nchwc_plan_create(const on_conv_params *p, const float *weight, con
         return ON_ERR_NOMEM;
     }
     pl->ngrp = split_blocks(pl->OCgb, pl->grp_first, pl->grp_nb);
-    for (size_t g = 0; g < p->group; g++)
-        for (size_t oc = 0; oc < pl->OCg; oc++) {
-            size_t ob = oc / C0, co = oc % C0, goc = g * pl->OCg + oc;
-            float *wb = pl->w + (g * pl->OCgb + ob) * pl->wstride;
-            for (size_t ic = 0; ic < pl->Cg; ic++) {
-                size_t icb = ic / pl->CB, ci = ic % pl->CB;
-                for (size_t t = 0; t < taps; t++)
-                    wb[((icb * taps + t) * pl->CB + ci) * C0 + co] = weight[(goc * pl->Cg + ic) * taps + t];
-            }
-            if (bias) pl->bias[g * pl->OCgb * C0 + oc] = bias[goc];
+    pack_weights(pl, weight, bias, C0, pl->OCgb, pl->wstride, pl->w, pl->bias);
+#if defined(__x86_64__)
+    if (on_isa_available(ON_ISA_AVX512)) {
+        pl->OCgb16 = (pl->OCg + 15) / 16;
+        pl->wstride16 = pl->wstride / C0 * 16;
+        pl->w16 = (float *)on_calloc(pl->OCgb16 * p->group * pl->wstride16, sizeof(float));
+        pl->bias16 = (float *)on_calloc(p->group * pl->OCgb16 * 16, sizeof(float));
+        pl->grp16_first = (size_t *)on_malloc(pl->OCgb16 * sizeof(size_t));
+        pl->grp16_nb = (size_t *)on_malloc(pl->OCgb16 * sizeof(size_t));
+        if (!pl->w16 || !pl->bias16 || !pl->grp16_first || !pl->grp16_nb) {
+            on_nchwc_plan_free(pl);
+            return ON_ERR_NOMEM;
         }
+        pl->ngrp16 = split_blocks16(pl->OCgb16, pl->grp16_first, pl->grp16_nb);
+        pack_weights(pl, weight, bias, 16, pl->OCgb16, pl->wstride16, pl->w16, pl->bias16);
+    }
+#endif
     *out = pl;
     return ON_OK;
 }
@@ -194,6 +240,10 @@ typedef struct {
     size_t H, W, OH, OW, PH, PW, ow_pad;
     on_nchwc_row_fn row;
     on_nchwc_pack_fn pack;
+    /* output blocking the row kernel uses: ON_C0 channels (pl->w) or 16 (pl->w16, AVX-512) */
+    size_t blk, OCgb, wstride, ngrp, max_nb;
+    const float *w, *bias;
+    const size_t *grp_first, *grp_nb;
     size_t row_units, grab; /* rows are handed out `grab` units at a time from next_unit */
     atomic_size_t next_unit;
     atomic_int failed;
@@ -223,12 +273,12 @@ static void pack_range(void *vctx, size_t begin, size_t end) {
 static void rows_range(nchwc_job *j, size_t begin, size_t end) {
     const on_nchwc_plan *pl = j->pl;
     const on_conv_params *p = &pl->p;
-    float *rowbuf = (float *)on_scratch(ON_SLOT_AUX, ON_NCHWC_MAX_NB * j->ow_pad * C0 * sizeof(float));
+    float *rowbuf = (float *)on_scratch(ON_SLOT_AUX, j->max_nb * j->ow_pad * j->blk * sizeof(float));
     if (!rowbuf) {
         atomic_store(&j->failed, 1);
         return;
     }
-    const size_t *first = pl->grp_first, *nbs = pl->grp_nb;
+    const size_t *first = j->grp_first, *nbs = j->grp_nb, blk = j->blk;
     on_nchwc_row r;
     r.ncb = pl->ncb;
     r.CB = pl->CB;
@@ -240,7 +290,7 @@ static void rows_range(nchwc_job *j, size_t begin, size_t end) {
     r.sw = p->stride_w;
     r.dh = p->dil_h;
     r.dw = p->dil_w;
-    r.wstride = pl->wstride;
+    r.wstride = j->wstride;
     r.act = pl->act;
     r.OW = j->OW;
     r.ow_pad = j->ow_pad;
@@ -248,13 +298,13 @@ static void rows_range(nchwc_job *j, size_t begin, size_t end) {
     r.rowbuf = rowbuf;
     size_t u = begin;
     while (u < end) {
-        size_t oh = u % j->OH, gg = u / j->OH, k = gg % pl->ngrp, g = gg / pl->ngrp;
-        size_t ob = first[k], oc0 = ob * C0;
+        size_t oh = u % j->OH, gg = u / j->OH, k = gg % j->ngrp, g = gg / j->ngrp;
+        size_t ob = first[k], oc0 = ob * blk;
         r.x = j->xp + g * pl->ncb * j->PH * j->PW * pl->CB;
-        r.w = pl->w + (g * pl->OCgb + ob) * pl->wstride;
-        r.bias = pl->bias + (g * pl->OCgb + ob) * C0;
+        r.w = j->w + (g * j->OCgb + ob) * j->wstride;
+        r.bias = j->bias + (g * j->OCgb + ob) * blk;
         r.nb = nbs[k];
-        r.oc_valid = pl->OCg - oc0 < r.nb * C0 ? pl->OCg - oc0 : r.nb * C0;
+        r.oc_valid = pl->OCg - oc0 < r.nb * blk ? pl->OCg - oc0 : r.nb * blk;
         size_t stop = end - u < j->OH - oh ? end : u + (j->OH - oh); /* rows of this block group */
         for (; u < stop; u++, oh++) {
             r.y = j->y + (g * pl->OCg + oc0) * r.ystride + oh * j->OW;
@@ -296,6 +346,29 @@ on_status on_nchwc_run(const on_nchwc_plan *pl, size_t N, size_t H, size_t W, si
     if (j.PH < p->pad_t + H) j.PH = p->pad_t + H;
     j.row = on_conv_nchwc_row_for(on_active_isa());
     j.pack = on_conv_nchwc_pack_for(on_active_isa());
+    j.blk = C0;
+    j.OCgb = pl->OCgb;
+    j.wstride = pl->wstride;
+    j.ngrp = pl->ngrp;
+    j.max_nb = ON_NCHWC_MAX_NB;
+    j.w = pl->w;
+    j.bias = pl->bias;
+    j.grp_first = pl->grp_first;
+    j.grp_nb = pl->grp_nb;
+#if defined(__x86_64__)
+    if (on_active_isa() == ON_ISA_AVX512 && pl->w16) {
+        j.row = on_conv_nchwc_row16__avx512;
+        j.blk = 16;
+        j.OCgb = pl->OCgb16;
+        j.wstride = pl->wstride16;
+        j.ngrp = pl->ngrp16;
+        j.max_nb = ON_NCHWC16_MAX_NB;
+        j.w = pl->w16;
+        j.bias = pl->bias16;
+        j.grp_first = pl->grp16_first;
+        j.grp_nb = pl->grp16_nb;
+    }
+#endif
     size_t bytes;
     if (!on_mul_size(p->group * pl->ncb * j.PH, j.PW * pl->CB, &bytes) || !on_mul_size(bytes, sizeof(float), &bytes))
         return ON_ERR_NOMEM;
@@ -307,7 +380,7 @@ on_status on_nchwc_run(const on_nchwc_plan *pl, size_t N, size_t H, size_t W, si
     double flops = 2.0 * (double)p->OC * OH * OW * pl->Cg * p->KH * p->KW;
     int nt = flops < 524288.0 || nthreads < 1 ? 1 : nthreads;
     size_t pack_units = p->group * pl->ncb * j.PH;
-    j.row_units = p->group * pl->ngrp * OH;
+    j.row_units = p->group * j.ngrp * OH;
     j.grab = j.row_units / ((size_t)nt * 8);
     if (j.grab < 1) j.grab = 1;
     for (size_t n = 0; n < N && !atomic_load(&j.failed); n++) {

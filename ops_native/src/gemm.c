@@ -168,7 +168,7 @@ static void f32_gemm_4x16__scalar(size_t mr, size_t nr, size_t kc, const float *
     on_gemm_store_tile_ref(&acc[0][0], mr, nr, c, ldc, accumulate, ep, m0, n0);
 }
 
-const on_gemm_ukernel on_f32_gemm_4x16__scalar = {"f32_gemm_4x16__scalar", 4, f32_gemm_4x16__scalar};
+const on_gemm_ukernel on_f32_gemm_4x16__scalar = {"f32_gemm_4x16__scalar", 4, f32_gemm_4x16__scalar, NULL};
 
 const on_gemm_ukernel *on_gemm_ukernel_for(on_isa_t isa) {
 #if defined(__x86_64__)

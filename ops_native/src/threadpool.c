@@ -2,7 +2,11 @@
  *
  * One job at a time: the caller publishes (fn, ctx, n, nchunks) and a 64-bit ticket
  * (generation << 32 | next chunk). Workers and the caller claim chunks by CAS on the ticket, so a
- * late worker can never claim a chunk of a newer job with the older job's function. Workers spin
+ * late worker can never claim a chunk of a newer job with the older job's function. The caller
+ * first closes the ticket (new generation, chunk CLOSED) and only then rewrites the job: a worker
+ * still claiming in the old generation fails its CAS instead of pairing an old ticket with the new
+ * job's chunk count (which ran a chunk twice and wrapped `remaining`, a hang found by the warm-up
+ * test under ASan). Workers spin
  * briefly after a job (back-to-back kernels are common) and then sleep on a condition variable.
  * Workers are created lazily, only when a call asks for more threads than exist: no allocation on
  * the hot path.
@@ -34,6 +38,8 @@
 #define SPIN_NS 2000000L
 
 typedef void (*on_range_fn)(void *ctx, size_t begin, size_t end);
+
+#define CLOSED 0xffffffffu /* chunk field of a ticket whose job is being written */
 
 static struct {
     pthread_mutex_t call_lock; /* serialises callers */
@@ -79,6 +85,10 @@ static void run_chunks(uint32_t gen) {
         void *ctx = atomic_load_explicit(&g_pool.ctx, memory_order_relaxed);
         size_t n = atomic_load_explicit(&g_pool.n, memory_order_relaxed);
         unsigned c = (unsigned)(t & 0xffffffffu);
+        if (c == CLOSED) { /* the caller is writing this generation's job: it opens in a moment */
+            ON_CPU_RELAX();
+            continue;
+        }
         if (c >= nchunks) return;
         if (!atomic_compare_exchange_weak_explicit(&g_pool.ticket, &t, t + 1, memory_order_acq_rel,
                                                    memory_order_acquire))
@@ -158,6 +168,16 @@ int on_num_cpus(void) {
     return n > 0 ? (int)n : 1;
 }
 
+/* Start the next generation closed (call_lock held). The exchange is acq_rel: the job stores that
+ * follow cannot move before it, and a worker CAS that succeeded before it (old generation) has had
+ * its reads of the old job completed. Returns the new generation. */
+static uint32_t close_ticket(void) {
+    uint64_t old = atomic_load_explicit(&g_pool.ticket, memory_order_relaxed);
+    uint32_t gen = (uint32_t)(old >> 32) + 1u;
+    atomic_exchange_explicit(&g_pool.ticket, ((uint64_t)gen << 32) | CLOSED, memory_order_acq_rel);
+    return gen;
+}
+
 /* Publish an empty job: every worker sees a new generation, finds no chunk and spins for SPIN_NS
  * waiting for the next one. Callers never wait on an empty job (remaining = 0). */
 void on_pool_warm(int nthreads) {
@@ -166,10 +186,10 @@ void on_pool_warm(int nthreads) {
     pthread_once(&g_atfork_once, register_atfork);
     pthread_mutex_lock(&g_pool.call_lock);
     if (ensure_workers(nthreads - 1) >= 1) {
+        uint32_t gen = close_ticket();
         atomic_store_explicit(&g_pool.nchunks, 0u, memory_order_relaxed);
         atomic_store_explicit(&g_pool.remaining, 0u, memory_order_relaxed);
-        uint64_t old = atomic_load(&g_pool.ticket);
-        atomic_store_explicit(&g_pool.ticket, (uint64_t)((uint32_t)(old >> 32) + 1u) << 32, memory_order_release);
+        atomic_store_explicit(&g_pool.ticket, (uint64_t)gen << 32, memory_order_release);
         pthread_mutex_lock(&g_pool.mu);
         pthread_cond_broadcast(&g_pool.cv_work);
         pthread_mutex_unlock(&g_pool.mu);
@@ -194,13 +214,12 @@ void on_parallel_for(size_t n, void (*fn)(void *ctx, size_t begin, size_t end), 
         return;
     }
     unsigned nchunks = (unsigned)nthreads;
+    uint32_t gen = close_ticket();
     atomic_store_explicit(&g_pool.fn, fn, memory_order_relaxed);
     atomic_store_explicit(&g_pool.ctx, ctx, memory_order_relaxed);
     atomic_store_explicit(&g_pool.n, n, memory_order_relaxed);
     atomic_store_explicit(&g_pool.nchunks, nchunks, memory_order_relaxed);
     atomic_store_explicit(&g_pool.remaining, nchunks, memory_order_relaxed);
-    uint64_t old = atomic_load(&g_pool.ticket);
-    uint32_t gen = (uint32_t)(old >> 32) + 1u;
     atomic_store_explicit(&g_pool.ticket, (uint64_t)gen << 32, memory_order_release);
     pthread_mutex_lock(&g_pool.mu);
     pthread_cond_broadcast(&g_pool.cv_work);

@@ -61,7 +61,7 @@ static void f32_gemm_6x16__neon(size_t mr, size_t nr, size_t kc, const float *a,
     }
 }
 
-const on_gemm_ukernel on_f32_gemm_6x16__neon = {"f32_gemm_6x16__neon", 6, f32_gemm_6x16__neon};
+const on_gemm_ukernel on_f32_gemm_6x16__neon = {"f32_gemm_6x16__neon", 6, f32_gemm_6x16__neon, NULL};
 
 /* Peak probe: 12 independent FMA chains, enough to fill 2 pipes x 4-6 cycles of latency. */
 float on_fma_burst__neon(size_t iters) {

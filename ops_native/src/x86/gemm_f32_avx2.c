@@ -182,7 +182,7 @@ static void f32_gemm_6x16__avx2_fma(size_t mr, size_t nr, size_t kc, const float
     }
 }
 
-const on_gemm_ukernel on_f32_gemm_6x16__avx2_fma = {"f32_gemm_6x16__avx2_fma", 6, f32_gemm_6x16__avx2_fma};
+const on_gemm_ukernel on_f32_gemm_6x16__avx2_fma = {"f32_gemm_6x16__avx2_fma", 6, f32_gemm_6x16__avx2_fma, NULL};
 
 /* Peak probe: 12 independent FMA chains, enough to fill 2 pipes x 4-6 cycles of latency. */
 float on_fma_burst__avx2(size_t iters) {

@@ -1,0 +1,182 @@
+/* conv_nchwc_avx512.c - direct NCHWc convolution row kernel for AVX-512F.
+ *
+ * The input is the same padded NCHWc copy as the AVX2 kernel reads (blocks of ON_C0 = 8 input
+ * channels); the output channels come in blocks of 16 = one zmm, from weights packed for this kernel
+ * at plan time ([ob16][icb][KH][KW][CB][16], see conv_nchwc.c). Register tile: NB zmm blocks x P
+ * output pixels, 2 x 12 or 1 x 16 accumulators; per input channel and tap a tile issues NB weight
+ * loads and P broadcasts (embedded in the FMAs) for NB * P FMAs. A row's tiles go to a
+ * [nb][ow_pad][16] buffer (bias and activation applied in registers), which 8x8 transposes write to
+ * the NCHW output rows.
+ */
+#include <immintrin.h>
+
+#include "conv_internal.h"
+#include "x86/act_avx2.h"
+
+#define C0 ON_C0
+#define OB 16 /* output channels per block */
+/* bytes of weights a row pass keeps hot in L1 while its tiles reuse them */
+#ifndef NCHWC16_L1_WEIGHTS
+#define NCHWC16_L1_WEIGHTS (24 * 1024)
+#endif
+
+static inline __attribute__((always_inline)) __m512 act512(__m512 v, const on_act_t *a) {
+    switch (a->kind) {
+    case ON_ACT_RELU: return _mm512_max_ps(v, _mm512_setzero_ps());
+    case ON_ACT_CLIP: return _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(a->alpha)), _mm512_set1_ps(a->beta));
+    case ON_ACT_LEAKY_RELU: {
+        __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
+        return _mm512_mask_mul_ps(v, neg, v, _mm512_set1_ps(a->alpha));
+    }
+    case ON_ACT_HARDSWISH: {
+        __m512 t = _mm512_fmadd_ps(v, _mm512_set1_ps(1.0f / 6.0f), _mm512_set1_ps(0.5f));
+        t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(1.0f));
+        return _mm512_mul_ps(v, t);
+    }
+    default: return v;
+    }
+}
+
+/* One tile: NB blocks x P pixels from output column ow0, input-channel blocks [icb0, icb1).
+ * CB8: 2 = full 8-channel input blocks at stride 1, 1 = full blocks at a larger stride, 0 = r->CB < 8. */
+static inline __attribute__((always_inline)) void tile(const int NB, const int P, const int CB8,
+                                                       const on_nchwc_row *r, const float *xrow, size_t ow0,
+                                                       size_t icb0, size_t icb1, int first, int act) {
+    const size_t CB = CB8 ? C0 : r->CB;
+    const size_t ps = CB8 == 2 ? C0 : r->sw * CB, rs = r->PW * CB, cs = r->PH * rs;
+    const size_t KH = r->KH, KW = r->KW, dhs = r->dh * rs, dws = r->dw * CB, wst = r->wstride;
+    float *out = r->rowbuf + ow0 * OB;
+    const size_t ob = r->ow_pad * OB;
+    __m512 acc[2][16];
+#pragma GCC unroll 2
+    for (int b = 0; b < NB; b++) {
+        const __m512 bv = _mm512_loadu_ps(r->bias + b * OB);
+#pragma GCC unroll 16
+        for (int q = 0; q < P; q++)
+            acc[b][q] = first ? bv : _mm512_loadu_ps(out + (size_t)b * ob + (size_t)q * OB);
+    }
+    const float *wp = r->w + icb0 * KH * KW * CB * OB;
+    const float *xc = xrow + ow0 * ps + icb0 * cs;
+    for (size_t icb = icb0; icb < icb1; icb++, xc += cs) {
+        const float *xr = xc;
+        for (size_t kh = 0; kh < KH; kh++, xr += dhs) {
+            const float *xs = xr;
+            for (size_t kw = 0; kw < KW; kw++, xs += dws) {
+#pragma GCC unroll 8
+                for (size_t ci = 0; ci < CB; ci++, wp += OB) {
+                    const __m512 w0 = _mm512_loadu_ps(wp);
+                    const __m512 w1 = NB > 1 ? _mm512_loadu_ps(wp + wst) : w0;
+                    const float *xq = xs + ci;
+#pragma GCC unroll 16
+                    for (int q = 0; q < P; q++) {
+                        const __m512 xv = _mm512_set1_ps(xq[(size_t)q * ps]);
+                        acc[0][q] = _mm512_fmadd_ps(xv, w0, acc[0][q]);
+                        if (NB > 1) acc[1][q] = _mm512_fmadd_ps(xv, w1, acc[1][q]);
+                    }
+                }
+            }
+        }
+    }
+#pragma GCC unroll 2
+    for (int b = 0; b < NB; b++)
+#pragma GCC unroll 16
+        for (int q = 0; q < P; q++)
+            _mm512_storeu_ps(out + (size_t)b * ob + (size_t)q * OB, act ? act512(acc[b][q], &r->act) : acc[b][q]);
+}
+
+static inline void transpose8(__m256 *v) {
+    __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
+    __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
+    __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
+    __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
+    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+    v[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+    v[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+    v[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+    v[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+    v[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+    v[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+    v[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+    v[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+/* rowbuf [nb][ow_pad][16] -> y[oc * ystride + ow], oc < oc_valid; sigmoid applied here if it is the act */
+static void store_rows(const on_nchwc_row *r) {
+    if (r->act.kind == ON_ACT_SIGMOID) {
+        for (size_t oc = 0; oc < r->oc_valid; oc++) {
+            const float *src = r->rowbuf + (oc / OB) * r->ow_pad * OB + oc % OB;
+            float *dst = r->y + oc * r->ystride;
+            for (size_t ow = 0; ow < r->OW; ow++) dst[ow] = on_act_ref(r->act, src[ow * OB]);
+        }
+        return;
+    }
+    const size_t nhalf = (r->oc_valid + C0 - 1) / C0;
+    for (size_t h = 0; h < nhalf; h++) { /* 8-channel halves of the 16-channel blocks */
+        size_t nv = r->oc_valid - h * C0 < C0 ? r->oc_valid - h * C0 : C0;
+        const float *src = r->rowbuf + (h / 2) * r->ow_pad * OB + (h % 2) * C0;
+        float *dst = r->y + h * C0 * r->ystride;
+        for (size_t ow = 0; ow < r->OW; ow += C0) {
+            __m256 v[8];
+            for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(src + (ow + (size_t)i) * OB);
+            transpose8(v);
+            size_t n = r->OW - ow;
+            if (n >= C0)
+                for (size_t c = 0; c < nv; c++) _mm256_storeu_ps(dst + c * r->ystride + ow, v[c]);
+            else {
+                __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                for (size_t c = 0; c < nv; c++) _mm256_maskstore_ps(dst + c * r->ystride + ow, m, v[c]);
+            }
+        }
+    }
+}
+
+/* The row's pixels in tiles of P, the tail in tiles of 8, 4, 2, 1. */
+static inline __attribute__((always_inline)) void row_nb(const int NB, const int CB8, const on_nchwc_row *r,
+                                                         size_t oh) {
+    const int P = NB == 1 ? 16 : 12;
+    const float *xrow = r->x + oh * r->sh * r->PW * r->CB;
+    const int has_act = r->act.kind != ON_ACT_NONE && r->act.kind != ON_ACT_SIGMOID;
+    size_t per_icb = (size_t)NB * r->KH * r->KW * r->CB * OB * sizeof(float);
+    size_t chunk = NCHWC16_L1_WEIGHTS / per_icb;
+    if (chunk < 1) chunk = 1;
+    for (size_t i0 = 0; i0 < r->ncb; i0 += chunk) {
+        size_t i1 = r->ncb - i0 < chunk ? r->ncb : i0 + chunk;
+        int first = i0 == 0, act = has_act && i1 == r->ncb;
+        size_t ow = 0;
+        for (; ow + (size_t)P <= r->OW; ow += (size_t)P) tile(NB, P, CB8, r, xrow, ow, i0, i1, first, act);
+        if (r->OW - ow >= 8) {
+            tile(NB, 8, CB8, r, xrow, ow, i0, i1, first, act);
+            ow += 8;
+        }
+        if (r->OW - ow >= 4) {
+            tile(NB, 4, CB8, r, xrow, ow, i0, i1, first, act);
+            ow += 4;
+        }
+        if (r->OW - ow >= 2) {
+            tile(NB, 2, CB8, r, xrow, ow, i0, i1, first, act);
+            ow += 2;
+        }
+        if (r->OW - ow >= 1) tile(NB, 1, CB8, r, xrow, ow, i0, i1, first, act);
+    }
+}
+
+void on_conv_nchwc_row16__avx512(const on_nchwc_row *r, size_t oh) {
+    int cb8 = r->CB == C0 ? (r->sw == 1 ? 2 : 1) : 0;
+    if (r->nb == 1) {
+        if (cb8 == 2) row_nb(1, 2, r, oh);
+        else if (cb8) row_nb(1, 1, r, oh);
+        else row_nb(1, 0, r, oh);
+    } else {
+        if (cb8 == 2) row_nb(2, 2, r, oh);
+        else if (cb8) row_nb(2, 1, r, oh);
+        else row_nb(2, 0, r, oh);
+    }
+    store_rows(r);
+}
