@@ -1135,6 +1135,15 @@ ACT_NAMES = {"Relu": "relu", "Clip": "clip", "LeakyRelu": "leaky_relu", "HardSwi
              "Sigmoid": "sigmoid"}
 
 
+def _dense_step(packed: Any, bias: np.ndarray | None, act: dict, alpha: float, threads: int,
+                ctx: BuildContext, fallback: Fn, two_d: bool = False) -> Fn:
+    """The native step for a product with packed constant weights; `fallback` handles what it does not.
+    two_d (Gemm): only a 2-D A takes the native path (Gemm has no batched or 1-D form)."""
+    return _core.DenseStep(packed, bias, act.get("act", "none"), act.get("act_alpha", 0.0),
+                           act.get("act_beta", 0.0), alpha, threads, PARALLEL_MIN_FLOPS, ctx.pool.empty, fallback,
+                           two_d)
+
+
 def _act_kwargs(node: Node) -> dict:
     act = node.attrs.get("_act")
     if not act:
@@ -1168,7 +1177,7 @@ def _build_matmul(node: Node, ctx: BuildContext) -> Fn:
                            out=ctx.pool.empty((a2.shape[0], n)), **act)
             return [y.reshape(a.shape[:-1] + (n,))]
 
-        return fn_packed
+        return _dense_step(packed, bias, act, 1.0, threads, ctx, fn_packed)
     if bias is not None or act:
         raise OpBuildError("internal: fused MatMul needs a constant 2-D B")
 
@@ -1214,6 +1223,8 @@ def _build_gemm(node: Node, ctx: BuildContext) -> Fn:
             y = _core.ops_binary(_core.OPS_BINARY["Add"], y, cb, threads)
         return [y]
 
+    if packed is not None and not trans_a and (not has_c or bias is not None):
+        return _dense_step(packed, bias, act, alpha, threads, ctx, fn, two_d=True)
     return fn
 
 

@@ -346,3 +346,47 @@ def test_pool_hands_back_the_most_recently_freed_fitting_buffer() -> None:
     got3 = pool.empty((1 << 16,))                                    # 256 KiB: only big (2x) fits
     assert got3.ctypes.data == ids["big"] and got3.shape == (1 << 16,)
     assert pool.empty((1 << 15,)).ctypes.data not in ids.values()   # nothing free: a new buffer
+
+
+def _dense_model(a_shape: list, op: str, **attrs) -> onnx.ModelProto:
+    """a -> MatMul/Gemm with a constant B (and C for Gemm) -> Relu; the product runs as a native DenseStep."""
+    rng = np.random.default_rng(3)
+    k = a_shape[-1] if isinstance(a_shape[-1], int) else 40
+    inits = [numpy_helper.from_array(rng.standard_normal((k, 24)).astype(np.float32), "B")]
+    ins = ["a", "B"]
+    if op == "Gemm":
+        inits.append(numpy_helper.from_array(rng.standard_normal(24).astype(np.float32), "C"))
+        ins.append("C")
+    nodes = [helper.make_node(op, ins, ["p"], name="dense", **attrs), helper.make_node("Relu", ["p"], ["y"])]
+    g = helper.make_graph(nodes, "dense", [helper.make_tensor_value_info("a", TensorProto.FLOAT, a_shape)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * len(a_shape))], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("op,a_shape,attrs", [
+    ("MatMul", [40], {}),                       # 1-D A: y is [N]
+    ("MatMul", [3, 40], {}),
+    ("MatMul", [2, 5, 40], {}),                 # batched A flattened to rows
+    ("Gemm", [7, 40], {"alpha": 0.5, "beta": 2.0}),
+    ("Gemm", [1, 40], {}),
+])
+def test_dense_products_with_constant_weights_match_onnxruntime(op: str, a_shape: list, attrs: dict) -> None:
+    m = _dense_model(a_shape, op, **attrs)
+    a = np.random.default_rng(4).standard_normal(a_shape).astype(np.float32)
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
+    for threads in (1, 2):
+        sess = ops_native.InferenceSession(m, threads=threads)
+        got = sess.run(None, {"a": a})[0]
+        assert got.shape == ref.shape
+        np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+        # a non-contiguous view of the same values goes through the same native step
+        wide = np.repeat(a, 2, axis=-1)[..., ::2]
+        np.testing.assert_allclose(sess.run(None, {"a": wide})[0], ref, rtol=1e-4, atol=1e-4)
+
+
+def test_dense_step_with_a_wrong_inner_dimension_fails_naming_the_node() -> None:
+    m = _dense_model(["N", "K"], "MatMul")
+    sess = ops_native.InferenceSession(m)
+    with pytest.raises(ops_native.OpsNativeError, match="dense"):
+        sess.run(None, {"a": np.zeros((2, 41), np.float32)})
+    assert sess.run(None, {"a": np.ones((2, 40), np.float32)})[0].shape == (2, 24)  # still serving
