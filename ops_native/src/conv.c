@@ -24,6 +24,12 @@
  * conflicts of rows H*W floats apart (all in one set at 160x160). Measured 3-10% faster at
  * 96..384 channels, slower at <= 48. */
 #define CONV_1X1_PACK_MIN_OC 96
+/* A 1x1 conv on an image of at most this many pixels (14x14) runs as Y^T = X^T W^T with the weights
+ * packed as GEMM panels (see run_1x1_small). Measured on Zen 5: even at 14x14, 1.6-1.9x slower than
+ * the direct GEMM at 16x16 and 32x32. */
+#ifndef CONV_1X1_SMALL_PIXELS
+#define CONV_1X1_SMALL_PIXELS 196
+#endif
 /* Stride-1 depthwise outputs up to this many pixels take the channel-blocked kernel (see dw_use_c8). */
 #ifndef DW_C8_MAX_PIXELS
 #define DW_C8_MAX_PIXELS 4096
@@ -36,6 +42,7 @@ struct on_conv2d {
     float *weight; /* [OC, C/group * KH * KW] (not kept by the NCHWc path) */
     float *bias;   /* [OC] or NULL */
     on_nchwc_plan *nchwc;
+    on_packed_b *wt;   /* 1x1, group 1: W^T [C, OC] packed as GEMM panels (small images) */
     float *dw_c8;      /* depthwise: weights as [ceil(C/8)][KH*KW][8] for the channel-blocked kernel */
     float *dw_bias_c8; /* depthwise: [ceil(C/8) * 8] */
 };
@@ -193,6 +200,14 @@ on_status on_conv2d_create(const on_conv_params *p, const float *weight, const f
             return ON_ERR_NOMEM;
         }
     }
+    if (c->path == ON_CONV_PATH_1X1 && p->group == 1) {
+        /* W [OC, C] is (W^T)^T: packing it transposed gives panels of W^T, K = C, N = OC */
+        st = on_packed_b_create(weight, p->C, 1, p->C, p->OC, &c->wt);
+        if (st != ON_OK) {
+            on_conv2d_free(c);
+            return st;
+        }
+    }
     if (c->path == ON_CONV_PATH_DEPTHWISE) {
         size_t ncb = (p->C + 7) / 8, KK = p->KH * p->KW;
         c->dw_c8 = (float *)on_calloc(ncb * KK * 8, sizeof(float));
@@ -212,6 +227,7 @@ on_status on_conv2d_create(const on_conv_params *p, const float *weight, const f
 
 void on_conv2d_free(on_conv2d *c) {
     if (!c) return;
+    on_packed_b_free(c->wt);
     on_free(c->dw_c8);
     on_free(c->dw_bias_c8);
     on_free(c->weight);
@@ -503,6 +519,54 @@ static on_status run_im2col(const on_conv2d *c, size_t N, size_t H, size_t W, si
     return atomic_load(&j.failed) ? ON_ERR_NOMEM : ON_OK;
 }
 
+void on_transpose_f32__scalar(const float *src, size_t rows, size_t cols, float *dst) {
+    for (size_t r0 = 0; r0 < rows; r0 += 8) /* 8x8 tiles: both sides touch few cache lines at a time */
+        for (size_t c0 = 0; c0 < cols; c0 += 8)
+            for (size_t r = r0; r < rows && r < r0 + 8; r++)
+                for (size_t c = c0; c < cols && c < c0 + 8; c++) dst[c * rows + r] = src[r * cols + c];
+}
+
+on_transpose_fn on_transpose_for(on_isa_t isa) {
+#if defined(__x86_64__)
+    if (on_isa_has_avx2(isa)) return on_transpose_f32__avx2;
+#endif
+    (void)isa;
+    return on_transpose_f32__scalar;
+}
+
+/* 1x1 conv on a small image (the 7x7 / 4x4 layers at the end of a MobileNet): as Y = W X the GEMM has
+ * a long M (output channels) and a single 16-pixel panel, so every k step broadcasts from 12 weight
+ * rows that stream from L2/L3 with no reuse. Transposed, Y^T [HW, OC] = X^T [HW, C] W^T [C, OC],
+ * the weights are the packed B panels (one sequential stream, 2 panels per tile on AVX-512) and X^T
+ * is a few KiB in L1; the two transposes are 8x8 register transposes. Measured on Zen 5 against the
+ * direct GEMM: 224->1344 at 4x4 2.9x faster (0.125 -> 0.043 ms; ORT 0.052), 136->816 at 8x8 1.5x. */
+static on_status run_1x1_small(const on_conv2d *c, size_t N, size_t HW, const float *x, float *y, int nthreads) {
+    const on_conv_params *p = &c->p;
+    const size_t C = p->C, OC = p->OC;
+    size_t xt_n, yt_n, bytes;
+    if (!on_mul_size(HW, C, &xt_n) || !on_mul_size(HW, OC, &yt_n) || !on_mul_size(xt_n + yt_n, sizeof(float), &bytes))
+        return ON_ERR_NOMEM;
+    int owned;
+    float *xt = (float *)on_temp_alloc(ON_SLOT_CONV_COL, bytes, &owned);
+    if (!xt) return ON_ERR_NOMEM;
+    float *yt = xt + xt_n;
+    on_gemm_epilogue ep;
+    ep.alpha = 1.0f;
+    ep.act = c->act;
+    ep.bias_kind = c->bias ? ON_BIAS_COL : ON_BIAS_NONE;
+    ep.bias = c->bias;
+    if (2.0 * (double)HW * C * OC < 1e6) nthreads = 1;
+    on_transpose_fn tr = on_transpose_for(on_active_isa());
+    on_status st = ON_OK;
+    for (size_t n = 0; n < N && st == ON_OK; n++) {
+        tr(x + n * C * HW, C, HW, xt);
+        st = on_gemm_packed(0, HW, OC, C, xt, C, c->wt, &ep, yt, OC, nthreads);
+        tr(yt, HW, OC, y + n * OC * HW);
+    }
+    on_temp_free(xt, owned);
+    return st;
+}
+
 on_status on_conv2d_run(const on_conv2d *c, size_t N, size_t H, size_t W, const float *x, float *y,
                         int nthreads) {
     if (!c) return ON_ERR_ARG;
@@ -513,6 +577,7 @@ on_status on_conv2d_run(const on_conv2d *c, size_t N, size_t H, size_t W, const 
     if (!x || !y) return ON_ERR_ARG;
     if (nthreads > 64) nthreads = 64;
     if (c->path == ON_CONV_PATH_DEPTHWISE) return run_depthwise(c, N, H, W, OH, OW, x, y, nthreads);
+    if (c->wt && OH * OW <= CONV_1X1_SMALL_PIXELS) return run_1x1_small(c, N, OH * OW, x, y, nthreads);
     if (c->path == ON_CONV_PATH_NCHWC || (c->nchwc && on_nchwc_suits_1x1(&c->p, OH, OW)))
         return on_nchwc_run(c->nchwc, N, H, W, OH, OW, x, y, nthreads);
     return run_im2col(c, N, H, W, OH, OW, x, y, nthreads);
