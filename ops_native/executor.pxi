@@ -86,6 +86,50 @@ cdef class DenseStep:
         return self.run(args)
 
 
+cdef class ConvStep:
+    """A Conv step with constant weights, run by run_steps without a Python call.
+
+    `shapes` maps an input shape to (Conv2d plan, output shape, threads); the Python step `fallback`
+    fills it on the first run with a shape (and handles everything else: other dtypes, 1-D convs, a
+    non-ndarray input), so a run with a seen shape is a dict lookup and the C call.
+    """
+
+    cdef dict shapes
+    cdef object empty
+    cdef object fallback
+
+    def __init__(self, dict shapes, empty, fallback):
+        self.shapes = shapes
+        self.empty = empty
+        self.fallback = fallback
+
+    cdef list run(self, list args):
+        x = args[0]
+        if type(x) is not _on_np.ndarray:
+            return self.fallback(args)
+        cdef cnp.ndarray xa = <cnp.ndarray>x
+        if cnp.PyArray_NDIM(xa) != 4 or cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(xa):
+            return self.fallback(args)
+        hit = self.shapes.get(x.shape)
+        if hit is None:
+            return self.fallback(args)
+        cdef Conv2d conv = <Conv2d>(<tuple>hit)[0]
+        cdef cnp.ndarray y = self.empty((<tuple>hit)[1])
+        cdef int nt = (<tuple>hit)[2]
+        cdef cnp.npy_intp *d = cnp.PyArray_DIMS(xa)
+        cdef size_t N = <size_t>d[0], H = <size_t>d[2], W = <size_t>d[3]
+        cdef const float *xp = _on_fptr(xa)
+        cdef float *yp = _on_fptr(y)
+        cdef on_status st
+        with nogil:
+            st = on_conv2d_run(conv.conv, N, H, W, xp, yp, nt)
+        _on_check(st, "Conv")
+        return [y]
+
+    def __call__(self, list args):
+        return self.run(args)
+
+
 def run_steps(list steps, list values, give=None):
     """Run every step over `values` in order (in place). Raises StepError naming the failing step.
 
@@ -100,7 +144,9 @@ def run_steps(list steps, list values, give=None):
         args = [values[<Py_ssize_t>ins[k]] for k in range(len(ins))]
         try:
             f = step[0]
-            if type(f) is DenseStep:
+            if type(f) is ConvStep:
+                res = (<ConvStep>f).run(args)
+            elif type(f) is DenseStep:
                 res = (<DenseStep>f).run(args)
             else:
                 res = f(args)

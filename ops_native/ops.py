@@ -1308,7 +1308,8 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
             shapes[x.shape] = (conv, oshape, n_thr)
         return [conv.run(np.ascontiguousarray(x), out=empty(oshape), threads=n_thr)]
 
-    return fn
+    # constant weights: seen shapes run natively from run_steps (the dict is shared with fn)
+    return _core.ConvStep(shapes, empty, fn) if w_const is not None else fn
 
 
 @register("ConvTranspose")
