@@ -519,11 +519,32 @@ static on_status run_im2col(const on_conv2d *c, size_t N, size_t H, size_t W, si
     return atomic_load(&j.failed) ? ON_ERR_NOMEM : ON_OK;
 }
 
-void on_transpose_f32__scalar(const float *src, size_t rows, size_t cols, float *dst) {
+void on_transpose_f32__scalar(const float *src, size_t lds, size_t rows, size_t cols, float *dst, size_t ldd) {
     for (size_t r0 = 0; r0 < rows; r0 += 8) /* 8x8 tiles: both sides touch few cache lines at a time */
         for (size_t c0 = 0; c0 < cols; c0 += 8)
             for (size_t r = r0; r < rows && r < r0 + 8; r++)
-                for (size_t c = c0; c < cols && c < c0 + 8; c++) dst[c * rows + r] = src[r * cols + c];
+                for (size_t c = c0; c < cols && c < c0 + 8; c++) dst[c * ldd + r] = src[r * lds + c];
+}
+
+typedef struct {
+    on_transpose_fn fn;
+    const float *src;
+    size_t rows, cols;
+    float *dst;
+} transpose_job;
+
+/* unit = 64 source columns */
+static void transpose_range(void *vctx, size_t begin, size_t end) {
+    const transpose_job *j = (const transpose_job *)vctx;
+    size_t c0 = begin * 64, c1 = end * 64 < j->cols ? end * 64 : j->cols;
+    j->fn(j->src + c0, j->cols, j->rows, c1 - c0, j->dst + c0 * j->rows, j->rows);
+}
+
+/* dst [cols][rows] = src [rows][cols], split over threads by column blocks when it is large enough */
+static void transpose_par(on_transpose_fn fn, const float *src, size_t rows, size_t cols, float *dst, int nthreads) {
+    transpose_job j = {fn, src, rows, cols, dst};
+    size_t units = (cols + 63) / 64;
+    on_parallel_for(units, transpose_range, &j, rows * cols < 16384 ? 1 : nthreads);
 }
 
 on_transpose_fn on_transpose_for(on_isa_t isa) {
@@ -559,9 +580,9 @@ static on_status run_1x1_small(const on_conv2d *c, size_t N, size_t HW, const fl
     on_transpose_fn tr = on_transpose_for(on_active_isa());
     on_status st = ON_OK;
     for (size_t n = 0; n < N && st == ON_OK; n++) {
-        tr(x + n * C * HW, C, HW, xt);
+        transpose_par(tr, x + n * C * HW, C, HW, xt, nthreads);
         st = on_gemm_packed(0, HW, OC, C, xt, C, c->wt, &ep, yt, OC, nthreads);
-        tr(yt, HW, OC, y + n * OC * HW);
+        transpose_par(tr, yt, HW, OC, y + n * OC * HW, nthreads);
     }
     on_temp_free(xt, owned);
     return st;

@@ -36,11 +36,11 @@ void on_conv_dw_planes__avx2(const on_dw_args *a, size_t begin, size_t end, floa
  * scratch: on_dw_c8_scratch_floats floats, the first PH * PW * 8 zeroed by the caller once. */
 void on_conv_dw_c8__avx2(const on_dw_args *a, size_t begin, size_t end, float *scratch);
 #endif
-/* dst [cols][rows] = src [rows][cols] transposed (both contiguous). */
-typedef void (*on_transpose_fn)(const float *src, size_t rows, size_t cols, float *dst);
-void on_transpose_f32__scalar(const float *src, size_t rows, size_t cols, float *dst);
+/* dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols. */
+typedef void (*on_transpose_fn)(const float *src, size_t lds, size_t rows, size_t cols, float *dst, size_t ldd);
+void on_transpose_f32__scalar(const float *src, size_t lds, size_t rows, size_t cols, float *dst, size_t ldd);
 #if defined(__x86_64__)
-void on_transpose_f32__avx2(const float *src, size_t rows, size_t cols, float *dst);
+void on_transpose_f32__avx2(const float *src, size_t lds, size_t rows, size_t cols, float *dst, size_t ldd);
 #endif
 on_transpose_fn on_transpose_for(on_isa_t isa);
 static inline size_t on_dw_c8_scratch_floats(const on_dw_args *a) { return (a->PH * a->PW + a->OH * a->OW) * 8; }

@@ -19,6 +19,7 @@ static const conv_case CASES[] = {
     {"1x1 4x4 sigmoid", 1, 24, 4, 4, 40, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_SIGMOID},
     {"1x1 14x14 odd channels", 1, 13, 14, 14, 21, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_HARDSWISH},
     {"1x1 1x1 image", 3, 17, 1, 1, 33, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_LEAKY_RELU},
+    {"1x1 14x14 wide (threaded transposes)", 1, 400, 14, 14, 100, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_CLIP},
     {"1x1 padded", 1, 4, 5, 6, 8, 1, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, ON_ACT_NONE},
     {"3x3 s1 p1", 2, 3, 9, 11, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_RELU},
     {"3x3 s2 p1", 1, 16, 14, 13, 24, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, ON_ACT_HARDSWISH},

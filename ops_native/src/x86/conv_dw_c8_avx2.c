@@ -203,20 +203,20 @@ void on_conv_dw_c8__avx2(const on_dw_args *a, size_t begin, size_t end, float *s
     }
 }
 
-/* dst [cols][rows] = src [rows][cols]: 8x8 register transposes, scalar edges. */
-void on_transpose_f32__avx2(const float *src, size_t rows, size_t cols, float *dst) {
+/* dst[c * ldd + r] = src[r * lds + c]: 8x8 register transposes, scalar edges. */
+void on_transpose_f32__avx2(const float *src, size_t lds, size_t rows, size_t cols, float *dst, size_t ldd) {
     size_t r = 0;
     for (; r + 8 <= rows; r += 8) {
         size_t c = 0;
         for (; c + 8 <= cols; c += 8) {
             __m256 v[8];
-            for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(src + (r + (size_t)i) * cols + c);
+            for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(src + (r + (size_t)i) * lds + c);
             transpose8(v);
-            for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (c + (size_t)i) * rows + r, v[i]);
+            for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (c + (size_t)i) * ldd + r, v[i]);
         }
         for (; c < cols; c++)
-            for (size_t i = 0; i < 8; i++) dst[c * rows + r + i] = src[(r + i) * cols + c];
+            for (size_t i = 0; i < 8; i++) dst[c * ldd + r + i] = src[(r + i) * lds + c];
     }
     for (; r < rows; r++)
-        for (size_t c = 0; c < cols; c++) dst[c * rows + r] = src[r * cols + c];
+        for (size_t c = 0; c < cols; c++) dst[c * ldd + r] = src[r * lds + c];
 }
