@@ -24,7 +24,6 @@ from benchmarks.common import fmt, fmt_ratio, parser, table, write_json
 from ops_native import _core as core
 
 
-
 @cache
 def peak_gflops_per_core() -> float:
     """Single-core FMA peak (GFLOP/s) of the ISA the kernels use, measured once per process."""
