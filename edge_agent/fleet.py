@@ -301,7 +301,25 @@ class Fleet:
             p.future.set_result((dict(res.tensors), list(res.timings)))
         else:
             self.stats["errors"] += 1
-            p.future.set_exception(_result_error(res))
+            p.future.set_exception(self._final_error(res, p))
+
+    def _final_error(self, res: InferResult, p: _Pending) -> Exception:
+        """The caller's exception for a failed result. A device that found no live device for the next
+        stage (retried until the deadline) becomes StageUnavailableError naming that stage's devices,
+        as when the fleet sees the device go offline itself."""
+        err = _result_error(res)
+        if not (isinstance(err, InferenceError) and err.code == "no_route" and isinstance(err.stage, int)):
+            return err
+        with self._lock:
+            m = self._manifests.get(p.request.model)
+            if m is None or not 0 <= err.stage < len(m.stages):
+                return err
+            devs = stage_devices(m.stages[err.stage])
+            offline = [d for d in devs if (st := self._states.get(d)) is None or not st.online]
+        return StageUnavailableError(
+            f"{err}: stage {err.stage} is assigned to {', '.join(devs) or 'no device'}"
+            f"{'' if not offline else ' (offline: ' + ', '.join(offline) + ')'}",
+            stage=err.stage, device=(offline or devs or [None])[0], code="device_offline")
 
     def _device_lost(self, device: str, last: DeviceState | None) -> None:
         """A device went offline: requests that may be inside it are sent again at once (stages

@@ -416,3 +416,33 @@ def test_cli_bench_reports_latency_throughput_and_no_losses(sim, fleet: Fleet) -
         assert 0 < res["p50_ms"] <= res["p95_ms"] <= res["p99_ms"] and res["throughput_rps"] > 0
     finally:
         fleet.undeploy("benched")
+
+
+def test_final_no_route_error_names_the_stage_and_its_devices(fleet: Fleet) -> None:
+    """A stage device that finds no live device for the next stage answers "no_route"; once the request's
+    deadline has passed that answer is final, and the caller gets StageUnavailableError naming the
+    stage and the devices it is assigned to (not a bare error without a device)."""
+    import uuid
+    from concurrent.futures import Future
+
+    from edge_agent.fleet import _Pending
+    from edge_agent.messages import InferResult
+
+    model = zoo.build("mlp", seed=5)
+    fleet.deploy(model, "noroute", stages=2, timeout=120)
+    try:
+        m = fleet.manifest("noroute")
+        stage1 = m.stages[1]["device"]
+        req = InferRequest(uuid.uuid4().hex, "noroute", m.version, 0, fleet.endpoint)
+        fut: Future = Future()
+        past = time.monotonic() - 1.0   # deadline over: a retriable code is final now
+        with fleet._lock:
+            fleet._pending[req.request_id] = _Pending(fut, req, req.to_bytes(), past, past + 3600)
+        res = InferResult(req.request_id, "noroute", False, error={
+            "code": "no_route", "message": "no live device serves noroute v1 stage 1", "stage": 1})
+        fleet._on_result("test", res.to_bytes(), False)
+        err = fut.exception(timeout=5)
+        assert isinstance(err, StageUnavailableError), err
+        assert err.stage == 1 and stage1 in str(err) and err.device == stage1
+    finally:
+        fleet.undeploy("noroute")
