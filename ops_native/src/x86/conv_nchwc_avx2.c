@@ -198,8 +198,42 @@ void on_conv_nchwc_row__avx2(const on_nchwc_row *r, size_t oh) {
     else store_rows(r);
 }
 
+/* RGB input (CB = 3): 8 pixels of 3 planes -> 24 interleaved floats, 3 permutes + 2 blends per vector */
+static void pack_rgb(const float *src, size_t plane_stride, size_t W, float *dst) {
+    const __m256i ia0 = _mm256_setr_epi32(0, 0, 0, 1, 0, 0, 2, 0), ib0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 0, 0, 2);
+    const __m256i ic0 = _mm256_setr_epi32(0, 0, 0, 0, 0, 1, 0, 0);
+    const __m256i ia1 = _mm256_setr_epi32(0, 3, 0, 0, 4, 0, 0, 5), ib1 = _mm256_setr_epi32(0, 0, 3, 0, 0, 4, 0, 0);
+    const __m256i ic1 = _mm256_setr_epi32(2, 0, 0, 3, 0, 0, 4, 0);
+    const __m256i ia2 = _mm256_setr_epi32(0, 0, 6, 0, 0, 7, 0, 0), ib2 = _mm256_setr_epi32(5, 0, 0, 6, 0, 0, 7, 0);
+    const __m256i ic2 = _mm256_setr_epi32(0, 5, 0, 0, 6, 0, 0, 7);
+    const float *s0 = src, *s1 = src + plane_stride, *s2 = src + 2 * plane_stride;
+    size_t iw = 0;
+    for (; iw + 8 <= W; iw += 8) {
+        const __m256 a = _mm256_loadu_ps(s0 + iw), b = _mm256_loadu_ps(s1 + iw), c = _mm256_loadu_ps(s2 + iw);
+        /* blend masks: bit i set takes lane i from the second operand */
+        __m256 o0 = _mm256_blend_ps(_mm256_permutevar8x32_ps(a, ia0), _mm256_permutevar8x32_ps(b, ib0), 0x92);
+        o0 = _mm256_blend_ps(o0, _mm256_permutevar8x32_ps(c, ic0), 0x24);
+        __m256 o1 = _mm256_blend_ps(_mm256_permutevar8x32_ps(a, ia1), _mm256_permutevar8x32_ps(b, ib1), 0x24);
+        o1 = _mm256_blend_ps(o1, _mm256_permutevar8x32_ps(c, ic1), 0x49);
+        __m256 o2 = _mm256_blend_ps(_mm256_permutevar8x32_ps(a, ia2), _mm256_permutevar8x32_ps(b, ib2), 0x49);
+        o2 = _mm256_blend_ps(o2, _mm256_permutevar8x32_ps(c, ic2), 0x92);
+        _mm256_storeu_ps(dst + iw * 3, o0);
+        _mm256_storeu_ps(dst + iw * 3 + 8, o1);
+        _mm256_storeu_ps(dst + iw * 3 + 16, o2);
+    }
+    for (; iw < W; iw++) {
+        dst[iw * 3] = s0[iw];
+        dst[iw * 3 + 1] = s1[iw];
+        dst[iw * 3 + 2] = s2[iw];
+    }
+}
+
 void on_conv_nchwc_pack__avx2(const float *src, size_t plane_stride, size_t nch, size_t CB, size_t W,
                               float *dst) {
+    if (CB == 3 && nch == 3) {
+        pack_rgb(src, plane_stride, W, dst);
+        return;
+    }
     if (CB != C0 || nch != C0) {
         on_conv_nchwc_pack__scalar(src, plane_stride, nch, CB, W, dst);
         return;

@@ -38,11 +38,12 @@ static inline __attribute__((always_inline)) __m512 act512(__m512 v, const on_ac
 }
 
 /* One tile: NB blocks x P pixels from output column ow0, input-channel blocks [icb0, icb1).
- * CB8: 2 = full 8-channel input blocks at stride 1, 1 = full blocks at a larger stride, 0 = r->CB < 8. */
+ * CB8: 2 = full 8-channel input blocks at stride 1, 1 = full blocks at a larger stride, 3 = an RGB
+ * input (CB = 3, unrolled), 0 = any other r->CB < 8. */
 static inline __attribute__((always_inline)) void tile(const int NB, const int P, const int CB8,
                                                        const on_nchwc_row *r, const float *xrow, size_t ow0,
                                                        size_t icb0, size_t icb1, int first, int act) {
-    const size_t CB = CB8 ? C0 : r->CB;
+    const size_t CB = CB8 == 3 ? 3 : (CB8 ? C0 : r->CB);
     const size_t ps = CB8 == 2 ? C0 : r->sw * CB, rs = r->PW * CB, cs = r->PH * rs;
     const size_t KH = r->KH, KW = r->KW, dhs = r->dh * rs, dws = r->dw * CB, wst = r->wstride;
     float *out = r->rowbuf + ow0 * OB;
@@ -168,14 +169,16 @@ static inline __attribute__((always_inline)) void row_nb(const int NB, const int
 }
 
 void on_conv_nchwc_row16__avx512(const on_nchwc_row *r, size_t oh) {
-    int cb8 = r->CB == C0 ? (r->sw == 1 ? 2 : 1) : 0;
+    int cb8 = r->CB == C0 ? (r->sw == 1 ? 2 : 1) : (r->CB == 3 ? 3 : 0);
     if (r->nb == 1) {
         if (cb8 == 2) row_nb(1, 2, r, oh);
-        else if (cb8) row_nb(1, 1, r, oh);
+        else if (cb8 == 1) row_nb(1, 1, r, oh);
+        else if (cb8 == 3) row_nb(1, 3, r, oh);
         else row_nb(1, 0, r, oh);
     } else {
         if (cb8 == 2) row_nb(2, 2, r, oh);
-        else if (cb8) row_nb(2, 1, r, oh);
+        else if (cb8 == 1) row_nb(2, 1, r, oh);
+        else if (cb8 == 3) row_nb(2, 3, r, oh);
         else row_nb(2, 0, r, oh);
     }
     store_rows(r);
