@@ -62,16 +62,37 @@ def check_inputs(specs: list[IOSpec], inputs: dict[str, np.ndarray], where: str)
 class Backend(Protocol):
     name: str
     reason: str
+    warmed: bool
     inputs: list[IOSpec]
     outputs: list[IOSpec]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+def warm_up(backend: Backend) -> bool:
+    """Run the backend once on zeros (named or unknown dims taken as 1, i.e. a batch of one), so the
+    first real request does not pay for per-shape plans and buffer pools (tens of ms on a large
+    stage). Returns whether it ran; a failure is logged and left to real requests to report."""
+    feeds = {}
+    for spec in backend.inputs:
+        shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
+        try:
+            feeds[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
+        except TypeError:
+            return False
+    try:
+        backend.run(feeds)
+    except Exception as exc:  # noqa: BLE001 - a model may legitimately reject all-zero input
+        log.debug("warm-up run of the %s backend failed: %s", backend.name, exc)
+        return False
+    return True
+
+
 class OrtBackend:
     """ONNX Runtime on the CPU execution provider."""
 
     name = "onnxruntime"
+    warmed = False
 
     def __init__(self, model_bytes: bytes, threads: int = 1, reason: str = "") -> None:
         import onnxruntime as ort
@@ -95,6 +116,7 @@ class NativeBackend:
     """The native kernel core (ops_native)."""
 
     name = "ops_native"
+    warmed = False
 
     def __init__(self, model_bytes: bytes, threads: int = 1, reason: str = "") -> None:
         import ops_native
@@ -128,6 +150,12 @@ def load_backend(model_bytes: bytes, threads: int = 1, prefer: str = "auto") -> 
     ``onnxruntime``. The chosen backend's ``reason`` says why."""
     if prefer not in ("auto", "native", "onnxruntime"):
         raise ValueError(f"unknown backend {prefer!r} (auto, native, onnxruntime)")
+    backend = _pick_backend(model_bytes, threads, prefer)
+    backend.warmed = warm_up(backend)
+    return backend
+
+
+def _pick_backend(model_bytes: bytes, threads: int, prefer: str) -> Backend:
     if prefer == "onnxruntime":
         return OrtBackend(model_bytes, threads, reason="forced by --backend onnxruntime")
     missing = native_unsupported(model_bytes)
