@@ -66,7 +66,8 @@ core = Extension(
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     extra_compile_args=BASE_CFLAGS,
     extra_link_args=["-pthread", "-lm"],
-    depends=glob.glob("ops_native/include/*.h") + glob.glob("ops_native/src/*.h") + glob.glob("ops_native/*.pxi"),
+    depends=glob.glob("ops_native/include/*.h") + glob.glob("ops_native/src/*.h") + glob.glob("ops_native/src/*/*.h")
+    + glob.glob("ops_native/*.pxi"),
 )
 
 setup(

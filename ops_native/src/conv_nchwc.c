@@ -30,19 +30,24 @@
  * 12->96 @160x160) and slower below ~160x160 pixels or with more input channels. */
 #define NCHWC_1X1_MIN_PIXELS (160 * 160)
 
+/* The weights packed for one output-channel block width: ON_C0 (AVX2 / NEON / scalar kernels) or
+ * 16 (AVX-512 kernel). */
+typedef struct {
+    size_t blk, max_nb;  /* channels per output block, blocks per register tile at most */
+    size_t OCgb;         /* output blocks per conv group */
+    size_t wstride;      /* floats per output block: ncb * KH * KW * CB * blk */
+    float *w;            /* [group][OCgb] blocks of wstride floats */
+    float *bias;         /* [group][OCgb * blk], zero padded */
+    size_t ngrp;         /* block groups (register tiles) per conv group: first block, block count */
+    size_t *grp_first, *grp_nb;
+} nchwc_blocking;
+
 struct on_nchwc_plan {
     on_conv_params p;
     on_act_t act;
-    size_t Cg, OCg, CB, ncb, OCgb; /* channels per group, input block width, input / output blocks */
-    size_t wstride;                /* floats per output block: ncb * KH * KW * CB * C0 */
-    float *w;                      /* [group][OCgb] blocks of wstride floats */
-    float *bias;                   /* [group][OCgb * C0], zero padded */
-    size_t ngrp;                   /* block groups per conv group: first block, block count */
-    size_t *grp_first, *grp_nb;
-    /* AVX-512 layout (NULL w16 when the CPU has no AVX-512F): blocks of 16 output channels */
-    size_t OCgb16, wstride16, ngrp16;
-    float *w16, *bias16;
-    size_t *grp16_first, *grp16_nb;
+    size_t Cg, OCg, CB, ncb; /* channels per group, input block width, input blocks */
+    nchwc_blocking b8;       /* ON_C0-channel output blocks: every ISA's row kernel */
+    nchwc_blocking b16;      /* 16-channel output blocks for AVX-512 (w NULL when the CPU lacks it) */
 };
 
 static int nchwc_enabled = 1;
@@ -61,14 +66,15 @@ int on_nchwc_suits_1x1(const on_conv_params *p, size_t OH, size_t OW) {
     return nchwc_enabled && Cg <= 48 && OCg >= 32 && OCg % C0 == 0 && OH * OW >= NCHWC_1X1_MIN_PIXELS;
 }
 
-/* Block groups: as many 3-block tiles as possible (12 accumulators, 7 loads per 12 FMAs), the rest in
- * 2-block tiles (a lone 1-block tile only when there is a single block). Measured: all-2-block
- * grouping is 2-8% slower on ResNet 3x3 layers. */
-static size_t split_blocks(size_t nblocks, size_t *first, size_t *nb) {
+/* Register tiles over the output blocks: tiles of max_nb blocks, the rest split evenly. 8-channel
+ * blocks: 3-block tiles (12 ymm accumulators, 7 loads per 12 FMAs) and 2-block ones, never a lone
+ * 1-block tile beside others (4 blocks -> 2 + 2); all-2-block grouping measured 2-8% slower on ResNet
+ * 3x3. 16-channel blocks: 2-block tiles (24 zmm accumulators), a lone one for an odd count. */
+static size_t split_blocks(size_t nblocks, size_t max_nb, size_t *first, size_t *nb) {
     size_t n = 0, b = 0;
     while (b < nblocks) {
-        size_t left = nblocks - b, take = left >= 3 ? 3 : left;
-        if (left == 4) take = 2;
+        size_t left = nblocks - b, take = left >= max_nb ? max_nb : left;
+        if (max_nb == 3 && left == 4) take = 2;
         first[n] = b;
         nb[n] = take;
         n++;
@@ -77,44 +83,49 @@ static size_t split_blocks(size_t nblocks, size_t *first, size_t *nb) {
     return n;
 }
 
-/* 16-channel blocks: tiles of 2 blocks (24 zmm accumulators), a lone 1-block tile for an odd count */
-static size_t split_blocks16(size_t nblocks, size_t *first, size_t *nb) {
-    size_t n = 0;
-    for (size_t b = 0; b < nblocks; b += 2, n++) {
-        first[n] = b;
-        nb[n] = nblocks - b >= 2 ? 2 : 1;
-    }
-    return n;
+static void blocking_free(nchwc_blocking *bl) {
+    on_free(bl->w);
+    on_free(bl->bias);
+    on_free(bl->grp_first);
+    on_free(bl->grp_nb);
 }
 
-/* Weights [g][ob][icb][taps][CB][blk] for output blocks of blk channels (zero padded), bias [g][ob*blk]. */
-static void pack_weights(const on_nchwc_plan *pl, const float *weight, const float *bias, size_t blk,
-                         size_t nblocks, size_t wstride, float *w, float *b) {
+/* Pack the weights [g][ob][icb][taps][CB][blk] (zero padded) and bias [g][ob * blk] for output blocks of
+ * blk channels, and group the blocks into register tiles. */
+static on_status blocking_create(const on_nchwc_plan *pl, const float *weight, const float *bias, size_t blk,
+                                 size_t max_nb, nchwc_blocking *bl) {
     const on_conv_params *p = &pl->p;
-    size_t taps = p->KH * p->KW;
+    size_t taps = p->KH * p->KW, total;
+    bl->blk = blk;
+    bl->max_nb = max_nb;
+    bl->OCgb = (pl->OCg + blk - 1) / blk;
+    if (!on_mul_size(pl->ncb, taps, &bl->wstride) || !on_mul_size(bl->wstride, pl->CB * blk, &bl->wstride) ||
+        !on_mul_size(bl->wstride, bl->OCgb * p->group, &total))
+        return ON_ERR_NOMEM;
+    bl->w = (float *)on_calloc(total, sizeof(float));
+    bl->bias = (float *)on_calloc(p->group * bl->OCgb * blk, sizeof(float));
+    bl->grp_first = (size_t *)on_malloc(bl->OCgb * sizeof(size_t));
+    bl->grp_nb = (size_t *)on_malloc(bl->OCgb * sizeof(size_t));
+    if (!bl->w || !bl->bias || !bl->grp_first || !bl->grp_nb) return ON_ERR_NOMEM;
+    bl->ngrp = split_blocks(bl->OCgb, max_nb, bl->grp_first, bl->grp_nb);
     for (size_t g = 0; g < p->group; g++)
         for (size_t oc = 0; oc < pl->OCg; oc++) {
             size_t ob = oc / blk, co = oc % blk, goc = g * pl->OCg + oc;
-            float *wb = w + (g * nblocks + ob) * wstride;
+            float *wb = bl->w + (g * bl->OCgb + ob) * bl->wstride;
             for (size_t ic = 0; ic < pl->Cg; ic++) {
                 size_t icb = ic / pl->CB, ci = ic % pl->CB;
                 for (size_t t = 0; t < taps; t++)
                     wb[((icb * taps + t) * pl->CB + ci) * blk + co] = weight[(goc * pl->Cg + ic) * taps + t];
             }
-            if (bias) b[g * nblocks * blk + oc] = bias[goc];
+            if (bias) bl->bias[g * bl->OCgb * blk + oc] = bias[goc];
         }
+    return ON_OK;
 }
 
 void on_nchwc_plan_free(on_nchwc_plan *pl) {
     if (!pl) return;
-    on_free(pl->w16);
-    on_free(pl->bias16);
-    on_free(pl->grp16_first);
-    on_free(pl->grp16_nb);
-    on_free(pl->w);
-    on_free(pl->bias);
-    on_free(pl->grp_first);
-    on_free(pl->grp_nb);
+    blocking_free(&pl->b8);
+    blocking_free(&pl->b16);
     on_free(pl);
 }
 
@@ -129,39 +140,15 @@ on_status on_nchwc_plan_create(const on_conv_params *p, const float *weight, con
     pl->OCg = p->OC / p->group;
     pl->CB = pl->Cg < C0 ? pl->Cg : C0;
     pl->ncb = (pl->Cg + pl->CB - 1) / pl->CB;
-    pl->OCgb = (pl->OCg + C0 - 1) / C0;
-    size_t taps = p->KH * p->KW, total;
-    if (!on_mul_size(pl->ncb, taps, &pl->wstride) || !on_mul_size(pl->wstride, pl->CB * C0, &pl->wstride) ||
-        !on_mul_size(pl->wstride, pl->OCgb * p->group, &total) || !on_mul_size(total, sizeof(float), &total)) {
-        on_free(pl);
-        return ON_ERR_NOMEM;
-    }
-    pl->w = (float *)on_calloc(1, total);
-    pl->bias = (float *)on_calloc(p->group * pl->OCgb * C0, sizeof(float));
-    pl->grp_first = (size_t *)on_malloc(pl->OCgb * sizeof(size_t));
-    pl->grp_nb = (size_t *)on_malloc(pl->OCgb * sizeof(size_t));
-    if (!pl->w || !pl->bias || !pl->grp_first || !pl->grp_nb) {
-        on_nchwc_plan_free(pl);
-        return ON_ERR_NOMEM;
-    }
-    pl->ngrp = split_blocks(pl->OCgb, pl->grp_first, pl->grp_nb);
-    pack_weights(pl, weight, bias, C0, pl->OCgb, pl->wstride, pl->w, pl->bias);
+    on_status st = blocking_create(pl, weight, bias, C0, ON_NCHWC_MAX_NB, &pl->b8);
 #if defined(__x86_64__)
-    if (on_isa_available(ON_ISA_AVX512)) {
-        pl->OCgb16 = (pl->OCg + 15) / 16;
-        pl->wstride16 = pl->wstride / C0 * 16;
-        pl->w16 = (float *)on_calloc(pl->OCgb16 * p->group * pl->wstride16, sizeof(float));
-        pl->bias16 = (float *)on_calloc(p->group * pl->OCgb16 * 16, sizeof(float));
-        pl->grp16_first = (size_t *)on_malloc(pl->OCgb16 * sizeof(size_t));
-        pl->grp16_nb = (size_t *)on_malloc(pl->OCgb16 * sizeof(size_t));
-        if (!pl->w16 || !pl->bias16 || !pl->grp16_first || !pl->grp16_nb) {
-            on_nchwc_plan_free(pl);
-            return ON_ERR_NOMEM;
-        }
-        pl->ngrp16 = split_blocks16(pl->OCgb16, pl->grp16_first, pl->grp16_nb);
-        pack_weights(pl, weight, bias, 16, pl->OCgb16, pl->wstride16, pl->w16, pl->bias16);
-    }
+    if (st == ON_OK && on_isa_available(ON_ISA_AVX512))
+        st = blocking_create(pl, weight, bias, 16, ON_NCHWC16_MAX_NB, &pl->b16);
 #endif
+    if (st != ON_OK) {
+        on_nchwc_plan_free(pl);
+        return st;
+    }
     *out = pl;
     return ON_OK;
 }
@@ -240,10 +227,7 @@ typedef struct {
     size_t H, W, OH, OW, PH, PW, ow_pad;
     on_nchwc_row_fn row;
     on_nchwc_pack_fn pack;
-    /* output blocking the row kernel uses: ON_C0 channels (pl->w) or 16 (pl->w16, AVX-512) */
-    size_t blk, OCgb, wstride, ngrp, max_nb;
-    const float *w, *bias;
-    const size_t *grp_first, *grp_nb;
+    const nchwc_blocking *bl; /* the output blocking the row kernel uses */
     size_t row_units, grab; /* rows are handed out `grab` units at a time from next_unit */
     atomic_size_t next_unit;
     atomic_int failed;
@@ -273,12 +257,13 @@ static void pack_range(void *vctx, size_t begin, size_t end) {
 static void rows_range(nchwc_job *j, size_t begin, size_t end) {
     const on_nchwc_plan *pl = j->pl;
     const on_conv_params *p = &pl->p;
-    float *rowbuf = (float *)on_scratch(ON_SLOT_AUX, j->max_nb * j->ow_pad * j->blk * sizeof(float));
+    const nchwc_blocking *bl = j->bl;
+    float *rowbuf = (float *)on_scratch(ON_SLOT_AUX, bl->max_nb * j->ow_pad * bl->blk * sizeof(float));
     if (!rowbuf) {
         atomic_store(&j->failed, 1);
         return;
     }
-    const size_t *first = j->grp_first, *nbs = j->grp_nb, blk = j->blk;
+    const size_t *first = bl->grp_first, *nbs = bl->grp_nb, blk = bl->blk;
     on_nchwc_row r;
     r.ncb = pl->ncb;
     r.CB = pl->CB;
@@ -290,7 +275,7 @@ static void rows_range(nchwc_job *j, size_t begin, size_t end) {
     r.sw = p->stride_w;
     r.dh = p->dil_h;
     r.dw = p->dil_w;
-    r.wstride = j->wstride;
+    r.wstride = bl->wstride;
     r.act = pl->act;
     r.OW = j->OW;
     r.ow_pad = j->ow_pad;
@@ -298,11 +283,11 @@ static void rows_range(nchwc_job *j, size_t begin, size_t end) {
     r.rowbuf = rowbuf;
     size_t u = begin;
     while (u < end) {
-        size_t oh = u % j->OH, gg = u / j->OH, k = gg % j->ngrp, g = gg / j->ngrp;
+        size_t oh = u % j->OH, gg = u / j->OH, k = gg % bl->ngrp, g = gg / bl->ngrp;
         size_t ob = first[k], oc0 = ob * blk;
         r.x = j->xp + g * pl->ncb * j->PH * j->PW * pl->CB;
-        r.w = j->w + (g * j->OCgb + ob) * j->wstride;
-        r.bias = j->bias + (g * j->OCgb + ob) * blk;
+        r.w = bl->w + (g * bl->OCgb + ob) * bl->wstride;
+        r.bias = bl->bias + (g * bl->OCgb + ob) * blk;
         r.nb = nbs[k];
         r.oc_valid = pl->OCg - oc0 < r.nb * blk ? pl->OCg - oc0 : r.nb * blk;
         size_t stop = end - u < j->OH - oh ? end : u + (j->OH - oh); /* rows of this block group */
@@ -346,27 +331,11 @@ on_status on_nchwc_run(const on_nchwc_plan *pl, size_t N, size_t H, size_t W, si
     if (j.PH < p->pad_t + H) j.PH = p->pad_t + H;
     j.row = on_conv_nchwc_row_for(on_active_isa());
     j.pack = on_conv_nchwc_pack_for(on_active_isa());
-    j.blk = C0;
-    j.OCgb = pl->OCgb;
-    j.wstride = pl->wstride;
-    j.ngrp = pl->ngrp;
-    j.max_nb = ON_NCHWC_MAX_NB;
-    j.w = pl->w;
-    j.bias = pl->bias;
-    j.grp_first = pl->grp_first;
-    j.grp_nb = pl->grp_nb;
+    j.bl = &pl->b8;
 #if defined(__x86_64__)
-    if (on_active_isa() == ON_ISA_AVX512 && pl->w16) {
+    if (on_active_isa() == ON_ISA_AVX512 && pl->b16.w) {
         j.row = on_conv_nchwc_row16__avx512;
-        j.blk = 16;
-        j.OCgb = pl->OCgb16;
-        j.wstride = pl->wstride16;
-        j.ngrp = pl->ngrp16;
-        j.max_nb = ON_NCHWC16_MAX_NB;
-        j.w = pl->w16;
-        j.bias = pl->bias16;
-        j.grp_first = pl->grp16_first;
-        j.grp_nb = pl->grp16_nb;
+        j.bl = &pl->b16;
     }
 #endif
     size_t bytes;
@@ -380,7 +349,7 @@ on_status on_nchwc_run(const on_nchwc_plan *pl, size_t N, size_t H, size_t W, si
     double flops = 2.0 * (double)p->OC * OH * OW * pl->Cg * p->KH * p->KW;
     int nt = flops < 524288.0 || nthreads < 1 ? 1 : nthreads;
     size_t pack_units = p->group * pl->ncb * j.PH;
-    j.row_units = p->group * j.ngrp * OH;
+    j.row_units = p->group * j.bl->ngrp * OH;
     j.grab = j.row_units / ((size_t)nt * 8);
     if (j.grab < 1) j.grab = 1;
     for (size_t n = 0; n < N && !atomic_load(&j.failed); n++) {

@@ -12,26 +12,8 @@
 
 #include "conv_internal.h"
 #include "x86/act_avx2.h"
+#include "x86/transpose_avx2.h"
 
-/* In-register 8x8 transpose: r[i] lane j <-> r[j] lane i. */
-static inline void transpose8(__m256 r[8]) {
-    __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-    r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-    r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-    r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-    r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-    r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-    r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-    r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-    r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
 
 /* Planes c0..c0+nc-1 of one image (x: plane stride H*W) -> interior of the padded tile (PW * 8 floats
  * per padded row). Lanes >= nc are written as zeros, so a partial block computes zeros there. */
@@ -47,7 +29,7 @@ static void pack_block(const on_dw_args *a, const float *x, size_t nc, float *ti
                 size_t c0 = w0 + 8 <= W ? w0 : W - 8;
                 __m256 r[8];
                 for (int c = 0; c < 8; c++) r[c] = _mm256_loadu_ps(src + c * HW + c0);
-                transpose8(r);
+                on_transpose8_avx2(r);
                 for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (c0 + i) * 8, r[i]);
             }
             w = W;
@@ -66,7 +48,7 @@ static void unpack_block(const on_dw_args *a, const float *tile, size_t nc, floa
             size_t p0 = i0 + 8 <= OHW ? i0 : OHW - 8; /* overlapping tail, as in pack_block */
             __m256 r[8];
             for (int k = 0; k < 8; k++) r[k] = _mm256_loadu_ps(tile + (p0 + k) * 8);
-            transpose8(r);
+            on_transpose8_avx2(r);
             for (int c = 0; c < 8; c++) _mm256_storeu_ps(y + c * OHW + p0, r[c]);
         }
         i = OHW;
@@ -211,7 +193,7 @@ void on_transpose_f32__avx2(const float *src, size_t lds, size_t rows, size_t co
         for (; c + 8 <= cols; c += 8) {
             __m256 v[8];
             for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(src + (r + (size_t)i) * lds + c);
-            transpose8(v);
+            on_transpose8_avx2(v);
             for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (c + (size_t)i) * ldd + r, v[i]);
         }
         for (; c < cols; c++)

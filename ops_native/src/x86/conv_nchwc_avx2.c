@@ -10,6 +10,7 @@
 
 #include "conv_internal.h"
 #include "x86/act_avx2.h"
+#include "x86/transpose_avx2.h"
 
 #define C0 ON_C0
 /* bytes of weights a row pass keeps hot in L1 (32 KiB on Zen 3, shared with the input rows) */
@@ -93,28 +94,6 @@ static inline __attribute__((always_inline)) void tile(const int NB, const int P
     STORE_PIX(0) STORE_PIX(1) STORE_PIX(2) STORE_PIX(3) STORE_PIX(4) STORE_PIX(5) STORE_PIX(6) STORE_PIX(7)
 }
 
-static inline void transpose8(__m256 *v) {
-    __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
-    __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
-    __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
-    __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
-    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-    v[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-    v[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-    v[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-    v[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-    v[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-    v[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-    v[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-    v[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
 
 static inline __m256i tail_mask(size_t n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -129,7 +108,7 @@ static void store_rows(const on_nchwc_row *r) {
         for (size_t ow = 0; ow < r->OW; ow += C0) {
             __m256 v[8];
             for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(src + (ow + (size_t)i) * C0);
-            transpose8(v);
+            on_transpose8_avx2(v);
             size_t n = r->OW - ow;
             if (n >= C0)
                 for (size_t c = 0; c < nv; c++) _mm256_storeu_ps(dst + c * r->ystride + ow, v[c]);
@@ -242,7 +221,7 @@ void on_conv_nchwc_pack__avx2(const float *src, size_t plane_stride, size_t nch,
     for (; iw + C0 <= W; iw += C0) {
         __m256 v[8];
         for (size_t c = 0; c < C0; c++) v[c] = _mm256_loadu_ps(src + c * plane_stride + iw);
-        transpose8(v);
+        on_transpose8_avx2(v);
         for (size_t i = 0; i < C0; i++) _mm256_storeu_ps(dst + (iw + i) * C0, v[i]);
     }
     for (; iw < W; iw++)

@@ -11,7 +11,8 @@
 #include <immintrin.h>
 
 #include "conv_internal.h"
-#include "x86/act_avx2.h"
+#include "x86/act_avx512.h"
+#include "x86/transpose_avx2.h"
 
 #define C0 ON_C0
 #define OB 16 /* output channels per block */
@@ -20,22 +21,6 @@
 #define NCHWC16_L1_WEIGHTS (24 * 1024)
 #endif
 
-static inline __attribute__((always_inline)) __m512 act512(__m512 v, const on_act_t *a) {
-    switch (a->kind) {
-    case ON_ACT_RELU: return _mm512_max_ps(v, _mm512_setzero_ps());
-    case ON_ACT_CLIP: return _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(a->alpha)), _mm512_set1_ps(a->beta));
-    case ON_ACT_LEAKY_RELU: {
-        __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
-        return _mm512_mask_mul_ps(v, neg, v, _mm512_set1_ps(a->alpha));
-    }
-    case ON_ACT_HARDSWISH: {
-        __m512 t = _mm512_fmadd_ps(v, _mm512_set1_ps(1.0f / 6.0f), _mm512_set1_ps(0.5f));
-        t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(1.0f));
-        return _mm512_mul_ps(v, t);
-    }
-    default: return v;
-    }
-}
 
 /* One tile: NB blocks x P pixels from output column ow0, input-channel blocks [icb0, icb1).
  * CB8: 2 = full 8-channel input blocks at stride 1, 1 = full blocks at a larger stride, 3 = an RGB
@@ -82,31 +67,9 @@ static inline __attribute__((always_inline)) void tile(const int NB, const int P
     for (int b = 0; b < NB; b++)
 #pragma GCC unroll 16
         for (int q = 0; q < P; q++)
-            _mm512_storeu_ps(out + (size_t)b * ob + (size_t)q * OB, act ? act512(acc[b][q], &r->act) : acc[b][q]);
+            _mm512_storeu_ps(out + (size_t)b * ob + (size_t)q * OB, act ? act_avx512(acc[b][q], &r->act) : acc[b][q]);
 }
 
-static inline void transpose8(__m256 *v) {
-    __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
-    __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
-    __m256 t4 = _mm256_unpacklo_ps(v[4], v[5]), t5 = _mm256_unpackhi_ps(v[4], v[5]);
-    __m256 t6 = _mm256_unpacklo_ps(v[6], v[7]), t7 = _mm256_unpackhi_ps(v[6], v[7]);
-    __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-    __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
-    __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-    v[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
-    v[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
-    v[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
-    v[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
-    v[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
-    v[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
-    v[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
-    v[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
-}
 
 /* rowbuf [nb][ow_pad][16] -> y[oc * ystride + ow], oc < oc_valid; sigmoid applied here if it is the act */
 static void store_rows(const on_nchwc_row *r) {
@@ -126,7 +89,7 @@ static void store_rows(const on_nchwc_row *r) {
         for (size_t ow = 0; ow < r->OW; ow += C0) {
             __m256 v[8];
             for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(src + (ow + (size_t)i) * OB);
-            transpose8(v);
+            on_transpose8_avx2(v);
             size_t n = r->OW - ow;
             if (n >= C0)
                 for (size_t c = 0; c < nv; c++) _mm256_storeu_ps(dst + c * r->ystride + ow, v[c]);

@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include "gemm_internal.h"
+#include "x86/act_avx512.h"
 
 #define NR ON_GEMM_NR
 #define MR_MAX 12
@@ -20,22 +21,6 @@
 #define GEMM_PREFETCH 32
 #endif
 
-static inline __attribute__((always_inline)) __m512 act_avx512(__m512 v, const on_act_t *a) {
-    switch (a->kind) {
-    case ON_ACT_RELU: return _mm512_max_ps(v, _mm512_setzero_ps());
-    case ON_ACT_CLIP: return _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(a->alpha)), _mm512_set1_ps(a->beta));
-    case ON_ACT_LEAKY_RELU: {
-        __mmask16 neg = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ);
-        return _mm512_mask_mul_ps(v, neg, v, _mm512_set1_ps(a->alpha));
-    }
-    case ON_ACT_HARDSWISH: {
-        __m512 t = _mm512_fmadd_ps(v, _mm512_set1_ps(1.0f / 6.0f), _mm512_set1_ps(0.5f));
-        t = _mm512_min_ps(_mm512_max_ps(t, _mm512_setzero_ps()), _mm512_set1_ps(1.0f));
-        return _mm512_mul_ps(v, t);
-    }
-    default: return v;
-    }
-}
 
 /* Accumulate (K blocks after the first), epilogue, (masked) store of one tile row. */
 static inline __attribute__((always_inline)) void store_row(__m512 v, float *cr, __mmask16 kmask, int full,
