@@ -15,7 +15,17 @@ class StepError(Exception):
         self.error = error
 
 
-cdef class DenseStep:
+cdef class NativeStep:
+    """A step that run_steps calls through a C method, without a Python call; still callable as fn(args)."""
+
+    cdef list run(self, list args):
+        raise NotImplementedError
+
+    def __call__(self, list args):
+        return self.run(args)
+
+
+cdef class DenseStep(NativeStep):
     """A MatMul / Gemm step with constant packed weights, run by run_steps without a Python call.
 
     y[..., N] = act(alpha * a[..., K] @ B + bias) for a float32 a of any rank >= 1 (1-D a gives y [N];
@@ -82,11 +92,8 @@ cdef class DenseStep:
         _on_check(st, "MatMul/Gemm")
         return [y]
 
-    def __call__(self, list args):
-        return self.run(args)
 
-
-cdef class ConvStep:
+cdef class ConvStep(NativeStep):
     """A Conv step with constant weights, run by run_steps without a Python call.
 
     `shapes` maps an input shape to (Conv2d plan, output shape, threads); the Python step `fallback`
@@ -126,9 +133,6 @@ cdef class ConvStep:
         _on_check(st, "Conv")
         return [y]
 
-    def __call__(self, list args):
-        return self.run(args)
-
 
 def run_steps(list steps, list values, give=None):
     """Run every step over `values` in order (in place). Raises StepError naming the failing step.
@@ -144,10 +148,8 @@ def run_steps(list steps, list values, give=None):
         args = [values[<Py_ssize_t>ins[k]] for k in range(len(ins))]
         try:
             f = step[0]
-            if type(f) is ConvStep:
-                res = (<ConvStep>f).run(args)
-            elif type(f) is DenseStep:
-                res = (<DenseStep>f).run(args)
+            if isinstance(f, NativeStep):
+                res = (<NativeStep>f).run(args)
             else:
                 res = f(args)
         except Exception as e:
