@@ -115,12 +115,14 @@ cdef class ConvStep(NativeStep):
         if type(x) is not _on_np.ndarray:
             return self.fallback(args)
         cdef cnp.ndarray xa = <cnp.ndarray>x
-        if cnp.PyArray_NDIM(xa) != 4 or cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(xa):
+        if cnp.PyArray_TYPE(xa) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(xa):
             return self.fallback(args)
         hit = self.shapes.get(x.shape)
         if hit is None:
             return self.fallback(args)
         cdef Conv2d conv = <Conv2d>(<tuple>hit)[0]
+        if cnp.PyArray_NDIM(xa) != (4 if conv.xl == ON_LAYOUT_NCHW else 5):
+            return self.fallback(args)
         cdef cnp.ndarray y = self.empty((<tuple>hit)[1])
         cdef int nt = (<tuple>hit)[2]
         cdef cnp.npy_intp *d = cnp.PyArray_DIMS(xa)
@@ -129,7 +131,7 @@ cdef class ConvStep(NativeStep):
         cdef float *yp = _on_fptr(y)
         cdef on_status st
         with nogil:
-            st = on_conv2d_run(conv.conv, N, H, W, xp, yp, nt)
+            st = on_conv2d_run_layout(conv.conv, N, H, W, xp, conv.xl, yp, conv.yl, nt)
         _on_check(st, "Conv")
         return [y]
 

@@ -460,8 +460,18 @@ cdef extern from "on_conv.h" nogil:
         ON_CONV_PATH_1X1
         ON_CONV_PATH_DEPTHWISE
         ON_CONV_PATH_NCHWC
+    ctypedef enum on_layout:
+        ON_LAYOUT_NCHW
+        ON_LAYOUT_NCHWC8
+    unsigned ON_CONV_BLOCKED
     on_status on_conv2d_create(const on_conv_params *p, const float *weight, const float *bias, on_act_t act,
                                on_conv2d **out)
+    on_status on_conv2d_create_ex(const on_conv_params *p, const float *weight, const float *bias, on_act_t act,
+                                  unsigned flags, on_conv2d **out)
+    int on_conv2d_layout_ok(const on_conv2d *conv, on_layout xl, on_layout yl)
+    int on_conv2d_plan_layout_ok(const on_conv_params *p, unsigned flags, on_layout xl, on_layout yl)
+    on_status on_conv2d_run_layout(const on_conv2d *conv, size_t N, size_t H, size_t W, const float *x,
+                                   on_layout xl, float *y, on_layout yl, int nthreads)
     void on_conv2d_free(on_conv2d *conv)
     on_conv_path on_conv2d_path(const on_conv2d *conv)
     on_status on_conv2d_output_size(const on_conv_params *p, size_t H, size_t W, size_t *OH, size_t *OW)
@@ -538,20 +548,56 @@ cdef class _ConvBase:
         return (n, self.p.OC, oh, ow)
 
 
+LAYOUTS = ("nchw", "nchwc8")
+
+
+cdef on_layout _on_layout(str where, str name) except *:
+    if name == "nchw":
+        return ON_LAYOUT_NCHW
+    if name == "nchwc8":
+        return ON_LAYOUT_NCHWC8
+    raise ArgumentError(f"{where}: layout must be one of {LAYOUTS}, got {name!r}")
+
+
+def conv_layout_ok(weight_shape, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
+                   in_layout="nchw", out_layout="nchw") -> bool:
+    """Whether a 2-D Conv2d plan with this geometry can read in_layout and write out_layout."""
+    ws = tuple(int(d) for d in weight_shape)
+    if len(ws) != 4:
+        return in_layout == out_layout == "nchw"
+    cdef on_conv_params p
+    p.OC, p.C = ws[0], ws[1] * int(group)
+    p.KH, p.KW = ws[2], ws[3]
+    p.stride_h, p.stride_w = (int(v) for v in strides)
+    p.dil_h, p.dil_w = (int(v) for v in dilations)
+    p.pad_t, p.pad_l, p.pad_b, p.pad_r = (int(v) for v in pads)
+    p.group = int(group)
+    p.out_pad_h = p.out_pad_w = 0
+    cdef on_layout xl = _on_layout("conv_layout_ok", in_layout), yl = _on_layout("conv_layout_ok", out_layout)
+    return on_conv2d_plan_layout_ok(&p, ON_CONV_BLOCKED, xl, yl) != 0
+
+
 cdef class Conv2d(_ConvBase):
-    """A convolution plan (NCHW float32): weights copied and laid out once, bias + activation fused.
+    """A convolution plan (float32): weights copied and laid out once, bias + activation fused.
 
     weight [OC, C/group, KH, KW] (or [OC, C/group, KW] for 1-D); pads = (top, left, bottom, right)
     (1-D: (left, right)). auto_pad must be resolved into explicit pads by the caller.
+    in_layout / out_layout: "nchw" ([N, C, H, W]) or "nchwc8" ([N, ceil(C/8), H, W, 8], channel c in
+    block c // 8, lane c % 8; 2-D only, where conv_layout_ok allows it).
     """
 
     cdef on_conv2d *conv
+    cdef readonly str in_layout, out_layout
+    cdef on_layout xl, yl
 
     def __cinit__(self):
         self.conv = NULL
 
     def __init__(self, weight, bias=None, *, strides=(1, 1), pads=(0, 0, 0, 0), dilations=(1, 1), group=1,
-                 act="none", act_alpha=0.0, act_beta=0.0):
+                 act="none", act_alpha=0.0, act_beta=0.0, in_layout="nchw", out_layout="nchw"):
+        self.xl = _on_layout("Conv2d", in_layout)
+        self.yl = _on_layout("Conv2d", out_layout)
+        self.in_layout, self.out_layout = in_layout, out_layout
         weight = _on_f32(weight, "Conv2d: weight")
         wshape = tuple(weight.shape)
         nd = weight.ndim - 2
@@ -574,8 +620,12 @@ cdef class Conv2d(_ConvBase):
             bp = _on_fptr(b)
         cdef const float *wp = _on_fptr(w)
         cdef on_status st
+        cdef unsigned flags = ON_CONV_BLOCKED if (self.xl != ON_LAYOUT_NCHW or self.yl != ON_LAYOUT_NCHW) else 0
+        if flags and (self.one_d or not on_conv2d_plan_layout_ok(&self.p, flags, self.xl, self.yl)):
+            raise ArgumentError(f"Conv2d(weight {list(wshape)}, group {self.p.group}): this convolution cannot "
+                                f"read {in_layout} and write {out_layout}")
         with nogil:
-            st = on_conv2d_create(&self.p, wp, bp, a, &self.conv)
+            st = on_conv2d_create_ex(&self.p, wp, bp, a, flags, &self.conv)
         _on_check(st, f"Conv2d(weight {list(wshape)}, group {self.p.group})")
 
     def __dealloc__(self):
@@ -590,9 +640,19 @@ cdef class Conv2d(_ConvBase):
         return {ON_CONV_PATH_DEPTHWISE: "depthwise", ON_CONV_PATH_1X1: "1x1",
                 ON_CONV_PATH_NCHWC: "nchwc"}.get(pth, "im2col")
 
+    cdef tuple _bdims(self, str where, tuple xs):
+        """(N, H, W) of an input of shape xs in this plan's input layout."""
+        if self.xl == ON_LAYOUT_NCHW:
+            return self._xdims(where, xs)
+        cb = (self.p.C + 7) // 8
+        if len(xs) != 5 or xs[1] != cb or xs[4] != 8:
+            raise ArgumentError(f"{where}: x must be NCHWc8 [N, {cb}, H, W, 8] for {self.p.C} channels, "
+                                f"got shape {list(xs)}")
+        return xs[0], xs[2], xs[3]
+
     def output_shape(self, x_shape) -> tuple:
-        """Output shape for an input of shape x_shape."""
-        n, h, w = self._xdims("Conv2d", tuple(int(d) for d in x_shape))
+        """Output shape for an input of shape x_shape (both in the plan's layouts)."""
+        n, h, w = self._bdims("Conv2d", tuple(int(d) for d in x_shape))
         cdef size_t oh = 0, ow = 0
         st = on_conv2d_output_size(&self.p, h, w, &oh, &ow)
         if st == ON_ERR_SHAPE:
@@ -600,13 +660,15 @@ cdef class Conv2d(_ConvBase):
             raise ArgumentError(f"Conv2d: input {list(x_shape)} is smaller than the (dilated) kernel "
                                 f"{[self.p.KH, self.p.KW]} with pads {pads}")
         _on_check(st, "Conv2d")
+        if self.yl == ON_LAYOUT_NCHWC8:
+            return (n, (self.p.OC + 7) // 8, oh, ow, 8)
         return self._out_shape(n, oh, ow)
 
     def run(self, x, out=None, threads=1):
-        """y = act(conv(x, weight) + bias) for x [N, C, H, W]."""
+        """y = act(conv(x, weight) + bias) for x [N, C, H, W] (or NCHWc8, per the plan's layouts)."""
         x = _on_f32(x, "Conv2d.run: x")
         oshape = self.output_shape(x.shape)
-        n, h, w = self._xdims("Conv2d", tuple(x.shape))
+        n, h, w = self._bdims("Conv2d", tuple(x.shape))
         cdef cnp.ndarray xa = x
         cdef cnp.ndarray ya = _on_out(out, oshape, "Conv2d.run", (x,))
         cdef int nt = _on_threads(threads, "Conv2d.run")
@@ -615,7 +677,7 @@ cdef class Conv2d(_ConvBase):
         cdef float *yp = _on_fptr(ya)
         cdef on_status st
         with nogil:
-            st = on_conv2d_run(self.conv, N, H, W, xp, yp, nt)
+            st = on_conv2d_run_layout(self.conv, N, H, W, xp, self.xl, yp, self.yl, nt)
         _on_check(st, "Conv2d.run")
         return ya
 

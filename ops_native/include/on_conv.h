@@ -14,6 +14,12 @@
  *                                 (input re-laid-out per run, weights packed per 8-channel block);
  *   everything else:              im2col packed straight into GEMM panels + the packed GEMM.
  * Bias and activation are fused into the store of every path.
+ *
+ * Blocked layout (on_conv2d_run_layout): NCHWc8 = [N][ceil(C/8)][H][W][8], channel c at block c/8,
+ * lane c%8. Lanes past the last channel hold finite values that no kernel lets reach a valid output;
+ * the writers here store zeros there. A graph keeps the tensors between convolutions in it, so the
+ * convolutions neither gather their input into blocks nor transpose their output back (conversions
+ * happen only where a tensor leaves the chain of convolutions).
  */
 #ifndef ON_CONV_H
 #define ON_CONV_H
@@ -36,6 +42,12 @@ typedef struct {
 
 typedef enum { ON_CONV_PATH_IM2COL = 0, ON_CONV_PATH_1X1, ON_CONV_PATH_DEPTHWISE, ON_CONV_PATH_NCHWC } on_conv_path;
 
+typedef enum { ON_LAYOUT_NCHW = 0, ON_LAYOUT_NCHWC8 = 1 } on_layout;
+
+/* on_conv2d_create_ex flags. ON_CONV_BLOCKED: the plan will run with blocked tensors, so a 1x1
+ * conv builds the direct NCHWc plan (which reads and writes every layout) instead of the GEMM one. */
+#define ON_CONV_BLOCKED 1u
+
 typedef struct on_conv2d on_conv2d;
 typedef struct on_conv_transpose2d on_conv_transpose2d;
 
@@ -45,6 +57,8 @@ on_status on_conv_params_check(const on_conv_params *p);
 /* Conv: weight [OC, C/group, KH, KW], bias NULL or [OC]. */
 on_status on_conv2d_create(const on_conv_params *p, const float *weight, const float *bias, on_act_t act,
                            on_conv2d **out);
+on_status on_conv2d_create_ex(const on_conv_params *p, const float *weight, const float *bias, on_act_t act,
+                              unsigned flags, on_conv2d **out);
 void on_conv2d_free(on_conv2d *conv);
 on_conv_path on_conv2d_path(const on_conv2d *conv);
 /* Output spatial size; ON_ERR_SHAPE if the (dilated) kernel does not fit the padded input. */
@@ -52,6 +66,16 @@ on_status on_conv2d_output_size(const on_conv_params *p, size_t H, size_t W, siz
 /* x [N, C, H, W] -> y [N, OC, OH, OW] */
 on_status on_conv2d_run(const on_conv2d *conv, size_t N, size_t H, size_t W, const float *x, float *y,
                         int nthreads);
+/* 1 if the plan can read its input in layout xl and write its output in layout yl: NCHW -> NCHW
+ * always; a blocked side needs a depthwise plan, or a direct NCHWc plan (KxK, or 1x1 created with
+ * ON_CONV_BLOCKED) whose groups start at block boundaries (a blocked input also needs >= 8 input
+ * channels per group). */
+int on_conv2d_layout_ok(const on_conv2d *conv, on_layout xl, on_layout yl);
+/* The same question before a plan exists: would a plan of these parameters and create flags allow it? */
+int on_conv2d_plan_layout_ok(const on_conv_params *p, unsigned flags, on_layout xl, on_layout yl);
+/* x in layout xl, y in layout yl (see above); ON_ERR_ARG when on_conv2d_layout_ok says no. */
+on_status on_conv2d_run_layout(const on_conv2d *conv, size_t N, size_t H, size_t W, const float *x, on_layout xl,
+                               float *y, on_layout yl, int nthreads);
 /* Direct 7-loop reference. */
 on_status on_conv2d_ref(const on_conv_params *p, const float *weight, const float *bias, on_act_t act, size_t N,
                         size_t H, size_t W, const float *x, float *y);

@@ -163,8 +163,35 @@ on_status on_conv_transpose2d_ref(const on_conv_params *p, const float *weight, 
 
 /* ---- plans ----------------------------------------------------------------------------------- */
 
+static on_conv_path choose_path(const on_conv_params *p, unsigned flags) {
+    if (p->group == p->C && p->group == p->OC) return ON_CONV_PATH_DEPTHWISE;
+    if (p->KH == 1 && p->KW == 1 && p->stride_h == 1 && p->stride_w == 1 && !p->pad_t && !p->pad_l && !p->pad_b &&
+        !p->pad_r)
+        /* a blocked 1x1 runs the direct kernel: its input is the copy that kernel reads */
+        return (flags & ON_CONV_BLOCKED) && (p->group == 1 || p->C / p->group >= ON_C0) ? ON_CONV_PATH_NCHWC
+                                                                                         : ON_CONV_PATH_1X1;
+    return on_nchwc_suits(p) ? ON_CONV_PATH_NCHWC : ON_CONV_PATH_IM2COL;
+}
+
+int on_conv2d_plan_layout_ok(const on_conv_params *p, unsigned flags, on_layout xl, on_layout yl) {
+    if (!p || on_conv_params_check(p) != ON_OK) return 0;
+    if (xl == ON_LAYOUT_NCHW && yl == ON_LAYOUT_NCHW) return 1;
+    on_conv_path path = choose_path(p, flags);
+    if (path == ON_CONV_PATH_DEPTHWISE) return 1;
+    if (path != ON_CONV_PATH_NCHWC) return 0;
+    size_t Cg = p->C / p->group, OCg = p->OC / p->group;
+    if (xl == ON_LAYOUT_NCHWC8 && (Cg < ON_C0 || (p->group > 1 && Cg % ON_C0))) return 0;
+    if (yl == ON_LAYOUT_NCHWC8 && p->group > 1 && OCg % ON_C0) return 0;
+    return 1;
+}
+
 on_status on_conv2d_create(const on_conv_params *p, const float *weight, const float *bias, on_act_t act,
                            on_conv2d **out) {
+    return on_conv2d_create_ex(p, weight, bias, act, 0, out);
+}
+
+on_status on_conv2d_create_ex(const on_conv_params *p, const float *weight, const float *bias, on_act_t act,
+                              unsigned flags, on_conv2d **out) {
     if (!out) return ON_ERR_ARG;
     *out = NULL;
     on_status st = on_conv_params_check(p);
@@ -176,15 +203,7 @@ on_status on_conv2d_create(const on_conv_params *p, const float *weight, const f
     if (!c) return ON_ERR_NOMEM;
     c->p = *p;
     c->act = act;
-    if (p->group == p->C && p->group == p->OC)
-        c->path = ON_CONV_PATH_DEPTHWISE;
-    else if (p->KH == 1 && p->KW == 1 && p->stride_h == 1 && p->stride_w == 1 && !p->pad_t && !p->pad_l &&
-             !p->pad_b && !p->pad_r)
-        c->path = ON_CONV_PATH_1X1;
-    else if (on_nchwc_suits(p))
-        c->path = ON_CONV_PATH_NCHWC;
-    else
-        c->path = ON_CONV_PATH_IM2COL;
+    c->path = choose_path(p, flags);
     if (c->path == ON_CONV_PATH_NCHWC || (c->path == ON_CONV_PATH_1X1 && on_nchwc_suits_1x1(p, SIZE_MAX, 1))) {
         st = on_nchwc_plan_create(p, weight, bias, act, &c->nchwc);
         if (st != ON_OK) {
@@ -307,13 +326,58 @@ static inline int dw_use_c8(const on_conv_params *p, size_t OH, size_t OW) {
     return p->stride_h > 1 || p->stride_w > 1 || OH * OW <= DW_C8_MAX_PIXELS;
 }
 
+/* Portable channel-blocked depthwise kernel: the tile scheme of conv_dw_c8_avx2.c in plain C, for
+ * blocked tensors on CPUs without AVX2 (and as the reference the tests hold the vector one to). */
+void on_conv_dw_c8__scalar(const on_dw_args *a, size_t begin, size_t end, float *scratch) {
+    const on_conv_params *p = a->p;
+    const size_t ncb = (a->C + 7) / 8, KK = p->KH * p->KW, HW = a->H * a->W, OHW = a->OH * a->OW;
+    float *tile = scratch, *out_tile = scratch + a->PH * a->PW * 8;
+    for (size_t b = begin; b < end; b++) {
+        size_t n = b / ncb, cb = b % ncb, c0 = cb * 8, nc = a->C - c0 < 8 ? a->C - c0 : 8;
+        for (size_t h = 0; h < a->H; h++) {
+            float *dst = tile + ((h + p->pad_t) * a->PW + p->pad_l) * 8;
+            if (a->x_blocked) {
+                memcpy(dst, a->x + (b * HW + h * a->W) * 8, a->W * 8 * sizeof(float));
+                continue;
+            }
+            const float *src = a->x + (n * a->C + c0) * HW + h * a->W;
+            for (size_t w = 0; w < a->W; w++)
+                for (size_t l = 0; l < 8; l++) dst[w * 8 + l] = l < nc ? src[l * HW + w] : 0.0f;
+        }
+        float *out = a->y_blocked ? a->y + b * OHW * 8 : out_tile;
+        const float *w8 = a->w_c8 + cb * KK * 8, *b8 = a->bias_c8 + cb * 8;
+        for (size_t oh = 0; oh < a->OH; oh++)
+            for (size_t ow = 0; ow < a->OW; ow++) {
+                float acc[8];
+                for (size_t l = 0; l < 8; l++) acc[l] = b8[l];
+                for (size_t kh = 0; kh < p->KH; kh++)
+                    for (size_t kw = 0; kw < p->KW; kw++) {
+                        const float *xs = tile + ((oh * p->stride_h + kh * p->dil_h) * a->PW + ow * p->stride_w +
+                                                  kw * p->dil_w) * 8;
+                        const float *wk = w8 + (kh * p->KW + kw) * 8;
+                        for (size_t l = 0; l < 8; l++) acc[l] += xs[l] * wk[l];
+                    }
+                float *o = out + (oh * a->OW + ow) * 8;
+                for (size_t l = 0; l < 8; l++) o[l] = l < nc ? on_act_ref(a->act, acc[l]) : 0.0f;
+            }
+        if (!a->y_blocked) {
+            float *yb = a->y + (n * a->C + c0) * OHW;
+            for (size_t l = 0; l < nc; l++)
+                for (size_t i = 0; i < OHW; i++) yb[l * OHW + i] = out_tile[i * 8 + l];
+        }
+    }
+}
+
 static on_status run_depthwise(const on_conv2d *c, size_t N, size_t H, size_t W, size_t OH, size_t OW,
-                               const float *x, float *y, int nthreads) {
+                               const float *x, on_layout xl, float *y, on_layout yl, int nthreads) {
     const on_conv_params *p = &c->p;
+    const int blocked = xl == ON_LAYOUT_NCHWC8 || yl == ON_LAYOUT_NCHWC8;
     dw_job j;
     j.a.p = p;
     j.a.x = x;
     j.a.y = y;
+    j.a.x_blocked = xl == ON_LAYOUT_NCHWC8;
+    j.a.y_blocked = yl == ON_LAYOUT_NCHWC8;
     j.a.weight = c->weight;
     j.a.bias = c->bias;
     j.a.act = c->act;
@@ -334,8 +398,11 @@ static on_status run_depthwise(const on_conv2d *c, size_t N, size_t H, size_t W,
     j.zero_floats = j.a.PH * j.a.PW;
     atomic_init(&j.failed, 0);
     size_t planes = N * p->C;
+    on_dw_planes_fn c8 = on_conv_dw_c8__scalar;
 #if defined(__x86_64__)
-    if (on_isa_has_avx2(on_active_isa()) && dw_use_c8(p, OH, OW)) {
+    if (on_isa_has_avx2(on_active_isa())) c8 = on_conv_dw_c8__avx2;
+#endif
+    if (blocked || (c8 != on_conv_dw_c8__scalar && dw_use_c8(p, OH, OW))) {
         /* the tile needs no over-read margin: just the padded input the taps reach */
         size_t nh = (OH - 1) * p->stride_h + (p->KH - 1) * p->dil_h + 1;
         size_t nw = (OW - 1) * p->stride_w + (p->KW - 1) * p->dil_w + 1;
@@ -343,12 +410,11 @@ static on_status run_depthwise(const on_conv2d *c, size_t N, size_t H, size_t W,
         j.a.PW = W + p->pad_l + p->pad_r > nw ? W + p->pad_l + p->pad_r : nw;
         if (j.a.PH < p->pad_t + H) j.a.PH = p->pad_t + H;
         if (j.a.PW < p->pad_l + W) j.a.PW = p->pad_l + W;
-        j.fn = on_conv_dw_c8__avx2;
+        j.fn = c8;
         j.scratch_floats = on_dw_c8_scratch_floats(&j.a);
         j.zero_floats = j.a.PH * j.a.PW * 8;
         planes = N * ((p->C + 7) / 8);
     }
-#endif
     if ((double)N * p->C * OH * OW * p->KH * p->KW < 65536.0 || nthreads < 1) nthreads = 1;
     if ((size_t)nthreads > planes) nthreads = (int)planes;
     j.planes = planes;
@@ -597,11 +663,34 @@ on_status on_conv2d_run(const on_conv2d *c, size_t N, size_t H, size_t W, const 
     if (N == 0) return ON_OK;
     if (!x || !y) return ON_ERR_ARG;
     if (nthreads > 64) nthreads = 64;
-    if (c->path == ON_CONV_PATH_DEPTHWISE) return run_depthwise(c, N, H, W, OH, OW, x, y, nthreads);
+    if (c->path == ON_CONV_PATH_DEPTHWISE)
+        return run_depthwise(c, N, H, W, OH, OW, x, ON_LAYOUT_NCHW, y, ON_LAYOUT_NCHW, nthreads);
     if (c->wt && OH * OW <= CONV_1X1_SMALL_PIXELS) return run_1x1_small(c, N, OH * OW, x, y, nthreads);
     if (c->path == ON_CONV_PATH_NCHWC || (c->nchwc && on_nchwc_suits_1x1(&c->p, OH, OW)))
         return on_nchwc_run(c->nchwc, N, H, W, OH, OW, x, y, nthreads);
     return run_im2col(c, N, H, W, OH, OW, x, y, nthreads);
+}
+
+int on_conv2d_layout_ok(const on_conv2d *c, on_layout xl, on_layout yl) {
+    if (!c || (xl != ON_LAYOUT_NCHW && xl != ON_LAYOUT_NCHWC8) || (yl != ON_LAYOUT_NCHW && yl != ON_LAYOUT_NCHWC8))
+        return 0;
+    if (xl == ON_LAYOUT_NCHW && yl == ON_LAYOUT_NCHW) return 1;
+    if (c->path == ON_CONV_PATH_DEPTHWISE) return 1;
+    return c->path == ON_CONV_PATH_NCHWC && on_nchwc_layout_ok(c->nchwc, xl, yl);
+}
+
+on_status on_conv2d_run_layout(const on_conv2d *c, size_t N, size_t H, size_t W, const float *x, on_layout xl,
+                               float *y, on_layout yl, int nthreads) {
+    if (!on_conv2d_layout_ok(c, xl, yl)) return ON_ERR_ARG;
+    if (xl == ON_LAYOUT_NCHW && yl == ON_LAYOUT_NCHW) return on_conv2d_run(c, N, H, W, x, y, nthreads);
+    size_t OH, OW;
+    on_status st = on_conv2d_output_size(&c->p, H, W, &OH, &OW);
+    if (st != ON_OK) return st;
+    if (N == 0) return ON_OK;
+    if (!x || !y) return ON_ERR_ARG;
+    if (nthreads > 64) nthreads = 64;
+    if (c->path == ON_CONV_PATH_DEPTHWISE) return run_depthwise(c, N, H, W, OH, OW, x, xl, y, yl, nthreads);
+    return on_nchwc_run_layout(c->nchwc, N, H, W, OH, OW, x, xl, y, yl, nthreads);
 }
 
 /* ---- ConvTranspose: col = W^T x X (GEMM), then col2im scatter-add ----------------------------- */

@@ -17,6 +17,7 @@ typedef struct {
     size_t PH, PW;       /* zero-padded plane in scratch: PH x PW floats */
     const float *w_c8;    /* channel-blocked kernel: [ceil(C/8)][KH*KW][8] weights, zero-padded lanes */
     const float *bias_c8; /* [ceil(C/8) * 8], zeros where there is no bias or channel */
+    int x_blocked, y_blocked; /* c8 kernels: x / y in the NCHWc8 layout [N][ceil(C/8)][H][W][8] */
 } on_dw_args;
 
 /* Compute planes [begin, end) (plane = n * C + c). scratch: PH * PW floats, zeroed by the caller
@@ -44,6 +45,9 @@ void on_transpose_f32__avx2(const float *src, size_t lds, size_t rows, size_t co
 #endif
 on_transpose_fn on_transpose_for(on_isa_t isa);
 static inline size_t on_dw_c8_scratch_floats(const on_dw_args *a) { return (a->PH * a->PW + a->OH * a->OW) * 8; }
+/* Portable channel-blocked kernel (same contract as on_conv_dw_c8__avx2): what a blocked tensor
+ * runs on where no vector c8 kernel exists. */
+void on_conv_dw_c8__scalar(const on_dw_args *a, size_t begin, size_t end, float *scratch);
 #if defined(__aarch64__)
 void on_conv_dw_planes__neon(const on_dw_args *a, size_t begin, size_t end, float *scratch);
 #endif
@@ -78,9 +82,12 @@ typedef struct {
     size_t OW, ow_pad;  /* ow_pad: OW rounded up to a multiple of ON_C0 */
     size_t nb;          /* 1 .. ON_NCHWC_MAX_NB */
     size_t oc_valid;    /* channels to store: <= nb * ON_C0 */
-    float *y;           /* output row oh of the block group's first channel */
-    size_t ystride;     /* OH * OW */
+    float *y;           /* output row oh of the block group's first channel (of its first 8-channel
+                         * block, row oh, when y_blocked) */
+    size_t ystride;     /* OH * OW floats between channels; OH * OW * 8 between blocks when y_blocked */
     float *rowbuf;
+    size_t rb_blk;      /* channels per rowbuf block: ON_C0, or 16 for the AVX-512 kernel */
+    int y_blocked;      /* write the NCHWc8 output layout (on_nchwc_store_blocked) */
 } on_nchwc_row;
 
 /* Compute output row oh (its input rows start at row oh * sh of the padded copy). */
@@ -99,8 +106,12 @@ void on_conv_nchwc_row__neon(const on_nchwc_row *r, size_t oh);
 #endif
 
 /* Transpose rowbuf [nb][ow_pad][ON_C0] into the NCHW row r->y, applying sigmoid if that is the
- * activation (the kernels apply the others in registers). Portable. */
+ * activation (the kernels apply the others in registers). Portable; hands a y_blocked row to
+ * on_nchwc_store_blocked. */
 void on_nchwc_store_rows_ref(const on_nchwc_row *r);
+/* rowbuf [nb][ow_pad][rb_blk] -> the NCHWc8 row(s) at r->y (8-channel blocks r->ystride apart),
+ * sigmoid applied if it is the activation, lanes past oc_valid zeroed. */
+void on_nchwc_store_blocked(const on_nchwc_row *r);
 
 /* Gather one input row of `nch` channels (planes plane_stride floats apart, nch <= CB) into the
  * interleaved row dst[iw * CB + ci], iw < W; channels nch..CB-1 become zero. */
@@ -126,6 +137,10 @@ on_status on_nchwc_plan_create(const on_conv_params *p, const float *weight, con
 void on_nchwc_plan_free(on_nchwc_plan *plan);
 on_status on_nchwc_run(const on_nchwc_plan *plan, size_t N, size_t H, size_t W, size_t OH, size_t OW,
                        const float *x, float *y, int nthreads);
+/* The same with the input / output in either layout (the plan must allow it: on_nchwc_layout_ok). */
+on_status on_nchwc_run_layout(const on_nchwc_plan *plan, size_t N, size_t H, size_t W, size_t OH, size_t OW,
+                              const float *x, on_layout xl, float *y, on_layout yl, int nthreads);
+int on_nchwc_layout_ok(const on_nchwc_plan *plan, on_layout xl, on_layout yl);
 
 /* Path selection for tests: 0 makes plans created afterwards use im2col instead of the direct NCHWc
  * path, 1 (default) lets them pick it. Not thread-safe; tests only. */

@@ -155,7 +155,30 @@ on_status on_nchwc_plan_create(const on_conv_params *p, const float *weight, con
 
 /* ---- portable kernels ------------------------------------------------------------------------- */
 
+void on_nchwc_store_blocked(const on_nchwc_row *r) {
+    const int sig = r->act.kind == ON_ACT_SIGMOID;
+    const size_t blk = r->rb_blk, nblocks = (r->oc_valid + C0 - 1) / C0;
+    for (size_t j = 0; j < nblocks; j++) {
+        size_t oc0 = j * C0, lanes = r->oc_valid - oc0 < C0 ? r->oc_valid - oc0 : C0;
+        const float *src = r->rowbuf + (oc0 / blk) * r->ow_pad * blk + oc0 % blk;
+        float *dst = r->y + j * r->ystride;
+        if (blk == C0 && lanes == C0 && !sig) {
+            memcpy(dst, src, r->OW * C0 * sizeof(float));
+            continue;
+        }
+        for (size_t ow = 0; ow < r->OW; ow++) {
+            const float *s = src + ow * blk;
+            float *d = dst + ow * C0;
+            for (size_t l = 0; l < C0; l++) d[l] = l >= lanes ? 0.0f : (sig ? on_act_ref(r->act, s[l]) : s[l]);
+        }
+    }
+}
+
 void on_nchwc_store_rows_ref(const on_nchwc_row *r) {
+    if (r->y_blocked) {
+        on_nchwc_store_blocked(r);
+        return;
+    }
     int sig = r->act.kind == ON_ACT_SIGMOID;
     for (size_t oc = 0; oc < r->oc_valid; oc++) {
         const float *src = r->rowbuf + (oc / C0) * r->ow_pad * C0 + oc % C0;
@@ -221,10 +244,13 @@ on_nchwc_pack_fn on_conv_nchwc_pack_for(on_isa_t isa) {
 
 typedef struct {
     const on_nchwc_plan *pl;
-    const float *x; /* image n, NCHW */
-    float *y;       /* image n, NCHW */
-    float *xp;      /* padded NCHWc copy [group][ncb][PH][PW][CB] */
-    size_t H, W, OH, OW, PH, PW, ow_pad;
+    const float *x; /* image n, in layout xl */
+    float *y;       /* image n, in layout yl */
+    float *xp;      /* padded NCHWc copy [group][ncb][PH][PW][CB] (or x itself, see on_nchwc_run_layout) */
+    on_layout xl, yl;
+    /* H x W and OH x OW are the row geometry the kernels see; a flattened 1x1 conv sees its plane as
+     * rows of W pixels, the last one last_w (= last_ow) long. in_plane / out_plane: pixels per channel. */
+    size_t H, W, OH, OW, PH, PW, ow_pad, last_w, last_ow, in_plane, out_plane;
     on_nchwc_row_fn row;
     on_nchwc_pack_fn pack;
     const nchwc_blocking *bl; /* the output blocking the row kernel uses */
@@ -238,7 +264,7 @@ static void pack_range(void *vctx, size_t begin, size_t end) {
     nchwc_job *j = (nchwc_job *)vctx;
     const on_nchwc_plan *pl = j->pl;
     const on_conv_params *p = &pl->p;
-    const size_t CB = pl->CB, HW = j->H * j->W;
+    const size_t CB = pl->CB, HW = j->in_plane;
     for (size_t u = begin; u < end; u++) {
         size_t r = u % j->PH, gb = u / j->PH, icb = gb % pl->ncb, g = gb / pl->ncb;
         float *dst = j->xp + u * j->PW * CB;
@@ -246,10 +272,14 @@ static void pack_range(void *vctx, size_t begin, size_t end) {
             memset(dst, 0, j->PW * CB * sizeof(float));
             continue;
         }
+        size_t ih = r - p->pad_t, w = ih + 1 == j->H ? j->last_w : j->W;
         size_t c0 = icb * CB, nch = pl->Cg - c0 < CB ? pl->Cg - c0 : CB;
         memset(dst, 0, p->pad_l * CB * sizeof(float));
-        j->pack(j->x + (g * pl->Cg + c0) * HW + (r - p->pad_t) * j->W, HW, nch, CB, j->W, dst + p->pad_l * CB);
-        memset(dst + (p->pad_l + j->W) * CB, 0, (j->PW - p->pad_l - j->W) * CB * sizeof(float));
+        if (j->xl == ON_LAYOUT_NCHWC8) /* CB == C0 and the group starts at a block: a row copy */
+            memcpy(dst + p->pad_l * CB, j->x + ((g * pl->ncb + icb) * HW + ih * j->W) * C0, w * C0 * sizeof(float));
+        else
+            j->pack(j->x + (g * pl->Cg + c0) * HW + ih * j->W, HW, nch, CB, w, dst + p->pad_l * CB);
+        memset(dst + (p->pad_l + w) * CB, 0, (j->PW - p->pad_l - w) * CB * sizeof(float));
     }
 }
 
@@ -279,8 +309,10 @@ static void rows_range(nchwc_job *j, size_t begin, size_t end) {
     r.act = pl->act;
     r.OW = j->OW;
     r.ow_pad = j->ow_pad;
-    r.ystride = j->OH * j->OW;
+    r.y_blocked = j->yl == ON_LAYOUT_NCHWC8;
+    r.ystride = j->out_plane * (r.y_blocked ? C0 : 1);
     r.rowbuf = rowbuf;
+    r.rb_blk = blk;
     size_t u = begin;
     while (u < end) {
         size_t oh = u % j->OH, gg = u / j->OH, k = gg % bl->ngrp, g = gg / bl->ngrp;
@@ -292,7 +324,11 @@ static void rows_range(nchwc_job *j, size_t begin, size_t end) {
         r.oc_valid = pl->OCg - oc0 < r.nb * blk ? pl->OCg - oc0 : r.nb * blk;
         size_t stop = end - u < j->OH - oh ? end : u + (j->OH - oh); /* rows of this block group */
         for (; u < stop; u++, oh++) {
-            r.y = j->y + (g * pl->OCg + oc0) * r.ystride + oh * j->OW;
+            r.OW = oh + 1 == j->OH ? j->last_ow : j->OW;
+            if (r.y_blocked) /* groups start at a block (on_nchwc_layout_ok), and so do 16-channel blocks */
+                r.y = j->y + (g * pl->OCg + oc0) / C0 * r.ystride + oh * j->OW * C0;
+            else
+                r.y = j->y + (g * pl->OCg + oc0) * r.ystride + oh * j->OW;
             j->row(&r, oh);
         }
     }
@@ -312,11 +348,49 @@ static void rows_worker(void *vctx, size_t begin, size_t end) {
     }
 }
 
+int on_nchwc_layout_ok(const on_nchwc_plan *pl, on_layout xl, on_layout yl) {
+    if (!pl) return 0;
+    const on_conv_params *p = &pl->p;
+    if (xl == ON_LAYOUT_NCHWC8 && (pl->CB != C0 || (p->group > 1 && pl->Cg % C0))) return 0;
+    if (yl == ON_LAYOUT_NCHWC8 && p->group > 1 && pl->OCg % C0) return 0;
+    return 1;
+}
+
+/* Row length of a flattened 1x1 conv: a multiple of every kernel's pixel tile (4, 6, 8 / 12, 16) that
+ * keeps rowbuf in L1 and gives the threads enough rows. */
+#define NCHWC_FLAT_ROW 96
+
 on_status on_nchwc_run(const on_nchwc_plan *pl, size_t N, size_t H, size_t W, size_t OH, size_t OW,
                        const float *x, float *y, int nthreads) {
+    return on_nchwc_run_layout(pl, N, H, W, OH, OW, x, ON_LAYOUT_NCHW, y, ON_LAYOUT_NCHW, nthreads);
+}
+
+on_status on_nchwc_run_layout(const on_nchwc_plan *pl, size_t N, size_t H, size_t W, size_t OH, size_t OW,
+                              const float *x, on_layout xl, float *y, on_layout yl, int nthreads) {
     const on_conv_params *p = &pl->p;
+    if (!on_nchwc_layout_ok(pl, xl, yl)) return ON_ERR_ARG;
     nchwc_job j;
     j.pl = pl;
+    j.xl = xl;
+    j.yl = yl;
+    j.in_plane = H * W;
+    j.out_plane = OH * OW;
+    j.last_w = W;
+    j.last_ow = OW;
+    const int pointwise = p->KH == 1 && p->KW == 1 && p->stride_h == 1 && p->stride_w == 1 && !p->pad_t &&
+                          !p->pad_l && !p->pad_b && !p->pad_r;
+    if (pointwise && (xl == ON_LAYOUT_NCHWC8 || yl == ON_LAYOUT_NCHWC8)) {
+        /* pixels are independent: run the plane as rows of NCHWC_FLAT_ROW, so a 4x4 or 8x8 image
+         * fills whole register tiles instead of 4- or 8-pixel rows */
+        size_t P = H * W, L = P <= NCHWC_FLAT_ROW * 4 / 3 ? P : NCHWC_FLAT_ROW;
+        for (size_t d = 0; L != P && d <= NCHWC_FLAT_ROW / 2; d++) { /* prefer rows that tile P exactly */
+            if (P % (NCHWC_FLAT_ROW - d) == 0) { L = NCHWC_FLAT_ROW - d; break; }
+            if (P % (NCHWC_FLAT_ROW + d) == 0) { L = NCHWC_FLAT_ROW + d; break; }
+        }
+        W = OW = L;
+        H = OH = (P + L - 1) / L;
+        j.last_w = j.last_ow = P - (H - 1) * L;
+    }
     j.H = H;
     j.W = W;
     j.OH = OH;
@@ -338,12 +412,14 @@ on_status on_nchwc_run(const on_nchwc_plan *pl, size_t N, size_t H, size_t W, si
         j.bl = &pl->b16;
     }
 #endif
-    size_t bytes;
+    /* a blocked input of a pointwise group-1 conv already is the copy the kernels read */
+    const int in_place = pointwise && xl == ON_LAYOUT_NCHWC8 && p->group == 1 && j.PH * j.PW == j.in_plane;
+    size_t bytes = 0;
     if (!on_mul_size(p->group * pl->ncb * j.PH, j.PW * pl->CB, &bytes) || !on_mul_size(bytes, sizeof(float), &bytes))
         return ON_ERR_NOMEM;
-    int owned;
-    j.xp = (float *)on_temp_alloc(ON_SLOT_CONV_COL, bytes, &owned);
-    if (!j.xp) return ON_ERR_NOMEM;
+    int owned = 0;
+    j.xp = in_place ? NULL : (float *)on_temp_alloc(ON_SLOT_CONV_COL, bytes, &owned);
+    if (!in_place && !j.xp) return ON_ERR_NOMEM;
     atomic_init(&j.failed, 0);
     atomic_init(&j.next_unit, 0);
     double flops = 2.0 * (double)p->OC * OH * OW * pl->Cg * p->KH * p->KW;
@@ -352,14 +428,19 @@ on_status on_nchwc_run(const on_nchwc_plan *pl, size_t N, size_t H, size_t W, si
     j.row_units = p->group * j.bl->ngrp * OH;
     j.grab = j.row_units / ((size_t)nt * 8);
     if (j.grab < 1) j.grab = 1;
+    const size_t x_image = xl == ON_LAYOUT_NCHWC8 ? (p->C + C0 - 1) / C0 * C0 * j.in_plane : p->C * j.in_plane;
+    const size_t y_image = yl == ON_LAYOUT_NCHWC8 ? (p->OC + C0 - 1) / C0 * C0 * j.out_plane : p->OC * j.out_plane;
     for (size_t n = 0; n < N && !atomic_load(&j.failed); n++) {
-        j.x = x + n * p->C * H * W;
-        j.y = y + n * p->OC * OH * OW;
-        on_parallel_for(pack_units, pack_range, &j, (double)pack_units * j.PW * pl->CB < 32768.0 ? 1 : nt);
+        j.x = x + n * x_image;
+        j.y = y + n * y_image;
+        if (in_place)
+            j.xp = (float *)j.x;
+        else
+            on_parallel_for(pack_units, pack_range, &j, (double)pack_units * j.PW * pl->CB < 32768.0 ? 1 : nt);
         atomic_store(&j.next_unit, 0);
         if (nt == 1) rows_range(&j, 0, j.row_units);
         else on_parallel_for((size_t)nt, rows_worker, &j, nt);
     }
-    on_temp_free(j.xp, owned);
+    if (!in_place) on_temp_free(j.xp, owned);
     return atomic_load(&j.failed) ? ON_ERR_NOMEM : ON_OK;
 }

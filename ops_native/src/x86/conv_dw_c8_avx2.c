@@ -39,6 +39,18 @@ static void pack_block(const on_dw_args *a, const float *x, size_t nc, float *ti
     }
 }
 
+/* A block of a blocked input: its rows are already HWc8, so filling the tile is a row copy. */
+static void copy_block(const on_dw_args *a, const float *xb, float *tile) {
+    for (size_t h = 0; h < a->H; h++)
+        memcpy(tile + ((h + a->p->pad_t) * a->PW + a->p->pad_l) * 8, xb + h * a->W * 8, a->W * 8 * sizeof(float));
+}
+
+/* Lanes nc..7 of a blocked output block are stored as zeros. */
+static void zero_lanes(float *yb, size_t pixels, size_t nc) {
+    for (size_t i = 0; i < pixels; i++)
+        for (size_t c = nc; c < 8; c++) yb[i * 8 + c] = 0.0f;
+}
+
 /* HWc8 output tile (OH * OW pixels) -> planes c0..c0+nc-1 of y (plane stride OH*OW). */
 static void unpack_block(const on_dw_args *a, const float *tile, size_t nc, float *y) {
     const size_t OHW = a->OH * a->OW;
@@ -163,10 +175,15 @@ static inline __attribute__((always_inline)) void rowk_c8(const on_dw_args *a, c
 
 void on_conv_dw_c8__avx2(const on_dw_args *a, size_t begin, size_t end, float *scratch) {
     const size_t ncb = (a->C + 7) / 8, KK = a->p->KH * a->p->KW;
-    float *tile = scratch, *out = scratch + a->PH * a->PW * 8;
+    float *tile = scratch, *out_tile = scratch + a->PH * a->PW * 8;
     for (size_t b = begin; b < end; b++) {
+        float *out = out_tile;
         size_t n = b / ncb, cb = b % ncb, c0 = cb * 8, nc = a->C - c0 < 8 ? a->C - c0 : 8;
-        pack_block(a, a->x + (n * a->C + c0) * a->H * a->W, nc, tile);
+        if (a->x_blocked)
+            copy_block(a, a->x + b * a->H * a->W * 8, tile);
+        else
+            pack_block(a, a->x + (n * a->C + c0) * a->H * a->W, nc, tile);
+        if (a->y_blocked) out = a->y + b * a->OH * a->OW * 8; /* the kernels write the block in place */
         const float *w8 = a->w_c8 + cb * KK * 8;
         const __m256 bias = _mm256_loadu_ps(a->bias_c8 + cb * 8);
         const on_conv_params *p = a->p;
@@ -181,7 +198,10 @@ void on_conv_dw_c8__avx2(const on_dw_args *a, size_t begin, size_t end, float *s
             for (size_t oh = 0; oh < a->OH; oh++) rowk_c8(a, tile, w8, bias, out, oh, 5, 2);
         else
             for (size_t oh = 0; oh < a->OH; oh++) row_c8(a, tile, w8, bias, out, oh);
-        unpack_block(a, out, nc, a->y + (n * a->C + c0) * a->OH * a->OW);
+        if (!a->y_blocked)
+            unpack_block(a, out, nc, a->y + (n * a->C + c0) * a->OH * a->OW);
+        else if (nc < 8)
+            zero_lanes(out, a->OH * a->OW, nc);
     }
 }
 

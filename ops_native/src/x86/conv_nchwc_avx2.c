@@ -101,6 +101,10 @@ static inline __m256i tail_mask(size_t n) {
 
 /* rowbuf [nb][ow_pad][8] -> y[oc * ystride + ow] */
 static void store_rows(const on_nchwc_row *r) {
+    if (r->y_blocked) {
+        on_nchwc_store_blocked(r);
+        return;
+    }
     for (size_t b = 0; b < r->nb; b++) {
         size_t nv = r->oc_valid - b * C0 < C0 ? r->oc_valid - b * C0 : C0;
         const float *src = r->rowbuf + b * r->ow_pad * C0;

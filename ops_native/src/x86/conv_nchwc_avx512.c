@@ -73,6 +73,10 @@ static inline __attribute__((always_inline)) void tile(const int NB, const int P
 
 /* rowbuf [nb][ow_pad][16] -> y[oc * ystride + ow], oc < oc_valid; sigmoid applied here if it is the act */
 static void store_rows(const on_nchwc_row *r) {
+    if (r->y_blocked) {
+        on_nchwc_store_blocked(r);
+        return;
+    }
     if (r->act.kind == ON_ACT_SIGMOID) {
         for (size_t oc = 0; oc < r->oc_valid; oc++) {
             const float *src = r->rowbuf + (oc / OB) * r->ow_pad * OB + oc % OB;
