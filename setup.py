@@ -6,7 +6,6 @@ aarch64), so the rest of the library stays portable and the fast path is chosen 
 """
 
 import glob
-import os
 import platform
 
 import numpy

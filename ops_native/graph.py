@@ -503,6 +503,66 @@ class _Fuser:
         self._remove(dead)
 
 
+BLOCKED = "nchwc8"
+
+
+def _conv_layout_ok(conv: Node, consts: dict[str, np.ndarray], in_layout: str, out_layout: str) -> bool:
+    """Whether this Conv node's native plan can run with these layouts: constant float32 2-D weights
+    (and bias), and a geometry the blocked kernels take (ops_native._core.conv_layout_ok)."""
+    w = consts.get(conv.inputs[1])
+    if w is None or w.ndim != 4 or w.dtype != np.float32:
+        return False
+    if len(conv.inputs) > 2 and conv.inputs[2] and conv.inputs[2] not in consts:
+        return False
+    a = conv.attrs
+    kernel = tuple(int(k) for k in a.get("kernel_shape", w.shape[2:]))
+    if kernel != tuple(w.shape[2:]):
+        return False
+    strides = tuple(int(v) for v in a.get("strides", (1, 1)))
+    dil = tuple(int(v) for v in a.get("dilations", (1, 1)))
+    if ops_mod._auto_pad(a) in ("NOTSET", "VALID"):
+        pads = tuple(int(v) for v in a.get("pads", (0, 0, 0, 0))) if ops_mod._auto_pad(a) == "NOTSET" else (0,) * 4
+        pads = (pads[0], pads[1], pads[2], pads[3])   # ONNX (t, l, b, r) is the plan's order too
+    else:  # SAME_*: zero only for a 1x1 stride-1 kernel; any non-zero stands for "padded" in the check
+        pads = (0,) * 4 if kernel == (1, 1) and strides == (1, 1) else (1,) * 4
+    return ops_mod._core.conv_layout_ok(w.shape, strides=strides, pads=pads, dilations=dil,
+                                        group=int(a.get("group", 1)), in_layout=in_layout, out_layout=out_layout)
+
+
+def assign_blocked_layouts(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> int:
+    """Keep every tensor that flows only from a Conv into Convs in the NCHWc8 layout.
+
+    A tensor qualifies when its producer is a Conv that can write NCHWc8, every consumer is a Conv that
+    reads it as its data input and can read NCHWc8, and it is not a graph output. Those convolutions
+    then skip gathering their input into channel blocks and transposing their output back; the layout
+    changes only where a tensor leaves or enters a chain of convolutions (in an inverted-residual block:
+    expand 1x1 -> depthwise -> project 1x1, the two inner tensors). Sets the nodes' `_in_layout` /
+    `_out_layout` attrs; returns how many tensors it blocked.
+    """
+    consumers: dict[str, list[tuple[Node, int]]] = defaultdict(list)
+    for n in nodes:
+        for k, i in enumerate(n.inputs):
+            if i:
+                consumers[i].append((n, k))
+    blocked = 0
+    for n in nodes:
+        if n.op_type != "Conv" or not n.outputs or n.outputs[0] in graph_outputs:
+            continue
+        v = n.outputs[0]
+        users = consumers.get(v, [])
+        if not users or any(u.op_type != "Conv" or k != 0 for u, k in users):
+            continue
+        if not _conv_layout_ok(n, consts, n.attrs.get("_in_layout", "nchw"), BLOCKED):
+            continue
+        if not all(_conv_layout_ok(u, consts, BLOCKED, u.attrs.get("_out_layout", "nchw")) for u, _ in users):
+            continue
+        n.attrs["_out_layout"] = BLOCKED
+        for u, _ in users:
+            u.attrs["_in_layout"] = BLOCKED
+        blocked += 1
+    return blocked
+
+
 def _per_channel(c: np.ndarray, oc: int, w_ndim: int) -> np.ndarray | None:
     """c as a per-output-channel vector of length oc if it broadcasts over [N, OC, spatial...] that way."""
     if c.size == 1:
@@ -550,6 +610,7 @@ class Plan:
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     pool: ops_mod.BufferPool
+    blocked_values: int = 0  # intermediate tensors kept in NCHWc8 (assign_blocked_layouts)
 
 
 def unsupported_node_ops(nodes: list[Node]) -> list[str]:
@@ -606,8 +667,19 @@ def fold_constants(nodes: list[Node], consts: dict[str, np.ndarray], ctx: BuildC
     return rest
 
 
-def compile_model(proto: onnx.ModelProto, threads: int, fuse: bool = True) -> Plan:
-    """Turn a checked ModelProto into a Plan. Raises UnsupportedOpError / InvalidModelError."""
+def blocked_layout_default() -> bool:
+    """Blocked tensors by default where the ISA has the channel-blocked kernels that make them pay
+    (AVX2 / AVX-512); ``OPS_NATIVE_LAYOUT=nchw`` or ``=nchwc8`` overrides (tests, comparisons)."""
+    forced = os.environ.get("OPS_NATIVE_LAYOUT", "").strip().lower()
+    if forced in ("nchw", BLOCKED):
+        return forced == BLOCKED
+    return ops_mod._core.isa().startswith("avx")
+
+
+def compile_model(proto: onnx.ModelProto, threads: int, fuse: bool = True, blocked: bool | None = None) -> Plan:
+    """Turn a checked ModelProto into a Plan. Raises UnsupportedOpError / InvalidModelError.
+
+    blocked: keep tensors between convolutions in NCHWc8 (None: blocked_layout_default())."""
     graph = proto.graph
     opset = default_opset(proto)
     consts: dict[str, np.ndarray] = {}
@@ -637,6 +709,8 @@ def compile_model(proto: onnx.ModelProto, threads: int, fuse: bool = True) -> Pl
         f.fuse_activation()
         f.fold_affine_into_pointwise_conv()
         nodes = f.nodes
+    n_blocked = assign_blocked_layouts(nodes, consts, graph_outputs) if (
+        blocked_layout_default() if blocked is None else blocked) else 0
     for o in outputs:
         if o.name not in consts and o.name not in {i.name for i in inputs} and \
                 not any(o.name in n.outputs for n in nodes):
@@ -677,4 +751,5 @@ def compile_model(proto: onnx.ModelProto, threads: int, fuse: bool = True) -> Pl
     return Plan(steps=steps, nodes=nodes, template=template,
                 input_slots={i.name: slot[i.name] for i in inputs},
                 output_slots={o.name: slot[o.name] for o in outputs if o.name in slot},
-                const_slots=const_slots, inputs=inputs, outputs=outputs, pool=ctx.pool)
+                const_slots=const_slots, inputs=inputs, outputs=outputs, pool=ctx.pool,
+                blocked_values=n_blocked)

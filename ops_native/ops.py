@@ -1246,7 +1246,13 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
     group = int(node.attrs.get("group", 1))
     act = _act_kwargs(node)
     w_const = ctx.const(node.inputs[1])
-    b_const = ctx.const(node.inputs[2]) if len(node.inputs) > 2 else None
+    b_const = ctx.const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
+    if len(node.inputs) > 2 and node.inputs[2] and b_const is None:
+        w_const = None   # a computed bias: the plan is made per run from both inputs
+    # layouts chosen by graph.assign_blocked_layouts (constant weights only): "nchw" or "nchwc8"
+    in_layout = node.attrs.get("_in_layout", "nchw")
+    out_layout = node.attrs.get("_out_layout", "nchw")
+    x_ndim = 5 if in_layout != "nchw" else 4
     if w_const is not None and w_const.ndim not in (3, 4):
         raise OpNotSupported(f"Conv with {w_const.ndim - 2} spatial dims: only 1-D and 2-D are supported")
     auto = _auto_pad(node.attrs)
@@ -1265,7 +1271,8 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
             pads = (p[0], p[1], p[2], p[3])
         return _core.Conv2d(np.ascontiguousarray(w4, dtype=np.float32),
                             None if b is None else np.ascontiguousarray(b, dtype=np.float32),
-                            strides=strides, pads=pads, dilations=dil, group=group, **act)
+                            strides=strides, pads=pads, dilations=dil, group=group, **act,
+                            in_layout=in_layout, out_layout=out_layout)
 
     # per input shape: (plan, output shape, threads worth using); a run with a seen shape does no
     # geometry work in Python (this wrapper cost ~30 us per node before, more than a small conv)
@@ -1279,12 +1286,17 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
             hit = shapes.get(x.shape)
             if hit is not None:
                 conv, oshape, n_thr = hit
-                if x.ndim == 4:
+                if x.ndim == x_ndim:
                     return [conv.run(x if x.flags.c_contiguous else np.ascontiguousarray(x), out=empty(oshape),
                                      threads=n_thr)]
-        if x.ndim not in (3, 4):
+        if x_ndim == 5:
+            if x.ndim != 5:   # only this executor makes blocked tensors; anything else is a bug
+                raise OpNotSupported(f"Conv expected an NCHWc8 input [N, C/8, H, W, 8], got shape {list(x.shape)}")
+            spatial = x.shape[2:4]
+        elif x.ndim not in (3, 4):
             raise OpNotSupported(f"Conv on a {x.ndim}-D input: only 1-D and 2-D convolutions are supported")
-        spatial = x.shape[2:]
+        else:
+            spatial = x.shape[2:]
         if w_const is not None:
             key = spatial if auto not in ("NOTSET", "VALID") else ()
             conv = cache.get(key)
@@ -1295,7 +1307,7 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
             conv = make(args[1], b, spatial)
         wshape = (w_const if w_const is not None else args[1]).shape
         per_out = math.prod(wshape[1:])
-        if x.ndim == 3:
+        if x.ndim == 3 and x_ndim == 4:
             x4 = np.ascontiguousarray(x[:, :, None, :])
             n_thr = _threads_for(2.0 * per_out * math.prod(conv.output_shape(x4.shape)), threads)
             y = conv.run(x4, threads=n_thr)

@@ -28,16 +28,19 @@ class InferenceSession:
 
     >>> sess = InferenceSession("model.onnx", threads=2)
     >>> y, = sess.run(None, {"x": x})
+
+    fuse: apply the graph fusions (off only to debug them). blocked_layout: keep the tensors between
+    convolutions in the NCHWc8 layout (None: on for AVX2 / AVX-512, see graph.blocked_layout_default).
     """
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto, threads: int = 1,
-                 fuse: bool = True) -> None:
+                 fuse: bool = True, blocked_layout: bool | None = None) -> None:
         if not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads: expected an int >= 1, got {threads!r}")
         self.threads = threads
         proto = load_model(model)
         try:
-            self._plan = compile_model(proto, threads, fuse=fuse)
+            self._plan = compile_model(proto, threads, fuse=fuse, blocked=blocked_layout)
         except OpsNativeError:
             raise
         except Exception as e:  # noqa: BLE001 - a damaged model must raise, never escape as a random error

@@ -349,7 +349,7 @@ void on_conv_dw_c8__scalar(const on_dw_args *a, size_t begin, size_t end, float 
         for (size_t oh = 0; oh < a->OH; oh++)
             for (size_t ow = 0; ow < a->OW; ow++) {
                 float acc[8];
-                for (size_t l = 0; l < 8; l++) acc[l] = b8[l];
+                for (size_t l = 0; l < 8; l++) acc[l] = 0.0f;
                 for (size_t kh = 0; kh < p->KH; kh++)
                     for (size_t kw = 0; kw < p->KW; kw++) {
                         const float *xs = tile + ((oh * p->stride_h + kh * p->dil_h) * a->PW + ow * p->stride_w +
@@ -358,7 +358,7 @@ void on_conv_dw_c8__scalar(const on_dw_args *a, size_t begin, size_t end, float 
                         for (size_t l = 0; l < 8; l++) acc[l] += xs[l] * wk[l];
                     }
                 float *o = out + (oh * a->OW + ow) * 8;
-                for (size_t l = 0; l < 8; l++) o[l] = l < nc ? on_act_ref(a->act, acc[l]) : 0.0f;
+                for (size_t l = 0; l < 8; l++) o[l] = l < nc ? on_act_ref(a->act, acc[l] + b8[l]) : 0.0f;
             }
         if (!a->y_blocked) {
             float *yb = a->y + (n * a->C + c0) * OHW;

@@ -194,7 +194,7 @@ void on_conv_nchwc_row__scalar(const on_nchwc_row *r, size_t oh) {
         const float *wb = r->w + b * r->wstride;
         for (size_t ow = 0; ow < r->OW; ow++) {
             float acc[C0];
-            for (size_t co = 0; co < C0; co++) acc[co] = r->bias[b * C0 + co];
+            for (size_t co = 0; co < C0; co++) acc[co] = 0.0f;
             for (size_t icb = 0; icb < r->ncb; icb++)
                 for (size_t kh = 0; kh < r->KH; kh++)
                     for (size_t kw = 0; kw < r->KW; kw++) {
@@ -204,8 +204,10 @@ void on_conv_nchwc_row__scalar(const on_nchwc_row *r, size_t oh) {
                             for (size_t co = 0; co < C0; co++) acc[co] += xs[ci] * wt[ci * C0 + co];
                     }
             float *dst = r->rowbuf + (b * r->ow_pad + ow) * C0;
-            for (size_t co = 0; co < C0; co++)
-                dst[co] = r->act.kind == ON_ACT_SIGMOID ? acc[co] : on_act_ref(r->act, acc[co]);
+            for (size_t co = 0; co < C0; co++) { /* bias after the sum, as the GEMM epilogue adds it */
+                float v = acc[co] + r->bias[b * C0 + co];
+                dst[co] = r->act.kind == ON_ACT_SIGMOID ? v : on_act_ref(r->act, v);
+            }
         }
     }
     on_nchwc_store_rows_ref(r);

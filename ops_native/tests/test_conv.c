@@ -61,6 +61,11 @@ static const conv_case CASES[] = {
     {"nchwc OC 8 single block", 1, 9, 7, 23, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_CLIP},
     {"1x1 few channels big image (direct)", 1, 12, 161, 160, 40, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_CLIP},
     {"nchwc 1x3 stride (1,3)", 1, 8, 5, 29, 16, 1, 3, 1, 3, 1, 1, 0, 1, 0, 1, 1, ON_ACT_NONE},
+    /* pointwise sizes for the blocked path's flattened rows: one row, rows that tile the plane
+     * exactly (16x16 = 4 x 64), and a prime-sized plane (no exact tiling: copied, last row short) */
+    {"1x1 16x16 deep", 2, 40, 16, 16, 24, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_NONE},
+    {"1x1 prime plane", 1, 16, 1, 151, 32, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_CLIP},
+    {"1x1 groups 2 Cg8 OCg12", 1, 16, 5, 7, 24, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, ON_ACT_NONE},
 };
 
 static on_conv_params params_of(const conv_case *c) {
@@ -116,6 +121,98 @@ static void check_conv2d_cases(int nchwc) {
 
 static void test_conv2d_matches_reference_all_isas(void) { check_conv2d_cases(1); }
 static void test_conv2d_im2col_matches_reference_all_isas(void) { check_conv2d_cases(0); }
+
+/* NCHW [N][C][HW] <-> NCHWc8 [N][ceil(C/8)][HW][8]; `to` fills pad lanes with `pad` (kernels must ignore
+ * them: a finite junk value, so a leak shows). */
+static void to_blocked(const float *x, size_t N, size_t C, size_t HW, float pad, float *xb) {
+    size_t cb = (C + 7) / 8;
+    for (size_t n = 0; n < N; n++)
+        for (size_t b = 0; b < cb; b++)
+            for (size_t i = 0; i < HW; i++)
+                for (size_t l = 0; l < 8; l++) {
+                    size_t c = b * 8 + l;
+                    xb[((n * cb + b) * HW + i) * 8 + l] = c < C ? x[(n * C + c) * HW + i] : pad;
+                }
+}
+
+static void from_blocked(const float *yb, size_t N, size_t C, size_t HW, float *y, int *pad_nonzero) {
+    size_t cb = (C + 7) / 8;
+    for (size_t n = 0; n < N; n++)
+        for (size_t b = 0; b < cb; b++)
+            for (size_t i = 0; i < HW; i++)
+                for (size_t l = 0; l < 8; l++) {
+                    size_t c = b * 8 + l;
+                    float v = yb[((n * cb + b) * HW + i) * 8 + l];
+                    if (c < C) y[(n * C + c) * HW + i] = v;
+                    else if (v != 0.0f) *pad_nonzero = 1;
+                }
+}
+
+/* Every case in every layout pair its plan allows (ON_CONV_BLOCKED), every ISA: the same numbers as
+ * the reference, zeros in the output's pad lanes, and ON_ERR_ARG for a pair it does not allow. */
+static void test_conv2d_blocked_layouts_all_isas(void) {
+    for (int isa = 0; isa < ON_ISA_COUNT; isa++) {
+        if (!on_isa_available((on_isa_t)isa)) continue;
+        on_set_isa((on_isa_t)isa);
+        size_t pairs = 0, refused = 0;
+        for (size_t i = 0; i < sizeof(CASES) / sizeof(CASES[0]); i++) {
+            const conv_case *c = &CASES[i];
+            on_conv_params p = params_of(c);
+            on_act_t act = {c->act, c->act == ON_ACT_CLIP ? 0.0f : 0.1f, 6.0f};
+            size_t OH = 0, OW = 0;
+            CHECK_EQ_INT(on_conv2d_output_size(&p, c->H, c->W, &OH, &OW), ON_OK);
+            size_t HW = c->H * c->W, OHW = OH * OW, wn = c->OC * (c->C / c->group) * c->KH * c->KW;
+            size_t xn = c->N * c->C * HW, yn = c->N * c->OC * OHW;
+            size_t xbn = c->N * ((c->C + 7) / 8) * 8 * HW, ybn = c->N * ((c->OC + 7) / 8) * 8 * OHW;
+            float *x = malloc(xn * 4), *w = malloc(wn * 4), *b = malloc(c->OC * 4), *ref = malloc(yn * 4);
+            float *xb = malloc(xbn * 4), *yb = malloc((ybn > yn ? ybn : yn) * 4), *got = malloc(yn * 4);
+            on_test_fill(x, xn);
+            on_test_fill(w, wn);
+            on_test_fill(b, c->OC);
+            to_blocked(x, c->N, c->C, HW, 3.5f, xb);
+            CHECK_EQ_INT(on_conv2d_ref(&p, w, i % 2 ? b : NULL, act, c->N, c->H, c->W, x, ref), ON_OK);
+            on_conv2d *plan = NULL;
+            CHECK_EQ_INT(on_conv2d_create_ex(&p, w, i % 2 ? b : NULL, act, ON_CONV_BLOCKED, &plan), ON_OK);
+            for (int xl = 0; xl < 2 && plan; xl++)
+                for (int yl = 0; yl < 2; yl++) {
+                    if (!xl && !yl) continue;
+                    int ok = on_conv2d_layout_ok(plan, (on_layout)xl, (on_layout)yl);
+                    CHECK_EQ_INT(ok, on_conv2d_plan_layout_ok(&p, ON_CONV_BLOCKED, (on_layout)xl, (on_layout)yl));
+                    if (!ok) {
+                        CHECK_EQ_INT(on_conv2d_run_layout(plan, c->N, c->H, c->W, xl ? xb : x, (on_layout)xl, yb,
+                                                          (on_layout)yl, 1), ON_ERR_ARG);
+                        refused++;
+                        continue;
+                    }
+                    for (int th = 1; th <= 2; th++) {
+                        for (size_t k = 0; k < (ybn > yn ? ybn : yn); k++) yb[k] = 1e30f;
+                        CHECK_EQ_INT(on_conv2d_run_layout(plan, c->N, c->H, c->W, xl ? xb : x, (on_layout)xl, yb,
+                                                          (on_layout)yl, th), ON_OK);
+                        int pad_nonzero = 0;
+                        if (yl) from_blocked(yb, c->N, c->OC, OHW, got, &pad_nonzero);
+                        else memcpy(got, yb, yn * 4);
+                        char what[160];
+                        snprintf(what, sizeof(what), "%s (%s -> %s, %s, %d threads)", c->name, xl ? "nchwc8" : "nchw",
+                                 yl ? "nchwc8" : "nchw", on_isa_name(on_active_isa()), th);
+                        CHECK_ALLCLOSE(got, ref, yn, 1e-4f, 1e-4f * (float)(wn / c->OC + 1), what);
+                        CHECK(!pad_nonzero);
+                        pairs++;
+                    }
+                }
+            on_conv2d_free(plan);
+            free(x);
+            free(w);
+            free(b);
+            free(ref);
+            free(xb);
+            free(yb);
+            free(got);
+        }
+        printf("  blocked layouts, isa %s: %zu layout runs checked, %zu pairs refused\n",
+               on_isa_name(on_active_isa()), pairs, refused);
+        CHECK(pairs > 100 && refused > 0);
+    }
+}
 
 static void test_conv2d_large_threads_identical(void) {
     on_conv_params p = {32, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
@@ -230,6 +327,7 @@ int main(void) {
     RUN(test_conv_rejects_bad_arguments);
     RUN(test_conv2d_matches_reference_all_isas);
     RUN(test_conv2d_im2col_matches_reference_all_isas);
+    RUN(test_conv2d_blocked_layouts_all_isas);
     on_set_isa(best);
     RUN(test_conv2d_large_threads_identical);
     RUN(test_conv_transpose_matches_reference_all_isas);

@@ -69,6 +69,7 @@ static void unpack_block(const on_dw_args *a, const float *tile, size_t nc, floa
         for (size_t c = 0; c < nc; c++) y[c * OHW + i] = tile[i * 8 + c];
 }
 
+/* acc is the finished sum of the taps plus the bias (added last, as the GEMM epilogue does) */
 static inline __attribute__((always_inline)) __m256 finish(__m256 acc, const on_act_t *act) {
     if (act->kind == ON_ACT_SIGMOID) {
         float t[8];
@@ -88,7 +89,7 @@ static inline __attribute__((always_inline)) void row_c8(const on_dw_args *a, co
     const float *base = tile + oh * sh * PW * 8;
     size_t ow = 0;
     for (; ow + 4 <= OW; ow += 4) {
-        __m256 a0 = bias, a1 = bias, a2 = bias, a3 = bias;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         for (size_t kh = 0; kh < KH; kh++) {
             const float *r = base + (kh * dh * PW + ow * sw) * 8;
             for (size_t kw = 0; kw < KW; kw++) {
@@ -101,19 +102,19 @@ static inline __attribute__((always_inline)) void row_c8(const on_dw_args *a, co
             }
         }
         float *o = out + (oh * OW + ow) * 8;
-        _mm256_storeu_ps(o, finish(a0, &a->act));
-        _mm256_storeu_ps(o + 8, finish(a1, &a->act));
-        _mm256_storeu_ps(o + 16, finish(a2, &a->act));
-        _mm256_storeu_ps(o + 24, finish(a3, &a->act));
+        _mm256_storeu_ps(o, finish(_mm256_add_ps(a0, bias), &a->act));
+        _mm256_storeu_ps(o + 8, finish(_mm256_add_ps(a1, bias), &a->act));
+        _mm256_storeu_ps(o + 16, finish(_mm256_add_ps(a2, bias), &a->act));
+        _mm256_storeu_ps(o + 24, finish(_mm256_add_ps(a3, bias), &a->act));
     }
     for (; ow < OW; ow++) {
-        __m256 acc = bias;
+        __m256 acc = _mm256_setzero_ps();
         for (size_t kh = 0; kh < KH; kh++) {
             const float *r = base + (kh * dh * PW + ow * sw) * 8;
             for (size_t kw = 0; kw < KW; kw++)
                 acc = _mm256_fmadd_ps(_mm256_loadu_ps(r + kw * dw * 8), _mm256_loadu_ps(w8 + (kh * KW + kw) * 8), acc);
         }
-        _mm256_storeu_ps(out + (oh * OW + ow) * 8, finish(acc, &a->act));
+        _mm256_storeu_ps(out + (oh * OW + ow) * 8, finish(_mm256_add_ps(acc, bias), &a->act));
     }
 }
 
@@ -128,7 +129,9 @@ static inline __attribute__((always_inline)) void rowk_c8(const on_dw_args *a, c
     size_t ow = 0;
     /* 8 outputs: 8 independent FMA chains cover the FMA latency; inputs straight from L1 (3 loads/cycle) */
     for (; ow + 8 <= OW; ow += 8) {
-        __m256 acc[8] = {bias, bias, bias, bias, bias, bias, bias, bias};
+        __m256 acc[8];
+#pragma GCC unroll 8
+        for (size_t j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
         for (size_t kh = 0; kh < KH; kh++) {
             const float *r = base + (kh * dh * PW + ow * SW) * 8;
             const float *wk = w8 + kh * KW * 8;
@@ -141,10 +144,12 @@ static inline __attribute__((always_inline)) void rowk_c8(const on_dw_args *a, c
         }
         float *o = out + (oh * OW + ow) * 8;
 #pragma GCC unroll 8
-        for (size_t j = 0; j < 8; j++) _mm256_storeu_ps(o + j * 8, finish(acc[j], &a->act));
+        for (size_t j = 0; j < 8; j++) _mm256_storeu_ps(o + j * 8, finish(_mm256_add_ps(acc[j], bias), &a->act));
     }
     for (; ow + 4 <= OW; ow += 4) {
-        __m256 acc[4] = {bias, bias, bias, bias};
+        __m256 acc[4];
+#pragma GCC unroll 4
+        for (size_t j = 0; j < 4; j++) acc[j] = _mm256_setzero_ps();
         for (size_t kh = 0; kh < KH; kh++) {
             const float *r = base + (kh * dh * PW + ow * SW) * 8;
             const float *wk = w8 + kh * KW * 8;
@@ -160,16 +165,16 @@ static inline __attribute__((always_inline)) void rowk_c8(const on_dw_args *a, c
         }
         float *o = out + (oh * OW + ow) * 8;
 #pragma GCC unroll 4
-        for (size_t j = 0; j < 4; j++) _mm256_storeu_ps(o + j * 8, finish(acc[j], &a->act));
+        for (size_t j = 0; j < 4; j++) _mm256_storeu_ps(o + j * 8, finish(_mm256_add_ps(acc[j], bias), &a->act));
     }
     for (; ow < OW; ow++) {
-        __m256 acc = bias;
+        __m256 acc = _mm256_setzero_ps();
         for (size_t kh = 0; kh < KH; kh++) {
             const float *r = base + (kh * dh * PW + ow * SW) * 8;
             for (size_t kw = 0; kw < KW; kw++)
                 acc = _mm256_fmadd_ps(_mm256_loadu_ps(r + kw * 8), _mm256_loadu_ps(w8 + (kh * KW + kw) * 8), acc);
         }
-        _mm256_storeu_ps(out + (oh * OW + ow) * 8, finish(acc, &a->act));
+        _mm256_storeu_ps(out + (oh * OW + ow) * 8, finish(_mm256_add_ps(acc, bias), &a->act));
     }
 }
 

@@ -30,11 +30,13 @@
         if (NB > 2) a2##q = _mm256_fmadd_ps(xv, w2, a2##q);                                         \
     }
 
+/* the bias joins the finished sum (last input-channel chunk), as in the GEMM epilogue and ONNX Runtime */
+#define FIN(v, bb) (act ? act_avx2(last ? _mm256_add_ps(v, bb) : v, &r->act) : (last ? _mm256_add_ps(v, bb) : v))
 #define STORE_PIX(q)                                                                                \
     if (P > q) {                                                                                    \
-        _mm256_storeu_ps(out + (q) * C0, act ? act_avx2(a0##q, &r->act) : a0##q);                   \
-        if (NB > 1) _mm256_storeu_ps(out + ob + (q) * C0, act ? act_avx2(a1##q, &r->act) : a1##q);  \
-        if (NB > 2) _mm256_storeu_ps(out + 2 * ob + (q) * C0, act ? act_avx2(a2##q, &r->act) : a2##q); \
+        _mm256_storeu_ps(out + (q) * C0, FIN(a0##q, bb0));                                          \
+        if (NB > 1) _mm256_storeu_ps(out + ob + (q) * C0, FIN(a1##q, bb1));                         \
+        if (NB > 2) _mm256_storeu_ps(out + 2 * ob + (q) * C0, FIN(a2##q, bb2));                     \
     }
 
 /* One tile: NB blocks x P pixels starting at output column ow0. CB8: the input block is a full 8
@@ -42,7 +44,9 @@
 static inline __attribute__((always_inline)) void tile(const int NB, const int P, const int CB8,
                                                        const on_nchwc_row *r, const float *xrow, size_t ow0,
                                                        size_t icb0, size_t icb1, __m256 bv0, __m256 bv1,
-                                                       __m256 bv2, int first, int act) {
+                                                       __m256 bv2, int first, int last, int act) {
+    const __m256 bb0 = bv0, bb1 = bv1, bb2 = bv2;
+    bv0 = bv1 = bv2 = _mm256_setzero_ps();
     const size_t CB = CB8 ? C0 : r->CB;
     const size_t ps = CB8 == 2 ? C0 : r->sw * CB, rs = r->PW * CB, cs = r->PH * rs;
     const size_t KH = r->KH, KW = r->KW, dhs = r->dh * rs, dws = r->dw * CB, wst = r->wstride;
@@ -126,13 +130,13 @@ static void store_rows(const on_nchwc_row *r) {
 
 #define TAIL_CASES(NB, CB8, PMAX)                                                                  \
     switch (r->OW - ow) {                                                                          \
-    case 1: tile(NB, 1, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                                 \
-    case 2: tile(NB, 2, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                                 \
-    case 3: if (PMAX > 3) tile(NB, 3, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                   \
-    case 4: if (PMAX > 4) tile(NB, 4, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                   \
-    case 5: if (PMAX > 5) tile(NB, 5, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                   \
-    case 6: if (PMAX > 6) tile(NB, 6, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                   \
-    case 7: if (PMAX > 7) tile(NB, 7, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act); break;                   \
+    case 1: tile(NB, 1, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, last, act); break;                                 \
+    case 2: tile(NB, 2, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, last, act); break;                                 \
+    case 3: if (PMAX > 3) tile(NB, 3, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, last, act); break;                   \
+    case 4: if (PMAX > 4) tile(NB, 4, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, last, act); break;                   \
+    case 5: if (PMAX > 5) tile(NB, 5, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, last, act); break;                   \
+    case 6: if (PMAX > 6) tile(NB, 6, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, last, act); break;                   \
+    case 7: if (PMAX > 7) tile(NB, 7, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, last, act); break;                   \
     default: break;                                                                                \
     }
 
@@ -150,10 +154,10 @@ static inline __attribute__((always_inline)) void row_nb(const int NB, const int
     if (chunk < 1) chunk = 1;
     for (size_t i0 = 0; i0 < r->ncb; i0 += chunk) {
         size_t i1 = r->ncb - i0 < chunk ? r->ncb : i0 + chunk;
-        int first = i0 == 0, act = has_act && i1 == r->ncb;
+        int first = i0 == 0, last = i1 == r->ncb, act = has_act && last;
         size_t ow = 0;
         for (; ow + (size_t)P <= r->OW; ow += (size_t)P)
-            tile(NB, P, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, act);
+            tile(NB, P, CB8, r, xrow, ow, i0, i1, b0, b1, b2, first, last, act);
         if (ow < r->OW) TAIL_CASES(NB, CB8, P)
     }
 }

@@ -16,6 +16,10 @@
 
 #define C0 ON_C0
 #define OB 16 /* output channels per block */
+/* weight rows (64 bytes each, per block) prefetched ahead of the FMAs */
+#ifndef NCHWC16_PREFETCH
+#define NCHWC16_PREFETCH 32
+#endif
 /* bytes of weights a row pass keeps hot in L1 while its tiles reuse them */
 #ifndef NCHWC16_L1_WEIGHTS
 #define NCHWC16_L1_WEIGHTS (24 * 1024)
@@ -27,7 +31,7 @@
  * input (CB = 3, unrolled), 0 = any other r->CB < 8. */
 static inline __attribute__((always_inline)) void tile(const int NB, const int P, const int CB8,
                                                        const on_nchwc_row *r, const float *xrow, size_t ow0,
-                                                       size_t icb0, size_t icb1, int first, int act) {
+                                                       size_t icb0, size_t icb1, int first, int last, int act) {
     const size_t CB = CB8 == 3 ? 3 : (CB8 ? C0 : r->CB);
     const size_t ps = CB8 == 2 ? C0 : r->sw * CB, rs = r->PW * CB, cs = r->PH * rs;
     const size_t KH = r->KH, KW = r->KW, dhs = r->dh * rs, dws = r->dw * CB, wst = r->wstride;
@@ -36,10 +40,9 @@ static inline __attribute__((always_inline)) void tile(const int NB, const int P
     __m512 acc[2][16];
 #pragma GCC unroll 2
     for (int b = 0; b < NB; b++) {
-        const __m512 bv = _mm512_loadu_ps(r->bias + b * OB);
 #pragma GCC unroll 16
         for (int q = 0; q < P; q++)
-            acc[b][q] = first ? bv : _mm512_loadu_ps(out + (size_t)b * ob + (size_t)q * OB);
+            acc[b][q] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(out + (size_t)b * ob + (size_t)q * OB);
     }
     const float *wp = r->w + icb0 * KH * KW * CB * OB;
     const float *xc = xrow + ow0 * ps + icb0 * cs;
@@ -50,6 +53,9 @@ static inline __attribute__((always_inline)) void tile(const int NB, const int P
             for (size_t kw = 0; kw < KW; kw++, xs += dws) {
 #pragma GCC unroll 8
                 for (size_t ci = 0; ci < CB; ci++, wp += OB) {
+                    /* the weights stream from L3 / DRAM in a whole model: fetch ahead (as the GEMM does) */
+                    _mm_prefetch((const char *)(wp + NCHWC16_PREFETCH * OB), _MM_HINT_T0);
+                    if (NB > 1) _mm_prefetch((const char *)(wp + wst + NCHWC16_PREFETCH * OB), _MM_HINT_T0);
                     const __m512 w0 = _mm512_loadu_ps(wp);
                     const __m512 w1 = NB > 1 ? _mm512_loadu_ps(wp + wst) : w0;
                     const float *xq = xs + ci;
@@ -64,17 +70,31 @@ static inline __attribute__((always_inline)) void tile(const int NB, const int P
         }
     }
 #pragma GCC unroll 2
-    for (int b = 0; b < NB; b++)
+    for (int b = 0; b < NB; b++) {
+        /* the bias joins the finished sum (as in the GEMM epilogue and ONNX Runtime), not the first term */
+        const __m512 bv = last ? _mm512_loadu_ps(r->bias + b * OB) : _mm512_setzero_ps();
 #pragma GCC unroll 16
-        for (int q = 0; q < P; q++)
-            _mm512_storeu_ps(out + (size_t)b * ob + (size_t)q * OB, act ? act_avx512(acc[b][q], &r->act) : acc[b][q]);
+        for (int q = 0; q < P; q++) {
+            __m512 v = last ? _mm512_add_ps(acc[b][q], bv) : acc[b][q];
+            _mm512_storeu_ps(out + (size_t)b * ob + (size_t)q * OB, act ? act_avx512(v, &r->act) : v);
+        }
+    }
 }
 
 
 /* rowbuf [nb][ow_pad][16] -> y[oc * ystride + ow], oc < oc_valid; sigmoid applied here if it is the act */
 static void store_rows(const on_nchwc_row *r) {
     if (r->y_blocked) {
-        on_nchwc_store_blocked(r);
+        if (r->act.kind == ON_ACT_SIGMOID || r->oc_valid % C0) {
+            on_nchwc_store_blocked(r);
+            return;
+        }
+        /* each 16-channel pixel is two 8-channel pixels of adjacent NCHWc8 blocks */
+        for (size_t h = 0; h < r->oc_valid / C0; h++) {
+            const float *src = r->rowbuf + (h / 2) * r->ow_pad * OB + (h % 2) * C0;
+            float *dst = r->y + h * r->ystride;
+            for (size_t ow = 0; ow < r->OW; ow++) _mm256_storeu_ps(dst + ow * C0, _mm256_loadu_ps(src + ow * OB));
+        }
         return;
     }
     if (r->act.kind == ON_ACT_SIGMOID) {
@@ -116,22 +136,22 @@ static inline __attribute__((always_inline)) void row_nb(const int NB, const int
     if (chunk < 1) chunk = 1;
     for (size_t i0 = 0; i0 < r->ncb; i0 += chunk) {
         size_t i1 = r->ncb - i0 < chunk ? r->ncb : i0 + chunk;
-        int first = i0 == 0, act = has_act && i1 == r->ncb;
+        int first = i0 == 0, last = i1 == r->ncb, act = has_act && last;
         size_t ow = 0;
-        for (; ow + (size_t)P <= r->OW; ow += (size_t)P) tile(NB, P, CB8, r, xrow, ow, i0, i1, first, act);
+        for (; ow + (size_t)P <= r->OW; ow += (size_t)P) tile(NB, P, CB8, r, xrow, ow, i0, i1, first, last, act);
         if (r->OW - ow >= 8) {
-            tile(NB, 8, CB8, r, xrow, ow, i0, i1, first, act);
+            tile(NB, 8, CB8, r, xrow, ow, i0, i1, first, last, act);
             ow += 8;
         }
         if (r->OW - ow >= 4) {
-            tile(NB, 4, CB8, r, xrow, ow, i0, i1, first, act);
+            tile(NB, 4, CB8, r, xrow, ow, i0, i1, first, last, act);
             ow += 4;
         }
         if (r->OW - ow >= 2) {
-            tile(NB, 2, CB8, r, xrow, ow, i0, i1, first, act);
+            tile(NB, 2, CB8, r, xrow, ow, i0, i1, first, last, act);
             ow += 2;
         }
-        if (r->OW - ow >= 1) tile(NB, 1, CB8, r, xrow, ow, i0, i1, first, act);
+        if (r->OW - ow >= 1) tile(NB, 1, CB8, r, xrow, ow, i0, i1, first, last, act);
     }
 }
 

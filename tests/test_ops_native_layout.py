@@ -1,0 +1,147 @@
+"""The blocked (NCHWc8) layout between convolutions: which tensors the executor keeps blocked, and that
+every plan with it matches ONNX Runtime (rtol 1e-4, atol 1e-4) on every ISA, at 1 and 2 threads, with
+the layout forced on and off (the portable kernels run it too, not only AVX2 / AVX-512)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import ops_native
+from models import zoo
+from ops_native import _core
+from ops_native.graph import blocked_layout_default
+
+ISAS = _core.available_isas()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    before = _core.isa()
+    _core.set_isa(request.param)
+    yield request.param
+    _core.set_isa(before)
+
+
+def _conv(rng: np.random.Generator, name: str, x: str, y: str, c: int, oc: int, k: int, group: int = 1,
+          **attrs: object) -> tuple[onnx.NodeProto, list[onnx.TensorProto]]:
+    w = (rng.standard_normal((oc, c // group, k, k)) / np.sqrt(c // group * k * k)).astype(np.float32)
+    b = rng.standard_normal(oc).astype(np.float32) * 0.1
+    inits = [numpy_helper.from_array(w, f"{name}_w"), numpy_helper.from_array(b, f"{name}_b")]
+    return helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [y], name=name, group=group, **attrs), inits
+
+
+def chain_model(seed: int = 0) -> onnx.ModelProto:
+    """Convolutions whose tensors may and may not be blocked, with dynamic batch and image size.
+
+    Blocked: t0 (stem -> depthwise), t1 (depthwise -> 1x1 with 13 input channels), t4 (-> two convs).
+    Not blocked: t2 (read by a group-2 conv with 10 channels per group), t3 (written by a group-2 conv
+    with 12 output channels per group), t5 / t6 (read by Add), t8 (a graph output that a conv reads).
+    """
+    rng = np.random.default_rng(seed)
+    parts = [
+        _conv(rng, "c0", "x", "t0", 3, 13, 3, pads=[1, 1, 1, 1]),
+        _conv(rng, "c1", "t0", "t1", 13, 13, 3, group=13, strides=[2, 2], pads=[1, 1, 1, 1]),
+        _conv(rng, "c2", "t1", "t2", 13, 20, 1),
+        _conv(rng, "c3", "t2", "t3", 20, 24, 3, group=2, pads=[1, 1, 1, 1]),
+        _conv(rng, "c4", "t3", "t4", 24, 16, 1, auto_pad="SAME_UPPER"),
+        _conv(rng, "c5", "t4", "t5", 16, 16, 3, pads=[1, 0, 1, 2]),
+        _conv(rng, "c6", "t4", "t6", 16, 16, 5, group=16, pads=[2, 2, 2, 2]),
+        _conv(rng, "c8", "t7", "t8", 16, 9, 3, pads=[1, 1, 1, 1]),
+        _conv(rng, "c9", "t8", "y2", 9, 8, 1),
+    ]
+    nodes = [p[0] for p in parts]
+    inits = [i for p in parts for i in p[1]]
+    # activations fused into the convs (Relu after c0, Sigmoid after c2) exercise the fused stores
+    nodes[0].output[0] = "t0pre"
+    nodes.insert(1, helper.make_node("Relu", ["t0pre"], ["t0"]))
+    nodes[3].output[0] = "t2pre"
+    nodes.insert(4, helper.make_node("Sigmoid", ["t2pre"], ["t2"]))
+    nodes.insert(-2, helper.make_node("Add", ["t5", "t6"], ["t7"]))
+    dims = ["n", 3, "h", "w"]
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("t8", TensorProto.FLOAT, ["n", 9, "h2", "w2"]),
+         helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["n", 8, "h2", "w2"])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def _ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+@pytest.mark.parametrize("blocked", [True, False], ids=["nchwc8", "nchw"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_chain_matches_onnxruntime_in_both_layouts(isa: str, threads: int, blocked: bool) -> None:
+    model = chain_model()
+    sess = ops_native.InferenceSession(model, threads=threads, blocked_layout=blocked)
+    assert sess._plan.blocked_values == (3 if blocked else 0)
+    rng = np.random.default_rng(1)
+    for shape in [(2, 3, 15, 17), (1, 3, 9, 12), (2, 3, 15, 17)]:   # new sizes re-plan; a seen one is cached
+        feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
+        for got, want in zip(sess.run(None, feeds), _ort(model, feeds)):
+            assert got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_which_tensors_are_blocked() -> None:
+    sess = ops_native.InferenceSession(chain_model(), blocked_layout=True)
+    layouts = {n.name: (n.attrs.get("_in_layout", "nchw"), n.attrs.get("_out_layout", "nchw"))
+               for n in sess._plan.nodes if n.op_type == "Conv"}
+    assert layouts == {"c0": ("nchw", "nchwc8"), "c1": ("nchwc8", "nchwc8"), "c2": ("nchwc8", "nchw"),
+                       "c3": ("nchw", "nchw"), "c4": ("nchw", "nchwc8"), "c5": ("nchwc8", "nchw"),
+                       "c6": ("nchwc8", "nchw"), "c8": ("nchw", "nchw"), "c9": ("nchw", "nchw")}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_mobilenetv2_blocked_on_every_isa_matches_onnxruntime(isa: str, threads: int) -> None:
+    """Each inverted-residual block keeps its two inner tensors (expand -> depthwise -> project) blocked,
+    and a block output with no residual Add goes blocked into the next block's expand conv."""
+    model = zoo.build("mobilenetv2")
+    feeds = zoo.sample_inputs(model)
+    sess = ops_native.InferenceSession(model, threads=threads, blocked_layout=True)
+    depthwise = sum(1 for n in sess._plan.nodes if n.op_type == "Conv" and int(n.attrs.get("group", 1)) > 1)
+    assert depthwise > 10 and sess._plan.blocked_values >= 2 * depthwise
+    for got, want in zip(sess.run(None, feeds), _ort(model, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_layout_default_follows_the_isa_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPS_NATIVE_LAYOUT", raising=False)
+    before = _core.isa()
+    try:
+        _core.set_isa("scalar")
+        assert blocked_layout_default() is False       # no channel-blocked vector kernels: stay NCHW
+        monkeypatch.setenv("OPS_NATIVE_LAYOUT", "nchwc8")
+        assert blocked_layout_default() is True
+        assert ops_native.InferenceSession(chain_model())._plan.blocked_values == 3
+        monkeypatch.setenv("OPS_NATIVE_LAYOUT", "nchw")
+        _core.set_isa(before)
+        assert blocked_layout_default() is False
+        assert ops_native.InferenceSession(chain_model())._plan.blocked_values == 0
+        monkeypatch.delenv("OPS_NATIVE_LAYOUT")
+        assert blocked_layout_default() is before.startswith("avx")
+    finally:
+        _core.set_isa(before)
+
+
+def test_conv2d_refuses_layouts_its_geometry_cannot_take() -> None:
+    w = np.ones((24, 10, 3, 3), np.float32)   # group 2: 10 input channels per group
+    assert not _core.conv_layout_ok(w.shape, pads=(1, 1, 1, 1), group=2, in_layout="nchwc8")
+    with pytest.raises(_core.ArgumentError, match="cannot read nchwc8"):
+        _core.Conv2d(w, None, pads=(1, 1, 1, 1), group=2, in_layout="nchwc8")
+    with pytest.raises(_core.ArgumentError, match="layout must be one of"):
+        _core.Conv2d(w, None, group=2, out_layout="nhwc")
+    conv = _core.Conv2d(np.ones((16, 8, 1, 1), np.float32), None, in_layout="nchwc8", out_layout="nchwc8")
+    with pytest.raises(_core.ArgumentError, match=r"NCHWc8 \[N, 1, H, W, 8\]"):
+        conv.run(np.ones((1, 8, 4, 4), np.float32))
+    y = conv.run(np.ones((1, 1, 4, 4, 8), np.float32))
+    assert y.shape == (1, 2, 4, 4, 8) and np.all(y == 8.0)
