@@ -39,12 +39,6 @@ static void pack_block(const on_dw_args *a, const float *x, size_t nc, float *ti
     }
 }
 
-/* A block of a blocked input: its rows are already HWc8, so filling the tile is a row copy. */
-static void copy_block(const on_dw_args *a, const float *xb, float *tile) {
-    for (size_t h = 0; h < a->H; h++)
-        memcpy(tile + ((h + a->p->pad_t) * a->PW + a->p->pad_l) * 8, xb + h * a->W * 8, a->W * 8 * sizeof(float));
-}
-
 /* Lanes nc..7 of a blocked output block are stored as zeros. */
 static void zero_lanes(float *yb, size_t pixels, size_t nc) {
     for (size_t i = 0; i < pixels; i++)
@@ -80,13 +74,12 @@ static inline __attribute__((always_inline)) __m256 finish(__m256 acc, const on_
     return act_avx2(acc, act);
 }
 
-/* One output row: OW pixels, 4 at a time (4 independent FMA chains). */
-static inline __attribute__((always_inline)) void row_c8(const on_dw_args *a, const float *tile, const float *w8,
-                                                         __m256 bias, float *out, size_t oh) {
+/* OW pixels of one output row, 4 at a time (4 independent FMA chains). base: the input pixel under
+ * the first tap of the first output pixel; input rows PW pixels apart; out: the first output pixel. */
+static inline __attribute__((always_inline)) void row_c8(const on_dw_args *a, const float *base, size_t PW,
+                                                         const float *w8, __m256 bias, float *out, size_t OW) {
     const on_conv_params *p = a->p;
-    const size_t KH = p->KH, KW = p->KW, sh = p->stride_h, sw = p->stride_w, dh = p->dil_h, dw = p->dil_w;
-    const size_t PW = a->PW, OW = a->OW;
-    const float *base = tile + oh * sh * PW * 8;
+    const size_t KH = p->KH, KW = p->KW, sw = p->stride_w, dh = p->dil_h, dw = p->dil_w;
     size_t ow = 0;
     for (; ow + 4 <= OW; ow += 4) {
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -101,7 +94,7 @@ static inline __attribute__((always_inline)) void row_c8(const on_dw_args *a, co
                 a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + 3 * sw * 8), wv, a3);
             }
         }
-        float *o = out + (oh * OW + ow) * 8;
+        float *o = out + ow * 8;
         _mm256_storeu_ps(o, finish(_mm256_add_ps(a0, bias), &a->act));
         _mm256_storeu_ps(o + 8, finish(_mm256_add_ps(a1, bias), &a->act));
         _mm256_storeu_ps(o + 16, finish(_mm256_add_ps(a2, bias), &a->act));
@@ -114,18 +107,17 @@ static inline __attribute__((always_inline)) void row_c8(const on_dw_args *a, co
             for (size_t kw = 0; kw < KW; kw++)
                 acc = _mm256_fmadd_ps(_mm256_loadu_ps(r + kw * dw * 8), _mm256_loadu_ps(w8 + (kh * KW + kw) * 8), acc);
         }
-        _mm256_storeu_ps(out + (oh * OW + ow) * 8, finish(_mm256_add_ps(acc, bias), &a->act));
+        _mm256_storeu_ps(out + ow * 8, finish(_mm256_add_ps(acc, bias), &a->act));
     }
 }
 
 /* KW (3 or 5), dil_w == 1, stride SW (1 or 2): compile-time constants after inlining. The KW - 1 + 4*SW
  * input pixels the 4 outputs of a group read in one kernel row are loaded once, not 4*KW times. */
-static inline __attribute__((always_inline)) void rowk_c8(const on_dw_args *a, const float *tile, const float *w8,
-                                                          __m256 bias, float *out, size_t oh, const size_t KW,
-                                                          const size_t SW) {
+static inline __attribute__((always_inline)) void rowk_c8(const on_dw_args *a, const float *base, size_t PW,
+                                                          const float *w8, __m256 bias, float *out, size_t OW,
+                                                          const size_t KW, const size_t SW) {
     const on_conv_params *p = a->p;
-    const size_t KH = p->KH, dh = p->dil_h, PW = a->PW, OW = a->OW;
-    const float *base = tile + oh * p->stride_h * PW * 8;
+    const size_t KH = p->KH, dh = p->dil_h;
     size_t ow = 0;
     /* 8 outputs: 8 independent FMA chains cover the FMA latency; inputs straight from L1 (3 loads/cycle) */
     for (; ow + 8 <= OW; ow += 8) {
@@ -142,7 +134,7 @@ static inline __attribute__((always_inline)) void rowk_c8(const on_dw_args *a, c
                 for (size_t j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(_mm256_loadu_ps(r + (j * SW + kw) * 8), wv, acc[j]);
             }
         }
-        float *o = out + (oh * OW + ow) * 8;
+        float *o = out + ow * 8;
 #pragma GCC unroll 8
         for (size_t j = 0; j < 8; j++) _mm256_storeu_ps(o + j * 8, finish(_mm256_add_ps(acc[j], bias), &a->act));
     }
@@ -163,7 +155,7 @@ static inline __attribute__((always_inline)) void rowk_c8(const on_dw_args *a, c
                 for (size_t j = 0; j < 4; j++) acc[j] = _mm256_fmadd_ps(in[j * SW + kw], wv, acc[j]);
             }
         }
-        float *o = out + (oh * OW + ow) * 8;
+        float *o = out + ow * 8;
 #pragma GCC unroll 4
         for (size_t j = 0; j < 4; j++) _mm256_storeu_ps(o + j * 8, finish(_mm256_add_ps(acc[j], bias), &a->act));
     }
@@ -174,35 +166,87 @@ static inline __attribute__((always_inline)) void rowk_c8(const on_dw_args *a, c
             for (size_t kw = 0; kw < KW; kw++)
                 acc = _mm256_fmadd_ps(_mm256_loadu_ps(r + kw * 8), _mm256_loadu_ps(w8 + (kh * KW + kw) * 8), acc);
         }
-        _mm256_storeu_ps(out + (oh * OW + ow) * 8, finish(_mm256_add_ps(acc, bias), &a->act));
+        _mm256_storeu_ps(out + ow * 8, finish(_mm256_add_ps(acc, bias), &a->act));
+    }
+}
+
+/* n output pixels of a row through the kernel that fits the geometry. */
+static void span(const on_dw_args *a, const float *base, size_t pitch, const float *w8, __m256 bias, float *out,
+                 size_t n) {
+    const on_conv_params *p = a->p;
+    const size_t kw = p->dil_w == 1 ? p->KW : 0, sw = p->stride_w;
+    if (kw == 3 && sw == 1) rowk_c8(a, base, pitch, w8, bias, out, n, 3, 1);
+    else if (kw == 3 && sw == 2) rowk_c8(a, base, pitch, w8, bias, out, n, 3, 2);
+    else if (kw == 5 && sw == 1) rowk_c8(a, base, pitch, w8, bias, out, n, 5, 1);
+    else if (kw == 5 && sw == 2) rowk_c8(a, base, pitch, w8, bias, out, n, 5, 2);
+    else row_c8(a, base, pitch, w8, bias, out, n);
+}
+
+/* One output pixel whose window crosses the border of a blocked input xb (H x W pixels of 8 lanes):
+ * taps outside it are skipped (they would read padding zeros). */
+static void edge_pixel(const on_dw_args *a, const float *xb, const float *w8, __m256 bias, float *o, size_t oh,
+                       size_t ow) {
+    const on_conv_params *p = a->p;
+    __m256 acc = _mm256_setzero_ps();
+    for (size_t kh = 0; kh < p->KH; kh++) {
+        size_t ih = oh * p->stride_h + kh * p->dil_h; /* padded coordinates */
+        if (ih < p->pad_t || ih - p->pad_t >= a->H) continue;
+        for (size_t kw = 0; kw < p->KW; kw++) {
+            size_t iw = ow * p->stride_w + kw * p->dil_w;
+            if (iw < p->pad_l || iw - p->pad_l >= a->W) continue;
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(xb + ((ih - p->pad_t) * a->W + iw - p->pad_l) * 8),
+                                  _mm256_loadu_ps(w8 + (kh * p->KW + kw) * 8), acc);
+        }
+    }
+    _mm256_storeu_ps(o, finish(_mm256_add_ps(acc, bias), &a->act));
+}
+
+/* Outputs [lo, hi) along one axis whose whole window lies inside the input: in padded coordinates
+ * o * s + k * d must stay within [pad, pad + n) for every tap k < K. */
+static void interior(size_t pad, size_t n, size_t K, size_t s, size_t d, size_t out, size_t *lo, size_t *hi) {
+    size_t span_k = (K - 1) * d;
+    *lo = (pad + s - 1) / s;
+    *hi = pad + n >= span_k + 1 ? (pad + n - span_k - 1) / s + 1 : 0;
+    if (*hi > out) *hi = out;
+    if (*lo > *hi) *lo = *hi;
+}
+
+/* A blocked input needs no tile: interior pixels read it in place, the border ones skip the taps
+ * that fall outside (the tile's copy was ~half the kernel's time on a 64x64 stride-2 layer). */
+static void block_direct(const on_dw_args *a, const float *xb, const float *w8, __m256 bias, float *out) {
+    const on_conv_params *p = a->p;
+    size_t r0, r1, c0, c1;
+    interior(p->pad_t, a->H, p->KH, p->stride_h, p->dil_h, a->OH, &r0, &r1);
+    interior(p->pad_l, a->W, p->KW, p->stride_w, p->dil_w, a->OW, &c0, &c1);
+    for (size_t oh = 0; oh < a->OH; oh++) {
+        float *orow = out + oh * a->OW * 8;
+        if (oh < r0 || oh >= r1 || c0 == c1) {
+            for (size_t ow = 0; ow < a->OW; ow++) edge_pixel(a, xb, w8, bias, orow + ow * 8, oh, ow);
+            continue;
+        }
+        for (size_t ow = 0; ow < c0; ow++) edge_pixel(a, xb, w8, bias, orow + ow * 8, oh, ow);
+        const float *base = xb + ((oh * p->stride_h - p->pad_t) * a->W + c0 * p->stride_w - p->pad_l) * 8;
+        span(a, base, a->W, w8, bias, orow + c0 * 8, c1 - c0);
+        for (size_t ow = c1; ow < a->OW; ow++) edge_pixel(a, xb, w8, bias, orow + ow * 8, oh, ow);
     }
 }
 
 void on_conv_dw_c8__avx2(const on_dw_args *a, size_t begin, size_t end, float *scratch) {
     const size_t ncb = (a->C + 7) / 8, KK = a->p->KH * a->p->KW;
+    const on_conv_params *p = a->p;
     float *tile = scratch, *out_tile = scratch + a->PH * a->PW * 8;
     for (size_t b = begin; b < end; b++) {
-        float *out = out_tile;
         size_t n = b / ncb, cb = b % ncb, c0 = cb * 8, nc = a->C - c0 < 8 ? a->C - c0 : 8;
-        if (a->x_blocked)
-            copy_block(a, a->x + b * a->H * a->W * 8, tile);
-        else
-            pack_block(a, a->x + (n * a->C + c0) * a->H * a->W, nc, tile);
-        if (a->y_blocked) out = a->y + b * a->OH * a->OW * 8; /* the kernels write the block in place */
+        float *out = a->y_blocked ? a->y + b * a->OH * a->OW * 8 : out_tile; /* blocked: written in place */
         const float *w8 = a->w_c8 + cb * KK * 8;
         const __m256 bias = _mm256_loadu_ps(a->bias_c8 + cb * 8);
-        const on_conv_params *p = a->p;
-        const size_t kw = p->dil_w == 1 ? p->KW : 0, sw = p->stride_w;
-        if (kw == 3 && sw == 1)
-            for (size_t oh = 0; oh < a->OH; oh++) rowk_c8(a, tile, w8, bias, out, oh, 3, 1);
-        else if (kw == 3 && sw == 2)
-            for (size_t oh = 0; oh < a->OH; oh++) rowk_c8(a, tile, w8, bias, out, oh, 3, 2);
-        else if (kw == 5 && sw == 1)
-            for (size_t oh = 0; oh < a->OH; oh++) rowk_c8(a, tile, w8, bias, out, oh, 5, 1);
-        else if (kw == 5 && sw == 2)
-            for (size_t oh = 0; oh < a->OH; oh++) rowk_c8(a, tile, w8, bias, out, oh, 5, 2);
-        else
-            for (size_t oh = 0; oh < a->OH; oh++) row_c8(a, tile, w8, bias, out, oh);
+        if (a->x_blocked) {
+            block_direct(a, a->x + b * a->H * a->W * 8, w8, bias, out);
+        } else {
+            pack_block(a, a->x + (n * a->C + c0) * a->H * a->W, nc, tile);
+            for (size_t oh = 0; oh < a->OH; oh++)
+                span(a, tile + oh * p->stride_h * a->PW * 8, a->PW, w8, bias, out + oh * a->OW * 8, a->OW);
+        }
         if (!a->y_blocked)
             unpack_block(a, out, nc, a->y + (n * a->C + c0) * a->OH * a->OW);
         else if (nc < 8)
