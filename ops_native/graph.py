@@ -12,6 +12,7 @@ Fusions (each only when the intermediate value has a single consumer and is not 
   * Mul(x, scalar) -> Add(., scalar)        : one affine pass, folded into a following 1x1 Conv
   * ConvTranspose -> BatchNormalization / Add(per-channel const) : folded into its weights and bias
   * Conv / Gemm / MatMul(+Add bias) -> Relu | Clip | LeakyRelu | HardSwish | Sigmoid : fused epilogue
+  * MatMul (computed B) -> Div / Mul by a scalar const : the GEMM's alpha (attention scores)
 """
 
 from __future__ import annotations
@@ -471,6 +472,34 @@ class _Fuser:
                 changed = True
                 break
 
+    def fuse_matmul_scale(self) -> None:
+        """MatMul(A, B) with both inputs computed -> Div / Mul by a scalar constant ==> one batched GEMM
+        with alpha (attention's Q.K^T / sqrt(d)): the scale is applied in the GEMM's store, not in another
+        pass over the scores. (A constant B goes to the packed path, which has no alpha.)"""
+        cons = self._consumers()
+        dead: list[Node] = []
+        for mm in self.nodes:
+            if mm.op_type != "MatMul" or mm.inputs[1] in self.consts or \
+                    any(k in mm.attrs for k in ("_bias", "_act", "_alpha")):
+                continue
+            nxt = self._sole_consumer(cons, mm.outputs[0])
+            if nxt is None or nxt.op_type not in ("Div", "Mul") or len(nxt.inputs) != 2:
+                continue
+            if nxt.op_type == "Div" and nxt.inputs[0] != mm.outputs[0]:
+                continue
+            other = nxt.inputs[1] if nxt.inputs[0] == mm.outputs[0] else nxt.inputs[0]
+            c = self._scalar(other)
+            if c is None or other == mm.outputs[0] or self.consts[other].ndim > 1:
+                continue   # (a [1, 1, 1]-shaped constant could add dims: leave it to the Div)
+            if nxt.op_type == "Div":
+                if c == 0.0:
+                    continue
+                c = float(np.float32(1.0) / np.float32(c))
+            mm.attrs["_alpha"] = c
+            mm.outputs = [nxt.outputs[0]]
+            dead.append(nxt)
+        self._remove(dead)
+
     def fuse_activation(self) -> None:
         """Conv / Gemm / MatMul (const B) -> activation ==> fused epilogue."""
         cons = self._consumers()
@@ -706,6 +735,7 @@ def compile_model(proto: onnx.ModelProto, threads: int, fuse: bool = True, block
         f.fuse_gelu()
         f.fuse_affine()
         f.fuse_bias_add()
+        f.fuse_matmul_scale()
         f.fuse_activation()
         f.fold_affine_into_pointwise_conv()
         nodes = f.nodes

@@ -332,8 +332,8 @@ def gemm(a, b, bias=None, *, trans_a=False, trans_b=False, alpha=1.0, act="none"
     return carr
 
 
-def matmul(a, b, out=None, threads=1):
-    """ONNX MatMul for float32: numpy matmul semantics (1-D promotion, batch broadcasting).
+def matmul(a, b, out=None, threads=1, float alpha=1.0):
+    """ONNX MatMul for float32: numpy matmul semantics (1-D promotion, batch broadcasting), times alpha.
 
     Non-contiguous inputs are copied. A 2-D b under a batched a is one GEMM over all rows.
     """
@@ -359,7 +359,7 @@ def matmul(a, b, out=None, threads=1):
     cdef cnp.ndarray carr = _on_out(out, res_shape, "matmul", (a, b))
     cdef int nt = _on_threads(threads, "matmul")
     cdef on_gemm_epilogue ep
-    ep.alpha = 1.0
+    ep.alpha = alpha
     ep.bias_kind = ON_BIAS_NONE
     ep.bias = NULL
     ep.act.kind = ON_ACT_NONE

@@ -1180,13 +1180,16 @@ def _build_matmul(node: Node, ctx: BuildContext) -> Fn:
         return _dense_step(packed, bias, act, 1.0, threads, ctx, fn_packed)
     if bias is not None or act:
         raise OpBuildError("internal: fused MatMul needs a constant 2-D B")
+    alpha = float(node.attrs.get("_alpha", 1.0))   # graph.fuse_matmul_scale
 
     def fn(args: list) -> list:
         a, b = args
         if _is_f32(a, b):
             y = _core.matmul(a, b, threads=_threads_for(2.0 * a.size * (b.shape[-1] if b.ndim > 1 else 1),
-                                                        threads))
+                                                        threads), alpha=alpha)
             return [y.reshape(()) if a.ndim == 1 and b.ndim == 1 else y]
+        if alpha != 1.0:
+            raise OpNotSupported(f"MatMul scaled by {alpha} on {a.dtype} x {b.dtype}: expected float32")
         return [np.matmul(a, b)]
 
     return fn

@@ -219,6 +219,30 @@ def test_conv_batchnorm_relu_are_fused_into_one_step(model: onnx.ModelProto) -> 
     assert sess._plan.nodes[0].attrs["_act"] == "relu"
 
 
+@pytest.mark.parametrize("op, scale_first, fused", [("Div", False, True), ("Mul", False, True),
+                                                     ("Mul", True, True), ("Div", True, False)])
+def test_scaled_attention_scores_fold_the_scale_into_the_matmul(op: str, scale_first: bool, fused: bool) -> None:
+    """Q.K^T / s (or * s, either side) becomes one batched GEMM with alpha; s / (Q.K^T) does not."""
+    rng = np.random.default_rng(3)
+    s = numpy_helper.from_array(np.array(np.sqrt(16.0), np.float32), "s")
+    mm = helper.make_node("MatMul", ["q", "kt"], ["scores"])
+    scale = helper.make_node(op, ["s", "scores"] if scale_first else ["scores", "s"], ["scaled"])
+    sm = helper.make_node("Softmax", ["scaled"], ["p"], axis=-1)
+    dims = ["b", 4, "t", 16]
+    graph = helper.make_graph([mm, scale, sm], "attn",
+                              [helper.make_tensor_value_info("q", TensorProto.FLOAT, dims),
+                               helper.make_tensor_value_info("kt", TensorProto.FLOAT, ["b", 4, 16, "t"])],
+                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["b", 4, "t", "t"])], [s])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"q": rng.standard_normal((2, 4, 9, 16)).astype(np.float32),
+             "kt": rng.standard_normal((2, 4, 16, 9)).astype(np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    sess = ops_native.InferenceSession(model, threads=2)
+    assert [n.op_type for n in sess._plan.nodes] == (["MatMul", "Softmax"] if fused else ["MatMul", op, "Softmax"])
+    np.testing.assert_allclose(sess.run(None, feeds)[0], want, rtol=1e-4, atol=1e-5)
+
+
 def test_randomly_damaged_models_raise_ops_native_errors_only() -> None:
     """Byte flips in a serialized model either still run or raise an OpsNativeError; nothing else escapes."""
     rng = np.random.default_rng(7)
