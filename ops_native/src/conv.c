@@ -412,7 +412,8 @@ static on_status run_depthwise(const on_conv2d *c, size_t N, size_t H, size_t W,
         if (j.a.PW < p->pad_l + W) j.a.PW = p->pad_l + W;
         j.fn = c8;
         j.scratch_floats = on_dw_c8_scratch_floats(&j.a);
-        j.zero_floats = j.a.PH * j.a.PW * 8;
+        /* the tile's zero borders; the AVX2 kernel reading a large blocked input in place has no tile */
+        j.zero_floats = c8 != on_conv_dw_c8__scalar && j.a.x_blocked && DW_DIRECT(&j.a) ? 0 : j.a.PH * j.a.PW * 8;
         planes = N * ((p->C + 7) / 8);
     }
     if ((double)N * p->C * OH * OW * p->KH * p->KW < 65536.0 || nthreads < 1) nthreads = 1;

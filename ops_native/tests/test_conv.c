@@ -46,6 +46,10 @@ static const conv_case CASES[] = {
     {"dw c8 C16 narrow 5x3", 1, 16, 5, 3, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 16, ON_ACT_NONE},
     {"dw c8 C8 1x1 out", 1, 8, 3, 3, 8, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0, 8, ON_ACT_LEAKY_RELU},
     {"dw c8 C16 3x5 dil (2,1)", 1, 16, 12, 19, 16, 3, 5, 1, 1, 2, 1, 2, 2, 2, 2, 16, ON_ACT_NONE},
+    /* stride 2 with outputs >= 16x16: a blocked input is read in place (border pixels skip taps) */
+    {"dw c8 C12 s2 in place", 1, 12, 34, 40, 12, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 12, ON_ACT_CLIP},
+    {"dw c8 C16 5x5 s2 in place asym", 2, 16, 37, 35, 16, 5, 5, 2, 2, 1, 1, 2, 1, 1, 2, 16, ON_ACT_HARDSWISH},
+    {"dw c8 C8 3x3 s2 dil2 in place", 1, 8, 40, 41, 8, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2, 8, ON_ACT_NONE},
     {"dw plane 72x70 past c8 limit", 1, 9, 72, 70, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 9, ON_ACT_CLIP},
     {"1-D as H=1", 2, 6, 1, 31, 10, 1, 5, 1, 2, 1, 1, 0, 2, 0, 2, 1, ON_ACT_NONE},
     {"kernel = input", 1, 3, 4, 4, 5, 4, 4, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_NONE},

@@ -39,6 +39,12 @@ static void pack_block(const on_dw_args *a, const float *x, size_t nc, float *ti
     }
 }
 
+/* A block of a blocked input into the padded tile: its rows are already HWc8, so a row copy. */
+static void copy_block(const on_dw_args *a, const float *xb, float *tile) {
+    for (size_t h = 0; h < a->H; h++)
+        memcpy(tile + ((h + a->p->pad_t) * a->PW + a->p->pad_l) * 8, xb + h * a->W * 8, a->W * 8 * sizeof(float));
+}
+
 /* Lanes nc..7 of a blocked output block are stored as zeros. */
 static void zero_lanes(float *yb, size_t pixels, size_t nc) {
     for (size_t i = 0; i < pixels; i++)
@@ -211,8 +217,8 @@ static void interior(size_t pad, size_t n, size_t K, size_t s, size_t d, size_t 
     if (*lo > *hi) *lo = *hi;
 }
 
-/* A blocked input needs no tile: interior pixels read it in place, the border ones skip the taps
- * that fall outside (the tile's copy was ~half the kernel's time on a 64x64 stride-2 layer). */
+/* A blocked input read in place, without the tile: interior pixels straight from it, the border ones
+ * skipping the taps that fall outside (used where DW_DIRECT says it pays). */
 static void block_direct(const on_dw_args *a, const float *xb, const float *w8, __m256 bias, float *out) {
     const on_conv_params *p = a->p;
     size_t r0, r1, c0, c1;
@@ -240,10 +246,13 @@ void on_conv_dw_c8__avx2(const on_dw_args *a, size_t begin, size_t end, float *s
         float *out = a->y_blocked ? a->y + b * a->OH * a->OW * 8 : out_tile; /* blocked: written in place */
         const float *w8 = a->w_c8 + cb * KK * 8;
         const __m256 bias = _mm256_loadu_ps(a->bias_c8 + cb * 8);
-        if (a->x_blocked) {
+        if (a->x_blocked && DW_DIRECT(a)) {
             block_direct(a, a->x + b * a->H * a->W * 8, w8, bias, out);
         } else {
-            pack_block(a, a->x + (n * a->C + c0) * a->H * a->W, nc, tile);
+            if (a->x_blocked)
+                copy_block(a, a->x + b * a->H * a->W * 8, tile);
+            else
+                pack_block(a, a->x + (n * a->C + c0) * a->H * a->W, nc, tile);
             for (size_t oh = 0; oh < a->OH; oh++)
                 span(a, tile + oh * p->stride_h * a->PW * 8, a->PW, w8, bias, out + oh * a->OW * 8, a->OW);
         }
