@@ -31,7 +31,8 @@
  * input (CB = 3, unrolled), 0 = any other r->CB < 8. */
 static inline __attribute__((always_inline)) void tile(const int NB, const int P, const int CB8,
                                                        const on_nchwc_row *r, const float *xrow, size_t ow0,
-                                                       size_t icb0, size_t icb1, int first, int last, int act) {
+                                                       size_t icb0, size_t icb1, int first, int last, int act,
+                                                       int direct) {
     const size_t CB = CB8 == 3 ? 3 : (CB8 ? C0 : r->CB);
     const size_t ps = CB8 == 2 ? C0 : r->sw * CB, rs = r->PW * CB, cs = r->PH * rs;
     const size_t KH = r->KH, KW = r->KW, dhs = r->dh * rs, dws = r->dw * CB, wst = r->wstride;
@@ -76,7 +77,14 @@ static inline __attribute__((always_inline)) void tile(const int NB, const int P
 #pragma GCC unroll 16
         for (int q = 0; q < P; q++) {
             __m512 v = last ? _mm512_add_ps(acc[b][q], bv) : acc[b][q];
-            _mm512_storeu_ps(out + (size_t)b * ob + (size_t)q * OB, act ? act_avx512(v, &r->act) : v);
+            v = act ? act_avx512(v, &r->act) : v;
+            if (direct) { /* straight into the two NCHWc8 blocks this zmm covers */
+                float *yd = r->y + (size_t)(2 * b) * r->ystride + (ow0 + (size_t)q) * C0;
+                _mm256_storeu_ps(yd, _mm512_castps512_ps256(v));
+                _mm256_storeu_ps(yd + r->ystride, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+            } else {
+                _mm512_storeu_ps(out + (size_t)b * ob + (size_t)q * OB, v);
+            }
         }
     }
 }
@@ -125,48 +133,53 @@ static void store_rows(const on_nchwc_row *r) {
     }
 }
 
-/* The row's pixels in tiles of P, the tail in tiles of 8, 4, 2, 1. */
-static inline __attribute__((always_inline)) void row_nb(const int NB, const int CB8, const on_nchwc_row *r,
-                                                         size_t oh) {
+/* The row's pixels in tiles of P, the tail in tiles of 8, 4, 2, 1. Returns 1 when the tiles wrote a
+ * blocked output themselves: one input-channel chunk (no partial sums to keep), whole 16-channel blocks
+ * and no sigmoid, so rowbuf and its copy are skipped (pointwise convs with few input channels). */
+static inline __attribute__((always_inline)) int row_nb(const int NB, const int CB8, const on_nchwc_row *r,
+                                                        size_t oh) {
     const int P = NB == 1 ? 16 : 12;
     const float *xrow = r->x + oh * r->sh * r->PW * r->CB;
     const int has_act = r->act.kind != ON_ACT_NONE && r->act.kind != ON_ACT_SIGMOID;
     size_t per_icb = (size_t)NB * r->KH * r->KW * r->CB * OB * sizeof(float);
     size_t chunk = NCHWC16_L1_WEIGHTS / per_icb;
     if (chunk < 1) chunk = 1;
+    const int direct = r->y_blocked && r->act.kind != ON_ACT_SIGMOID && r->oc_valid == (size_t)NB * OB &&
+                       chunk >= r->ncb;
     for (size_t i0 = 0; i0 < r->ncb; i0 += chunk) {
         size_t i1 = r->ncb - i0 < chunk ? r->ncb : i0 + chunk;
         int first = i0 == 0, last = i1 == r->ncb, act = has_act && last;
         size_t ow = 0;
-        for (; ow + (size_t)P <= r->OW; ow += (size_t)P) tile(NB, P, CB8, r, xrow, ow, i0, i1, first, last, act);
+        for (; ow + (size_t)P <= r->OW; ow += (size_t)P) tile(NB, P, CB8, r, xrow, ow, i0, i1, first, last, act, direct);
         if (r->OW - ow >= 8) {
-            tile(NB, 8, CB8, r, xrow, ow, i0, i1, first, last, act);
+            tile(NB, 8, CB8, r, xrow, ow, i0, i1, first, last, act, direct);
             ow += 8;
         }
         if (r->OW - ow >= 4) {
-            tile(NB, 4, CB8, r, xrow, ow, i0, i1, first, last, act);
+            tile(NB, 4, CB8, r, xrow, ow, i0, i1, first, last, act, direct);
             ow += 4;
         }
         if (r->OW - ow >= 2) {
-            tile(NB, 2, CB8, r, xrow, ow, i0, i1, first, last, act);
+            tile(NB, 2, CB8, r, xrow, ow, i0, i1, first, last, act, direct);
             ow += 2;
         }
-        if (r->OW - ow >= 1) tile(NB, 1, CB8, r, xrow, ow, i0, i1, first, last, act);
+        if (r->OW - ow >= 1) tile(NB, 1, CB8, r, xrow, ow, i0, i1, first, last, act, direct);
     }
+    return direct;
 }
 
 void on_conv_nchwc_row16__avx512(const on_nchwc_row *r, size_t oh) {
-    int cb8 = r->CB == C0 ? (r->sw == 1 ? 2 : 1) : (r->CB == 3 ? 3 : 0);
+    int cb8 = r->CB == C0 ? (r->sw == 1 ? 2 : 1) : (r->CB == 3 ? 3 : 0), done;
     if (r->nb == 1) {
-        if (cb8 == 2) row_nb(1, 2, r, oh);
-        else if (cb8 == 1) row_nb(1, 1, r, oh);
-        else if (cb8 == 3) row_nb(1, 3, r, oh);
-        else row_nb(1, 0, r, oh);
+        if (cb8 == 2) done = row_nb(1, 2, r, oh);
+        else if (cb8 == 1) done = row_nb(1, 1, r, oh);
+        else if (cb8 == 3) done = row_nb(1, 3, r, oh);
+        else done = row_nb(1, 0, r, oh);
     } else {
-        if (cb8 == 2) row_nb(2, 2, r, oh);
-        else if (cb8 == 1) row_nb(2, 1, r, oh);
-        else if (cb8 == 3) row_nb(2, 3, r, oh);
-        else row_nb(2, 0, r, oh);
+        if (cb8 == 2) done = row_nb(2, 2, r, oh);
+        else if (cb8 == 1) done = row_nb(2, 1, r, oh);
+        else if (cb8 == 3) done = row_nb(2, 3, r, oh);
+        else done = row_nb(2, 0, r, oh);
     }
-    store_rows(r);
+    if (!done) store_rows(r);
 }
