@@ -104,11 +104,13 @@ cdef class ConvStep(NativeStep):
     cdef dict shapes
     cdef object empty
     cdef object fallback
+    cdef bint has_sum   # args[3] is a residual added in the conv's store (graph.fuse_conv_residual)
 
-    def __init__(self, dict shapes, empty, fallback):
+    def __init__(self, dict shapes, empty, fallback, bint has_sum=False):
         self.shapes = shapes
         self.empty = empty
         self.fallback = fallback
+        self.has_sum = has_sum
 
     cdef list run(self, list args):
         x = args[0]
@@ -127,11 +129,22 @@ cdef class ConvStep(NativeStep):
         cdef int nt = (<tuple>hit)[2]
         cdef cnp.npy_intp *d = cnp.PyArray_DIMS(xa)
         cdef size_t N = <size_t>d[0], H = <size_t>d[2], W = <size_t>d[3]
+        cdef const float *sp = NULL
+        cdef cnp.ndarray ra
+        if self.has_sum:
+            r = args[3]
+            if type(r) is not _on_np.ndarray:
+                return self.fallback(args)
+            ra = <cnp.ndarray>r
+            if cnp.PyArray_TYPE(ra) != cnp.NPY_FLOAT32 or not cnp.PyArray_IS_C_CONTIGUOUS(ra) or \
+                    r.shape != (<tuple>hit)[1]:
+                return self.fallback(args)   # e.g. a broadcasting residual: the plain Add semantics
+            sp = _on_fptr(ra)
         cdef const float *xp = _on_fptr(xa)
         cdef float *yp = _on_fptr(y)
         cdef on_status st
         with nogil:
-            st = on_conv2d_run_layout(conv.conv, N, H, W, xp, conv.xl, yp, conv.yl, nt)
+            st = on_conv2d_run_fused(conv.conv, N, H, W, xp, conv.xl, yp, conv.yl, sp, nt)
         _on_check(st, "Conv")
         return [y]
 

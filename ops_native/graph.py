@@ -13,6 +13,7 @@ Fusions (each only when the intermediate value has a single consumer and is not 
   * ConvTranspose -> BatchNormalization / Add(per-channel const) : folded into its weights and bias
   * Conv / Gemm / MatMul(+Add bias) -> Relu | Clip | LeakyRelu | HardSwish | Sigmoid : fused epilogue
   * MatMul (computed B) -> Div / Mul by a scalar const : the GEMM's alpha (attention scores)
+  * Conv with a blocked input -> Add(residual)   : added in the conv's store (fuse_conv_residual)
 """
 
 from __future__ import annotations
@@ -592,6 +593,43 @@ def assign_blocked_layouts(nodes: list[Node], consts: dict[str, np.ndarray], gra
     return blocked
 
 
+def fuse_conv_residual(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> list[Node]:
+    """Conv -> Add(conv, r) ==> one Conv that adds r in its store (a residual connection in one pass).
+
+    For convolutions that read a blocked input (the direct NCHWc path, which has the fused store:
+    MobileNet's project convs) and have no activation of their own; the Conv output may not be used
+    elsewhere nor be a graph output, and r must be computed before the Conv runs. A residual that
+    broadcasts is added as Add would at run time.
+    """
+    consumers: dict[str, list[Node]] = defaultdict(list)
+    for n in nodes:
+        for i in n.inputs:
+            if i:
+                consumers[i].append(n)
+    order = {o: k for k, n in enumerate(nodes) for o in n.outputs if o}
+    dead: set[int] = set()
+    for k, n in enumerate(nodes):
+        if n.op_type != "Conv" or "_act" in n.attrs or "_sum" in n.attrs or \
+                n.attrs.get("_in_layout") != BLOCKED or n.attrs.get("_out_layout", "nchw") != "nchw":
+            continue
+        w = consts.get(n.inputs[1])
+        if w is None or (int(n.attrs.get("group", 1)) == w.shape[0] and w.shape[1] == 1):
+            continue   # depthwise: its own kernel, no fused store
+        out = n.outputs[0]
+        users = consumers.get(out, [])
+        if out in graph_outputs or len(users) != 1 or users[0].op_type != "Add" or len(users[0].inputs) != 2:
+            continue
+        add = users[0]
+        other = add.inputs[1] if add.inputs[0] == out else add.inputs[0]
+        if other == out or order.get(other, -1) >= k:
+            continue
+        n.inputs = [n.inputs[0], n.inputs[1], n.inputs[2] if len(n.inputs) > 2 else "", other]
+        n.attrs["_sum"] = True
+        n.outputs = [add.outputs[0]]
+        dead.add(id(add))
+    return [n for n in nodes if id(n) not in dead]
+
+
 def _per_channel(c: np.ndarray, oc: int, w_ndim: int) -> np.ndarray | None:
     """c as a per-output-channel vector of length oc if it broadcasts over [N, OC, spatial...] that way."""
     if c.size == 1:
@@ -741,6 +779,8 @@ def compile_model(proto: onnx.ModelProto, threads: int, fuse: bool = True, block
         nodes = f.nodes
     n_blocked = assign_blocked_layouts(nodes, consts, graph_outputs) if (
         blocked_layout_default() if blocked is None else blocked) else 0
+    if fuse and n_blocked:
+        nodes = fuse_conv_residual(nodes, consts, graph_outputs)
     for o in outputs:
         if o.name not in consts and o.name not in {i.name for i in inputs} and \
                 not any(o.name in n.outputs for n in nodes):

@@ -472,6 +472,9 @@ cdef extern from "on_conv.h" nogil:
     int on_conv2d_plan_layout_ok(const on_conv_params *p, unsigned flags, on_layout xl, on_layout yl)
     on_status on_conv2d_run_layout(const on_conv2d *conv, size_t N, size_t H, size_t W, const float *x,
                                    on_layout xl, float *y, on_layout yl, int nthreads)
+    int on_conv2d_sum_ok(const on_conv2d *conv)
+    on_status on_conv2d_run_fused(const on_conv2d *conv, size_t N, size_t H, size_t W, const float *x,
+                                  on_layout xl, float *y, on_layout yl, const float *sum, int nthreads)
     void on_conv2d_free(on_conv2d *conv)
     on_conv_path on_conv2d_path(const on_conv2d *conv)
     on_status on_conv2d_output_size(const on_conv_params *p, size_t H, size_t W, size_t *OH, size_t *OW)
@@ -664,11 +667,28 @@ cdef class Conv2d(_ConvBase):
             return (n, (self.p.OC + 7) // 8, oh, ow, 8)
         return self._out_shape(n, oh, ow)
 
-    def run(self, x, out=None, threads=1):
-        """y = act(conv(x, weight) + bias) for x [N, C, H, W] (or NCHWc8, per the plan's layouts)."""
+    @property
+    def can_sum(self) -> bool:
+        """Whether run() takes a residual `sum` (direct NCHWc path, no activation)."""
+        return on_conv2d_sum_ok(self.conv) != 0
+
+    def run(self, x, out=None, threads=1, sum=None):
+        """y = act(conv(x, weight) + bias) (+ sum) for x [N, C, H, W] (or NCHWc8, per the plan's layouts);
+        sum: a residual of the output's shape and layout, added in the same pass (plans with can_sum)."""
         x = _on_f32(x, "Conv2d.run: x")
         oshape = self.output_shape(x.shape)
         n, h, w = self._bdims("Conv2d", tuple(x.shape))
+        cdef const float *sp = NULL
+        cdef cnp.ndarray sa
+        if sum is not None:
+            if not self.can_sum:
+                raise ArgumentError("Conv2d.run: this plan cannot add a residual (activation, or not on the "
+                                    "direct NCHWc path)")
+            sum = _on_f32(sum, "Conv2d.run: sum")
+            if tuple(sum.shape) != tuple(oshape):
+                raise ArgumentError(f"Conv2d.run: sum has shape {list(sum.shape)}, the output {list(oshape)}")
+            sa = sum
+            sp = _on_fptr(sa)
         cdef cnp.ndarray xa = x
         cdef cnp.ndarray ya = _on_out(out, oshape, "Conv2d.run", (x,))
         cdef int nt = _on_threads(threads, "Conv2d.run")
@@ -677,7 +697,7 @@ cdef class Conv2d(_ConvBase):
         cdef float *yp = _on_fptr(ya)
         cdef on_status st
         with nogil:
-            st = on_conv2d_run_layout(self.conv, N, H, W, xp, self.xl, yp, self.yl, nt)
+            st = on_conv2d_run_fused(self.conv, N, H, W, xp, self.xl, yp, self.yl, sp, nt)
         _on_check(st, "Conv2d.run")
         return ya
 

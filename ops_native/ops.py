@@ -1256,6 +1256,7 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
     in_layout = node.attrs.get("_in_layout", "nchw")
     out_layout = node.attrs.get("_out_layout", "nchw")
     x_ndim = 5 if in_layout != "nchw" else 4
+    has_sum = bool(node.attrs.get("_sum"))   # graph.fuse_conv_residual: args[3] is added to the output
     if w_const is not None and w_const.ndim not in (3, 4):
         raise OpNotSupported(f"Conv with {w_const.ndim - 2} spatial dims: only 1-D and 2-D are supported")
     auto = _auto_pad(node.attrs)
@@ -1282,6 +1283,13 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
     shapes: dict[tuple, tuple] = {}
 
     def fn(args: list) -> list:
+        y = conv_fn(args)
+        if has_sum:   # the fused Add, with its broadcasting, where the native step could not take it
+            r = args[3]
+            return [np.add(y[0], r, out=y[0]) if r.dtype == F32 and r.shape == y[0].shape else y[0] + r]
+        return y
+
+    def conv_fn(args: list) -> list:
         x = args[0]
         if x.dtype != F32:
             raise OpNotSupported(f"Conv on {x.dtype}: expected float32")
@@ -1324,7 +1332,7 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
         return [conv.run(np.ascontiguousarray(x), out=empty(oshape), threads=n_thr)]
 
     # constant weights: seen shapes run natively from run_steps (the dict is shared with fn)
-    return _core.ConvStep(shapes, empty, fn) if w_const is not None else fn
+    return _core.ConvStep(shapes, empty, fn, has_sum) if w_const is not None else fn
 
 
 @register("ConvTranspose")

@@ -145,3 +145,56 @@ def test_conv2d_refuses_layouts_its_geometry_cannot_take() -> None:
         conv.run(np.ones((1, 8, 4, 4), np.float32))
     y = conv.run(np.ones((1, 1, 4, 4, 8), np.float32))
     assert y.shape == (1, 2, 4, 4, 8) and np.all(y == 8.0)
+
+
+def residual_model(broadcast: bool, seed: int = 2) -> onnx.ModelProto:
+    """expand 1x1 -> depthwise -> project 1x1 (+ residual): the MobileNetV2 block, project + Add fused.
+
+    broadcast: the residual is a per-channel [N, C, 1, 1] tensor (GlobalAveragePool of the input), which
+    the fused conv must add with Add's broadcasting."""
+    rng = np.random.default_rng(seed)
+    parts = [_conv(rng, "expand", "x", "e", 12, 40, 1), _conv(rng, "dw", "e", "d", 40, 40, 3, group=40,
+                                                              pads=[1, 1, 1, 1]),
+             _conv(rng, "project", "d", "p", 40, 12, 1)]
+    nodes = [p[0] for p in parts]
+    inits = [i for p in parts for i in p[1]]
+    if broadcast:
+        nodes.insert(0, helper.make_node("GlobalAveragePool", ["x"], ["g"]))
+    nodes.append(helper.make_node("Add", ["p", "g" if broadcast else "x"], ["y"]))
+    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 12, 9, 11])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 12, 9, 11])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("broadcast", [False, True], ids=["residual", "broadcast-residual"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_project_conv_adds_the_residual_in_its_store(isa: str, threads: int, broadcast: bool) -> None:
+    model = residual_model(broadcast)
+    sess = ops_native.InferenceSession(model, threads=threads, blocked_layout=True)
+    ops = [n.op_type for n in sess._plan.nodes]
+    assert "Add" not in ops and [n.name for n in sess._plan.nodes if n.attrs.get("_sum")] == ["project"]
+    plain = ops_native.InferenceSession(model, threads=threads, blocked_layout=False)
+    assert [n.op_type for n in plain._plan.nodes].count("Add") == 1   # NCHW: the GEMM path, no fused store
+    rng = np.random.default_rng(5)
+    for n in (2, 1, 2):
+        feeds = {"x": rng.standard_normal((n, 12, 9, 11)).astype(np.float32)}
+        want = _ort(model, feeds)[0]
+        for s in (sess, plain):
+            np.testing.assert_allclose(s.run(None, feeds)[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_residual_is_checked() -> None:
+    w = np.ones((16, 8, 3, 3), np.float32)
+    conv = _core.Conv2d(w, None, pads=(1, 1, 1, 1), in_layout="nchwc8")
+    assert conv.can_sum
+    x = np.ones((1, 1, 5, 5, 8), np.float32)
+    with pytest.raises(_core.ArgumentError, match="sum has shape"):
+        conv.run(x, sum=np.zeros((1, 16, 5, 4), np.float32))
+    y = conv.run(x, sum=np.full((1, 16, 5, 5), 0.5, np.float32))
+    assert y[0, 0, 2, 2] == 72.5   # 8 channels x 9 taps + 0.5
+    relu = _core.Conv2d(w, None, pads=(1, 1, 1, 1), in_layout="nchwc8", act="relu")
+    assert not relu.can_sum       # the activation would have to follow the sum
+    with pytest.raises(_core.ArgumentError, match="cannot add a residual"):
+        relu.run(x, sum=np.zeros((1, 16, 5, 5), np.float32))

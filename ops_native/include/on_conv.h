@@ -76,6 +76,12 @@ int on_conv2d_plan_layout_ok(const on_conv_params *p, unsigned flags, on_layout 
 /* x in layout xl, y in layout yl (see above); ON_ERR_ARG when on_conv2d_layout_ok says no. */
 on_status on_conv2d_run_layout(const on_conv2d *conv, size_t N, size_t H, size_t W, const float *x, on_layout xl,
                                float *y, on_layout yl, int nthreads);
+/* y = conv(x) + sum, the residual `sum` in y's layout and shape (a Conv -> Add pair in one pass): for
+ * plans on the direct NCHWc path without an activation (on_conv2d_sum_ok); sum == NULL is
+ * on_conv2d_run_layout. */
+int on_conv2d_sum_ok(const on_conv2d *conv);
+on_status on_conv2d_run_fused(const on_conv2d *conv, size_t N, size_t H, size_t W, const float *x, on_layout xl,
+                              float *y, on_layout yl, const float *sum, int nthreads);
 /* Direct 7-loop reference. */
 on_status on_conv2d_ref(const on_conv_params *p, const float *weight, const float *bias, on_act_t act, size_t N,
                         size_t H, size_t W, const float *x, float *y);

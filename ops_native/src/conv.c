@@ -680,10 +680,19 @@ int on_conv2d_layout_ok(const on_conv2d *c, on_layout xl, on_layout yl) {
     return c->path == ON_CONV_PATH_NCHWC && on_nchwc_layout_ok(c->nchwc, xl, yl);
 }
 
+int on_conv2d_sum_ok(const on_conv2d *c) {
+    return c && c->path == ON_CONV_PATH_NCHWC && c->act.kind == ON_ACT_NONE;
+}
+
 on_status on_conv2d_run_layout(const on_conv2d *c, size_t N, size_t H, size_t W, const float *x, on_layout xl,
                                float *y, on_layout yl, int nthreads) {
-    if (!on_conv2d_layout_ok(c, xl, yl)) return ON_ERR_ARG;
-    if (xl == ON_LAYOUT_NCHW && yl == ON_LAYOUT_NCHW) return on_conv2d_run(c, N, H, W, x, y, nthreads);
+    return on_conv2d_run_fused(c, N, H, W, x, xl, y, yl, NULL, nthreads);
+}
+
+on_status on_conv2d_run_fused(const on_conv2d *c, size_t N, size_t H, size_t W, const float *x, on_layout xl,
+                              float *y, on_layout yl, const float *sum, int nthreads) {
+    if (!on_conv2d_layout_ok(c, xl, yl) || (sum && !on_conv2d_sum_ok(c))) return ON_ERR_ARG;
+    if (xl == ON_LAYOUT_NCHW && yl == ON_LAYOUT_NCHW && !sum) return on_conv2d_run(c, N, H, W, x, y, nthreads);
     size_t OH, OW;
     on_status st = on_conv2d_output_size(&c->p, H, W, &OH, &OW);
     if (st != ON_OK) return st;
@@ -691,7 +700,7 @@ on_status on_conv2d_run_layout(const on_conv2d *c, size_t N, size_t H, size_t W,
     if (!x || !y) return ON_ERR_ARG;
     if (nthreads > 64) nthreads = 64;
     if (c->path == ON_CONV_PATH_DEPTHWISE) return run_depthwise(c, N, H, W, OH, OW, x, xl, y, yl, nthreads);
-    return on_nchwc_run_layout(c->nchwc, N, H, W, OH, OW, x, xl, y, yl, nthreads);
+    return on_nchwc_run_layout(c->nchwc, N, H, W, OH, OW, x, xl, y, yl, sum, nthreads);
 }
 
 /* ---- ConvTranspose: col = W^T x X (GEMM), then col2im scatter-add ----------------------------- */

@@ -93,6 +93,8 @@ typedef struct {
     float *rowbuf;
     size_t rb_blk;      /* channels per rowbuf block: ON_C0, or 16 for the AVX-512 kernel */
     int y_blocked;      /* write the NCHWc8 output layout (on_nchwc_store_blocked) */
+    const float *sum;   /* NULL, or a residual in y's layout added in the store (same offsets as y; the
+                         * plan has no activation then) */
 } on_nchwc_row;
 
 /* Compute output row oh (its input rows start at row oh * sh of the padded copy). */
@@ -144,7 +146,7 @@ on_status on_nchwc_run(const on_nchwc_plan *plan, size_t N, size_t H, size_t W, 
                        const float *x, float *y, int nthreads);
 /* The same with the input / output in either layout (the plan must allow it: on_nchwc_layout_ok). */
 on_status on_nchwc_run_layout(const on_nchwc_plan *plan, size_t N, size_t H, size_t W, size_t OH, size_t OW,
-                              const float *x, on_layout xl, float *y, on_layout yl, int nthreads);
+                              const float *x, on_layout xl, float *y, on_layout yl, const float *sum, int nthreads);
 int on_nchwc_layout_ok(const on_nchwc_plan *plan, on_layout xl, on_layout yl);
 
 /* Path selection for tests: 0 makes plans created afterwards use im2col instead of the direct NCHWc

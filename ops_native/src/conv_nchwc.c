@@ -162,6 +162,12 @@ void on_nchwc_store_blocked(const on_nchwc_row *r) {
         size_t oc0 = j * C0, lanes = r->oc_valid - oc0 < C0 ? r->oc_valid - oc0 : C0;
         const float *src = r->rowbuf + (oc0 / blk) * r->ow_pad * blk + oc0 % blk;
         float *dst = r->y + j * r->ystride;
+        if (r->sum) {
+            const float *sm = r->sum + j * r->ystride;
+            for (size_t ow = 0; ow < r->OW; ow++)
+                for (size_t l = 0; l < C0; l++) dst[ow * C0 + l] = l >= lanes ? 0.0f : src[ow * blk + l] + sm[ow * C0 + l];
+            continue;
+        }
         if (blk == C0 && lanes == C0 && !sig) {
             memcpy(dst, src, r->OW * C0 * sizeof(float));
             continue;
@@ -183,7 +189,9 @@ void on_nchwc_store_rows_ref(const on_nchwc_row *r) {
     for (size_t oc = 0; oc < r->oc_valid; oc++) {
         const float *src = r->rowbuf + (oc / C0) * r->ow_pad * C0 + oc % C0;
         float *dst = r->y + oc * r->ystride;
-        for (size_t ow = 0; ow < r->OW; ow++) dst[ow] = sig ? on_act_ref(r->act, src[ow * C0]) : src[ow * C0];
+        const float *sm = r->sum ? r->sum + oc * r->ystride : NULL;
+        for (size_t ow = 0; ow < r->OW; ow++)
+            dst[ow] = (sig ? on_act_ref(r->act, src[ow * C0]) : src[ow * C0]) + (sm ? sm[ow] : 0.0f);
     }
 }
 
@@ -249,6 +257,7 @@ typedef struct {
     const float *x; /* image n, in layout xl */
     float *y;       /* image n, in layout yl */
     float *xp;      /* padded NCHWc copy [group][ncb][PH][PW][CB] (or x itself, see on_nchwc_run_layout) */
+    const float *sum; /* image n of the residual (y's layout), or NULL */
     on_layout xl, yl;
     /* H x W and OH x OW are the row geometry the kernels see; a flattened 1x1 conv sees its plane as
      * rows of W pixels, the last one last_w (= last_ow) long. in_plane / out_plane: pixels per channel. */
@@ -327,10 +336,11 @@ static void rows_range(nchwc_job *j, size_t begin, size_t end) {
         size_t stop = end - u < j->OH - oh ? end : u + (j->OH - oh); /* rows of this block group */
         for (; u < stop; u++, oh++) {
             r.OW = oh + 1 == j->OH ? j->last_ow : j->OW;
-            if (r.y_blocked) /* groups start at a block (on_nchwc_layout_ok), and so do 16-channel blocks */
-                r.y = j->y + (g * pl->OCg + oc0) / C0 * r.ystride + oh * j->OW * C0;
-            else
-                r.y = j->y + (g * pl->OCg + oc0) * r.ystride + oh * j->OW;
+            size_t yo = r.y_blocked /* groups start at a block (on_nchwc_layout_ok), so do 16-channel blocks */
+                            ? (g * pl->OCg + oc0) / C0 * r.ystride + oh * j->OW * C0
+                            : (g * pl->OCg + oc0) * r.ystride + oh * j->OW;
+            r.y = j->y + yo;
+            r.sum = j->sum ? j->sum + yo : NULL;
             j->row(&r, oh);
         }
     }
@@ -364,11 +374,12 @@ int on_nchwc_layout_ok(const on_nchwc_plan *pl, on_layout xl, on_layout yl) {
 
 on_status on_nchwc_run(const on_nchwc_plan *pl, size_t N, size_t H, size_t W, size_t OH, size_t OW,
                        const float *x, float *y, int nthreads) {
-    return on_nchwc_run_layout(pl, N, H, W, OH, OW, x, ON_LAYOUT_NCHW, y, ON_LAYOUT_NCHW, nthreads);
+    return on_nchwc_run_layout(pl, N, H, W, OH, OW, x, ON_LAYOUT_NCHW, y, ON_LAYOUT_NCHW, NULL, nthreads);
 }
 
 on_status on_nchwc_run_layout(const on_nchwc_plan *pl, size_t N, size_t H, size_t W, size_t OH, size_t OW,
-                              const float *x, on_layout xl, float *y, on_layout yl, int nthreads) {
+                              const float *x, on_layout xl, float *y, on_layout yl, const float *sum,
+                              int nthreads) {
     const on_conv_params *p = &pl->p;
     if (!on_nchwc_layout_ok(pl, xl, yl)) return ON_ERR_ARG;
     nchwc_job j;
@@ -435,6 +446,7 @@ on_status on_nchwc_run_layout(const on_nchwc_plan *pl, size_t N, size_t H, size_
     for (size_t n = 0; n < N && !atomic_load(&j.failed); n++) {
         j.x = x + n * x_image;
         j.y = y + n * y_image;
+        j.sum = sum ? sum + n * y_image : NULL;
         if (in_place)
             j.xp = (float *)j.x;
         else

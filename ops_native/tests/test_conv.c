@@ -218,6 +218,75 @@ static void test_conv2d_blocked_layouts_all_isas(void) {
     }
 }
 
+/* conv + residual in one pass (on_conv2d_run_fused) in every layout pair, every ISA, against
+ * reference + residual; refused for plans that have an activation or are not on the direct path. */
+static void test_conv2d_fused_residual_all_isas(void) {
+    for (int isa = 0; isa < ON_ISA_COUNT; isa++) {
+        if (!on_isa_available((on_isa_t)isa)) continue;
+        on_set_isa((on_isa_t)isa);
+        size_t runs = 0, refused = 0;
+        for (size_t i = 0; i < sizeof(CASES) / sizeof(CASES[0]); i++) {
+            const conv_case *c = &CASES[i];
+            on_conv_params p = params_of(c);
+            on_act_t act = {i % 4 ? ON_ACT_NONE : c->act, 0.1f, 6.0f};
+            size_t OH = 0, OW = 0;
+            CHECK_EQ_INT(on_conv2d_output_size(&p, c->H, c->W, &OH, &OW), ON_OK);
+            size_t HW = c->H * c->W, OHW = OH * OW, wn = c->OC * (c->C / c->group) * c->KH * c->KW;
+            size_t xn = c->N * c->C * HW, yn = c->N * c->OC * OHW;
+            size_t xbn = c->N * ((c->C + 7) / 8) * 8 * HW, ybn = c->N * ((c->OC + 7) / 8) * 8 * OHW;
+            float *x = malloc(xn * 4), *w = malloc(wn * 4), *b = malloc(c->OC * 4), *ref = malloc(yn * 4);
+            float *res = malloc(yn * 4), *xb = malloc(xbn * 4), *resb = malloc(ybn * 4), *yb = malloc(ybn * 4);
+            float *got = malloc(yn * 4);
+            on_test_fill(x, xn);
+            on_test_fill(w, wn);
+            on_test_fill(b, c->OC);
+            on_test_fill(res, yn);
+            to_blocked(x, c->N, c->C, HW, -2.0f, xb);
+            to_blocked(res, c->N, c->OC, OHW, 0.0f, resb);
+            CHECK_EQ_INT(on_conv2d_ref(&p, w, b, act, c->N, c->H, c->W, x, ref), ON_OK);
+            for (size_t k = 0; k < yn; k++) ref[k] += res[k];
+            on_conv2d *plan = NULL;
+            CHECK_EQ_INT(on_conv2d_create_ex(&p, w, b, act, ON_CONV_BLOCKED, &plan), ON_OK);
+            for (int xl = 0; xl < 2 && plan; xl++)
+                for (int yl = 0; yl < 2; yl++) {
+                    if (!on_conv2d_layout_ok(plan, (on_layout)xl, (on_layout)yl)) continue;
+                    if (!on_conv2d_sum_ok(plan)) {
+                        CHECK_EQ_INT(on_conv2d_run_fused(plan, c->N, c->H, c->W, xl ? xb : x, (on_layout)xl, yb,
+                                                         (on_layout)yl, yl ? resb : res, 1), ON_ERR_ARG);
+                        refused++;
+                        continue;
+                    }
+                    for (int th = 1; th <= 2; th++) {
+                        CHECK_EQ_INT(on_conv2d_run_fused(plan, c->N, c->H, c->W, xl ? xb : x, (on_layout)xl, yb,
+                                                         (on_layout)yl, yl ? resb : res, th), ON_OK);
+                        int pad_nonzero = 0;
+                        if (yl) from_blocked(yb, c->N, c->OC, OHW, got, &pad_nonzero);
+                        else memcpy(got, yb, yn * 4);
+                        char what[160];
+                        snprintf(what, sizeof(what), "%s + residual (%d -> %d, %s, %d threads)", c->name, xl, yl,
+                                 on_isa_name(on_active_isa()), th);
+                        CHECK_ALLCLOSE(got, ref, yn, 1e-4f, 1e-4f * (float)(wn / c->OC + 2), what);
+                        CHECK(!pad_nonzero);
+                        runs++;
+                    }
+                }
+            on_conv2d_free(plan);
+            free(x);
+            free(w);
+            free(b);
+            free(ref);
+            free(res);
+            free(xb);
+            free(resb);
+            free(yb);
+            free(got);
+        }
+        printf("  fused residual, isa %s: %zu runs checked, %zu refused\n", on_isa_name(on_active_isa()), runs,
+               refused);
+        CHECK(runs > 50 && refused > 0);
+    }
+}
+
 static void test_conv2d_large_threads_identical(void) {
     on_conv_params p = {32, 48, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0};
     size_t H = 40, W = 33, n = 2, OH, OW;
@@ -332,6 +401,7 @@ int main(void) {
     RUN(test_conv2d_matches_reference_all_isas);
     RUN(test_conv2d_im2col_matches_reference_all_isas);
     RUN(test_conv2d_blocked_layouts_all_isas);
+    RUN(test_conv2d_fused_residual_all_isas);
     on_set_isa(best);
     RUN(test_conv2d_large_threads_identical);
     RUN(test_conv_transpose_matches_reference_all_isas);

@@ -118,10 +118,16 @@ static void store_rows(const on_nchwc_row *r) {
             for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(src + (ow + (size_t)i) * C0);
             on_transpose8_avx2(v);
             size_t n = r->OW - ow;
-            if (n >= C0)
+            const float *sm = r->sum ? r->sum + b * C0 * r->ystride : NULL;
+            if (n >= C0) {
+                if (sm)
+                    for (size_t c = 0; c < nv; c++) v[c] = _mm256_add_ps(v[c], _mm256_loadu_ps(sm + c * r->ystride + ow));
                 for (size_t c = 0; c < nv; c++) _mm256_storeu_ps(dst + c * r->ystride + ow, v[c]);
-            else {
+            } else {
                 __m256i m = tail_mask(n);
+                if (sm)
+                    for (size_t c = 0; c < nv; c++)
+                        v[c] = _mm256_add_ps(v[c], _mm256_maskload_ps(sm + c * r->ystride + ow, m));
                 for (size_t c = 0; c < nv; c++) _mm256_maskstore_ps(dst + c * r->ystride + ow, m, v[c]);
             }
         }

@@ -93,7 +93,7 @@ static inline __attribute__((always_inline)) void tile(const int NB, const int P
 /* rowbuf [nb][ow_pad][16] -> y[oc * ystride + ow], oc < oc_valid; sigmoid applied here if it is the act */
 static void store_rows(const on_nchwc_row *r) {
     if (r->y_blocked) {
-        if (r->act.kind == ON_ACT_SIGMOID || r->oc_valid % C0) {
+        if (r->act.kind == ON_ACT_SIGMOID || r->oc_valid % C0 || r->sum) {
             on_nchwc_store_blocked(r);
             return;
         }
@@ -123,10 +123,16 @@ static void store_rows(const on_nchwc_row *r) {
             for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(src + (ow + (size_t)i) * OB);
             on_transpose8_avx2(v);
             size_t n = r->OW - ow;
-            if (n >= C0)
+            const float *sm = r->sum ? r->sum + h * C0 * r->ystride : NULL;
+            if (n >= C0) {
+                if (sm)
+                    for (size_t c = 0; c < nv; c++) v[c] = _mm256_add_ps(v[c], _mm256_loadu_ps(sm + c * r->ystride + ow));
                 for (size_t c = 0; c < nv; c++) _mm256_storeu_ps(dst + c * r->ystride + ow, v[c]);
-            else {
+            } else {
                 __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                if (sm)
+                    for (size_t c = 0; c < nv; c++)
+                        v[c] = _mm256_add_ps(v[c], _mm256_maskload_ps(sm + c * r->ystride + ow, m));
                 for (size_t c = 0; c < nv; c++) _mm256_maskstore_ps(dst + c * r->ystride + ow, m, v[c]);
             }
         }
@@ -144,7 +150,7 @@ static inline __attribute__((always_inline)) int row_nb(const int NB, const int 
     size_t per_icb = (size_t)NB * r->KH * r->KW * r->CB * OB * sizeof(float);
     size_t chunk = NCHWC16_L1_WEIGHTS / per_icb;
     if (chunk < 1) chunk = 1;
-    const int direct = r->y_blocked && r->act.kind != ON_ACT_SIGMOID && r->oc_valid == (size_t)NB * OB &&
+    const int direct = r->y_blocked && !r->sum && r->act.kind != ON_ACT_SIGMOID && r->oc_valid == (size_t)NB * OB &&
                        chunk >= r->ncb;
     for (size_t i0 = 0; i0 < r->ncb; i0 += chunk) {
         size_t i1 = r->ncb - i0 < chunk ? r->ncb : i0 + chunk;
