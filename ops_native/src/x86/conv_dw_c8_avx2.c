@@ -217,6 +217,10 @@ static void interior(size_t pad, size_t n, size_t K, size_t s, size_t d, size_t 
     if (*lo > *hi) *lo = *hi;
 }
 
+#ifndef DW_PREFETCH_ROWS
+#define DW_PREFETCH_ROWS 2
+#endif
+
 /* A blocked input read in place, without the tile: interior pixels straight from it, the border ones
  * skipping the taps that fall outside (used where DW_DIRECT says it pays). */
 static void block_direct(const on_dw_args *a, const float *xb, const float *w8, __m256 bias, float *out) {
@@ -224,8 +228,14 @@ static void block_direct(const on_dw_args *a, const float *xb, const float *w8, 
     size_t r0, r1, c0, c1;
     interior(p->pad_t, a->H, p->KH, p->stride_h, p->dil_h, a->OH, &r0, &r1);
     interior(p->pad_l, a->W, p->KW, p->stride_w, p->dil_w, a->OW, &c0, &c1);
+    const size_t row_floats = a->W * 8, ahead = DW_PREFETCH_ROWS * p->stride_h;
     for (size_t oh = 0; oh < a->OH; oh++) {
         float *orow = out + oh * a->OW * 8;
+        /* the input comes from L3 / DRAM in a whole network: fetch the rows a few output rows ahead */
+        size_t pf = oh * p->stride_h + (p->KH - 1) * p->dil_h + ahead;
+        if (pf >= p->pad_t && pf - p->pad_t < a->H)
+            for (size_t i = 0; i < row_floats; i += 16)
+                _mm_prefetch((const char *)(xb + (pf - p->pad_t) * row_floats + i), _MM_HINT_T0);
         if (oh < r0 || oh >= r1 || c0 == c1) {
             for (size_t ow = 0; ow < a->OW; ow++) edge_pixel(a, xb, w8, bias, orow + ow * 8, oh, ow);
             continue;
