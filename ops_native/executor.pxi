@@ -149,10 +149,12 @@ cdef class ConvStep(NativeStep):
         return [y]
 
 
-def run_steps(list steps, list values, give=None):
+def run_steps(list steps, list values, give=None, Py_ssize_t give_min_bytes=0):
     """Run every step over `values` in order (in place). Raises StepError naming the failing step.
 
-    A free slot s > 0 hands its value to give(value) (buffer recycling) before clearing; s < 0 only clears.
+    A free slot s > 0 hands its value to give(value) (buffer recycling) before clearing, unless it is an
+    array smaller than give_min_bytes (the pool never hands those out: not worth a Python call); s < 0
+    only clears.
     """
     cdef Py_ssize_t i, k, s, n = len(steps)
     cdef tuple step, ins, outs, frees
@@ -181,7 +183,8 @@ def run_steps(list steps, list values, give=None):
             if s > 0:
                 v = values[s]
                 values[s] = None
-                if give is not None and v is not None:
+                if give is not None and v is not None and not (
+                        type(v) is _on_np.ndarray and cnp.PyArray_NBYTES(<cnp.ndarray>v) < give_min_bytes):
                     give(v)
                 v = None
             else:

@@ -71,6 +71,10 @@ cdef extern from "on_gemm.h" nogil:
                              const on_packed_b *B, const on_gemm_epilogue *ep, float *C, size_t ldc, int nthreads)
     on_status on_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, const float *A, size_t lda,
                       const float *B, size_t ldb, const on_gemm_epilogue *ep, float *C, size_t ldc, int nthreads)
+    on_status on_gemm_batch(int trans_a, int trans_b, size_t M, size_t N, size_t K, const float *A, size_t lda,
+                            size_t stride_a, const float *B, size_t ldb, size_t stride_b,
+                            const on_gemm_epilogue *ep, float *C, size_t ldc, size_t stride_c, size_t nbatch,
+                            int nthreads)
     double on_fma_peak_gflops(on_isa_t isa, double seconds)
 
 
@@ -398,10 +402,7 @@ def matmul(a, b, out=None, threads=1, float alpha=1.0):
         bp = _on_fptr(barr)
         cp = _on_fptr(carr)
         with nogil:
-            for i in range(nbt):
-                st = on_gemm(0, 0, M, N, K, ap + i * M * K, K, bp + i * K * N, N, &ep, cp + i * M * N, N, nt)
-                if st != ON_OK:
-                    break
+            st = on_gemm_batch(0, 0, M, N, K, ap, K, M * K, bp, N, K * N, &ep, cp, N, M * N, nbt, nt)
         _on_check(st, "matmul")
         return carr
     # per-batch offsets (in elements) through numpy broadcasting of batch indices

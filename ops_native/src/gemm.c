@@ -6,6 +6,7 @@
  * reload is what large problems pay for); a 1024 x 16 panel slice streams from L2. Threads split the
  * packed panels (N) when there are enough of them, else the rows (M).
  */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "gemm_internal.h"
@@ -428,4 +429,41 @@ float on_fma_burst__scalar(size_t iters) {
         for (int i = 0; i < 12; i++) v[i] = v[i] * 0.999f + 1e-4f;
     for (int i = 0; i < 12; i++) sink += v[i];
     return sink;
+}
+
+typedef struct {
+    int trans_a, trans_b;
+    size_t M, N, K, lda, ldb, ldc, stride_a, stride_b, stride_c;
+    const float *A, *B;
+    float *C;
+    const on_gemm_epilogue *ep;
+    atomic_int failed;
+} gemm_batch_job;
+
+static void gemm_batch_range(void *vctx, size_t begin, size_t end) {
+    gemm_batch_job *j = (gemm_batch_job *)vctx;
+    for (size_t i = begin; i < end; i++) {
+        on_status st = on_gemm(j->trans_a, j->trans_b, j->M, j->N, j->K, j->A + i * j->stride_a, j->lda,
+                               j->B + i * j->stride_b, j->ldb, j->ep, j->C + i * j->stride_c, j->ldc, 1);
+        if (st != ON_OK) atomic_store(&j->failed, (int)st);
+    }
+}
+
+on_status on_gemm_batch(int trans_a, int trans_b, size_t M, size_t N, size_t K, const float *A, size_t lda,
+                        size_t stride_a, const float *B, size_t ldb, size_t stride_b, const on_gemm_epilogue *ep,
+                        float *C, size_t ldc, size_t stride_c, size_t nbatch, int nthreads) {
+    if (nbatch == 0) return ON_OK;
+    double flops = 2.0 * (double)M * (double)N * (double)K;
+    if (nthreads <= 1 || nbatch < 2 || flops >= 524288.0) { /* each product is worth splitting itself */
+        for (size_t i = 0; i < nbatch; i++) {
+            on_status st = on_gemm(trans_a, trans_b, M, N, K, A + i * stride_a, lda, B + i * stride_b, ldb, ep,
+                                   C + i * stride_c, ldc, nthreads);
+            if (st != ON_OK) return st;
+        }
+        return ON_OK;
+    }
+    gemm_batch_job j = {trans_a, trans_b, M, N, K, lda, ldb, ldc, stride_a, stride_b, stride_c, A, B, C, ep, 0};
+    atomic_init(&j.failed, 0);
+    on_parallel_for(nbatch, gemm_batch_range, &j, flops * (double)nbatch < 262144.0 ? 1 : nthreads);
+    return (on_status)atomic_load(&j.failed);
 }
