@@ -4,7 +4,7 @@
 
 Every zoo model and the PP-OCRv4 text detector at 1x3x640x640, at 1 and 2 threads (ORT with
 intra_op_num_threads = threads, inter-op 1). Median of N runs, ours and ORT timed in alternating blocks; ratio = ours / ORT
-(below 1 means faster). ``--profile`` adds a per-op-type time breakdown of our executor (1 thread) so the
+(below 1 means faster); the best-block ratio compares each runtime's least disturbed block (see paired_block_ms). ``--profile`` adds a per-op-type time breakdown of our executor (1 thread) so the
 slow kernels are visible.
 """
 
@@ -56,19 +56,30 @@ def paired_median_ms(fns: list[Callable[[], Any]], runs: int, blocks: int = 5) -
     Blocks rather than single calls, with a pause between them: both runtimes' worker threads spin for a
     while after a run, and one-by-one alternation let ORT's spinning threads take the second core from
     our 2-thread runs (and ours from ORT's), which measured the interference, not either runtime."""
+    return [m for m, _ in paired_block_ms(fns, runs, blocks)]
+
+
+def paired_block_ms(fns: list[Callable[[], Any]], runs: int, blocks: int = 5) -> list[tuple[float, float]]:
+    """As paired_median_ms, per fn (median of all runs, best block median) in ms. The best block is each
+    runtime at its least disturbed: 2-thread runs on this shared VM switch between a fast and a slow mode
+    (the second vCPU only partly ours) block by block, for both runtimes but not in step."""
     for fn in fns:
         fn()
     per_block = max(1, -(-runs // blocks))
     times: list[list[float]] = [[] for _ in fns]
+    block_medians: list[list[float]] = [[] for _ in fns]
     while min(len(t) for t in times) < runs:
         for k, fn in enumerate(fns):
             time.sleep(0.1)   # ORT's idle workers spin ~50 ms after a run (measured: 0.05 s CPU in 1 s idle)
             fn()  # first call of a block wakes the pool; not timed
+            block = []
             for _ in range(per_block):
                 t0 = time.perf_counter()
                 fn()
-                times[k].append(time.perf_counter() - t0)
-    return [float(np.median(t) * 1e3) for t in times]
+                block.append(time.perf_counter() - t0)
+            times[k] += block
+            block_medians[k].append(float(np.median(block)))
+    return [(float(np.median(t) * 1e3), min(b) * 1e3) for t, b in zip(times, block_medians)]
 
 
 def _ort_session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
@@ -101,22 +112,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     selected = args.models.split(",") if args.models else None
 
     table = Table(title=f"ops_native vs ONNX Runtime (median of {runs}, ISA {ops_native.isa()})")
-    for col in ("model", "threads", "ours ms", "ORT ms", "ratio", "target"):
+    for col in ("model", "threads", "ours ms", "ORT ms", "ratio", "best-block ratio", "target"):
         table.add_column(col, justify="right" if col != "model" else "left")
     results: dict[str, Any] = {"isa": ops_native.isa(), "runs": runs, "rows": [], "profiles": {}}
     for name, model, feeds in workloads(selected):
         for threads in (1, 2):
             ours = ops_native.InferenceSession(model, threads=threads)
             ref = _ort_session(model, threads)
-            t_ours, t_ort = paired_median_ms([lambda s=ours, f=feeds: s.run(None, f),
-                                              lambda s=ref, f=feeds: s.run(None, f)], runs)
-            ratio = t_ours / t_ort
+            (t_ours, b_ours), (t_ort, b_ort) = paired_block_ms([lambda s=ours, f=feeds: s.run(None, f),
+                                                                 lambda s=ref, f=feeds: s.run(None, f)], runs)
+            ratio, best_ratio = t_ours / t_ort, b_ours / b_ort
             target = TARGETS.get(name, DEFAULT_TARGET)
             style = "green" if ratio <= target else "red"
             table.add_row(name, str(threads), f"{t_ours:.2f}", f"{t_ort:.2f}", f"[{style}]{ratio:.2f}x[/{style}]",
-                          f"<= {target:.1f}x")
+                          f"{best_ratio:.2f}x", f"<= {target:.1f}x")
             results["rows"].append({"model": name, "threads": threads, "ours_ms": t_ours, "ort_ms": t_ort,
-                                    "ratio": ratio, "target": target})
+                                    "ratio": ratio, "best_block_ms": [b_ours, b_ort],
+                                    "best_block_ratio": best_ratio, "target": target})
         if args.profile:
             results["profiles"][name] = profile(model, feeds, max(1, runs // 2))
     console.print(table)
