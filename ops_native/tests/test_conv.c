@@ -65,6 +65,9 @@ static const conv_case CASES[] = {
     {"nchwc OC 8 single block", 1, 9, 7, 23, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_CLIP},
     {"1x1 few channels big image (direct)", 1, 12, 161, 160, 40, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_CLIP},
     {"nchwc 1x3 stride (1,3)", 1, 8, 5, 29, 16, 1, 3, 1, 3, 1, 1, 0, 1, 0, 1, 1, ON_ACT_NONE},
+    /* 14- and 28-wide output rows: the AVX-512 2x14 tiles (stride 1 and 2, a partial 16-channel group) */
+    {"nchwc 14-wide rows", 2, 16, 14, 14, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_RELU},
+    {"nchwc s2 to 28-wide rows", 1, 24, 56, 56, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, ON_ACT_NONE},
     /* pointwise sizes for the blocked path's flattened rows: one row, rows that tile the plane
      * exactly (16x16 = 4 x 64), and a prime-sized plane (no exact tiling: copied, last row short) */
     {"1x1 16x16 deep", 2, 40, 16, 16, 24, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_NONE},
