@@ -49,6 +49,9 @@ def workloads(selected: list[str] | None) -> list[tuple[str, onnx.ModelProto, di
     return out
 
 
+WARM_S = 0.03
+
+
 def paired_median_ms(fns: list[Callable[[], Any]], runs: int, blocks: int = 5) -> list[float]:
     """Median wall time (ms) of each fn over `runs` timed calls, taken in alternating blocks (A A A, B B B,
     A A A, ...) so that load changes on a shared machine hit both sides alike.
@@ -71,7 +74,13 @@ def paired_block_ms(fns: list[Callable[[], Any]], runs: int, blocks: int = 5) ->
     while min(len(t) for t in times) < runs:
         for k, fn in enumerate(fns):
             time.sleep(0.1)   # ORT's idle workers spin ~50 ms after a run (measured: 0.05 s CPU in 1 s idle)
-            fn()  # first call of a block wakes the pool; not timed
+            # untimed warm-up of >= 30 ms: after the idle gap the second vCPU of this VM comes back slowly
+            # (a 2-thread run right after 0.3 s idle took 0.42 ms, 0.28-0.30 ms once busy, for both
+            # runtimes), and a single call only woke whichever runtime's threads happened to be spinning
+            warm_until = time.perf_counter() + WARM_S
+            fn()
+            while time.perf_counter() < warm_until:
+                fn()
             block = []
             for _ in range(per_block):
                 t0 = time.perf_counter()

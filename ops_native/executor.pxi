@@ -83,7 +83,9 @@ cdef class DenseStep(NativeStep):
             return self.fallback(args)
         shape = (self.N,) if nd == 1 else tuple(a.shape[:nd - 1]) + (self.N,)
         cdef cnp.ndarray y = self.empty(shape)
-        cdef int nt = self.threads if 2.0 * M * self.K * self.N >= self.min_flops else 1
+        # few rows: bound by streaming the weights, worth splitting from ~64K of them (see run_gemm)
+        cdef int nt = self.threads if (2.0 * M * self.K * self.N >= self.min_flops or
+                                       (M <= 4 and <double>self.K * self.N >= 65536.0)) else 1
         cdef const float *ap = _on_fptr(arr)
         cdef float *yp = _on_fptr(y)
         cdef on_status st

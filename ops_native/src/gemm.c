@@ -351,8 +351,11 @@ static on_status run_gemm(int trans_a, size_t M, size_t N, size_t K, const float
     j.ep = ep;
     j.row_unit = j.uk->mr;
     size_t row_units = (M + j.row_unit - 1) / j.row_unit;
-    /* below ~0.5 MFLOP a thread hand-off costs more than it saves */
-    if ((double)M * (double)N * (double)K < 262144.0) nthreads = 1;
+    /* below ~0.5 MFLOP a thread hand-off costs more than it saves; a GEMV-like product (few rows) is
+     * bound by streaming its weights instead, and splitting that stream pays from ~64K weights (MLP
+     * 256->512 at M = 1: 2 threads took 5.0 -> 3.2 us with the workers spinning) */
+    double mnk = (double)M * (double)N * (double)K;
+    if (mnk < 262144.0 && !(M <= 4 && (double)N * (double)K >= 65536.0)) nthreads = 1;
     if (nthreads < 1) nthreads = 1;
     j.split_n = j.npanels >= (size_t)nthreads * 2 || j.npanels >= row_units;
     if (nthreads == 1)
