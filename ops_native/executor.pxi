@@ -127,10 +127,6 @@ cdef class ConvStep(NativeStep):
         cdef Conv2d conv = <Conv2d>(<tuple>hit)[0]
         if cnp.PyArray_NDIM(xa) != (4 if conv.xl == ON_LAYOUT_NCHW else 5):
             return self.fallback(args)
-        cdef cnp.ndarray y = self.empty((<tuple>hit)[1])
-        cdef int nt = (<tuple>hit)[2]
-        cdef cnp.npy_intp *d = cnp.PyArray_DIMS(xa)
-        cdef size_t N = <size_t>d[0], H = <size_t>d[2], W = <size_t>d[3]
         cdef const float *sp = NULL
         cdef cnp.ndarray ra
         if self.has_sum:
@@ -142,6 +138,10 @@ cdef class ConvStep(NativeStep):
                     r.shape != (<tuple>hit)[1]:
                 return self.fallback(args)   # e.g. a broadcasting residual: the plain Add semantics
             sp = _on_fptr(ra)
+        cdef cnp.ndarray y = self.empty((<tuple>hit)[1])
+        cdef int nt = (<tuple>hit)[2]
+        cdef cnp.npy_intp *d = cnp.PyArray_DIMS(xa)
+        cdef size_t N = <size_t>d[0], H = <size_t>d[2], W = <size_t>d[3]
         cdef const float *xp = _on_fptr(xa)
         cdef float *yp = _on_fptr(y)
         cdef on_status st

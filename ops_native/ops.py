@@ -1282,12 +1282,10 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
     # geometry work in Python (this wrapper cost ~30 us per node before, more than a small conv)
     shapes: dict[tuple, tuple] = {}
 
-    def fn(args: list) -> list:
-        y = conv_fn(args)
-        if has_sum:   # the fused Add, with its broadcasting, where the native step could not take it
-            r = args[3]
-            return [np.add(y[0], r, out=y[0]) if r.dtype == F32 and r.shape == y[0].shape else y[0] + r]
-        return y
+    def sum_fn(args: list) -> list:
+        """The fused Add, with its broadcasting, where the native step could not take the residual."""
+        y, r = conv_fn(args)[0], args[3]
+        return [np.add(y, r, out=y) if r.dtype == F32 and r.shape == y.shape else y + r]
 
     def conv_fn(args: list) -> list:
         x = args[0]
@@ -1332,6 +1330,7 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
         return [conv.run(np.ascontiguousarray(x), out=empty(oshape), threads=n_thr)]
 
     # constant weights: seen shapes run natively from run_steps (the dict is shared with fn)
+    fn = sum_fn if has_sum else conv_fn
     return _core.ConvStep(shapes, empty, fn, has_sum) if w_const is not None else fn
 
 

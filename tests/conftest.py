@@ -58,3 +58,14 @@ def assert_matches(got: dict, want: dict, rtol: float = 1e-4, atol: float = 1e-4
     for name in want:
         assert got[name].shape == want[name].shape, name
         np.testing.assert_allclose(got[name], want[name], rtol=rtol, atol=atol, err_msg=name)
+
+
+@pytest.fixture(params=__import__("ops_native")._core.available_isas())
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test with the kernels of one ISA (every one this CPU offers), restoring the default after."""
+    from ops_native import _core
+
+    before = _core.isa()
+    _core.set_isa(request.param)
+    yield request.param
+    _core.set_isa(before)

@@ -4,8 +4,6 @@ the layout forced on and off (the portable kernels run it too, not only AVX2 / A
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -18,14 +16,6 @@ from ops_native import _core
 from ops_native.graph import blocked_layout_default
 
 ISAS = _core.available_isas()
-
-
-@pytest.fixture(params=ISAS)
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    before = _core.isa()
-    _core.set_isa(request.param)
-    yield request.param
-    _core.set_isa(before)
 
 
 def _conv(rng: np.random.Generator, name: str, x: str, y: str, c: int, oc: int, k: int, group: int = 1,

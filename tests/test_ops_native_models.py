@@ -5,7 +5,6 @@ Every zoo model and the PP-OCRv4 text detector, at 1 and 2 threads, on every ISA
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from functools import cache
 
 import numpy as np
@@ -19,15 +18,6 @@ from ops_native import _core
 
 ISAS = _core.available_isas()
 THREADS = [1, 2]
-
-
-@pytest.fixture(params=ISAS)
-def isa(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test with the kernels of one ISA, restoring the default afterwards."""
-    before = _core.isa()
-    _core.set_isa(request.param)
-    yield request.param
-    _core.set_isa(before)
 
 
 def text_image(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -657,19 +657,7 @@ static on_status run_1x1_small(const on_conv2d *c, size_t N, size_t HW, const fl
 
 on_status on_conv2d_run(const on_conv2d *c, size_t N, size_t H, size_t W, const float *x, float *y,
                         int nthreads) {
-    if (!c) return ON_ERR_ARG;
-    size_t OH, OW;
-    on_status st = on_conv2d_output_size(&c->p, H, W, &OH, &OW);
-    if (st != ON_OK) return st;
-    if (N == 0) return ON_OK;
-    if (!x || !y) return ON_ERR_ARG;
-    if (nthreads > 64) nthreads = 64;
-    if (c->path == ON_CONV_PATH_DEPTHWISE)
-        return run_depthwise(c, N, H, W, OH, OW, x, ON_LAYOUT_NCHW, y, ON_LAYOUT_NCHW, nthreads);
-    if (c->wt && OH * OW <= CONV_1X1_SMALL_PIXELS) return run_1x1_small(c, N, OH * OW, x, y, nthreads);
-    if (c->path == ON_CONV_PATH_NCHWC || (c->nchwc && on_nchwc_suits_1x1(&c->p, OH, OW)))
-        return on_nchwc_run(c->nchwc, N, H, W, OH, OW, x, y, nthreads);
-    return run_im2col(c, N, H, W, OH, OW, x, y, nthreads);
+    return on_conv2d_run_fused(c, N, H, W, x, ON_LAYOUT_NCHW, y, ON_LAYOUT_NCHW, NULL, nthreads);
 }
 
 int on_conv2d_layout_ok(const on_conv2d *c, on_layout xl, on_layout yl) {
@@ -692,7 +680,6 @@ on_status on_conv2d_run_layout(const on_conv2d *c, size_t N, size_t H, size_t W,
 on_status on_conv2d_run_fused(const on_conv2d *c, size_t N, size_t H, size_t W, const float *x, on_layout xl,
                               float *y, on_layout yl, const float *sum, int nthreads) {
     if (!on_conv2d_layout_ok(c, xl, yl) || (sum && !on_conv2d_sum_ok(c))) return ON_ERR_ARG;
-    if (xl == ON_LAYOUT_NCHW && yl == ON_LAYOUT_NCHW && !sum) return on_conv2d_run(c, N, H, W, x, y, nthreads);
     size_t OH, OW;
     on_status st = on_conv2d_output_size(&c->p, H, W, &OH, &OW);
     if (st != ON_OK) return st;
@@ -700,7 +687,12 @@ on_status on_conv2d_run_fused(const on_conv2d *c, size_t N, size_t H, size_t W, 
     if (!x || !y) return ON_ERR_ARG;
     if (nthreads > 64) nthreads = 64;
     if (c->path == ON_CONV_PATH_DEPTHWISE) return run_depthwise(c, N, H, W, OH, OW, x, xl, y, yl, nthreads);
-    return on_nchwc_run_layout(c->nchwc, N, H, W, OH, OW, x, xl, y, yl, sum, nthreads);
+    if (xl != ON_LAYOUT_NCHW || yl != ON_LAYOUT_NCHW || sum) /* only the direct path: on_conv2d_layout_ok */
+        return on_nchwc_run_layout(c->nchwc, N, H, W, OH, OW, x, xl, y, yl, sum, nthreads);
+    if (c->wt && OH * OW <= CONV_1X1_SMALL_PIXELS) return run_1x1_small(c, N, OH * OW, x, y, nthreads);
+    if (c->path == ON_CONV_PATH_NCHWC || (c->nchwc && on_nchwc_suits_1x1(&c->p, OH, OW)))
+        return on_nchwc_run(c->nchwc, N, H, W, OH, OW, x, y, nthreads);
+    return run_im2col(c, N, H, W, OH, OW, x, y, nthreads);
 }
 
 /* ---- ConvTranspose: col = W^T x X (GEMM), then col2im scatter-add ----------------------------- */
