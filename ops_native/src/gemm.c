@@ -1,8 +1,8 @@
 /* gemm.c - SGEMM reference, B packing, the blocked driver and the portable 4x16 micro-kernel.
  *
- * Blocking (per thread): K in (balanced) blocks of at most KC; MC rows of A are copied into a
- * contiguous per-thread buffer (MC x KC = 192 KiB, L2) and run against every panel of the thread's
- * range before the next row block. A long KC was measured best on Zen 3 (fewer passes over C, whose
+ * Blocking (per thread): K in (balanced) blocks of at most KC; a block of MC rows of A (read in
+ * place, or copied into a contiguous per-thread buffer when lda would alias cache sets) runs against
+ * every panel of the thread's range before the next row block. A long KC was measured best on Zen 3 (fewer passes over C, whose
  * reload is what large problems pay for); a 1024 x 16 panel slice streams from L2. Threads split the
  * packed panels (N) when there are enough of them, else the rows (M).
  */
@@ -193,9 +193,8 @@ static inline size_t strip_rows(size_t rem, size_t mr) {
     return rem < mr ? rem : mr;
 }
 
-/* Rows of A in a block are copied to a contiguous buffer (row stride kc) when there are enough
- * panels to amortise it: a short constant stride keeps the 6 row streams of a tile out of each
- * other's cache sets and pages, whatever lda is. abuf: GEMM_MC * GEMM_KC floats or NULL. */
+/* abuf (GEMM_MC * GEMM_KC floats, or NULL): rows of A in a block are copied there (row stride kc)
+ * before they run against the panels; see a_block_buffer for when. */
 #ifndef GEMM_SHORT_K
 #define GEMM_SHORT_K 64
 #endif
@@ -206,7 +205,10 @@ static void run_panels_buf(const on_gemm_ukernel *uk, size_t m_begin, size_t m_e
                            float *abuf) {
     size_t nkb = (K + GEMM_KC - 1) / GEMM_KC;
     size_t kc = (K + nkb - 1) / nkb; /* balanced K blocks: no tiny last block */
-    int copy_a = abuf != NULL && p_end - p_begin >= 4;
+    /* an epilogue that changes nothing takes the kernels' plain store (its per-row bias, alpha and
+     * activation checks cost ~2 % of a 256 x 256 x 256 product) */
+    if (ep && ep->bias_kind == ON_BIAS_NONE && ep->alpha == 1.0f && ep->act.kind == ON_ACT_NONE) ep = NULL;
+    int copy_a = abuf != NULL;
     for (size_t k0 = 0; k0 < K; k0 += kc) {
         size_t kcur = K - k0 < kc ? K - k0 : kc;
         int first = k0 == 0, last = k0 + kcur == K;
@@ -262,10 +264,15 @@ static void run_panels_buf(const on_gemm_ukernel *uk, size_t m_begin, size_t m_e
     }
 }
 
-static float *a_block_buffer(size_t m_begin, size_t m_end, size_t p_begin, size_t p_end) {
-    /* per-thread scratch: a fresh 192 KiB malloc per call would be an mmap + page faults each time;
-     * NULL on allocation failure, A is then read in place */
-    if (p_end - p_begin >= 4 && m_end - m_begin >= 6)
+/* A contiguous copy of the A blocks pays only when lda is a multiple of 2 KiB (with enough panels
+ * and rows to amortise it): the row streams of a tile would otherwise share one or two groups of
+ * cache sets. Any other stride is read in place. Copying every A cost 2-3 % at 256 x 256 x 256 on
+ * one thread and ~4 % on two, where each thread copies all the rows it sweeps (Zen 5, both kernels);
+ * at the aliasing strides of 512..2048 the copy measured neutral there and is kept for cores with
+ * less associative caches. The buffer is per-thread scratch: a fresh 192 KiB malloc per call would be
+ * an mmap + page faults each time. NULL on allocation failure: A is then read in place. */
+static float *a_block_buffer(size_t m_begin, size_t m_end, size_t p_begin, size_t p_end, size_t lda) {
+    if (p_end - p_begin >= 4 && m_end - m_begin >= 6 && (lda * sizeof(float)) % 4096 == 0)
         return (float *)on_scratch(ON_SLOT_GEMM_A, GEMM_MC * GEMM_KC * sizeof(float));
     return NULL;
 }
@@ -274,14 +281,14 @@ void on_gemm_run_panels(const on_gemm_ukernel *uk, size_t m_begin, size_t m_end,
                         size_t N, size_t K, const float *A, size_t lda, const float *panels, float *C,
                         size_t ldc, const on_gemm_epilogue *ep) {
     run_panels_buf(uk, m_begin, m_end, p_begin, p_end, N, K, A, lda, panels, K * NR, NR, C, ldc, ep,
-                   a_block_buffer(m_begin, m_end, p_begin, p_end));
+                   a_block_buffer(m_begin, m_end, p_begin, p_end, lda));
 }
 
 void on_gemm_run_rowmajor_b(const on_gemm_ukernel *uk, size_t m_begin, size_t m_end, size_t p_begin,
                             size_t p_end, size_t N, size_t K, const float *A, size_t lda, const float *B,
                             size_t ldb, float *C, size_t ldc, const on_gemm_epilogue *ep) {
     run_panels_buf(uk, m_begin, m_end, p_begin, p_end, N, K, A, lda, B, NR, ldb, C, ldc, ep,
-                   a_block_buffer(m_begin, m_end, p_begin, p_end));
+                   a_block_buffer(m_begin, m_end, p_begin, p_end, lda));
 }
 
 typedef struct {
@@ -310,7 +317,7 @@ static void gemm_job_range(void *vctx, size_t begin, size_t end) {
         if (me > j->M) me = j->M;
     }
     run_panels_buf(j->uk, mb, me, pb, pe, j->N, j->K, j->A, j->lda, j->panels, j->panel_stride, j->ldb, j->C,
-                   j->ldc, j->ep, a_block_buffer(mb, me, pb, pe));
+                   j->ldc, j->ep, a_block_buffer(mb, me, pb, pe, j->lda));
 }
 
 static void fill_epilogue_only(size_t M, size_t N, const on_gemm_epilogue *ep, float *C, size_t ldc) {

@@ -92,6 +92,40 @@ static void test_gemm_large_threads_match_single(void) {
     free(ref);
 }
 
+/* lda a multiple of 4 KiB: the driver copies the A blocks into a contiguous buffer (any other lda is
+ * read in place), over two K blocks, with and without an epilogue, on every ISA and 1-2 threads. */
+static void test_gemm_aliasing_lda_copies_a(void) {
+    size_t M = 67, N = 100, K = 1100, lda = 2048, ldc = N;
+    on_isa_t entry_isa = on_active_isa();
+    float *A = alloc_rand(M * lda), *B = alloc_rand(K * N), *bias = alloc_rand(N);
+    float *ref = alloc_rand(M * ldc), *got = alloc_rand(M * ldc);
+    on_packed_b *pb = NULL;
+    CHECK_EQ_INT(on_packed_b_create(B, N, 0, K, N, &pb), ON_OK);
+    for (int with_ep = 0; with_ep <= 1; with_ep++) {
+        on_gemm_epilogue ep = on_gemm_epilogue_default();
+        if (with_ep) ep = (on_gemm_epilogue){0.5f, ON_BIAS_COL, bias, {ON_ACT_RELU, 0.0f, 0.0f}};
+        CHECK_EQ_INT(on_gemm_ref(0, 0, M, N, K, A, lda, B, N, &ep, ref, ldc), ON_OK);
+        for (int isa = 0; isa < ON_ISA_COUNT; isa++) {
+            if (!on_isa_available((on_isa_t)isa)) continue;
+            CHECK_EQ_INT(on_set_isa((on_isa_t)isa), 0);
+            for (int threads = 1; threads <= 2; threads++) {
+                char what[96];
+                snprintf(what, sizeof(what), "lda %zu ep%d isa %s thr%d", lda, with_ep, on_isa_name(on_active_isa()),
+                         threads);
+                CHECK_EQ_INT(on_gemm_packed(0, M, N, K, A, lda, pb, &ep, got, ldc, threads), ON_OK);
+                CHECK_ALLCLOSE(got, ref, M * ldc, 1e-4f, 1e-5f * (float)(K + 1), what);
+            }
+        }
+    }
+    on_set_isa(entry_isa);
+    on_packed_b_free(pb);
+    free(A);
+    free(B);
+    free(bias);
+    free(ref);
+    free(got);
+}
+
 static void test_gemm_k_zero_gives_bias_activation(void) {
     float bias[3] = {1.0f, -2.0f, 3.0f}, C[6];
     on_gemm_epilogue ep = {1.0f, ON_BIAS_COL, bias, {ON_ACT_RELU, 0.0f, 0.0f}};
@@ -239,5 +273,6 @@ int main(void) {
     RUN(test_gemm_k_zero_gives_bias_activation);
     RUN(test_gemm_shapes_all_isas);
     RUN(test_gemm_large_threads_match_single);
+    RUN(test_gemm_aliasing_lda_copies_a);
     return on_test_summary();
 }
