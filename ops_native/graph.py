@@ -14,6 +14,7 @@ Fusions (each only when the intermediate value has a single consumer and is not 
   * Conv / Gemm / MatMul(+Add bias) -> Relu | Clip | LeakyRelu | HardSwish | Sigmoid : fused epilogue
   * MatMul (computed B) -> Div / Mul by a scalar const : the GEMM's alpha (attention scores)
   * Conv with a blocked input -> Add(residual)   : added in the conv's store (fuse_conv_residual)
+  * Transpose feeding only MatMuls of computed inputs : a strided view the batched GEMM reads in place
 """
 
 from __future__ import annotations
@@ -501,6 +502,19 @@ class _Fuser:
             dead.append(nxt)
         self._remove(dead)
 
+    def mark_transpose_views(self) -> None:
+        """A Transpose whose output only feeds MatMuls of two computed inputs (attention's Q, K^T and V
+        head splits) returns a strided view instead of a copy: the batched GEMM reads transposed and
+        head-interleaved operands in place (ops_native._core.matmul). Marked with ``_view``."""
+        cons = self._consumers()
+        for n in self.nodes:
+            if n.op_type != "Transpose" or n.outputs[0] in self.outputs:
+                continue
+            users = cons.get(n.outputs[0], [])
+            if users and all(u.op_type == "MatMul" and not any(i in self.consts for i in u.inputs[:2])
+                             and "_bias" not in u.attrs and "_act" not in u.attrs for u in users):
+                n.attrs["_view"] = 1
+
     def fuse_activation(self) -> None:
         """Conv / Gemm / MatMul (const B) -> activation ==> fused epilogue."""
         cons = self._consumers()
@@ -775,6 +789,7 @@ def compile_model(proto: onnx.ModelProto, threads: int, fuse: bool = True, block
         f.fuse_bias_add()
         f.fuse_matmul_scale()
         f.fuse_activation()
+        f.mark_transpose_views()
         f.fold_affine_into_pointwise_conv()
         nodes = f.nodes
     n_blocked = assign_blocked_layouts(nodes, consts, graph_outputs) if (

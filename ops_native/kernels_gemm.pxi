@@ -336,6 +336,41 @@ def gemm(a, b, bias=None, *, trans_a=False, trans_b=False, alpha=1.0, act="none"
     return carr
 
 
+cdef bint _mm_operand(cnp.ndarray x, int *trans, size_t *ld):
+    """Whether the GEMM can read a float32 operand [..., R, C] in place: every axis longer than 1 steps
+    forward by whole floats, and its last two axes are row-major (trans 0, row stride ld) or
+    column-major (trans 1: x^T is row-major with row stride ld). False when a copy is needed
+    (negative or broadcast (0) strides, misaligned steps, rows that overlap)."""
+    cdef int nd = cnp.PyArray_NDIM(x), i
+    cdef cnp.npy_intp *sh = cnp.PyArray_DIMS(x)
+    cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(x)
+    for i in range(nd):
+        if sh[i] > 1 and (st[i] <= 0 or st[i] % 4):
+            return False
+    cdef size_t rows = <size_t>sh[nd - 2], cols = <size_t>sh[nd - 1]
+    cdef size_t rs = <size_t>st[nd - 2] // 4 if rows > 1 else cols, cs = <size_t>st[nd - 1] // 4 if cols > 1 else 1
+    if cs == 1 and rs >= cols:
+        trans[0] = 0
+        ld[0] = rs
+    elif rs == 1 and cs >= rows:
+        trans[0] = 1
+        ld[0] = cs
+    else:
+        return False
+    return True
+
+
+cdef list _mm_batch_offsets(cnp.ndarray x, tuple batch):
+    """Offsets (in floats) of x's matrices for every index of batch[:-1], in row-major order."""
+    cdef cnp.npy_intp *st = cnp.PyArray_STRIDES(x)
+    cdef list offs = [0]
+    cdef Py_ssize_t axis
+    for axis in range(len(batch) - 1):
+        step = st[axis] // 4 if batch[axis] > 1 else 0
+        offs = [o + i * step for o in offs for i in range(batch[axis])]
+    return offs
+
+
 def matmul(a, b, out=None, threads=1, float alpha=1.0):
     """ONNX MatMul for float32: numpy matmul semantics (1-D promotion, batch broadcasting), times alpha.
 
@@ -355,10 +390,13 @@ def matmul(a, b, out=None, threads=1, float alpha=1.0):
     if sb[len(sb) - 2] != K:
         raise ArgumentError(f"matmul: inner dimensions differ: a has shape {list(a.shape)}, b has shape "
                             f"{list(b.shape)} ({K} != {sb[len(sb) - 2]})")
-    try:
-        batch = _on_np.broadcast_shapes(sa[:len(sa) - 2], sb[:len(sb) - 2])
-    except ValueError:
-        raise ArgumentError(f"matmul: batch dimensions do not broadcast: a {list(a.shape)}, b {list(b.shape)}")
+    if len(sb) == 2 or sa[:len(sa) - 2] == sb[:len(sb) - 2]:
+        batch = sa[:len(sa) - 2]   # the common cases, without numpy's broadcast_shapes (~1 us)
+    else:
+        try:
+            batch = _on_np.broadcast_shapes(sa[:len(sa) - 2], sb[:len(sb) - 2])
+        except ValueError:
+            raise ArgumentError(f"matmul: batch dimensions do not broadcast: a {list(a.shape)}, b {list(b.shape)}")
     res_shape = tuple(batch) + ((() if a_vec else (M,)) + (() if b_vec else (N,)))
     cdef cnp.ndarray carr = _on_out(out, res_shape, "matmul", (a, b))
     cdef int nt = _on_threads(threads, "matmul")
@@ -392,19 +430,42 @@ def matmul(a, b, out=None, threads=1, float alpha=1.0):
             st = on_gemm(0, 0, rows, N, K, ap, K, bp, N, &ep, cp, N, nt)
         _on_check(st, "matmul")
         return carr
-    aarr = _on_np.ascontiguousarray(a2)
-    barr = _on_np.ascontiguousarray(b2)
     cdef size_t i, nbt = nbatch
+    cdef int ta = 0, tb = 0
+    cdef size_t lda = K, ldb = N, bsa = 0, bsb = 0, inner, o, oa, ob
+    cdef Py_ssize_t nbd = len(batch)
     if sa[:len(sa) - 2] == sb[:len(sb) - 2]:
         # same batch shape on both sides (attention's Q.K^T and P.V): batch i pairs with batch i, no
-        # broadcasting tables to build (they cost more than these small products)
+        # broadcasting tables to build (they cost more than these small products). Transposed or
+        # head-interleaved views (a Transpose that only feeds MatMuls returns one) are read in place:
+        # the innermost batch axis is the GEMM batch stride, outer batch axes are offsets.
+        aarr = <cnp.ndarray>a2
+        barr = <cnp.ndarray>b2
+        if not _mm_operand(aarr, &ta, &lda):
+            aarr = _on_np.ascontiguousarray(a2)
+            ta, lda = 0, K
+        if not _mm_operand(barr, &tb, &ldb):
+            barr = _on_np.ascontiguousarray(b2)
+            tb, ldb = 0, N
+        inner = <size_t>batch[nbd - 1] if nbd else 1
+        if inner > 1:
+            bsa = <size_t>cnp.PyArray_STRIDES(aarr)[nbd - 1] // 4
+            bsb = <size_t>cnp.PyArray_STRIDES(barr)[nbd - 1] // 4
+        outer_a = _mm_batch_offsets(aarr, batch)
+        outer_b = _mm_batch_offsets(barr, batch)
         ap = _on_fptr(aarr)
         bp = _on_fptr(barr)
         cp = _on_fptr(carr)
-        with nogil:
-            st = on_gemm_batch(0, 0, M, N, K, ap, K, M * K, bp, N, K * N, &ep, cp, N, M * N, nbt, nt)
-        _on_check(st, "matmul")
+        for o in range(len(outer_a)):
+            oa = <size_t>outer_a[o]
+            ob = <size_t>outer_b[o]
+            with nogil:
+                st = on_gemm_batch(ta, tb, M, N, K, ap + oa, lda, bsa, bp + ob, ldb, bsb, &ep,
+                                   cp + o * inner * M * N, N, M * N, inner, nt)
+            _on_check(st, "matmul")
         return carr
+    aarr = _on_np.ascontiguousarray(a2)
+    barr = _on_np.ascontiguousarray(b2)
     # per-batch offsets (in elements) through numpy broadcasting of batch indices
     na = int(_on_np.prod(sa[:len(sa) - 2], dtype=_on_np.int64)) if a2.ndim > 2 else 1
     nb = int(_on_np.prod(sb[:len(sb) - 2], dtype=_on_np.int64)) if b2.ndim > 2 else 1

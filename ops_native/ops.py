@@ -816,6 +816,8 @@ def _build_resize(node: Node, ctx: BuildContext) -> Fn:
 def _build_transpose(node: Node, ctx: BuildContext) -> Fn:
     perm = node.attrs.get("perm")
     threads = ctx.threads
+    if node.attrs.get("_view"):   # only MatMuls read it, and they take strided operands (graph.py)
+        return lambda args: [args[0].transpose(perm)]
 
     def fn(args: list) -> list:
         x = args[0]
@@ -993,6 +995,25 @@ def _build_tile(node: Node, ctx: BuildContext) -> Fn:
 def _build_reshape(node: Node, ctx: BuildContext) -> Fn:
     allowzero = int(node.attrs.get("allowzero", 0))
     legacy_shape = node.attrs.get("shape")
+    const_shape = ctx.const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if const_shape is not None and (allowzero or 0 not in const_shape.reshape(-1).tolist()):
+        # the usual exported Reshape: a constant target with no "copy this dimension" zeros
+        target = tuple(int(v) for v in const_shape.reshape(-1))
+        return lambda args: [args[0].reshape(target)]
+    if const_shape is not None:
+        target_list = [int(v) for v in const_shape.reshape(-1)]
+        copied = [i for i, v in enumerate(target_list) if v == 0]
+
+        def fn_const(args: list) -> list:
+            x = args[0]
+            shape = list(target_list)
+            for i in copied:
+                if i >= x.ndim:
+                    raise ValueError(f"Reshape: shape[{i}] = 0 copies a dimension input of rank {x.ndim} lacks")
+                shape[i] = x.shape[i]
+            return [x.reshape(shape)]
+
+        return fn_const
 
     def fn(args: list) -> list:
         x = args[0]

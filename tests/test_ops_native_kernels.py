@@ -201,6 +201,32 @@ def test_matmul_accepts_non_contiguous_inputs_and_out(isa):
     close(out, np.matmul(a.astype(np.float64), b), 10)
 
 
+def _strided_matmul_cases() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(11)
+    heads = rand(rng, 2, 9, 3, 8)                 # [batch, tokens, heads, dim]
+    q = heads.transpose(0, 2, 1, 3)                # head split: rows 24 floats apart
+    kt = heads.transpose(0, 2, 3, 1)               # K^T: column-major last two axes
+    p = rand(rng, 2, 3, 9, 9)
+    return {
+        "head_split_times_k_transposed": (q, kt),
+        "transposed_a": (kt.transpose(0, 1, 3, 2), q.transpose(0, 1, 3, 2)),
+        "every_other_row": (p[:, :, ::2, :], q),
+        "reversed_rows_copied": (p[:, :, ::-1, :], q),
+        "broadcast_batch_copied": (np.broadcast_to(p[:, :1], (2, 3, 9, 9)), q),
+        "non_uniform_batch_copied": (p.transpose(1, 0, 2, 3), q.transpose(1, 0, 2, 3)),
+        "single_row_and_column": (p[:, :, :1, :], q[:, :, :, :1]),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_strided_matmul_cases()))
+def test_batched_matmul_reads_strided_views_in_place_or_copies_them(isa, name):
+    """Transposed and head-interleaved operands (what a view-returning Transpose hands over) give
+    numpy's result; layouts the GEMM cannot address (negative, broadcast or uneven strides) are copied."""
+    a, b = _strided_matmul_cases()[name]
+    for threads in (1, 2):
+        close(core.matmul(a, b, threads=threads, alpha=0.5), 0.5 * np.matmul(a.astype(np.float64), b), a.shape[-1])
+
+
 def test_matmul_with_zero_inner_dimension_gives_zeros():
     got = core.matmul(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32))
     np.testing.assert_array_equal(got, np.zeros((3, 4), np.float32))

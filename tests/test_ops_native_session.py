@@ -243,6 +243,70 @@ def test_scaled_attention_scores_fold_the_scale_into_the_matmul(op: str, scale_f
     np.testing.assert_allclose(sess.run(None, feeds)[0], want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("extra", ["none", "k_also_to_relu", "q_is_an_output"])
+def test_head_split_transposes_feeding_matmuls_become_views(extra: str) -> None:
+    """Attention's Q / K^T / V Transposes are views the batched GEMM reads in place, unless something
+    else reads them (a non-MatMul consumer, a graph output): those keep their copy."""
+    nodes = [helper.make_node("Transpose", ["x"], ["q"], perm=[0, 2, 1, 3]),
+             helper.make_node("Transpose", ["x"], ["kt"], perm=[0, 2, 3, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"]),
+             helper.make_node("Softmax", ["s"], ["p"], axis=-1),
+             helper.make_node("MatMul", ["p", "q"], ["y"])]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3, 9, 8])]
+    if extra == "k_also_to_relu":
+        nodes.append(helper.make_node("Relu", ["kt"], ["r"]))
+        outs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, ["b", 3, 8, 9]))
+    if extra == "q_is_an_output":
+        outs.append(helper.make_tensor_value_info("q", TensorProto.FLOAT, ["b", 3, 9, 8]))
+    graph = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 9, 3, 8])],
+                              outs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = ops_native.InferenceSession(model, threads=2)
+    views = {n.outputs[0]: bool(n.attrs.get("_view")) for n in sess._plan.nodes if n.op_type == "Transpose"}
+    assert views == {"q": extra != "q_is_an_output", "kt": extra != "k_also_to_relu"}
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (1, 2):   # batch 2: two batch axes, the outer one walked by offsets
+        feeds = {"x": np.random.default_rng(batch).standard_normal((batch, 9, 3, 8)).astype(np.float32)}
+        for got, want in zip(sess.run(None, feeds), ref.run(None, feeds)):
+            assert got.flags.c_contiguous
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _reshape_model(target: list[int], allowzero: int, rank: int) -> onnx.ModelProto:
+    node = helper.make_node("Reshape", ["x", "shape"], ["y"], allowzero=allowzero)
+    graph = helper.make_graph([node], "reshape",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [f"x{i}" for i in range(rank)])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"y{i}" for i in range(len(target))])],
+                              [numpy_helper.from_array(np.array(target, np.int64), "shape")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("x_shape, target, allowzero", [
+    ((2, 3, 4), [6, -1], 0),            # constant target, no zeros
+    ((2, 3, 4), [0, -1], 0),            # 0 copies the input's dimension
+    ((2, 3, 4), [0, 0, 2, 2], 0),
+    ((2, 0, 4), [0, 4, 0], 1),          # allowzero: a 0 is a real zero-sized dimension
+    ((5, 7), [-1], 0),
+])
+def test_reshape_with_a_constant_shape_matches_onnxruntime(x_shape: tuple, target: list, allowzero: int) -> None:
+    """The shape initializer is read once at load; copied (0) dimensions still come from each run's input."""
+    model = _reshape_model(target, allowzero, len(x_shape))
+    sess = ops_native.InferenceSession(model)
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for shape in (x_shape, (3,) + tuple(x_shape[1:])) if 0 in target and not allowzero else (x_shape,):
+        x = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+        np.testing.assert_array_equal(sess.run(None, {"x": x})[0], ref.run(None, {"x": x})[0])
+
+
+def test_reshape_copying_a_dimension_the_input_lacks_fails_naming_the_node() -> None:
+    sess = ops_native.InferenceSession(_reshape_model([0, 0, 0, -1], 0, 2))
+    with pytest.raises(ops_native.OpsNativeError, match=r"(?s)Reshape.*shape\[2\] = 0 copies a dimension"):
+        sess.run(None, {"x": np.zeros((2, 3), np.float32)})
+
+
 def test_randomly_damaged_models_raise_ops_native_errors_only() -> None:
     """Byte flips in a serialized model either still run or raise an OpsNativeError; nothing else escapes."""
     rng = np.random.default_rng(7)

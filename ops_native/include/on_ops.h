@@ -153,6 +153,7 @@ typedef struct {
 extern const on_ops_table on_ops_table_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
 extern const on_ops_table on_ops_table_avx2;
+extern const on_ops_table on_ops_table_avx512;
 #endif
 #if defined(__aarch64__)
 extern const on_ops_table on_ops_table_neon;

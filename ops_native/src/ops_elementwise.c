@@ -15,6 +15,7 @@
 /* ---- table choice ------------------------------------------------------------------------------ */
 const on_ops_table *on_ops_for_isa(on_isa_t isa) {
 #if defined(__x86_64__) || defined(_M_X64)
+    if (isa == ON_ISA_AVX512) return &on_ops_table_avx512;
     if (on_isa_has_avx2(isa)) return &on_ops_table_avx2;
 #endif
 #if defined(__aarch64__)

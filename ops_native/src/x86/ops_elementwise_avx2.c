@@ -274,3 +274,21 @@ const on_ops_table on_ops_table_avx2 = {
     "avx2-fma", binary_row_avx2, unary_avx2, softmax_row_avx2, layernorm_row_avx2, on_pool2d_plane_avx2,
     on_row_reduce_avx2,
 };
+
+/* defined in ops_elementwise_avx512.c: the transcendental unary ops, 16 lanes wide */
+int on_unary_avx512(on_unary_op op, const float *x, float *y, size_t n, float alpha, float beta);
+int on_softmax_row_avx512(const float *x, float *y, size_t cols, int log);
+
+static int unary_avx512_then_avx2(on_unary_op op, const float *x, float *y, size_t n, float alpha, float beta) {
+    return on_unary_avx512(op, x, y, n, alpha, beta) || unary_avx2(op, x, y, n, alpha, beta);
+}
+
+static int softmax_row_avx512_then_avx2(const float *x, float *y, size_t cols, int log) {
+    return on_softmax_row_avx512(x, y, cols, log) || softmax_row_avx2(x, y, cols, log);
+}
+
+/* AVX-512: the AVX2 table with the 16-lane transcendental ops and softmax. */
+const on_ops_table on_ops_table_avx512 = {
+    "avx512f", binary_row_avx2, unary_avx512_then_avx2, softmax_row_avx512_then_avx2, layernorm_row_avx2,
+    on_pool2d_plane_avx2, on_row_reduce_avx2,
+};
