@@ -15,6 +15,15 @@ class StepError(Exception):
         self.error = error
 
 
+cdef tuple _pool_or_empty(empty):
+    """A step's allocator: a BufferPool (taken with C calls) or any callable empty(shape)."""
+    if isinstance(empty, BufferPool):
+        return empty, None
+    if not callable(empty):
+        raise ArgumentError(f"expected a BufferPool or an empty(shape) callable, got {type(empty).__name__}")
+    return None, empty
+
+
 cdef class NativeStep:
     """A step that run_steps calls through a C method, without a Python call; still callable as fn(args)."""
 
@@ -42,6 +51,7 @@ cdef class DenseStep(NativeStep):
     cdef size_t K, N
     cdef int threads
     cdef double min_flops
+    cdef BufferPool pool
     cdef object empty
     cdef object fallback
     cdef bint only_2d
@@ -63,7 +73,7 @@ cdef class DenseStep(NativeStep):
             self.ep.bias = _on_fptr(self.bias_arr)
         self.threads = threads
         self.min_flops = min_flops
-        self.empty = empty
+        self.pool, self.empty = _pool_or_empty(empty)
         self.fallback = fallback
         self.only_2d = only_2d
 
@@ -82,7 +92,7 @@ cdef class DenseStep(NativeStep):
         if M == 0:
             return self.fallback(args)
         shape = (self.N,) if nd == 1 else tuple(a.shape[:nd - 1]) + (self.N,)
-        cdef cnp.ndarray y = self.empty(shape)
+        cdef cnp.ndarray y = self.pool.take_f32(shape) if self.pool is not None else self.empty(shape)
         # few rows: bound by streaming the weights, worth splitting from ~64K of them (see run_gemm)
         cdef int nt = self.threads if (2.0 * M * self.K * self.N >= self.min_flops or
                                        (M <= 4 and <double>self.K * self.N >= 65536.0)) else 1
@@ -104,13 +114,14 @@ cdef class ConvStep(NativeStep):
     """
 
     cdef dict shapes
+    cdef BufferPool pool
     cdef object empty
     cdef object fallback
     cdef bint has_sum   # args[3] is a residual added in the conv's store (graph.fuse_conv_residual)
 
     def __init__(self, dict shapes, empty, fallback, bint has_sum=False):
         self.shapes = shapes
-        self.empty = empty
+        self.pool, self.empty = _pool_or_empty(empty)
         self.fallback = fallback
         self.has_sum = has_sum
 
@@ -138,7 +149,8 @@ cdef class ConvStep(NativeStep):
                     r.shape != (<tuple>hit)[1]:
                 return self.fallback(args)   # e.g. a broadcasting residual: the plain Add semantics
             sp = _on_fptr(ra)
-        cdef cnp.ndarray y = self.empty((<tuple>hit)[1])
+        cdef cnp.ndarray y = self.pool.take_f32((<tuple>hit)[1]) if self.pool is not None \
+            else self.empty((<tuple>hit)[1])
         cdef int nt = (<tuple>hit)[2]
         cdef cnp.npy_intp *d = cnp.PyArray_DIMS(xa)
         cdef size_t N = <size_t>d[0], H = <size_t>d[2], W = <size_t>d[3]
@@ -154,13 +166,14 @@ cdef class ConvStep(NativeStep):
 def run_steps(list steps, list values, give=None, Py_ssize_t give_min_bytes=0):
     """Run every step over `values` in order (in place). Raises StepError naming the failing step.
 
-    A free slot s > 0 hands its value to give(value) (buffer recycling) before clearing, unless it is an
-    array smaller than give_min_bytes (the pool never hands those out: not worth a Python call); s < 0
-    only clears.
+    A free slot s > 0 hands its value back for recycling before clearing: to a BufferPool `give` with a
+    C call, or to any other callable give(value) unless the value is an array smaller than
+    give_min_bytes (not worth a Python call); s < 0 only clears.
     """
     cdef Py_ssize_t i, k, s, n = len(steps)
     cdef tuple step, ins, outs, frees
     cdef list args
+    cdef BufferPool pool = give if isinstance(give, BufferPool) else None
     for i in range(n):
         step = <tuple>steps[i]
         ins = <tuple>step[1]
@@ -185,7 +198,10 @@ def run_steps(list steps, list values, give=None, Py_ssize_t give_min_bytes=0):
             if s > 0:
                 v = values[s]
                 values[s] = None
-                if give is not None and v is not None and not (
+                if pool is not None:
+                    if type(v) is _on_np.ndarray and cnp.PyArray_NBYTES(<cnp.ndarray>v) >= pool.min_bytes:
+                        pool._give(v, 1)   # `v` is the one reference allowed
+                elif give is not None and v is not None and not (
                         type(v) is _on_np.ndarray and cnp.PyArray_NBYTES(<cnp.ndarray>v) < give_min_bytes):
                     give(v)
                 v = None

@@ -59,66 +59,28 @@ def check_alloc(shape: Any, dtype: Any, what: str) -> tuple:
     return dims
 
 
-class _PoolBuffer(np.ndarray):
-    """Raw byte buffer owned by a BufferPool (its type marks arrays the pool may recycle)."""
-
-
-class BufferPool:
-    """Recycles large intermediate buffers between nodes and runs (the executor's memory plan).
-
-    empty() hands out plain ndarrays backed by a pooled raw buffer; give() takes an array back when the
-    executor clears its slot. A buffer is only reused when nothing else refers to it (no view, no other
-    slot, not returned to the caller): checked with reference counts, so aliasing ops (Reshape, Identity,
-    Squeeze...) are safe without bookkeeping.
-
-    Reuse is most-recently-freed first, among buffers of the requested size up to twice it: the buffer a
-    node gets is usually the one its producer's input just released, still in L2/L3. Matching sizes
-    exactly kept one buffer per distinct size alive, a working set that spilled the caches on
-    MobileNetV2 (its convolutions ran ~1.5x slower in the graph than alone). Buffers start 64-byte
-    aligned (whole cache lines for the SIMD stores). Fresh large allocations would also cost page faults
-    on every run.
-    """
-
-    MIN_BYTES = 1 << 16  # small arrays come from numpy's own cache
-    MAX_FREE = 64        # free buffers kept (oldest dropped first)
-    ALIGN = 64
-
-    def __init__(self) -> None:
-        self._free: list[np.ndarray] = []   # most recently freed last
-
-    def empty(self, shape: tuple, dtype: np.dtype = F32) -> np.ndarray:
-        """An uninitialised C-contiguous array (from the pool when a fitting buffer is free)."""
-        dtype = np.dtype(dtype)
-        nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes > MAX_TENSOR_BYTES:
-            check_alloc(shape, dtype, "output")
-        if nbytes < self.MIN_BYTES:
-            return np.empty(shape, dtype)
-        free = self._free
-        for i in range(len(free) - 1, -1, -1):
-            size = free[i].nbytes
-            if nbytes <= size <= 2 * nbytes:
-                return np.ndarray(shape, dtype=dtype, buffer=free.pop(i))
-        raw = _PoolBuffer((nbytes + self.ALIGN,), np.uint8)
-        off = -raw.ctypes.data % self.ALIGN
-        return np.ndarray(shape, dtype=dtype, buffer=raw[off:off + nbytes])
+class BufferPool(_core.BufferPool):
+    """The executor's buffer pool (ops_native/pool.pxi, in Cython so that native steps and the run loop
+    take and return buffers with C calls), plus give() for Python callers."""
 
     def give(self, arr: Any) -> None:
         """Take back arr's buffer if it came from this pool and nothing else still uses it."""
         # arr: the caller's variable + this argument + getrefcount's argument. Each link of the view chain
         # arr -> base -> ... -> pooled buffer: its child's .base + `node` + getrefcount's argument.
-        if not isinstance(arr, np.ndarray) or sys.getrefcount(arr) > 3:
+        if type(arr) is not np.ndarray or sys.getrefcount(arr) > 3:
             return
         node = arr.base
         while node is not None:
             if sys.getrefcount(node) > 3:
                 return
-            if type(node) is _PoolBuffer:
-                self._free.append(node)
-                if len(self._free) > self.MAX_FREE:
-                    del self._free[0]
+            if type(node) is _core._PoolBuffer:
+                self._recycle(node)
                 return
             node = getattr(node, "base", None)
+
+
+def _new_pool() -> BufferPool:
+    return BufferPool(MAX_TENSOR_BYTES, check_alloc)
 
 
 @dataclass
@@ -128,7 +90,7 @@ class BuildContext:
     consts: dict[str, np.ndarray]
     opset: int
     threads: int
-    pool: BufferPool = field(default_factory=BufferPool)
+    pool: BufferPool = field(default_factory=_new_pool)
 
     def const(self, name: str) -> np.ndarray | None:
         """The constant value of input ``name`` (None if it is computed at run time or absent)."""
@@ -1161,7 +1123,7 @@ def _dense_step(packed: Any, bias: np.ndarray | None, act: dict, alpha: float, t
     """The native step for a product with packed constant weights; `fallback` handles what it does not.
     two_d (Gemm): only a 2-D A takes the native path (Gemm has no batched or 1-D form)."""
     return _core.DenseStep(packed, bias, act.get("act", "none"), act.get("act_alpha", 0.0),
-                           act.get("act_beta", 0.0), alpha, threads, PARALLEL_MIN_FLOPS, ctx.pool.empty, fallback,
+                           act.get("act_beta", 0.0), alpha, threads, PARALLEL_MIN_FLOPS, ctx.pool, fallback,
                            two_d)
 
 
@@ -1352,7 +1314,7 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
 
     # constant weights: seen shapes run natively from run_steps (the dict is shared with fn)
     fn = sum_fn if has_sum else conv_fn
-    return _core.ConvStep(shapes, empty, fn, has_sum) if w_const is not None else fn
+    return _core.ConvStep(shapes, ctx.pool, fn, has_sum) if w_const is not None else fn
 
 
 @register("ConvTranspose")

@@ -105,7 +105,7 @@ class InferenceSession:
             self._run_profiled(values)
         else:
             try:
-                _core.run_steps(plan.steps, values, plan.pool.give, plan.pool.MIN_BYTES)
+                _core.run_steps(plan.steps, values, plan.pool)
             except _core.StepError as e:
                 raise self._wrap(e.index, e.error) from e.error
         result = []

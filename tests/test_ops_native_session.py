@@ -415,6 +415,33 @@ def test_second_run_reuses_every_intermediate_buffer() -> None:
     assert all(b.ctypes.data % 64 == 0 for b in pool), "pooled buffers start on a cache line"
 
 
+@pytest.mark.parametrize("profiled", [False, True])   # the C run loop, and the Python one of profiling
+def test_a_buffer_still_viewed_by_a_live_value_is_not_recycled(profiled: bool) -> None:
+    """Reshape returns a view of Relu's (pooled) output, and Relu's slot is freed after it; the next Add
+    then asks the pool for a buffer of the same size. Handing it Relu's buffer would overwrite the view."""
+    shape = [1, 64, 32, 32]   # 256 KiB: pooled
+    nodes = [helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Reshape", ["r", "flat"], ["rv"]),
+             helper.make_node("ReduceMax", ["rv"], ["m"], keepdims=1),
+             helper.make_node("Add", ["x", "m"], ["t"]),
+             helper.make_node("Reshape", ["t", "flat"], ["tv"]),
+             helper.make_node("Add", ["rv", "tv"], ["y"])]
+    graph = helper.make_graph(nodes, "alias", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 1024])],
+                              [numpy_helper.from_array(np.array([64, 1024], np.int64), "flat")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = ops_native.InferenceSession(model)
+    sess.enable_profiling(profiled)
+    assert [n.op_type for n in sess._plan.nodes] == ["Relu", "Reshape", "ReduceMax", "Add", "Reshape", "Add"]
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    r = np.maximum(x, 0)
+    want = (r + x + r.max()).reshape(64, 1024)
+    for _ in range(3):   # later runs draw on buffers the earlier ones returned
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
+    assert sess._plan.pool._free, "the buffers did come back once nothing viewed them"
+
+
 def test_pool_hands_back_the_most_recently_freed_fitting_buffer() -> None:
     """Reuse is LIFO among buffers of the requested size up to twice it (the hot one), never a smaller one."""
     from ops_native.ops import BufferPool
