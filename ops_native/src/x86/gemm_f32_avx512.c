@@ -20,6 +20,12 @@
 #ifndef GEMM_PREFETCH
 #define GEMM_PREFETCH 32
 #endif
+/* Tiles of at most 4 rows (GEMV-like products) are bound by the weight stream alone: prefetching 128
+ * steps (8 KiB per panel) ahead measured 20-30 % faster on MobileNetV2's 1280 x 1000 classifier in the
+ * graph, where its 5 MB of weights come from L3 or DRAM. */
+#ifndef GEMM_PREFETCH_FEW_ROWS
+#define GEMM_PREFETCH_FEW_ROWS 128
+#endif
 
 
 /* Accumulate (K blocks after the first), epilogue, (masked) store of one tile row. */
@@ -92,6 +98,7 @@ static inline __attribute__((always_inline)) void tile_rows2(const int MR, const
                                                              const on_gemm_epilogue *ep, size_t m0, size_t n0) {
     __m512 acc[4][MR_MAX][2];
     const float *b1 = b + bstride;
+    const size_t pf = MR <= 4 ? GEMM_PREFETCH_FEW_ROWS : GEMM_PREFETCH;
 #pragma GCC unroll 4
     for (int s = 0; s < KS; s++)
 #pragma GCC unroll 12
@@ -101,8 +108,8 @@ static inline __attribute__((always_inline)) void tile_rows2(const int MR, const
         for (; k + (size_t)KS <= kc; k += (size_t)KS) {
 #pragma GCC unroll 4
             for (int s = 0; s < KS; s++) {
-                _mm_prefetch((const char *)(b + (k + (size_t)s + GEMM_PREFETCH) * ldb), _MM_HINT_T0);
-                _mm_prefetch((const char *)(b1 + (k + (size_t)s + GEMM_PREFETCH) * ldb), _MM_HINT_T0);
+                _mm_prefetch((const char *)(b + (k + (size_t)s + pf) * ldb), _MM_HINT_T0);
+                _mm_prefetch((const char *)(b1 + (k + (size_t)s + pf) * ldb), _MM_HINT_T0);
                 const __m512 bv0 = _mm512_loadu_ps(b + (k + (size_t)s) * ldb);
                 const __m512 bv1 = _mm512_loadu_ps(b1 + (k + (size_t)s) * ldb);
 #pragma GCC unroll 12
@@ -114,8 +121,8 @@ static inline __attribute__((always_inline)) void tile_rows2(const int MR, const
             }
         }
     for (; k < kc; k++) {
-        _mm_prefetch((const char *)(b + (k + GEMM_PREFETCH) * ldb), _MM_HINT_T0);
-        _mm_prefetch((const char *)(b1 + (k + GEMM_PREFETCH) * ldb), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b + (k + pf) * ldb), _MM_HINT_T0);
+        _mm_prefetch((const char *)(b1 + (k + pf) * ldb), _MM_HINT_T0);
         const __m512 bv0 = _mm512_loadu_ps(b + k * ldb), bv1 = _mm512_loadu_ps(b1 + k * ldb);
 #pragma GCC unroll 12
         for (int r = 0; r < MR; r++) {
