@@ -63,8 +63,8 @@ cdef class BufferPool:
             if self.check is not None:
                 self.check(shape, dt, "output")
             raise MemoryError(f"output of shape {list(shape)} needs {nbytes} bytes, over {self.max_bytes}")
-        if nbytes < self.min_bytes:
-            return _on_np.empty(shape, dt)
+        if nbytes < self.min_bytes or dt.kind not in "biufc":
+            return _on_np.empty(shape, dt)   # small, or not plain numbers (objects need initialising)
         cdef list free = self._free
         cdef Py_ssize_t size, n = nbytes
         buf = None

@@ -463,6 +463,19 @@ def test_pool_hands_back_the_most_recently_freed_fitting_buffer() -> None:
     assert pool.empty((1 << 15,)).ctypes.data not in ids.values()   # nothing free: a new buffer
 
 
+def test_pool_hands_out_only_plain_numeric_buffers_from_raw_memory() -> None:
+    """Object and string arrays are never made over recycled raw bytes (uninitialised object pointers
+    would crash the process); numeric and bool ones of pool size are."""
+    from ops_native.ops import BufferPool
+
+    pool = BufferPool()
+    objs = pool.empty((1 << 14,), object)
+    assert objs.base is None and all(v is None for v in objs[:8])
+    assert pool.empty((1 << 14,), "U4").base is None
+    for dtype in (np.float32, np.int64, np.bool_, np.uint8):
+        assert type(pool.empty((1 << 17,), dtype).base).__name__ == "_PoolBuffer"
+
+
 def _dense_model(a_shape: list, op: str, **attrs) -> onnx.ModelProto:
     """a -> MatMul/Gemm with a constant B (and C for Gemm) -> Relu; the product runs as a native DenseStep."""
     rng = np.random.default_rng(3)
