@@ -57,6 +57,9 @@ static const conv_case CASES[] = {
     {"nchwc C12 OC20 3x3", 2, 12, 9, 14, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_RELU},
     {"nchwc C5 stem s2", 1, 5, 17, 19, 11, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0, 1, ON_ACT_HARDSWISH},
     {"nchwc 7x7 s2 rgb", 1, 3, 23, 21, 64, 7, 7, 2, 2, 1, 1, 3, 3, 3, 3, 1, ON_ACT_RELU},
+    /* RGB stems whose one-block rows write a blocked output from the registers (AVX-512) */
+    {"nchwc 3x3 s2 rgb 16", 1, 3, 37, 35, 16, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, ON_ACT_CLIP},
+    {"nchwc 3x3 s2 rgb 48", 2, 3, 29, 30, 48, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, ON_ACT_HARDSWISH},
     {"nchwc groups 2 Cg8", 1, 16, 10, 9, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, ON_ACT_CLIP},
     {"nchwc dil2 asym", 1, 16, 13, 12, 24, 3, 3, 1, 1, 2, 2, 2, 1, 0, 2, 1, ON_ACT_LEAKY_RELU},
     {"nchwc s2 dil2 5x3", 1, 17, 15, 16, 40, 5, 3, 2, 2, 2, 1, 2, 1, 2, 1, 1, ON_ACT_NONE},
