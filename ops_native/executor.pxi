@@ -15,15 +15,6 @@ class StepError(Exception):
         self.error = error
 
 
-cdef tuple _pool_or_empty(empty):
-    """A step's allocator: a BufferPool (taken with C calls) or any callable empty(shape)."""
-    if isinstance(empty, BufferPool):
-        return empty, None
-    if not callable(empty):
-        raise ArgumentError(f"expected a BufferPool or an empty(shape) callable, got {type(empty).__name__}")
-    return None, empty
-
-
 cdef class NativeStep:
     """A step that run_steps calls through a C method, without a Python call; still callable as fn(args)."""
 
@@ -52,12 +43,11 @@ cdef class DenseStep(NativeStep):
     cdef int threads
     cdef double min_flops
     cdef BufferPool pool
-    cdef object empty
     cdef object fallback
     cdef bint only_2d
 
     def __init__(self, PackedB pb, bias, str act, double act_alpha, double act_beta, double alpha, int threads,
-                 double min_flops, empty, fallback, bint only_2d=False):
+                 double min_flops, BufferPool pool not None, fallback, bint only_2d=False):
         self.pb = pb
         self.K = pb.pb.K
         self.N = pb.pb.N
@@ -73,7 +63,7 @@ cdef class DenseStep(NativeStep):
             self.ep.bias = _on_fptr(self.bias_arr)
         self.threads = threads
         self.min_flops = min_flops
-        self.pool, self.empty = _pool_or_empty(empty)
+        self.pool = pool
         self.fallback = fallback
         self.only_2d = only_2d
 
@@ -92,7 +82,7 @@ cdef class DenseStep(NativeStep):
         if M == 0:
             return self.fallback(args)
         shape = (self.N,) if nd == 1 else tuple(a.shape[:nd - 1]) + (self.N,)
-        cdef cnp.ndarray y = self.pool.take_f32(shape) if self.pool is not None else self.empty(shape)
+        cdef cnp.ndarray y = self.pool.take_f32(shape)
         # few rows: bound by streaming the weights, worth splitting from ~64K of them (see run_gemm)
         cdef int nt = self.threads if (2.0 * M * self.K * self.N >= self.min_flops or
                                        (M <= 4 and <double>self.K * self.N >= 65536.0)) else 1
@@ -115,13 +105,12 @@ cdef class ConvStep(NativeStep):
 
     cdef dict shapes
     cdef BufferPool pool
-    cdef object empty
     cdef object fallback
     cdef bint has_sum   # args[3] is a residual added in the conv's store (graph.fuse_conv_residual)
 
-    def __init__(self, dict shapes, empty, fallback, bint has_sum=False):
+    def __init__(self, dict shapes, BufferPool pool not None, fallback, bint has_sum=False):
         self.shapes = shapes
-        self.pool, self.empty = _pool_or_empty(empty)
+        self.pool = pool
         self.fallback = fallback
         self.has_sum = has_sum
 
@@ -149,8 +138,7 @@ cdef class ConvStep(NativeStep):
                     r.shape != (<tuple>hit)[1]:
                 return self.fallback(args)   # e.g. a broadcasting residual: the plain Add semantics
             sp = _on_fptr(ra)
-        cdef cnp.ndarray y = self.pool.take_f32((<tuple>hit)[1]) if self.pool is not None \
-            else self.empty((<tuple>hit)[1])
+        cdef cnp.ndarray y = self.pool.take_f32((<tuple>hit)[1])
         cdef int nt = (<tuple>hit)[2]
         cdef cnp.npy_intp *d = cnp.PyArray_DIMS(xa)
         cdef size_t N = <size_t>d[0], H = <size_t>d[2], W = <size_t>d[3]
@@ -163,17 +151,15 @@ cdef class ConvStep(NativeStep):
         return [y]
 
 
-def run_steps(list steps, list values, give=None, Py_ssize_t give_min_bytes=0):
+def run_steps(list steps, list values, BufferPool pool=None):
     """Run every step over `values` in order (in place). Raises StepError naming the failing step.
 
-    A free slot s > 0 hands its value back for recycling before clearing: to a BufferPool `give` with a
-    C call, or to any other callable give(value) unless the value is an array smaller than
-    give_min_bytes (not worth a Python call); s < 0 only clears.
+    A free slot s > 0 hands its value back to `pool` (buffer recycling, a C call) before clearing; s < 0
+    only clears.
     """
     cdef Py_ssize_t i, k, s, n = len(steps)
     cdef tuple step, ins, outs, frees
     cdef list args
-    cdef BufferPool pool = give if isinstance(give, BufferPool) else None
     for i in range(n):
         step = <tuple>steps[i]
         ins = <tuple>step[1]
@@ -198,12 +184,9 @@ def run_steps(list steps, list values, give=None, Py_ssize_t give_min_bytes=0):
             if s > 0:
                 v = values[s]
                 values[s] = None
-                if pool is not None:
-                    if type(v) is _on_np.ndarray and cnp.PyArray_NBYTES(<cnp.ndarray>v) >= pool.min_bytes:
-                        pool._give(v, 1)   # `v` is the one reference allowed
-                elif give is not None and v is not None and not (
-                        type(v) is _on_np.ndarray and cnp.PyArray_NBYTES(<cnp.ndarray>v) < give_min_bytes):
-                    give(v)
+                if pool is not None and type(v) is _on_np.ndarray and \
+                        cnp.PyArray_NBYTES(<cnp.ndarray>v) >= pool.min_bytes:
+                    pool._give(v, 1)   # `v` is the one reference allowed
                 v = None
             else:
                 values[-s] = None

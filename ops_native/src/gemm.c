@@ -2,9 +2,9 @@
  *
  * Blocking (per thread): K in (balanced) blocks of at most KC; a block of MC rows of A (read in
  * place, or copied into a contiguous per-thread buffer when lda would alias cache sets) runs against
- * every panel of the thread's range before the next row block. A long KC was measured best on Zen 3 (fewer passes over C, whose
- * reload is what large problems pay for); a 1024 x 16 panel slice streams from L2. Threads split the
- * packed panels (N) when there are enough of them, else the rows (M).
+ * every panel of the thread's range before the next row block. A long KC was measured best on Zen 3
+ * (fewer passes over C, whose reload is what large problems pay for); a 1024 x 16 panel slice streams
+ * from L2. Threads split the packed panels (N) when there are enough of them, else the rows (M).
  */
 #include <stdatomic.h>
 #include <string.h>
@@ -264,13 +264,13 @@ static void run_panels_buf(const on_gemm_ukernel *uk, size_t m_begin, size_t m_e
     }
 }
 
-/* A contiguous copy of the A blocks pays only when lda is a multiple of 2 KiB (with enough panels
- * and rows to amortise it): the row streams of a tile would otherwise share one or two groups of
- * cache sets. Any other stride is read in place. Copying every A cost 2-3 % at 256 x 256 x 256 on
- * one thread and ~4 % on two, where each thread copies all the rows it sweeps (Zen 5, both kernels);
- * at the aliasing strides of 512..2048 the copy measured neutral there and is kept for cores with
- * less associative caches. The buffer is per-thread scratch: a fresh 192 KiB malloc per call would be
- * an mmap + page faults each time. NULL on allocation failure: A is then read in place. */
+/* A contiguous copy of the A blocks pays only when lda is a multiple of 4 KiB (with enough panels
+ * and rows to amortise it): the row streams of a tile would otherwise share one group of cache sets.
+ * Any other stride is read in place. Copying every A cost 2-3 % at 256 x 256 x 256 on one thread and
+ * ~4 % on two, where each thread copies all the rows it sweeps (Zen 5, both kernels); at lda = 1024
+ * and 2048 floats the copy measured neutral there and is kept for cores with less associative caches.
+ * The buffer is per-thread scratch: a fresh 192 KiB malloc per call would be an mmap + page faults
+ * each time. NULL on allocation failure: A is then read in place. */
 static float *a_block_buffer(size_t m_begin, size_t m_end, size_t p_begin, size_t p_end, size_t lda) {
     if (p_end - p_begin >= 4 && m_end - m_begin >= 6 && (lda * sizeof(float)) % 4096 == 0)
         return (float *)on_scratch(ON_SLOT_GEMM_A, GEMM_MC * GEMM_KC * sizeof(float));

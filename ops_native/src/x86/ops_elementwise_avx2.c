@@ -5,22 +5,17 @@
 #include <math.h>
 
 #include "on_ops.h"
+#include "x86/math_coeffs.h"
 
-/* exp(x) for 8 floats: range reduction x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial (Cephes
- * coefficients), 2^n built in the exponent field. Relative error ~2 ulp over [-87, 88]. */
+/* exp(x) for 8 floats: range reduction x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial, 2^n built in
+ * the exponent field (constants in math_coeffs.h). Relative error ~2 ulp over [-87, 88]. */
 static inline __m256 exp256_ps(__m256 x) {
-    const __m256 hi = _mm256_set1_ps(88.3762626647949f), lo = _mm256_set1_ps(-87.3365478515625f);
-    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(ON_EXP_LO)), _mm256_set1_ps(ON_EXP_HI));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(ON_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(ON_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(ON_LN2_LO), r);
+    __m256 p = _mm256_set1_ps(on_exp_poly[0]);
+    for (int k = 1; k < 6; k++) p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(on_exp_poly[k]));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
@@ -46,27 +41,21 @@ static inline __m256 tanh256_ps(__m256 x) {
     return _mm256_or_ps(t, _mm256_and_ps(x, sign));
 }
 
-/* erf for |x| < 1: odd Taylor series in x^2 (11 terms, |error| < 2e-8, keeps relative accuracy near 0). */
+/* erf for |x| < 1 (series in math_coeffs.h; keeps relative accuracy near 0). */
 static inline __m256 erf_small256_ps(__m256 x) {
-    static const float c[11] = {1.1283791670955126f, -0.37612638903183754f, 0.11283791670955126f,
-                                -0.026866170645131252f, 0.0052239776254421878f, -0.00085483270234508528f,
-                                0.00012055332981789664f, -1.4925650358406251e-05f, 1.6462114365889246e-06f,
-                                -1.6365844691234924e-07f, 1.4807192815879218e-08f};
     __m256 x2 = _mm256_mul_ps(x, x);
-    __m256 p = _mm256_set1_ps(c[10]);
-    for (int k = 9; k >= 0; k--) p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(c[k]));
+    __m256 p = _mm256_set1_ps(on_erf_small_c[10]);
+    for (int k = 9; k >= 0; k--) p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(on_erf_small_c[k]));
     return _mm256_mul_ps(p, x);
 }
 
-/* erfc(z) for z >= 0 (Chebyshev fit of Numerical Recipes' erfcc): relative error < 1.2e-7, so
- * 1 + erf(x) = erfc(-x) stays accurate where it is tiny (GELU of large negative inputs). */
+/* erfc(z) for z >= 0 (math_coeffs.h): relative error < 1.2e-7, so 1 + erf(x) = erfc(-x) stays accurate
+ * where it is tiny (GELU of large negative inputs). */
 static inline __m256 erfc_pos256_ps(__m256 z) {
-    static const float c[10] = {-1.26551223f, 1.00002368f, 0.37409196f, 0.09678418f, -0.18628806f,
-                                0.27886807f, -1.13520398f, 1.48851587f, -0.82215223f, 0.17087277f};
     const __m256 one = _mm256_set1_ps(1.0f);
     __m256 t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(0.5f), z, one));
-    __m256 p = _mm256_set1_ps(c[9]);
-    for (int k = 8; k >= 0; k--) p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c[k]));
+    __m256 p = _mm256_set1_ps(on_erfc_c[9]);
+    for (int k = 8; k >= 0; k--) p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(on_erfc_c[k]));
     return _mm256_mul_ps(t, exp256_ps(_mm256_fnmadd_ps(z, z, p)));
 }
 

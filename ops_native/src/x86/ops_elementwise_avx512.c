@@ -12,21 +12,18 @@
 #include <immintrin.h>
 
 #include "on_ops.h"
+#include "x86/math_coeffs.h"
 
-/* exp(x): x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial (Cephes coefficients), 2^n built in the
- * exponent field (scalef). Relative error ~2 ulp over [-87, 88]. */
+/* exp(x): x = n ln2 + r, |r| <= ln2 / 2, degree-6 polynomial (math_coeffs.h), 2^n built in the exponent
+ * field. Relative error ~2 ulp over [-87, 88]. */
 static inline __m512 exp512_ps(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3365478515625f)), _mm512_set1_ps(88.3762626647949f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(ON_EXP_LO)), _mm512_set1_ps(ON_EXP_HI));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(ON_LOG2E)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(ON_LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(ON_LN2_LO), r);
+    __m512 p = _mm512_set1_ps(on_exp_poly[0]);
+    for (int k = 1; k < 6; k++) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(on_exp_poly[k]));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_mul_ps(p, _mm512_castsi512_ps(e));
@@ -66,25 +63,19 @@ static inline __m512 tanh512_ps(__m512 x) {
     return copysign512_ps(t, x);
 }
 
-/* erf for |x| < 1: odd Taylor series in x^2 (11 terms, |error| < 2e-8). */
+/* erf for |x| < 1 (series in math_coeffs.h). */
 static inline __m512 erf_small512_ps(__m512 x) {
-    static const float c[11] = {1.1283791670955126f, -0.37612638903183754f, 0.11283791670955126f,
-                                -0.026866170645131252f, 0.0052239776254421878f, -0.00085483270234508528f,
-                                0.00012055332981789664f, -1.4925650358406251e-05f, 1.6462114365889246e-06f,
-                                -1.6365844691234924e-07f, 1.4807192815879218e-08f};
     __m512 x2 = _mm512_mul_ps(x, x);
-    __m512 p = _mm512_set1_ps(c[10]);
-    for (int k = 9; k >= 0; k--) p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(c[k]));
+    __m512 p = _mm512_set1_ps(on_erf_small_c[10]);
+    for (int k = 9; k >= 0; k--) p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(on_erf_small_c[k]));
     return _mm512_mul_ps(p, x);
 }
 
-/* erfc(z) for z >= 0 (Chebyshev fit of Numerical Recipes' erfcc): relative error < 1.2e-7. */
+/* erfc(z) for z >= 0 (math_coeffs.h), the reciprocal by rcp14 + Newton. */
 static inline __m512 erfc_pos512_ps(__m512 z) {
-    static const float c[10] = {-1.26551223f, 1.00002368f, 0.37409196f, 0.09678418f, -0.18628806f,
-                                0.27886807f, -1.13520398f, 1.48851587f, -0.82215223f, 0.17087277f};
     __m512 t = recip512_ps(_mm512_fmadd_ps(_mm512_set1_ps(0.5f), z, _mm512_set1_ps(1.0f)));
-    __m512 p = _mm512_set1_ps(c[9]);
-    for (int k = 8; k >= 0; k--) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c[k]));
+    __m512 p = _mm512_set1_ps(on_erfc_c[9]);
+    for (int k = 8; k >= 0; k--) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(on_erfc_c[k]));
     return _mm512_mul_ps(t, exp512_ps(_mm512_fnmadd_ps(z, z, p)));
 }
 
