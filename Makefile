@@ -17,7 +17,7 @@ $(VENV)/.deps: pyproject.toml
 
 # Editable install without build isolation so native rebuilds are incremental.
 $(VENV)/.installed: $(VENV)/.deps pyproject.toml setup.py $(NATIVE)
-	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,demo]'
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 

@@ -27,8 +27,8 @@ import onnxruntime as ort
 
 from benchmarks.common import Latency, console, fmt, fmt_ratio, parser, ratio, table, write_json
 from edge_agent import Fleet
-from edge_agent.broker import find_mosquitto
-from edge_agent.sim import SimFleet
+from edge_agent.lab.sim import SimFleet
+from edge_agent.transport.broker import find_mosquitto
 from models import zoo
 
 MODEL = "mobilenetv2"

@@ -37,12 +37,13 @@ from benchmarks.common import (
     table,
     write_json,
 )
-from edge_agent import Fleet, topics
-from edge_agent.blobs import BlobFetcher, BlobServer, TransferSpec
-from edge_agent.broker import Broker, find_mosquitto
-from edge_agent.sim import SimFleet
-from edge_agent.store import CHUNK_SIZE, BlobStore, chunk_digests
-from edge_agent.transport import Transport
+from edge_agent import Fleet
+from edge_agent.lab.sim import SimFleet
+from edge_agent.protocol import topics
+from edge_agent.transport.blobs import BlobFetcher, BlobServer, TransferSpec
+from edge_agent.transport.broker import Broker, find_mosquitto
+from edge_agent.transport.mqtt import Transport
+from edge_agent.transport.store import CHUNK_SIZE, BlobStore, chunk_digests
 
 HOP_SIZES = (4096, 1 << 20)
 KS = (1, 2, 3)

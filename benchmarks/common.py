@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 from rich.console import Console
 from rich.table import Table
 
-from edge_agent.transport import BrokerURL
+from edge_agent.transport.mqtt import BrokerURL
 
 console = Console()
 if not console.is_terminal:  # piped or captured: rich would wrap the tables at 80 columns

@@ -8,7 +8,8 @@
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from edge_agent.operator.fleet import Deployment, DeviceStatus, Fleet  # noqa: E402
+from edge_agent.protocol.errors import (  # noqa: E402
     DeployError,
     DeployTimeout,
     EdgeAgentError,
@@ -18,7 +19,6 @@ from .errors import (  # noqa: E402
     StageUnavailableError,
     UnknownModelError,
 )
-from .fleet import Deployment, DeviceStatus, Fleet  # noqa: E402
 
 __all__ = [
     "DeployError", "DeployTimeout", "Deployment", "DeviceStatus", "EdgeAgentError", "Fleet", "InferenceError",

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import pytest
 
-from edge_agent.broker import Broker, find_mosquitto
+from edge_agent.transport.broker import Broker, find_mosquitto
 
 
 def wait_until(cond: Callable[[], object], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> object:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 
-from edge_agent.backend import load_backend, warm_up
+from edge_agent.agent.backend import load_backend, warm_up
 from models import zoo
 
 from .conftest import ort_reference

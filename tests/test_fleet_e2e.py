@@ -22,11 +22,11 @@ from edge_agent import (
     InvalidInputError,
     StageUnavailableError,
     UnknownModelError,
-    topics,
 )
-from edge_agent.messages import InferRequest, Manifest
-from edge_agent.sim import SimFleet
-from edge_agent.store import CHUNK_SIZE, chunk_digests
+from edge_agent.lab.sim import SimFleet
+from edge_agent.protocol import topics
+from edge_agent.protocol.messages import InferRequest, Manifest
+from edge_agent.transport.store import CHUNK_SIZE, chunk_digests
 from models import ppocr, zoo
 
 from .conftest import assert_matches, ort_reference, wait_until
@@ -170,7 +170,7 @@ def _raw_request(fleet: Fleet, device: str, model: str, version: int, tensors: d
     import uuid
     from concurrent.futures import Future
 
-    from edge_agent.fleet import _Pending
+    from edge_agent.operator.fleet import _Pending
 
     req = InferRequest(uuid.uuid4().hex, model, version, 0, fleet.endpoint, tensors=tensors)
     fut: Future = Future()
@@ -443,8 +443,8 @@ def test_final_no_route_error_names_the_stage_and_its_devices(fleet: Fleet) -> N
     import uuid
     from concurrent.futures import Future
 
-    from edge_agent.fleet import _Pending
-    from edge_agent.messages import InferResult
+    from edge_agent.operator.fleet import _Pending
+    from edge_agent.protocol.messages import InferResult
 
     model = zoo.build("mlp", seed=5)
     fleet.deploy(model, "noroute", stages=2, timeout=120)

@@ -24,9 +24,8 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_agent import topics
-from edge_agent.broker import free_port, wait_port
-from edge_agent.fleet_init import (
+from edge_agent.protocol import topics
+from edge_agent.security.pki import (
     Credentials,
     FleetInitError,
     add_identity,
@@ -35,7 +34,8 @@ from edge_agent.fleet_init import (
     init_fleet,
     revoke_identity,
 )
-from edge_agent.transport import Transport
+from edge_agent.transport.broker import free_port, wait_port
+from edge_agent.transport.mqtt import Transport
 
 FLEET = "default"
 DEVICES = ["cam-01", "cam-02", "gw-01"]

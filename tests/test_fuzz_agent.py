@@ -37,13 +37,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent import messages as wire
-from edge_agent import topics
-from edge_agent.agent import Agent, AgentConfig
-from edge_agent.broker import Broker
-from edge_agent.errors import EdgeAgentError, ProtocolError
-from edge_agent.fleet import Fleet, _Pending
-from edge_agent.transport import Transport
+from edge_agent.agent.daemon import Agent, AgentConfig
+from edge_agent.operator.fleet import Fleet, _Pending
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import EdgeAgentError, ProtocolError
+from edge_agent.transport.broker import Broker
+from edge_agent.transport.mqtt import Transport
 from models import zoo
 
 from .conftest import wait_until

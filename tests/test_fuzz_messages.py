@@ -18,8 +18,8 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from edge_agent import messages as wire
-from edge_agent.errors import ProtocolError
+from edge_agent.protocol import messages as wire
+from edge_agent.protocol.errors import ProtocolError
 
 KINDS: dict[str, type[wire.Message]] = dict(wire._REGISTRY)
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1          # what msgpack can carry

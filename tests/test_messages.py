@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.errors import ProtocolError
-from edge_agent.messages import BlobChunk, DeviceState, InferRequest, InferResult, Manifest, decode
+from edge_agent.protocol.errors import ProtocolError
+from edge_agent.protocol.messages import BlobChunk, DeviceState, InferRequest, InferResult, Manifest, decode
 
 
 def _req(**tensors: np.ndarray) -> InferRequest:

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from edge_agent import Fleet, InferenceTimeout, StageUnavailableError
-from edge_agent.faultproxy import FaultProxy
-from edge_agent.netlab import LabFleet, NetLab, list_netns, netns_supported
+from edge_agent.lab.faultproxy import FaultProxy
+from edge_agent.lab.netlab import LabFleet, NetLab, list_netns, netns_supported
 from models import zoo
 
 from .conftest import assert_matches, ort_reference, wait_until
@@ -298,7 +298,7 @@ def test_fault_proxy_forwards_bytes_intact_blackholes_on_drop_and_severs(echo_se
 
 
 def test_fault_proxy_cli_takes_delay_drop_and_sever_commands(echo_server) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.faultproxy", "--listen", "127.0.0.1:0",
+    proc = subprocess.Popen([sys.executable, "-m", "edge_agent.lab.faultproxy", "--listen", "127.0.0.1:0",
                              "--target", f"{echo_server[0]}:{echo_server[1]}", "--delay-ms", "20"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

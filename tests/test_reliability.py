@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_agent import Fleet
-from edge_agent.sim import SimFleet
+from edge_agent.lab.sim import SimFleet
 from models import zoo
 
 from .conftest import wait_until

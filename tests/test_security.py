@@ -12,9 +12,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edge_agent.errors import EdgeAgentError
-from edge_agent.messages import Manifest
-from edge_agent.security import (
+from edge_agent.protocol.errors import EdgeAgentError
+from edge_agent.protocol.messages import Manifest
+from edge_agent.security.keys import (
     FleetKeys,
     KeyFileError,
     SignatureError,

@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from edge_agent import topics
-from edge_agent.blobs import BlobFetcher, BlobServer, TransferSpec
-from edge_agent.errors import StoreError
-from edge_agent.store import BlobStore, chunk_digests, sha256_hex
-from edge_agent.transport import Transport
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import StoreError
+from edge_agent.transport.blobs import BlobFetcher, BlobServer, TransferSpec
+from edge_agent.transport.mqtt import Transport
+from edge_agent.transport.store import BlobStore, chunk_digests, sha256_hex
 
 
 def test_put_get_and_corruption_is_detected(tmp_path) -> None:

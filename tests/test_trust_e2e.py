@@ -14,9 +14,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edge_agent import DeployError, Fleet, topics
-from edge_agent.security import generate_keys
-from edge_agent.sim import SimFleet
+from edge_agent import DeployError, Fleet
+from edge_agent.lab.sim import SimFleet
+from edge_agent.protocol import topics
+from edge_agent.security.keys import generate_keys
 from models import zoo
 
 from .conftest import wait_until
@@ -226,8 +227,8 @@ def test_whole_stack_over_tls_with_device_certificates_and_acls(tmp_path, keys, 
     import tempfile
     from pathlib import Path
 
-    from edge_agent.broker import free_port, wait_port
-    from edge_agent.fleet_init import init_fleet
+    from edge_agent.security.pki import init_fleet
+    from edge_agent.transport.broker import free_port, wait_port
 
     port = free_port()
     # under /tmp, not pytest's 0700 tree: Mosquitto started as root reads its files as user mosquitto

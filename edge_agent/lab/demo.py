@@ -22,11 +22,10 @@ def run_demo(model: str = "mobilenetv2", stages: int = 3, requests: int = 64, br
     import onnxruntime as ort
     from rich.table import Table
 
+    from edge_agent.cli.main import _console, print_placement
+    from edge_agent.lab.sim import SimFleet
+    from edge_agent.operator.fleet import Fleet
     from models import zoo
-
-    from .cli import _console, print_placement
-    from .fleet import Fleet
-    from .sim import SimFleet
 
     con = _console()
     con.rule(f"edge-agent demo: {model} in {stages} stages on {devices} simulated devices")

@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
-from .errors import BrokerError
+from edge_agent.protocol.errors import BrokerError
 
 log = logging.getLogger("edge_agent.transport")
 

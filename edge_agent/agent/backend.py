@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .errors import InvalidInputError
+from edge_agent.protocol.errors import InvalidInputError
 
 log = logging.getLogger("edge_agent.backend")
 

@@ -17,7 +17,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import StoreError
+from edge_agent.protocol.errors import StoreError
 
 CHUNK_SIZE = 256 * 1024
 

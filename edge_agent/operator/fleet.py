@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from . import topics
-from .backend import IOSpec, check_inputs
-from .blobs import BlobServer
-from .errors import (
+from edge_agent.agent.backend import IOSpec, check_inputs
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import (
     BrokerError,
     DeployError,
     DeployTimeout,
@@ -33,7 +32,7 @@ from .errors import (
     StageUnavailableError,
     UnknownModelError,
 )
-from .messages import (
+from edge_agent.protocol.messages import (
     DeviceState,
     InferRequest,
     InferResult,
@@ -43,8 +42,9 @@ from .messages import (
     validate_manifest,
     validate_state,
 )
-from .store import CHUNK_SIZE, chunk_digests, sha256_hex
-from .transport import Transport, broker_from_env
+from edge_agent.transport.blobs import BlobServer
+from edge_agent.transport.mqtt import Transport, broker_from_env
+from edge_agent.transport.store import CHUNK_SIZE, chunk_digests, sha256_hex
 
 log = logging.getLogger("edge_agent.fleet")
 
@@ -133,13 +133,13 @@ class Fleet:
         topics.check_segment("fleet", fleet)
         creds = None
         if credentials is not None:
-            from .fleet_init import Credentials
+            from edge_agent.security.pki import Credentials
             creds = credentials if isinstance(credentials, Credentials) else Credentials.from_file(credentials)
         url = broker_from_env(broker) or (creds.broker_url or creds.plain_url if creds else None)
         if url is None:
             url = _discover_broker(fleet, interfaces)
         if key is not None and not hasattr(key, "private"):
-            from .security import load_private_key
+            from edge_agent.security.keys import load_private_key
             key = load_private_key(key)
         self.keys = key
         self.manifest_ttl_s = manifest_ttl_s
@@ -237,7 +237,7 @@ class Fleet:
             self._device_lost(st.device_id, old)
 
     def _on_load(self, topic: str, payload: bytes, retained: bool) -> None:
-        from .messages import LoadReport
+        from edge_agent.protocol.messages import LoadReport
         try:
             rep = LoadReport.from_bytes(payload, max_bytes=4096)
         except ProtocolError:
@@ -564,7 +564,7 @@ class Fleet:
     def publish_manifest(self, m: Manifest) -> Manifest:
         """Sign (when this Fleet has the fleet key) and publish a manifest as the retained desired state."""
         if self.keys is not None:
-            from .security import sign_document
+            from edge_agent.security.keys import sign_document
             m.sig = sign_document(m.signed_fields(), self.keys)["sig"]
         info = self.transport.publish(topics.deploy(self.fleet, m.name, m.channel), m.to_bytes(), qos=1,
                                       retain=True)
@@ -597,7 +597,7 @@ class Fleet:
         t0 = time.monotonic()
         kw = dict(input_shapes=input_shapes, replicas=replicas, failover=failover)
         if canary is not None:
-            from .rollout import run_canary
+            from edge_agent.operator.rollout import run_canary
             metrics = run_canary(self, model, name, canary=canary, gates=gates, check_data=check_data,
                                  stages=stages, version=version, timeout=timeout, progress=progress, **kw)
             version = metrics["version"]

@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import topics
-from .errors import ProtocolError, StoreError
-from .messages import BlobChunk, BlobRequest
-from .store import BlobStore, sha256_hex
-from .transport import Transport
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import ProtocolError, StoreError
+from edge_agent.protocol.messages import BlobChunk, BlobRequest
+from edge_agent.transport.mqtt import Transport
+from edge_agent.transport.store import BlobStore, sha256_hex
 
 log = logging.getLogger("edge_agent.blobs")
 

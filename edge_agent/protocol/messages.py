@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import msgpack
 import numpy as np
 
-from .errors import ProtocolError
+from edge_agent.protocol.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
 ALIGN = 64
@@ -393,7 +393,7 @@ class RolloutRecord(Message):
 
 def validate_manifest(m: Manifest) -> None:
     """Structural checks of a decoded manifest (types of every field a device or client relies on)."""
-    from . import topics
+    from edge_agent.protocol import topics
 
     if not isinstance(m.version, int) or m.version < 1:
         raise ProtocolError(f"manifest {m.name}: version must be a positive integer")
@@ -430,7 +430,7 @@ def validate_manifest(m: Manifest) -> None:
 
 def validate_state(st: DeviceState) -> None:
     """Structural checks of a decoded device state before anyone routes by it."""
-    from . import topics
+    from edge_agent.protocol import topics
 
     if not topics.check_segment_ok(st.device_id):
         raise ProtocolError(f"state: bad device id {st.device_id!r}")

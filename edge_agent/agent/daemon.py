@@ -27,12 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, topics
-from .backend import Backend, IOSpec, check_inputs, load_backend
-from .blobs import BlobFetcher, BlobServer, TransferCancelled, TransferSpec
-from .capability import cores, cpu_isa, measure_gflops, ram_mb
-from .errors import EdgeAgentError, InvalidInputError, ProtocolError, StoreError
-from .messages import (
+from edge_agent import __version__
+from edge_agent.agent.backend import Backend, IOSpec, check_inputs, load_backend
+from edge_agent.agent.capability import cores, cpu_isa, measure_gflops, ram_mb
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import EdgeAgentError, InvalidInputError, ProtocolError, StoreError
+from edge_agent.protocol.messages import (
     DeviceState,
     InferRequest,
     InferResult,
@@ -42,8 +42,9 @@ from .messages import (
     validate_manifest,
     validate_state,
 )
-from .store import BlobStore
-from .transport import Transport
+from edge_agent.transport.blobs import BlobFetcher, BlobServer, TransferCancelled, TransferSpec
+from edge_agent.transport.mqtt import Transport
+from edge_agent.transport.store import BlobStore
 
 log = logging.getLogger("edge_agent.agent")
 
@@ -416,7 +417,7 @@ class Agent:
         """Trust checks: signature by a trusted fleet key (unless development mode), validity window, and
         version order (never below the last accepted version of that model and channel, persisted across
         restarts; the same version only with the same content). Returns (counter, reason) to reject."""
-        from .security import SignatureError, canonical_bytes, verify_document
+        from edge_agent.security.keys import SignatureError, canonical_bytes, verify_document
 
         signed = {**m.signed_fields(), "sig": m.sig}
         if self.cfg.trust and m.fleet != self.cfg.fleet:

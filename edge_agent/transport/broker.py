@@ -6,6 +6,7 @@ above its silent-drop default of 1000 messages per client, loopback-only listene
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import shutil
@@ -17,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import BrokerError
+from edge_agent.protocol.errors import BrokerError
 
 log = logging.getLogger("edge_agent.broker")
 
@@ -114,7 +115,10 @@ class Broker:
                                              log_file=str(Path(workdir) / "mosquitto.log")))
             argv = [exe, "-c", str(conf)]
         elif kind == "embedded":
-            argv = [sys.executable, "-m", "edge_agent.embedded_broker", "--host", host, "--port", str(port)]
+            if importlib.util.find_spec("amqtt") is None:
+                raise BrokerError("the embedded broker needs amqtt: pip install 'edge-agent[demo]' "
+                                  "(or install Mosquitto: apt-get install mosquitto)")
+            argv = [sys.executable, "-m", "edge_agent.transport.embedded_broker", "--host", host, "--port", str(port)]
         else:
             raise BrokerError(f"unknown broker kind {kind!r} (mosquitto, embedded, auto)")
         broker = cls(cls._spawn(argv, workdir), host, port, kind, workdir, argv)

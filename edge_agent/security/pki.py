@@ -38,8 +38,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from . import topics
-from .errors import EdgeAgentError
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import EdgeAgentError
 
 CA_DAYS = 3650
 LEAF_DAYS = 825

@@ -30,7 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from .errors import EdgeAgentError
+from edge_agent.protocol.errors import EdgeAgentError
 
 log = logging.getLogger("edge_agent.security")
 

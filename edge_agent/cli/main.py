@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .errors import EdgeAgentError
+from edge_agent import __version__
+from edge_agent.protocol.errors import EdgeAgentError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -172,7 +172,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _fleet(args: argparse.Namespace):  # noqa: ANN202
-    from .fleet import Fleet
+    from edge_agent.operator.fleet import Fleet
     return Fleet(args.broker, fleet=args.fleet, interfaces=args.interfaces or ["127.0.0.1"],
                  key=getattr(args, "key", None), credentials=args.credentials)
 
@@ -190,10 +190,9 @@ def _parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
 # ------------------------------------------------------------------------------------------ commands
 def cmd_run(args: argparse.Namespace) -> int:
     from discovery import resolve_interfaces
-
-    from .agent import Agent, AgentConfig
-    from .security import load_trusted_keys
-    from .transport import broker_from_env
+    from edge_agent.agent.daemon import Agent, AgentConfig
+    from edge_agent.security.keys import load_trusted_keys
+    from edge_agent.transport.mqtt import broker_from_env
 
     if not args.trust and not args.dev:
         raise ValueError("a device needs --trust <fleet.pub> (install only manifests signed by the fleet key) "
@@ -202,13 +201,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     transport_kwargs: dict = {}
     broker = broker_from_env(args.broker)
     if args.credentials:
-        from .fleet_init import Credentials
+        from edge_agent.security.pki import Credentials
         creds = Credentials.from_file(args.credentials)
         transport_kwargs = creds.transport_kwargs()
         broker = broker or creds.broker_url or creds.plain_url or None
     ifaces = resolve_interfaces(args.interfaces)
     if broker is None:
-        from .fleet import _discover_broker
+        from edge_agent.operator.fleet import _discover_broker
         broker = _discover_broker(args.fleet, ifaces)
     data_dir = Path(args.data_dir or Path.home() / ".local" / "share" / "edge-agent" / args.name)
     cfg = AgentConfig(name=args.name, broker=broker, data_dir=data_dir, fleet=args.fleet, interfaces=ifaces,
@@ -229,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_broker(args: argparse.Namespace) -> int:
     import signal
 
-    from .broker import Broker
+    from edge_agent.transport.broker import Broker
 
     b = Broker.start(args.kind, port=args.port, host=args.host)
     disc = None
@@ -323,7 +322,7 @@ def print_placement(dep: Any) -> None:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from .fleet import load_inputs
+    from edge_agent.operator.fleet import load_inputs
 
     inputs = load_inputs(args.input)
     with _fleet(args) as fleet:
@@ -391,7 +390,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from .security import generate_keys, load_public_key
+    from edge_agent.security.keys import generate_keys, load_public_key
     priv, pub = generate_keys(args.out, force=args.force)
     print(f"wrote {priv} (keep it secret, mode 0600) and {pub} (key id {load_public_key(pub).key_id}); "
           f"start devices with --trust {pub}")
@@ -399,7 +398,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 
 def cmd_fleet_init(args: argparse.Namespace) -> int:
-    from .fleet_init import init_fleet
+    from edge_agent.security.pki import init_fleet
     devices = [d for d in args.devices.split(",") if d]
     res = init_fleet(args.out, devices, fleet=args.fleet, operator=args.operator, host=args.host,
                      port=args.port, plain_port=args.plain_port, overwrite=args.overwrite)
@@ -449,8 +448,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .benchtool import run_bench
-    from .fleet import load_inputs
+    from edge_agent.operator.bench import run_bench
+    from edge_agent.operator.fleet import load_inputs
     inputs = load_inputs(args.input) if args.input else None
     with _fleet(args) as fleet:
         res = run_bench(fleet, args.name, requests=args.requests, concurrency=args.concurrency,
@@ -470,7 +469,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from edge_agent.lab.demo import run_demo
     return run_demo(model=args.model, stages=args.stages, requests=args.requests, broker_kind=args.broker_kind)
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .broker import Broker
+from edge_agent.transport.broker import Broker
 
 
 def stop_process(proc: subprocess.Popen, kill: bool = False, timeout: float = 15.0) -> None:

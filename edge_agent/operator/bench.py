@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EdgeAgentError
-from .rollout import load_check_data
+from edge_agent.operator.rollout import load_check_data
+from edge_agent.protocol.errors import EdgeAgentError
 
 
 def run_bench(fleet: Any, name: str, requests: int = 200, concurrency: int = 8, timeout: float = 30.0,

@@ -43,9 +43,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .broker import find_mosquitto, mosquitto_config
-from .errors import BrokerError
-from .sim import read_log, stop_process
+from edge_agent.lab.sim import read_log, stop_process
+from edge_agent.protocol.errors import BrokerError
+from edge_agent.transport.broker import find_mosquitto, mosquitto_config
 
 log = logging.getLogger("edge_agent.netlab")
 
@@ -479,7 +479,7 @@ class LabFleet:
                  gflops: list[float] | None = None, discovery: bool = True,
                  extra_args: list[str] | None = None, names: list[str] | None = None,
                  env: dict[str, str] | None = None) -> None:
-        from .faultproxy import FaultProxy
+        from edge_agent.lab.faultproxy import FaultProxy
 
         self.lab = lab
         self.fleet = fleet

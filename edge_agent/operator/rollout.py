@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import DeployError, EdgeAgentError
+from edge_agent.protocol.errors import DeployError, EdgeAgentError
 
 if TYPE_CHECKING:
-    from .fleet import Fleet
+    from edge_agent.operator.fleet import Fleet
 
 _GATE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}

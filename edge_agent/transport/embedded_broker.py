@@ -1,6 +1,6 @@
 """Zero-setup MQTT 3.1.1 broker (amqtt) for demos where Mosquitto is not installed.
 
-Run as ``python -m edge_agent.embedded_broker --port 1883``. It listens on loopback by default. For real
+Run as ``python -m edge_agent.transport.embedded_broker --port 1883``. It listens on loopback by default. For real
 fleets use Mosquitto (or another production broker); this one is for demos only.
 """
 

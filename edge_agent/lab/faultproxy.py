@@ -14,7 +14,7 @@ everything in both directions while connections stay open (a stalled path, not a
 Sockets can live in another network namespace (``listen_netns`` / ``target_netns``, see
 :mod:`edge_agent.netlab`); or run it inside one as a process::
 
-    ip netns exec NS python -m edge_agent.faultproxy --listen 127.0.0.1:1884 --target 10.231.0.10:1883 \\
+    ip netns exec NS python -m edge_agent.lab.faultproxy --listen 127.0.0.1:1884 --target 10.231.0.10:1883 \\
         --delay-ms 50
 
 which prints ``listening on HOST:PORT``, then takes commands on stdin (``delay MS [JITTER]``,
@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-log = logging.getLogger("edge_agent.faultproxy")
+log = logging.getLogger("edge_agent.lab.faultproxy")
 
 CHUNK = 64 * 1024
 _EOF = b""
@@ -44,7 +44,7 @@ _EOF = b""
 def _open_socket(netns: str | None) -> socket.socket:
     if netns is None:
         return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    from .netlab import netns_socket
+    from edge_agent.lab.netlab import netns_socket
     return netns_socket(netns)
 
 
@@ -289,8 +289,8 @@ def _command(proxy: FaultProxy, line: str) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m edge_agent.faultproxy --listen HOST:PORT --target HOST:PORT [--delay-ms N]``."""
-    ap = argparse.ArgumentParser(prog="python -m edge_agent.faultproxy", description=__doc__.split("\n")[0])
+    """``python -m edge_agent.lab.faultproxy --listen HOST:PORT --target HOST:PORT [--delay-ms N]``."""
+    ap = argparse.ArgumentParser(prog="python -m edge_agent.lab.faultproxy", description=__doc__.split("\n")[0])
     ap.add_argument("--listen", type=_hostport, required=True, help="HOST:PORT to accept on (port 0: any)")
     ap.add_argument("--target", type=_hostport, required=True, help="HOST:PORT to forward to")
     ap.add_argument("--delay-ms", type=float, default=0.0, help="one-way delay added in each direction")
