@@ -22,6 +22,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,7 +80,8 @@ class AgentConfig:
     heartbeat_s: float = 2.0
     keepalive_s: int = 4                 # the broker publishes the Last Will ~1.5x this after a silent death
     fetch_timeout_s: float = 300.0
-    slowdown: float = 1.0                # simulate a slower device: each run takes this many times longer
+    # wraps each loaded backend; the lab injects a slow-device emulation here (edge_agent.lab.device)
+    wrap_backend: Callable[[Backend], Backend] | None = None
     transport_kwargs: dict = field(default_factory=dict)   # username/password/tls for the broker
     trust: list = field(default_factory=list)   # FleetKeys whose signatures are accepted on manifests
     dev_mode: bool = False               # accept unsigned manifests (demo, simulated fleets, labs)
@@ -138,7 +140,6 @@ class Agent:
             self.gflops, self.gflops_source = float(config.gflops), "configured"
         else:
             self.gflops, self.gflops_source = measure_gflops(0.3, max(1, config.threads))
-            self.gflops /= max(config.slowdown, 1e-3)
         if not config.trust and not config.dev_mode:
             raise ValueError("no trusted fleet key (--trust keys/fleet.pub) and development mode not requested "
                              "(--dev): refusing to run a device that would install unsigned models")
@@ -635,6 +636,8 @@ class Agent:
                 raise TransferCancelled("superseded")
             self._set_status(key, status="loading", progress=1.0, **base)
             backend = load_backend(self.store.get(sha), threads=self.cfg.threads, prefer=self.cfg.backend)
+            if self.cfg.wrap_backend is not None:
+                backend = self.cfg.wrap_backend(backend)
             _check_stage_io(backend, st)
         except TransferCancelled:
             log.info("install of %s v%d stage %d cancelled: no longer wanted", *key)
@@ -772,9 +775,6 @@ class Agent:
             self._reply_error(req, "run_failed", f"{where}: {type(exc).__name__}: {exc}")
             return
         run_s = time.perf_counter() - t0
-        if self.cfg.slowdown > 1.0:
-            time.sleep(run_s * (self.cfg.slowdown - 1.0))
-            run_s *= self.cfg.slowdown
         self._service_ms = 0.8 * self._service_ms + 0.2 * run_s * 1e3
         env = dict(req.tensors)
         env.update(outs)

@@ -62,7 +62,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="public key whose signed manifests this device installs (repeatable for rotation)")
     p.add_argument("--dev", action="store_true",
                    help="development mode: install unsigned manifests from anyone on the broker (demo, labs)")
-    p.add_argument("--slowdown", type=float, default=1.0, help="simulate a slower device (run time x N)")
 
     p = sub.add_parser("keys", help="fleet signing keys")
     ksub = p.add_subparsers(dest="keys_cmd", required=True)
@@ -214,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                       threads=args.threads, backend=args.backend, gflops=args.gflops,
                       discovery=not args.no_discovery, advertise_broker=args.advertise_broker,
                       max_message_bytes=int(args.max_message_mb * (1 << 20)), trust=trust, dev_mode=args.dev,
-                      slowdown=args.slowdown, transport_kwargs=transport_kwargs)
+                      transport_kwargs=transport_kwargs)
     agent = Agent(cfg)
     agent.start(wait=None)
     mode = "DEVELOPMENT MODE (unsigned manifests accepted)" if not trust else \
