@@ -104,7 +104,7 @@ def run_pipeline(workdir: Path, n_latency: int, n_throughput: int, ks: Sequence[
             t0 = time.perf_counter()
             dep = fleet.deploy(model, name, stages=k, devices=devices, timeout=180)
             deploy_s = time.perf_counter() - t0
-            placed = [st["device"] for st in dep.manifest.stages]
+            placed = [st.device for st in dep.manifest.stages]
             if sorted(placed) != devices:
                 raise RuntimeError(f"{name}: planner placed stages on {placed}, wanted one on each of {devices}")
             got, timings = fleet.infer(name, inputs, with_timings=True)

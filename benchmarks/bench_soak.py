@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
                      persistence=True) as sim, Fleet(sim.broker_url) as fleet:
         fleet.wait_for_devices(args.devices, timeout=60)
         dep = fleet.deploy(model, "soak", stages=3, replicas=2, timeout=180)
-        placement = {st["index"]: st["devices"] for st in dep.manifest.stages}
+        placement = {st.index: st.devices for st in dep.manifest.stages}
         baseline = _stream(fleet, "soak", xs, want, max(200, args.requests // 4), args.concurrency, 60)
 
         events: list[dict] = []

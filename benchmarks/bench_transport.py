@@ -94,7 +94,7 @@ def _hop_one_size(fleet: Fleet, raw: RawRelayChain, broker_kind: str, size: int,
         name = f"bench-chain-{n_el}-k{k}"
         devices = [f"dev-{i}" for i in range(k)]
         dep = fleet.deploy(chain_model(k, n_el), name, stages=k, devices=devices, timeout=120)
-        placed = [st["device"] for st in dep.manifest.stages]
+        placed = [st.device for st in dep.manifest.stages]
         if sorted(placed) != devices:
             raise RuntimeError(f"{name}: planner placed stages on {placed}, wanted one stage on each of {devices}")
         out = fleet.infer(name, {"x": x})["y"]

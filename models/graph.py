@@ -30,6 +30,8 @@ __all__ = [
     "constant_value_bytes",
     "initializer_bytes",
     "tensor_types",
+    "check_inputs",
+    "InvalidInputError",
 ]
 
 
@@ -47,6 +49,46 @@ class TensorSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int | str | None, ...]
+
+    def to_dict(self) -> dict:
+        """Plain-data form (a manifest's ``inputs``/``outputs``): dtype by name, shape as a list."""
+        return {"name": self.name, "dtype": np.dtype(self.dtype).name, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TensorSpec:
+        return cls(d["name"], np.dtype(d["dtype"]), tuple(d["shape"]))
+
+    def fixed_dims(self) -> list[tuple[int, int]]:
+        """(axis, size) of every dimension that is fixed (a positive int)."""
+        return [(i, d) for i, d in enumerate(self.shape) if isinstance(d, int) and d > 0]
+
+
+class InvalidInputError(ValueError):
+    """Inputs that do not match a model's specs: missing or unknown name, wrong dtype, rank or fixed dim."""
+
+
+def check_inputs(specs: Iterable[TensorSpec], inputs: dict, where: str) -> None:
+    """Raise InvalidInputError unless ``inputs`` holds exactly the spec'd names, each a numpy array of the
+    spec'd dtype and rank whose fixed dimensions match (symbolic or unknown dimensions take any size)."""
+    specs = list(specs)
+    names = {s.name for s in specs}
+    for s in specs:
+        want = f"{np.dtype(s.dtype).name} {list(s.shape)}"
+        if s.name not in inputs:
+            raise InvalidInputError(f"{where}: missing input '{s.name}' (expected {want}; given: "
+                                    f"{sorted(inputs) or 'none'})")
+        arr = inputs[s.name]
+        if not isinstance(arr, np.ndarray):
+            raise InvalidInputError(f"{where}: input '{s.name}' must be a numpy array, got {type(arr).__name__}")
+        if arr.dtype != np.dtype(s.dtype):
+            raise InvalidInputError(f"{where}: input '{s.name}' expected dtype {np.dtype(s.dtype).name}, "
+                                    f"got {arr.dtype.name}")
+        if arr.ndim != len(s.shape) or any(arr.shape[i] != d for i, d in s.fixed_dims()):
+            raise InvalidInputError(f"{where}: input '{s.name}' expected shape {list(s.shape)}, "
+                                    f"got {list(arr.shape)}")
+    extra = set(inputs) - names
+    if extra:
+        raise InvalidInputError(f"{where}: unknown input(s) {sorted(extra)}; model inputs are {sorted(names)}")
 
 
 def _describe(src: object) -> str:

@@ -87,13 +87,13 @@ def test_deploy_and_pipelined_infer_match_onnxruntime(fleet: Fleet, model_name: 
     dep = fleet.deploy(model, name, stages=k, input_shapes=shapes, timeout=180)
     try:
         assert len(dep.manifest.stages) == k
-        assert len({st["device"] for st in dep.manifest.stages}) == k  # one device per stage
+        assert len({st.device for st in dep.manifest.stages}) == k  # one device per stage
         futures = [fleet.submit(name, x, timeout=120) for x in inputs]  # several in flight at once
         for x, fut in zip(inputs, futures):
             outputs, timings = fut.result(150)
             assert_matches(outputs, ort_reference(model, x))
             assert [t["stage"] for t in timings] == list(range(k))
-            assert [t["device"] for t in timings] == [st["device"] for st in dep.manifest.stages]
+            assert [t["device"] for t in timings] == [st.device for st in dep.manifest.stages]
     finally:
         fleet.undeploy(name)
     assert not any(e.get("model") == name for d in fleet.devices() for e in d.stages)
@@ -149,7 +149,7 @@ def test_bad_requests_get_clear_errors_and_the_fleet_keeps_serving(fleet: Fleet,
             fleet.infer("ghost", x)
         # the same mistakes sent straight to the agent (a client that skips validation) are answered too
         m = fleet.manifest("bad-in")
-        first = m.stages[0]["device"]
+        first = m.stages[0].device
         for tensors, err in [({in_name: np.zeros((1, 7), np.float32)}, "expected shape"),
                              ({in_name: x[in_name].astype(np.int64)}, "expected dtype"),
                              ({}, "missing input")]:
@@ -170,14 +170,14 @@ def _raw_request(fleet: Fleet, device: str, model: str, version: int, tensors: d
     import uuid
     from concurrent.futures import Future
 
-    from edge_agent.operator.fleet import _Pending
+    from edge_agent.operator.requests import Pending as _Pending
 
     req = InferRequest(uuid.uuid4().hex, model, version, 0, fleet.endpoint, tensors=tensors)
     fut: Future = Future()
     topic = topics.inbox(topics.device_endpoint(fleet.fleet, device), "in")
     now = time.monotonic()
-    with fleet._lock:  # registered like a normal request, but never routed or retried by the Fleet
-        fleet._pending[req.request_id] = _Pending(fut, req, req.to_bytes(), now + timeout, now + timeout + 1,
+    with fleet.requests.lock:  # registered like a normal request, but never routed or retried by the Fleet
+        fleet.requests.pending[req.request_id] = _Pending(fut, req, req.to_bytes(), now + timeout, now + timeout + 1,
                                                   device=device)
     fleet.transport.publish(topic, req.to_bytes())
     return fut.result(timeout + 5)
@@ -188,7 +188,7 @@ def test_malformed_and_oversized_messages_are_counted_and_agent_keeps_serving(fl
     x = zoo.sample_inputs(model)
     fleet.deploy(model, "robust", stages=1, timeout=120)
     try:
-        device = fleet.manifest("robust").stages[0]["device"]
+        device = fleet.manifest("robust").stages[0].device
         ep = topics.device_endpoint(fleet.fleet, device)
         before = next(d for d in fleet.devices() if d.device_id == device).counters
         garbage = [b"", b"\x00", b"\xff" * 64, b"\x10\x00\x00\x00" + b"\x81\xa1k\xa5infer" + b"\0" * 9, os.urandom(4096)]
@@ -236,7 +236,7 @@ def test_shard_that_is_not_onnx_fails_that_stage_only(fleet: Fleet, sim) -> None
     model = zoo.build("mlp", seed=4)
     x = zoo.sample_inputs(model)
     fleet.deploy(model, "healthy", stages=1, timeout=120)
-    device = fleet.manifest("healthy").stages[0]["device"]
+    device = fleet.manifest("healthy").stages[0].device
     try:
         _publish_manifest(fleet, "garbage", b"this is not an onnx model" * 100, device)
         err = wait_until(lambda: next((e for d in fleet.devices() if d.device_id == device for e in d.stages
@@ -313,8 +313,8 @@ def test_request_fails_clearly_without_failover_when_a_stage_device_dies_or_stal
     with SimFleet(3, broker_kind="mosquitto", workdir=tmp_path, discovery=False) as s, Fleet(s.broker.url) as f:
         f.wait_for_devices(3, timeout=60)
         dep = f.deploy(model, "mlp3", stages=3, failover=False, timeout=120)
-        middle = dep.manifest.stages[1]["device"]
-        last = dep.manifest.stages[2]["device"]
+        middle = dep.manifest.stages[1].device
+        last = dep.manifest.stages[2].device
         # a stalled device (SIGSTOP): still "online", never answers -> a timeout naming the pipeline
         stalled = s.devices[last].proc.pid
         os.kill(stalled, signal.SIGSTOP)
@@ -352,8 +352,8 @@ def test_in_flight_requests_fail_over_when_the_only_device_of_a_stage_dies(tmp_p
     with SimFleet(3, broker_kind="mosquitto", workdir=tmp_path, discovery=False) as s, Fleet(s.broker.url) as f:
         f.wait_for_devices(3, timeout=60)
         dep = f.deploy(model, "mnet", stages=3, timeout=120)
-        middle = dep.manifest.stages[1]["device"]
-        shas = {st["shard_sha256"] for st in dep.manifest.stages}
+        middle = dep.manifest.stages[1].device
+        shas = {st.shard_sha256 for st in dep.manifest.stages}
         wait_until(lambda: all(shas <= set(d.blobs) for d in f.devices()), 30,
                    what="every device to prefetch all shards")
         os.kill(s.devices[middle].proc.pid, signal.SIGSTOP)   # requests pile up inside the doomed device
@@ -398,7 +398,7 @@ def test_interrupted_transfer_resumes_after_agent_restart_without_refetching(fle
     what is on disk and asks only for the missing chunks."""
     model = zoo.build("mobilenetv2", seed=21)
     m, _ = fleet.build_manifest(model, "resume", stages=1, devices=["dev-1"], failover=False)  # no adopter
-    n = len(m.stages[0]["chunk_sha256"])
+    n = len(m.stages[0].chunk_sha256)
     assert n > 40
     before = fleet.blob_server.served_chunks
     fleet.blob_server.budget = 20
@@ -443,19 +443,19 @@ def test_final_no_route_error_names_the_stage_and_its_devices(fleet: Fleet) -> N
     import uuid
     from concurrent.futures import Future
 
-    from edge_agent.operator.fleet import _Pending
+    from edge_agent.operator.requests import Pending as _Pending
     from edge_agent.protocol.messages import InferResult
 
     model = zoo.build("mlp", seed=5)
     fleet.deploy(model, "noroute", stages=2, timeout=120)
     try:
         m = fleet.manifest("noroute")
-        stage1 = m.stages[1]["device"]
+        stage1 = m.stages[1].device
         req = InferRequest(uuid.uuid4().hex, "noroute", m.version, 0, fleet.endpoint)
         fut: Future = Future()
         past = time.monotonic() - 1.0   # deadline over: a retriable code is final now
-        with fleet._lock:
-            fleet._pending[req.request_id] = _Pending(fut, req, req.to_bytes(), past, past + 3600)
+        with fleet.requests.lock:
+            fleet.requests.pending[req.request_id] = _Pending(fut, req, req.to_bytes(), past, past + 3600)
         res = InferResult(req.request_id, "noroute", False, error={
             "code": "no_route", "message": "no live device serves noroute v1 stage 1", "stage": 1})
         fleet._on_result("test", res.to_bytes(), False)

@@ -74,6 +74,8 @@ def field_value(cls: type[wire.Message], f: dataclasses.Field) -> st.SearchStrat
         return st.dictionaries(st.text(max_size=10), TENSOR, max_size=3)
     if f.name in cls.BUFFERS:
         return st.binary(max_size=300)
+    if cls is wire.Manifest and f.name == "stages":   # typed on decode: only well-formed stages build
+        return st.lists(STAGE, max_size=3)
     base = str(f.type).split("[")[0].split("|")[0].strip()
     return {
         "str": st.text(max_size=20),
@@ -83,6 +85,14 @@ def field_value(cls: type[wire.Message], f: dataclasses.Field) -> st.SearchStrat
         "list": st.lists(PLAIN, max_size=4),
         "dict": st.dictionaries(st.text(max_size=8), PLAIN, max_size=4),
     }.get(base, PLAIN)
+
+
+NAMES = st.lists(st.text(max_size=8), max_size=3)
+STAGE = st.fixed_dictionaries(
+    {"index": st.integers(0, 8), "shard_sha256": st.text(max_size=64), "shard_size": st.integers(0, 1 << 40),
+     "chunk_size": st.integers(1, 1 << 26), "chunk_sha256": NAMES, "inputs": NAMES, "outputs": NAMES},
+    optional={"device": st.text(max_size=10), "devices": NAMES, "carry": NAMES,
+              "flops": st.integers(0, 1 << 50), "est_ms": st.floats(0, 1e6), "n_nodes": st.integers(0, 1000)})
 
 
 def _message_of(cls: type[wire.Message]) -> st.SearchStrategy[wire.Message]:

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from edge_agent.protocol.errors import ProtocolError
-from edge_agent.protocol.messages import BlobChunk, DeviceState, InferRequest, InferResult, Manifest, decode
+from edge_agent.protocol.messages import (
+    BlobChunk,
+    DeviceState,
+    InferRequest,
+    InferResult,
+    Manifest,
+    decode,
+    decode_frame,
+)
 
 
 def _req(**tensors: np.ndarray) -> InferRequest:
@@ -52,8 +60,30 @@ def test_blob_chunk_carries_raw_bytes() -> None:
 def test_state_and_manifest_round_trip() -> None:
     st = DeviceState("cam-01", "f", True, isa="avx2-fma", gflops=55.5, stages=[{"model": "m"}], counters={"a": 1})
     assert decode(st.to_bytes()) == st
-    m = Manifest("m", 2, 1.0, "00" * 32, [{"name": "x", "dtype": "float32", "shape": [1, 3]}], [], [{"index": 0}])
-    assert decode(m.to_bytes()) == m
+    stage = {"index": 0, "device": "cam-01", "shard_sha256": "ab" * 32, "shard_size": 10, "chunk_size": 4,
+             "chunk_sha256": ["cd" * 32] * 3, "inputs": ["x"], "outputs": ["y"], "future_key": {"a": 1}}
+    m = Manifest("m", 2, 1.0, "00" * 32, [{"name": "x", "dtype": "float32", "shape": [1, 3]}], [], [stage])
+    back = decode(m.to_bytes())
+    assert back == m
+    assert back.stages[0].replicas == ["cam-01"] and back.stages[0].forwards == ["y"]
+    # the wire map is written back exactly as read (keys it does not know included): signatures survive
+    assert back.signed_fields()["stages"] == [stage]
+
+
+@pytest.mark.parametrize("broken, reason", [
+    ({"shard_sha256": None}, "'shard_sha256' is missing"),
+    ({"shard_size": "10"}, "'shard_size' must be int"),
+    ({"inputs": [1]}, "'inputs' must hold strings"),
+    ({"index": True}, "'index' must be int"),
+])
+def test_manifest_stage_is_typed_and_checked_on_decode(broken: dict, reason: str) -> None:
+    from edge_agent.protocol.messages import encode_frame
+    stage = {"index": 0, "device": "d", "shard_sha256": "ab" * 32, "shard_size": 10, "chunk_size": 4,
+             "chunk_sha256": [], "inputs": ["x"], "outputs": ["y"]}
+    header, _ = decode_frame(Manifest("m", 1, 1.0, "", [], [], []).to_bytes())
+    header["stages"] = [{k: v for k, v in {**stage, **broken}.items() if v is not None}]
+    with pytest.raises(ProtocolError, match=reason):
+        decode(encode_frame(header))
 
 
 @pytest.mark.parametrize("payload, reason", [

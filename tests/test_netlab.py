@@ -118,7 +118,7 @@ def test_agents_in_separate_namespaces_discover_each_other_by_multicast_across_t
 
 def test_three_stage_pipeline_across_three_hosts_matches_onnxruntime(fleet: Fleet, mlp3) -> None:
     model, x, want, dep = mlp3
-    assert [st["device"] for st in dep.manifest.stages] == STAGE_DEVICES
+    assert [st.device for st in dep.manifest.stages] == STAGE_DEVICES
     futures = [fleet.submit("mlp3", zoo.sample_inputs(model, seed=s), timeout=60) for s in range(4)]
     for s, fut in enumerate(futures):
         outputs, timings = fut.result(90)
@@ -138,7 +138,7 @@ def _fails_clearly(call, device: str) -> Exception:
 def test_partitioned_stage_host_goes_offline_fails_requests_clearly_and_serves_after_heal(
         fleet: Fleet, lab_fleet: LabFleet, mlp3, clean_hosts) -> None:
     model, x, want, dep = mlp3
-    victim = dep.manifest.stages[1]["device"]
+    victim = dep.manifest.stages[1].device
     host = lab_fleet.host_of(victim)
     host.partition()
     in_flight = fleet.submit("mlp3", x, timeout=60)
@@ -159,7 +159,7 @@ def test_partitioned_stage_host_goes_offline_fails_requests_clearly_and_serves_a
 def test_requests_complete_correctly_under_20_percent_random_loss(
         fleet: Fleet, lab_fleet: LabFleet, mlp3, clean_hosts) -> None:
     model, x, want, dep = mlp3
-    host = lab_fleet.host_of(dep.manifest.stages[2]["device"])
+    host = lab_fleet.host_of(dep.manifest.stages[2].device)
     host.loss(20)
     done = 0
     while done < 10 or (host.dropped_packets() == 0 and done < 60):
@@ -174,7 +174,7 @@ def test_requests_complete_correctly_under_20_percent_random_loss(
 def test_link_down_on_first_stage_host_refuses_requests_and_link_up_recovers(
         fleet: Fleet, lab_fleet: LabFleet, mlp3, clean_hosts) -> None:
     model, x, want, dep = mlp3
-    victim = dep.manifest.stages[0]["device"]
+    victim = dep.manifest.stages[0].device
     host = lab_fleet.host_of(victim)
     host.link_down()
     in_flight = fleet.submit("mlp3", x, timeout=60)
@@ -337,10 +337,10 @@ def test_partitioned_stage_fails_over_to_another_host_and_requests_complete(
     xs = [zoo.sample_inputs(model, seed=s) for s in range(4)]
     want = [ort_reference(model, x) for x in xs]
     dep = fleet.deploy(model, "mlp3f", stages=3, devices=STAGE_DEVICES, timeout=120)
-    shas = {st["shard_sha256"] for st in dep.manifest.stages}
+    shas = {st.shard_sha256 for st in dep.manifest.stages}
     wait_until(lambda: all(shas <= set(d.blobs) for d in fleet.devices() if d.device_id in STAGE_DEVICES), 60,
                what="every stage host to hold a copy of every shard")
-    victim = dep.manifest.stages[1]["device"]
+    victim = dep.manifest.stages[1].device
     host = lab_fleet.host_of(victim)
     host.partition()
     try:

@@ -67,7 +67,7 @@ def test_replicas_are_balanced_by_load_so_a_slow_device_gets_less_work(tmp_path,
         with Fleet(s.broker_url) as f:
             f.wait_for_devices(3, timeout=60)
             dep = f.deploy(model, "bal", stages=1, replicas=3, timeout=120)
-            assert sorted(dep.manifest.stages[0]["devices"]) == ["dev-0", "dev-1", "slow"]
+            assert sorted(dep.manifest.stages[0].devices) == ["dev-0", "dev-1", "slow"]
             res = stream(f, "bal", xs, want, 90, concurrency=6)
             assert not res["lost"] and not res["wrong"]
             served = collections.Counter(d[0] for d in res["devices"].values())
@@ -82,7 +82,7 @@ def test_losing_a_replica_mid_stream_loses_no_request(tmp_path, mosquitto_availa
     with SimFleet(4, broker_kind="mosquitto", workdir=tmp_path, discovery=False) as s, Fleet(s.broker_url) as f:
         f.wait_for_devices(4, timeout=60)
         dep = f.deploy(model, "rep", stages=2, replicas=2, timeout=120)
-        victim = dep.manifest.stages[1]["devices"][0]
+        victim = dep.manifest.stages[1].devices[0]
         res = stream(f, "rep", xs, want, 150, concurrency=6, at=(30, lambda: s.stop_device(victim, kill=True)))
         assert not res["lost"], res["lost"][:3]
         assert not res["wrong"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import stat
 import time
@@ -33,9 +32,10 @@ def _manifest_doc(**over) -> dict:
                  inputs=[{"name": "x", "dtype": "float32", "shape": [1, 3, "h", "w"]}],
                  outputs=[{"name": "y", "dtype": "float32", "shape": [1, 10]}],
                  stages=[{"index": 0, "device": "cam-01", "shard_sha256": "cd" * 32, "shard_size": 1234,
-                          "chunk_size": 262144, "chunk_sha256": ["ef" * 32], "flops": 1.5e9}],
+                          "chunk_size": 262144, "chunk_sha256": ["ef" * 32], "inputs": ["x"], "outputs": ["y"],
+                          "flops": 1.5e9}],
                  sources=["ea/v1/default/ctl/op"], plan={"bottleneck": 0}, operator="operator")
-    doc = {f.name: getattr(m, f.name) for f in dataclasses.fields(m) if f.name != "sig"}
+    doc = m.signed_fields()
     doc["expires"] = time.time() + 3600
     doc.update(over)
     return doc
@@ -145,7 +145,7 @@ def test_signed_manifest_message_verifies_after_manifest_encode_decode(keys):
     m.sig = sign_document(m.signed_fields(), keys)["sig"]
     got = Manifest.from_bytes(m.to_bytes())
     assert isinstance(got.created, float) and got.sig["key_id"] == keys.key_id
-    received = {f.name: getattr(got, f.name) for f in dataclasses.fields(got)}
+    received = {**got.signed_fields(), "sig": got.sig}
     verify_document(received, [keys.public_only()], now=1800000000)  # expires=0: never
     got.version += 1
     with pytest.raises(SignatureError, match="bad signature"):

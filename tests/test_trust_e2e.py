@@ -104,7 +104,7 @@ def test_tampered_manifest_is_rejected(op: Fleet) -> None:
     op.publish_manifest(m)  # signed and valid...
     wait_until(lambda: op.stage_rows(m)[0]["status"] == "ready", 60, what="the signed version to run")
     evil = dataclasses.replace(m, version=m.version + 1, stages=[{**m.stages[0], "carry": ["x"]}])  # keeps old sig
-    device = m.stages[0]["device"]
+    device = m.stages[0].device
     before = _counter(op, device, "rejected_manifest_signature")
     op.transport.publish(topics.deploy(op.fleet, "tampered"), evil.to_bytes(), retain=True).wait_for_publish(5)
     wait_until(lambda: _counter(op, device, "rejected_manifest_signature") > before, 30,
@@ -199,7 +199,7 @@ def test_device_joining_later_gets_shards_from_peers_not_the_operator(sim, op: F
     sim.add_device("late-1")
     wait_until(lambda: any(d.device_id == "late-1" for d in op.devices()), 60, what="late-1 online")
     dep = op.deploy(model, "p2p", stages=1, devices=["late-1"], timeout=120)
-    assert dep.manifest.stages[0]["devices"] == ["late-1"]
+    assert dep.manifest.stages[0].devices == ["late-1"]
     assert op.blob_server.served_chunks == served  # every chunk came from dev-0
     assert close(op.infer("p2p", x), ort_run(model, x))
     assert "blob" not in sim.log("late-1").lower() or "corrupt" not in sim.log("late-1").lower()
@@ -263,7 +263,7 @@ def test_manifest_signed_for_another_fleet_is_refused(op: Fleet) -> None:
     m, _ = op.build_manifest(zoo.build("mlp", seed=14), "elsewhere", stages=1)
     m.fleet = "other-fleet"       # validly signed, but for another fleet (a cross-fleet replay)
     op.publish_manifest(m)
-    device = m.stages[0]["device"]
+    device = m.stages[0].device
     wait_until(lambda: _counter(op, device, "rejected_manifest_foreign_fleet") > 0, 30,
                what="the foreign-fleet manifest to be refused")
     assert not any(e["model"] == "elsewhere" for e in _device(op, device).stages)

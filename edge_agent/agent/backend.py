@@ -7,12 +7,13 @@ and its reason are reported in the device state (``fleet ls``) and logs.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from edge_agent.protocol.errors import InvalidInputError
+from models import graph
+from models.graph import TensorSpec
 
 log = logging.getLogger("edge_agent.backend")
 
@@ -24,47 +25,20 @@ ORT_TYPES = {
 }
 
 
-@dataclass(frozen=True)
-class IOSpec:
-    name: str
-    dtype: str
-    shape: tuple  # ints for fixed dims, str/None for dynamic
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> IOSpec:
-        return cls(d["name"], d["dtype"], tuple(d["shape"]))
-
-
-def check_inputs(specs: list[IOSpec], inputs: dict[str, np.ndarray], where: str) -> None:
-    """Raise InvalidInputError unless ``inputs`` has every spec'd name with the right dtype and shape."""
-    names = {s.name for s in specs}
-    for s in specs:
-        if s.name not in inputs:
-            raise InvalidInputError(f"{where}: missing input '{s.name}' (expected {s.dtype} "
-                                    f"{list(s.shape)}; given: {sorted(inputs) or 'none'})")
-        arr = inputs[s.name]
-        if not isinstance(arr, np.ndarray):
-            raise InvalidInputError(f"{where}: input '{s.name}' must be a numpy array, got {type(arr).__name__}")
-        if arr.dtype.name != s.dtype:
-            raise InvalidInputError(f"{where}: input '{s.name}' expected dtype {s.dtype}, got {arr.dtype.name}")
-        if len(arr.shape) != len(s.shape) or any(
-                isinstance(d, int) and d >= 0 and d != a for d, a in zip(s.shape, arr.shape)):
-            raise InvalidInputError(f"{where}: input '{s.name}' expected shape {list(s.shape)}, "
-                                    f"got {list(arr.shape)}")
-    extra = set(inputs) - names
-    if extra:
-        raise InvalidInputError(f"{where}: unknown input(s) {sorted(extra)}; model inputs are {sorted(names)}")
+def check_inputs(specs: list[TensorSpec], inputs: dict[str, np.ndarray], where: str) -> None:
+    """:func:`models.graph.check_inputs`, raising this package's InvalidInputError (an EdgeAgentError)."""
+    try:
+        graph.check_inputs(specs, inputs, where)
+    except graph.InvalidInputError as exc:
+        raise InvalidInputError(str(exc)) from None
 
 
 class Backend(Protocol):
     name: str
     reason: str
     warmed: bool
-    inputs: list[IOSpec]
-    outputs: list[IOSpec]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
@@ -77,7 +51,7 @@ def warm_up(backend: Backend) -> bool:
     for spec in backend.inputs:
         shape = tuple(d if isinstance(d, int) and d > 0 else 1 for d in spec.shape)
         try:
-            feeds[spec.name] = np.zeros(shape, dtype=np.dtype(spec.dtype))
+            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)
         except TypeError:
             return False
     try:
@@ -86,6 +60,12 @@ def warm_up(backend: Backend) -> bool:
         log.debug("warm-up run of the %s backend failed: %s", backend.name, exc)
         return False
     return True
+
+
+def _ort_spec(arg: Any) -> TensorSpec:
+    """An ONNX Runtime NodeArg as a TensorSpec (an unknown element type stays an object dtype)."""
+    name = ORT_TYPES.get(arg.type)
+    return TensorSpec(arg.name, np.dtype(name) if name else np.dtype(object), tuple(arg.shape))
 
 
 class OrtBackend:
@@ -102,8 +82,8 @@ class OrtBackend:
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         self._sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
-        self.inputs = [IOSpec(i.name, ORT_TYPES.get(i.type, i.type), tuple(i.shape)) for i in self._sess.get_inputs()]
-        self.outputs = [IOSpec(o.name, ORT_TYPES.get(o.type, o.type), tuple(o.shape)) for o in self._sess.get_outputs()]
+        self.inputs = [_ort_spec(i) for i in self._sess.get_inputs()]
+        self.outputs = [_ort_spec(o) for o in self._sess.get_outputs()]
         self._out_names = [o.name for o in self.outputs]
         self.reason = reason
 
@@ -122,8 +102,8 @@ class NativeBackend:
         import ops_native
 
         self._sess = ops_native.InferenceSession(model_bytes, threads=threads)
-        self.inputs = [IOSpec(i.name, np.dtype(i.dtype).name, tuple(i.shape)) for i in self._sess.get_inputs()]
-        self.outputs = [IOSpec(o.name, np.dtype(o.dtype).name, tuple(o.shape)) for o in self._sess.get_outputs()]
+        self.inputs = [TensorSpec(i.name, np.dtype(i.dtype), tuple(i.shape)) for i in self._sess.get_inputs()]
+        self.outputs = [TensorSpec(o.name, np.dtype(o.dtype), tuple(o.shape)) for o in self._sess.get_outputs()]
         self._out_names = [o.name for o in self.outputs]
         self.reason = reason
 

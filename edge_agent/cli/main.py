@@ -206,7 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         broker = broker or creds.broker_url or creds.plain_url or None
     ifaces = resolve_interfaces(args.interfaces)
     if broker is None:
-        from edge_agent.operator.fleet import _discover_broker
+        from edge_agent.transport.resolve import discover_broker as _discover_broker
         broker = _discover_broker(args.fleet, ifaces)
     data_dir = Path(args.data_dir or Path.home() / ".local" / "share" / "edge-agent" / args.name)
     cfg = AgentConfig(name=args.name, broker=broker, data_dir=data_dir, fleet=args.fleet, interfaces=ifaces,
@@ -298,7 +298,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"name": dep.name, "version": dep.version, "seconds": round(dep.seconds, 3),
                           "plan": dep.manifest.plan, "stages": dep.manifest.stages and [
-                              {k: v for k, v in st.items() if k != "chunk_sha256"} for st in dep.manifest.stages],
+                              {k: v for k, v in st.to_dict().items() if k != "chunk_sha256"} for st in dep.manifest.stages],
                           "status": dep.stage_status}, indent=2))
         return 0
     print_placement(dep)
@@ -311,17 +311,17 @@ def print_placement(dep: Any) -> None:
     for col in ("stage", "device", "nodes", "layers", "MFLOP", "shard", "est ms", "backend"):
         t.add_column(col)
     for st, row in zip(dep.manifest.stages, dep.stage_status):
-        first, last = st.get("nodes", ["", ""])
-        t.add_row(str(st["index"]), st["device"], str(st.get("n_nodes", "")), f"{first} … {last}",
-                  f"{st.get('flops', 0) / 1e6:.1f}", f"{st['shard_size'] / 1024:.0f} KiB",
-                  f"{st.get('est_ms', 0):.2f}", row.get("backend", ""))
+        first, last = st.nodes or ["", ""]
+        t.add_row(str(st.index), st.device, str(st.n_nodes or ""), f"{first} … {last}",
+                  f"{(st.flops or 0) / 1e6:.1f}", f"{st.shard_size / 1024:.0f} KiB",
+                  f"{st.est_ms or 0:.2f}", row.get("backend", ""))
     c = _console()
     c.print(t)
     c.print(f"why: {dep.manifest.plan.get('reason', '')}")
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from edge_agent.operator.fleet import load_inputs
+    from edge_agent.cli.inputs import load_inputs
 
     inputs = load_inputs(args.input)
     with _fleet(args) as fleet:
@@ -361,7 +361,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     with _fleet(args) as fleet:
         deps = fleet.deployments()
     rows = [{"name": m.name, "version": m.version, "stages": len(m.stages),
-             "devices": [s["device"] for s in m.stages], "created": m.created} for m in deps]
+             "devices": [s.device for s in m.stages], "created": m.created} for m in deps]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -447,8 +447,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from edge_agent.cli.inputs import load_inputs
     from edge_agent.operator.bench import run_bench
-    from edge_agent.operator.fleet import load_inputs
     inputs = load_inputs(args.input) if args.input else None
     with _fleet(args) as fleet:
         res = run_bench(fleet, args.name, requests=args.requests, concurrency=args.concurrency,

@@ -8,9 +8,8 @@ import time
 from collections import deque
 from typing import Any
 
-import numpy as np
-
 from edge_agent.operator.rollout import load_check_data
+from edge_agent.operator.stats import latency_summary
 from edge_agent.protocol.errors import EdgeAgentError
 
 
@@ -44,15 +43,10 @@ def run_bench(fleet: Any, name: str, requests: int = 200, concurrency: int = 8, 
         except (EdgeAgentError, TimeoutError) as exc:
             errors.append(str(exc))
     wall = time.perf_counter() - t0
-    lat.sort()
-
-    def pct(q: float) -> float:
-        return float(lat[min(len(lat) - 1, int(q * len(lat)))]) if lat else float("nan")
-
+    summary = {k: float("nan") if v is None else float(v) for k, v in latency_summary(lat).items()}
     return {"requests": requests, "concurrency": concurrency, "ok": len(lat), "lost": len(errors),
             "duplicated": duplicated, "retried": fleet.stats["retries"] - before["retries"],
             "failovers": fleet.stats["failovers"] - before["failovers"],
             "late_duplicates_dropped": fleet.stats["duplicates"] - before["duplicates"],
-            "p50_ms": pct(0.5), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
-            "mean_ms": float(np.mean(lat)) if lat else float("nan"), "throughput_rps": len(lat) / wall,
+            **summary, "throughput_rps": len(lat) / wall,
             "seconds": wall, "errors": errors[:5]}

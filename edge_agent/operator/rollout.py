@@ -12,65 +12,21 @@ Gates are conditions on measured metrics, e.g. ``p95_ms<=120,error_rate<=0.01,ma
 
 from __future__ import annotations
 
-import operator
-import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edge_agent.operator.gates import canary_count, check_gates, parse_gates
+from edge_agent.operator.stats import latency_summary
 from edge_agent.protocol.errors import DeployError, EdgeAgentError
+from edge_agent.protocol.messages import Manifest
 
 if TYPE_CHECKING:
     from edge_agent.operator.fleet import Fleet
 
-_GATE = re.compile(r"^\s*([a-z0-9_]+)\s*(<=|>=|<|>|==)\s*([-+0-9.eE]+)\s*$")
-_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
-METRICS = ("p50_ms", "p95_ms", "p99_ms", "mean_ms", "error_rate", "max_abs_diff", "mismatch_rate")
 DEFAULT_SAMPLES = 16
-
-
-def parse_gates(spec: str | dict | None) -> list[tuple[str, str, float]]:
-    """``"p95_ms<=120,error_rate<=0.01"`` -> [("p95_ms", "<=", 120.0), ...]; unknown metrics are errors."""
-    if not spec:
-        return []
-    if isinstance(spec, dict):
-        items = [f"{k}{v}" if isinstance(v, str) and v[:1] in "<>=" else f"{k}<={v}" for k, v in spec.items()]
-    else:
-        items = [p for p in spec.split(",") if p.strip()]
-    gates = []
-    for item in items:
-        m = _GATE.match(item)
-        if not m:
-            raise ValueError(f"gate {item!r}: use METRIC<=VALUE (metrics: {', '.join(METRICS)})")
-        if m.group(1) not in METRICS:
-            raise ValueError(f"gate {item!r}: unknown metric {m.group(1)!r} (known: {', '.join(METRICS)})")
-        gates.append((m.group(1), m.group(2), float(m.group(3))))
-    return gates
-
-
-def check_gates(gates: list[tuple[str, str, float]], metrics: dict) -> list[str]:
-    """The failed gates, each as a sentence with the measured value."""
-    failed = []
-    for name, op, limit in gates:
-        value = metrics.get(name)
-        if value is None or not _OPS[op](value, limit):
-            failed.append(f"{name} = {value if value is None else round(value, 6)} violates {name}{op}{limit:g}")
-    return failed
-
-
-def canary_count(spec: int | str, n_devices: int) -> int:
-    """``3`` or ``"25%"`` of the online devices, at least one."""
-    if isinstance(spec, str) and spec.strip().endswith("%"):
-        pct = float(spec.strip()[:-1])
-        if not 0 < pct <= 100:
-            raise ValueError(f"canary {spec!r}: percentage must be in (0, 100]")
-        return max(1, min(n_devices, round(n_devices * pct / 100)))
-    n = int(spec)
-    if n < 1:
-        raise ValueError(f"canary {spec!r}: at least one device")
-    return min(n, n_devices)
 
 
 def load_check_data(check_data: Any, input_specs: list[dict]) -> tuple[list[dict], list[dict] | None]:
@@ -142,15 +98,8 @@ def measure(fleet: Fleet, name: str, samples: list[dict], expected: list[dict] |
             ok = ok and bool(np.allclose(got[out], ref, atol=1e-4, rtol=1e-4))
         diffs.append(worst)
         mismatches += 0 if ok else 1
-    lat.sort()
-
-    def pct(q: float) -> float | None:
-        return lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None
-
     n = len(samples)
-    return {"samples": n, "errors": len(errors), "error_rate": len(errors) / max(n, 1),
-            "p50_ms": pct(0.5), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
-            "mean_ms": float(np.mean(lat)) if lat else None,
+    return {"samples": n, "errors": len(errors), "error_rate": len(errors) / max(n, 1), **latency_summary(lat),
             "max_abs_diff": max(diffs) if diffs else None, "mismatch_rate": mismatches / max(len(diffs), 1),
             "first_error": errors[0] if errors else ""}
 
@@ -174,24 +123,57 @@ def run_canary(fleet: Fleet, model: Any, name: str, *, canary: int | str, gates:
     fleet.publish_manifest(m)
     fleet.record_rollout(name, m.version, "canary", "started", f"canary on {', '.join(chosen)}")
     try:
-        fleet._wait_ready(m, timeout, progress)
+        fleet.wait_ready(m, timeout, progress)
         samples, expected = load_check_data(check_data, m.inputs)
         metrics = measure(fleet, name, samples, expected, model, channel="canary")
     except (EdgeAgentError, ValueError) as exc:
-        fleet._clear_canary(name)
+        fleet.clear_canary(name)
         fleet.record_rollout(name, m.version, "canary", "failed", f"canary did not run: {exc}")
         raise DeployError(f"deployment {name} v{m.version}: canary on {', '.join(chosen)} failed: {exc}; "
                           "the fleet stays on its current version") from None
     failed = check_gates(gate_list, metrics)
     if metrics["errors"] and not any(g[0] == "error_rate" for g in gate_list):
         failed.append(f"{metrics['errors']} check request(s) failed: {metrics['first_error']}")
-    fleet._clear_canary(name)
+    fleet.clear_canary(name)
     if failed:
         reason = "; ".join(failed)
         fleet.record_rollout(name, m.version, "canary", "rolled_back", reason, metrics=metrics)
-        current = fleet._manifests.get(name)
+        current = fleet.current(name)
         stays = f"v{current.version}" if current else "nothing (no previous version)"
         raise DeployError(f"deployment {name} v{m.version}: canary gate failed ({reason}); rolled back, the "
                           f"fleet stays on {stays}")
     fleet.record_rollout(name, m.version, "canary", "passed", "all gates passed", metrics=metrics)
     return {**metrics, "version": m.version}
+
+
+def rollback(fleet: Fleet, name: str, to_version: int | None, timeout: float,
+             progress: Any = None) -> tuple[Manifest, list[dict]]:
+    """Publish the content of the previous good version of ``name`` (or ``to_version``) as a new version,
+    wait until it is ready and record it. Returns the new manifest and its status rows."""
+    current = fleet.manifest(name)
+    rec = fleet.rollouts(name)
+    goods = [g for g in (rec.good if rec else []) if g.get("version", 0) < current.version and
+             g.get("model_sha256") != current.model_sha256 or (to_version and g.get("version") == to_version)]
+    if to_version is not None:
+        goods = [g for g in goods if g.get("version") == to_version]
+    if not goods:
+        raise DeployError(f"cannot roll back '{name}': no earlier good version recorded"
+                          + (f" with version {to_version}" if to_version else ""))
+    target = dict(goods[-1])
+    target.pop("sig", None)
+    old_version = target["version"]
+    target.update(version=fleet.next_version(name), created=time.time(), rollback=True, channel="stable",
+                  sources=list(dict.fromkeys([fleet.endpoint] + list(target.get("sources", [])))),
+                  operator=fleet.client_id,
+                  expires=(time.time() + fleet.manifest_ttl_s) if fleet.keys is not None else 0.0)
+    target["plan"] = {**target.get("plan", {}), "rollback_of": current.version, "restores": old_version}
+    m = Manifest(**target)
+    fleet.publish_manifest(m)
+    try:
+        rows = fleet.wait_ready(m, timeout, progress)
+    except DeployError as exc:
+        fleet.record_rollout(name, m.version, "stable", "failed", f"rollback to v{old_version}: {exc}")
+        raise
+    fleet.record_rollout(name, m.version, "stable", "rolled_back",
+                         f"restored the content of v{old_version} (replacing v{current.version})", good=m)
+    return m, rows

@@ -24,6 +24,7 @@ import msgpack
 import numpy as np
 
 from edge_agent.protocol.errors import ProtocolError
+from edge_agent.protocol.manifest import StageSpec
 
 PROTOCOL_VERSION = 1
 ALIGN = 64
@@ -165,6 +166,10 @@ class Message:
         if cls.KIND:
             _REGISTRY[cls.KIND] = cls
 
+    def _to_wire(self, name: str, value: Any) -> Any:
+        """Plain-data form of a field (a subclass with typed fields converts them back here)."""
+        return value
+
     def to_bytes(self) -> bytes:
         header: dict[str, Any] = {"k": self.KIND, "v": PROTOCOL_VERSION}
         bufs: list[memoryview] = []
@@ -187,7 +192,7 @@ class Message:
                 bufs.append(data)
                 header[f.name] = meta
             else:
-                header[f.name] = value
+                header[f.name] = self._to_wire(f.name, value)
         for meta, off in zip(metas, _relative_offsets([b.nbytes for b in bufs])):
             meta["o"] = off
         return encode_frame(header, bufs)
@@ -279,12 +284,11 @@ class Manifest(Message):
     model_sha256: str
     inputs: list          # [{name, dtype, shape}] shape entries int or str for dynamic dims
     outputs: list
-    stages: list          # [{index, device, shard_sha256, shard_size, chunk_size, chunk_sha256: [..],
-                          #   inputs, outputs, carry, flops, est_ms, nodes}]
+    stages: list          # [StageSpec]; maps on the wire, typed and checked when decoded
     sources: list = field(default_factory=list)     # endpoints that serve the shards (operator, peers)
     plan: dict = field(default_factory=dict)        # planner summary: bottleneck, reason
     operator: str = ""
-    channel: str = "stable"                         # "stable" or "canary"
+    channel: str = "stable"                         # one of topics.CHANNELS
     replicas: int = 1
     failover: bool = True                           # other devices may adopt a stage left without replicas
     expires: float = 0.0                            # epoch seconds; 0 = never
@@ -292,22 +296,24 @@ class Manifest(Message):
     sig: dict = field(default_factory=dict)         # {"alg", "key_id", "value"}; empty in development mode
     fleet: str = ""                                 # signed: a manifest of fleet A is refused by fleet B
 
-    def stages_for(self, device_id: str) -> list[dict]:
+    def __post_init__(self) -> None:
+        if isinstance(self.stages, list):
+            self.stages = [StageSpec.from_dict(st, f"manifest {self.name}: stage {i}")
+                           for i, st in enumerate(self.stages)]
+
+    def _to_wire(self, name: str, value: Any) -> Any:
+        if name == "stages" and isinstance(value, list):
+            return [st.to_dict() for st in value]
+        return value
+
+    def stages_for(self, device_id: str) -> list[StageSpec]:
         """Stages assigned to ``device_id`` by the plan (a device may hold several)."""
-        return [st for st in self.stages if device_id in stage_devices(st)]
+        return [st for st in self.stages if device_id in st.replicas]
 
     def signed_fields(self) -> dict:
-        """Every field except the signature: the content the fleet key signs."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sig"}
-
-
-def stage_devices(stage: dict) -> list[str]:
-    """Replica devices of a manifest stage entry."""
-    devs = stage.get("devices")
-    if isinstance(devs, list) and devs:
-        return [d for d in devs if isinstance(d, str)]
-    dev = stage.get("device")
-    return [dev] if isinstance(dev, str) else []
+        """Every field except the signature, as plain data: the content the fleet key signs."""
+        return {f.name: self._to_wire(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)
+                if f.name != "sig"}
 
 
 @dataclass
@@ -389,43 +395,6 @@ class RolloutRecord(Message):
     name: str
     history: list = field(default_factory=list)   # [{version, channel, status, reason, metrics, ts}]
     good: list = field(default_factory=list)      # [manifest fields incl. sig], newest last
-
-
-def validate_manifest(m: Manifest) -> None:
-    """Structural checks of a decoded manifest (types of every field a device or client relies on)."""
-    from edge_agent.protocol import topics
-
-    if not isinstance(m.version, int) or m.version < 1:
-        raise ProtocolError(f"manifest {m.name}: version must be a positive integer")
-    if not isinstance(m.stages, list):
-        raise ProtocolError(f"manifest {m.name}: stages must be a list (empty = undeployed)")
-    if m.channel not in ("stable", "canary"):
-        raise ProtocolError(f"manifest {m.name}: unknown channel {m.channel!r}")
-    for what, specs in (("inputs", m.inputs), ("outputs", m.outputs)):
-        if not isinstance(specs, list) or not all(
-                isinstance(sp, dict) and isinstance(sp.get("name"), str) and sp.get("dtype") in WIRE_DTYPES
-                and isinstance(sp.get("shape"), list) for sp in specs):
-            raise ProtocolError(f"manifest {m.name}: {what} must be a list of {{name, dtype, shape}}")
-    for i, st in enumerate(m.stages):
-        if not isinstance(st, dict):
-            raise ProtocolError(f"manifest {m.name}: stage {i} is not a map")
-        for key, typ in (("index", int), ("shard_sha256", str), ("shard_size", int),
-                         ("chunk_size", int), ("chunk_sha256", list), ("inputs", list), ("outputs", list)):
-            if not isinstance(st.get(key), typ):
-                raise ProtocolError(f"manifest {m.name}: stage {i} field '{key}' must be {typ.__name__}")
-        if st["index"] != i:
-            raise ProtocolError(f"manifest {m.name}: stage {i} has index {st['index']}")
-        if not stage_devices(st) or not all(topics.check_segment_ok(d) for d in stage_devices(st)):
-            raise ProtocolError(f"manifest {m.name}: stage {i} names no valid device")
-        if st["chunk_size"] <= 0 or st["shard_size"] < 0 or st["chunk_size"] > (64 << 20):
-            raise ProtocolError(f"manifest {m.name}: stage {i} has bad sizes")
-        carry = st.get("carry") or []
-        if not isinstance(carry, list):
-            raise ProtocolError(f"manifest {m.name}: stage {i} field 'carry' must be list")
-        if not all(isinstance(n, str) for n in st["inputs"] + st["outputs"] + carry):
-            raise ProtocolError(f"manifest {m.name}: stage {i} tensor names must be strings")
-    if not isinstance(m.sources, list) or not all(topics.is_endpoint(s) for s in m.sources):
-        raise ProtocolError(f"manifest {m.name}: sources must be endpoints (ea/v1/<fleet>/dev|ctl/<id>)")
 
 
 def validate_state(st: DeviceState) -> None:

@@ -76,16 +76,26 @@ def all_loads(fleet: str) -> str:
     return f"{ROOT}/{fleet}/dev/+/load"
 
 
-CHANNELS = ("deploy", "canary")
+CHANNELS = ("stable", "canary")   # a manifest's channel; stable manifests live under deploy/, canaries under canary/
+_CHANNEL_DIR = {"stable": "deploy", "canary": "canary"}
 
 
 def deploy(fleet: str, name: str, channel: str = "stable") -> str:
     """Retained manifest topic of a model on a channel ("stable" -> deploy/, "canary" -> canary/)."""
-    return f"{ROOT}/{fleet}/{'canary' if channel == 'canary' else 'deploy'}/{name}"
+    return f"{ROOT}/{fleet}/{_CHANNEL_DIR[channel]}/{name}"
 
 
 def all_deploys(fleet: str, channel: str = "stable") -> str:
-    return f"{ROOT}/{fleet}/{'canary' if channel == 'canary' else 'deploy'}/+"
+    return f"{ROOT}/{fleet}/{_CHANNEL_DIR[channel]}/+"
+
+
+def parse_deploy(topic: str) -> tuple[str, str] | None:
+    """``ea/v1/<fleet>/deploy/<name>`` -> ("stable", name); ``.../canary/<name>`` -> ("canary", name)."""
+    parts = topic.split("/")
+    if len(parts) != 5 or "/".join(parts[:2]) != ROOT:
+        return None
+    channel = next((c for c, d in _CHANNEL_DIR.items() if d == parts[3]), None)
+    return None if channel is None else (channel, parts[4])
 
 
 def rollout(fleet: str, name: str) -> str:

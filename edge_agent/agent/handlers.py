@@ -1,0 +1,126 @@
+"""MQTT handlers of the agent: decode, check the structure, and hand over. They run on paho's network
+thread, so they never block, write files or run models: requests go to the stage server's queue, manifests
+to the control thread's inbox (where the trust gate runs), states and loads into the fleet view.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edge_agent.agent.server import StageServer
+from edge_agent.cluster.view import FleetView
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import ProtocolError
+from edge_agent.protocol.manifest import validate_manifest
+from edge_agent.protocol.messages import DeviceState, InferRequest, LoadReport, Manifest, validate_state
+
+log = logging.getLogger("edge_agent.agent")
+
+Handler = Callable[[str, bytes, bool], None]
+
+
+@dataclass(frozen=True)
+class ManifestNote:
+    """A structurally valid manifest (or an empty retained message: ``manifest`` None) for the gate."""
+
+    channel: str
+    name: str
+    manifest: Manifest | None
+
+
+class AgentHandlers:
+    """The agent's subscriptions (see the module docstring)."""
+
+    def __init__(self, device_id: str, view: FleetView, server: StageServer, inbox: queue.Queue,
+                 kick: threading.Event, on_reject: Callable[[str], None], max_message_bytes: int) -> None:
+        self.device_id = device_id
+        self.view = view
+        self.server = server
+        self.inbox = inbox
+        self.kick = kick
+        self.on_reject = on_reject
+        self.max_message_bytes = max_message_bytes
+
+    def guard(self, handler: Handler) -> Handler:
+        """Wrap a handler with the message size limit."""
+        def wrapped(topic: str, payload: bytes, retained: bool) -> None:
+            if len(payload) > self.max_message_bytes:
+                log.warning("dropped %d-byte message on %s: over the %d-byte limit", len(payload), topic,
+                            self.max_message_bytes)
+                self.on_reject("oversized")
+                return
+            handler(topic, payload, retained)
+        return wrapped
+
+    def on_state(self, topic: str, payload: bytes, retained: bool) -> None:
+        if not payload:
+            return
+        try:
+            st = DeviceState.from_bytes(payload, max_bytes=1 << 20)
+            validate_state(st)
+            if st.device_id != topics.device_of_state_topic(topic):
+                raise ProtocolError(f"state of {st.device_id!r} published under {topic}")
+        except ProtocolError as exc:
+            log.warning("ignored malformed state on %s: %s", topic, exc)
+            self.on_reject("state")
+            return
+        if st.device_id == self.device_id:
+            return
+        old = self.view.update_state(st)
+        if old is None or old.online != st.online or old.stages != st.stages:
+            self.kick.set()   # liveness or placement changed: maybe adopt or drop a stage
+
+    def on_load(self, topic: str, payload: bytes, retained: bool) -> None:
+        try:
+            rep = LoadReport.from_bytes(payload, max_bytes=4096)
+        except ProtocolError:
+            self.on_reject("load")
+            return
+        self.view.update_load(rep)
+
+    def on_manifest(self, topic: str, payload: bytes, retained: bool) -> None:
+        parsed = topics.parse_deploy(topic)
+        if parsed is None:
+            return
+        channel, name = parsed
+        if not payload:
+            self._hand_over(ManifestNote(channel, name, None))
+            return
+        try:
+            m = Manifest.from_bytes(payload, max_bytes=self.max_message_bytes)
+            if m.name != name:
+                raise ProtocolError(f"manifest for '{m.name}' published under {channel}/{name}")
+            if m.channel != channel:
+                raise ProtocolError(f"manifest of channel '{m.channel}' published on the {channel} topic")
+            validate_manifest(m)
+        except ProtocolError as exc:
+            log.warning("rejected manifest on %s: %s", topic, exc)
+            self.on_reject("manifest")
+            return
+        self._hand_over(ManifestNote(channel, name, m))
+
+    def _hand_over(self, note: ManifestNote) -> None:
+        try:
+            self.inbox.put_nowait(note)
+        except queue.Full:   # a flood of manifests: the retained one is delivered again on reconnect
+            log.warning("dropped manifest %s (%s): control inbox full", note.name, note.channel)
+            self.on_reject("manifest_flood")
+            return
+        self.kick.set()
+
+    def on_infer(self, topic: str, payload: bytes, retained: bool) -> None:
+        if len(payload) > self.max_message_bytes:
+            log.warning("dropped %d-byte request: over the %d-byte limit", len(payload), self.max_message_bytes)
+            self.on_reject("oversized")
+            return
+        try:
+            req = InferRequest.from_bytes(payload)
+        except ProtocolError as exc:
+            log.warning("rejected malformed request on %s: %s", topic, exc)
+            self.on_reject("malformed_request")
+            return
+        self.server.enqueue(req)

@@ -1,0 +1,259 @@
+"""The stage server: runs requests in arrival order on the installed stages, forwards each result to the
+next stage's best replica (or answers the caller), and answers retries from a de-duplication cache.
+
+It runs on its own worker thread; the MQTT handlers only put requests on its bounded queue.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from edge_agent.agent.backend import check_inputs
+from edge_agent.agent.stages import InstalledStage, StageTable
+from edge_agent.cluster import routing
+from edge_agent.cluster.view import FleetView
+from edge_agent.protocol import topics
+from edge_agent.protocol.errors import InvalidInputError
+from edge_agent.protocol.messages import InferRequest, InferResult, LoadReport
+from edge_agent.transport.mqtt import Transport
+
+log = logging.getLogger("edge_agent.agent")
+
+DEDUP_CACHE = 2048           # (request, stage) answers kept so a retry is resent, not recomputed...
+DEDUP_MAX_BYTES = 64 << 20   # ...bounded in bytes too: 2048 x 1 MiB activations would be 2 GiB
+WORK_QUEUE = 1024            # requests waiting per device before it answers "overloaded"
+MAX_REROUTES = 3             # a request passed on more often than this is answered with an error
+LOAD_REPORT_EVERY_S = 0.1
+
+Answer = tuple[str, bytes, InferRequest | None]   # ("result" | "forward", payload, forwarded request)
+
+
+class DedupCache:
+    """Answers already produced, by (request id, stage), bounded in count and in bytes (oldest out first)."""
+
+    def __init__(self, max_entries: int = DEDUP_CACHE, max_bytes: int = DEDUP_MAX_BYTES) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: collections.OrderedDict[tuple[str, int], Answer] = collections.OrderedDict()
+        self.bytes = 0
+
+    def get(self, key: tuple[str, int]) -> Answer | None:
+        return self._entries.get(key)
+
+    def put(self, key: tuple[str, int], answer: Answer) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.bytes -= len(old[1])
+        self._entries[key] = answer
+        self.bytes += len(answer[1])
+        while len(self._entries) > self.max_entries or (self.bytes > self.max_bytes and len(self._entries) > 1):
+            _, dropped = self._entries.popitem(last=False)
+            self.bytes -= len(dropped[1])
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class StageServer:
+    """Serves the stages in ``table`` for device ``device_id`` (see the module docstring)."""
+
+    def __init__(self, device_id: str, fleet: str, transport: Transport, view: FleetView, table: StageTable,
+                 counters: collections.Counter, on_reject: Callable[[str], None],
+                 max_message_bytes: int) -> None:
+        self.device_id = device_id
+        self.fleet = fleet
+        self.transport = transport
+        self.view = view
+        self.table = table
+        self.counters = counters
+        self.on_reject = on_reject
+        self.max_message_bytes = max_message_bytes
+        self.service_ms = 1.0                 # EWMA of this device's run time per request
+        self.work: queue.Queue[InferRequest | None] = queue.Queue(maxsize=WORK_QUEUE)
+        self.done = DedupCache()
+        self._last_load_pub = 0.0
+        self._last_load_depth = -1
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------------------------- lifecycle
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self._work_loop, name=f"stage-worker-{self.device_id}",
+                                        daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def stop(self) -> None:
+        try:
+            self.work.put_nowait(None)
+        except queue.Full:
+            pass
+
+    def queue_depth(self) -> int:
+        return self.work.qsize()
+
+    # ---------------------------------------------------------------------------------- intake
+    def enqueue(self, req: InferRequest) -> None:
+        """Queue a request (from the network thread); answers "overloaded" when the queue is full."""
+        if not topics.is_endpoint(req.reply_to, self.fleet):
+            log.warning("rejected request %s: reply_to %r outside fleet %s", req.request_id, req.reply_to,
+                        self.fleet)
+            self.on_reject("bad_reply_to")
+            return
+        try:
+            self.work.put_nowait(req)
+        except queue.Full:
+            self.reply_error(req, "overloaded", f"device {self.device_id} has {WORK_QUEUE} requests queued")
+            return
+        self.publish_load()
+
+    def publish_load(self, force: bool = False) -> None:
+        """Load telemetry for routing: only when the queue depth changed, at most every 100 ms."""
+        now = time.monotonic()
+        depth = self.work.qsize()
+        if not force and (now - self._last_load_pub < LOAD_REPORT_EVERY_S or depth == self._last_load_depth):
+            return
+        self._last_load_pub = now
+        self._last_load_depth = depth
+        rep = LoadReport(self.device_id, depth, round(self.service_ms, 3))
+        self.transport.publish(topics.load(self.fleet, self.device_id), rep.to_bytes(), qos=0)
+
+    # ---------------------------------------------------------------------------------- routing
+    def route(self, model: str, version: int, stage: int) -> str | None:
+        """The live device (maybe this one) with the earliest expected completion for a stage."""
+        key = (model, version, stage)
+        local = None
+        if self.table.get(key) is not None:
+            local = routing.Local(self.device_id, self.work.qsize(), self.service_ms)
+        return routing.pick(self.view, key, local)
+
+    def send(self, req: InferRequest, payload: bytes | None = None) -> str | None:
+        """Forward a request to the best device for its stage; returns the device or None (no route)."""
+        dest = self.route(req.model, req.version, req.stage)
+        if dest is None:
+            return None
+        if dest == self.device_id:
+            self.enqueue(req)
+            return dest
+        self.view.note_sent(dest)
+        self.transport.publish(topics.inbox(topics.device_endpoint(self.fleet, dest), "in"),
+                               payload if payload is not None else req.to_bytes(), qos=1)
+        return dest
+
+    # ---------------------------------------------------------------------------------- serving
+    def _work_loop(self) -> None:
+        while True:
+            req = self.work.get()
+            if req is None:
+                return
+            try:
+                self.serve(req)
+            except Exception as exc:  # the worker must survive anything a request does
+                log.exception("request %s failed unexpectedly", req.request_id)
+                try:
+                    self.reply_error(req, "internal", f"{type(exc).__name__}: {exc}")
+                except Exception:
+                    log.exception("could not even answer request %s", req.request_id)
+            self.publish_load()
+
+    def serve(self, req: InferRequest) -> None:
+        """Run one request on its stage (or resend a cached answer, or pass it on, or explain why not)."""
+        key = (req.request_id, req.stage)
+        cached = self.done.get(key)
+        if cached is not None:
+            # a retry: the work is done; resend the answer (routing again, the old next hop may be gone)
+            self.counters["duplicates"] += 1
+            kind, payload, fwd = cached
+            if kind == "result":
+                self.transport.publish(topics.inbox(req.reply_to, "out"), payload, qos=1)
+            elif fwd is not None and self.send(fwd, payload) is None:
+                self.reply_error(req, "no_route", f"no live device serves {req.model} v{req.version} "
+                                 f"stage {fwd.stage}", stage=fwd.stage)
+            return
+        inst = self.table.get((req.model, req.version, req.stage))
+        if inst is None:
+            # routed here on a stale view (the stage moved on): pass it on to a device that holds it
+            dest = self.route(req.model, req.version, req.stage) if req.reroutes < MAX_REROUTES else None
+            if dest is not None and dest != self.device_id:
+                req.reroutes += 1
+                self.counters["rerouted"] += 1
+                self.send(req)
+                return
+            self._not_served(req)
+            return
+        answer = self._run(req, inst)
+        if answer is not None:
+            self.counters["served"] += 1
+            self.done.put(key, answer)
+
+    def _run(self, req: InferRequest, inst: InstalledStage) -> Answer | None:
+        t_recv = time.time()
+        where = f"{req.model} stage {inst.index} on {self.device_id}"
+        try:
+            feeds = {name: req.tensors[name] for name in inst.stage.inputs if name in req.tensors}
+            check_inputs(inst.backend.inputs, feeds, where)
+        except InvalidInputError as exc:
+            self.reply_error(req, "invalid_input", str(exc))
+            return None
+        t0 = time.perf_counter()
+        try:
+            outs = inst.backend.run(feeds)
+        except Exception as exc:
+            self.reply_error(req, "run_failed", f"{where}: {type(exc).__name__}: {exc}")
+            return None
+        run_s = time.perf_counter() - t0
+        self.service_ms = 0.8 * self.service_ms + 0.2 * run_s * 1e3
+        env = dict(req.tensors)
+        env.update(outs)
+        carry = inst.stage.forwards
+        missing = [n for n in carry if n not in env]
+        if missing:
+            self.reply_error(req, "run_failed", f"{where}: tensors {missing} to forward are missing")
+            return None
+        forward = {n: np.asarray(env[n]) for n in carry}
+        timings = list(req.timings) + [{"stage": inst.index, "device": self.device_id,
+                                        "queue_ms": round(max(0.0, t_recv - req.sent) * 1e3, 3),
+                                        "run_ms": round(run_s * 1e3, 3), "backend": inst.backend.name}]
+        if inst.last:
+            payload = InferResult(req.request_id, req.model, True, tensors=forward, timings=timings).to_bytes()
+            self.transport.publish(topics.inbox(req.reply_to, "out"), payload, qos=1)
+            return ("result", payload, None)
+        fwd = InferRequest(req.request_id, req.model, req.version, inst.index + 1, req.reply_to,
+                           tensors=forward, timings=timings, attempt=req.attempt)
+        payload = fwd.to_bytes()
+        if self.send(fwd, payload) is None:
+            self.reply_error(req, "no_route", f"no live device serves {req.model} v{req.version} "
+                             f"stage {inst.index + 1}", stage=inst.index + 1)
+        return ("forward", payload, fwd)
+
+    def _not_served(self, req: InferRequest) -> None:
+        served = self.table.served()
+        models = sorted({k[0] for k in served})
+        versions = sorted({k[1] for k in served if k[0] == req.model})
+        stages = sorted({k[2] for k in served if k[0] == req.model and k[1] == req.version})
+        if not versions:
+            self.reply_error(req, "unknown_model", f"device {self.device_id} does not serve model "
+                             f"'{req.model}' (serving: {', '.join(models) or 'nothing'})")
+        elif req.version not in versions:
+            self.reply_error(req, "version_mismatch", f"device {self.device_id} serves {req.model} "
+                             f"v{', v'.join(map(str, versions))}, request is for v{req.version}")
+        else:
+            self.reply_error(req, "wrong_stage", f"device {self.device_id} runs stage(s) {stages} of "
+                             f"{req.model}, request is for stage {req.stage}")
+
+    def reply_error(self, req: InferRequest, code: str, message: str, stage: int | None = None) -> None:
+        log.warning("request %s (%s stage %s): %s", req.request_id, req.model, req.stage, message)
+        self.counters[f"error_{code}"] += 1
+        if not topics.is_endpoint(req.reply_to, self.fleet):
+            return   # nobody valid to answer
+        res = InferResult(req.request_id, req.model, False,
+                          error={"code": code, "message": message,
+                                 "stage": req.stage if stage is None else stage, "device": self.device_id},
+                          timings=list(req.timings))
+        self.transport.publish(topics.inbox(req.reply_to, "out"), res.to_bytes(), qos=1)

@@ -1,0 +1,45 @@
+"""Desired vs reported: pure functions from a manifest and the fleet view to status rows."""
+
+from __future__ import annotations
+
+from edge_agent.cluster.view import FleetView
+from edge_agent.protocol.messages import Manifest
+
+
+def stage_rows(view: FleetView, m: Manifest) -> list[dict]:
+    """One row per (stage, replica device): what the device reports for this manifest's version."""
+    rows = []
+    for st in m.stages:
+        for dev in st.replicas:
+            ds = view.state(dev)
+            entry = view.report(dev, (m.name, m.version, st.index))
+            row = {"stage": st.index, "device": dev, "online": bool(ds and ds.online),
+                   "status": "pending", "progress": 0.0, "error": "", "backend": ""}
+            if entry is not None:
+                row.update(status=entry.get("status", "?"), progress=float(entry.get("progress", 0.0)),
+                           error=entry.get("error", ""), backend=entry.get("backend", ""))
+            rows.append(row)
+    return rows
+
+
+def rejections(view: FleetView, m: Manifest) -> dict[str, str]:
+    """Devices assigned to ``m`` that reported rejecting it (signature, expiry, replay...)."""
+    out = {}
+    for d in {d for st in m.stages for d in st.replicas}:
+        ds = view.state(d)
+        for ev in (ds.events if ds else []):
+            if ev.get("model") == m.name and ev.get("version") == m.version and ev.get("ts", 0) >= m.created - 5:
+                out[d] = f"{ev.get('kind')}: {ev.get('reason')}"
+    return out
+
+
+def adopted_rows(view: FleetView, name: str) -> list[dict]:
+    """Stages of ``name`` that live devices run as adopters (their assigned devices are gone)."""
+    return [{"device": d.device_id, **e} for d in view.states() if d.online
+            for e in d.stages if e.get("model") == name and e.get("role") == "adopted"]
+
+
+def rejected_counters(view: FleetView) -> dict[str, dict]:
+    """Per device, the counters of messages it rejected (by reason)."""
+    return {d.device_id: {k: v for k, v in d.counters.items() if k.startswith("rejected")}
+            for d in view.states() if any(k.startswith("rejected") for k in d.counters)}
