@@ -25,12 +25,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from edge_agent.protocol import topics
+from edge_agent.security.broker_config import check_password, hash_password
 from edge_agent.security.pki import (
     Credentials,
     FleetInitError,
     add_identity,
-    check_password,
-    hash_password,
     init_fleet,
     revoke_identity,
 )

@@ -558,7 +558,7 @@ def test_fleet_handlers_survive_fuzzed_payloads_and_its_callers_get_results_or_c
             call(fleet._on_state, topics.state(FLEET, "ghost-1"), payload, data.draw(st.booleans()))
         elif which == "manifest":
             topic, payload = data.draw(manifests(lab.manifest))
-            call(fleet._on_manifest, topic, payload, True)
+            call(fleet.desired.on_manifest, topic, payload, True)
         elif which == "result":
             aimed = results.filter(lambda r: r.request_id in pending_ids).map(wire.InferResult.to_bytes)
             call(fleet._on_result, topics.inbox(fleet.endpoint, "out"),
@@ -568,7 +568,7 @@ def test_fleet_handlers_survive_fuzzed_payloads_and_its_callers_get_results_or_c
         else:
             rec = st.builds(wire.RolloutRecord, name=st.text(max_size=6), history=st.lists(FINITE, max_size=2),
                             good=st.lists(FINITE, max_size=2))
-            call(fleet._on_rollout, topics.rollout(FLEET, "fz-0"), data.draw(payloads(rec, "rollout")), True)
+            call(fleet.desired.on_rollout, topics.rollout(FLEET, "fz-0"), data.draw(payloads(rec, "rollout")), True)
         # a caller whose request got a final answer sees its outputs or an edge-agent error with a message
         for rid, fut in list(futures.items()):
             if fut.done():
@@ -736,13 +736,13 @@ def test_request_with_a_control_character_in_reply_to_does_not_disconnect_the_ag
 def test_structurally_invalid_manifest_gives_fleet_callers_a_clear_error(lab: Lab) -> None:
     fleet = lab.fleet
     topic = topics.deploy(FLEET, "fz-broken")
-    fleet._on_manifest(topic, _manifest_bytes_with_stages("fz-broken", [1]), True)
+    fleet.desired.on_manifest(topic, _manifest_bytes_with_stages("fz-broken", [1]), True)
     try:
         for use in (lambda: fleet.status("fz-broken"), lambda: fleet.infer("fz-broken", INPUTS, timeout=2)):
             with pytest.raises(EdgeAgentError):
                 use()
     finally:
-        fleet._on_manifest(topic, b"", True)
+        fleet.desired.on_manifest(topic, b"", True)
 
 
 def _manifest_bytes_with_stages(name: str, stages: list) -> bytes:

@@ -23,9 +23,10 @@ import numpy as np
 from edge_agent.agent.backend import check_inputs
 from edge_agent.cluster import routing
 from edge_agent.cluster.view import FleetView
-from edge_agent.operator import status as status_rows
+from edge_agent.operator.desired import DesiredState
 from edge_agent.operator.manifests import build_manifest
 from edge_agent.operator.requests import RETRY_AFTER_S, Pending, RequestTable
+from edge_agent.operator.status import adopted_rows, rejected_counters, rejections, stage_rows
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import (
     BrokerError,
@@ -35,7 +36,6 @@ from edge_agent.protocol.errors import (
     StageUnavailableError,
     UnknownModelError,
 )
-from edge_agent.protocol.manifest import validate_manifest
 from edge_agent.protocol.messages import (
     DeviceState,
     InferResult,
@@ -132,13 +132,8 @@ class Fleet:
         self.client_id = client_id or f"op-{uuid.uuid4().hex[:10]}"
         self.endpoint = topics.client_endpoint(fleet, self.client_id)
         self.view = FleetView(stale_after_s=HEARTBEAT_STALE_S)
-        self._lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
-        self._manifests: dict[str, Manifest] = {}
-        self._canaries: dict[str, Manifest] = {}
-        self._rollouts: dict[str, RolloutRecord] = {}
-        self._tombstones: dict[str, int] = {}
-        self._last_retained = time.monotonic()
+        self.desired = DesiredState(fleet)
+        self._changed = self.desired.changed     # notified by state and manifest updates alike
         self.requests = RequestTable(self.view, self.current, self._dispatch)
         self.stats = self.requests.stats
         self.transport = Transport(url, client_id=self.client_id if creds is None else creds.username,
@@ -147,8 +142,8 @@ class Fleet:
         t = self.transport
         t.subscribe(topics.all_states(fleet), self._on_state)
         for channel in topics.CHANNELS:
-            t.subscribe(topics.all_deploys(fleet, channel), self._on_manifest)
-        t.subscribe(topics.all_rollouts(fleet), self._on_rollout)
+            t.subscribe(topics.all_deploys(fleet, channel), self.desired.on_manifest)
+        t.subscribe(topics.all_rollouts(fleet), self.desired.on_rollout)
         t.subscribe(topics.all_loads(fleet), self._on_load, qos=0)
         t.subscribe(topics.inbox(self.endpoint, "out"), self._on_result)
         t.subscribe(topics.inbox(self.endpoint, "cmd"), self.blob_server.handle)
@@ -178,9 +173,7 @@ class Fleet:
         """Wait until retained states/manifests stop arriving (MQTT has no end-of-retained marker)."""
         end = time.monotonic() + max_wait
         while time.monotonic() < end:
-            with self._lock:
-                quiet = time.monotonic() - self._last_retained
-            if quiet >= SETTLE_S:
+            if time.monotonic() - self.desired.last_update >= SETTLE_S:
                 return
             time.sleep(0.05)
 
@@ -212,8 +205,8 @@ class Fleet:
             log.warning("ignored malformed state on %s: %s", topic, exc)
             return
         old = self.view.update_state(st)
-        with self._lock:
-            self._last_retained = time.monotonic()
+        with self._changed:
+            self.desired.last_update = time.monotonic()
             self._changed.notify_all()
         if not st.online and (old is None or old.online):
             self.requests.device_lost(st.device_id, old)
@@ -224,41 +217,6 @@ class Fleet:
         except ProtocolError:
             return
         self.view.update_load(rep)
-
-    def _on_manifest(self, topic: str, payload: bytes, retained: bool) -> None:
-        parsed = topics.parse_deploy(topic)
-        if parsed is None:
-            return
-        channel, name = parsed
-        table = self._canaries if channel == "canary" else self._manifests
-        with self._lock:
-            self._last_retained = time.monotonic()
-            if not payload:
-                table.pop(name, None)
-            else:
-                try:
-                    m = Manifest.from_bytes(payload)
-                    validate_manifest(m)
-                    if m.stages:
-                        table[name] = m
-                    else:  # a signed tombstone: undeployed
-                        table.pop(name, None)
-                        self._tombstones[name] = max(self._tombstones.get(name, 0), m.version)
-                except ProtocolError as exc:
-                    log.warning("ignored malformed manifest %s: %s", name, exc)
-            self._changed.notify_all()
-
-    def _on_rollout(self, topic: str, payload: bytes, retained: bool) -> None:
-        if not payload:
-            return
-        try:
-            rec = RolloutRecord.from_bytes(payload)
-        except ProtocolError as exc:
-            log.warning("ignored malformed rollout record on %s: %s", topic, exc)
-            return
-        with self._lock:
-            self._rollouts[rec.name] = rec
-            self._last_retained = time.monotonic()
 
     def _on_result(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
@@ -277,7 +235,7 @@ class Fleet:
     def wait_for_devices(self, count: int, timeout: float = 30.0) -> list[DeviceStatus]:
         """Block until at least ``count`` devices are online."""
         end = time.monotonic() + timeout
-        with self._lock:
+        with self._changed:
             while sum(1 for s in self.view.states() if s.online) < count:
                 left = end - time.monotonic()
                 if left <= 0:
@@ -288,25 +246,15 @@ class Fleet:
         return self.devices()
 
     def deployments(self) -> list[Manifest]:
-        with self._lock:
-            return sorted(self._manifests.values(), key=lambda m: m.name)
+        return self.desired.stable()
 
     def current(self, name: str, channel: str = "stable") -> Manifest | None:
         """The manifest of ``name`` on ``channel`` as the broker holds it now, or None."""
-        with self._lock:
-            return (self._canaries if channel == "canary" else self._manifests).get(name)
+        return self.desired.current(name, channel)
 
     def manifest(self, name: str, wait: float = 1.0) -> Manifest:
-        end = time.monotonic() + wait
-        with self._lock:
-            while name not in self._manifests:
-                left = end - time.monotonic()
-                if left <= 0:
-                    known = ", ".join(sorted(self._manifests)) or "none"
-                    raise UnknownModelError(f"no deployment named '{name}' in fleet '{self.fleet}' "
-                                            f"(deployed: {known})")
-                self._changed.wait(min(left, 0.2))
-            return self._manifests[name]
+        """The stable manifest of ``name`` (waiting up to ``wait`` s); UnknownModelError naming the known ones."""
+        return self.desired.wait(name, wait)
 
     def route(self, model: str, version: int, stage: int) -> str | None:
         """Live device reporting the stage ready with the earliest expected completion (queue x speed)."""
@@ -315,14 +263,7 @@ class Fleet:
     # --------------------------------------------------------------------------------- deploy
     def next_version(self, name: str) -> int:
         """One above every version of ``name`` seen on any channel or in its rollout history."""
-        with self._lock:
-            seen = [table[name].version for table in (self._manifests, self._canaries) if name in table]
-            rec = self._rollouts.get(name)
-            if rec is not None:
-                seen += [int(h.get("version", 0)) for h in rec.history]
-                seen += [int(g.get("version", 0)) for g in rec.good]
-            seen += [self._tombstones.get(name, 0)]
-        return max(seen, default=0) + 1
+        return self.desired.next_version(name)
 
     def build_manifest(self, model: Any, name: str, *, stages: int | None = None,
                        devices: Sequence[str] | None = None, version: int | None = None,
@@ -362,8 +303,7 @@ class Fleet:
         """Withdraw the canary of ``name`` (devices drop it; the stable version is untouched)."""
         self.transport.publish(topics.deploy(self.fleet, name, "canary"), b"", qos=1,
                                retain=True).wait_for_publish(10.0)
-        with self._lock:
-            self._canaries.pop(name, None)
+        self.desired.forget(name, "canary")
 
     def deploy(self, model: Any, name: str, *, stages: int | None = None, devices: Sequence[str] | None = None,
                version: int | None = None, input_shapes: dict[str, Sequence[int]] | None = None,
@@ -402,20 +342,14 @@ class Fleet:
         return Deployment(manifest, plan, time.monotonic() - t0, rows)
 
     def rollouts(self, name: str) -> RolloutRecord | None:
-        with self._lock:
-            return self._rollouts.get(name)
+        return self.desired.rollout(name)
 
     def record_rollout(self, name: str, version: int, channel: str, status: str, reason: str,
                        metrics: dict | None = None, good: Manifest | None = None) -> None:
         """Append to the retained rollout record of ``name`` (keeps the last 50 events, 5 good manifests)."""
-        with self._lock:
-            rec = self._rollouts.get(name) or RolloutRecord(name)
-            rec.history = (rec.history + [{"version": version, "channel": channel, "status": status,
-                                           "reason": reason, "metrics": metrics or {}, "ts": time.time()}])[-50:]
-            if good is not None:
-                entry = {**good.signed_fields(), "sig": good.sig}
-                rec.good = ([g for g in rec.good if g.get("version") != good.version] + [entry])[-5:]
-            self._rollouts[name] = rec
+        rec = self.desired.add_rollout_event(name, {"version": version, "channel": channel, "status": status,
+                                                    "reason": reason, "metrics": metrics or {},
+                                                    "ts": time.time()}, good)
         self.transport.publish(topics.rollout(self.fleet, name), rec.to_bytes(), qos=1,
                                retain=True).wait_for_publish(10.0)
 
@@ -442,15 +376,15 @@ class Fleet:
             crows = self.stage_rows(canary)
             out["canary"] = {"version": canary.version, "signed": bool(canary.sig), "stages": crows,
                              "converged": all(r["status"] == "ready" for r in crows)}
-        out["adopted"] = status_rows.adopted_rows(self.view, name)
-        out["rejected"] = status_rows.rejected_counters(self.view)
+        out["adopted"] = adopted_rows(self.view, name)
+        out["rejected"] = rejected_counters(self.view)
         rec = self.rollouts(name)
         out["history"] = rec.history[-10:] if rec else []
         return out
 
     def stage_rows(self, m: Manifest) -> list[dict]:
         """Desired vs reported, one row per (stage, replica device)."""
-        return status_rows.stage_rows(self.view, m)
+        return stage_rows(self.view, m)
 
     def wait_ready(self, m: Manifest, timeout: float, progress: Callable[[str, dict], None] | None = None,
                    offline_ok: bool = False) -> list[dict]:
@@ -468,7 +402,7 @@ class Fleet:
                 why = r["error"] or "device went offline"
                 raise DeployError(f"deployment {m.name} v{m.version}: stage {r['stage']} on '{r['device']}' "
                                   f"failed: {why}")
-            rejected = status_rows.rejections(self.view, m)
+            rejected = rejections(self.view, m)
             if rejected:
                 raise DeployError(f"deployment {m.name} v{m.version} ({m.channel}) was rejected: " +
                                   "; ".join(f"{d}: {why}" for d, why in rejected.items()))
@@ -479,7 +413,7 @@ class Fleet:
                 report = "; ".join(f"stage {r['stage']}@{r['device']}: {r['status']} "
                                    f"{r['progress'] * 100:.0f}%" for r in rows)
                 raise DeployTimeout(f"deployment {m.name} v{m.version} not ready after {timeout:.0f} s: {report}")
-            with self._lock:
+            with self._changed:
                 self._changed.wait(min(left, 0.25))
 
     def undeploy(self, name: str, timeout: float = 30.0) -> None:
@@ -490,8 +424,7 @@ class Fleet:
             tomb = Manifest(name, self.next_version(name), time.time(), current.model_sha256, [], [], [],
                             operator=self.client_id, fleet=self.fleet)
             self.publish_manifest(tomb)
-            with self._lock:
-                self._tombstones[name] = tomb.version
+            self.desired.note_tombstone(name, tomb.version)
         else:
             info = self.transport.publish(topics.deploy(self.fleet, name), b"", qos=1, retain=True)
             info.wait_for_publish(10.0)
@@ -499,12 +432,12 @@ class Fleet:
             self.clear_canary(name)
         self.record_rollout(name, current.version, "stable", "undeployed", "operator request")
         end = time.monotonic() + timeout
-        with self._lock:
+        with self._changed:
             while True:
                 serving = sorted(s.device_id for s in self.view.states()
                                  if s.online and any(e.get("model") == name for e in s.stages))
                 if not serving:
-                    self._manifests.pop(name, None)
+                    self.desired.forget(name)
                     return
                 left = end - time.monotonic()
                 if left <= 0:
