@@ -161,11 +161,11 @@ def _dims(tt: onnx.TypeProto.Tensor) -> tuple[int | str | None, ...] | None:
         return None
     out: list[int | str | None] = []
     for d in tt.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value > 0:
             out.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
+        elif d.HasField("dim_param") and d.dim_param:
             out.append(d.dim_param)
-        else:
+        else:   # unknown, or -1 / 0: what several exporters write for "dynamic"
             out.append(None)
     return tuple(out)
 
@@ -195,7 +195,8 @@ def with_static_shapes(
 ) -> onnx.ModelProto:
     """Return a copy with every input dimension fixed and shapes inferred on every edge.
 
-    Dimensions given in ``input_shapes`` win; other symbolic or unknown dimensions become 1. The copy
+    Dimensions given in ``input_shapes`` win; other symbolic, unknown or non-positive (-1, 0: "dynamic" to
+    several exporters) dimensions become 1 (see :mod:`models.shapes` for realistic choices). The copy
     goes through ONNX shape inference (strict mode, with data propagation so shape-computing
     subgraphs resolve). Raises :class:`ModelError` if a given shape contradicts a fixed dimension,
     names an unknown input, or inference fails.
@@ -223,7 +224,7 @@ def with_static_shapes(
                 )
             if tt.HasField("shape"):
                 for i, (d, v) in enumerate(zip(tt.shape.dim, given, strict=True)):
-                    if d.HasField("dim_value") and d.dim_value != v:
+                    if d.HasField("dim_value") and d.dim_value > 0 and d.dim_value != v:
                         raise ModelError(
                             f"input {vi.name!r} dim {i} is fixed to {d.dim_value} but input_shapes gives {v}"
                         )
@@ -234,7 +235,7 @@ def with_static_shapes(
             if not tt.HasField("shape"):
                 raise ModelError(f"input {vi.name!r} has no shape (not even a rank); pass input_shapes")
             for d in tt.shape.dim:
-                if not d.HasField("dim_value"):
+                if not d.HasField("dim_value") or d.dim_value <= 0:
                     d.Clear()
                     d.dim_value = 1
     # Graph outputs may carry stale symbolic dims; let inference fill them from the fixed inputs.
@@ -242,7 +243,7 @@ def with_static_shapes(
         tt = vi.type.tensor_type
         if tt.HasField("shape"):
             for d in tt.shape.dim:
-                if not d.HasField("dim_value"):
+                if not d.HasField("dim_value") or d.dim_value <= 0:
                     d.Clear()
     try:
         inferred = shape_inference.infer_shapes(out, check_type=True, strict_mode=True, data_prop=True)
@@ -282,6 +283,7 @@ def _fill_shapes_by_running(model: onnx.ModelProto, names: list[str]) -> None:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
+    so.log_severity_level = 4   # a rejected shape is reported by the exception below, not on stderr
     try:
         sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
         feeds = {s.name: np.zeros([int(d) for d in s.shape], s.dtype) for s in input_specs(model)}

@@ -25,6 +25,7 @@ from onnx import helper, shape_inference
 
 from models.cost import ModelCost, model_cost
 from models.graph import node_inputs, tensor_types, topological_nodes, with_static_shapes
+from models.shapes import ShapeChoice, shape_candidates
 
 __all__ = [
     "PlanError",
@@ -94,6 +95,8 @@ class Plan:
     bottleneck_ms: float
     total_ms: float
     reason: str
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)   # the shapes the plan was costed on
+    notes: list[str] = field(default_factory=list)   # e.g. which representative shape a dynamic input got
     node_count: int = 0
 
     def to_dict(self) -> dict:
@@ -110,6 +113,8 @@ class Plan:
             s.inputs, s.outputs, s.carry = list(s.inputs), list(s.outputs), list(s.carry)
             s.op_counts = dict(s.op_counts)
         rest = {k: v for k, v in d.items() if k in plan_keys and k != "stages"}
+        rest["input_shapes"] = {k: tuple(v) for k, v in rest.get("input_shapes", {}).items()}
+        rest["notes"] = list(rest.get("notes", []))
         return cls(stages=stages, **rest)
 
 
@@ -121,14 +126,15 @@ class _Structure:
     """Which nodes can anchor cuts, and for every tensor where it is produced and used (anchor space)."""
 
     nodes: list[onnx.NodeProto]
-    anchors: list[int]  # positions (in ``nodes``) of alive non-Constant nodes
-    weights: set[str]  # initializers and Constant outputs
-    const_node: dict[str, int]  # Constant output name -> position in ``nodes``
+    anchors: list[int]  # positions (in ``nodes``) of alive nodes that do not compute constants
+    weights: set[str]  # initializers and constants (see _constant_subgraphs)
+    const_node: dict[str, int]  # constant tensor -> position in ``nodes`` of the node computing it
     producer: dict[str, int]  # non-weight tensor -> anchor index (-1 = graph input)
     uses: dict[str, list[int]]  # non-weight tensor -> sorted anchor indices reading it
     graph_inputs: list[str]
     graph_outputs: list[str]
     anchor_reads: list[list[str]] = field(default_factory=list)
+    const_deps: dict[int, tuple[int, ...]] = field(default_factory=dict)  # constant node -> chain it needs
 
     @property
     def n(self) -> int:
@@ -149,11 +155,44 @@ def _is_constant(node: onnx.NodeProto) -> bool:
     return node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1
 
 
+# ops whose output is not a function of their inputs: never folded into a constant
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                     "Bernoulli"}
+
+
+def _constant_subgraphs(nodes: list[onnx.NodeProto], inits: set[str]
+                        ) -> tuple[dict[str, int], dict[int, tuple[int, ...]]]:
+    """Nodes computing constants: Constant nodes, and deterministic default-domain nodes whose inputs are all
+    initializers or constants (e.g. the ConstantOfShape weights of exported "light" models, shape arithmetic
+    on initializers). Returns (constant tensor -> producing node, node -> every constant node it needs,
+    itself included, in topological order). A stage clones the chain of each constant it reads, so constants
+    never cross a stage boundary and never anchor a cut."""
+    const_node: dict[str, int] = {}
+    deps: dict[int, tuple[int, ...]] = {}
+    for i, n in enumerate(nodes):
+        ins = [x for x in n.input if x]
+        foldable = _is_constant(n) or (
+            ins and len(ins) == len(n.input) and n.domain in ("", "ai.onnx") and n.op_type not in _NONDETERMINISTIC
+            and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)
+            and all(x in inits or x in const_node for x in ins))
+        if not foldable:
+            continue
+        need = {i}
+        for x in ins:
+            if x in const_node:
+                need.update(deps[const_node[x]])
+        deps[i] = tuple(sorted(need))
+        for o in n.output:
+            if o:
+                const_node[o] = i
+    return const_node, deps
+
+
 def _structure(model: onnx.ModelProto) -> _Structure:
     g = model.graph
     nodes = topological_nodes(model)
     inits = {t.name for t in g.initializer} | {t.values.name for t in g.sparse_initializer}
-    const_node = {n.output[0]: i for i, n in enumerate(nodes) if _is_constant(n)}
+    const_node, const_deps = _constant_subgraphs(nodes, inits)
     weights = inits | set(const_node)
     graph_inputs = [vi.name for vi in g.input if vi.name not in inits]
     graph_outputs = [vi.name for vi in g.output]
@@ -164,7 +203,7 @@ def _structure(model: onnx.ModelProto) -> _Structure:
         if any(o in needed for o in nodes[i].output if o):
             alive[i] = True
             needed.update(node_inputs(nodes[i]))
-    anchors = [i for i, nd in enumerate(nodes) if alive[i] and not _is_constant(nd)]
+    anchors = [i for i, nd in enumerate(nodes) if alive[i] and i not in const_deps]
     producer = {t: -1 for t in graph_inputs}
     uses: dict[str, list[int]] = {}
     reads: list[list[str]] = []
@@ -178,7 +217,8 @@ def _structure(model: onnx.ModelProto) -> _Structure:
         for o in nd.output:
             if o:
                 producer[o] = a
-    return _Structure(nodes, anchors, weights, const_node, producer, uses, graph_inputs, graph_outputs, reads)
+    return _Structure(nodes, anchors, weights, const_node, producer, uses, graph_inputs, graph_outputs, reads,
+                      const_deps)
 
 
 def _carry_at(st: _Structure, b: int) -> list[str]:
@@ -416,13 +456,15 @@ def plan_pipeline(
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     hop_overhead_ms: float = 1.0,
     model_name: str | None = None,
+    sample: dict[str, np.ndarray] | None = None,
 ) -> Plan:
     """Cut ``model`` into contiguous stages and place them on ``devices`` (see module docstring).
 
     ``stages=None`` tries 1..len(devices) stages and keeps the fewest whose throughput is within 10%
-    of any larger count. ``input_shapes`` fixes dynamic input dims for costing (others become 1;
-    pass real image sizes for models with dynamic H/W). Raises :class:`PlanError` when the stage
-    count is impossible or no placement fits the devices' memory.
+    of any larger count. Dynamic input dims are costed on a representative shape: ``input_shapes``, else
+    the shapes of ``sample``, else defaults by role (:func:`models.shapes.representative_shapes`; the plan's
+    ``notes`` say which). Raises :class:`PlanError` when the stage count is impossible, no placement fits
+    the devices' memory, or a given shape contradicts the model.
     """
     name = model_name or model.graph.name or "model"
     if not devices:
@@ -445,14 +487,14 @@ def plan_pipeline(
             )
         if stages > st.n:
             raise PlanError(f"cannot cut {name!r} into {stages} stages: it has only {st.n} compute nodes")
-    cost = model_cost(model, input_shapes)
+    shapes, cost = _cost_on_representative_shapes(name, model, input_shapes, sample)
     tab = _tables(st, cost)
 
     if stages is not None:
         choice = _best_for_k(tab, devices, stages, hop_overhead_ms, memory=True)
         if choice is None:
             raise _memory_error(name, st, cost, tab, devices, stages, hop_overhead_ms)
-        return _make_plan(name, st, cost, tab, choice, hop_overhead_ms, note="")
+        return _with_shapes(_make_plan(name, st, cost, tab, choice, hop_overhead_ms, note=""), shapes)
 
     chosen: _Choice | None = None
     tried: list[tuple[int, float]] = []
@@ -469,7 +511,7 @@ def plan_pipeline(
     k = len(chosen.seq)
     others = ", ".join(f"{kk}: {bn:.2f} ms" for kk, bn in tried if kk != k)
     note = f" Chose {k} stage(s) automatically (bottleneck for other counts: {others or 'none feasible'})."
-    return _make_plan(name, st, cost, tab, chosen, hop_overhead_ms, note=note)
+    return _with_shapes(_make_plan(name, st, cost, tab, chosen, hop_overhead_ms, note=note), shapes)
 
 
 def _memory_error(
@@ -491,6 +533,37 @@ def _memory_error(
         f"model {name!r} does not fit in {k} stage(s) on devices {[d.id for d in devices]}: "
         + ("; ".join(problems) or "no cut satisfies every device's RAM")
     )
+
+
+def _cost_on_representative_shapes(name: str, model: onnx.ModelProto, input_shapes: dict | None,
+                                   sample: dict | None) -> tuple[ShapeChoice, ModelCost]:
+    """Cost the model on the first representative shape it accepts (see :mod:`models.shapes`)."""
+    try:
+        candidates = shape_candidates(model, input_shapes, sample)
+    except ValueError as exc:
+        raise PlanError(f"cannot plan {name!r}: {exc}") from None
+    first_error: Exception | None = None
+    for choice in candidates:
+        try:
+            return choice, model_cost(model, choice.shapes)
+        except ValueError as exc:   # ModelError: the model rejects this shape (a reshape, a concat...)
+            first_error = first_error or exc
+            if not choice.defaulted:
+                break
+    dyn = [n for n, s in candidates[0].sources.items() if s == "default"]
+    if not dyn:
+        raise PlanError(f"cannot plan {name!r}: {first_error}") from None
+    tried = "; ".join(", ".join(f"{n}={'x'.join(map(str, c.shapes[n]))}" for n in dyn) for c in candidates)
+    raise PlanError(f"cannot plan {name!r}: its dynamic input(s) {dyn} need a shape the model accepts and none "
+                    f"of the defaults works (tried {tried}; first error: {str(first_error)[:300]}). Pass one: "
+                    + " ".join(f"--input-shape {n}=..." for n in dyn) + " (Python: input_shapes={...}) or "
+                    "--sample-input FILE.npz") from None
+
+
+def _with_shapes(plan: Plan, shapes: ShapeChoice) -> Plan:
+    plan.input_shapes = dict(shapes.shapes)
+    plan.notes = list(shapes.notes)
+    return plan
 
 
 def _make_plan(
@@ -615,14 +688,22 @@ class _Extractor:
         for j in range(a, b):
             read.update(dict.fromkeys(st.anchor_reads[j]))
         read.update(dict.fromkeys(t for t in stage.outputs if t in st.weights))
-        consts = sorted(st.const_node[t] for t in read if t in st.const_node)
+        consts = sorted({p for t in read if t in st.const_node for p in st.const_deps[st.const_node[t]]})
+        for p in consts:   # initializers the constant chains read
+            read.update(dict.fromkeys(x for x in st.nodes[p].input if x))
         nodes = [st.nodes[p] for p in consts] + anchor_nodes
+        inits = [self.inits[t] for t in read if t in self.inits]
+        inputs = [self._value_info(t) for t in stage.inputs]
+        if self.model.ir_version < 4:
+            # IR 3 requires every initializer to be listed as a graph input too (an overridable default);
+            # the stage keeps the model's IR version, so its initializers are listed, after the real inputs
+            inputs += [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in inits]
         g = helper.make_graph(
             nodes,
             f"{self.model.graph.name or 'model'}_stage{index}",
-            [self._value_info(t) for t in stage.inputs],
+            inputs,
             [self._value_info(t) for t in stage.outputs],
-            initializer=[self.inits[t] for t in read if t in self.inits],
+            initializer=inits,
             sparse_initializer=[self.sparse[t] for t in read if t in self.sparse],
         )
         m = onnx.ModelProto()

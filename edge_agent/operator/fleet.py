@@ -269,9 +269,10 @@ class Fleet:
                        devices: Sequence[str] | None = None, version: int | None = None,
                        input_shapes: dict[str, Sequence[int]] | None = None, replicas: int = 1,
                        failover: bool = True, channel: str = "stable",
-                       include_offline: bool = False) -> tuple[Manifest, Any]:
+                       include_offline: bool = False, sample_input: Any = None) -> tuple[Manifest, Any]:
         """Plan ``model`` onto live devices and build its (unsigned, unpublished) manifest; the shards are
-        served by this Fleet from then on."""
+        served by this Fleet from then on. ``sample_input`` (a dict of arrays or an .npz path) gives the shape
+        to plan dynamic inputs on when ``input_shapes`` does not."""
         live = {d.device_id: d for d in self.devices(include_offline=include_offline and bool(devices))}
         if devices:
             missing = [d for d in devices if d not in live]
@@ -287,7 +288,8 @@ class Fleet:
             model, name, chosen, add_shard=self.blob_server.add, version=int(version or self.next_version(name)),
             fleet=self.fleet, operator=self.client_id, sources=[self.endpoint], stages=stages,
             input_shapes=input_shapes, replicas=replicas, failover=failover, channel=channel,
-            expires=(time.time() + self.manifest_ttl_s) if self.keys is not None else 0.0)
+            expires=(time.time() + self.manifest_ttl_s) if self.keys is not None else 0.0,
+            sample=_load_sample(sample_input))
 
     def publish_manifest(self, m: Manifest) -> Manifest:
         """Sign (when this Fleet has the fleet key) and publish a manifest as the retained desired state."""
@@ -309,7 +311,7 @@ class Fleet:
                version: int | None = None, input_shapes: dict[str, Sequence[int]] | None = None,
                replicas: int = 1, failover: bool = True, timeout: float = 120.0,
                canary: int | str | None = None, gates: str | dict | None = None,
-               check_data: Any = None, include_offline: bool = False,
+               check_data: Any = None, include_offline: bool = False, sample_input: Any = None,
                progress: Callable[[str, dict], None] | None = None) -> Deployment:
         """Plan, sign, ship and start ``model`` (path, bytes or ModelProto) as ``name``; returns when every
         stage reports ready on every replica, raises DeployError (a stage failed) or DeployTimeout (with each
@@ -321,9 +323,11 @@ class Fleet:
         checks ``gates`` (e.g. "p95_ms<=120,error_rate<=0.01,max_abs_diff<=1e-3") on ``check_data``
         (an .npz path or a dict of input arrays, samples on axis 0) before the rest of the fleet gets it;
         if a gate fails the canary is withdrawn, the fleet stays on the previous version, and the rollout
-        record says why."""
+        record says why. Dynamic input dims are planned on ``input_shapes``, else ``sample_input`` (arrays or
+        an .npz), else defaults by role (``Deployment.manifest.plan["notes"]`` says which); any shape the
+        model accepts is served."""
         t0 = time.monotonic()
-        kw = dict(input_shapes=input_shapes, replicas=replicas, failover=failover)
+        kw = dict(input_shapes=input_shapes, replicas=replicas, failover=failover, sample_input=sample_input)
         if canary is not None:
             from edge_agent.operator.rollout import run_canary
             metrics = run_canary(self, model, name, canary=canary, gates=gates, check_data=check_data,
@@ -487,3 +491,11 @@ class Fleet:
         self.view.note_sent(dest)
         self.transport.publish(topics.inbox(topics.device_endpoint(self.fleet, dest), "in"), p.payload, qos=1)
 
+
+
+def _load_sample(sample: Any) -> dict[str, np.ndarray] | None:
+    """A sample input given as a dict of arrays or an .npz path (arrays by input name)."""
+    if sample is None or isinstance(sample, dict):
+        return sample
+    with np.load(sample, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

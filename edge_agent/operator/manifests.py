@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,14 +14,19 @@ from edge_agent.protocol.manifest import StageSpec
 from edge_agent.protocol.messages import Manifest
 from edge_agent.transport.store import CHUNK_SIZE, chunk_digests, sha256_hex
 
+log = logging.getLogger("edge_agent.fleet")
+
 
 def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: Callable[[bytes], str],
                    version: int, fleet: str, operator: str, sources: list[str], stages: int | None = None,
                    input_shapes: dict[str, Sequence[int]] | None = None, replicas: int = 1,
-                   failover: bool = True, channel: str = "stable", expires: float = 0.0) -> tuple[Manifest, Any]:
+                   failover: bool = True, channel: str = "stable", expires: float = 0.0,
+                   sample: dict[str, Any] | None = None) -> tuple[Manifest, Any]:
     """Plan ``model`` (path, bytes or ModelProto) onto ``devices`` (objects with ``device_id``, ``gflops``,
     ``ram_mb``), cut it into shards (each handed to ``add_shard``, which returns its sha256) and return the
-    unsigned manifest and the plan. Raises DeployError saying why it cannot be planned."""
+    unsigned manifest and the plan. Dynamic input dimensions are planned on ``input_shapes``, else the shapes
+    of ``sample``, else a default per dimension role (logged, and kept in ``manifest.plan["notes"]``); the
+    deployment serves any shape the model accepts. Raises DeployError saying why it cannot be planned."""
     from models.graph import input_specs, load_model, output_specs
     from models.partition import DeviceSpec, plan_pipeline, split_model
 
@@ -37,10 +43,12 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
              for d in devices]
     shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()} or None
     try:
-        plan = plan_pipeline(proto, specs, stages=stages, input_shapes=shapes, model_name=name)
+        plan = plan_pipeline(proto, specs, stages=stages, input_shapes=shapes, model_name=name, sample=sample)
         shards = [s.SerializeToString() for s in split_model(proto, plan)]
     except ValueError as exc:
         raise DeployError(f"cannot plan '{name}': {exc}") from None
+    for note in plan.notes:
+        log.warning("%s: %s", name, note)
     placement = assign_replicas([st.device_id for st in plan.stages], [st.est_ms for st in plan.stages],
                                 specs, replicas)
     stage_specs = []
@@ -57,6 +65,7 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
         inputs=[s.to_dict() for s in input_specs(proto)], outputs=[s.to_dict() for s in output_specs(proto)],
         stages=stage_specs, sources=sources,
         plan={"bottleneck_ms": round(plan.bottleneck_ms, 3), "total_ms": round(plan.total_ms, 3),
-              "reason": plan.reason}, operator=operator, replicas=replicas, failover=failover,
+              "reason": plan.reason, "input_shapes": {k: list(v) for k, v in plan.input_shapes.items()},
+              "notes": list(plan.notes)}, operator=operator, replicas=replicas, failover=failover,
         channel=channel, expires=expires, fleet=fleet)
     return manifest, plan
