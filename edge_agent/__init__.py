@@ -6,8 +6,7 @@
     outputs = fleet.infer("m", {"input": array})
 """
 
-__version__ = "0.1.0"
-
+from edge_agent._version import __version__
 from edge_agent.operator.fleet import Deployment, DeviceStatus, Fleet  # noqa: E402
 from edge_agent.protocol.errors import (  # noqa: E402
     DeployError,

@@ -67,28 +67,30 @@ class InvalidInputError(ValueError):
     """Inputs that do not match a model's specs: missing or unknown name, wrong dtype, rank or fixed dim."""
 
 
-def check_inputs(specs: Iterable[TensorSpec], inputs: dict, where: str) -> None:
-    """Raise InvalidInputError unless ``inputs`` holds exactly the spec'd names, each a numpy array of the
-    spec'd dtype and rank whose fixed dimensions match (symbolic or unknown dimensions take any size)."""
+def check_inputs(specs: Iterable[TensorSpec], inputs: dict, where: str,
+                 error: type[Exception] = InvalidInputError) -> None:
+    """Raise ``error`` (InvalidInputError by default) unless ``inputs`` holds exactly the spec'd names, each a
+    numpy array of the spec'd dtype and rank whose fixed dimensions match (symbolic or unknown dimensions take
+    any size). ``error`` lets each package raise its own exception class from this one check."""
     specs = list(specs)
     names = {s.name for s in specs}
     for s in specs:
         want = f"{np.dtype(s.dtype).name} {list(s.shape)}"
         if s.name not in inputs:
-            raise InvalidInputError(f"{where}: missing input '{s.name}' (expected {want}; given: "
+            raise error(f"{where}: missing input '{s.name}' (expected {want}; given: "
                                     f"{sorted(inputs) or 'none'})")
         arr = inputs[s.name]
         if not isinstance(arr, np.ndarray):
-            raise InvalidInputError(f"{where}: input '{s.name}' must be a numpy array, got {type(arr).__name__}")
+            raise error(f"{where}: input '{s.name}' must be a numpy array, got {type(arr).__name__}")
         if arr.dtype != np.dtype(s.dtype):
-            raise InvalidInputError(f"{where}: input '{s.name}' expected dtype {np.dtype(s.dtype).name}, "
+            raise error(f"{where}: input '{s.name}' expected dtype {np.dtype(s.dtype).name}, "
                                     f"got {arr.dtype.name}")
         if arr.ndim != len(s.shape) or any(arr.shape[i] != d for i, d in s.fixed_dims()):
-            raise InvalidInputError(f"{where}: input '{s.name}' expected shape {list(s.shape)}, "
+            raise error(f"{where}: input '{s.name}' expected shape {list(s.shape)}, "
                                     f"got {list(arr.shape)}")
     extra = set(inputs) - names
     if extra:
-        raise InvalidInputError(f"{where}: unknown input(s) {sorted(extra)}; model inputs are {sorted(names)}")
+        raise error(f"{where}: unknown input(s) {sorted(extra)}; model inputs are {sorted(names)}")
 
 
 def _describe(src: object) -> str:

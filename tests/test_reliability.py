@@ -63,7 +63,7 @@ def test_replicas_are_balanced_by_load_so_a_slow_device_gets_less_work(tmp_path,
     xs = [zoo.sample_inputs(model, seed=i) for i in range(4)]
     want = [ort_run(model, x) for x in xs]
     with SimFleet(2, broker_kind="mosquitto", workdir=tmp_path, discovery=False, gflops=[20.0, 20.0]) as s:
-        s.add_device("slow", gflops=20.0, extra_args=["--slowdown", "6"])
+        s.add_device("slow", gflops=20.0, slowdown=6)
         with Fleet(s.broker_url) as f:
             f.wait_for_devices(3, timeout=60)
             dep = f.deploy(model, "bal", stages=1, replicas=3, timeout=120)

@@ -27,10 +27,7 @@ ORT_TYPES = {
 
 def check_inputs(specs: list[TensorSpec], inputs: dict[str, np.ndarray], where: str) -> None:
     """:func:`models.graph.check_inputs`, raising this package's InvalidInputError (an EdgeAgentError)."""
-    try:
-        graph.check_inputs(specs, inputs, where)
-    except graph.InvalidInputError as exc:
-        raise InvalidInputError(str(exc)) from None
+    graph.check_inputs(specs, inputs, where, error=InvalidInputError)
 
 
 class Backend(Protocol):

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_agent import __version__
+from edge_agent._version import __version__
 from edge_agent.agent.backend import Backend
 from edge_agent.agent.capability import cores, cpu_isa, measure_gflops, ram_mb
 from edge_agent.agent.handlers import AgentHandlers, ManifestNote
@@ -117,7 +117,7 @@ class Agent:
         self.reconciler = Reconciler(
             self.device_id, self.stages, self.view, self.store, self.fetcher, self.counters,
             threads=config.threads, backend=config.backend, wrap_backend=config.wrap_backend,
-            fetch_timeout_s=config.fetch_timeout_s, gflops=self.gflops,
+            fetch_timeout_s=config.fetch_timeout_s, gflops=lambda: self.gflops,
             on_change=lambda force: self.publish_state(force=force),
             on_ready=lambda: self.server.publish_load(force=True), kick=self._kick)
         self.handlers = AgentHandlers(self.device_id, self.view, self.server, self._inbox, self._kick,

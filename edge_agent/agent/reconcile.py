@@ -109,7 +109,7 @@ class Reconciler:
     def __init__(self, device_id: str, table: StageTable, view: FleetView, store: BlobStore,
                  fetcher: BlobFetcher, counters: collections.Counter, *, threads: int, backend: str,
                  wrap_backend: Callable[[Backend], Backend] | None, fetch_timeout_s: float,
-                 gflops: float, on_change: Callable[[bool], None], on_ready: Callable[[], None],
+                 gflops: Callable[[], float], on_change: Callable[[bool], None], on_ready: Callable[[], None],
                  kick: threading.Event) -> None:
         self.device_id = device_id
         self.table = table
@@ -121,7 +121,7 @@ class Reconciler:
         self.backend = backend
         self.wrap_backend = wrap_backend
         self.fetch_timeout_s = fetch_timeout_s
-        self.gflops = gflops
+        self.gflops = gflops            # the device's current GFLOP/s (adoption rule)
         self.on_change = on_change      # publish the device state (force?)
         self.on_ready = on_ready        # a stage became ready: publish load at once
         self.kick = kick
@@ -147,7 +147,7 @@ class Reconciler:
                 job.cancel.set()
 
     def reconcile(self) -> None:
-        me = Candidate(self.device_id, len(self.table.status), self.gflops)
+        me = Candidate(self.device_id, len(self.table.status), self.gflops())
         with self.table.lock:
             may_adopt = time.monotonic() - self.connected_at >= ADOPT_AFTER_CONNECT_S
             d = desired(me, self.manifests, self.view, self.adopted, may_adopt)

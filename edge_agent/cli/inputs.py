@@ -1,4 +1,4 @@
-"""Loading the CLI's input tensors (``--input name=file.npy`` or ``file.npz``)."""
+"""What the CLI reads from the command line into tensors and shapes: ``--input`` and ``--input-shape``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 
 def load_inputs(specs: list[str]) -> dict[str, np.ndarray]:
-    """Parse CLI ``--input name=file.npy`` (or ``.npz`` whose arrays are all taken by name)."""
+    """Parse ``--input name=file.npy`` (repeatable) or ``--input file.npz`` (every array, by its name)."""
     out: dict[str, np.ndarray] = {}
     for s in specs:
         if "=" in s:
@@ -19,4 +19,15 @@ def load_inputs(specs: list[str]) -> dict[str, np.ndarray]:
                 out.update({k: z[k] for k in z.files})
         else:
             raise ValueError(f"--input {s!r}: use name=file.npy or file.npz")
+    return out
+
+
+def parse_shapes(items: list[str]) -> dict[str, tuple[int, ...]]:
+    """Parse ``--input-shape NAME=1x3x224x224`` (repeatable) into ``{name: (1, 3, 224, 224)}``."""
+    out = {}
+    for item in items:
+        name, _, dims = item.partition("=")
+        if not name or not dims:
+            raise ValueError(f"--input-shape {item!r}: use NAME=1x3x224x224")
+        out[name] = tuple(int(d) for d in dims.lower().split("x"))
     return out

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from edge_agent.cli.render import console, placement
+
 ATOL = 1e-4
 RTOL = 1e-4
 
@@ -22,12 +24,11 @@ def run_demo(model: str = "mobilenetv2", stages: int = 3, requests: int = 64, br
     import onnxruntime as ort
     from rich.table import Table
 
-    from edge_agent.cli.main import _console, print_placement
     from edge_agent.lab.sim import SimFleet
     from edge_agent.operator.fleet import Fleet
     from models import zoo
 
-    con = _console()
+    con = console()
     con.rule(f"edge-agent demo: {model} in {stages} stages on {devices} simulated devices")
     proto = zoo.build(model, seed=0)
     inputs = [zoo.sample_inputs(proto, seed=i) for i in range(8)]
@@ -49,7 +50,7 @@ def run_demo(model: str = "mobilenetv2", stages: int = 3, requests: int = 64, br
             con.print(t)
 
             dep = fleet.deploy(proto, name=model, stages=stages, timeout=120)
-            print_placement(dep)
+            placement(dep)
 
             # one request: per-stage timing
             outs, timings = fleet.infer(model, inputs[0], with_timings=True)

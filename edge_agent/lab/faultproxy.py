@@ -12,7 +12,7 @@ adds ``uniform(-jitter_ms, +jitter_ms)`` per chunk without ever reordering bytes
 everything in both directions while connections stay open (a stalled path, not a closed one).
 
 Sockets can live in another network namespace (``listen_netns`` / ``target_netns``, see
-:mod:`edge_agent.netlab`); or run it inside one as a process::
+:mod:`edge_agent.lab.netns`); or run it inside one as a process::
 
     ip netns exec NS python -m edge_agent.lab.faultproxy --listen 127.0.0.1:1884 --target 10.231.0.10:1883 \\
         --delay-ms 50
@@ -35,17 +35,12 @@ import threading
 import time
 from collections.abc import Sequence
 
+from edge_agent.lab.netns import netns_socket
+
 log = logging.getLogger("edge_agent.lab.faultproxy")
 
 CHUNK = 64 * 1024
 _EOF = b""
-
-
-def _open_socket(netns: str | None) -> socket.socket:
-    if netns is None:
-        return socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    from edge_agent.lab.netlab import netns_socket
-    return netns_socket(netns)
 
 
 def _reset(sock: socket.socket) -> None:
@@ -161,7 +156,7 @@ class FaultProxy:
         self._links: set[_Link] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._sock = _open_socket(listen_netns)
+        self._sock = netns_socket(listen_netns)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self._sock.bind((listen[0], int(listen[1])))
@@ -224,7 +219,7 @@ class FaultProxy:
 
     def _connect(self, client: socket.socket, peer: str) -> None:
         try:
-            server = _open_socket(self.target_netns)
+            server = netns_socket(self.target_netns)
             server.settimeout(self.connect_timeout)
             server.connect(self.target)
             server.settimeout(None)

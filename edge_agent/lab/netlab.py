@@ -1,5 +1,7 @@
 """A network lab on one machine: hosts in their own network namespaces, real links between them, faults.
 
+(Over 500 lines because namespaces, hosts and the LabFleet on them share one lifecycle and cleanup.)
+
 ::
 
     with NetLab(4) as lab, LabFleet(lab, 3) as lf, Fleet(lf.broker_url) as fleet:
@@ -15,17 +17,16 @@ interfaces, routes and nftables ruleset are never touched; the hosts have no rou
 
 Faults come from what this kernel has: nftables inside a host's namespace (partition = drop all,
 loss = ``numgen random mod 100 < N`` drop), ``ip link set eth0 down``; there is no ``netem`` qdisc, so
-latency comes from :class:`edge_agent.faultproxy.FaultProxy`.
+latency comes from :class:`edge_agent.lab.faultproxy.FaultProxy`.
 
-The test process stays in the root namespace; :func:`netns_socket` creates a socket inside a lab
-namespace (``setns`` on a short-lived thread), which is how the operator reaches the broker
+The test process stays in the root namespace; :func:`edge_agent.lab.netns.netns_socket` creates a socket
+inside a lab namespace (``setns`` on a short-lived thread), which is how the operator reaches the broker
 (``LabFleet.broker_url`` is a loopback forward) and how a FaultProxy sits inside a host.
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
 import ipaddress
 import logging
 import os
@@ -35,7 +36,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -43,25 +43,21 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from edge_agent.lab.faultproxy import FaultProxy
+from edge_agent.lab.netns import NetLabError, netns_connect, netns_socket, wait_port_in
 from edge_agent.lab.sim import read_log, stop_process
 from edge_agent.protocol.errors import BrokerError
 from edge_agent.transport.broker import find_mosquitto, mosquitto_config
 
 log = logging.getLogger("edge_agent.netlab")
 
-NETNS_DIR = Path("/run/netns")
 HOST_IFACE = "eth0"
 BRIDGE = "br0"
 FIRST_HOST_OCTET = 10          # host i gets <subnet>.(10 + i)
 BROKER_PORT = 1883             # every namespace has its own port space: no collisions between labs
-_CLONE_NEWNET = 0x40000000     # linux/sched.h
 _PARTITION_TABLE = "ea_partition"
 _LOSS_TABLE = "ea_loss"
 _OWN_NAME = re.compile(r"^ea(\d+)-(br|h\d+)$")  # names of default-prefixed labs: ea<pid>-...
-
-
-class NetLabError(RuntimeError):
-    """A namespace, link or nftables rule could not be created or changed; the message has the command."""
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -102,76 +98,6 @@ def netns_supported() -> tuple[bool, str]:
         return False, f"network namespaces cannot be created here: `ip netns add` said {res.stderr.strip()!r}"
     _ip("netns", "del", probe, check=False)
     return True, "network namespaces can be created"
-
-
-@lru_cache(maxsize=1)
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def netns_socket(netns: str | None, family: int = socket.AF_INET,
-                 kind: int = socket.SOCK_STREAM) -> socket.socket:
-    """A new socket that lives in network namespace ``netns`` (None: this process's namespace).
-
-    A socket keeps the namespace it was created in, so only a throw-away thread enters the namespace
-    (``setns`` changes just the calling thread); the socket is then used from any thread.
-    """
-    if netns is None:
-        return socket.socket(family, kind)
-    out: dict[str, Any] = {}
-
-    def enter_and_create() -> None:
-        try:
-            fd = os.open(NETNS_DIR / netns, os.O_RDONLY)
-        except OSError as exc:
-            out["error"] = NetLabError(f"no network namespace {netns!r}: {exc}")
-            return
-        try:
-            if _libc().setns(fd, _CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                out["error"] = NetLabError(f"setns into {netns!r} failed: {os.strerror(err)}")
-                return
-            out["sock"] = socket.socket(family, kind)
-        except OSError as exc:
-            out["error"] = exc
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=enter_and_create, name=f"setns-{netns}", daemon=True)
-    t.start()
-    t.join()
-    if "error" in out:
-        raise out["error"]
-    return out["sock"]
-
-
-def netns_connect(netns: str | None, address: tuple[str, int], timeout: float = 5.0) -> socket.socket:
-    """A TCP connection to ``address`` made from inside ``netns``."""
-    sock = netns_socket(netns)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(address)
-    except OSError:
-        sock.close()
-        raise
-    sock.settimeout(None)
-    return sock
-
-
-def wait_port_in(netns: str | None, address: tuple[str, int], timeout: float,
-                 proc: subprocess.Popen | None = None) -> None:
-    """Poll until ``address`` accepts TCP connections from inside ``netns``; fail early if ``proc`` exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise NetLabError(f"process {proc.args!r} exited with code {proc.returncode} before listening "
-                              f"on {address[0]}:{address[1]} in {netns}")
-        try:
-            netns_connect(netns, address, timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise NetLabError(f"nothing listened on {address[0]}:{address[1]} in {netns} within {timeout:.0f} s")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -465,7 +391,7 @@ class LabDevice:
 
 
 class LabFleet:
-    """Like :class:`edge_agent.sim.SimFleet`, but each agent runs on its own lab host.
+    """Like :class:`edge_agent.lab.sim.SimFleet`, but each agent runs on its own lab host.
 
     Mosquitto runs on ``broker_host`` listening on that host's address (``lab_broker_url``, what the
     agents use). ``broker_url`` is a loopback forward into the broker host for clients in *this*
@@ -479,8 +405,6 @@ class LabFleet:
                  gflops: list[float] | None = None, discovery: bool = True,
                  extra_args: list[str] | None = None, names: list[str] | None = None,
                  env: dict[str, str] | None = None) -> None:
-        from edge_agent.lab.faultproxy import FaultProxy
-
         self.lab = lab
         self.fleet = fleet
         self.threads = threads

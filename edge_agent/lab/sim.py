@@ -1,7 +1,8 @@
 """Simulated fleets: a broker and N agent processes on this machine (demo, tests, benchmarks).
 
 Each simulated device is a real ``edge-agent run`` process with its own data directory, bound to
-loopback for mDNS. Nothing here is a mock: the same code runs on real devices.
+loopback for mDNS. Nothing here is a mock: the same code runs on real devices. A device asked to be
+slower runs :mod:`edge_agent.lab.device` instead (the same agent with a slowed backend).
 """
 
 from __future__ import annotations
@@ -77,12 +78,16 @@ class SimFleet:
             self.start_device(name)
 
     def add_device(self, name: str, gflops: float | None = None, start: bool = True,
-                   extra_args: list[str] | None = None) -> SimDevice:
-        """Define (and by default start) one more simulated device."""
+                   extra_args: list[str] | None = None, slowdown: float | None = None) -> SimDevice:
+        """Define (and by default start) one more simulated device. With ``slowdown`` N it is an emulated
+        slower device (:mod:`edge_agent.lab.device`): every stage run takes N times as long."""
         o = self._opts
-        argv = [sys.executable, "-m", "edge_agent.cli", "run", "--name", name, "--broker", self.broker_url,
+        entry = ["edge_agent.lab.device"] if slowdown is not None else ["edge_agent.cli", "run"]
+        argv = [sys.executable, "-m", *entry, "--name", name, "--broker", self.broker_url,
                 "--fleet", self.fleet, "--data-dir", str(self.workdir / name), "--threads", str(o["threads"]),
                 "--interface", "127.0.0.1", "--log-level", "INFO"]
+        if slowdown is not None:
+            argv += ["--slowdown", str(slowdown)]
         if gflops is not None:
             argv += ["--gflops", str(gflops)]
         if not o["discovery"]:

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from edge_agent.agent.backend import check_inputs
 from edge_agent.cluster import routing
 from edge_agent.cluster.view import FleetView
 from edge_agent.operator.desired import DesiredState
@@ -32,6 +31,7 @@ from edge_agent.protocol.errors import (
     BrokerError,
     DeployError,
     DeployTimeout,
+    InvalidInputError,
     ProtocolError,
     StageUnavailableError,
     UnknownModelError,
@@ -47,7 +47,7 @@ from edge_agent.protocol.messages import (
 from edge_agent.transport.blobs import BlobServer
 from edge_agent.transport.mqtt import Transport
 from edge_agent.transport.resolve import resolve_broker
-from models.graph import TensorSpec
+from models.graph import TensorSpec, check_inputs
 
 log = logging.getLogger("edge_agent.fleet")
 
@@ -460,7 +460,8 @@ class Fleet:
                 raise UnknownModelError(f"no canary of '{name}' in fleet '{self.fleet}'")
         else:
             m = self.manifest(name)
-        check_inputs([TensorSpec.from_dict(d) for d in m.inputs], inputs, f"model '{name}' v{m.version}")
+        check_inputs([TensorSpec.from_dict(d) for d in m.inputs], inputs, f"model '{name}' v{m.version}",
+                     error=InvalidInputError)
         if self.route(name, m.version, 0) is None and not m.failover:
             devs = m.stages[0].replicas
             raise StageUnavailableError(f"model '{name}': no live device serves stage 0 "

@@ -1,0 +1,202 @@
+"""Everything the CLI shows: rich tables, the deploy progress bars, ``--json`` documents and plain lines.
+
+Commands hand finished results to these functions; nothing here talks to the fleet. rich is imported
+inside the functions so ``edge-agent run`` on a small device starts without it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+def console():  # noqa: ANN201 - rich is imported lazily to keep `run` start-up light
+    """A rich console; 130 columns when stdout is not a terminal (rich would assume 80)."""
+    from rich.console import Console
+    # rich assumes 80 columns when not on a terminal (CI logs, pipes); placement tables need more
+    return Console(width=None if sys.stdout.isatty() else 130)
+
+
+def print_json(doc: Any, default: Callable[[Any], Any] | None = None) -> None:
+    """A ``--json`` answer: one indented document on stdout."""
+    print(json.dumps(doc, indent=2, default=default))
+
+
+# ------------------------------------------------------------------------------------------ daemons
+def agent_started(agent: Any) -> None:
+    """The line ``edge-agent run`` prints once the agent is up (tests and labs wait for it)."""
+    cfg = agent.cfg
+    mode = "DEVELOPMENT MODE (unsigned manifests accepted)" if not cfg.trust else \
+        f"trusting key(s) {', '.join(k.key_id for k in cfg.trust)}"
+    print(f"edge-agent {cfg.name}: fleet {cfg.fleet}, broker {cfg.broker}, {agent.isa}, "
+          f"{agent.gflops:.1f} GFLOP/s ({agent.gflops_source}), data {cfg.data_dir}; {mode}", flush=True)
+
+
+def broker_started(broker: Any, advertised: bool) -> None:
+    print(f"{broker.kind} broker listening on {broker.url}" + (" (advertised over mDNS)" if advertised else ""),
+          flush=True)
+
+
+# ------------------------------------------------------------------------------------------ set-up
+def keys_written(priv: Any, pub: Any, key_id: str) -> None:
+    print(f"wrote {priv} (keep it secret, mode 0600) and {pub} (key id {key_id}); "
+          f"start devices with --trust {pub}")
+
+
+def fleet_initialised(res: Any) -> None:
+    print(f"broker config: mosquitto -c {res.conf_path}")
+    for name, path in sorted(res.creds.items()):
+        print(f"  {name}: {path}")
+    print("move ca.key off the broker host after issuing identities")
+
+
+def wrote(path: str) -> None:
+    print(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------------------ fleet
+def devices(devs: list, fleet: str, as_json: bool) -> None:
+    """``fleet ls``: one row a device with what it runs."""
+    if as_json:
+        print_json([d.to_dict() for d in devs], default=str)
+        return
+    from rich.table import Table
+    t = Table(title=f"fleet '{fleet}'")
+    for col in ("device", "status", "mode", "ISA", "cores", "RAM", "GFLOP/s", "models", "queue"):
+        t.add_column(col, justify="right" if col in ("cores", "GFLOP/s", "queue") else "left")
+    for d in devs:
+        models = ", ".join(f"{s['model']} v{s.get('version')} stage {s.get('stage')}/{s.get('n_stages', '?')} "
+                           f"[{s.get('status')}, {s.get('backend', '?')}]" for s in d.stages) or "-"
+        t.add_row(d.device_id, "online" if d.online else "[red]offline[/red]",
+                  "[yellow]dev[/yellow]" if d.dev_mode else "signed", d.isa, str(d.cores),
+                  f"{d.ram_mb / 1024:.1f} GiB", f"{d.gflops:.1f}", models, str(d.queue_depth))
+    console().print(t)
+
+
+@contextmanager
+def deploy_progress() -> Iterator[Callable[[str, dict], None]]:
+    """One bar a stage placement while a deploy runs; yields the ``progress`` callback for ``Fleet.deploy``."""
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
+                  console=console(), transient=False) as prog:
+        tasks: dict[str, Any] = {}
+
+        def progress(dev: str, row: dict) -> None:
+            if dev not in tasks:
+                tasks[dev] = prog.add_task(f"stage {row['stage']} → {dev}", total=1.0, status="")
+            prog.update(tasks[dev], completed=row["progress"], status=row["status"])
+
+        yield progress
+
+
+def deployed(dep: Any, as_json: bool) -> None:
+    """The result of ``deploy``: the placement table, or the plan and stages as JSON."""
+    if as_json:
+        print_json({"name": dep.name, "version": dep.version, "seconds": round(dep.seconds, 3),
+                    "plan": dep.manifest.plan, "stages": dep.manifest.stages and [
+                        {k: v for k, v in st.to_dict().items() if k != "chunk_sha256"} for st in dep.manifest.stages],
+                    "status": dep.stage_status})
+        return
+    placement(dep)
+
+
+def placement(dep: Any) -> None:
+    """Where each stage of a deployment runs, its layers, cost and backend, and why the planner chose so."""
+    from rich.table import Table
+    t = Table(title=f"{dep.name} v{dep.version}: {len(dep.manifest.stages)} stage(s), ready in {dep.seconds:.1f} s")
+    for col in ("stage", "device", "nodes", "layers", "MFLOP", "shard", "est ms", "backend"):
+        t.add_column(col)
+    for st, row in zip(dep.manifest.stages, dep.stage_status):
+        first, last = st.nodes or ["", ""]
+        t.add_row(str(st.index), st.device, str(st.n_nodes or ""), f"{first} … {last}",
+                  f"{(st.flops or 0) / 1e6:.1f}", f"{st.shard_size / 1024:.0f} KiB",
+                  f"{st.est_ms or 0:.2f}", row.get("backend", ""))
+    c = console()
+    c.print(t)
+    c.print(f"why: {dep.manifest.plan.get('reason', '')}")
+
+
+def inferred(outputs: dict, timings: list, total_ms: float, as_json: bool) -> None:
+    """``infer``: each output's dtype and shape, per-stage run times and the end-to-end latency."""
+    summary = {"latency_ms": round(total_ms, 3), "timings": timings,
+               "outputs": {k: {"dtype": v.dtype.name, "shape": list(v.shape)} for k, v in outputs.items()}}
+    if as_json:
+        print_json(summary)
+        return
+    for k, v in summary["outputs"].items():
+        print(f"{k}: {v['dtype']} {v['shape']}")
+    for tm in timings:
+        print(f"  stage {tm['stage']} on {tm['device']} ({tm.get('backend')}): run {tm['run_ms']:.2f} ms")
+    print(f"end-to-end {total_ms:.2f} ms")
+
+
+def undeployed(name: str) -> None:
+    print(f"undeployed {name}")
+
+
+def deployments(rows: list[dict], as_json: bool) -> None:
+    """``ls``: name, version, stages, devices and creation time of each deployment."""
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+    t = Table(title="deployments")
+    for col in ("name", "version", "stages", "devices", "created"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], str(r["version"]), str(r["stages"]), ", ".join(r["devices"]),
+                  time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created"])))
+    console().print(t)
+
+
+def status(name: str, st: dict, as_json: bool) -> None:
+    """``status``: desired vs reported per channel, adopted stages, rejections and the rollout history."""
+    if as_json:
+        print_json(st, default=str)
+        return
+    from rich.table import Table
+    c = console()
+    for channel in ("stable", "canary"):
+        if channel not in st:
+            continue
+        ch = st[channel]
+        t = Table(title=f"{name} {channel} v{ch['version']} "
+                        f"({'signed' if ch['signed'] else 'UNSIGNED'}; "
+                        f"{'converged' if ch['converged'] else 'converging'})")
+        for col in ("stage", "device", "online", "status", "progress", "backend", "error"):
+            t.add_column(col)
+        for r in ch["stages"]:
+            t.add_row(str(r["stage"]), r["device"], "yes" if r["online"] else "[red]no[/red]", r["status"],
+                      f"{r['progress'] * 100:.0f}%", r["backend"], r["error"])
+        c.print(t)
+    for a in st["adopted"]:
+        c.print(f"adopted: stage {a['stage']} v{a['version']} runs on {a['device']} ({a['status']})")
+    for dev, counters in st["rejected"].items():
+        c.print(f"rejected on {dev}: " + ", ".join(f"{k[9:]}={v}" for k, v in counters.items()))
+    for h in st["history"]:
+        c.print(f"{time.strftime('%H:%M:%S', time.localtime(h['ts']))} v{h['version']} {h['channel']}: "
+                f"{h['status']} - {h['reason']}")
+
+
+def rolled_back(name: str, dep: Any) -> None:
+    print(f"{name} is now v{dep.version}: {dep.manifest.plan.get('restores') and 'content of v' + str(dep.manifest.plan['restores'])}")
+
+
+def bench(name: str, requests: int, concurrency: int, res: dict, as_json: bool) -> None:
+    """``bench``: latency percentiles, throughput and the delivery counters."""
+    if as_json:
+        print_json(res)
+        return
+    from rich.table import Table
+    t = Table(title=f"{name}: {requests} requests, {concurrency} in flight")
+    for col in ("p50 ms", "p95 ms", "p99 ms", "req/s", "ok", "lost", "duplicated", "retried", "failovers"):
+        t.add_column(col)
+    t.add_row(*(f"{res[k]:.2f}" if isinstance(res[k], float) else str(res[k]) for k in
+                ("p50_ms", "p95_ms", "p99_ms", "throughput_rps", "ok", "lost", "duplicated", "retried",
+                 "failovers")))
+    console().print(t)
