@@ -167,7 +167,7 @@ def assert_still_serving(lab: Lab) -> None:
     answers, and nothing escaped a handler called by the transport."""
     agent = lab.agent
     alive = {t.name for t in threading.enumerate()}
-    assert f"stage-worker-{DEVICE}" in alive and f"reconcile-{DEVICE}" in alive
+    assert f"stage-worker-{DEVICE}" in alive and f"control-{DEVICE}" in alive
     assert agent.blob_server._thread.is_alive(), "the agent's blob server thread died"
     wait_until(lambda: lab.fleet.route(MODEL, lab.manifest.version, 0) == DEVICE, 20,
                what=f"the fleet to route {MODEL} to {DEVICE} again")

@@ -103,7 +103,7 @@ def test_tampered_manifest_is_rejected(op: Fleet) -> None:
     m, _ = op.build_manifest(model, "tampered", stages=1)
     op.publish_manifest(m)  # signed and valid...
     wait_until(lambda: op.stage_rows(m)[0]["status"] == "ready", 60, what="the signed version to run")
-    evil = dataclasses.replace(m, version=m.version + 1, stages=[{**m.stages[0], "carry": ["x"]}])  # keeps old sig
+    evil = dataclasses.replace(m, version=m.version + 1, stages=[{**m.stages[0].to_dict(), "carry": ["x"]}])  # old sig
     device = m.stages[0].device
     before = _counter(op, device, "rejected_manifest_signature")
     op.transport.publish(topics.deploy(op.fleet, "tampered"), evil.to_bytes(), retain=True).wait_for_publish(5)

@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default=None, help="comma-separated device ids to use")
     p.add_argument("--version", type=int, default=None)
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
-                   help="fix dynamic input dims for planning")
+                   help="the shape to plan dynamic input dims on (any shape is served)")
+    p.add_argument("--sample-input", default=None, metavar="FILE.npz",
+                   help="a sample request (arrays by input name): its shapes are used for planning")
     p.add_argument("--replicas", type=int, default=1, help="devices per stage (balanced by queue depth)")
     p.add_argument("--no-failover", action="store_true", help="do not move stages off dead devices")
     p.add_argument("--canary", default=None, help="first deploy to N devices (or N%%) and check the gates")

@@ -119,6 +119,8 @@ def placement(dep: Any) -> None:
     c = console()
     c.print(t)
     c.print(f"why: {dep.manifest.plan.get('reason', '')}")
+    for note in dep.manifest.plan.get("notes", []):
+        c.print(f"[yellow]note:[/yellow] {note}")
 
 
 def inferred(outputs: dict, timings: list, total_ms: float, as_json: bool) -> None:

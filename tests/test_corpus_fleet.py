@@ -1,0 +1,70 @@
+"""Every corpus model deploys to a simulated fleet (3 agent processes, real Mosquitto) with no shape hints and
+answers at two input shapes, within tolerance of ONNX Runtime on the whole model.
+
+Combinations: models up to 8 MB deploy at K = 1, 2 and 3 stages; larger ones (VGG-19's compute, the
+20-70 MB packaged models) at one K each, rotating over 1, 2, 3, to keep `make test` short.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edge_agent import Fleet
+from edge_agent.lab.sim import SimFleet
+from models import corpus, zoo_extra
+
+from .conftest import ort_reference
+
+SMALL_BYTES = 8 << 20
+SLOW = {"light/vgg19"}   # 20 GFLOP per image: one K
+
+
+def _case(name: str) -> tuple:
+    if name.startswith("zoo/"):
+        n = name[4:]
+        return zoo_extra.build(n), [zoo_extra.sample_inputs(n, k) for k in (0, 1)]
+    e = corpus.get(name)
+    return corpus.load(e), [corpus.sample_inputs(e, k) for k in (0, 1)]
+
+
+def _cases() -> list:
+    names = [e.name for e in corpus.entries()] + [f"zoo/{n}" for n in zoo_extra.names()]
+    out = []
+    for i, name in enumerate(names):
+        size = corpus.model_path(corpus.get(name)).stat().st_size if not name.startswith("zoo/") else 0
+        ks = (1, 2, 3) if size <= SMALL_BYTES and name not in SLOW else ((i % 3) + 1,)
+        out += [pytest.param(name, k, id=f"{name}-K{k}") for k in ks]
+    return out
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory, mosquitto_available):
+    with SimFleet(3, broker_kind="mosquitto", workdir=tmp_path_factory.mktemp("corpus")) as sim:
+        with Fleet(sim.broker.url) as f:
+            f.wait_for_devices(3, timeout=60)
+            yield f
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, k", _cases())
+def test_corpus_model_deploys_without_hints_and_answers_at_two_shapes(fleet: Fleet, name: str, k: int) -> None:
+    model, feeds_list = _case(name)
+    dep_name = "c-" + name.replace("/", "-").replace("_", "-")[:40] + f"-k{k}"
+    dep = fleet.deploy(model, dep_name, stages=k, timeout=240)
+    try:
+        assert len(dep.manifest.stages) == k
+        for feeds in feeds_list:
+            want = ort_reference(model, feeds)
+            got = fleet.infer(dep_name, feeds, timeout=120)
+            assert set(got) == set(want)
+            for out, w in want.items():
+                where = f"{name} K={k} output {out} at {[v.shape for v in feeds.values()]}"
+                assert got[out].shape == w.shape, where
+                if w.dtype.kind == "f":
+                    scale = max(1.0, float(np.abs(w).max())) if w.size else 1.0
+                    np.testing.assert_allclose(got[out], w, rtol=1e-3, atol=1e-4 * scale, err_msg=where)
+                else:
+                    np.testing.assert_array_equal(got[out], w, err_msg=where)
+    finally:
+        fleet.undeploy(dep_name, timeout=60)
