@@ -180,9 +180,11 @@ def node_flops(node: onnx.NodeProto, shapes: dict[str, tuple | None]) -> int:
     return _ELEMENTWISE_FACTOR.get(op, 1) * sum(_numel(s) for s in outs)
 
 
-def model_cost(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> ModelCost:
-    """Cost every node of ``model`` with its inputs fixed to ``input_shapes`` (symbolic dims -> 1)."""
-    static = with_static_shapes(model, input_shapes)
+def model_cost(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
+               strict: bool = True, sample: dict | None = None) -> ModelCost:
+    """Cost every node of ``model`` with its inputs fixed to ``input_shapes`` (symbolic dims -> 1). With
+    ``strict`` False, tensors whose shape cannot be determined count as empty (the costs are estimates)."""
+    static = with_static_shapes(model, input_shapes, strict=strict, feeds=sample)
     types = tensor_types(static)
     shapes = {k: v[1] for k, v in types.items()}
     tensor_bytes: dict[str, int] = {}
@@ -224,3 +226,24 @@ def model_cost(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] 
         graph_inputs=[vi.name for vi in g.input if vi.name not in init_names],
         graph_outputs=[vi.name for vi in g.output],
     )
+
+
+def peak_activation_bytes(cost: ModelCost) -> int:
+    """Largest total size of the activations alive at once when the nodes run in topological order (graph
+    inputs included, weights excluded; a tensor is freed after its last reader, graph outputs never)."""
+    last: dict[str, int] = {}
+    for n in cost.nodes:
+        for t in n.inputs:
+            last[t] = n.index
+    keep = set(cost.graph_outputs)
+    live = {t: cost.tensor_bytes.get(t, 0) for t in cost.graph_inputs}
+    peak = sum(live.values())
+    for n in cost.nodes:
+        for o in n.outputs:
+            if o not in cost.weights:
+                live[o] = cost.tensor_bytes.get(o, 0)
+        peak = max(peak, sum(live.values()))
+        for t in list(live):
+            if t not in keep and last.get(t, -1) <= n.index:
+                del live[t]
+    return int(peak)

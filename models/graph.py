@@ -193,7 +193,8 @@ def output_specs(model: onnx.ModelProto) -> list[TensorSpec]:
 
 
 def with_static_shapes(
-    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
+    model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None, strict: bool = True,
+    feeds: dict[str, np.ndarray] | None = None,
 ) -> onnx.ModelProto:
     """Return a copy with every input dimension fixed and shapes inferred on every edge.
 
@@ -201,7 +202,9 @@ def with_static_shapes(
     several exporters) dimensions become 1 (see :mod:`models.shapes` for realistic choices). The copy
     goes through ONNX shape inference (strict mode, with data propagation so shape-computing
     subgraphs resolve). Raises :class:`ModelError` if a given shape contradicts a fixed dimension,
-    names an unknown input, or inference fails.
+    names an unknown input, or inference fails. Tensors inference leaves unknown are measured by running the
+    model once on ``feeds`` (a sample request) or zeros; if that fails too, ``strict`` raises, else they stay unknown (control flow whose
+    branch depends on input values, e.g. an ``If`` on a sample rate).
     """
     input_shapes = dict(input_shapes or {})
     out = copy.deepcopy(model)
@@ -256,7 +259,11 @@ def with_static_shapes(
             raise ModelError(f"shape inference failed for {model.graph.name!r}: {exc}") from exc
     missing = _edges_without_static_shape(inferred)
     if missing:
-        _fill_shapes_by_running(inferred, missing)
+        try:
+            _fill_shapes_by_running(inferred, missing, feeds)
+        except ModelError:
+            if strict:
+                raise
     return inferred
 
 
@@ -273,8 +280,9 @@ def _edges_without_static_shape(model: onnx.ModelProto) -> list[str]:
     return missing
 
 
-def _fill_shapes_by_running(model: onnx.ModelProto, names: list[str]) -> None:
-    """Fallback for ops ONNX inference cannot resolve: run the model once in ONNX Runtime on zeros."""
+def _fill_shapes_by_running(model: onnx.ModelProto, names: list[str], sample: dict | None = None) -> None:
+    """Fallback for ops ONNX inference cannot resolve: run the model once in ONNX Runtime on ``sample``
+    (values matter where control flow depends on them) or zeros."""
     import onnxruntime as ort
 
     probe = copy.deepcopy(model)
@@ -288,7 +296,8 @@ def _fill_shapes_by_running(model: onnx.ModelProto, names: list[str]) -> None:
     so.log_severity_level = 4   # a rejected shape is reported by the exception below, not on stderr
     try:
         sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        feeds = {s.name: np.zeros([int(d) for d in s.shape], s.dtype) for s in input_specs(model)}
+        feeds = {s.name: np.asarray(sample[s.name]) if sample and s.name in sample
+                 else np.zeros([int(d) for d in s.shape], s.dtype) for s in input_specs(model)}
         values = sess.run(names, feeds)
     except Exception as exc:
         raise ModelError(

@@ -545,12 +545,24 @@ def _cost_on_representative_shapes(name: str, model: onnx.ModelProto, input_shap
     first_error: Exception | None = None
     for choice in candidates:
         try:
-            return choice, model_cost(model, choice.shapes)
+            return choice, model_cost(model, choice.shapes, sample=sample)
         except ValueError as exc:   # ModelError: the model rejects this shape (a reshape, a concat...)
             first_error = first_error or exc
             if not choice.defaulted:
                 break
     dyn = [n for n, s in candidates[0].sources.items() if s == "default"]
+    first = candidates[0]
+    try:   # shapes that depend on input values (control flow): plan on estimates rather than not at all
+        if not _has_control_flow(model):
+            raise ValueError("no control flow: the shapes are wrong, not value-dependent")
+        cost = model_cost(model, first.shapes, strict=False)
+        first.notes.append(f"some tensor shapes of {name!r} could not be determined at "
+                           f"{', '.join(f'{n}={chr(120).join(map(str, s))}' for n, s in first.shapes.items())} "
+                           f"({str(first_error)[:200]}); the plan's costs are estimates"
+                           + ": a sample input (--sample-input) makes them exact")
+        return first, cost
+    except ValueError:
+        pass
     if not dyn:
         raise PlanError(f"cannot plan {name!r}: {first_error}") from None
     tried = "; ".join(", ".join(f"{n}={'x'.join(map(str, c.shapes[n]))}" for n in dyn) for c in candidates)
@@ -558,6 +570,10 @@ def _cost_on_representative_shapes(name: str, model: onnx.ModelProto, input_shap
                     f"of the defaults works (tried {tried}; first error: {str(first_error)[:300]}). Pass one: "
                     + " ".join(f"--input-shape {n}=..." for n in dyn) + " (Python: input_shapes={...}) or "
                     "--sample-input FILE.npz") from None
+
+
+def _has_control_flow(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in ("If", "Loop", "Scan") for n in model.graph.node)
 
 
 def _with_shapes(plan: Plan, shapes: ShapeChoice) -> Plan:
@@ -652,12 +668,12 @@ class _Extractor:
         t = self.types.get(name)
         if t is None or t[1] is None:
             if self._static_types is None:
-                self._static_types = tensor_types(with_static_shapes(self.model))
+                self._static_types = tensor_types(with_static_shapes(self.model, strict=False))
             s = self._static_types.get(name)
-            if s is None:
+            if s is None and t is None:
                 raise PlanError(f"cannot determine the type of tensor {name!r} crossing a stage boundary")
             dtype = t[0] if t is not None else s[0]
-            shape: list | None = [None] * len(s[1]) if s[1] is not None else None
+            shape: list | None = [None] * len(s[1]) if s is not None and s[1] is not None else None
         else:
             dtype, shape = t[0], list(t[1])
         return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(dtype), shape)

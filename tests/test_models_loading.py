@@ -153,3 +153,14 @@ def test_planning_that_cannot_proceed_names_the_hint_to_pass() -> None:
         plan_pipeline(model, _devices(1), stages=1)
     plan = plan_pipeline(model, _devices(1), stages=1, input_shapes={"x": (1, 3, 7, 10)})
     assert plan.input_shapes == {"x": (1, 3, 7, 10)}
+
+
+def test_value_dependent_control_flow_plans_on_estimates_and_exactly_with_a_sample() -> None:
+    from models import corpus
+    entry = corpus.get("silero_vad_v5")   # an If on the sample rate picks the branch; zeros fail in it
+    model = corpus.load(entry)
+    plan = plan_pipeline(model, _devices(2), stages=2)
+    assert any("estimates" in n and "--sample-input" in n for n in plan.notes), plan.notes
+    sample = corpus.sample_inputs(entry, 0)
+    exact = plan_pipeline(model, _devices(2), stages=2, sample=sample)
+    assert exact.notes == [] and exact.input_shapes["input"] == sample["input"].shape

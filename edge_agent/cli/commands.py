@@ -43,6 +43,30 @@ def cmd_fleet_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from edge_agent.operator.inspect import inspect_model, parse_devices
+    from edge_agent.protocol.errors import EdgeAgentError
+
+    sample = None
+    if args.sample_input:
+        with np.load(args.sample_input, allow_pickle=False) as z:
+            sample = {k: z[k] for k in z.files}
+    devices, where = None, ""
+    if args.devices:
+        devices, where = parse_devices(args.devices), f"--devices {args.devices}"
+    else:
+        try:
+            with _fleet(args) as fleet:
+                devices, where = fleet.devices(), f"the live fleet '{args.fleet}'"
+        except EdgeAgentError as exc:   # no broker: inspect the model alone
+            where = f"no plan: {exc}"
+    report = inspect_model(args.model, input_shapes=parse_shapes(args.input_shape) or None, sample=sample,
+                           devices=devices, stages=args.stages)
+    report["planned_on"] = where
+    render.inspected(args.model, report, args.json)
+    return 0
+
+
 def cmd_zoo(args: argparse.Namespace) -> int:
     import onnx
 

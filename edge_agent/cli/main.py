@@ -117,6 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_common_arguments(p)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("inspect", help="what deploying a model would do: shapes, cost, native ops, the plan")
+    add_common_arguments(p)
+    p.add_argument("model", help="path of the ONNX model")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224",
+                   help="the shape to plan dynamic input dims on")
+    p.add_argument("--sample-input", default=None, metavar="FILE.npz", help="a sample request (its shapes)")
+    p.add_argument("--devices", default=None, metavar="ID:GFLOPS[:RAM_MB],... | NxGFLOPS",
+                   help="device profiles to plan on (default: the live fleet, when a broker is reachable)")
+    p.add_argument("--stages", type=int, default=None)
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("zoo", help="export a reference model built in code")
     p.add_argument("model", help="zoo model name (mlp, mobilenetv2, transformer, ...)")
     p.add_argument("out", help="output .onnx path")
@@ -136,7 +147,7 @@ Command = Callable[[argparse.Namespace], int]
 
 COMMANDS: dict[str, Command] = {
     "run": serve.cmd_run, "broker": serve.cmd_broker, "deploy": commands.cmd_deploy, "infer": commands.cmd_infer,
-    "undeploy": commands.cmd_undeploy, "ls": commands.cmd_ls, "zoo": commands.cmd_zoo, "demo": commands.cmd_demo,
+    "undeploy": commands.cmd_undeploy, "ls": commands.cmd_ls, "zoo": commands.cmd_zoo, "inspect": commands.cmd_inspect, "demo": commands.cmd_demo,
     "keys": commands.cmd_keys, "status": commands.cmd_status, "rollback": commands.cmd_rollback,
     "bench": commands.cmd_bench,
 }

@@ -202,3 +202,49 @@ def bench(name: str, requests: int, concurrency: int, res: dict, as_json: bool) 
                 ("p50_ms", "p95_ms", "p99_ms", "throughput_rps", "ok", "lost", "duplicated", "retried",
                  "failovers")))
     console().print(t)
+
+
+def inspected(path: str, r: dict, as_json: bool) -> None:
+    """``inspect``: the model, its inputs and planning shapes, cost, op support and the plan."""
+    if as_json:
+        print_json(r)
+        return
+    from rich.table import Table
+    c = console()
+    opsets = ", ".join(f"{d} {v}" for d, v in r["opsets"].items())
+    c.print(f"[bold]{path}[/bold]: IR {r['ir_version']}, opset {opsets}, {r['nodes']} nodes"
+            + (f", from {r['producer']}" if r["producer"] else ""))
+    t = Table(title="inputs")
+    for col in ("name", "dtype", "declared shape", "planned on", "from"):
+        t.add_column(col)
+    for i in r["inputs"]:
+        shape = "x".join("?" if not isinstance(d, int) else str(d) for d in i["shape"])
+        planned = "x".join(map(str, i["planned_shape"])) if i["planned_shape"] else "-"
+        t.add_row(i["name"], i["dtype"], shape, planned, i["shape_source"] or "-")
+    c.print(t)
+    if "flops" in r:
+        c.print(f"{r['flops'] / 1e9:.3f} GFLOP per request, {r['parameters'] / 1e6:.2f} M parameters "
+                f"({r['weight_bytes'] / 2**20:.1f} MiB), peak activations {r['peak_activation_bytes'] / 2**20:.1f} MiB")
+    t = Table(title=f"ops: {r['backend']} ({r['backend_reason']})")
+    for col in ("op", "count", "native", "why not"):
+        t.add_column(col)
+    for o in r["ops"]:
+        t.add_row(o["op"], str(o["count"]), "yes" if o["native"] else "[red]no[/red]", o["why"])
+    c.print(t)
+    plan = r.get("plan")
+    if plan and "error" not in plan:
+        t = Table(title=f"plan on {r['planned_on']}: bottleneck {plan['bottleneck_ms']:.2f} ms, "
+                        f"latency {plan['total_ms']:.2f} ms")
+        for col in ("stage", "device", "nodes", "GFLOP", "est ms", "input KiB"):
+            t.add_column(col)
+        for s in plan["stages"]:
+            t.add_row(str(s["index"]), s["device"], str(s["nodes"]), f"{s['flops'] / 1e9:.3f}", f"{s['est_ms']:.2f}",
+                      f"{s['in_bytes'] / 1024:.0f}")
+        c.print(t)
+        c.print(f"why: {plan['reason']}")
+    elif plan:
+        c.print(f"[red]plan:[/red] {plan['error']}")
+    else:
+        c.print(r["planned_on"])
+    for note in r["notes"]:
+        c.print(f"[yellow]note:[/yellow] {note}")
