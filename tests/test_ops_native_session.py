@@ -205,9 +205,9 @@ def test_supported_ops_cover_the_common_cnn_and_transformer_ops() -> None:
 def test_intermediate_buffers_are_released_after_their_last_use() -> None:
     sess = ops_native.InferenceSession(zoo.build("mobilenetv2"))
     plan = sess._plan
-    freed = {s for step in plan.steps for s in step[3]}
+    freed = {s for step in plan.steps for s in step.recycle + step.clear}
     outputs = set(plan.output_slots.values())
-    produced = {s for step in plan.steps for s in step[2] if s}
+    produced = {s for step in plan.steps for s in step.outs if s}
     assert produced - outputs <= freed  # every intermediate slot is cleared at its last use
     assert not freed & (outputs | plan.const_slots)
 
