@@ -14,7 +14,7 @@ from ops_native import _core
 from ops_native.compiler import compile_model
 from ops_native.errors import InvalidInputError, InvalidModelError, OpsNativeError, UnsupportedOpError
 from ops_native.loader import TensorInfo, load_model
-from ops_native.ops import MAX_TENSOR_BYTES, OpNotSupported
+from ops_native.ops import MAX_TENSOR_BYTES, OpNotSupported, display_op
 from ops_native.steps import release
 
 
@@ -115,7 +115,7 @@ class InferenceSession:
     def _wrap(self, index: int, err: BaseException) -> OpsNativeError:
         node = self._plan.nodes[index]
         cls = UnsupportedOpError if isinstance(err, OpNotSupported) else OpsNativeError
-        return cls(f"node '{node.name}' (op {node.op_type}) failed: {type(err).__name__}: {err}")
+        return cls(f"node '{node.name}' (op {display_op(node.op_type)}) failed: {type(err).__name__}: {err}")
 
     # -- profiling ---------------------------------------------------------------------------------------
     def enable_profiling(self, on: bool = True) -> None:
@@ -136,7 +136,7 @@ class InferenceSession:
             except Exception as e:  # noqa: BLE001 - wrapped with the node's name
                 raise self._wrap(i, e) from e
             dt = time.perf_counter() - t0
-            key = node.op_type + (f"+{node.attrs['_act']}" if node.attrs.get("_act") else "")
+            key = display_op(node.op_type) + (f"+{node.attrs['_act']}" if node.attrs.get("_act") else "")
             prof[key] = prof.get(key, 0.0) + dt
             for k, s in enumerate(step.outs):
                 if s:

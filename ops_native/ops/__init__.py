@@ -29,6 +29,7 @@ from ops_native.ops.registry import (
     OpNotSupported,
     build,
     check_alloc,
+    display_op,
     is_internal,
     is_supported,
     op_key,
@@ -39,5 +40,5 @@ from ops_native.ops.registry import (
 
 __all__ = [
     "DEFAULT_DOMAINS", "MAX_TENSOR_BYTES", "REGISTRY", "BufferPool", "BuildContext", "Fn", "Node", "OpBuildError", "OpNotSupported",
-    "build", "check_alloc", "is_internal", "is_supported", "op_key", "register", "supported_ops", "unsupported_ops",
+    "build", "check_alloc", "display_op", "is_internal", "is_supported", "op_key", "register", "supported_ops", "unsupported_ops",
 ]

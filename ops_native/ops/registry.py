@@ -123,6 +123,15 @@ def is_internal(op_type: str) -> bool:
     return op_type.startswith("_")
 
 
+# what each internal op stands for, in the user's terms (error messages, profiles)
+_INTERNAL_OP_NAMES = {"_Affine": "Mul+Add"}
+
+
+def display_op(op_type: str) -> str:
+    """The op type to show a user: an internal op by the ops it replaced (``_Affine`` -> ``Mul+Add``)."""
+    return _INTERNAL_OP_NAMES.get(op_type, op_type.lstrip("_")) if is_internal(op_type) else op_type
+
+
 def is_supported(node: Node) -> bool:
     """Whether the executor has an implementation for this node's op (default domain, registered, public).
 
@@ -140,12 +149,13 @@ def op_key(node: Node) -> str:
 def build(node: Node, ctx: BuildContext) -> Fn:
     """Bind a node to its callable (the op's builder); a refused variant raises UnsupportedOpError, bad
     attributes or inputs InvalidModelError, both naming the node."""
+    op = display_op(node.op_type)
     try:
         return REGISTRY[node.op_type](node, ctx)
     except OpNotSupported as e:
-        raise UnsupportedOpError(f"node '{node.name}' (op {node.op_type}): {e}") from e
+        raise UnsupportedOpError(f"node '{node.name}' (op {op}): {e}") from e
     except (OpBuildError, KeyError, TypeError, ValueError, IndexError) as e:
-        raise InvalidModelError(f"node '{node.name}' (op {node.op_type}): invalid attributes or inputs: "
+        raise InvalidModelError(f"node '{node.name}' (op {op}): invalid attributes or inputs: "
                                 f"{type(e).__name__}: {e}") from e
 
 
