@@ -85,3 +85,35 @@ def test_failure_in_a_fused_affine_names_the_public_ops() -> None:
     with pytest.raises(ops_native.OpsNativeError, match="node 'add_affine' \\(op Mul\\+Add\\) failed") as e:
         sess.run(None, {"x": np.zeros((2, 3), np.float32)})
     assert "_Affine" not in str(e.value)
+
+
+def test_unsupported_op_error_names_node_op_and_supported_list() -> None:
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu_1"),
+         helper.make_node("NonMaxSuppression", ["r", "r"], ["y"], name="Conv_17")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.INT64, ["k", 3])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    assert ops_native.unsupported_ops(m) == ["NonMaxSuppression"]
+    with pytest.raises(ops_native.UnsupportedOpError) as e:
+        ops_native.InferenceSession(m)
+    msg = str(e.value)
+    assert msg.startswith("node 'Conv_17' (op NonMaxSuppression) is not supported; supported ops: ")
+    assert "Conv" in msg and "Relu" in msg
+
+
+def test_custom_domain_op_is_unsupported() -> None:
+    g = helper.make_graph([helper.make_node("FusedConv", ["x"], ["y"], name="fc", domain="com.microsoft")],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    assert ops_native.unsupported_ops(m) == ["com.microsoft.FusedConv"]
+    with pytest.raises(ops_native.UnsupportedOpError, match="node 'fc' \\(op FusedConv domain 'com.microsoft'\\)"):
+        ops_native.InferenceSession(m)
+
+
+def test_supported_ops_cover_the_common_cnn_and_transformer_ops() -> None:
+    ops = set(ops_native.supported_ops())
+    assert {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Relu", "Softmax", "LayerNormalization",
+            "MaxPool", "Resize", "Transpose", "Concat", "Gather", "Reshape", "Erf"} <= ops
+    assert ops_native.isa() in ("avx512f", "avx2-fma", "neon", "scalar")
