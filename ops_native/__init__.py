@@ -12,16 +12,9 @@ import os
 import onnx
 
 from ops_native import _core
-from ops_native.graph import (
-    InvalidInputError,
-    InvalidModelError,
-    OpsNativeError,
-    TensorInfo,
-    UnsupportedOpError,
-    convert_nodes,
-    load_model,
-)
-from ops_native.ops import REGISTRY
+from ops_native import ops as _ops
+from ops_native.errors import InvalidInputError, InvalidModelError, OpsNativeError, UnsupportedOpError
+from ops_native.loader import TensorInfo, convert_nodes, load_model
 from ops_native.session import InferenceSession
 
 __all__ = [
@@ -32,25 +25,14 @@ __all__ = [
 
 def supported_ops() -> list[str]:
     """The ONNX op types (default domain) the executor runs."""
-    ops = [op for op in REGISTRY if not op.startswith("_")]
-    if not hasattr(_core, "Conv2d"):
-        ops = [op for op in ops if op != "Conv"]
-    if not hasattr(_core, "ConvTranspose2d"):
-        ops = [op for op in ops if op != "ConvTranspose"]
-    return sorted(ops)
+    return _ops.supported_ops()
 
 
 def unsupported_ops(model: str | os.PathLike | bytes | onnx.ModelProto) -> list[str]:
-    """Op types of this model the executor cannot run (empty list: it runs every node)."""
+    """Op types of this model the executor cannot run (empty list: it runs every node); ops outside the
+    default domain are named ``domain.op_type``."""
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    supported = set(supported_ops())
-    missing: list[str] = []
-    for n in convert_nodes(proto.graph):
-        default = n.domain in ("", "ai.onnx")
-        key = n.op_type if default else f"{n.domain}.{n.op_type}"
-        if (not default or n.op_type not in supported) and key not in missing:
-            missing.append(key)
-    return missing
+    return _ops.unsupported_ops(convert_nodes(proto.graph))
 
 
 def isa() -> str:

@@ -6,6 +6,7 @@ single module so that the whole library shares one thread pool and one ISA dispa
 """
 
 include "kernels_gemm.pxi"
+include "kernels_conv.pxi"
 include "kernels_ops.pxi"
 include "pool.pxi"
 include "executor.pxi"

@@ -1,9 +1,9 @@
 # The per-node run loop of ops_native.InferenceSession. Included into ops_native/_core.pyx.
 #
-# The graph is compiled in Python (ops_native/graph.py) into a list of steps, each bound at load time:
-#   (fn, input slots, output slots, slots to free after this step)
+# The graph is compiled in Python (ops_native/compiler.py) into a list of ops_native.steps.Step, each bound
+# at load time: (fn, ins, outs, recycle, clear), a NamedTuple read here by index (see steps.py).
 # fn(list_of_inputs) -> tuple/list of outputs. Values live in a flat list indexed by slot; a slot is
-# cleared after its last use (liveness), which returns the buffer to the allocator for the next node.
+# cleared after its last use (ops_native/memory.py), which returns the buffer to the pool for the next node.
 
 
 class StepError(Exception):
@@ -106,7 +106,7 @@ cdef class ConvStep(NativeStep):
     cdef dict shapes
     cdef BufferPool pool
     cdef object fallback
-    cdef bint has_sum   # args[3] is a residual added in the conv's store (graph.fuse_conv_residual)
+    cdef bint has_sum   # args[3] is a residual added in the conv's store (passes.layout.fuse_conv_residual)
 
     def __init__(self, dict shapes, BufferPool pool not None, fallback, bint has_sum=False):
         self.shapes = shapes
@@ -152,13 +152,14 @@ cdef class ConvStep(NativeStep):
 
 
 def run_steps(list steps, list values, BufferPool pool=None):
-    """Run every step over `values` in order (in place). Raises StepError naming the failing step.
+    """Run every ops_native.steps.Step over `values` in order (in place). Raises StepError naming the
+    failing step.
 
-    A free slot s > 0 hands its value back to `pool` (buffer recycling, a C call) before clearing; s < 0
-    only clears.
+    After a step, its `recycle` slots hand their value back to `pool` (buffer recycling, a C call) and are
+    cleared; its `clear` slots (the caller's arrays) are only cleared.
     """
     cdef Py_ssize_t i, k, s, n = len(steps)
-    cdef tuple step, ins, outs, frees
+    cdef tuple step, ins, outs, recycle, clear
     cdef list args
     for i in range(n):
         step = <tuple>steps[i]
@@ -178,16 +179,16 @@ def run_steps(list steps, list values, BufferPool pool=None):
                 values[<Py_ssize_t>outs[k]] = res[k]
         args = None  # drop our references first: the pool only recycles buffers nothing else holds
         res = None
-        frees = <tuple>step[3]
-        for k in range(len(frees)):
-            s = <Py_ssize_t>frees[k]
-            if s > 0:
-                v = values[s]
-                values[s] = None
-                if pool is not None and type(v) is _on_np.ndarray and \
-                        cnp.PyArray_NBYTES(<cnp.ndarray>v) >= pool.min_bytes:
-                    pool._give(v, 1)   # `v` is the one reference allowed
-                v = None
-            else:
-                values[-s] = None
+        recycle = <tuple>step[3]
+        for k in range(len(recycle)):
+            s = <Py_ssize_t>recycle[k]
+            v = values[s]
+            values[s] = None
+            if pool is not None and type(v) is _on_np.ndarray and \
+                    cnp.PyArray_NBYTES(<cnp.ndarray>v) >= pool.min_bytes:
+                pool._give(v, 1)   # `v` is the one reference allowed
+            v = None
+        clear = <tuple>step[4]
+        for k in range(len(clear)):
+            values[<Py_ssize_t>clear[k]] = None
     return values

@@ -51,7 +51,7 @@ cdef extern from "on_ops.h" nogil:
 cdef enum:
     _OPS_MAX_DIMS = 8
 
-# enum values of on_ops.h, exported for ops.py
+# enum values of on_ops.h, exported for ops_native.ops
 OPS_BINARY = {"Add": 0, "Sub": 1, "Mul": 2, "Div": 3, "Pow": 4, "Min": 5, "Max": 6}
 OPS_COMPARE = {"Equal": 0, "Less": 1, "Greater": 2, "LessOrEqual": 3, "GreaterOrEqual": 4}
 OPS_UNARY = {

@@ -11,16 +11,11 @@ import numpy as np
 import onnx
 
 from ops_native import _core
-from ops_native.graph import (
-    InvalidInputError,
-    InvalidModelError,
-    OpsNativeError,
-    TensorInfo,
-    UnsupportedOpError,
-    compile_model,
-    load_model,
-)
-from ops_native.ops import MAX_TENSOR_BYTES
+from ops_native.compiler import compile_model
+from ops_native.errors import InvalidInputError, InvalidModelError, OpsNativeError, UnsupportedOpError
+from ops_native.loader import TensorInfo, load_model
+from ops_native.ops import MAX_TENSOR_BYTES, OpNotSupported, display_op
+from ops_native.steps import release
 
 
 class InferenceSession:
@@ -30,7 +25,7 @@ class InferenceSession:
     >>> y, = sess.run(None, {"x": x})
 
     fuse: apply the graph fusions (off only to debug them). blocked_layout: keep the tensors between
-    convolutions in the NCHWc8 layout (None: on for AVX2 / AVX-512, see graph.blocked_layout_default).
+    convolutions in the NCHWc8 layout (None: on for AVX2 / AVX-512, see passes.layout.blocked_layout_default).
     """
 
     def __init__(self, model: str | os.PathLike | bytes | onnx.ModelProto, threads: int = 1,
@@ -119,10 +114,8 @@ class InferenceSession:
 
     def _wrap(self, index: int, err: BaseException) -> OpsNativeError:
         node = self._plan.nodes[index]
-        from ops_native.ops import OpNotSupported
-
         cls = UnsupportedOpError if isinstance(err, OpNotSupported) else OpsNativeError
-        return cls(f"node '{node.name}' (op {node.op_type}) failed: {type(err).__name__}: {err}")
+        return cls(f"node '{node.name}' (op {display_op(node.op_type)}) failed: {type(err).__name__}: {err}")
 
     # -- profiling ---------------------------------------------------------------------------------------
     def enable_profiling(self, on: bool = True) -> None:
@@ -135,26 +128,21 @@ class InferenceSession:
 
     def _run_profiled(self, values: list) -> None:
         prof = self._profile if self._profile is not None else defaultdict(float)
-        for i, (fn, ins, outs, frees) in enumerate(self._plan.steps):
+        for i, step in enumerate(self._plan.steps):
             node = self._plan.nodes[i]
             t0 = time.perf_counter()
             try:
-                res = fn([values[k] for k in ins])
+                res = step.fn([values[k] for k in step.ins])
             except Exception as e:  # noqa: BLE001 - wrapped with the node's name
                 raise self._wrap(i, e) from e
             dt = time.perf_counter() - t0
-            key = node.op_type + (f"+{node.attrs['_act']}" if node.attrs.get("_act") else "")
+            key = display_op(node.op_type) + (f"+{node.attrs['_act']}" if node.attrs.get("_act") else "")
             prof[key] = prof.get(key, 0.0) + dt
-            for k, s in enumerate(outs):
+            for k, s in enumerate(step.outs):
                 if s:
                     values[s] = res[k]
             res = None
-            for s in frees:
-                v, values[abs(s)] = values[abs(s)], None
-                if s > 0 and v is not None:
-                    self._plan.pool.give(v)
-                v = None
-
+            release(step, values, self._plan.pool)
 
 def _fmt(dtype: np.dtype, shape: Any) -> str:
     dims = ",".join(str(d) for d in shape)

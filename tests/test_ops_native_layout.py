@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import ops_native
 from models import zoo
 from ops_native import _core
-from ops_native.graph import blocked_layout_default
+from ops_native.passes.layout import blocked_layout_default
 
 ISAS = _core.available_isas()
 

@@ -133,31 +133,6 @@ def test_session_survives_bad_calls_and_runs_fine_afterwards(model: onnx.ModelPr
         np.testing.assert_array_equal(a, b)
 
 
-def test_unsupported_op_error_names_node_op_and_supported_list() -> None:
-    g = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["r"], name="relu_1"),
-         helper.make_node("NonMaxSuppression", ["r", "r"], ["y"], name="Conv_17")],
-        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.INT64, ["k", 3])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    assert ops_native.unsupported_ops(m) == ["NonMaxSuppression"]
-    with pytest.raises(ops_native.UnsupportedOpError) as e:
-        ops_native.InferenceSession(m)
-    msg = str(e.value)
-    assert msg.startswith("node 'Conv_17' (op NonMaxSuppression) is not supported; supported ops: ")
-    assert "Conv" in msg and "Relu" in msg
-
-
-def test_custom_domain_op_is_unsupported() -> None:
-    g = helper.make_graph([helper.make_node("FusedConv", ["x"], ["y"], name="fc", domain="com.microsoft")],
-                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    assert ops_native.unsupported_ops(m) == ["com.microsoft.FusedConv"]
-    with pytest.raises(ops_native.UnsupportedOpError, match="node 'fc' \\(op FusedConv domain 'com.microsoft'\\)"):
-        ops_native.InferenceSession(m)
-
-
 def test_truncated_model_bytes_raise_invalid_model(model: onnx.ModelProto) -> None:
     data = model.SerializeToString()
     for cut in (len(data) // 2, 10, 1):
@@ -195,82 +170,11 @@ def test_errors_share_one_base_class() -> None:
         assert issubclass(cls, RuntimeError)
 
 
-def test_supported_ops_cover_the_common_cnn_and_transformer_ops() -> None:
-    ops = set(ops_native.supported_ops())
-    assert {"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Relu", "Softmax", "LayerNormalization",
-            "MaxPool", "Resize", "Transpose", "Concat", "Gather", "Reshape", "Erf"} <= ops
-    assert ops_native.isa() in ("avx512f", "avx2-fma", "neon", "scalar")
-
-
-def test_intermediate_buffers_are_released_after_their_last_use() -> None:
-    sess = ops_native.InferenceSession(zoo.build("mobilenetv2"))
-    plan = sess._plan
-    freed = {s for step in plan.steps for s in step[3]}
-    outputs = set(plan.output_slots.values())
-    produced = {s for step in plan.steps for s in step[2] if s}
-    assert produced - outputs <= freed  # every intermediate slot is cleared at its last use
-    assert not freed & (outputs | plan.const_slots)
-
-
 def test_conv_batchnorm_relu_are_fused_into_one_step(model: onnx.ModelProto) -> None:
     sess = ops_native.InferenceSession(model)
     ops = [n.op_type for n in sess._plan.nodes]
     assert ops == ["Conv", "GlobalAveragePool", "Flatten", "Gemm", "Softmax"]
     assert sess._plan.nodes[0].attrs["_act"] == "relu"
-
-
-@pytest.mark.parametrize("op, scale_first, fused", [("Div", False, True), ("Mul", False, True),
-                                                     ("Mul", True, True), ("Div", True, False)])
-def test_scaled_attention_scores_fold_the_scale_into_the_matmul(op: str, scale_first: bool, fused: bool) -> None:
-    """Q.K^T / s (or * s, either side) becomes one batched GEMM with alpha; s / (Q.K^T) does not."""
-    rng = np.random.default_rng(3)
-    s = numpy_helper.from_array(np.array(np.sqrt(16.0), np.float32), "s")
-    mm = helper.make_node("MatMul", ["q", "kt"], ["scores"])
-    scale = helper.make_node(op, ["s", "scores"] if scale_first else ["scores", "s"], ["scaled"])
-    sm = helper.make_node("Softmax", ["scaled"], ["p"], axis=-1)
-    dims = ["b", 4, "t", 16]
-    graph = helper.make_graph([mm, scale, sm], "attn",
-                              [helper.make_tensor_value_info("q", TensorProto.FLOAT, dims),
-                               helper.make_tensor_value_info("kt", TensorProto.FLOAT, ["b", 4, 16, "t"])],
-                              [helper.make_tensor_value_info("p", TensorProto.FLOAT, ["b", 4, "t", "t"])], [s])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    feeds = {"q": rng.standard_normal((2, 4, 9, 16)).astype(np.float32),
-             "kt": rng.standard_normal((2, 4, 16, 9)).astype(np.float32)}
-    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    sess = ops_native.InferenceSession(model, threads=2)
-    assert [n.op_type for n in sess._plan.nodes] == (["MatMul", "Softmax"] if fused else ["MatMul", op, "Softmax"])
-    np.testing.assert_allclose(sess.run(None, feeds)[0], want, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("extra", ["none", "k_also_to_relu", "q_is_an_output"])
-def test_head_split_transposes_feeding_matmuls_become_views(extra: str) -> None:
-    """Attention's Q / K^T / V Transposes are views the batched GEMM reads in place, unless something
-    else reads them (a non-MatMul consumer, a graph output): those keep their copy."""
-    nodes = [helper.make_node("Transpose", ["x"], ["q"], perm=[0, 2, 1, 3]),
-             helper.make_node("Transpose", ["x"], ["kt"], perm=[0, 2, 3, 1]),
-             helper.make_node("MatMul", ["q", "kt"], ["s"]),
-             helper.make_node("Softmax", ["s"], ["p"], axis=-1),
-             helper.make_node("MatMul", ["p", "q"], ["y"])]
-    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 3, 9, 8])]
-    if extra == "k_also_to_relu":
-        nodes.append(helper.make_node("Relu", ["kt"], ["r"]))
-        outs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, ["b", 3, 8, 9]))
-    if extra == "q_is_an_output":
-        outs.append(helper.make_tensor_value_info("q", TensorProto.FLOAT, ["b", 3, 9, 8]))
-    graph = helper.make_graph(nodes, "heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 9, 3, 8])],
-                              outs)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    sess = ops_native.InferenceSession(model, threads=2)
-    views = {n.outputs[0]: bool(n.attrs.get("_view")) for n in sess._plan.nodes if n.op_type == "Transpose"}
-    assert views == {"q": extra != "q_is_an_output", "kt": extra != "k_also_to_relu"}
-    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    for batch in (1, 2):   # batch 2: two batch axes, the outer one walked by offsets
-        feeds = {"x": np.random.default_rng(batch).standard_normal((batch, 9, 3, 8)).astype(np.float32)}
-        for got, want in zip(sess.run(None, feeds), ref.run(None, feeds)):
-            assert got.flags.c_contiguous
-            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 def _reshape_model(target: list[int], allowzero: int, rank: int) -> onnx.ModelProto:
@@ -398,82 +302,6 @@ def test_data_dependent_giant_tensor_is_refused_not_allocated() -> None:
     assert sess.run(None, {"shape": np.array([2, 3], np.int64)})[0].shape == (2, 3)
     with pytest.raises(ops_native.OpsNativeError, match="node 'cos' \\(op ConstantOfShape\\).*per-tensor limit"):
         sess.run(None, {"shape": np.array([1 << 20, 1 << 20], np.int64)})
-
-
-def test_second_run_reuses_every_intermediate_buffer() -> None:
-    """The memory plan: buffers released at their last use come back to the pool, so a repeated run with the
-    same shapes allocates no new large intermediate."""
-    model = zoo.build("mobilenetv2")
-    feeds = zoo.sample_inputs(model)
-    sess = ops_native.InferenceSession(model)
-    sess.run(None, feeds)
-    pool = sess._plan.pool._free
-    first = {id(b) for b in pool}
-    sess.run(None, feeds)
-    second = {id(b) for b in pool}
-    assert first and second == first
-    assert all(b.ctypes.data % 64 == 0 for b in pool), "pooled buffers start on a cache line"
-
-
-@pytest.mark.parametrize("profiled", [False, True])   # the C run loop, and the Python one of profiling
-def test_a_buffer_still_viewed_by_a_live_value_is_not_recycled(profiled: bool) -> None:
-    """Reshape returns a view of Relu's (pooled) output, and Relu's slot is freed after it; the next Add
-    then asks the pool for a buffer of the same size. Handing it Relu's buffer would overwrite the view."""
-    shape = [1, 64, 32, 32]   # 256 KiB: pooled
-    nodes = [helper.make_node("Relu", ["x"], ["r"]),
-             helper.make_node("Reshape", ["r", "flat"], ["rv"]),
-             helper.make_node("ReduceMax", ["rv"], ["m"], keepdims=1),
-             helper.make_node("Add", ["x", "m"], ["t"]),
-             helper.make_node("Reshape", ["t", "flat"], ["tv"]),
-             helper.make_node("Add", ["rv", "tv"], ["y"])]
-    graph = helper.make_graph(nodes, "alias", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 1024])],
-                              [numpy_helper.from_array(np.array([64, 1024], np.int64), "flat")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    sess = ops_native.InferenceSession(model)
-    sess.enable_profiling(profiled)
-    assert [n.op_type for n in sess._plan.nodes] == ["Relu", "Reshape", "ReduceMax", "Add", "Reshape", "Add"]
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    r = np.maximum(x, 0)
-    want = (r + x + r.max()).reshape(64, 1024)
-    for _ in range(3):   # later runs draw on buffers the earlier ones returned
-        np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-5, atol=1e-6)
-    assert sess._plan.pool._free, "the buffers did come back once nothing viewed them"
-
-
-def test_pool_hands_back_the_most_recently_freed_fitting_buffer() -> None:
-    """Reuse is LIFO among buffers of the requested size up to twice it (the hot one), never a smaller one."""
-    from ops_native.ops import BufferPool
-
-    pool = BufferPool()
-    a, b = pool.empty((1 << 15,)), pool.empty((1 << 15,))           # 128 KiB each
-    big = pool.empty((1 << 17,))                                     # 512 KiB
-    ids = {name: x.base.ctypes.data for name, x in (("a", a), ("b", b), ("big", big))}
-    pool.give(a)
-    pool.give(big)
-    pool.give(b)
-    del a, b, big
-    got = pool.empty((1 << 15,))
-    assert got.ctypes.data == ids["b"]                               # last freed that fits
-    got2 = pool.empty((1 << 15,))
-    assert got2.ctypes.data == ids["a"]                              # big is more than 2x: skipped
-    got3 = pool.empty((1 << 16,))                                    # 256 KiB: only big (2x) fits
-    assert got3.ctypes.data == ids["big"] and got3.shape == (1 << 16,)
-    assert pool.empty((1 << 15,)).ctypes.data not in ids.values()   # nothing free: a new buffer
-
-
-def test_pool_hands_out_only_plain_numeric_buffers_from_raw_memory() -> None:
-    """Object and string arrays are never made over recycled raw bytes (uninitialised object pointers
-    would crash the process); numeric and bool ones of pool size are."""
-    from ops_native.ops import BufferPool
-
-    pool = BufferPool()
-    objs = pool.empty((1 << 14,), object)
-    assert objs.base is None and all(v is None for v in objs[:8])
-    assert pool.empty((1 << 14,), "U4").base is None
-    for dtype in (np.float32, np.int64, np.bool_, np.uint8):
-        assert type(pool.empty((1 << 17,), dtype).base).__name__ == "_PoolBuffer"
 
 
 def _dense_model(a_shape: list, op: str, **attrs) -> onnx.ModelProto:

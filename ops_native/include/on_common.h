@@ -35,9 +35,6 @@ typedef enum {
     ON_ISA_COUNT
 } on_isa_t;
 
-/* AVX2 kernels run under both x86 vector ISAs (AVX-512F CPUs have AVX2 + FMA). */
-static inline int on_isa_has_avx2(on_isa_t isa) { return isa == ON_ISA_AVX2 || isa == ON_ISA_AVX512; }
-
 /* The ISA used by every dispatched kernel. Detected once (cpuid + XCR0 on x86, always NEON on
  * aarch64); OPS_NATIVE_ISA=scalar|avx2|avx512|neon forces one (see on_isa_env_status). */
 on_isa_t on_active_isa(void);

@@ -132,7 +132,7 @@ on_status on_concat(size_t esize, int n, const void *const *srcs, const int64_t 
 on_status on_gather(size_t esize, const void *src, int64_t outer, int64_t axis_len, int64_t inner,
                     const int64_t *idx, int64_t n_idx, void *dst, int nthreads);
 
-/* ---- fast-path table (one per ISA, chosen by on_active_isa()) ---------------------------------- */
+/* ---- fast-path table (one per ISA, in the ISA's kernel table) ------------------------------------- */
 /* Row kernels. Each returns 1 if it handled the request, 0 to let the caller use the reference. */
 typedef struct {
     const char *name;
@@ -158,10 +158,8 @@ extern const on_ops_table on_ops_table_avx512;
 #if defined(__aarch64__)
 extern const on_ops_table on_ops_table_neon;
 #endif
-/* The table of the active ISA (scalar table where an ISA has no fast path for an op). */
-const on_ops_table *on_ops_active(void);
-/* Force a table: used by the C tests to compare every fast path with the reference. */
-const on_ops_table *on_ops_for_isa(on_isa_t isa);
+/* The table of the active ISA is on_kernels_active()->ops (src/kernels.h); a table has the scalar row
+ * kernel where its ISA has no fast path for an op. */
 
 #ifdef __cplusplus
 }

@@ -3,7 +3,18 @@
 #ifndef ON_CONV_INTERNAL_H
 #define ON_CONV_INTERNAL_H
 
+#include <string.h>
+
 #include "on_conv.h"
+
+/* A 64-byte aligned copy of n floats (on_free it), or NULL. */
+static inline float *on_copy_floats(const float *src, size_t n) {
+    size_t bytes;
+    if (!on_mul_size(n, sizeof(float), &bytes)) return NULL;
+    float *d = (float *)on_malloc(bytes);
+    if (d) memcpy(d, src, bytes);
+    return d;
+}
 
 /* One depthwise problem: planes (n, c) of x [N, C, H, W] -> y [N, C, OH, OW]. */
 typedef struct {
@@ -24,8 +35,6 @@ typedef struct {
  * once; kernels only rewrite the interior, so the borders stay zero across planes. */
 typedef void (*on_dw_planes_fn)(const on_dw_args *a, size_t begin, size_t end, float *scratch);
 
-on_dw_planes_fn on_conv_dw_for(on_isa_t isa);
-
 /* Scratch floats a depthwise kernel uses: the padded plane (zeroed by the caller). */
 static inline size_t on_dw_scratch_floats(const on_dw_args *a) { return a->PH * a->PW; }
 void on_conv_dw_planes__scalar(const on_dw_args *a, size_t begin, size_t end, float *scratch);
@@ -43,7 +52,6 @@ void on_transpose_f32__scalar(const float *src, size_t lds, size_t rows, size_t 
 #if defined(__x86_64__)
 void on_transpose_f32__avx2(const float *src, size_t lds, size_t rows, size_t cols, float *dst, size_t ldd);
 #endif
-on_transpose_fn on_transpose_for(on_isa_t isa);
 static inline size_t on_dw_c8_scratch_floats(const on_dw_args *a) { return (a->PH * a->PW + a->OH * a->OW) * 8; }
 /* The AVX2 c8 kernel reads a blocked input in place (no tile) at stride > 1 on outputs of at least 16x16
  * (144 ch 64x64 stride 2: 0.086 -> 0.076 ms); at stride 1 the padded tile measured faster (its rows
@@ -99,7 +107,6 @@ typedef struct {
 
 /* Compute output row oh (its input rows start at row oh * sh of the padded copy). */
 typedef void (*on_nchwc_row_fn)(const on_nchwc_row *r, size_t oh);
-on_nchwc_row_fn on_conv_nchwc_row_for(on_isa_t isa);
 void on_conv_nchwc_row__scalar(const on_nchwc_row *r, size_t oh);
 #if defined(__x86_64__)
 void on_conv_nchwc_row__avx2(const on_nchwc_row *r, size_t oh);
@@ -124,7 +131,6 @@ void on_nchwc_store_blocked(const on_nchwc_row *r);
  * interleaved row dst[iw * CB + ci], iw < W; channels nch..CB-1 become zero. */
 typedef void (*on_nchwc_pack_fn)(const float *src, size_t plane_stride, size_t nch, size_t CB, size_t W,
                                  float *dst);
-on_nchwc_pack_fn on_conv_nchwc_pack_for(on_isa_t isa);
 void on_conv_nchwc_pack__scalar(const float *src, size_t plane_stride, size_t nch, size_t CB, size_t W,
                                 float *dst);
 #if defined(__x86_64__)

@@ -23,6 +23,7 @@
 
 #include "conv_internal.h"
 #include "gemm_internal.h"
+#include "kernels.h"
 
 #define C0 ON_C0
 /* A 1x1 stride-1 conv with few input channels (K <= 48) is bound by the GEMM's stores on large
@@ -231,25 +232,6 @@ void on_conv_nchwc_pack__scalar(const float *src, size_t plane_stride, size_t nc
         for (size_t iw = 0; iw < W; iw++) dst[iw * CB + ci] = 0.0f;
 }
 
-on_nchwc_row_fn on_conv_nchwc_row_for(on_isa_t isa) {
-#if defined(__x86_64__)
-    if (on_isa_has_avx2(isa)) return on_conv_nchwc_row__avx2;
-#endif
-#if defined(__aarch64__)
-    if (isa == ON_ISA_NEON) return on_conv_nchwc_row__neon;
-#endif
-    (void)isa;
-    return on_conv_nchwc_row__scalar;
-}
-
-on_nchwc_pack_fn on_conv_nchwc_pack_for(on_isa_t isa) {
-#if defined(__x86_64__)
-    if (on_isa_has_avx2(isa)) return on_conv_nchwc_pack__avx2;
-#endif
-    (void)isa;
-    return on_conv_nchwc_pack__scalar;
-}
-
 /* ---- driver ----------------------------------------------------------------------------------- */
 
 typedef struct {
@@ -416,15 +398,14 @@ on_status on_nchwc_run_layout(const on_nchwc_plan *pl, size_t N, size_t H, size_
     j.PW = W + p->pad_l + p->pad_r > need_w ? W + p->pad_l + p->pad_r : need_w;
     if (j.PW < p->pad_l + W) j.PW = p->pad_l + W;
     if (j.PH < p->pad_t + H) j.PH = p->pad_t + H;
-    j.row = on_conv_nchwc_row_for(on_active_isa());
-    j.pack = on_conv_nchwc_pack_for(on_active_isa());
+    const on_kernel_table *k = on_kernels_active();
+    j.row = k->nchwc_row;
+    j.pack = k->nchwc_pack;
     j.bl = &pl->b8;
-#if defined(__x86_64__)
-    if (on_active_isa() == ON_ISA_AVX512 && pl->b16.w) {
-        j.row = on_conv_nchwc_row16__avx512;
+    if (k->nchwc_row16 && pl->b16.w) {
+        j.row = k->nchwc_row16;
         j.bl = &pl->b16;
     }
-#endif
     /* a blocked input of a pointwise group-1 conv already is the copy the kernels read */
     const int in_place = pointwise && xl == ON_LAYOUT_NCHWC8 && p->group == 1 && j.PH * j.PW == j.in_plane;
     size_t bytes = 0;

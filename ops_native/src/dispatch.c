@@ -1,10 +1,12 @@
-/* dispatch.c - run-time ISA detection and the active-ISA switch.
+/* dispatch.c - run-time ISA detection, the per-ISA kernel tables and the active-table switch.
  *
  * x86-64: AVX2 and FMA need the CPUID feature bits AND the OS saving YMM state (OSXSAVE + XCR0
  * bits 1|2), otherwise the first AVX instruction faults; AVX-512F also needs the opmask and ZMM
  * state (XCR0 bits 5|6|7). aarch64: Advanced SIMD is architectural.
  * OPS_NATIVE_ISA=scalar|avx2|avx512|neon forces a path; an unavailable one is reported through
  * on_isa_env_status() and the detected best ISA stays active.
+ * The kernel tables (kernels.h) are constants, one per ISA of this build, written out below in one place;
+ * the active one is a single atomic pointer, so on_active_isa() and the kernels can never disagree.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <pthread.h>
@@ -14,7 +16,7 @@
 
 #include <time.h>
 
-#include "gemm_internal.h"
+#include "kernels.h"
 #include "on_common.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -22,7 +24,74 @@
 #define ON_HAVE_X86 1
 #endif
 
-static atomic_int g_active_isa = ATOMIC_VAR_INIT(ON_ISA_SCALAR);
+/* ---- kernel tables ---------------------------------------------------------------------------- */
+static const on_kernel_table k_scalar = {
+    .isa = ON_ISA_SCALAR,
+    .gemm = &on_f32_gemm_4x16__scalar,
+    .dw_planes = on_conv_dw_planes__scalar,
+    .dw_c8 = on_conv_dw_c8__scalar,
+    .transpose = on_transpose_f32__scalar,
+    .nchwc_row = on_conv_nchwc_row__scalar,
+    .nchwc_row16 = NULL,
+    .nchwc_pack = on_conv_nchwc_pack__scalar,
+    .ops = &on_ops_table_scalar,
+};
+#ifdef ON_HAVE_X86
+static const on_kernel_table k_avx2 = {
+    .isa = ON_ISA_AVX2,
+    .gemm = &on_f32_gemm_6x16__avx2_fma,
+    .dw_planes = on_conv_dw_planes__avx2,
+    .dw_c8 = on_conv_dw_c8__avx2,
+    .transpose = on_transpose_f32__avx2,
+    .nchwc_row = on_conv_nchwc_row__avx2,
+    .nchwc_row16 = NULL,
+    .nchwc_pack = on_conv_nchwc_pack__avx2,
+    .ops = &on_ops_table_avx2,
+};
+/* AVX-512F: its own GEMM tile, 16-channel NCHWc rows and ops table; the AVX2 kernels everywhere else */
+static const on_kernel_table k_avx512 = {
+    .isa = ON_ISA_AVX512,
+    .gemm = &on_f32_gemm_12x16__avx512f,
+    .dw_planes = on_conv_dw_planes__avx2,
+    .dw_c8 = on_conv_dw_c8__avx2,
+    .transpose = on_transpose_f32__avx2,
+    .nchwc_row = on_conv_nchwc_row__avx2,
+    .nchwc_row16 = on_conv_nchwc_row16__avx512,
+    .nchwc_pack = on_conv_nchwc_pack__avx2,
+    .ops = &on_ops_table_avx512,
+};
+#endif
+#if defined(__aarch64__)
+static const on_kernel_table k_neon = {
+    .isa = ON_ISA_NEON,
+    .gemm = &on_f32_gemm_6x16__neon,
+    .dw_planes = on_conv_dw_planes__neon,
+    .dw_c8 = on_conv_dw_c8__scalar,
+    .transpose = on_transpose_f32__scalar,
+    .nchwc_row = on_conv_nchwc_row__neon,
+    .nchwc_row16 = NULL,
+    .nchwc_pack = on_conv_nchwc_pack__scalar,
+    .ops = &on_ops_table_neon,
+};
+#endif
+
+/* The table of an ISA this build has (NULL otherwise), whether or not this CPU runs it. */
+static const on_kernel_table *table_of(on_isa_t isa) {
+    switch (isa) {
+    case ON_ISA_SCALAR: return &k_scalar;
+#ifdef ON_HAVE_X86
+    case ON_ISA_AVX2: return &k_avx2;
+    case ON_ISA_AVX512: return &k_avx512;
+#endif
+#if defined(__aarch64__)
+    case ON_ISA_NEON: return &k_neon;
+#endif
+    default: return NULL;
+    }
+}
+
+/* ---- the active table -------------------------------------------------------------------------- */
+static _Atomic(const on_kernel_table *) g_active = &k_scalar;
 static on_status g_env_status = ON_OK;
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 static on_isa_t g_best = ON_ISA_SCALAR;
@@ -80,13 +149,19 @@ static void detect_once(void) {
         else if (!on_isa_available((on_isa_t)want)) g_env_status = ON_ERR_UNSUPPORTED;
         else chosen = (on_isa_t)want;
     }
-    atomic_store(&g_active_isa, (int)chosen);
+    atomic_store(&g_active, table_of(chosen));
 }
 
-on_isa_t on_active_isa(void) {
+const on_kernel_table *on_kernels_active(void) {
     pthread_once(&g_once, detect_once);
-    return (on_isa_t)atomic_load_explicit(&g_active_isa, memory_order_relaxed);
+    return atomic_load_explicit(&g_active, memory_order_relaxed);
 }
+
+const on_kernel_table *on_kernels_for_isa(on_isa_t isa) {
+    return on_isa_available(isa) ? table_of(isa) : NULL;
+}
+
+on_isa_t on_active_isa(void) { return on_kernels_active()->isa; }
 
 on_status on_isa_env_status(void) {
     pthread_once(&g_once, detect_once);
@@ -114,8 +189,9 @@ int on_isa_from_name(const char *name) {
 
 int on_set_isa(on_isa_t isa) {
     pthread_once(&g_once, detect_once);
-    if ((int)isa < 0 || isa >= ON_ISA_COUNT || !on_isa_available(isa)) return -1;
-    atomic_store(&g_active_isa, (int)isa);
+    const on_kernel_table *k = ((int)isa < 0 || isa >= ON_ISA_COUNT) ? NULL : on_kernels_for_isa(isa);
+    if (!k) return -1;
+    atomic_store_explicit(&g_active, k, memory_order_relaxed);
     return 0;
 }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "gemm_internal.h"
+#include "kernels.h"
 
 #ifndef GEMM_KC
 #define GEMM_KC 1024
@@ -171,18 +172,6 @@ static void f32_gemm_4x16__scalar(size_t mr, size_t nr, size_t kc, const float *
 
 const on_gemm_ukernel on_f32_gemm_4x16__scalar = {"f32_gemm_4x16__scalar", 4, f32_gemm_4x16__scalar, NULL};
 
-const on_gemm_ukernel *on_gemm_ukernel_for(on_isa_t isa) {
-#if defined(__x86_64__)
-    if (isa == ON_ISA_AVX512) return &on_f32_gemm_12x16__avx512f;
-    if (isa == ON_ISA_AVX2) return &on_f32_gemm_6x16__avx2_fma;
-#endif
-#if defined(__aarch64__)
-    if (isa == ON_ISA_NEON) return &on_f32_gemm_6x16__neon;
-#endif
-    (void)isa;
-    return &on_f32_gemm_4x16__scalar;
-}
-
 /* ---- driver --------------------------------------------------------------------------------- */
 
 /* Rows for the next tile: full tiles, but a remainder just past a full tile is split evenly (6-row
@@ -343,7 +332,7 @@ static on_status run_gemm(int trans_a, size_t M, size_t N, size_t K, const float
         lda = K;
     }
     gemm_job j;
-    j.uk = on_gemm_ukernel_for(on_active_isa());
+    j.uk = on_kernels_active()->gemm;
     j.M = M;
     j.N = N;
     j.K = K;

@@ -34,8 +34,6 @@ typedef struct {
     on_gemm_tile2_fn tile2; /* NULL: the driver runs panels one at a time */
 } on_gemm_ukernel;
 
-const on_gemm_ukernel *on_gemm_ukernel_for(on_isa_t isa);
-
 extern const on_gemm_ukernel on_f32_gemm_4x16__scalar;
 #if defined(__x86_64__)
 extern const on_gemm_ukernel on_f32_gemm_6x16__avx2_fma;

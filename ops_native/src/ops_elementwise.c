@@ -1,4 +1,4 @@
-/* ops_elementwise.c - reference elementwise kernels with numpy broadcasting, and the ISA table choice.
+/* ops_elementwise.c - reference elementwise kernels with numpy broadcasting.
  *
  * A broadcast is described by the output shape and one element-stride vector per operand (0 on
  * broadcast axes). Dimensions are collapsed first so that the common cases (same shape, per-channel
@@ -8,24 +8,10 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "on_ops.h"
 
 #define ROW_CHUNK 16384 /* elements per parallel work item: ~64 KiB per operand */
-
-/* ---- table choice ------------------------------------------------------------------------------ */
-const on_ops_table *on_ops_for_isa(on_isa_t isa) {
-#if defined(__x86_64__) || defined(_M_X64)
-    if (isa == ON_ISA_AVX512) return &on_ops_table_avx512;
-    if (on_isa_has_avx2(isa)) return &on_ops_table_avx2;
-#endif
-#if defined(__aarch64__)
-    if (isa == ON_ISA_NEON) return &on_ops_table_neon;
-#endif
-    (void)isa;
-    return &on_ops_table_scalar;
-}
-
-const on_ops_table *on_ops_active(void) { return on_ops_for_isa(on_active_isa()); }
 
 /* ---- broadcast iteration ------------------------------------------------------------------------- */
 typedef struct {
@@ -222,7 +208,7 @@ on_status on_binary_f32(on_binary_op op, int ndim, const int64_t *shape, const f
     c.a = a;
     c.b = b;
     c.out = out;
-    c.tab = on_ops_active();
+    c.tab = on_kernels_active()->ops;
     size_t items = (size_t)(c.bc.rows * c.bc.chunks);
     if (items * (size_t)c.bc.n < 32768) nthreads = 1;
     on_parallel_for(items, binary_work, &c, nthreads);
@@ -332,7 +318,7 @@ static void unary_work(void *vctx, size_t begin, size_t end) {
 on_status on_unary_f32(on_unary_op op, const float *x, float *y, size_t n, float alpha, float beta,
                        int nthreads) {
     if ((int)op < 0 || op >= ON_UN_COUNT || (n > 0 && (!x || !y))) return ON_ERR_ARG;
-    unary_ctx c = {op, x, y, n, alpha, beta, on_ops_active()};
+    unary_ctx c = {op, x, y, n, alpha, beta, on_kernels_active()->ops};
     size_t items = (n + ROW_CHUNK - 1) / ROW_CHUNK;
     if (n < 32768) nthreads = 1;
     on_parallel_for(items, unary_work, &c, nthreads);

@@ -1,6 +1,7 @@
 /* ops_norm.c - softmax, layer normalisation and the per-channel affine map of inference BatchNorm. */
 #include <math.h>
 
+#include "kernels.h"
 #include "on_ops.h"
 
 int on_softmax_row_ref(const float *x, float *y, size_t cols, int log) {
@@ -57,7 +58,7 @@ static void softmax_work(void *vctx, size_t begin, size_t end) {
 on_status on_softmax_f32(const float *x, float *y, size_t rows, size_t cols, int log, int nthreads) {
     if (rows * cols > 0 && (!x || !y)) return ON_ERR_ARG;
     if (cols == 0 || rows == 0) return ON_OK;
-    rows_ctx c = {x, NULL, NULL, y, cols, 0.0f, log, on_ops_active()};
+    rows_ctx c = {x, NULL, NULL, y, cols, 0.0f, log, on_kernels_active()->ops};
     if (rows * cols < 16384) nthreads = 1;
     on_parallel_for(rows, softmax_work, &c, nthreads);
     return ON_OK;
@@ -77,7 +78,7 @@ on_status on_layernorm_f32(const float *x, const float *scale, const float *bias
                            size_t cols, float eps, int nthreads) {
     if (rows * cols > 0 && (!x || !y || !scale)) return ON_ERR_ARG;
     if (cols == 0 || rows == 0) return ON_OK;
-    rows_ctx c = {x, scale, bias, y, cols, eps, 0, on_ops_active()};
+    rows_ctx c = {x, scale, bias, y, cols, eps, 0, on_kernels_active()->ops};
     if (rows * cols < 16384) nthreads = 1;
     on_parallel_for(rows, layernorm_work, &c, nthreads);
     return ON_OK;
@@ -104,7 +105,7 @@ static void affine_work(void *vctx, size_t begin, size_t end) {
 on_status on_channel_affine_f32(const float *x, const float *scale, const float *shift, float *y, size_t n,
                                 size_t c, size_t inner, int nthreads) {
     if (n * c * inner > 0 && (!x || !y || !scale || !shift)) return ON_ERR_ARG;
-    affine_ctx ctx = {x, scale, shift, y, c, inner, on_ops_active()};
+    affine_ctx ctx = {x, scale, shift, y, c, inner, on_kernels_active()->ops};
     if (n * c * inner < 32768) nthreads = 1;
     on_parallel_for(n * c, affine_work, &ctx, nthreads);
     return ON_OK;

@@ -1,6 +1,7 @@
 /* ops_pool.c - reference 2-D max / average pooling (NCHW planes) and global pooling. */
 #include <math.h>
 
+#include "kernels.h"
 #include "on_ops.h"
 #include "ops_pool_internal.h"
 
@@ -78,7 +79,7 @@ static on_status pool_run(int is_max, const float *x, float *y, size_t planes, i
     if (!pool_params_ok(p) || ih < 0 || iw < 0 || oh < 0 || ow < 0 || pb < 0 || pr < 0) return ON_ERR_ARG;
     if (planes == 0 || oh == 0 || ow == 0) return ON_OK;
     if (!x || !y) return ON_ERR_ARG;
-    pool_ctx c = {is_max, x, y, ih, iw, oh, ow, pb, pr, p, on_ops_active()};
+    pool_ctx c = {is_max, x, y, ih, iw, oh, ow, pb, pr, p, on_kernels_active()->ops};
     if ((size_t)(oh * ow * p->kh * p->kw) * planes < 32768) nthreads = 1;
     on_parallel_for(planes, pool_work, &c, nthreads);
     return ON_OK;
@@ -115,7 +116,7 @@ static void gpool_work(void *vctx, size_t begin, size_t end) {
 on_status on_global_pool_f32(const float *x, float *y, size_t rows, size_t cols, int is_max, int nthreads) {
     if (rows == 0) return ON_OK;
     if (!x || !y || cols == 0) return ON_ERR_ARG;
-    gpool_ctx c = {x, y, cols, is_max, on_ops_active()};
+    gpool_ctx c = {x, y, cols, is_max, on_kernels_active()->ops};
     if (rows * cols < 32768) nthreads = 1;
     on_parallel_for(rows, gpool_work, &c, nthreads);
     return ON_OK;

@@ -1,6 +1,7 @@
 /* ops_reduce.c - reductions over the middle axis of an [outer, r, inner] view. */
 #include <math.h>
 
+#include "kernels.h"
 #include "on_ops.h"
 
 #define INNER_CHUNK 4096
@@ -96,7 +97,7 @@ on_status on_reduce_f32(on_reduce_op op, const float *x, float *y, size_t outer,
     if (!y || (r > 0 && !x)) return ON_ERR_ARG;
     if (outer * r * inner < 32768) nthreads = 1;
     if (inner == 1 && r > 0) {
-        rowred_ctx c = {op, x, y, r, on_ops_active()};
+        rowred_ctx c = {op, x, y, r, on_kernels_active()->ops};
         on_parallel_for(outer, rowred_work, &c, nthreads);
         return ON_OK;
     }

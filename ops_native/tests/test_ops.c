@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "on_ops.h"
 #include "on_test.h"
 
@@ -14,7 +15,7 @@ static float *rnd(size_t n, float scale) {
     return p;
 }
 
-static const on_ops_table *fast_table(void) { return on_ops_active(); }
+static const on_ops_table *fast_table(void) { return on_kernels_active()->ops; }
 
 /* ---- row kernels: fast vs reference -------------------------------------------------------------- */
 static void test_binary_rows_match_reference(void) {
@@ -213,7 +214,7 @@ int main(void) {
     /* the row kernels of every table this machine can run (AVX-512 adds 16-lane unary ops to AVX2's) */
     for (int isa = 0; isa < ON_ISA_COUNT; isa++) {
         if (!on_isa_available((on_isa_t)isa) || on_set_isa((on_isa_t)isa) != 0) continue;
-        printf("ops tests: ISA %s (table %s)\n", on_isa_name(on_active_isa()), on_ops_active()->name);
+        printf("ops tests: ISA %s (table %s)\n", on_isa_name(on_active_isa()), on_kernels_active()->ops->name);
         RUN(test_binary_rows_match_reference);
         RUN(test_unary_fast_paths_match_reference);
         RUN(test_softmax_and_layernorm_rows_match_reference);
@@ -221,7 +222,7 @@ int main(void) {
         RUN(test_row_reduce_matches_reference);
     }
     on_set_isa(best);
-    printf("ops tests: ISA %s (table %s)\n", on_isa_name(on_active_isa()), on_ops_active()->name);
+    printf("ops tests: ISA %s (table %s)\n", on_isa_name(on_active_isa()), on_kernels_active()->ops->name);
     RUN(test_binary_broadcast_channel_scale_matches_naive);
     RUN(test_large_elementwise_is_split_across_threads_identically);
     RUN(test_copy_strided_transposes);

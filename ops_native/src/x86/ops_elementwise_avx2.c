@@ -1,5 +1,6 @@
 /* ops_elementwise_avx2.c - AVX2/FMA fast paths of the elementwise ops, softmax and layer norm, and the
- * AVX2 entry of the ops table. Compiled with -mavx2 -mfma; only reached when on_active_isa() says so.
+ * AVX2 entry of the ops table. Compiled with -mavx2 -mfma; reached through the AVX2 and AVX-512 kernel
+ * tables (dispatch.c).
  */
 #include <immintrin.h>
 #include <math.h>

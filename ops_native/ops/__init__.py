@@ -1,0 +1,44 @@
+"""The ops of the ops_native executor, one module per family, and the registry they fill.
+
+    registry.py     Node, BuildContext, register / REGISTRY, the support check, errors, BufferPool, limits
+    elementwise.py  arithmetic, comparison, logic, activations, Clip, Where, Identity (+ internal _Affine)
+    norm.py         Softmax, LayerNormalization, BatchNormalization
+    pooling.py      MaxPool / AveragePool (+ global) and the ONNX padding rules (shared with Conv)
+    reduce.py       Reduce*
+    resize.py       Resize / Upsample
+    data.py         data movement and metadata (Transpose, Concat, Slice, Gather, Reshape, Cast...)
+    linalg.py       MatMul, Gemm
+    conv.py         Conv, ConvTranspose
+
+Each op has a *builder* ``build(node, ctx) -> fn``, run once at load time (attributes parsed, constant
+weights packed); ``fn(args: list) -> list`` runs the node. Importing this package registers every op.
+"""
+
+from __future__ import annotations
+
+from ops_native.ops import conv, data, elementwise, linalg, norm, pooling, reduce, resize  # noqa: F401 - registers the ops
+from ops_native.ops.registry import (
+    DEFAULT_DOMAINS,
+    MAX_TENSOR_BYTES,
+    REGISTRY,
+    BufferPool,
+    BuildContext,
+    Fn,
+    Node,
+    OpBuildError,
+    OpNotSupported,
+    build,
+    check_alloc,
+    display_op,
+    is_internal,
+    is_supported,
+    op_key,
+    register,
+    supported_ops,
+    unsupported_ops,
+)
+
+__all__ = [
+    "DEFAULT_DOMAINS", "MAX_TENSOR_BYTES", "REGISTRY", "BufferPool", "BuildContext", "Fn", "Node", "OpBuildError", "OpNotSupported",
+    "build", "check_alloc", "display_op", "is_internal", "is_supported", "op_key", "register", "supported_ops", "unsupported_ops",
+]

@@ -1,0 +1,359 @@
+"""Data movement and metadata ops: Transpose, Concat, Split, Slice, Gather, Pad, Expand, Tile, Reshape,
+Flatten, (Un)Squeeze, Shape, Size, Constant(OfShape), Cast, Range."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ops_native import _core
+from ops_native.ops.registry import (
+    BuildContext,
+    Fn,
+    Node,
+    OpBuildError,
+    OpNotSupported,
+    attr_str,
+    check_alloc,
+    is_native_dtype,
+    normalize_axis,
+    register,
+)
+
+
+@register("Transpose")
+def _build_transpose(node: Node, ctx: BuildContext) -> Fn:
+    perm = node.attrs.get("perm")
+    threads = ctx.threads
+    if node.attrs.get("_view"):   # only MatMuls read it, and they take strided operands (passes.fusions.mark_transpose_views)
+        return lambda args: [args[0].transpose(perm)]
+
+    def fn(args: list) -> list:
+        x = args[0]
+        p = list(reversed(range(x.ndim))) if perm is None else list(perm)
+        view = x.transpose(p)
+        return [_core.ops_copy(view, ctx.pool.empty(view.shape, x.dtype), threads)]
+
+    return fn
+
+
+@register("Concat")
+def _build_concat(node: Node, ctx: BuildContext) -> Fn:
+    axis_attr = int(node.attrs["axis"])
+    threads = ctx.threads
+
+    def fn(args: list) -> list:
+        arrays = [a for a in args if a is not None]
+        axis = normalize_axis(axis_attr, arrays[0].ndim)
+        shape = list(arrays[0].shape)
+        shape[axis] = sum(a.shape[axis] for a in arrays)
+        return [_core.ops_concat(arrays, axis, threads, ctx.pool.empty(tuple(shape), arrays[0].dtype))]
+
+    return fn
+
+
+@register("Split")
+def _build_split(node: Node, ctx: BuildContext) -> Fn:
+    axis_attr = int(node.attrs.get("axis", 0))
+    attr_split = node.attrs.get("split")
+    num_outputs = node.attrs.get("num_outputs")
+    n_out = len(node.outputs)
+    threads = ctx.threads
+
+    def fn(args: list) -> list:
+        x = args[0]
+        axis = normalize_axis(axis_attr, x.ndim)
+        dim = x.shape[axis]
+        split = args[1] if len(args) > 1 and args[1] is not None else attr_split
+        if split is None:
+            n = int(num_outputs) if num_outputs is not None else n_out
+            chunk = -(-dim // n)
+            split = [min(chunk, dim - i * chunk) for i in range(n)]
+        split = [int(s) for s in np.asarray(split).reshape(-1)]
+        if sum(split) != dim:
+            raise OpBuildError(f"split sizes {split} do not add up to dim {dim}")
+        outs, start = [], 0
+        for s in split:
+            sl = [slice(None)] * x.ndim
+            sl[axis] = slice(start, start + s)
+            outs.append(_core.ops_contiguous(x[tuple(sl)], threads))
+            start += s
+        return outs
+
+    return fn
+
+
+@register("Slice")
+def _build_slice(node: Node, ctx: BuildContext) -> Fn:
+    legacy = ctx.opset < 10
+    threads = ctx.threads
+
+    def fn(args: list) -> list:
+        x = args[0]
+        if legacy:
+            starts, ends = node.attrs["starts"], node.attrs["ends"]
+            axes, steps = node.attrs.get("axes"), None
+        else:
+            starts, ends = args[1], args[2]
+            axes = args[3] if len(args) > 3 and args[3] is not None else None
+            steps = args[4] if len(args) > 4 and args[4] is not None else None
+        starts = [int(v) for v in np.asarray(starts).reshape(-1)]
+        ends = [int(v) for v in np.asarray(ends).reshape(-1)]
+        axes = list(range(len(starts))) if axes is None else [int(v) for v in np.asarray(axes).reshape(-1)]
+        steps = [1] * len(starts) if steps is None else [int(v) for v in np.asarray(steps).reshape(-1)]
+        sl = [slice(None)] * x.ndim
+        for s, e, ax, st in zip(starts, ends, axes, steps):
+            if st == 0:
+                raise OpBuildError("Slice step 0")
+            ax = normalize_axis(ax, x.ndim)
+            dim = x.shape[ax]
+            # clamp like ONNX (Python slicing treats huge negatives differently for negative steps)
+            s = max(-dim - 1, min(s, dim))
+            e = max(-dim - 1, min(e, dim))
+            if st < 0 and e < -dim:
+                e = None
+            sl[ax] = slice(s, e, st)
+        return [_core.ops_contiguous(x[tuple(sl)], threads)]
+
+    return fn
+
+
+@register("Gather")
+def _build_gather(node: Node, ctx: BuildContext) -> Fn:
+    axis_attr = int(node.attrs.get("axis", 0))
+    threads = ctx.threads
+
+    def fn(args: list) -> list:
+        x, idx = args
+        return [_core.ops_gather(x, idx, normalize_axis(axis_attr, x.ndim), threads)]
+
+    return fn
+
+
+@register("Pad")
+def _build_pad(node: Node, ctx: BuildContext) -> Fn:
+    mode = attr_str(node.attrs, "mode", "constant")
+    if mode not in ("constant", "reflect", "edge", "wrap"):
+        raise OpBuildError(f"Pad mode={mode!r}: expected constant, reflect, edge or wrap")
+    legacy = ctx.opset < 11
+    threads = ctx.threads
+
+    def fn(args: list) -> list:
+        x = args[0]
+        if legacy:
+            pads = list(node.attrs["pads"])
+            value = float(node.attrs.get("value", 0.0))
+            axes = None
+        else:
+            pads = [int(v) for v in args[1].reshape(-1)]
+            cv = args[2] if len(args) > 2 and args[2] is not None and args[2].size else None
+            value = 0 if cv is None else cv.reshape(-1)[0]
+            axes = args[3] if len(args) > 3 and args[3] is not None else None
+        nd = x.ndim
+        if axes is not None:
+            ax = [normalize_axis(int(v), nd) for v in axes.reshape(-1)]
+            full = [0] * (2 * nd)
+            for i, a_ in enumerate(ax):
+                full[a_], full[a_ + nd] = pads[i], pads[i + len(ax)]
+            pads = full
+        if len(pads) != 2 * nd:
+            raise OpBuildError(f"Pad: {len(pads)} pads for rank {nd}: expected {2 * nd}")
+        if mode != "constant":
+            check_alloc([x.shape[i] + pads[i] + pads[i + nd] for i in range(nd)], x.dtype, "Pad")
+            width = [(pads[i], pads[i + nd]) for i in range(nd)]
+            np_mode = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode]
+            return [np.pad(x, width, mode=np_mode)]
+        out_shape = check_alloc([x.shape[i] + pads[i] + pads[i + nd] for i in range(nd)], x.dtype, "Pad")
+        y = np.full(out_shape, value, dtype=x.dtype)
+        src = tuple(slice(max(0, -pads[i]), x.shape[i] - max(0, -pads[i + nd])) for i in range(nd))
+        dst = tuple(slice(max(0, pads[i]), max(0, pads[i]) + max(0, x.shape[i] - max(0, -pads[i])
+                                                                   - max(0, -pads[i + nd]))) for i in range(nd))
+        _core.ops_copy(x[src], y[dst], threads)
+        return [y]
+
+    return fn
+
+
+@register("Expand")
+def _build_expand(node: Node, ctx: BuildContext) -> Fn:
+    threads = ctx.threads
+
+    def fn(args: list) -> list:
+        x, shape = args
+        out_shape = np.broadcast_shapes(x.shape, tuple(int(v) for v in shape.reshape(-1)))
+        y = np.empty(check_alloc(out_shape, x.dtype, "Expand"), dtype=x.dtype)
+        _core.ops_copy(np.broadcast_to(x, out_shape), y, threads)
+        return [y]
+
+    return fn
+
+
+@register("Tile")
+def _build_tile(node: Node, ctx: BuildContext) -> Fn:
+    def fn(args: list) -> list:
+        x, reps = args[0], [int(v) for v in args[1].reshape(-1)]
+        if len(reps) != x.ndim or any(r < 0 for r in reps):
+            raise OpBuildError(f"Tile repeats {reps}: expected {x.ndim} non-negative values")
+        check_alloc([d * r for d, r in zip(x.shape, reps)], x.dtype, "Tile")
+        return [np.tile(x, reps)]
+
+    return fn
+
+
+@register("Reshape")
+def _build_reshape(node: Node, ctx: BuildContext) -> Fn:
+    allowzero = int(node.attrs.get("allowzero", 0))
+    legacy_shape = node.attrs.get("shape")
+    const_shape = ctx.const(node.inputs[1]) if len(node.inputs) > 1 else None
+    if const_shape is not None and (allowzero or 0 not in const_shape.reshape(-1).tolist()):
+        # the usual exported Reshape: a constant target with no "copy this dimension" zeros
+        target = tuple(int(v) for v in const_shape.reshape(-1))
+        return lambda args: [args[0].reshape(target)]
+    if const_shape is not None:
+        target_list = [int(v) for v in const_shape.reshape(-1)]
+        copied = [i for i, v in enumerate(target_list) if v == 0]
+
+        def fn_const(args: list) -> list:
+            x = args[0]
+            shape = list(target_list)
+            for i in copied:
+                if i >= x.ndim:
+                    raise ValueError(f"Reshape: shape[{i}] = 0 copies a dimension input of rank {x.ndim} lacks")
+                shape[i] = x.shape[i]
+            return [x.reshape(shape)]
+
+        return fn_const
+
+    def fn(args: list) -> list:
+        x = args[0]
+        shape = [int(v) for v in (args[1].reshape(-1) if len(args) > 1 else legacy_shape)]
+        if not allowzero:
+            shape = [x.shape[i] if v == 0 else v for i, v in enumerate(shape)]
+        return [x.reshape(shape)]
+
+    return fn
+
+
+@register("Flatten")
+def _build_flatten(node: Node, ctx: BuildContext) -> Fn:
+    axis_attr = int(node.attrs.get("axis", 1))
+
+    def fn(args: list) -> list:
+        x = args[0]
+        axis = axis_attr + x.ndim if axis_attr < 0 else axis_attr
+        outer = math.prod(x.shape[:axis])
+        return [x.reshape(outer, -1) if outer else x.reshape(0, math.prod(x.shape[axis:]))]
+
+    return fn
+
+
+@register("Squeeze", "Unsqueeze")
+def _build_squeeze(node: Node, ctx: BuildContext) -> Fn:
+    squeeze = node.op_type == "Squeeze"
+    from_input = ctx.opset >= 13
+    attr_axes = node.attrs.get("axes")
+
+    def fn(args: list) -> list:
+        x = args[0]
+        if from_input:
+            axes = None if len(args) < 2 or args[1] is None else [int(v) for v in args[1].reshape(-1)]
+        else:
+            axes = None if attr_axes is None else list(attr_axes)
+        if squeeze:
+            if axes is None:
+                return [x.reshape([d for d in x.shape if d != 1])]
+            ax = {normalize_axis(a_, x.ndim) for a_ in axes}
+            return [x.reshape([d for i, d in enumerate(x.shape) if i not in ax])]
+        rank = x.ndim + len(axes)
+        ax = sorted(normalize_axis(a_, rank) for a_ in axes)
+        shape = list(x.shape)
+        for a_ in ax:
+            shape.insert(a_, 1)
+        return [x.reshape(shape)]
+
+    return fn
+
+
+@register("Shape")
+def _build_shape(node: Node, ctx: BuildContext) -> Fn:
+    start = node.attrs.get("start", 0)
+    end = node.attrs.get("end")
+    return lambda args: [np.asarray(args[0].shape[start:end], dtype=np.int64)]
+
+
+@register("Size")
+def _build_size(node: Node, ctx: BuildContext) -> Fn:
+    return lambda args: [np.asarray(args[0].size, dtype=np.int64)]
+
+
+def constant_value(node: Node) -> np.ndarray:
+    """The value of a Constant node."""
+    import onnx.numpy_helper as nh
+
+    a = node.attrs
+    if "value" in a:
+        return nh.to_array(a["value"])
+    if "value_float" in a:
+        return np.asarray(a["value_float"], dtype=np.float32)
+    if "value_floats" in a:
+        return np.asarray(a["value_floats"], dtype=np.float32)
+    if "value_int" in a:
+        return np.asarray(a["value_int"], dtype=np.int64)
+    if "value_ints" in a:
+        return np.asarray(a["value_ints"], dtype=np.int64)
+    raise OpNotSupported(f"Constant attributes {sorted(a)}: expected value, value_float(s) or value_int(s)")
+
+
+@register("Constant")
+def _build_constant(node: Node, ctx: BuildContext) -> Fn:
+    value = constant_value(node)
+    return lambda args: [value]
+
+
+@register("ConstantOfShape")
+def _build_constant_of_shape(node: Node, ctx: BuildContext) -> Fn:
+    import onnx.numpy_helper as nh
+
+    v = node.attrs.get("value")
+    value = nh.to_array(v).reshape(-1)[0] if v is not None else np.float32(0)
+
+    def fn(args: list) -> list:
+        dt = np.asarray(value).dtype
+        return [np.full(check_alloc(args[0].reshape(-1), dt, "ConstantOfShape"), value, dtype=dt)]
+
+    return fn
+
+
+@register("Cast")
+def _build_cast(node: Node, ctx: BuildContext) -> Fn:
+    from onnx import helper
+
+    to = int(node.attrs["to"])
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(to)
+    except Exception as e:  # noqa: BLE001 - onnx raises several types for unknown codes
+        raise OpBuildError(f"Cast to={to}: unknown type") from e
+    if not is_native_dtype(dtype):
+        raise OpNotSupported(f"Cast to {dtype} is not supported")
+
+    def fn(args: list) -> list:
+        x = args[0]
+        if not is_native_dtype(x.dtype):
+            raise OpNotSupported(f"Cast from {x.dtype} is not supported")
+        return [x.astype(dtype)]
+
+    return fn
+
+
+@register("Range")
+def _build_range(node: Node, ctx: BuildContext) -> Fn:
+    def fn(args: list) -> list:
+        start, limit, delta = (np.asarray(a).reshape(()) for a in args)
+        if delta == 0:
+            raise OpBuildError("Range delta 0")
+        n = max(int(math.ceil((float(limit) - float(start)) / float(delta))), 0)
+        check_alloc([n], start.dtype, "Range")
+        return [np.arange(start, limit, delta, dtype=start.dtype)]
+
+    return fn

@@ -1,0 +1,212 @@
+"""Elementwise ops: arithmetic, comparison, logic, Where, activations, Clip, Identity (and the internal _Affine)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ops_native import _core
+from ops_native.ops.registry import (
+    F32,
+    BufferPool,
+    BuildContext,
+    Fn,
+    Node,
+    OpBuildError,
+    OpNotSupported,
+    is_f32,
+    register,
+)
+
+_NP_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Pow": np.power,
+              "Min": np.minimum, "Max": np.maximum}
+
+
+def _np_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if np.issubdtype(a.dtype, np.integer):
+        return np.trunc(np.true_divide(a, b)).astype(a.dtype)
+    return np.divide(a, b).astype(a.dtype, copy=False)
+
+
+def _binary_fn(op_type: str, threads: int, pool: BufferPool | None = None
+               ) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    code = _core.OPS_BINARY[op_type]
+    empty = pool.empty if pool is not None else (lambda shape: np.empty(shape, np.float32))
+    np_fn = _np_div if op_type == "Div" else _NP_BINARY[op_type]
+
+    def run(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if op_type == "Pow" and a.dtype == F32 and b.dtype != F32:
+            b = b.astype(np.float32)
+        if a.dtype == F32 and b.dtype == F32:
+            return _core.ops_binary(code, a, b, threads, None, empty)
+        res = np_fn(a, b)
+        return np.asarray(res, dtype=a.dtype)
+
+    return run
+
+
+@register("Add", "Sub", "Mul", "Div", "Pow")
+def _build_binary(node: Node, ctx: BuildContext) -> Fn:
+    run = _binary_fn(node.op_type, ctx.threads, ctx.pool)
+    return lambda args: [run(args[0], args[1])]
+
+
+@register("Min", "Max", "Sum", "Mean")
+def _build_variadic(node: Node, ctx: BuildContext) -> Fn:
+    base = {"Sum": "Add", "Mean": "Add"}.get(node.op_type, node.op_type)
+    run = _binary_fn(base, ctx.threads, ctx.pool)
+    div = _binary_fn("Div", ctx.threads, ctx.pool)
+    mean = node.op_type == "Mean"
+
+    def fn(args: list) -> list:
+        acc = args[0]
+        for x in args[1:]:
+            acc = run(acc, x)
+        if len(args) == 1:
+            acc = acc.copy()
+        if mean:
+            acc = div(acc, np.asarray(len(args), dtype=acc.dtype))
+        return [acc]
+
+    return fn
+
+
+_NP_COMPARE = {"Equal": np.equal, "Less": np.less, "Greater": np.greater, "LessOrEqual": np.less_equal,
+               "GreaterOrEqual": np.greater_equal}
+
+
+@register("Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual")
+def _build_compare(node: Node, ctx: BuildContext) -> Fn:
+    code = _core.OPS_COMPARE[node.op_type]
+    np_fn = _NP_COMPARE[node.op_type]
+    threads = ctx.threads
+
+    def fn(args: list) -> list:
+        a, b = args
+        if is_f32(a, b):
+            return [_core.ops_compare(code, a, b, threads)]
+        return [np.asarray(np_fn(a, b))]
+
+    return fn
+
+
+@register("Not", "And", "Or", "Xor")
+def _build_logical(node: Node, ctx: BuildContext) -> Fn:
+    f = {"Not": np.logical_not, "And": np.logical_and, "Or": np.logical_or, "Xor": np.logical_xor}[node.op_type]
+    return lambda args: [np.asarray(f(*args))]
+
+
+@register("Where")
+def _build_where(node: Node, ctx: BuildContext) -> Fn:
+    threads = ctx.threads
+
+    def fn(args: list) -> list:
+        c, x, y = args
+        if is_f32(x, y):
+            return [_core.ops_where(c, x, y, threads)]
+        return [np.asarray(np.where(c, x, y), dtype=x.dtype)]
+
+    return fn
+
+
+_NP_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "Neg": np.negative, "Abs": np.abs, "Relu": lambda x: np.maximum(x, 0).astype(x.dtype),
+    "Floor": np.floor, "Ceil": np.ceil, "Sqrt": np.sqrt, "Exp": np.exp, "Log": np.log,
+    "Reciprocal": np.reciprocal, "Sign": np.sign,
+}
+
+
+def unary_params(node: Node) -> tuple[str, float, float]:
+    """(kernel op, alpha, beta) of an activation node with attribute-only parameters."""
+    op, a = node.op_type, node.attrs
+    if op == "LeakyRelu":
+        return "LeakyRelu", float(a.get("alpha", 0.01)), 0.0
+    if op == "HardSigmoid":
+        return "HardSigmoid", float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+    if op == "Elu":
+        return "Elu", float(a.get("alpha", 1.0)), 0.0
+    if op == "Gelu":
+        approx = a.get("approximate", "none")
+        approx = approx.decode() if isinstance(approx, bytes) else approx
+        if approx not in ("none", "tanh"):
+            raise OpBuildError(f"Gelu approximate={approx!r}: expected 'none' or 'tanh'")
+        return ("GeluTanh" if approx == "tanh" else "Gelu"), 0.0, 0.0
+    return op, 0.0, 0.0
+
+
+@register("Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Exp", "Log", "Sqrt",
+          "Neg", "Abs", "Erf", "Reciprocal", "Floor", "Ceil", "Elu", "Softplus")
+def _build_unary(node: Node, ctx: BuildContext) -> Fn:
+    kop, alpha, beta = unary_params(node)
+    code = _core.OPS_UNARY[kop]
+    threads = ctx.threads
+    np_fn = _NP_UNARY.get(node.op_type)
+    empty = ctx.pool.empty
+
+    def fn(args: list) -> list:
+        x = args[0]
+        if x.dtype == F32:
+            return [_core.ops_unary(code, x, alpha, beta, empty(x.shape), threads)]
+        if np_fn is None:
+            raise OpNotSupported(f"{node.op_type} on {x.dtype}: expected float32")
+        return [np.asarray(np_fn(x), dtype=x.dtype)]
+
+    return fn
+
+
+@register("Clip")
+def _build_clip(node: Node, ctx: BuildContext) -> Fn:
+    code = _core.OPS_UNARY["Clip"]
+    threads = ctx.threads
+    attr_min = node.attrs.get("min", -np.inf)
+    attr_max = node.attrs.get("max", np.inf)
+
+    def fn(args: list) -> list:
+        x = args[0]
+        lo = args[1] if len(args) > 1 and args[1] is not None else None
+        hi = args[2] if len(args) > 2 and args[2] is not None else None
+        if ctx.opset < 11:
+            lo, hi = attr_min, attr_max
+        if x.dtype == F32:
+            lo_f = -np.inf if lo is None else float(np.asarray(lo).reshape(()))
+            hi_f = np.inf if hi is None else float(np.asarray(hi).reshape(()))
+            return [_core.ops_unary(code, x, lo_f, hi_f, ctx.pool.empty(x.shape), threads)]
+        y = x
+        if lo is not None:
+            y = np.maximum(y, np.asarray(lo, dtype=x.dtype))
+        if hi is not None:
+            y = np.minimum(y, np.asarray(hi, dtype=x.dtype))
+        return [np.array(y, dtype=x.dtype)]
+
+    return fn
+
+
+@register("Identity", "Dropout")
+def _build_identity(node: Node, ctx: BuildContext) -> Fn:
+    if node.op_type == "Dropout":
+        if len(node.inputs) > 2 and node.inputs[2]:
+            mode = ctx.const(node.inputs[2])
+            if mode is None or bool(mode.reshape(-1)[0]):
+                raise OpNotSupported("Dropout in training mode (random masks) is not supported")
+        if len(node.outputs) > 1 and node.outputs[1]:
+            return lambda args: [args[0], np.ones(args[0].shape, dtype=bool)]
+    return lambda args: [args[0]]
+
+
+@register("_Affine")
+def _build_affine(node: Node, ctx: BuildContext) -> Fn:
+    """Internal op of passes.fusions.fuse_affine: x * alpha + beta in one pass (inputs: x, the alpha and beta
+    constants it came from, used when x is not float32 or the constants would broadcast x up)."""
+    code = _core.OPS_UNARY["Affine"]
+    alpha, beta = float(node.attrs["alpha"]), float(node.attrs["beta"])
+    threads = ctx.threads
+
+    def fn(args: list) -> list:
+        x = args[0]
+        if x.dtype != np.float32 or x.ndim < max(args[1].ndim, args[2].ndim):
+            y = x * args[1] + args[2]
+            return [np.asarray(y, dtype=x.dtype)]
+        return [_core.ops_unary(code, x, alpha, beta, ctx.pool.empty(x.shape), threads)]
+
+    return fn

@@ -1,0 +1,437 @@
+"""Graph rewrites that merge nodes before binding (each only when the intermediate value has a single
+consumer and is not a graph output):
+
+  * Conv -> BatchNormalization            : folded into the Conv weights and bias
+  * Conv -> Mul/Add by a per-channel const : folded into the Conv weights and bias
+  * Add(x,3) -> Clip(0,6) -> Mul(x,.) -> Div(6) : HardSwish
+  * x / sqrt2 -> Erf -> +1 -> * x -> * 0.5   : Gelu
+  * Mul(x, scalar) -> Add(., scalar)        : one affine pass (internal op _Affine), folded into a
+                                              following 1x1 Conv
+  * ConvTranspose -> BatchNormalization / Add(per-channel const) : folded into its weights and bias
+  * Conv / Gemm / MatMul(+Add bias) -> Relu | Clip | LeakyRelu | HardSwish | Sigmoid : fused epilogue
+  * MatMul (computed B) -> Div / Mul by a scalar const : the GEMM's alpha (attention scores)
+  * Transpose feeding only MatMuls of computed inputs : a strided view the batched GEMM reads in place
+
+(Conv + Add(residual) needs the blocked layout: passes.layout.fuse_conv_residual.)
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from ops_native.ops import Node
+from ops_native.ops.linalg import ACT_NAMES
+from ops_native.ops.norm import batchnorm_scale_shift
+from ops_native.ops.pooling import auto_pad
+
+
+def fuse(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> list[Node]:
+    """Every fusion, in the order that lets later ones see the results of earlier ones; returns the new node
+    list (new constants, e.g. folded weights, are added to ``consts``)."""
+    f = Fuser(nodes, consts, graph_outputs)
+    f.fold_conv_affine()
+    f.fold_conv_transpose_affine()
+    f.fuse_hardswish()
+    f.fuse_gelu()
+    f.fuse_affine()
+    f.fuse_bias_add()
+    f.fuse_matmul_scale()
+    f.fuse_activation()
+    f.mark_transpose_views()
+    f.fold_affine_into_pointwise_conv()
+    return f.nodes
+
+
+class Fuser:
+    """Graph rewrites over the Node list; constants live in ``consts``."""
+
+    def __init__(self, nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> None:
+        self.nodes = nodes
+        self.consts = consts
+        self.outputs = graph_outputs
+        self._uid = 0
+
+    def _consumers(self) -> dict[str, list[Node]]:
+        cons: dict[str, list[Node]] = defaultdict(list)
+        for n in self.nodes:
+            for i in n.inputs:
+                if i:
+                    cons[i].append(n)
+        return cons
+
+    def _sole_consumer(self, cons: dict, value: str) -> Node | None:
+        users = cons.get(value, [])
+        if len(users) != 1 or value in self.outputs:
+            return None
+        return users[0]
+
+    def _new_const(self, base: str, arr: np.ndarray) -> str:
+        self._uid += 1
+        name = f"{base}__fused{self._uid}"
+        self.consts[name] = arr
+        return name
+
+    def _scalar(self, name: str) -> float | None:
+        c = self.consts.get(name) if name else None
+        if c is None or c.size != 1 or c.dtype != np.float32:
+            return None
+        return float(c.reshape(()))
+
+    def _clip_bounds(self, n: Node) -> tuple[float, float] | None:
+        if "min" in n.attrs or "max" in n.attrs:
+            return float(n.attrs.get("min", -np.inf)), float(n.attrs.get("max", np.inf))
+        lo = self._scalar(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else -np.inf
+        hi = self._scalar(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else np.inf
+        if lo is None or hi is None:
+            return None
+        return lo, hi
+
+    def _remove(self, dead: list[Node]) -> None:
+        ids = {id(d) for d in dead}
+        self.nodes = [n for n in self.nodes if id(n) not in ids]
+
+    def _conv_param(self, conv: Node) -> tuple[np.ndarray, np.ndarray] | None:
+        w = self.consts.get(conv.inputs[1])
+        if w is None or w.dtype != np.float32 or "_act" in conv.attrs:
+            return None
+        b = self.consts.get(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2] else None
+        if len(conv.inputs) > 2 and conv.inputs[2] and b is None:
+            return None
+        return w, (np.zeros(w.shape[0], np.float32) if b is None else b.astype(np.float32))
+
+    def _set_conv_param(self, conv: Node, w: np.ndarray, b: np.ndarray) -> None:
+        conv.inputs = [conv.inputs[0], self._new_const(conv.name + "_w", w.astype(np.float32)),
+                       self._new_const(conv.name + "_b", b.astype(np.float32))]
+
+    def fold_conv_affine(self) -> None:
+        """Conv -> BatchNormalization / Mul(per-channel const) / Add(per-channel const) into the Conv."""
+        changed = True
+        while changed:
+            changed = False
+            cons = self._consumers()
+            for conv in self.nodes:
+                if conv.op_type != "Conv":
+                    continue
+                nxt = self._sole_consumer(cons, conv.outputs[0])
+                params = self._conv_param(conv)
+                if nxt is None or params is None:
+                    continue
+                w, b = params
+                oc = w.shape[0]
+                if nxt.op_type == "BatchNormalization" and nxt.inputs[0] == conv.outputs[0] and \
+                        len([o for o in nxt.outputs if o]) == 1 and not nxt.attrs.get("training_mode", 0):
+                    bn = [self.consts.get(i) for i in nxt.inputs[1:5]]
+                    if any(v is None for v in bn):
+                        continue
+                    scale, shift = batchnorm_scale_shift(nxt.attrs, *bn)
+                    w2 = w * scale.reshape(-1, *([1] * (w.ndim - 1)))
+                    b2 = b * scale + shift
+                elif nxt.op_type in ("Mul", "Add") and len(nxt.inputs) == 2:
+                    other = nxt.inputs[1] if nxt.inputs[0] == conv.outputs[0] else nxt.inputs[0]
+                    c = self.consts.get(other)
+                    if c is None or c.dtype != np.float32 or other == conv.outputs[0]:
+                        continue
+                    vec = _per_channel(c, oc, w.ndim)
+                    if vec is None:
+                        continue
+                    if nxt.op_type == "Mul":
+                        w2 = w * vec.reshape(-1, *([1] * (w.ndim - 1)))
+                        b2 = b * vec
+                    else:
+                        w2, b2 = w, b + vec
+                else:
+                    continue
+                self._set_conv_param(conv, w2, b2)
+                conv.outputs = [nxt.outputs[0]]
+                self._remove([nxt])
+                changed = True
+                break
+
+    def fold_affine_into_pointwise_conv(self) -> None:
+        """_Affine(x; a, b) -> Conv 1x1 without padding ==> Conv(x) with W' = a W, b' = bias + b sum(W).
+
+        Exact only without zero padding (a padded border would see 0, not b), hence pointwise convs only.
+        """
+        cons = self._consumers()
+        dead: list[Node] = []
+        for aff in self.nodes:
+            if aff.op_type != "_Affine":
+                continue
+            conv = self._sole_consumer(cons, aff.outputs[0])
+            if conv is None or conv.op_type != "Conv" or conv.inputs[0] != aff.outputs[0]:
+                continue
+            w = self.consts.get(conv.inputs[1])
+            if w is None or w.dtype != np.float32 or w.ndim != 4 or w.shape[2:] != (1, 1):
+                continue
+            if any(int(p) for p in conv.attrs.get("pads", [])) or \
+                    auto_pad(conv.attrs) not in ("NOTSET", "VALID"):
+                continue
+            has_b = len(conv.inputs) > 2 and bool(conv.inputs[2])
+            b = self.consts.get(conv.inputs[2]) if has_b else np.zeros(w.shape[0], np.float32)
+            if b is None:
+                continue
+            alpha, beta = float(aff.attrs["alpha"]), float(aff.attrs["beta"])
+            w64 = w.astype(np.float64)
+            b2 = b.astype(np.float64) + beta * w64.sum(axis=(1, 2, 3))
+            conv.inputs = [aff.inputs[0], self._new_const(conv.name + "_w", (w64 * alpha).astype(np.float32)),
+                           self._new_const(conv.name + "_b", b2.astype(np.float32))]
+            dead.append(aff)
+        self._remove(dead)
+
+    def fold_conv_transpose_affine(self) -> None:
+        """ConvTranspose (group 1) -> BatchNormalization / Add(per-channel const) ==> folded weights / bias."""
+        changed = True
+        while changed:
+            changed = False
+            cons = self._consumers()
+            for ct in self.nodes:
+                if ct.op_type != "ConvTranspose" or int(ct.attrs.get("group", 1)) != 1:
+                    continue
+                w = self.consts.get(ct.inputs[1])
+                nxt = self._sole_consumer(cons, ct.outputs[0])
+                if w is None or w.dtype != np.float32 or nxt is None or nxt.inputs[0] != ct.outputs[0]:
+                    continue
+                has_b = len(ct.inputs) > 2 and bool(ct.inputs[2])
+                b = self.consts.get(ct.inputs[2]) if has_b else np.zeros(w.shape[1], np.float32)
+                if b is None:
+                    continue
+                oc = w.shape[1]
+                if nxt.op_type == "BatchNormalization" and len([o for o in nxt.outputs if o]) == 1 and \
+                        not nxt.attrs.get("training_mode", 0):
+                    bn = [self.consts.get(i) for i in nxt.inputs[1:5]]
+                    if any(v is None for v in bn):
+                        continue
+                    scale, shift = batchnorm_scale_shift(nxt.attrs, *bn)
+                    w2 = w * scale.reshape(1, -1, *([1] * (w.ndim - 2)))
+                    b2 = b * scale + shift
+                elif nxt.op_type == "Add" and len(nxt.inputs) == 2:
+                    c = self.consts.get(nxt.inputs[1])
+                    vec = None if c is None or c.dtype != np.float32 else _per_channel(c, oc, w.ndim)
+                    if vec is None:
+                        continue
+                    w2, b2 = w, b + vec
+                else:
+                    continue
+                ct.inputs = [ct.inputs[0], self._new_const(ct.name + "_w", w2.astype(np.float32)),
+                             self._new_const(ct.name + "_b", b2.astype(np.float32))]
+                ct.outputs = [nxt.outputs[0]]
+                self._remove([nxt])
+                changed = True
+                break
+
+    def fuse_hardswish(self) -> None:
+        """Add(x, 3) -> Clip(0, 6) -> Mul(x, .) -> Div(., 6) | Mul(., 1/6)  ==>  HardSwish(x)."""
+        cons = self._consumers()
+        dead: list[Node] = []
+        for add in list(self.nodes):
+            if add.op_type != "Add" or len(add.inputs) != 2 or id(add) in {id(d) for d in dead}:
+                continue
+            k = [i for i, name in enumerate(add.inputs) if self._scalar(name) == 3.0]
+            if not k:
+                continue
+            x = add.inputs[1 - k[0]]
+            clip = self._sole_consumer(cons, add.outputs[0])
+            if clip is None or clip.op_type != "Clip" or self._clip_bounds(clip) != (0.0, 6.0):
+                continue
+            mul = self._sole_consumer(cons, clip.outputs[0])
+            if mul is None or mul.op_type != "Mul" or sorted(mul.inputs) != sorted([x, clip.outputs[0]]):
+                continue
+            scale = self._sole_consumer(cons, mul.outputs[0])
+            if scale is None or scale.inputs[0] != mul.outputs[0]:
+                continue
+            s = self._scalar(scale.inputs[1])
+            ok = (scale.op_type == "Div" and s == 6.0) or (scale.op_type == "Mul" and s is not None
+                                                            and abs(s - 1 / 6) < 1e-7)
+            if not ok:
+                continue
+            hs = Node(scale.name + "_hardswish", "HardSwish", [x], [scale.outputs[0]])
+            idx = next(i for i, n in enumerate(self.nodes) if n is scale)
+            self.nodes[idx] = hs
+            dead += [add, clip, mul]
+        self._remove(dead)
+
+    def fuse_gelu(self) -> None:
+        """x/sqrt2 (or x*(1/sqrt2)) -> Erf -> +1 -> times x and 0.5 (either order) ==> Gelu(x)."""
+        cons = self._consumers()
+        dead: list[Node] = []
+        dead_ids: set[int] = set()
+
+        def other(n: Node, name: str) -> str:
+            return n.inputs[1] if n.inputs[0] == name else n.inputs[0]
+
+        for erf in list(self.nodes):
+            if erf.op_type != "Erf" or id(erf) in dead_ids:
+                continue
+            scale = next((n for n in self.nodes if erf.inputs[0] in n.outputs), None)
+            if scale is None or self._sole_consumer(cons, scale.outputs[0]) is not erf or len(scale.inputs) != 2:
+                continue
+            c = self._scalar(scale.inputs[1])
+            if not ((scale.op_type == "Div" and c is not None and abs(c - 2 ** 0.5) < 1e-5) or
+                    (scale.op_type == "Mul" and c is not None and abs(c - 2 ** -0.5) < 1e-5)):
+                continue
+            x = scale.inputs[0]
+            add = self._sole_consumer(cons, erf.outputs[0])
+            if add is None or add.op_type != "Add" or self._scalar(other(add, erf.outputs[0])) != 1.0:
+                continue
+            mul = self._sole_consumer(cons, add.outputs[0])
+            if mul is None or mul.op_type != "Mul":
+                continue
+            partner = other(mul, add.outputs[0])
+            half = next((n for n in self.nodes if partner in n.outputs), None)
+            chain: list[Node]
+            if half is not None and half.op_type == "Mul" and x in half.inputs and \
+                    self._scalar(other(half, x)) == 0.5 and self._sole_consumer(cons, partner) is mul:
+                out, chain = mul.outputs[0], [scale, erf, add, half, mul]  # (x * 0.5) * (1 + erf)
+            elif partner == x:
+                last = self._sole_consumer(cons, mul.outputs[0])
+                if last is None or last.op_type != "Mul" or self._scalar(other(last, mul.outputs[0])) != 0.5:
+                    continue
+                out, chain = last.outputs[0], [scale, erf, add, mul, last]  # (x * (1 + erf)) * 0.5
+            else:
+                continue
+            gelu = Node(erf.name + "_gelu", "Gelu", [x], [out])
+            idx = next(i for i, n in enumerate(self.nodes) if n is chain[-1])
+            self.nodes[idx] = gelu
+            dead += chain[:-1]
+            dead_ids |= {id(n) for n in chain}
+        self._remove(dead)
+
+    def fuse_affine(self) -> None:
+        """Mul(x, scalar) -> Add(., scalar) ==> one affine pass."""
+        cons = self._consumers()
+        dead: list[Node] = []
+        for mul in list(self.nodes):
+            if mul.op_type != "Mul" or len(mul.inputs) != 2:
+                continue
+            k = [i for i, name in enumerate(mul.inputs) if self._scalar(name) is not None]
+            if len(k) != 1:
+                continue
+            add = self._sole_consumer(cons, mul.outputs[0])
+            if add is None or add.op_type != "Add":
+                continue
+            other = add.inputs[1] if add.inputs[0] == mul.outputs[0] else add.inputs[0]
+            beta = self._scalar(other)
+            if beta is None or other == mul.outputs[0]:
+                continue
+            x = mul.inputs[1 - k[0]]
+            # the scalars must not change the output shape (rank of x must be >= const rank)
+            aff = Node(add.name + "_affine", "_Affine", [x, mul.inputs[k[0]], other], [add.outputs[0]],
+                       {"alpha": self._scalar(mul.inputs[k[0]]), "beta": beta})
+            idx = next(i for i, n in enumerate(self.nodes) if n is add)
+            self.nodes[idx] = aff
+            dead.append(mul)
+        self._remove(dead)
+
+    def fuse_bias_add(self) -> None:
+        """MatMul(x, const B 2-D) -> Add(const [N]) ==> MatMul with a bias; Gemm ditto without C."""
+        changed = True
+        while changed:
+            changed = False
+            cons = self._consumers()
+            for mm in self.nodes:
+                if mm.op_type != "MatMul" or "_bias" in mm.attrs or "_act" in mm.attrs:
+                    continue
+                b = self.consts.get(mm.inputs[1])
+                if b is None or b.ndim != 2 or b.dtype != np.float32:
+                    continue
+                add = self._sole_consumer(cons, mm.outputs[0])
+                if add is None or add.op_type != "Add":
+                    continue
+                other = add.inputs[1] if add.inputs[0] == mm.outputs[0] else add.inputs[0]
+                c = self.consts.get(other)
+                n = b.shape[1]
+                if c is None or c.dtype != np.float32 or other == mm.outputs[0] or c.size != n or \
+                        (c.ndim >= 1 and c.shape[-1] != n) or c.ndim > 2:
+                    continue
+                mm.attrs["_bias"] = self._new_const(mm.name + "_bias", c.reshape(-1).astype(np.float32))
+                mm.outputs = [add.outputs[0]]
+                self._remove([add])
+                changed = True
+                break
+
+    def fuse_matmul_scale(self) -> None:
+        """MatMul(A, B) with both inputs computed -> Div / Mul by a scalar constant ==> one batched GEMM
+        with alpha (attention's Q.K^T / sqrt(d)): the scale is applied in the GEMM's store, not in another
+        pass over the scores. (A constant B goes to the packed path, which has no alpha.)"""
+        cons = self._consumers()
+        dead: list[Node] = []
+        for mm in self.nodes:
+            if mm.op_type != "MatMul" or mm.inputs[1] in self.consts or \
+                    any(k in mm.attrs for k in ("_bias", "_act", "_alpha")):
+                continue
+            nxt = self._sole_consumer(cons, mm.outputs[0])
+            if nxt is None or nxt.op_type not in ("Div", "Mul") or len(nxt.inputs) != 2:
+                continue
+            if nxt.op_type == "Div" and nxt.inputs[0] != mm.outputs[0]:
+                continue
+            other = nxt.inputs[1] if nxt.inputs[0] == mm.outputs[0] else nxt.inputs[0]
+            c = self._scalar(other)
+            if c is None or other == mm.outputs[0] or self.consts[other].ndim > 1:
+                continue   # (a [1, 1, 1]-shaped constant could add dims: leave it to the Div)
+            if nxt.op_type == "Div":
+                if c == 0.0:
+                    continue
+                c = float(np.float32(1.0) / np.float32(c))
+            mm.attrs["_alpha"] = c
+            mm.outputs = [nxt.outputs[0]]
+            dead.append(nxt)
+        self._remove(dead)
+
+    def mark_transpose_views(self) -> None:
+        """A Transpose whose output only feeds MatMuls of two computed inputs (attention's Q, K^T and V
+        head splits) returns a strided view instead of a copy: the batched GEMM reads transposed and
+        head-interleaved operands in place (ops_native._core.matmul). Marked with ``_view``."""
+        cons = self._consumers()
+        for n in self.nodes:
+            if n.op_type != "Transpose" or n.outputs[0] in self.outputs:
+                continue
+            users = cons.get(n.outputs[0], [])
+            if users and all(u.op_type == "MatMul" and not any(i in self.consts for i in u.inputs[:2])
+                             and "_bias" not in u.attrs and "_act" not in u.attrs for u in users):
+                n.attrs["_view"] = 1
+
+    def fuse_activation(self) -> None:
+        """Conv / Gemm / MatMul (const B) -> activation ==> fused epilogue."""
+        cons = self._consumers()
+        dead: list[Node] = []
+        for n in self.nodes:
+            if n.op_type not in ("Conv", "Gemm", "MatMul") or "_act" in n.attrs:
+                continue
+            if n.op_type == "MatMul":
+                b = self.consts.get(n.inputs[1])
+                if b is None or b.ndim != 2 or b.dtype != np.float32:
+                    continue
+            if n.op_type == "Gemm" and len(n.inputs) > 2 and n.inputs[2]:
+                c = self.consts.get(n.inputs[2])
+                if c is None or c.ndim > 1 and c.shape[0] != 1:
+                    continue
+            act = self._sole_consumer(cons, n.outputs[0])
+            if act is None or act.op_type not in ACT_NAMES:
+                continue
+            alpha = beta = 0.0
+            if act.op_type == "Clip":
+                bounds = self._clip_bounds(act)
+                if bounds is None:
+                    continue
+                alpha, beta = bounds
+            elif act.op_type == "LeakyRelu":
+                alpha = float(act.attrs.get("alpha", 0.01))
+            n.attrs.update({"_act": ACT_NAMES[act.op_type], "_act_alpha": alpha, "_act_beta": beta})
+            n.outputs = [act.outputs[0]]
+            dead.append(act)
+        self._remove(dead)
+
+
+def _per_channel(c: np.ndarray, oc: int, w_ndim: int) -> np.ndarray | None:
+    """c as a per-output-channel vector of length oc if it broadcasts over [N, OC, spatial...] that way."""
+    if c.size == 1:
+        return np.full(oc, float(c.reshape(())), np.float32)
+    shape = c.shape
+    if len(shape) > w_ndim:
+        return None
+    full = (1,) * (w_ndim - len(shape)) + tuple(shape)  # aligned to [N, OC, *spatial]
+    if full[1] == oc and all(d == 1 for i, d in enumerate(full) if i != 1):
+        return c.reshape(oc).astype(np.float32)
+    return None
