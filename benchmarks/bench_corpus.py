@@ -24,15 +24,19 @@ from rich.table import Table
 
 import ops_native
 from benchmarks.bench_models import paired_median_ms
+from benchmarks.bench_models import profile as profile_ops
 from benchmarks.common import console, parser, write_json
 from models import corpus, zoo_extra
 from models.graph import with_static_shapes
 from models.partition import DeviceSpec, plan_pipeline, split_model
 
 
-def _ort(model: onnx.ModelProto) -> ort.InferenceSession:
+THREADS = (1, 2)
+
+
+def _ort(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -91,8 +95,30 @@ def _deploy_checks(model: onnx.ModelProto, shapes0: dict, feeds1: dict, ref1: li
     return res
 
 
+def _timed(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int, repeats: int,
+           native: bool) -> dict[str, Any]:
+    """Per thread count: ours and ORT ms and their ratio, each the median over `repeats` paired
+    measurements (every one warms both runtimes and alternates blocks of runs)."""
+    out: dict[str, Any] = {}
+    for threads in THREADS:
+        ref = _ort(model, threads)
+        if not native:
+            out[f"ort_ms_{threads}t"] = float(np.median(
+                [paired_median_ms([lambda: ref.run(None, feeds)], runs)[0] for _ in range(repeats)]))
+            continue
+        ours = ops_native.InferenceSession(model, threads=threads)
+        pairs = [paired_median_ms([lambda: ours.run(None, feeds), lambda: ref.run(None, feeds)], runs)
+                 for _ in range(repeats)]
+        ratios = [a / b for a, b in pairs]
+        out[f"ours_ms_{threads}t"] = float(np.median([a for a, _ in pairs]))
+        out[f"ort_ms_{threads}t"] = float(np.median([b for _, b in pairs]))
+        out[f"ratio_{threads}t"] = float(np.median(ratios))
+        out[f"ratio_range_{threads}t"] = (min(ratios), max(ratios))
+    return out
+
+
 def measure(name: str, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], runs: int,
-            deploy: bool = True) -> dict[str, Any]:
+            deploy: bool = True, repeats: int = 1, profile: bool = False) -> dict[str, Any]:
     """All measurements of one model (feeds: the two representative inputs)."""
     row: dict[str, Any] = {"model": name, "ir": model.ir_version,
                            "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import}}
@@ -106,18 +132,26 @@ def measure(name: str, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]
             errs = [_compare(ours.run(None, f), r) for f, r in zip(feeds, refs)]
             row["max_abs"] = max(e[0] for e in errs)
             row["max_rel"] = max(e[1] for e in errs)
-            t_ours, t_ort = paired_median_ms([lambda: ours.run(None, feeds[0]),
-                                              lambda: ref_sess.run(None, feeds[0])], runs)
-            row.update(ours_ms=t_ours, ort_ms=t_ort, ratio=t_ours / t_ort)
+            row.update(_timed(model, feeds[0], runs, repeats, native=True))
+            if profile:
+                row["profile"] = profile_ops(model, feeds[0], runs)
         except Exception as e:  # noqa: BLE001 - recorded
             row["native_error"] = _err(e)
             console.print(f"[dim]{traceback.format_exc(limit=3)}[/dim]")
     else:
-        row["ort_ms"] = paired_median_ms([lambda: ref_sess.run(None, feeds[0])], runs)[0]
+        row.update(_timed(model, feeds[0], runs, repeats, native=False))
     if deploy:
         shapes0 = {k: tuple(v.shape) for k, v in feeds[0].items()}
         row["deploy"] = _deploy_checks(model, shapes0, feeds[1], refs[1], out_names)
     return row
+
+
+def _ratio_cell(row: dict[str, Any], threads: int) -> str:
+    r = row.get(f"ratio_{threads}t")
+    if r is None:
+        return ""
+    style = "green" if r <= 1.0 else "red"
+    return f"[{style}]{r:.2f}x[/{style}]"
 
 
 def workloads(selected: list[str] | None) -> list[tuple[str, Any]]:
@@ -133,34 +167,51 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--runs", type=int, default=None, help="timed runs per measurement (default 10, quick 3)")
     p.add_argument("--models", default=None, help="comma-separated subset (corpus names, zoo_extra/NAME)")
     p.add_argument("--no-deploy", action="store_true", help="skip the deploy-helper checks")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="paired measurements per model and thread count, median ratio (default 3, quick 1)")
+    p.add_argument("--profile", action="store_true", help="our time per op type at 1 thread")
     args = p.parse_args(argv)
     runs = args.runs or (3 if args.quick else 10)
+    repeats = args.repeats or (1 if args.quick else 3)
     ort.set_default_logger_severity(3)  # the shape helpers' own ORT runs log every failure they then report
     selected = args.models.split(",") if args.models else None
-    table = Table(title=f"corpus: ops_native vs ONNX Runtime, 1 thread (median of {runs}, ISA {ops_native.isa()})")
-    for col in ("model", "missing ops", "max abs", "max rel", "ours ms", "ORT ms", "ratio"):
+    table = Table(title=f"corpus: ops_native vs ONNX Runtime at 1 and 2 threads (ratio = ours / ORT, median of "
+                        f"{repeats} x {runs} runs, ISA {ops_native.isa()})")
+    cols = ["model", "missing ops", "max abs", "max rel"]
+    for t in THREADS:
+        cols += [f"ours ms {t}t", f"ORT ms {t}t", f"ratio {t}t"]
+    for col in cols:
         table.add_column(col, justify="left" if col in ("model", "missing ops") else "right")
-    results: dict[str, Any] = {"isa": ops_native.isa(), "runs": runs, "rows": []}
+    results: dict[str, Any] = {"isa": ops_native.isa(), "runs": runs, "repeats": repeats, "rows": []}
     for name, src in workloads(selected):
         if isinstance(src, corpus.Entry):
             reason = corpus.unavailable_reason(src)
             if reason:
                 results["rows"].append({"model": name, "unavailable": reason})
-                table.add_row(name, f"[yellow]{reason}[/yellow]", "", "", "", "", "")
+                table.add_row(name, f"[yellow]{reason}[/yellow]", *[""] * (len(cols) - 2))
                 continue
             model = corpus.load(src)
             feeds = [corpus.sample_inputs(src, k) for k in (0, 1)]
         else:
             model = zoo_extra.build(src)
             feeds = [zoo_extra.sample_inputs(src, k) for k in (0, 1)]
-        row = measure(name, model, feeds, runs, deploy=not args.no_deploy)
+        row = measure(name, model, feeds, runs, deploy=not args.no_deploy, repeats=repeats, profile=args.profile)
         results["rows"].append(row)
         fmt = (lambda k, f, r=row: f.format(r[k]) if k in r else "")  # noqa: E731
-        table.add_row(name, ", ".join(row["unsupported"]) or row.get("native_error", "-"),
-                      fmt("max_abs", "{:.2g}"), fmt("max_rel", "{:.2g}"), fmt("ours_ms", "{:.2f}"),
-                      fmt("ort_ms", "{:.2f}"), fmt("ratio", "{:.2f}x"))
-        console.print(f"[dim]{name}: {row}[/dim]")
+        cells = [fmt("max_abs", "{:.2g}"), fmt("max_rel", "{:.2g}")]
+        for t in THREADS:
+            cells += [fmt(f"ours_ms_{t}t", "{:.2f}"), fmt(f"ort_ms_{t}t", "{:.2f}"), _ratio_cell(row, t)]
+        table.add_row(name, ", ".join(row["unsupported"]) or row.get("native_error", "-"), *cells)
+        console.print(f"[dim]{name}: { {k: v for k, v in row.items() if k != 'profile'} }[/dim]")
     console.print(table)
+    for row in results["rows"]:
+        if row.get("profile"):
+            pt = Table(title=f"{row['model']}: time per op type (ours, 1 thread)")
+            for col in ("op", "ms/run", "share"):
+                pt.add_column(col, justify="right" if col != "op" else "left")
+            for op, ms, share in row["profile"][:12]:
+                pt.add_row(op, f"{ms:.2f}", f"{share * 100:.1f}%")
+            console.print(pt)
     write_json(args.json, results)
     return results
 
