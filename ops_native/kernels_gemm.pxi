@@ -37,6 +37,8 @@ cdef extern from "on_common.h" nogil:
         ON_ACT_LEAKY_RELU
         ON_ACT_HARDSWISH
         ON_ACT_SIGMOID
+        ON_ACT_SILU
+        ON_ACT_GELU
     ctypedef struct on_act_t:
         on_act_kind kind
         float alpha
@@ -155,7 +157,8 @@ _on_check_env_isa()
 # ---- argument helpers -----------------------------------------------------------------------------
 
 _ON_ACTS = {"none": ON_ACT_NONE, "relu": ON_ACT_RELU, "clip": ON_ACT_CLIP, "leaky_relu": ON_ACT_LEAKY_RELU,
-            "hardswish": ON_ACT_HARDSWISH, "sigmoid": ON_ACT_SIGMOID}
+            "hardswish": ON_ACT_HARDSWISH, "sigmoid": ON_ACT_SIGMOID, "silu": ON_ACT_SILU,
+            "gelu": ON_ACT_GELU}
 
 
 cdef on_act_t _on_act(str where, object act, double act_alpha, double act_beta) except *:
@@ -267,7 +270,7 @@ def gemm(a, b, bias=None, *, trans_a=False, trans_b=False, alpha=1.0, act="none"
     a: float32 [M, K] ([K, M] if trans_a). b: PackedB, or float32 [K, N] ([N, K] if trans_b).
     bias: None, float32 [N] / [1, N] (per column), [1] (scalar) or [M, 1] (per row).
     act: "none" | "relu" | "clip" (act_alpha=min, act_beta=max) | "leaky_relu" (act_alpha=slope) |
-    "hardswish" | "sigmoid". out: optional C-contiguous float32 [M, N]. Returns C.
+    "hardswish" | "sigmoid" | "silu" | "gelu". out: optional C-contiguous float32 [M, N]. Returns C.
     """
     a = _on_f32(a, "gemm: a", 2)
     cdef int ta = 1 if trans_a else 0

@@ -104,6 +104,8 @@ typedef enum {
     ON_ACT_LEAKY_RELU,  /* x >= 0 ? x : alpha * x */
     ON_ACT_HARDSWISH,   /* x * clip(x / 6 + 0.5, 0, 1) */
     ON_ACT_SIGMOID,
+    ON_ACT_SILU,        /* x * sigmoid(x) (Swish): Conv -> Sigmoid -> Mul(conv, .) of YOLO-style nets */
+    ON_ACT_GELU,        /* 0.5 x (1 + erf(x / sqrt 2)): MatMul + bias -> Gelu of transformer MLPs */
     ON_ACT_COUNT
 } on_act_kind;
 
@@ -125,8 +127,16 @@ static inline float on_act_ref(on_act_t a, float x) {
         return x * t;
     }
     case ON_ACT_SIGMOID: return 1.0f / (1.0f + expf(-x));
+    case ON_ACT_SILU: return x / (1.0f + expf(-x));
+    case ON_ACT_GELU: return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
     default: return x;
     }
+}
+
+/* Activations built on exp/erf: x86 computes them in registers (x86/math_*.h); the portable and NEON
+ * kernels apply them with on_act_ref when the result is stored. */
+static inline int on_act_is_transcendental(on_act_kind k) {
+    return k == ON_ACT_SIGMOID || k == ON_ACT_SILU || k == ON_ACT_GELU;
 }
 
 #ifdef __cplusplus

@@ -21,7 +21,7 @@ from ops_native.ops.registry import (
 )
 
 ACT_NAMES = {"Relu": "relu", "Clip": "clip", "LeakyRelu": "leaky_relu", "HardSwish": "hardswish",
-             "Sigmoid": "sigmoid"}
+             "Sigmoid": "sigmoid", "Gelu": "gelu"}   # Gelu: the erf form only (approximate="none")
 
 
 def _dense_step(packed: Any, bias: np.ndarray | None, act: dict, alpha: float, threads: int,

@@ -8,7 +8,8 @@ consumer and is not a graph output):
   * Mul(x, scalar) -> Add(., scalar)        : one affine pass (internal op _Affine), folded into a
                                               following 1x1 Conv
   * ConvTranspose -> BatchNormalization / Add(per-channel const) : folded into its weights and bias
-  * Conv / Gemm / MatMul(+Add bias) -> Relu | Clip | LeakyRelu | HardSwish | Sigmoid : fused epilogue
+  * Conv / Gemm / MatMul(+Add bias) -> Relu | Clip | LeakyRelu | HardSwish | Sigmoid | Gelu : fused epilogue
+  * Conv / Gemm / MatMul(+Add bias) -> Sigmoid -> Mul(y, sigmoid) (SiLU / Swish) : fused epilogue
   * MatMul (computed B) -> Div / Mul by a scalar const : the GEMM's alpha (attention scores)
   * Transpose feeding only MatMuls of computed inputs : a strided view the batched GEMM reads in place
 
@@ -38,6 +39,7 @@ def fuse(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[st
     f.fuse_affine()
     f.fuse_bias_add()
     f.fuse_matmul_scale()
+    f.fuse_silu()
     f.fuse_activation()
     f.mark_transpose_views()
     f.fold_affine_into_pointwise_conv()
@@ -392,23 +394,54 @@ class Fuser:
                              and "_bias" not in u.attrs and "_act" not in u.attrs for u in users):
                 n.attrs["_view"] = 1
 
+    def _epilogue_ok(self, n: Node) -> bool:
+        """Whether n is a Conv / Gemm / MatMul whose native kernel can take a fused activation."""
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or "_act" in n.attrs:
+            return False
+        if n.op_type == "MatMul":
+            b = self.consts.get(n.inputs[1])
+            if b is None or b.ndim != 2 or b.dtype != np.float32:
+                return False
+        if n.op_type == "Gemm" and len(n.inputs) > 2 and n.inputs[2]:
+            c = self.consts.get(n.inputs[2])
+            if c is None or c.ndim > 1 and c.shape[0] != 1:
+                return False
+        return True
+
+    def fuse_silu(self) -> None:
+        """Conv / Gemm / MatMul -> y; Sigmoid(y) -> s; Mul(y, s) ==> the product with a SiLU epilogue
+        (YOLOv5/v8, YOLOX and EfficientNet write Swish this way: y has exactly the two consumers)."""
+        cons = self._consumers()
+        producer = {o: n for n in self.nodes for o in n.outputs if o}
+        dead: list[Node] = []
+        for sig in self.nodes:
+            if sig.op_type != "Sigmoid":
+                continue
+            y = sig.inputs[0]
+            n = producer.get(y)
+            if n is None or not self._epilogue_ok(n) or y in self.outputs:
+                continue
+            users = cons.get(y, [])
+            mul = self._sole_consumer(cons, sig.outputs[0])
+            if len(users) != 2 or mul is None or mul.op_type != "Mul" or \
+                    sorted(mul.inputs) != sorted([y, sig.outputs[0]]) or not any(u is mul for u in users):
+                continue
+            n.attrs.update({"_act": "silu", "_act_alpha": 0.0, "_act_beta": 0.0})
+            n.outputs = [mul.outputs[0]]
+            dead += [sig, mul]
+        self._remove(dead)
+
     def fuse_activation(self) -> None:
         """Conv / Gemm / MatMul (const B) -> activation ==> fused epilogue."""
         cons = self._consumers()
         dead: list[Node] = []
         for n in self.nodes:
-            if n.op_type not in ("Conv", "Gemm", "MatMul") or "_act" in n.attrs:
+            if not self._epilogue_ok(n):
                 continue
-            if n.op_type == "MatMul":
-                b = self.consts.get(n.inputs[1])
-                if b is None or b.ndim != 2 or b.dtype != np.float32:
-                    continue
-            if n.op_type == "Gemm" and len(n.inputs) > 2 and n.inputs[2]:
-                c = self.consts.get(n.inputs[2])
-                if c is None or c.ndim > 1 and c.shape[0] != 1:
-                    continue
             act = self._sole_consumer(cons, n.outputs[0])
             if act is None or act.op_type not in ACT_NAMES:
+                continue
+            if act.op_type == "Gelu" and act.attrs.get("approximate", "none") not in ("none", b"none"):
                 continue
             alpha = beta = 0.0
             if act.op_type == "Clip":

@@ -122,10 +122,10 @@ void on_conv_nchwc_row__neon(const on_nchwc_row *r, size_t oh);
 /* Transpose rowbuf [nb][ow_pad][ON_C0] into the NCHW row r->y, applying sigmoid if that is the
  * activation (the kernels apply the others in registers). Portable; hands a y_blocked row to
  * on_nchwc_store_blocked. */
-void on_nchwc_store_rows_ref(const on_nchwc_row *r);
+void on_nchwc_store_rows_ref(const on_nchwc_row *r, int post_act);
 /* rowbuf [nb][ow_pad][rb_blk] -> the NCHWc8 row(s) at r->y (8-channel blocks r->ystride apart),
  * sigmoid applied if it is the activation, lanes past oc_valid zeroed. */
-void on_nchwc_store_blocked(const on_nchwc_row *r);
+void on_nchwc_store_blocked(const on_nchwc_row *r, int post_act);
 
 /* Gather one input row of `nch` channels (planes plane_stride floats apart, nch <= CB) into the
  * interleaved row dst[iw * CB + ci], iw < W; channels nch..CB-1 become zero. */

@@ -156,8 +156,8 @@ on_status on_nchwc_plan_create(const on_conv_params *p, const float *weight, con
 
 /* ---- portable kernels ------------------------------------------------------------------------- */
 
-void on_nchwc_store_blocked(const on_nchwc_row *r) {
-    const int sig = r->act.kind == ON_ACT_SIGMOID;
+void on_nchwc_store_blocked(const on_nchwc_row *r, int post_act) {
+    const int sig = post_act;
     const size_t blk = r->rb_blk, nblocks = (r->oc_valid + C0 - 1) / C0;
     for (size_t j = 0; j < nblocks; j++) {
         size_t oc0 = j * C0, lanes = r->oc_valid - oc0 < C0 ? r->oc_valid - oc0 : C0;
@@ -181,12 +181,12 @@ void on_nchwc_store_blocked(const on_nchwc_row *r) {
     }
 }
 
-void on_nchwc_store_rows_ref(const on_nchwc_row *r) {
+void on_nchwc_store_rows_ref(const on_nchwc_row *r, int post_act) {
     if (r->y_blocked) {
-        on_nchwc_store_blocked(r);
+        on_nchwc_store_blocked(r, post_act);
         return;
     }
-    int sig = r->act.kind == ON_ACT_SIGMOID;
+    int sig = post_act;
     for (size_t oc = 0; oc < r->oc_valid; oc++) {
         const float *src = r->rowbuf + (oc / C0) * r->ow_pad * C0 + oc % C0;
         float *dst = r->y + oc * r->ystride;
@@ -215,11 +215,11 @@ void on_conv_nchwc_row__scalar(const on_nchwc_row *r, size_t oh) {
             float *dst = r->rowbuf + (b * r->ow_pad + ow) * C0;
             for (size_t co = 0; co < C0; co++) { /* bias after the sum, as the GEMM epilogue adds it */
                 float v = acc[co] + r->bias[b * C0 + co];
-                dst[co] = r->act.kind == ON_ACT_SIGMOID ? v : on_act_ref(r->act, v);
+                dst[co] = on_act_is_transcendental(r->act.kind) ? v : on_act_ref(r->act, v);
             }
         }
     }
-    on_nchwc_store_rows_ref(r);
+    on_nchwc_store_rows_ref(r, on_act_is_transcendental(r->act.kind));
 }
 
 void on_conv_nchwc_pack__scalar(const float *src, size_t plane_stride, size_t nch, size_t CB, size_t W,

@@ -76,6 +76,18 @@ static const conv_case CASES[] = {
     {"1x1 16x16 deep", 2, 40, 16, 16, 24, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_NONE},
     {"1x1 prime plane", 1, 16, 1, 151, 32, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_CLIP},
     {"1x1 groups 2 Cg8 OCg12", 1, 16, 5, 7, 24, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, ON_ACT_NONE},
+    /* SiLU and GELU epilogues (exp/erf vector math in registers on x86) on every path */
+    {"1x1 silu", 2, 8, 10, 7, 16, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_SILU},
+    {"1x1 4x4 gelu (transposed)", 1, 24, 4, 4, 40, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_GELU},
+    {"1x1 direct silu", 1, 12, 41, 40, 40, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_SILU},
+    {"nchwc C12 OC20 3x3 silu", 2, 12, 9, 14, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_SILU},
+    {"nchwc 3x3 s2 rgb 48 silu", 1, 3, 29, 30, 48, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, ON_ACT_SILU},
+    {"nchwc 14-wide gelu", 1, 16, 14, 14, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_GELU},
+    {"groups 4 silu", 1, 8, 12, 13, 12, 3, 3, 1, 2, 2, 1, 2, 1, 0, 1, 4, ON_ACT_SILU},
+    {"dw 3x3 s1 silu", 2, 16, 12, 13, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 16, ON_ACT_SILU},
+    {"dw c8 C20 3x3 s2 silu", 1, 20, 15, 30, 20, 3, 3, 2, 2, 1, 1, 0, 1, 1, 0, 20, ON_ACT_SILU},
+    {"dw c8 C12 s2 in place gelu", 1, 12, 34, 40, 12, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 12, ON_ACT_GELU},
+    {"dw plane 72x70 silu", 1, 9, 72, 70, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 9, ON_ACT_SILU},
 };
 
 static on_conv_params params_of(const conv_case *c) {

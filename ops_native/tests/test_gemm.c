@@ -8,7 +8,7 @@
 static const on_act_t ACTS[] = {
     {ON_ACT_NONE, 0.0f, 0.0f},       {ON_ACT_RELU, 0.0f, 0.0f},      {ON_ACT_CLIP, 0.0f, 6.0f},
     {ON_ACT_LEAKY_RELU, 0.1f, 0.0f}, {ON_ACT_HARDSWISH, 0.0f, 0.0f}, {ON_ACT_SIGMOID, 0.0f, 0.0f},
-    {ON_ACT_CLIP, -0.5f, 0.5f},
+    {ON_ACT_CLIP, -0.5f, 0.5f},      {ON_ACT_SILU, 0.0f, 0.0f},      {ON_ACT_GELU, 0.0f, 0.0f},
 };
 #define NACTS (sizeof(ACTS) / sizeof(ACTS[0]))
 

@@ -52,7 +52,7 @@ void on_conv_dw_planes__neon(const on_dw_args *a, size_t begin, size_t end, floa
                 }
                 size_t n = a->OW - ow < 4 ? a->OW - ow : 4;
                 float t[4];
-                if (a->act.kind == ON_ACT_SIGMOID) {
+                if (on_act_is_transcendental(a->act.kind)) {
                     vst1q_f32(t, acc);
                     for (size_t i = 0; i < n; i++) yr[ow + i] = on_act_ref(a->act, t[i]);
                 } else if (n == 4) {

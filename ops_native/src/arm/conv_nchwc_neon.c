@@ -52,7 +52,7 @@ static inline __attribute__((always_inline)) void tile(const int NB, const int P
                     }
                 }
             }
-    int act = r->act.kind != ON_ACT_SIGMOID;
+    int act = !on_act_is_transcendental(r->act.kind);
     for (int b = 0; b < NB; b++)
         for (int q = 0; q < P; q++) {
             float *out = r->rowbuf + (b * r->ow_pad + ow0 + (size_t)q) * C0;
@@ -75,5 +75,5 @@ void on_conv_nchwc_row__neon(const on_nchwc_row *r, size_t oh) {
     case 2: row_nb(2, r, oh); break;
     default: row_nb(3, r, oh); break;
     }
-    on_nchwc_store_rows_ref(r);
+    on_nchwc_store_rows_ref(r, on_act_is_transcendental(r->act.kind));
 }

@@ -25,12 +25,6 @@ static inline __m256i tail_mask(size_t n) {
 /* always_inline: left to itself GCC made this a call, a quarter of the 5x5 time */
 static inline __attribute__((always_inline)) void store_out(float *y, __m256 acc, size_t n,
                                                             const on_act_t *act) {
-    if (act->kind == ON_ACT_SIGMOID) {
-        float t[8];
-        _mm256_storeu_ps(t, acc);
-        for (size_t i = 0; i < n; i++) y[i] = on_act_ref(*act, t[i]);
-        return;
-    }
     acc = act_avx2(acc, act);
     if (n == 8) _mm256_storeu_ps(y, acc);
     else _mm256_maskstore_ps(y, tail_mask(n), acc);

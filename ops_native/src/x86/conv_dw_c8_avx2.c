@@ -71,12 +71,6 @@ static void unpack_block(const on_dw_args *a, const float *tile, size_t nc, floa
 
 /* acc is the finished sum of the taps plus the bias (added last, as the GEMM epilogue does) */
 static inline __attribute__((always_inline)) __m256 finish(__m256 acc, const on_act_t *act) {
-    if (act->kind == ON_ACT_SIGMOID) {
-        float t[8];
-        _mm256_storeu_ps(t, acc);
-        for (int i = 0; i < 8; i++) t[i] = on_act_ref(*act, t[i]);
-        return _mm256_loadu_ps(t);
-    }
     return act_avx2(acc, act);
 }
 

@@ -106,7 +106,7 @@ static inline __m256i tail_mask(size_t n) {
 /* rowbuf [nb][ow_pad][8] -> y[oc * ystride + ow] */
 static void store_rows(const on_nchwc_row *r) {
     if (r->y_blocked) {
-        on_nchwc_store_blocked(r);
+        on_nchwc_store_blocked(r, 0);
         return;
     }
     for (size_t b = 0; b < r->nb; b++) {
@@ -153,7 +153,7 @@ static inline __attribute__((always_inline)) void row_nb(const int NB, const int
     const __m256 b0 = _mm256_loadu_ps(r->bias);
     const __m256 b1 = NB > 1 ? _mm256_loadu_ps(r->bias + C0) : b0;
     const __m256 b2 = NB > 2 ? _mm256_loadu_ps(r->bias + 2 * C0) : b0;
-    const int has_act = r->act.kind != ON_ACT_NONE && r->act.kind != ON_ACT_SIGMOID;
+    const int has_act = r->act.kind != ON_ACT_NONE;
     /* input-channel chunks whose weights (NB blocks) stay in L1 while the row's tiles reuse them */
     size_t per_icb = (size_t)NB * r->KH * r->KW * r->CB * C0 * sizeof(float);
     size_t chunk = NCHWC_L1_WEIGHTS / per_icb;
@@ -187,8 +187,7 @@ void on_conv_nchwc_row__avx2(const on_nchwc_row *r, size_t oh) {
         else row_nb(3, 0, r, oh);
         break;
     }
-    if (r->act.kind == ON_ACT_SIGMOID) on_nchwc_store_rows_ref(r);
-    else store_rows(r);
+    store_rows(r);
 }
 
 /* RGB input (CB = 3): 8 pixels of 3 planes -> 24 interleaved floats, 3 permutes + 2 blends per vector */

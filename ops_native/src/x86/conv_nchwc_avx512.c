@@ -92,11 +92,11 @@ static inline __attribute__((always_inline)) void tile(const int NB, const int P
 }
 
 
-/* rowbuf [nb][ow_pad][16] -> y[oc * ystride + ow], oc < oc_valid; sigmoid applied here if it is the act */
+/* rowbuf [nb][ow_pad][16] -> y[oc * ystride + ow], oc < oc_valid (the activation is already applied) */
 static void store_rows(const on_nchwc_row *r) {
     if (r->y_blocked) {
-        if (r->act.kind == ON_ACT_SIGMOID || r->oc_valid % C0 || r->sum) {
-            on_nchwc_store_blocked(r);
+        if (r->oc_valid % C0 || r->sum) {
+            on_nchwc_store_blocked(r, 0);
             return;
         }
         /* each 16-channel pixel is two 8-channel pixels of adjacent NCHWc8 blocks */
@@ -104,14 +104,6 @@ static void store_rows(const on_nchwc_row *r) {
             const float *src = r->rowbuf + (h / 2) * r->ow_pad * OB + (h % 2) * C0;
             float *dst = r->y + h * r->ystride;
             for (size_t ow = 0; ow < r->OW; ow++) _mm256_storeu_ps(dst + ow * C0, _mm256_loadu_ps(src + ow * OB));
-        }
-        return;
-    }
-    if (r->act.kind == ON_ACT_SIGMOID) {
-        for (size_t oc = 0; oc < r->oc_valid; oc++) {
-            const float *src = r->rowbuf + (oc / OB) * r->ow_pad * OB + oc % OB;
-            float *dst = r->y + oc * r->ystride;
-            for (size_t ow = 0; ow < r->OW; ow++) dst[ow] = on_act_ref(r->act, src[ow * OB]);
         }
         return;
     }
@@ -148,7 +140,7 @@ static inline __attribute__((always_inline)) void row_nb(const int NB, const int
                                                          const int DIRECT, const on_nchwc_row *r, size_t oh) {
     const int P = NB == 1 ? 16 : 12;
     const float *xrow = r->x + oh * r->sh * r->PW * r->CB;
-    const int has_act = r->act.kind != ON_ACT_NONE && r->act.kind != ON_ACT_SIGMOID;
+    const int has_act = r->act.kind != ON_ACT_NONE;
     size_t per_icb = (size_t)NB * r->KH * r->KW * r->CB * OB * sizeof(float);
     size_t chunk = NCHWC16_L1_WEIGHTS / per_icb;
     if (chunk < 1) chunk = 1;
@@ -184,7 +176,7 @@ static inline __attribute__((always_inline)) void row_nb(const int NB, const int
 static int direct_ok(const on_nchwc_row *r) {
     size_t per_icb = r->nb * r->KH * r->KW * r->CB * OB * sizeof(float);
     size_t chunk = NCHWC16_L1_WEIGHTS / per_icb;
-    return r->y_blocked && !r->sum && r->act.kind != ON_ACT_SIGMOID && r->oc_valid == r->nb * OB &&
+    return r->y_blocked && !r->sum && r->oc_valid == r->nb * OB &&
            (chunk < 1 ? 1 : chunk) >= r->ncb;
 }
 

@@ -72,16 +72,6 @@ static inline __attribute__((always_inline)) void store_row(const tile_ctx *t, _
 }
 
 /* Sigmoid (rare) goes through the plain-C epilogue. */
-static void store_rows_sigmoid(const __m256 *v, int mr, size_t nr, float *c, size_t ldc, int accumulate,
-                               const on_gemm_epilogue *ep, size_t m0, size_t n0) {
-    float tile[6 * NR];
-    for (int r = 0; r < mr; r++) {
-        _mm256_storeu_ps(tile + r * NR, v[2 * r]);
-        _mm256_storeu_ps(tile + r * NR + 8, v[2 * r + 1]);
-    }
-    on_gemm_store_tile_ref(tile, (size_t)mr, nr, c, ldc, accumulate, ep, m0, n0);
-}
-
 /* MR (1..6) rows: named accumulators so they stay in registers; rows >= MR are compiled away. */
 static inline __attribute__((always_inline)) void tile_rows(const int MR, size_t nr, size_t kc, const float *a,
                                                             size_t lda, const float *b, size_t ldb, float *c,
@@ -124,11 +114,6 @@ static inline __attribute__((always_inline)) void tile_rows(const int MR, size_t
             c51 = _mm256_fmadd_ps(av, b1, c51);
         }
     }
-    if (ep && ep->act.kind == ON_ACT_SIGMOID) {
-        __m256 v[12] = {c00, c01, c10, c11, c20, c21, c30, c31, c40, c41, c50, c51};
-        store_rows_sigmoid(v, MR, nr, c, ldc, accumulate, ep, m0, n0);
-        return;
-    }
     tile_ctx t = tile_ctx_make(nr, ep, n0);
     store_row(&t, c00, c01, c, accumulate, ep, m0);
     if (MR > 1) store_row(&t, c10, c11, c + ldc, accumulate, ep, m0 + 1);
@@ -160,11 +145,6 @@ static void tile_1row(size_t nr, size_t kc, const float *a, const float *b, size
     }
     x0 = _mm256_add_ps(_mm256_add_ps(x0, y0), _mm256_add_ps(z0, w0));
     x1 = _mm256_add_ps(_mm256_add_ps(x1, y1), _mm256_add_ps(z1, w1));
-    if (ep && ep->act.kind == ON_ACT_SIGMOID) {
-        __m256 v[2] = {x0, x1};
-        store_rows_sigmoid(v, 1, nr, c, ldc, accumulate, ep, m0, n0);
-        return;
-    }
     tile_ctx t = tile_ctx_make(nr, ep, n0);
     store_row(&t, x0, x1, c, accumulate, ep, m0);
 }

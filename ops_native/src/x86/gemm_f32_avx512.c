@@ -74,13 +74,6 @@ static inline __attribute__((always_inline)) void tile_rows(const int MR, const 
 #pragma GCC unroll 12
         for (int r = 0; r < MR; r++) acc[0][r] = _mm512_add_ps(acc[0][r], acc[s][r]);
 
-    if (ep && ep->act.kind == ON_ACT_SIGMOID) { /* rare: through the plain-C epilogue */
-        float tile[MR_MAX * NR];
-#pragma GCC unroll 12
-        for (int r = 0; r < MR; r++) _mm512_storeu_ps(tile + r * NR, acc[0][r]);
-        on_gemm_store_tile_ref(tile, (size_t)MR, nr, c, ldc, accumulate, ep, m0, n0);
-        return;
-    }
     const int full = nr == NR;
     const __mmask16 kmask = full ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1u);
     __m512 bcol = _mm512_setzero_ps();
@@ -139,16 +132,6 @@ static inline __attribute__((always_inline)) void tile_rows2(const int MR, const
             acc[0][r][1] = _mm512_add_ps(acc[0][r][1], acc[s][r][1]);
         }
 
-    if (ep && ep->act.kind == ON_ACT_SIGMOID) {
-        float tile[MR_MAX * NR];
-#pragma GCC unroll 12
-        for (int r = 0; r < MR; r++) _mm512_storeu_ps(tile + r * NR, acc[0][r][0]);
-        on_gemm_store_tile_ref(tile, (size_t)MR, NR, c, ldc, accumulate, ep, m0, n0);
-#pragma GCC unroll 12
-        for (int r = 0; r < MR; r++) _mm512_storeu_ps(tile + r * NR, acc[0][r][1]);
-        on_gemm_store_tile_ref(tile, (size_t)MR, nr - NR, c + NR, ldc, accumulate, ep, m0, n0 + NR);
-        return;
-    }
     const int full1 = nr == 2 * NR;
     const __mmask16 k1 = full1 ? (__mmask16)0xFFFF : (__mmask16)((1u << (nr - NR)) - 1u);
     __m512 bcol0 = _mm512_setzero_ps(), bcol1 = bcol0;
