@@ -30,7 +30,6 @@ from models import corpus, zoo_extra
 from models.graph import with_static_shapes
 from models.partition import DeviceSpec, plan_pipeline, split_model
 
-
 THREADS = (1, 2)
 
 
@@ -104,10 +103,10 @@ def _timed(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int, repe
         ref = _ort(model, threads)
         if not native:
             out[f"ort_ms_{threads}t"] = float(np.median(
-                [paired_median_ms([lambda: ref.run(None, feeds)], runs)[0] for _ in range(repeats)]))
+                [paired_median_ms([lambda r=ref: r.run(None, feeds)], runs)[0] for _ in range(repeats)]))
             continue
         ours = ops_native.InferenceSession(model, threads=threads)
-        pairs = [paired_median_ms([lambda: ours.run(None, feeds), lambda: ref.run(None, feeds)], runs)
+        pairs = [paired_median_ms([lambda s=ours: s.run(None, feeds), lambda r=ref: r.run(None, feeds)], runs)
                  for _ in range(repeats)]
         ratios = [a / b for a, b in pairs]
         out[f"ours_ms_{threads}t"] = float(np.median([a for a, _ in pairs]))
