@@ -188,3 +188,30 @@ def test_conv2d_residual_is_checked() -> None:
     assert not relu.can_sum       # the activation would have to follow the sum
     with pytest.raises(_core.ArgumentError, match="cannot add a residual"):
         relu.run(x, sum=np.zeros((1, 16, 5, 5), np.float32))
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+@pytest.mark.parametrize("stride, dil, pads", [(1, 1, (0, 0)), (2, 1, (2, 1)), (1, 2, (4, 4))])
+def test_kx1_convs_on_a_width_one_input_run_as_rows_and_match_onnxruntime(blocked: bool, stride: int, dil: int,
+                                                                        pads: tuple) -> None:
+    """A (K, 1) kernel on [N, C, H, 1] (1-D convs exported as 2-D, e.g. Magika) runs as (1, K) on the same memory;
+    two in a row keep the blocked layout between them. Bias, activation, strides, dilation and H pads."""
+    rng = np.random.default_rng(11)
+    inits = [numpy_helper.from_array(rng.standard_normal((24, 12, 5, 1)).astype(np.float32) * 0.2, "w1"),
+             numpy_helper.from_array(rng.standard_normal(24).astype(np.float32), "b1"),
+             numpy_helper.from_array(rng.standard_normal((16, 24, 3, 1)).astype(np.float32) * 0.2, "w2")]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["y1"], kernel_shape=[5, 1], strides=[stride, 1],
+                              dilations=[dil, 1], pads=[pads[0], 0, pads[1], 0]),
+             helper.make_node("Relu", ["y1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], kernel_shape=[3, 1], pads=[1, 0, 1, 0])]
+    graph = helper.make_graph(nodes, "conv1d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 12, 67, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16, "h", 1])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    feeds = {"x": rng.standard_normal((2, 12, 67, 1)).astype(np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    for threads in (1, 2):
+        sess = ops_native.InferenceSession(model, threads=threads, blocked_layout=blocked)
+        got = sess.run(None, feeds)[0]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
