@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def _fleet(args: argparse.Namespace) -> Fleet:
     from edge_agent.operator.fleet import Fleet
     return Fleet(args.broker, fleet=args.fleet, interfaces=args.interfaces or ["127.0.0.1"],
-                 key=getattr(args, "key", None), credentials=args.credentials)
+                 key=getattr(args, "key", None), credentials=args.credentials, insecure=args.insecure)
 
 
 def _csv(value: str) -> list[str]:

@@ -17,6 +17,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default=os.environ.get("EDGE_AGENT_LOG", "WARNING"))
     p.add_argument("--credentials", default=os.environ.get("EDGE_AGENT_CREDENTIALS"),
                    help="identity file from `edge-agent fleet init` (<name>.cred) for an authenticated broker")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow credentials over a plain mqtt:// connection (password in clear, broker unchecked)")
 
 
 def add_signing_arguments(p: argparse.ArgumentParser) -> None:

@@ -112,16 +112,20 @@ class Fleet:
 
     def __init__(self, broker: str | None = None, fleet: str = "default", *, client_id: str | None = None,
                  interfaces: Sequence[str] = ("127.0.0.1",), connect_timeout: float = 10.0,
-                 key: Any = None, credentials: Any = None, manifest_ttl_s: float = 30 * 86400) -> None:
+                 key: Any = None, credentials: Any = None, manifest_ttl_s: float = 30 * 86400,
+                 insecure: bool = False) -> None:
         """``key``: the fleet signing key (path of fleet.key or FleetKeys) used to sign manifests; without it
         manifests are unsigned (only development-mode devices install them). ``credentials``: a .cred file
-        (or Credentials) from ``edge-agent fleet init`` for an authenticated broker."""
+        (or Credentials) from ``edge-agent fleet init`` for an authenticated broker; with credentials a plain
+        ``mqtt://`` broker URL is refused unless ``insecure`` (see :mod:`edge_agent.transport.resolve`)."""
         topics.check_segment("fleet", fleet)
         creds = None
         if credentials is not None:
             from edge_agent.security.pki import Credentials
             creds = credentials if isinstance(credentials, Credentials) else Credentials.from_file(credentials)
-        url, transport_kwargs = resolve_broker(broker, fleet, interfaces, creds)
+        choice = resolve_broker(broker, fleet, interfaces, creds, insecure=insecure)
+        url, transport_kwargs = choice.url, choice.transport_kwargs
+        self.broker_reason = choice.reason
         if key is not None and not hasattr(key, "private"):
             from edge_agent.security.keys import load_private_key
             key = load_private_key(key)
