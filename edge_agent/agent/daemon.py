@@ -35,7 +35,9 @@ from edge_agent.agent.server import StageServer
 from edge_agent.agent.stages import StageTable
 from edge_agent.cluster.view import FleetView
 from edge_agent.protocol import topics
-from edge_agent.protocol.messages import DeviceState
+from edge_agent.protocol.errors import ProtocolError
+from edge_agent.protocol.manifest import validate_manifest
+from edge_agent.protocol.messages import DeviceState, Manifest
 from edge_agent.security.gate import ManifestGate, VersionLedger
 from edge_agent.transport.blobs import BlobFetcher, BlobServer
 from edge_agent.transport.mqtt import Transport
@@ -134,6 +136,7 @@ class Agent:
             t.subscribe(topics.all_deploys(fleet, channel), h.on_manifest)
         t.subscribe(topics.all_loads(fleet), h.on_load, qos=0)
         t.add_connect_hook(self._on_connected)
+        self._restore_manifests()
         self._threads.append(self.server.start())
         for target, name in ((self._control_loop, "control"), (self._heartbeat_loop, "heartbeat")):
             th = threading.Thread(target=target, name=f"{name}-{self.device_id}", daemon=True)
@@ -238,6 +241,7 @@ class Agent:
                     self._reject("unsigned_undeploy")
                 else:
                     self.reconciler.set_manifest(slot, None)
+                    self._keep_manifest(slot, None)
                 continue
             rejection = self.gate.admit(m)
             if rejection is not None:
@@ -251,6 +255,41 @@ class Agent:
             if not m.stages:
                 log.info("%s undeployed by a signed tombstone (v%d)", note.name, m.version)
             self.reconciler.set_manifest(slot, m)
+            self._keep_manifest(slot, m if m.stages else None)
+
+    def _manifest_path(self, slot: tuple[str, str]) -> Path:
+        return self.data_dir / "manifests" / f"{slot[0]}-{slot[1]}.manifest"
+
+    def _keep_manifest(self, slot: tuple[str, str], m: object) -> None:
+        """Persist the last accepted manifest of a slot (None: it was undeployed), so a restart serves it
+        even when the broker lost its retained copy or now holds one this device refuses."""
+        path = self._manifest_path(slot)
+        try:
+            if m is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(m.to_bytes())
+                tmp.replace(path)
+        except OSError as exc:
+            log.warning("cannot keep manifest %s/%s on disk: %s", *slot, exc)
+
+    def _restore_manifests(self) -> None:
+        """At start: the manifests accepted before the restart, checked again (signature, fleet, expiry)."""
+        for path in sorted((self.data_dir / "manifests").glob("*.manifest")):
+            try:
+                m = Manifest.from_bytes(path.read_bytes(), max_bytes=self.cfg.max_message_bytes)
+                validate_manifest(m)
+            except (OSError, ProtocolError) as exc:
+                log.warning("ignored stored manifest %s: %s", path.name, exc)
+                continue
+            rejection = self.gate.check(m)
+            if rejection is not None:
+                log.warning("stored manifest %s v%d no longer passes: %s", m.name, m.version, rejection.reason)
+                continue
+            log.info("serving %s v%d from the manifest accepted before the restart", m.name, m.version)
+            self.reconciler.set_manifest((m.channel, m.name), m)
 
     # ---------------------------------------------------------------------------------- state
     def _reject(self, reason: str) -> None:

@@ -32,6 +32,7 @@ from edge_agent.protocol.errors import (
     DeployError,
     DeployTimeout,
     InvalidInputError,
+    ManifestRejected,
     ProtocolError,
     StageUnavailableError,
     UnknownModelError,
@@ -44,6 +45,8 @@ from edge_agent.protocol.messages import (
     RolloutRecord,
     validate_state,
 )
+from edge_agent.security.gate import ManifestGate
+from edge_agent.security.keys import load_public_key
 from edge_agent.transport.blobs import BlobServer
 from edge_agent.transport.mqtt import Transport
 from edge_agent.transport.resolve import resolve_broker
@@ -113,11 +116,14 @@ class Fleet:
     def __init__(self, broker: str | None = None, fleet: str = "default", *, client_id: str | None = None,
                  interfaces: Sequence[str] = ("127.0.0.1",), connect_timeout: float = 10.0,
                  key: Any = None, credentials: Any = None, manifest_ttl_s: float = 30 * 86400,
-                 insecure: bool = False) -> None:
+                 insecure: bool = False, trust: Sequence[Any] = ()) -> None:
         """``key``: the fleet signing key (path of fleet.key or FleetKeys) used to sign manifests; without it
         manifests are unsigned (only development-mode devices install them). ``credentials``: a .cred file
         (or Credentials) from ``edge-agent fleet init`` for an authenticated broker; with credentials a plain
-        ``mqtt://`` broker URL is refused unless ``insecure`` (see :mod:`edge_agent.transport.resolve`)."""
+        ``mqtt://`` broker URL is refused unless ``insecure`` (see :mod:`edge_agent.transport.resolve`).
+        ``trust``: fleet public keys (paths or FleetKeys) whose manifests this client acts on; the ``key``'s
+        public half is trusted too. Manifests that fail the gate never steer this client (``status`` lists
+        them); without any key the client is in development mode (version order only)."""
         topics.check_segment("fleet", fleet)
         creds = None
         if credentials is not None:
@@ -136,7 +142,10 @@ class Fleet:
         self.client_id = client_id or f"op-{uuid.uuid4().hex[:10]}"
         self.endpoint = topics.client_endpoint(fleet, self.client_id)
         self.view = FleetView(stale_after_s=HEARTBEAT_STALE_S)
-        self.desired = DesiredState(fleet)
+        trusted = [k if hasattr(k, "public") else load_public_key(k) for k in trust]
+        if key is not None:
+            trusted.append(key.public_only())
+        self.desired = DesiredState(fleet, ManifestGate(fleet, trusted))
         self._changed = self.desired.changed     # notified by state and manifest updates alike
         self.requests = RequestTable(self.view, self.current, self._dispatch)
         self.stats = self.requests.stats
@@ -339,9 +348,14 @@ class Fleet:
             version = metrics["version"]
         manifest, plan = self.build_manifest(model, name, stages=stages, devices=devices, version=version,
                                              include_offline=include_offline, **kw)
+        previous, previous_raw = self.current(name), self.desired.retained(name)
         self.publish_manifest(manifest)
         try:
             rows = self.wait_ready(manifest, timeout, progress, offline_ok=include_offline)
+        except ManifestRejected as exc:
+            self._restore(name, previous, previous_raw)
+            self.record_rollout(name, manifest.version, "stable", "rejected", str(exc))
+            raise
         except DeployError as exc:
             self.record_rollout(name, manifest.version, "stable", "failed", str(exc))
             raise
@@ -386,6 +400,7 @@ class Fleet:
                              "converged": all(r["status"] == "ready" for r in crows)}
         out["adopted"] = adopted_rows(self.view, name)
         out["rejected"] = rejected_counters(self.view)
+        out["rejected_manifest"] = self.desired.rejected.get(name)
         rec = self.rollouts(name)
         out["history"] = rec.history[-10:] if rec else []
         return out
@@ -412,7 +427,7 @@ class Fleet:
                                   f"failed: {why}")
             rejected = rejections(self.view, m)
             if rejected:
-                raise DeployError(f"deployment {m.name} v{m.version} ({m.channel}) was rejected: " +
+                raise ManifestRejected(f"deployment {m.name} v{m.version} ({m.channel}) was rejected: " +
                                   "; ".join(f"{d}: {why}" for d, why in rejected.items()))
             if all(r["status"] == "ready" for r in rows if r["online"] or not offline_ok):
                 return rows
@@ -423,6 +438,17 @@ class Fleet:
                 raise DeployTimeout(f"deployment {m.name} v{m.version} not ready after {timeout:.0f} s: {report}")
             with self._changed:
                 self._changed.wait(min(left, 0.25))
+
+    def _restore(self, name: str, previous: Manifest | None, previous_raw: bytes) -> None:
+        """Devices refused a new manifest: put back, retained, exactly what the broker held before (the
+        manifest they still serve, even one this client cannot verify), so the broker never keeps a
+        manifest the fleet rejected."""
+        topic = topics.deploy(self.fleet, name)
+        self.transport.publish(topic, previous_raw, qos=1, retain=True).wait_for_publish(10.0)
+        if previous is not None:
+            self.desired.restore(previous)
+        else:
+            self.desired.forget(name)
 
     def undeploy(self, name: str, timeout: float = 30.0) -> None:
         """Remove a deployment; returns when no live device serves it any more."""
