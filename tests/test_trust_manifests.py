@@ -118,3 +118,21 @@ def test_a_device_restarts_on_its_last_good_manifest_when_the_broker_lost_it(sim
 
     wait_until(serving_again, 60, what="dev-1 (restarted) to serve its stored manifest again")
     assert _close(op.infer("persist", x, timeout=30), _ort(model, x))
+
+
+def test_state_and_load_are_believed_only_about_their_publisher(sim, op: Fleet, rogue: Fleet) -> None:
+    """The broker's ACL lets an identity write only dev/<itself>/state|load; receivers take the identity
+    from the topic. A state or load report about another device, under the publisher's own topic, is
+    ignored by the operator and by the agents: it can neither mark dev-0 offline nor divert its traffic."""
+    from edge_agent.protocol.messages import DeviceState, LoadReport
+    model = zoo.build("mlp", seed=28)
+    x = zoo.sample_inputs(model)
+    op.deploy(model, "ident", stages=1, devices=["dev-0"], timeout=120)
+    before = sum(d.counters.get("rejected_load", 0) for d in op.devices())
+    rogue.transport.publish(topics.state(op.fleet, "intruder"),
+                            DeviceState("dev-0", op.fleet, online=False).to_bytes(), qos=1).wait_for_publish(5)
+    rogue.transport.publish(topics.load(op.fleet, "intruder"), LoadReport("dev-0", 10**6, 1e6).to_bytes(), qos=0)
+    wait_until(lambda: sum(d.counters.get("rejected_load", 0) for d in op.devices()) > before, 10,
+               what="the agents to refuse the load report about another device")
+    assert op.view.online("dev-0") and op.view.load("dev-0").queue < 10**6
+    assert _close(op.infer("ident", x), _ort(model, x))

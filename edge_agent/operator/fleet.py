@@ -214,6 +214,8 @@ class Fleet:
         try:
             st = DeviceState.from_bytes(payload, max_bytes=1 << 20)
             validate_state(st)
+            if st.device_id != topics.publisher_device(topic):   # identity from the topic (ACL-enforced)
+                raise ProtocolError(f"state of {st.device_id!r} published under {topic}")
         except ProtocolError as exc:
             log.warning("ignored malformed state on %s: %s", topic, exc)
             return
@@ -227,6 +229,8 @@ class Fleet:
     def _on_load(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
             rep = LoadReport.from_bytes(payload, max_bytes=4096)
+            if rep.device_id != topics.publisher_device(topic):
+                raise ProtocolError(f"load of {rep.device_id!r} published under {topic}")
         except ProtocolError:
             return
         self.view.update_load(rep)

@@ -115,7 +115,8 @@ def last_segment(topic: str) -> str:
     return topic.rsplit("/", 1)[-1]
 
 
-def device_of_state_topic(topic: str) -> str:
-    """``ea/v1/f/dev/<id>/state`` -> ``<id>``."""
+def publisher_device(topic: str) -> str:
+    """The device a ``dev/<id>/state`` or ``dev/<id>/load`` topic belongs to: the only identity the broker's
+    ACL lets publish there, so receivers take the identity from the topic, never from the payload."""
     parts = topic.split("/")
-    return parts[-2] if len(parts) >= 2 else ""
+    return parts[4] if len(parts) == 6 and parts[3] == "dev" else ""
