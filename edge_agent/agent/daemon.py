@@ -111,7 +111,7 @@ class Agent:
         self.transport = Transport(config.broker, client_id=f"ea-{config.fleet}-{config.name}",
                                    clean_session=True, keepalive=config.keepalive_s,
                                    will=(topics.state(config.fleet, self.device_id), will, True),
-                                   **config.transport_kwargs)
+                                   probe_topic=topics.inbox(self.endpoint, "probe"), **config.transport_kwargs)
         self.blob_server = BlobServer(self.transport, self.endpoint, self.store, on_reject=self._reject)
         self.fetcher = BlobFetcher(self.transport, self.endpoint, self.store, on_reject=self._reject)
         self.server = StageServer(self.device_id, config.fleet, self.transport, self.view, self.stages,

@@ -150,7 +150,8 @@ class Fleet:
         self.requests = RequestTable(self.view, self.current, self._dispatch)
         self.stats = self.requests.stats
         self.transport = Transport(url, client_id=self.client_id if creds is None else creds.username,
-                                   clean_session=True, **transport_kwargs)
+                                   clean_session=True, probe_topic=topics.inbox(self.endpoint, "probe"),
+                                   **transport_kwargs)
         self.blob_server = BlobServer(self.transport, self.endpoint)
         t = self.transport
         t.subscribe(topics.all_states(fleet), self._on_state)

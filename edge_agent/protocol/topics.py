@@ -10,6 +10,7 @@
     ea/v1/<fleet>/ctl/<id>/cmd          BlobRequest to an operator serving shards          (QoS 1)
     ea/v1/<fleet>/ctl/<id>/blob         BlobChunk answers for an operator                  (QoS 1)
     ea/v1/<fleet>/dev/<id>/load         LoadReport telemetry for routing among replicas     (QoS 0)
+    ea/v1/<fleet>/dev/<id>/probe        the device's probe of its own session (dev/ or ctl/)   (QoS 0)
     ea/v1/<fleet>/deploy/<name>         retained Manifest, stable channel (empty = undeployed)
     ea/v1/<fleet>/canary/<name>         retained Manifest of a version under canary test (empty = none)
     ea/v1/<fleet>/rollout/<name>        retained rollout record: history, gates, why it rolled back
