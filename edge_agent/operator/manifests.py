@@ -27,8 +27,9 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
     unsigned manifest and the plan. Dynamic input dimensions are planned on ``input_shapes``, else the shapes
     of ``sample``, else a default per dimension role (logged, and kept in ``manifest.plan["notes"]``); the
     deployment serves any shape the model accepts. Raises DeployError saying why it cannot be planned."""
+    from models.extract import split_model
     from models.graph import input_specs, load_model, output_specs
-    from models.partition import DeviceSpec, plan_pipeline, split_model
+    from models.partition import DeviceSpec, plan_pipeline
 
     topics.check_segment("model name", name)
     try:
