@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,7 @@ from edge_agent.cluster import routing
 from edge_agent.cluster.view import FleetView
 from edge_agent.operator.desired import DesiredState
 from edge_agent.operator.manifests import build_manifest
+from edge_agent.operator.records import Deployment, DeviceStatus
 from edge_agent.operator.requests import RETRY_AFTER_S, Pending, RequestTable
 from edge_agent.operator.status import adopted_rows, rejected_counters, rejections, stage_rows
 from edge_agent.protocol import topics
@@ -56,54 +56,6 @@ log = logging.getLogger("edge_agent.fleet")
 
 HEARTBEAT_STALE_S = 8.0  # agents republish state every 2 s; four missed heartbeats = treated as gone
 SETTLE_S = 0.3           # retained messages arrive right after subscribing; wait this long for quiet
-
-
-@dataclass
-class DeviceStatus:
-    """A device as the fleet sees it (from its retained state)."""
-
-    device_id: str
-    online: bool
-    isa: str
-    cores: int
-    ram_mb: int
-    gflops: float
-    version: str
-    stages: list[dict]
-    peers: list[str]
-    counters: dict
-    queue_depth: int
-    last_seen: float
-    blobs: list[str] = field(default_factory=list)
-    dev_mode: bool = True
-    events: list[dict] = field(default_factory=list)
-
-    @classmethod
-    def from_state(cls, st: DeviceState) -> DeviceStatus:
-        return cls(st.device_id, st.online, st.isa, st.cores, st.ram_mb, st.gflops, st.version,
-                   list(st.stages), list(st.peers), dict(st.counters), st.queue_depth, st.ts, list(st.blobs),
-                   st.dev_mode, list(st.events))
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
-class Deployment:
-    """What ``Fleet.deploy`` returns: the published manifest and the plan behind it."""
-
-    manifest: Manifest
-    plan: Any
-    seconds: float
-    stage_status: list[dict] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    @property
-    def version(self) -> int:
-        return self.manifest.version
 
 
 class Fleet:
