@@ -136,3 +136,23 @@ def test_state_and_load_are_believed_only_about_their_publisher(sim, op: Fleet, 
                what="the agents to refuse the load report about another device")
     assert op.view.online("dev-0") and op.view.load("dev-0").queue < 10**6
     assert _close(op.infer("ident", x), _ort(model, x))
+
+
+def test_a_device_claiming_a_stage_it_was_not_given_gets_none_of_its_traffic(sim, op: Fleet, rogue: Fleet) -> None:
+    """A stolen device identity reports (in its own, legitimate state topic) that it runs stage 0, with an
+    empty queue and instant service: requests still go only to the replica named in the signed manifest."""
+    from edge_agent.protocol.messages import DeviceState, LoadReport
+    model = zoo.build("mlp", seed=29)
+    x = zoo.sample_inputs(model)
+    dep = op.deploy(model, "claimed", stages=1, devices=["dev-0"], timeout=120)
+    entry = {"model": "claimed", "version": dep.version, "stage": 0, "status": "ready", "n_stages": 1}
+    rogue.transport.publish(topics.state(op.fleet, "intruder"),
+                            DeviceState("intruder", op.fleet, True, stages=[entry], gflops=1e6).to_bytes(),
+                            qos=1, retain=True).wait_for_publish(5)
+    rogue.transport.publish(topics.load(op.fleet, "intruder"), LoadReport("intruder", 0, 1e-3).to_bytes(), qos=0)
+    wait_until(lambda: op.view.ready_holders(("claimed", dep.version, 0)) == ["dev-0", "intruder"], 10,
+               what="the operator to see the claim")
+    for _ in range(10):
+        out, timings = op.infer("claimed", x, with_timings=True)
+        assert [t["device"] for t in timings] == ["dev-0"] and _close(out, _ort(model, x))
+    rogue.transport.publish(topics.state(op.fleet, "intruder"), b"", qos=1, retain=True).wait_for_publish(5)

@@ -115,7 +115,8 @@ class Agent:
         self.blob_server = BlobServer(self.transport, self.endpoint, self.store, on_reject=self._reject)
         self.fetcher = BlobFetcher(self.transport, self.endpoint, self.store, on_reject=self._reject)
         self.server = StageServer(self.device_id, config.fleet, self.transport, self.view, self.stages,
-                                  self.counters, self._reject, config.max_message_bytes)
+                                  self.counters, self._reject, config.max_message_bytes,
+                                  manifest_of=lambda model, version: self.reconciler.manifest_of(model, version))
         self.reconciler = Reconciler(
             self.device_id, self.stages, self.view, self.store, self.fetcher, self.counters,
             threads=config.threads, backend=config.backend, wrap_backend=config.wrap_backend,

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.cluster import routing
+from edge_agent.cluster.placement import permitted_holders
 from edge_agent.cluster.view import FleetView
 from edge_agent.operator.desired import DesiredState
 from edge_agent.operator.manifests import build_manifest
@@ -227,8 +228,15 @@ class Fleet:
         return self.desired.wait(name, wait)
 
     def route(self, model: str, version: int, stage: int) -> str | None:
-        """Live device reporting the stage ready with the earliest expected completion (queue x speed)."""
-        return routing.pick(self.view, (model, version, stage))
+        """The permitted live device with the stage ready and the earliest expected completion (queue x speed):
+        a replica named in the verified manifest, or an adopter while they are all gone."""
+        m = next((m for m in (self.current(model), self.current(model, "canary")) if m and m.version == version),
+                 None)
+        if m is None or not 0 <= stage < len(m.stages):
+            return None
+        key = (model, version, stage)
+        return routing.pick(self.view, key, allowed=permitted_holders(self.view, key, m.stages[stage].replicas,
+                                                                       m.failover))
 
     # --------------------------------------------------------------------------------- deploy
     def next_version(self, name: str) -> int:
