@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from edge_agent.cluster.placement import assign_replicas
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import DeployError
@@ -70,3 +72,11 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
               "notes": list(plan.notes)}, operator=operator, replicas=replicas, failover=failover,
         channel=channel, expires=expires, fleet=fleet)
     return manifest, plan
+
+
+def load_sample(sample: Any) -> dict[str, np.ndarray] | None:
+    """A sample input given as a dict of arrays or an .npz path (arrays by input name)."""
+    if sample is None or isinstance(sample, dict):
+        return sample
+    with np.load(sample, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
