@@ -72,6 +72,8 @@ class AgentConfig:
     transport_kwargs: dict = field(default_factory=dict)   # username/password/tls for the broker
     trust: list = field(default_factory=list)   # FleetKeys whose signatures are accepted on manifests
     dev_mode: bool = False               # accept unsigned manifests (demo, simulated fleets, labs)
+    metrics_port: int | None = None      # Prometheus /metrics on this port (off by default)
+    metrics_host: str = "127.0.0.1"      # loopback unless told otherwise
 
 
 class Agent:
@@ -101,6 +103,7 @@ class Agent:
         self.events: collections.deque[dict] = collections.deque(maxlen=20)   # last rejections
         self.peers: list[str] = []                       # device ids seen by mDNS
         self.discovery = None
+        self.metrics = None                              # AgentMetrics when --metrics-port is set
         self._kick = threading.Event()                  # something changed: reconcile
         self._inbox: queue.Queue[ManifestNote] = queue.Queue(maxsize=CONTROL_INBOX)
         self._stop = threading.Event()
@@ -144,6 +147,12 @@ class Agent:
             th.start()
             self._threads.append(th)
         t.start(wait=wait)
+        if self.cfg.metrics_port is not None:
+            from edge_agent.agent.metrics import AgentMetrics
+            self.metrics = AgentMetrics(self)
+            self.server.on_run = self.metrics.observe
+            self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", self.cfg.metrics_host, self.cfg.metrics_port)
         if self.cfg.discovery:
             self._start_discovery()
         if not self.cfg.trust:

@@ -78,6 +78,8 @@ class StageServer:
         self.max_message_bytes = max_message_bytes
         self.manifest_of = manifest_of          # the accepted manifest of (model, version), or None
         self.service_ms = 1.0                 # EWMA of this device's run time per request
+        self.served_by_stage: collections.Counter[tuple[str, int, int]] = collections.Counter()
+        self.on_run: Callable[[str, int, float], None] | None = None   # (model, stage, seconds): metrics
         self.work: queue.Queue[InferRequest | None] = queue.Queue(maxsize=WORK_QUEUE)
         self.done = DedupCache()
         self._last_load_pub = 0.0
@@ -215,6 +217,9 @@ class StageServer:
             return None
         run_s = time.perf_counter() - t0
         self.service_ms = 0.8 * self.service_ms + 0.2 * run_s * 1e3
+        self.served_by_stage[(req.model, req.version, inst.index)] += 1
+        if self.on_run is not None:
+            self.on_run(req.model, inst.index, run_s)
         env = dict(req.tensors)
         env.update(outs)
         carry = inst.stage.forwards

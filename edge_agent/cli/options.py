@@ -38,6 +38,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-discovery", action="store_true", help="do not advertise/browse mDNS")
     p.add_argument("--advertise-broker", action="store_true", help="advertise the broker URL as its host")
     p.add_argument("--max-message-mb", type=float, default=64.0, help="reject larger messages")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (default loopback)")
     p.add_argument("--trust", action="append", default=[], metavar="FLEET.PUB",
                    help="public key whose signed manifests this device installs (repeatable for rotation)")
     p.add_argument("--dev", action="store_true",

@@ -51,6 +51,7 @@ class BlobServer:
         self._queue: queue.Queue[BlobRequest | None] = queue.Queue(maxsize=1024)
         self._on_reject = on_reject
         self.served_chunks = 0
+        self.served_bytes = 0
         self.budget: int | None = None   # serve at most this many more chunks (fault injection in tests)
         self._thread = threading.Thread(target=self._run, name="blob-server", daemon=True)
         self._thread.start()
@@ -122,6 +123,7 @@ class BlobServer:
                 msg = BlobChunk(req.sha256, idx, len(data), cs, memoryview(data)[idx * cs:(idx + 1) * cs],
                                 sender=self.endpoint, nonce=req.nonce)
                 self.served_chunks += 1
+                self.served_bytes += len(msg.data)
             self.transport.publish(dest, msg.to_bytes(), qos=1)
 
 
@@ -147,6 +149,7 @@ class BlobFetcher:
         self._done_events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._on_reject = on_reject
+        self.fetched_bytes = 0
 
     def deliver(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
@@ -282,6 +285,7 @@ class BlobFetcher:
                 continue
             have.add(idx)
             asked.pop(idx, None)
+            self.fetched_bytes += len(chunk.data)
             if progress:
                 progress(len(have), n)
         return self.store.assemble(spec.sha256, n, spec.chunk_sha256, spec.chunk_size)
