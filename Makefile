@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 NATIVE := $(shell find ops_native -name '*.c' -o -name '*.h' -o -name '*.pyx' -o -name '*.pxi' -o -name '*.pxd' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: all install build demo test test-py test-c test-asan test-arm bench lint clean
+.PHONY: all install build demo demo-loop test test-py test-c test-asan test-arm bench lint clean
 
 all: install
 
@@ -27,6 +27,14 @@ build: install
 
 demo: install
 	$(VENV)/bin/edge-agent demo
+
+# The demo N times in a row (default 20), each a fresh broker and fleet; stops at the first failure.
+DEMO_RUNS ?= 20
+demo-loop: install
+	@for i in $$(seq 1 $(DEMO_RUNS)); do \
+		echo "== demo run $$i/$(DEMO_RUNS)"; \
+		$(VENV)/bin/edge-agent demo > /tmp/edge-agent-demo-$$i.log 2>&1 || { cat /tmp/edge-agent-demo-$$i.log; echo "demo run $$i failed"; exit 1; }; \
+	done; echo "$(DEMO_RUNS) demo runs passed"
 
 test: install test-c test-asan test-arm test-py
 

@@ -27,8 +27,9 @@ from benchmarks.bench_models import paired_median_ms
 from benchmarks.bench_models import profile as profile_ops
 from benchmarks.common import console, parser, write_json
 from models import corpus, zoo_extra
+from models.extract import split_model
 from models.graph import with_static_shapes
-from models.partition import DeviceSpec, plan_pipeline, split_model
+from models.partition import DeviceSpec, plan_pipeline
 
 THREADS = (1, 2)
 

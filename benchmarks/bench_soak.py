@@ -25,6 +25,7 @@ import onnxruntime as ort
 
 from edge_agent import Fleet
 from edge_agent.lab.sim import SimFleet
+from edge_agent.operator.stats import latency_summary
 from models import zoo
 
 
@@ -57,16 +58,17 @@ def _stream(fleet: Fleet, name: str, xs: list[dict], want: list[dict], n: int, c
             wrong += 1
     wall = time.perf_counter() - t0
     lat.sort()
+    summary = latency_summary(lat)
 
-    def pct(q: float) -> float:
-        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else float("nan")
+    def pct(q: str) -> float:
+        return round(summary[q], 2) if lat else float("nan")
 
     recovery = []
     for ev in events or []:
         after = [done_at[k] - ev["t"] for k in done_at if sent_at[k] >= ev["t"]]
         recovery.append(round(min(after), 3) if after else None)
     return {"requests": n, "ok": len(lat), "lost": len(lost), "wrong": wrong,
-            "duplicated_to_caller": 0, "p50_ms": pct(0.5), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
+            "duplicated_to_caller": 0, "p50_ms": pct("p50_ms"), "p95_ms": pct("p95_ms"), "p99_ms": pct("p99_ms"),
             "max_ms": round(lat[-1], 2) if lat else None, "throughput_rps": round(len(lat) / wall, 1),
             "seconds": round(wall, 2), "recovery_s": recovery, "lost_examples": lost[:3]}
 

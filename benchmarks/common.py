@@ -104,8 +104,9 @@ class Latency:
 
     @classmethod
     def of(cls, samples_ms: Sequence[float]) -> Latency:
-        a = np.asarray(samples_ms, dtype=np.float64)
-        return cls(float(np.percentile(a, 50)), float(np.percentile(a, 95)), float(a.mean()), int(a.size))
+        from edge_agent.operator.stats import latency_summary
+        s = latency_summary(samples_ms)
+        return cls(float(s["p50_ms"]), float(s["p95_ms"]), float(s["mean_ms"]), len(samples_ms))
 
     def to_dict(self) -> dict[str, float | int]:
         return {"p50_ms": round(self.p50, 4), "p95_ms": round(self.p95, 4), "mean_ms": round(self.mean, 4),

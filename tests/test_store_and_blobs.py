@@ -177,3 +177,61 @@ def test_parallel_fetches_of_one_blob_share_one_transfer(mosquitto, tmp_path) ->
         server.close()
         server_t.close()
         client_t.close()
+
+
+def test_forged_error_and_corrupt_chunks_from_a_third_party_cannot_stop_a_transfer(mosquitto, tmp_path) -> None:
+    """An attacker on the broker publishes to the fetcher's inbox: "not held here" errors and garbage chunks
+    for the same blob, claiming to be the source. Answers are tied to their request by a nonce, so the
+    transfer ignores them (counted as foreign) and completes from the real source."""
+    server_t, client_t, server, server_ep, store, fetcher = _pair(mosquitto.url, tmp_path)
+    attacker = Transport(mosquitto.url).start()
+    stop = threading.Event()
+    try:
+        from edge_agent.protocol.messages import BlobChunk
+        cs = 16 * 1024
+        data = os.urandom(40 * cs)
+        sha = server.add(data)
+        inbox = topics.inbox(fetcher.endpoint, "blob")
+
+        def flood() -> None:
+            i = 0
+            while not stop.is_set():
+                attacker.publish(inbox, BlobChunk(sha, i % 40, 0, cs, sender=server_ep, error="not held here",
+                                                  nonce="0" * 24).to_bytes(), qos=1)
+                attacker.publish(inbox, BlobChunk(sha, i % 40, len(data), cs, b"\0" * cs, sender=server_ep)
+                                 .to_bytes(), qos=1)
+                i += 1
+                stop.wait(0.002)
+
+        rejects: list[str] = []
+        fetcher._on_reject = rejects.append
+        t = threading.Thread(target=flood, daemon=True)
+        t.start()
+        fetcher.fetch(TransferSpec(sha, len(data), cs, chunk_digests(data, cs)), [server_ep], timeout=60)
+        assert store.get(sha) == data
+        assert "foreign_chunk" in rejects and "corrupt_chunk" not in rejects
+    finally:
+        stop.set()
+        attacker.close()
+        server.close()
+        server_t.close()
+        client_t.close()
+
+
+def test_a_source_that_fails_is_dropped_and_the_next_one_serves(mosquitto, tmp_path) -> None:
+    server_t, client_t, server, server_ep, store, fetcher = _pair(mosquitto.url, tmp_path)
+    empty_t = Transport(mosquitto.url).start()
+    empty_ep = topics.device_endpoint("t", "empty")
+    empty = BlobServer(empty_t, empty_ep)        # reachable, but holds nothing
+    empty_t.subscribe(topics.inbox(empty_ep, "cmd"), empty.handle)
+    try:
+        data = os.urandom(5 * 1024)
+        sha = server.add(data)
+        fetcher.fetch(TransferSpec(sha, len(data), 1024, chunk_digests(data, 1024)), [empty_ep, server_ep],
+                      timeout=30)
+        assert store.get(sha) == data
+    finally:
+        for s in (empty, server):
+            s.close()
+        for tr in (empty_t, server_t, client_t):
+            tr.close()

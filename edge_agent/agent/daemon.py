@@ -35,7 +35,9 @@ from edge_agent.agent.server import StageServer
 from edge_agent.agent.stages import StageTable
 from edge_agent.cluster.view import FleetView
 from edge_agent.protocol import topics
-from edge_agent.protocol.messages import DeviceState
+from edge_agent.protocol.errors import ProtocolError
+from edge_agent.protocol.manifest import validate_manifest
+from edge_agent.protocol.messages import DeviceState, Manifest
 from edge_agent.security.gate import ManifestGate, VersionLedger
 from edge_agent.transport.blobs import BlobFetcher, BlobServer
 from edge_agent.transport.mqtt import Transport
@@ -70,6 +72,8 @@ class AgentConfig:
     transport_kwargs: dict = field(default_factory=dict)   # username/password/tls for the broker
     trust: list = field(default_factory=list)   # FleetKeys whose signatures are accepted on manifests
     dev_mode: bool = False               # accept unsigned manifests (demo, simulated fleets, labs)
+    metrics_port: int | None = None      # Prometheus /metrics on this port (off by default)
+    metrics_host: str = "127.0.0.1"      # loopback unless told otherwise
 
 
 class Agent:
@@ -99,6 +103,7 @@ class Agent:
         self.events: collections.deque[dict] = collections.deque(maxlen=20)   # last rejections
         self.peers: list[str] = []                       # device ids seen by mDNS
         self.discovery = None
+        self.metrics = None                              # AgentMetrics when --metrics-port is set
         self._kick = threading.Event()                  # something changed: reconcile
         self._inbox: queue.Queue[ManifestNote] = queue.Queue(maxsize=CONTROL_INBOX)
         self._stop = threading.Event()
@@ -109,11 +114,12 @@ class Agent:
         self.transport = Transport(config.broker, client_id=f"ea-{config.fleet}-{config.name}",
                                    clean_session=True, keepalive=config.keepalive_s,
                                    will=(topics.state(config.fleet, self.device_id), will, True),
-                                   **config.transport_kwargs)
+                                   probe_topic=topics.inbox(self.endpoint, "probe"), **config.transport_kwargs)
         self.blob_server = BlobServer(self.transport, self.endpoint, self.store, on_reject=self._reject)
         self.fetcher = BlobFetcher(self.transport, self.endpoint, self.store, on_reject=self._reject)
         self.server = StageServer(self.device_id, config.fleet, self.transport, self.view, self.stages,
-                                  self.counters, self._reject, config.max_message_bytes)
+                                  self.counters, self._reject, config.max_message_bytes,
+                                  manifest_of=lambda model, version: self.reconciler.manifest_of(model, version))
         self.reconciler = Reconciler(
             self.device_id, self.stages, self.view, self.store, self.fetcher, self.counters,
             threads=config.threads, backend=config.backend, wrap_backend=config.wrap_backend,
@@ -134,12 +140,19 @@ class Agent:
             t.subscribe(topics.all_deploys(fleet, channel), h.on_manifest)
         t.subscribe(topics.all_loads(fleet), h.on_load, qos=0)
         t.add_connect_hook(self._on_connected)
+        self._restore_manifests()
         self._threads.append(self.server.start())
         for target, name in ((self._control_loop, "control"), (self._heartbeat_loop, "heartbeat")):
             th = threading.Thread(target=target, name=f"{name}-{self.device_id}", daemon=True)
             th.start()
             self._threads.append(th)
         t.start(wait=wait)
+        if self.cfg.metrics_port is not None:
+            from edge_agent.agent.metrics import AgentMetrics
+            self.metrics = AgentMetrics(self)
+            self.server.on_run = self.metrics.observe
+            self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
+            log.info("metrics on http://%s:%d/metrics", self.cfg.metrics_host, self.cfg.metrics_port)
         if self.cfg.discovery:
             self._start_discovery()
         if not self.cfg.trust:
@@ -238,6 +251,7 @@ class Agent:
                     self._reject("unsigned_undeploy")
                 else:
                     self.reconciler.set_manifest(slot, None)
+                    self._keep_manifest(slot, None)
                 continue
             rejection = self.gate.admit(m)
             if rejection is not None:
@@ -251,6 +265,41 @@ class Agent:
             if not m.stages:
                 log.info("%s undeployed by a signed tombstone (v%d)", note.name, m.version)
             self.reconciler.set_manifest(slot, m)
+            self._keep_manifest(slot, m if m.stages else None)
+
+    def _manifest_path(self, slot: tuple[str, str]) -> Path:
+        return self.data_dir / "manifests" / f"{slot[0]}-{slot[1]}.manifest"
+
+    def _keep_manifest(self, slot: tuple[str, str], m: object) -> None:
+        """Persist the last accepted manifest of a slot (None: it was undeployed), so a restart serves it
+        even when the broker lost its retained copy or now holds one this device refuses."""
+        path = self._manifest_path(slot)
+        try:
+            if m is None:
+                path.unlink(missing_ok=True)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(m.to_bytes())
+                tmp.replace(path)
+        except OSError as exc:
+            log.warning("cannot keep manifest %s/%s on disk: %s", *slot, exc)
+
+    def _restore_manifests(self) -> None:
+        """At start: the manifests accepted before the restart, checked again (signature, fleet, expiry)."""
+        for path in sorted((self.data_dir / "manifests").glob("*.manifest")):
+            try:
+                m = Manifest.from_bytes(path.read_bytes(), max_bytes=self.cfg.max_message_bytes)
+                validate_manifest(m)
+            except (OSError, ProtocolError) as exc:
+                log.warning("ignored stored manifest %s: %s", path.name, exc)
+                continue
+            rejection = self.gate.check(m)
+            if rejection is not None:
+                log.warning("stored manifest %s v%d no longer passes: %s", m.name, m.version, rejection.reason)
+                continue
+            log.info("serving %s v%d from the manifest accepted before the restart", m.name, m.version)
+            self.reconciler.set_manifest((m.channel, m.name), m)
 
     # ---------------------------------------------------------------------------------- state
     def _reject(self, reason: str) -> None:

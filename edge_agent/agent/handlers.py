@@ -62,7 +62,7 @@ class AgentHandlers:
         try:
             st = DeviceState.from_bytes(payload, max_bytes=1 << 20)
             validate_state(st)
-            if st.device_id != topics.device_of_state_topic(topic):
+            if st.device_id != topics.publisher_device(topic):
                 raise ProtocolError(f"state of {st.device_id!r} published under {topic}")
         except ProtocolError as exc:
             log.warning("ignored malformed state on %s: %s", topic, exc)
@@ -77,6 +77,8 @@ class AgentHandlers:
     def on_load(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
             rep = LoadReport.from_bytes(payload, max_bytes=4096)
+            if rep.device_id != topics.publisher_device(topic):
+                raise ProtocolError(f"load of {rep.device_id!r} published under {topic}")
         except ProtocolError:
             self.on_reject("load")
             return

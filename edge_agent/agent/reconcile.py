@@ -141,6 +141,12 @@ class Reconciler:
             else:
                 self.manifests.pop(slot, None)
 
+    def manifest_of(self, model: str, version: int) -> Manifest | None:
+        """The accepted manifest (any channel) of ``model`` at ``version``."""
+        with self.table.lock:
+            return next((m for (_, name), m in self.manifests.items() if name == model and m.version == version),
+                        None)
+
     def cancel_all(self) -> None:
         with self.table.lock:
             for job in self._jobs.values():

@@ -18,10 +18,11 @@ import numpy as np
 from edge_agent.agent.backend import check_inputs
 from edge_agent.agent.stages import InstalledStage, StageTable
 from edge_agent.cluster import routing
+from edge_agent.cluster.placement import permitted_holders
 from edge_agent.cluster.view import FleetView
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import InvalidInputError
-from edge_agent.protocol.messages import InferRequest, InferResult, LoadReport
+from edge_agent.protocol.messages import InferRequest, InferResult, LoadReport, Manifest
 from edge_agent.transport.mqtt import Transport
 
 log = logging.getLogger("edge_agent.agent")
@@ -66,7 +67,7 @@ class StageServer:
 
     def __init__(self, device_id: str, fleet: str, transport: Transport, view: FleetView, table: StageTable,
                  counters: collections.Counter, on_reject: Callable[[str], None],
-                 max_message_bytes: int) -> None:
+                 max_message_bytes: int, manifest_of: Callable[[str, int], Manifest | None]) -> None:
         self.device_id = device_id
         self.fleet = fleet
         self.transport = transport
@@ -75,7 +76,10 @@ class StageServer:
         self.counters = counters
         self.on_reject = on_reject
         self.max_message_bytes = max_message_bytes
+        self.manifest_of = manifest_of          # the accepted manifest of (model, version), or None
         self.service_ms = 1.0                 # EWMA of this device's run time per request
+        self.served_by_stage: collections.Counter[tuple[str, int, int]] = collections.Counter()
+        self.on_run: Callable[[str, int, float], None] | None = None   # (model, stage, seconds): metrics
         self.work: queue.Queue[InferRequest | None] = queue.Queue(maxsize=WORK_QUEUE)
         self.done = DedupCache()
         self._last_load_pub = 0.0
@@ -126,12 +130,16 @@ class StageServer:
 
     # ---------------------------------------------------------------------------------- routing
     def route(self, model: str, version: int, stage: int) -> str | None:
-        """The live device (maybe this one) with the earliest expected completion for a stage."""
+        """The permitted live device (maybe this one) with the earliest expected completion for a stage."""
         key = (model, version, stage)
         local = None
         if self.table.get(key) is not None:
             local = routing.Local(self.device_id, self.work.qsize(), self.service_ms)
-        return routing.pick(self.view, key, local)
+        spec = self.manifest_of(model, version)
+        if spec is None or not 0 <= stage < len(spec.stages):
+            return self.device_id if local is not None else None
+        allowed = permitted_holders(self.view, key, spec.stages[stage].replicas, spec.failover)
+        return routing.pick(self.view, key, local, allowed=allowed)
 
     def send(self, req: InferRequest, payload: bytes | None = None) -> str | None:
         """Forward a request to the best device for its stage; returns the device or None (no route)."""
@@ -209,6 +217,9 @@ class StageServer:
             return None
         run_s = time.perf_counter() - t0
         self.service_ms = 0.8 * self.service_ms + 0.2 * run_s * 1e3
+        self.served_by_stage[(req.model, req.version, inst.index)] += 1
+        if self.on_run is not None:
+            self.on_run(req.model, inst.index, run_s)
         env = dict(req.tensors)
         env.update(outs)
         carry = inst.stage.forwards

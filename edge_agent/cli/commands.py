@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 def _fleet(args: argparse.Namespace) -> Fleet:
     from edge_agent.operator.fleet import Fleet
     return Fleet(args.broker, fleet=args.fleet, interfaces=args.interfaces or ["127.0.0.1"],
-                 key=getattr(args, "key", None), credentials=args.credentials)
+                 key=getattr(args, "key", None), credentials=args.credentials, insecure=args.insecure)
 
 
 def _csv(value: str) -> list[str]:
@@ -97,7 +97,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     kwargs = dict(stages=args.stages, devices=_csv(args.devices) if args.devices else None, version=args.version,
                   input_shapes=shapes or None, timeout=args.timeout, replicas=args.replicas,
                   failover=not args.no_failover, canary=args.canary, gates=args.gate, check_data=args.check_data,
-                  sample_input=args.sample_input)
+                  sample_input=args.sample_input, verify_fraction=args.verify_fraction)
     with _fleet(args) as fleet:
         if args.json:
             dep = fleet.deploy(args.model, args.name, **kwargs)

@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the shape to plan dynamic input dims on (any shape is served)")
     p.add_argument("--sample-input", default=None, metavar="FILE.npz",
                    help="a sample request (arrays by input name): its shapes are used for planning")
+    p.add_argument("--verify-fraction", type=float, default=0.0, metavar="F",
+                   help="spot-check this share of results against ONNX Runtime on this machine (with bench)")
     p.add_argument("--replicas", type=int, default=1, help="devices per stage (balanced by queue depth)")
     p.add_argument("--no-failover", action="store_true", help="do not move stages off dead devices")
     p.add_argument("--canary", default=None, help="first deploy to N devices (or N%%) and check the gates")

@@ -17,6 +17,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default=os.environ.get("EDGE_AGENT_LOG", "WARNING"))
     p.add_argument("--credentials", default=os.environ.get("EDGE_AGENT_CREDENTIALS"),
                    help="identity file from `edge-agent fleet init` (<name>.cred) for an authenticated broker")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow credentials over a plain mqtt:// connection (password in clear, broker unchecked)")
 
 
 def add_signing_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,6 +38,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-discovery", action="store_true", help="do not advertise/browse mDNS")
     p.add_argument("--advertise-broker", action="store_true", help="advertise the broker URL as its host")
     p.add_argument("--max-message-mb", type=float, default=64.0, help="reject larger messages")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (default loopback)")
     p.add_argument("--trust", action="append", default=[], metavar="FLEET.PUB",
                    help="public key whose signed manifests this device installs (repeatable for rotation)")
     p.add_argument("--dev", action="store_true",

@@ -25,29 +25,26 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
     from discovery import resolve_interfaces
     from edge_agent.agent.daemon import AgentConfig
     from edge_agent.security.keys import load_trusted_keys
-    from edge_agent.transport.mqtt import broker_from_env
+    from edge_agent.transport.resolve import resolve_broker
 
     if not args.trust and not args.dev:
         raise ValueError("a device needs --trust <fleet.pub> (install only manifests signed by the fleet key) "
                          "or an explicit --dev (development mode: unsigned manifests from anyone on the broker)")
     trust = load_trusted_keys(args.trust) if args.trust else []
-    transport_kwargs: dict = {}
-    broker = broker_from_env(args.broker)
+    creds = None
     if args.credentials:
         from edge_agent.security.pki import Credentials
         creds = Credentials.from_file(args.credentials)
-        transport_kwargs = creds.transport_kwargs()
-        broker = broker or creds.broker_url or creds.plain_url or None
     ifaces = resolve_interfaces(args.interfaces)
-    if broker is None:
-        from edge_agent.transport.resolve import discover_broker
-        broker = discover_broker(args.fleet, ifaces)
+    choice = resolve_broker(args.broker, args.fleet, ifaces, creds, insecure=args.insecure)
+    broker, transport_kwargs = choice.url, choice.transport_kwargs
     data_dir = Path(args.data_dir or Path.home() / ".local" / "share" / "edge-agent" / args.name)
     return AgentConfig(name=args.name, broker=broker, data_dir=data_dir, fleet=args.fleet, interfaces=ifaces,
                        threads=args.threads, backend=args.backend, gflops=args.gflops,
                        discovery=not args.no_discovery, advertise_broker=args.advertise_broker,
                        max_message_bytes=int(args.max_message_mb * (1 << 20)), trust=trust, dev_mode=args.dev,
-                       transport_kwargs=transport_kwargs)
+                       transport_kwargs=transport_kwargs, metrics_port=args.metrics_port,
+                       metrics_host=args.metrics_host)
 
 
 def serve_agent(cfg: AgentConfig, prepare: Callable[[Agent], None] | None = None) -> int:

@@ -45,6 +45,16 @@ def assign_replicas(primary: list[str], est_ms: list[float], specs: Sequence[_De
     return placement
 
 
+def permitted_holders(view: FleetView, key: StageKey, replicas: Sequence[str], failover: bool) -> set[str]:
+    """Devices that may serve stage ``key``: its replicas in the signed manifest; and, only while none of them
+    is online and the deployment allows failover, the live devices that report running it as an adopter.
+    A device cannot attract a stage's traffic by claiming it in its own state otherwise."""
+    allowed = set(replicas)
+    if failover and not any(view.online(d) for d in replicas):
+        allowed |= {d for d in view.ready_holders(key) if (view.report(d, key) or {}).get("role") == "adopted"}
+    return allowed
+
+
 @dataclass(frozen=True)
 class Candidate:
     device_id: str

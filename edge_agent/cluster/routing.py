@@ -8,6 +8,7 @@ random so equal replicas share the load.
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from edge_agent.cluster.view import FleetView, PeerLoad, StageKey
@@ -30,13 +31,15 @@ def score(load: PeerLoad) -> float:
 
 
 def pick(view: FleetView, key: StageKey, local: Local | None = None, rng: random.Random | None = None,
-         exclude: frozenset[str] = frozenset()) -> str | None:
-    """The device to send stage ``key`` to, or None when no live device has it ready."""
+         exclude: frozenset[str] = frozenset(), allowed: Collection[str] | None = None) -> str | None:
+    """The device to send stage ``key`` to, or None when no live device has it ready. ``allowed``: the only
+    devices that may serve it (see :func:`edge_agent.cluster.placement.permitted_holders`); a device that
+    merely reports the stage ready in its own state is not enough."""
     rng = rng or random
     best: list[str] = []
     best_score = float("inf")
     cands = [(d, score(view.load(d))) for d in view.ready_holders(key)
-             if d not in exclude and (local is None or d != local.device_id)]
+             if d not in exclude and (local is None or d != local.device_id) and (allowed is None or d in allowed)]
     if local is not None:
         cands.append((local.device_id, (local.queue + 1) * max(local.service_ms, MIN_SERVICE_MS)))
     for d, s in cands:

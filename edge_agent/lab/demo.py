@@ -8,12 +8,12 @@ Exits non-zero if any output differs beyond tolerance.
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import numpy as np
 
 from edge_agent.cli.render import console, placement
+from edge_agent.operator.stats import latency_summary
 
 ATOL = 1e-4
 RTOL = 1e-4
@@ -78,11 +78,11 @@ def run_demo(model: str = "mobilenetv2", stages: int = 3, requests: int = 64, br
             fleet.undeploy(model)
             stats = dict(fleet.stats)
 
-    lat.sort()
+    summary = latency_summary(lat)
     t = Table(title=f"{requests} requests, {concurrency} in flight")
     for col in ("p50 ms", "p95 ms", "mean ms", "throughput req/s", "max |diff| vs ORT", "retries", "duplicates"):
         t.add_column(col)
-    t.add_row(f"{lat[len(lat) // 2]:.2f}", f"{lat[int(len(lat) * 0.95) - 1]:.2f}", f"{statistics.mean(lat):.2f}",
+    t.add_row(f"{summary['p50_ms']:.2f}", f"{summary['p95_ms']:.2f}", f"{summary['mean_ms']:.2f}",
               f"{requests / wall:.1f}", f"{max_diff:.2e}", str(stats["retries"]), str(stats["duplicates"]))
     con.print(t)
     con.print(f"total demo time {time.perf_counter() - t_start:.1f} s")

@@ -3,6 +3,7 @@
 Imports protocol, transport, cluster, security and :mod:`models` (planning, partitioning).
 """
 
-from edge_agent.operator.fleet import Deployment, DeviceStatus, Fleet
+from edge_agent.operator.fleet import Fleet
+from edge_agent.operator.records import Deployment, DeviceStatus
 
 __all__ = ["Deployment", "DeviceStatus", "Fleet"]

@@ -1,5 +1,9 @@
 """The desired state as this operator sees it on the broker: retained manifests per channel, tombstones
-(signed undeploys) and rollout records. Filled by the MQTT handlers; read by deploy, status and routing."""
+(signed undeploys) and rollout records. Filled by the MQTT handlers; read by deploy, status and routing.
+
+Every manifest passes the same gate as on the devices (:class:`ManifestGate`: fleet key signature, fleet,
+expiry, version order): a forged, replayed or unsigned one, or an empty retained message in a signed fleet,
+never displaces the good one this client holds; it is recorded in ``rejected`` for ``status``."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from edge_agent.protocol import topics
 from edge_agent.protocol.errors import ProtocolError, UnknownModelError
 from edge_agent.protocol.manifest import validate_manifest
 from edge_agent.protocol.messages import Manifest, RolloutRecord
+from edge_agent.security.gate import ManifestGate
 
 log = logging.getLogger("edge_agent.fleet")
 
@@ -19,8 +24,11 @@ class DesiredState:
     """Manifests (stable and canary), tombstones and rollout records of one fleet. ``changed`` is notified
     on every update (waiters use it with its lock)."""
 
-    def __init__(self, fleet: str) -> None:
+    def __init__(self, fleet: str, gate: ManifestGate | None = None) -> None:
         self.fleet = fleet
+        self.gate = gate or ManifestGate(fleet, [])      # no keys: version order only (development mode)
+        self.rejected: dict[str, dict] = {}              # model -> the last refused manifest and why
+        self._raw: dict[tuple[str, str], bytes] = {}     # (channel, model) -> what the broker retains now
         self.changed = threading.Condition(threading.RLock())
         self.last_update = time.monotonic()
         self._tables: dict[str, dict[str, Manifest]] = {channel: {} for channel in topics.CHANNELS}
@@ -36,13 +44,21 @@ class DesiredState:
         table = self._tables[channel]
         with self.changed:
             self.last_update = time.monotonic()
+            self._raw[(channel, name)] = bytes(payload)
             if not payload:
-                table.pop(name, None)
+                if self.gate.trust and channel == "stable" and name in table:
+                    self._refuse(name, channel, None, "unsigned_undeploy",
+                                 "an empty retained message cannot undeploy a signed fleet")
+                else:
+                    table.pop(name, None)
             else:
                 try:
                     m = Manifest.from_bytes(payload)
                     validate_manifest(m)
-                    if m.stages:
+                    rejection = self.gate.admit(m)
+                    if rejection is not None:
+                        self._refuse(name, channel, m.version, rejection.kind, rejection.reason)
+                    elif m.stages:
                         table[name] = m
                     else:  # a signed tombstone: undeployed
                         table.pop(name, None)
@@ -62,6 +78,11 @@ class DesiredState:
         with self.changed:
             self._rollouts[rec.name] = rec
             self.last_update = time.monotonic()
+
+    def _refuse(self, name: str, channel: str, version: int | None, kind: str, reason: str) -> None:
+        log.warning("ignored manifest %s v%s (%s): %s", name, version, channel, reason)
+        self.rejected[name] = {"channel": channel, "version": version, "kind": kind, "reason": reason,
+                               "ts": time.time()}
 
     # ------------------------------------------------------------------------------------ queries
     def current(self, name: str, channel: str = "stable") -> Manifest | None:
@@ -102,6 +123,18 @@ class DesiredState:
         return max(seen, default=0) + 1
 
     # ------------------------------------------------------------------------------------ local updates
+    def retained(self, name: str, channel: str = "stable") -> bytes:
+        """The manifest bytes the broker retains for ``name`` as last seen (b"" if none), trusted or not."""
+        with self.changed:
+            return self._raw.get((channel, name), b"")
+
+    def restore(self, m: Manifest) -> None:
+        """Hold ``m`` again (the version devices still serve after refusing a newer one)."""
+        with self.changed:
+            self.gate.ledger.reset(m)
+            self._tables[m.channel][m.name] = m
+            self.changed.notify_all()
+
     def forget(self, name: str, channel: str = "stable") -> None:
         with self.changed:
             self._tables[channel].pop(name, None)

@@ -15,23 +15,26 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from edge_agent.cluster import routing
+from edge_agent.cluster.placement import permitted_holders
 from edge_agent.cluster.view import FleetView
 from edge_agent.operator.desired import DesiredState
-from edge_agent.operator.manifests import build_manifest
+from edge_agent.operator.manifests import build_manifest, load_sample
+from edge_agent.operator.records import Deployment, DeviceStatus
 from edge_agent.operator.requests import RETRY_AFTER_S, Pending, RequestTable
-from edge_agent.operator.status import adopted_rows, rejected_counters, rejections, stage_rows
+from edge_agent.operator.spotcheck import SpotChecker, Tolerance, onnxruntime_reference
+from edge_agent.operator.status import adopted_rows, rejected_counters, stage_rows, wait_ready
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import (
     BrokerError,
     DeployError,
     DeployTimeout,
     InvalidInputError,
+    ManifestRejected,
     ProtocolError,
     StageUnavailableError,
     UnknownModelError,
@@ -44,6 +47,8 @@ from edge_agent.protocol.messages import (
     RolloutRecord,
     validate_state,
 )
+from edge_agent.security.gate import ManifestGate
+from edge_agent.security.keys import load_public_key
 from edge_agent.transport.blobs import BlobServer
 from edge_agent.transport.mqtt import Transport
 from edge_agent.transport.resolve import resolve_broker
@@ -55,54 +60,6 @@ HEARTBEAT_STALE_S = 8.0  # agents republish state every 2 s; four missed heartbe
 SETTLE_S = 0.3           # retained messages arrive right after subscribing; wait this long for quiet
 
 
-@dataclass
-class DeviceStatus:
-    """A device as the fleet sees it (from its retained state)."""
-
-    device_id: str
-    online: bool
-    isa: str
-    cores: int
-    ram_mb: int
-    gflops: float
-    version: str
-    stages: list[dict]
-    peers: list[str]
-    counters: dict
-    queue_depth: int
-    last_seen: float
-    blobs: list[str] = field(default_factory=list)
-    dev_mode: bool = True
-    events: list[dict] = field(default_factory=list)
-
-    @classmethod
-    def from_state(cls, st: DeviceState) -> DeviceStatus:
-        return cls(st.device_id, st.online, st.isa, st.cores, st.ram_mb, st.gflops, st.version,
-                   list(st.stages), list(st.peers), dict(st.counters), st.queue_depth, st.ts, list(st.blobs),
-                   st.dev_mode, list(st.events))
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-@dataclass
-class Deployment:
-    """What ``Fleet.deploy`` returns: the published manifest and the plan behind it."""
-
-    manifest: Manifest
-    plan: Any
-    seconds: float
-    stage_status: list[dict] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.manifest.name
-
-    @property
-    def version(self) -> int:
-        return self.manifest.version
-
-
 class Fleet:
     """Connect to a fleet through its broker.
 
@@ -112,16 +69,23 @@ class Fleet:
 
     def __init__(self, broker: str | None = None, fleet: str = "default", *, client_id: str | None = None,
                  interfaces: Sequence[str] = ("127.0.0.1",), connect_timeout: float = 10.0,
-                 key: Any = None, credentials: Any = None, manifest_ttl_s: float = 30 * 86400) -> None:
+                 key: Any = None, credentials: Any = None, manifest_ttl_s: float = 30 * 86400,
+                 insecure: bool = False, trust: Sequence[Any] = ()) -> None:
         """``key``: the fleet signing key (path of fleet.key or FleetKeys) used to sign manifests; without it
         manifests are unsigned (only development-mode devices install them). ``credentials``: a .cred file
-        (or Credentials) from ``edge-agent fleet init`` for an authenticated broker."""
+        (or Credentials) from ``edge-agent fleet init`` for an authenticated broker; with credentials a plain
+        ``mqtt://`` broker URL is refused unless ``insecure`` (see :mod:`edge_agent.transport.resolve`).
+        ``trust``: fleet public keys (paths or FleetKeys) whose manifests this client acts on; the ``key``'s
+        public half is trusted too. Manifests that fail the gate never steer this client (``status`` lists
+        them); without any key the client is in development mode (version order only)."""
         topics.check_segment("fleet", fleet)
         creds = None
         if credentials is not None:
             from edge_agent.security.pki import Credentials
             creds = credentials if isinstance(credentials, Credentials) else Credentials.from_file(credentials)
-        url, transport_kwargs = resolve_broker(broker, fleet, interfaces, creds)
+        choice = resolve_broker(broker, fleet, interfaces, creds, insecure=insecure)
+        url, transport_kwargs = choice.url, choice.transport_kwargs
+        self.broker_reason = choice.reason
         if key is not None and not hasattr(key, "private"):
             from edge_agent.security.keys import load_private_key
             key = load_private_key(key)
@@ -132,12 +96,17 @@ class Fleet:
         self.client_id = client_id or f"op-{uuid.uuid4().hex[:10]}"
         self.endpoint = topics.client_endpoint(fleet, self.client_id)
         self.view = FleetView(stale_after_s=HEARTBEAT_STALE_S)
-        self.desired = DesiredState(fleet)
+        trusted = [k if hasattr(k, "public") else load_public_key(k) for k in trust]
+        if key is not None:
+            trusted.append(key.public_only())
+        self.desired = DesiredState(fleet, ManifestGate(fleet, trusted))
         self._changed = self.desired.changed     # notified by state and manifest updates alike
         self.requests = RequestTable(self.view, self.current, self._dispatch)
+        self.spot: dict[str, SpotChecker] = {}          # deployments whose results are spot-checked
         self.stats = self.requests.stats
         self.transport = Transport(url, client_id=self.client_id if creds is None else creds.username,
-                                   clean_session=True, **transport_kwargs)
+                                   clean_session=True, probe_topic=topics.inbox(self.endpoint, "probe"),
+                                   **transport_kwargs)
         self.blob_server = BlobServer(self.transport, self.endpoint)
         t = self.transport
         t.subscribe(topics.all_states(fleet), self._on_state)
@@ -160,6 +129,8 @@ class Fleet:
             return
         self._closed.set()
         self.requests.fail_all("fleet client closed before the result arrived")
+        for checker in self.spot.values():
+            checker.close()
         self.blob_server.close()
         self.transport.close()
 
@@ -201,6 +172,8 @@ class Fleet:
         try:
             st = DeviceState.from_bytes(payload, max_bytes=1 << 20)
             validate_state(st)
+            if st.device_id != topics.publisher_device(topic):   # identity from the topic (ACL-enforced)
+                raise ProtocolError(f"state of {st.device_id!r} published under {topic}")
         except ProtocolError as exc:
             log.warning("ignored malformed state on %s: %s", topic, exc)
             return
@@ -214,6 +187,8 @@ class Fleet:
     def _on_load(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
             rep = LoadReport.from_bytes(payload, max_bytes=4096)
+            if rep.device_id != topics.publisher_device(topic):
+                raise ProtocolError(f"load of {rep.device_id!r} published under {topic}")
         except ProtocolError:
             return
         self.view.update_load(rep)
@@ -257,8 +232,17 @@ class Fleet:
         return self.desired.wait(name, wait)
 
     def route(self, model: str, version: int, stage: int) -> str | None:
-        """Live device reporting the stage ready with the earliest expected completion (queue x speed)."""
-        return routing.pick(self.view, (model, version, stage))
+        """The permitted live device with the stage ready and the earliest expected completion (queue x speed):
+        a replica named in the verified manifest, or an adopter while they are all gone."""
+        m = next((m for m in (self.current(model), self.current(model, "canary")) if m and m.version == version),
+                 None)
+        if m is None or not 0 <= stage < len(m.stages):
+            return None
+        key = (model, version, stage)
+        checker = self.spot.get(model)
+        return routing.pick(self.view, key, allowed=permitted_holders(self.view, key, m.stages[stage].replicas,
+                                                                       m.failover),
+                            exclude=frozenset(checker.excluded()) if checker else frozenset())
 
     # --------------------------------------------------------------------------------- deploy
     def next_version(self, name: str) -> int:
@@ -289,7 +273,7 @@ class Fleet:
             fleet=self.fleet, operator=self.client_id, sources=[self.endpoint], stages=stages,
             input_shapes=input_shapes, replicas=replicas, failover=failover, channel=channel,
             expires=(time.time() + self.manifest_ttl_s) if self.keys is not None else 0.0,
-            sample=_load_sample(sample_input))
+            sample=load_sample(sample_input))
 
     def publish_manifest(self, m: Manifest) -> Manifest:
         """Sign (when this Fleet has the fleet key) and publish a manifest as the retained desired state."""
@@ -312,7 +296,7 @@ class Fleet:
                replicas: int = 1, failover: bool = True, timeout: float = 120.0,
                canary: int | str | None = None, gates: str | dict | None = None,
                check_data: Any = None, include_offline: bool = False, sample_input: Any = None,
-               progress: Callable[[str, dict], None] | None = None) -> Deployment:
+               verify_fraction: float = 0.0, progress: Callable[[str, dict], None] | None = None) -> Deployment:
         """Plan, sign, ship and start ``model`` (path, bytes or ModelProto) as ``name``; returns when every
         stage reports ready on every replica, raises DeployError (a stage failed) or DeployTimeout (with each
         device's progress).
@@ -325,7 +309,7 @@ class Fleet:
         if a gate fails the canary is withdrawn, the fleet stays on the previous version, and the rollout
         record says why. Dynamic input dims are planned on ``input_shapes``, else ``sample_input`` (arrays or
         an .npz), else defaults by role (``Deployment.manifest.plan["notes"]`` says which); any shape the
-        model accepts is served."""
+        model accepts is served. ``verify_fraction`` spot-checks that share of results (see :meth:`verify`)."""
         t0 = time.monotonic()
         kw = dict(input_shapes=input_shapes, replicas=replicas, failover=failover, sample_input=sample_input)
         if canary is not None:
@@ -335,15 +319,38 @@ class Fleet:
             version = metrics["version"]
         manifest, plan = self.build_manifest(model, name, stages=stages, devices=devices, version=version,
                                              include_offline=include_offline, **kw)
+        previous, previous_raw = self.current(name), self.desired.retained(name)
         self.publish_manifest(manifest)
         try:
             rows = self.wait_ready(manifest, timeout, progress, offline_ok=include_offline)
+        except ManifestRejected as exc:
+            self._restore(name, previous, previous_raw)
+            self.record_rollout(name, manifest.version, "stable", "rejected", str(exc))
+            raise
         except DeployError as exc:
             self.record_rollout(name, manifest.version, "stable", "failed", str(exc))
             raise
         self.record_rollout(name, manifest.version, "stable", "deployed" if canary is None else "promoted",
                             "all stages ready", good=manifest)
+        if verify_fraction > 0:
+            self.verify(name, verify_fraction, model)
         return Deployment(manifest, plan, time.monotonic() - t0, rows)
+
+    def verify(self, name: str, fraction: float, model: Any, rtol: float = 1e-3, atol: float = 1e-4) -> SpotChecker:
+        """Spot-check ``fraction`` (0..1) of ``name``'s results: each sampled result is compared, on this
+        client's own thread, with ONNX Runtime on the whole ``model`` (path, bytes or ModelProto). Devices on
+        the path of disagreeing results are reported in ``status()["spot_check"]`` and, from 3 disagreements
+        at a rate of at least 1/2, no longer get this client's requests."""
+        from models.graph import load_model
+
+        if not 0 < fraction <= 1:
+            raise ValueError(f"verify fraction must be in (0, 1], got {fraction}")
+        old = self.spot.pop(name, None)
+        if old is not None:
+            old.close()
+        reference = onnxruntime_reference(load_model(model).SerializeToString())
+        checker = self.spot[name] = SpotChecker(name, fraction, reference, Tolerance(rtol, atol))
+        return checker
 
     def rollouts(self, name: str) -> RolloutRecord | None:
         return self.desired.rollout(name)
@@ -382,6 +389,9 @@ class Fleet:
                              "converged": all(r["status"] == "ready" for r in crows)}
         out["adopted"] = adopted_rows(self.view, name)
         out["rejected"] = rejected_counters(self.view)
+        out["rejected_manifest"] = self.desired.rejected.get(name)
+        if name in self.spot:
+            out["spot_check"] = self.spot[name].report()
         rec = self.rollouts(name)
         out["history"] = rec.history[-10:] if rec else []
         return out
@@ -392,33 +402,20 @@ class Fleet:
 
     def wait_ready(self, m: Manifest, timeout: float, progress: Callable[[str, dict], None] | None = None,
                    offline_ok: bool = False) -> list[dict]:
-        """Block until every replica of ``m`` reports ready; DeployError when one fails, goes offline or
-        rejects the manifest; DeployTimeout with each device's progress."""
-        end = time.monotonic() + timeout
-        while True:
-            rows = self.stage_rows(m)
-            if progress is not None:
-                for row in rows:
-                    progress(row["device"], row)
-            failed = [r for r in rows if r["status"] == "error" or (not r["online"] and not offline_ok)]
-            if failed:
-                r = failed[0]
-                why = r["error"] or "device went offline"
-                raise DeployError(f"deployment {m.name} v{m.version}: stage {r['stage']} on '{r['device']}' "
-                                  f"failed: {why}")
-            rejected = rejections(self.view, m)
-            if rejected:
-                raise DeployError(f"deployment {m.name} v{m.version} ({m.channel}) was rejected: " +
-                                  "; ".join(f"{d}: {why}" for d, why in rejected.items()))
-            if all(r["status"] == "ready" for r in rows if r["online"] or not offline_ok):
-                return rows
-            left = end - time.monotonic()
-            if left <= 0:
-                report = "; ".join(f"stage {r['stage']}@{r['device']}: {r['status']} "
-                                   f"{r['progress'] * 100:.0f}%" for r in rows)
-                raise DeployTimeout(f"deployment {m.name} v{m.version} not ready after {timeout:.0f} s: {report}")
-            with self._changed:
-                self._changed.wait(min(left, 0.25))
+        """Block until every replica of ``m`` reports ready; DeployError when one fails or goes offline,
+        ManifestRejected when devices refuse it, DeployTimeout with each device's progress."""
+        return wait_ready(self.view, self._changed, m, timeout, progress, offline_ok)
+
+    def _restore(self, name: str, previous: Manifest | None, previous_raw: bytes) -> None:
+        """Devices refused a new manifest: put back, retained, exactly what the broker held before (the
+        manifest they still serve, even one this client cannot verify), so the broker never keeps a
+        manifest the fleet rejected."""
+        topic = topics.deploy(self.fleet, name)
+        self.transport.publish(topic, previous_raw, qos=1, retain=True).wait_for_publish(10.0)
+        if previous is not None:
+            self.desired.restore(previous)
+        else:
+            self.desired.forget(name)
 
     def undeploy(self, name: str, timeout: float = 30.0) -> None:
         """Remove a deployment; returns when no live device serves it any more."""
@@ -467,7 +464,18 @@ class Fleet:
             raise StageUnavailableError(f"model '{name}': no live device serves stage 0 "
                                         f"(assigned: {', '.join(devs)})", stage=0, device=devs[0],
                                         code="device_offline")
-        return self.requests.submit(m, inputs, self.endpoint, timeout)
+        future = self.requests.submit(m, inputs, self.endpoint, timeout)
+        checker = self.spot.get(name)
+        if checker is not None and channel == "stable" and checker.sample():
+            feeds = dict(inputs)
+
+            def check(f: Future) -> None:
+                if not f.cancelled() and f.exception() is None:
+                    outputs, timings = f.result()
+                    checker.submit(feeds, outputs, timings)
+
+            future.add_done_callback(check)
+        return future
 
     def infer(self, name: str, inputs: dict[str, np.ndarray], timeout: float = 30.0,
               with_timings: bool = False) -> Any:
@@ -491,12 +499,3 @@ class Fleet:
         p.next_retry = now + RETRY_AFTER_S
         self.view.note_sent(dest)
         self.transport.publish(topics.inbox(topics.device_endpoint(self.fleet, dest), "in"), p.payload, qos=1)
-
-
-
-def _load_sample(sample: Any) -> dict[str, np.ndarray] | None:
-    """A sample input given as a dict of arrays or an .npz path (arrays by input name)."""
-    if sample is None or isinstance(sample, dict):
-        return sample
-    with np.load(sample, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}

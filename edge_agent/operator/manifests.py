@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
+
 from edge_agent.cluster.placement import assign_replicas
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import DeployError
@@ -27,8 +29,9 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
     unsigned manifest and the plan. Dynamic input dimensions are planned on ``input_shapes``, else the shapes
     of ``sample``, else a default per dimension role (logged, and kept in ``manifest.plan["notes"]``); the
     deployment serves any shape the model accepts. Raises DeployError saying why it cannot be planned."""
+    from models.extract import split_model
     from models.graph import input_specs, load_model, output_specs
-    from models.partition import DeviceSpec, plan_pipeline, split_model
+    from models.partition import DeviceSpec, plan_pipeline
 
     topics.check_segment("model name", name)
     try:
@@ -69,3 +72,11 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
               "notes": list(plan.notes)}, operator=operator, replicas=replicas, failover=failover,
         channel=channel, expires=expires, fleet=fleet)
     return manifest, plan
+
+
+def load_sample(sample: Any) -> dict[str, np.ndarray] | None:
+    """A sample input given as a dict of arrays or an .npz path (arrays by input name)."""
+    if sample is None or isinstance(sample, dict):
+        return sample
+    with np.load(sample, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

@@ -12,6 +12,7 @@ Gates are conditions on measured metrics, e.g. ``p95_ms<=120,error_rate<=0.01,ma
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,8 @@ from edge_agent.protocol.messages import Manifest
 
 if TYPE_CHECKING:
     from edge_agent.operator.fleet import Fleet
+
+log = logging.getLogger("edge_agent.fleet")
 
 DEFAULT_SAMPLES = 16
 
@@ -154,6 +157,7 @@ def rollback(fleet: Fleet, name: str, to_version: int | None, timeout: float,
     rec = fleet.rollouts(name)
     goods = [g for g in (rec.good if rec else []) if g.get("version", 0) < current.version and
              g.get("model_sha256") != current.model_sha256 or (to_version and g.get("version") == to_version)]
+    goods = [g for g in goods if _authentic(fleet, g, name)]
     if to_version is not None:
         goods = [g for g in goods if g.get("version") == to_version]
     if not goods:
@@ -177,3 +181,19 @@ def rollback(fleet: Fleet, name: str, to_version: int | None, timeout: float,
     fleet.record_rollout(name, m.version, "stable", "rolled_back",
                          f"restored the content of v{old_version} (replacing v{current.version})", good=m)
     return m, rows
+
+
+def _authentic(fleet: Fleet, entry: dict, name: str) -> bool:
+    """Whether a "good" manifest of the (retained, broker-held) rollout record was signed by a fleet key this
+    operator trusts, for this fleet and model: the record itself is not signed, so rollback re-signs only
+    what it can verify (its signature at the time it was made; expiry does not matter for a copy that is
+    re-signed). Without a key (development mode) nothing can be verified and nothing is signed."""
+    if fleet.keys is None:
+        return True
+    from edge_agent.security.keys import SignatureError, verify_document
+    try:
+        verify_document(entry, fleet.desired.gate.trust, now=float(entry.get("created", 0.0)))
+    except (SignatureError, TypeError, ValueError) as exc:
+        log.warning("rollback of %s: ignoring recorded v%s: %s", name, entry.get("version"), exc)
+        return False
+    return entry.get("fleet") == fleet.fleet and entry.get("name") == name

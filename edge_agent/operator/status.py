@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
+
 from edge_agent.cluster.view import FleetView
+from edge_agent.protocol.errors import DeployError, DeployTimeout, ManifestRejected
 from edge_agent.protocol.messages import Manifest
 
 
@@ -43,3 +48,34 @@ def rejected_counters(view: FleetView) -> dict[str, dict]:
     """Per device, the counters of messages it rejected (by reason)."""
     return {d.device_id: {k: v for k, v in d.counters.items() if k.startswith("rejected")}
             for d in view.states() if any(k.startswith("rejected") for k in d.counters)}
+
+
+def wait_ready(view: FleetView, changed: threading.Condition, m: Manifest, timeout: float,
+           progress: Callable[[str, dict], None] | None = None, offline_ok: bool = False) -> list[dict]:
+    """Block until every replica of ``m`` reports ready; DeployError when one fails, goes offline or
+    rejects the manifest; DeployTimeout with each device's progress."""
+    end = time.monotonic() + timeout
+    while True:
+        rows = stage_rows(view, m)
+        if progress is not None:
+            for row in rows:
+                progress(row["device"], row)
+        failed = [r for r in rows if r["status"] == "error" or (not r["online"] and not offline_ok)]
+        if failed:
+            r = failed[0]
+            why = r["error"] or "device went offline"
+            raise DeployError(f"deployment {m.name} v{m.version}: stage {r['stage']} on '{r['device']}' "
+                              f"failed: {why}")
+        rejected = rejections(view, m)
+        if rejected:
+            raise ManifestRejected(f"deployment {m.name} v{m.version} ({m.channel}) was rejected: " +
+                              "; ".join(f"{d}: {why}" for d, why in rejected.items()))
+        if all(r["status"] == "ready" for r in rows if r["online"] or not offline_ok):
+            return rows
+        left = end - time.monotonic()
+        if left <= 0:
+            report = "; ".join(f"stage {r['stage']}@{r['device']}: {r['status']} "
+                               f"{r['progress'] * 100:.0f}%" for r in rows)
+            raise DeployTimeout(f"deployment {m.name} v{m.version} not ready after {timeout:.0f} s: {report}")
+        with changed:
+            changed.wait(min(left, 0.25))

@@ -23,6 +23,10 @@ class DeployError(EdgeAgentError):
     """A deployment could not be planned, shipped or loaded."""
 
 
+class ManifestRejected(DeployError):
+    """Devices refused a published manifest (signature, expiry, replay...): the deployment did not happen."""
+
+
 class DeployTimeout(DeployError):
     """A deployment did not converge in time; the message lists each device's progress."""
 

@@ -337,6 +337,7 @@ class BlobRequest(Message):
     chunk_size: int
     reply_to: str
     requester: str = ""
+    nonce: str = ""          # echoed in every answer: ties the chunks to this request (and its source)
 
 
 @dataclass
@@ -352,6 +353,7 @@ class BlobChunk(Message):
     data: Any = b""
     sender: str = ""
     error: str = ""
+    nonce: str = ""          # the request's nonce; a receiver ignores chunks that carry none of its own
 
 
 @dataclass

@@ -10,6 +10,7 @@
     ea/v1/<fleet>/ctl/<id>/cmd          BlobRequest to an operator serving shards          (QoS 1)
     ea/v1/<fleet>/ctl/<id>/blob         BlobChunk answers for an operator                  (QoS 1)
     ea/v1/<fleet>/dev/<id>/load         LoadReport telemetry for routing among replicas     (QoS 0)
+    ea/v1/<fleet>/dev/<id>/probe        the device's probe of its own session (dev/ or ctl/)   (QoS 0)
     ea/v1/<fleet>/deploy/<name>         retained Manifest, stable channel (empty = undeployed)
     ea/v1/<fleet>/canary/<name>         retained Manifest of a version under canary test (empty = none)
     ea/v1/<fleet>/rollout/<name>        retained rollout record: history, gates, why it rolled back
@@ -115,7 +116,8 @@ def last_segment(topic: str) -> str:
     return topic.rsplit("/", 1)[-1]
 
 
-def device_of_state_topic(topic: str) -> str:
-    """``ea/v1/f/dev/<id>/state`` -> ``<id>``."""
+def publisher_device(topic: str) -> str:
+    """The device a ``dev/<id>/state`` or ``dev/<id>/load`` topic belongs to: the only identity the broker's
+    ACL lets publish there, so receivers take the identity from the topic, never from the payload."""
     parts = topic.split("/")
-    return parts[-2] if len(parts) >= 2 else ""
+    return parts[4] if len(parts) == 6 and parts[3] == "dev" else ""

@@ -75,6 +75,8 @@ def acl_text(fleet: str, operator: str = "operator") -> str:
         f"pattern read {dev}/%u/in",
         f"pattern read {dev}/%u/cmd",
         f"pattern read {dev}/%u/blob",
+        "# its own session probe (a message to itself through the broker: the session is alive end to end)",
+        f"pattern readwrite {dev}/%u/probe",
         "# forward tensors to the next stage, ask peers for shards and answer them",
         f"pattern write {dev}/+/in",
         f"pattern write {dev}/+/cmd",

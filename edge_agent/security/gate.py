@@ -58,6 +58,15 @@ class VersionLedger:
             return Rejection("conflict", f"a different manifest with version {m.version} was accepted before")
         return None
 
+    def reset(self, m: Manifest) -> None:
+        """Make ``m`` the last accepted version of its slot, even if an (unserved) newer one was recorded:
+        the operator restoring the version devices still run after they refused its newer one."""
+        with self._lock:
+            self._entries[f"{m.channel}/{m.name}"] = {"version": m.version, "digest": manifest_digest(m),
+                                                      "ts": time.time()}
+            if self.path is not None:
+                write_json(self.path, self._entries)
+
     def record(self, m: Manifest, digest: str) -> None:
         with self._lock:
             slot = f"{m.channel}/{m.name}"

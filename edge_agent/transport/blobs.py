@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ class BlobServer:
         self._queue: queue.Queue[BlobRequest | None] = queue.Queue(maxsize=1024)
         self._on_reject = on_reject
         self.served_chunks = 0
+        self.served_bytes = 0
         self.budget: int | None = None   # serve at most this many more chunks (fault injection in tests)
         self._thread = threading.Thread(target=self._run, name="blob-server", daemon=True)
         self._thread.start()
@@ -115,12 +117,13 @@ class BlobServer:
                 self.budget -= 1
             if data is None or not isinstance(idx, int) or cs <= 0 or idx < 0 or idx * cs >= max(len(data), 1):
                 msg = BlobChunk(req.sha256, int(idx) if isinstance(idx, int) else -1, 0, cs,
-                                sender=self.endpoint,
+                                sender=self.endpoint, nonce=req.nonce,
                                 error="not held here" if data is None else f"no chunk {idx}")
             else:
                 msg = BlobChunk(req.sha256, idx, len(data), cs, memoryview(data)[idx * cs:(idx + 1) * cs],
-                                sender=self.endpoint)
+                                sender=self.endpoint, nonce=req.nonce)
                 self.served_chunks += 1
+                self.served_bytes += len(msg.data)
             self.transport.publish(dest, msg.to_bytes(), qos=1)
 
 
@@ -146,6 +149,7 @@ class BlobFetcher:
         self._done_events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._on_reject = on_reject
+        self.fetched_bytes = 0
 
     def deliver(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
@@ -204,6 +208,11 @@ class BlobFetcher:
         have = {i for i in self.store.have_chunks(spec.sha256, spec.chunk_sha256, spec.chunk_size) if i < n}
         todo = [i for i in range(n) if i not in have]
         asked: dict[int, float] = {}
+        # one unguessable nonce per source: an answer counts only for the source it was asked of, so a
+        # third party (whatever "sender" it writes) can neither fail nor poison this transfer
+        nonce_of = {src: secrets.token_hex(12) for src in sources}
+        source_of = {v: k for k, v in nonce_of.items()}
+        live = list(sources)                 # sources not yet dropped
         src_idx = 0
         failures: dict[str, str] = {}
         bad_copies: dict[int, int] = {}
@@ -212,9 +221,9 @@ class BlobFetcher:
             progress(len(have), n)
 
         def ask(indices: list[int]) -> None:
-            src = sources[src_idx % len(sources)]
+            src = live[src_idx % len(live)]
             req = BlobRequest(spec.sha256, indices, spec.chunk_size, reply_to=self.endpoint,
-                              requester=self.endpoint)
+                              requester=self.endpoint, nonce=nonce_of[src])
             self.transport.publish(topics.inbox(src, "cmd"), req.to_bytes(), qos=1)
             now = time.monotonic()
             for i in indices:
@@ -241,12 +250,18 @@ class BlobFetcher:
             except queue.Empty:
                 continue
             idx = chunk.index
+            src = source_of.get(chunk.nonce)
+            if src is None:
+                if self._on_reject:
+                    self._on_reject("foreign_chunk")   # not an answer to any request of this transfer
+                continue
             if chunk.error:
-                failures[chunk.sender] = chunk.error
-                if len(failures) >= len(sources):
+                if src in live:
+                    failures[src] = chunk.error
+                    live.remove(src)                   # that source is dropped, never the transfer...
+                if not live:                           # ...unless every source it was given failed
                     raise StoreError(f"blob {spec.sha256[:12]}: no source holds it ("
                                      + "; ".join(f"{s}: {e}" for s, e in failures.items()) + ")")
-                src_idx += 1
                 if 0 <= idx < n and idx not in have:
                     ask([idx])
                 continue
@@ -259,6 +274,9 @@ class BlobFetcher:
                 if self._on_reject:
                     self._on_reject("corrupt_chunk")
                 bad_copies[idx] = bad_copies.get(idx, 0) + 1
+                if src in live and len(live) > 1:   # a peer serving corrupt data: use the others
+                    failures[src] = f"served a corrupt chunk {idx}"
+                    live.remove(src)
                 if bad_copies[idx] >= MAX_BAD_COPIES:
                     raise StoreError(f"blob {spec.sha256[:12]}: chunk {idx} failed verification "
                                      f"{MAX_BAD_COPIES} times (sources {', '.join(sources)}); giving up") from None
@@ -267,6 +285,7 @@ class BlobFetcher:
                 continue
             have.add(idx)
             asked.pop(idx, None)
+            self.fetched_bytes += len(chunk.data)
             if progress:
                 progress(len(have), n)
         return self.store.assemble(spec.sha256, n, spec.chunk_sha256, spec.chunk_size)

@@ -12,6 +12,38 @@ import logging
 import signal
 
 
+class SnapshotDict(dict):
+    """A dict whose iteration walks a snapshot of its keys/items.
+
+    amqtt 0.12.1 iterates its subscription table across ``await`` points (``for topic in
+    self._subscriptions: await ...`` when a session starts, ``for f, subs in self._subscriptions.items():
+    await ...`` in every broadcast). A client subscribing meanwhile adds a key, the iteration raises
+    "dictionary changed size during iteration", and that client session's handler dies while its TCP
+    connection stays open: the client believes it is connected and receives nothing. Iterating a snapshot
+    makes those loops see the table as it was when they started, which is what they mean.
+    """
+
+    def __iter__(self):  # noqa: ANN204
+        return iter(list(super().keys()))
+
+    def keys(self):  # noqa: ANN201
+        return list(super().keys())
+
+    def items(self):  # noqa: ANN201
+        return list(super().items())
+
+    def values(self):  # noqa: ANN201
+        return list(super().values())
+
+
+def harden(broker: object) -> object:
+    """Work around amqtt's subscription-table race (see :class:`SnapshotDict`) on a Broker instance."""
+    subs = getattr(broker, "_subscriptions", None)
+    if isinstance(subs, dict) and not isinstance(subs, SnapshotDict):
+        broker._subscriptions = SnapshotDict(subs)   # type: ignore[attr-defined]
+    return broker
+
+
 async def _serve(host: str, port: int) -> None:
     from amqtt.broker import Broker
 
@@ -19,7 +51,7 @@ async def _serve(host: str, port: int) -> None:
         "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}", "max_connections": 1000}},
         "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
     }
-    broker = Broker(config)
+    broker = harden(Broker(config))
     await broker.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

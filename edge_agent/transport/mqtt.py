@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ log = logging.getLogger("edge_agent.transport")
 
 Handler = Callable[[str, bytes, bool], None]
 ENV_BROKER = "EDGE_AGENT_BROKER"
+PROBE_MISSES = 4   # probe periods without an echo before a session that echoed is declared dead
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,17 @@ class Transport:
 
     ``will`` is (topic, payload, retain) published by the broker if this client vanishes.
     ``on_connect`` hooks run after every (re)connect, after subscriptions are restored.
+    ``probe_topic``: the session is checked end to end, whatever the socket says: a small message to this
+    topic (one only this client reads and writes) every ``probe_every_s``; when echoes that used to arrive
+    stop for ``PROBE_MISSES`` periods, the connection is dropped and re-established (a broker that kept the
+    TCP connection but lost the session, a stalled path). An identity that may not use the topic never
+    gets a first echo, and then the probe stays passive.
     """
 
     def __init__(self, url: str | BrokerURL, client_id: str | None = None, *, clean_session: bool = True,
                  will: tuple[str, bytes, bool] | None = None, keepalive: int = 10,
                  max_inflight: int = 64, username: str | None = None, password: str | None = None,
-                 tls: dict | None = None) -> None:
+                 tls: dict | None = None, probe_topic: str | None = None, probe_every_s: float = 1.0) -> None:
         self.url = url if isinstance(url, BrokerURL) else BrokerURL.parse(url)
         self.client_id = client_id or f"ea-{uuid.uuid4().hex[:12]}"
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
@@ -89,6 +96,12 @@ class Transport:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_socket_open = self._on_socket_open
         self._client.on_message = self._on_unhandled
+        self.probe_topic = probe_topic
+        self.probe_every_s = probe_every_s
+        self.stalls = 0                      # sessions found dead by the probe (and re-established)
+        self._probe_seen = 0.0               # monotonic time of the last echo on this connection (0: none)
+        if probe_topic is not None:
+            self.subscribe(probe_topic, self._on_probe, qos=0)
 
     # ------------------------------------------------------------------------------ lifecycle
     def start(self, wait: float | None = 10.0) -> Transport:
@@ -98,6 +111,8 @@ class Transport:
         except (OSError, ValueError) as exc:
             raise BrokerError(f"cannot connect to broker {self.url}: {exc}") from None
         self._client.loop_start()
+        if self.probe_topic is not None:
+            threading.Thread(target=self._probe_loop, name=f"session-probe-{self.client_id}", daemon=True).start()
         if wait is not None and not self.connected.wait(wait):
             self.close()
             raise BrokerError(f"no connection to broker {self.url} within {wait:.0f} s "
@@ -151,6 +166,36 @@ class Transport:
     def add_connect_hook(self, hook: Callable[[], None]) -> None:
         self._hooks.append(hook)
 
+    # ------------------------------------------------------------------------------ session probe
+    def _on_probe(self, topic: str, payload: bytes, retained: bool) -> None:
+        self._probe_seen = time.monotonic()
+
+    def _probe_loop(self) -> None:
+        while not self._closing:
+            time.sleep(self.probe_every_s)
+            if self._closing or not self.connected.is_set():
+                continue
+            try:
+                self.publish(self.probe_topic, b"", qos=0)
+            except Exception:  # pragma: no cover - a publish on a dying client
+                continue
+            seen = self._probe_seen
+            if seen and time.monotonic() - seen > PROBE_MISSES * self.probe_every_s:
+                self.stalls += 1
+                log.warning("session with broker %s stalled: no echo of its own probe for %.1f s; reconnecting",
+                            self.url, time.monotonic() - seen)
+                self._probe_seen = 0.0
+                self._drop_socket()
+
+    def _drop_socket(self) -> None:
+        """Shut the socket down: paho sees a lost connection and reconnects with back-off."""
+        sock = self._client.socket()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     # ------------------------------------------------------------------------------ paho callbacks
     def _dispatch(self, handler: Handler, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -178,6 +223,7 @@ class Transport:
         for pattern, (_, qos) in subs:
             client.subscribe(pattern, qos=qos)
         self.connect_count += 1
+        self._probe_seen = 0.0   # a fresh session: the probe arms again at its first echo
         if self.connect_count > 1:
             log.info("reconnected to broker %s", self.url)
         self.connected.set()
