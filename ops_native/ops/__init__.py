@@ -9,6 +9,7 @@
     data.py         data movement and metadata (Transpose, Concat, Slice, Gather, Reshape, Cast...)
     linalg.py       MatMul, Gemm
     conv.py         Conv, ConvTranspose
+    control.py      If, Loop (subgraphs compiled into their own plans)
     channel.py      LRN, PRelu, InstanceNormalization, GroupNormalization (over the channel axis)
 
 Each op has a *builder* ``build(node, ctx) -> fn``, run once at load time (attributes parsed, constant
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 from ops_native.ops import (  # noqa: F401 - registers the ops
     channel,
+    control,
     conv,
     data,
     elementwise,
