@@ -1,6 +1,6 @@
 """The real-model corpus (and the zoo extras) on ops_native vs ONNX Runtime, plus the deploy helpers.
 
-    python -m benchmarks.bench_corpus [--quick] [--runs N] [--models a,b] [--json out.json]
+    python -m benchmarks.bench_corpus [--quick] [--runs N] [--models a,b] [--threads T] [--json out.json]
 
 For every corpus entry that is installed and every ``models.zoo_extra`` model: file size, opset/IR,
 the ops ops_native lacks; where it runs, the max abs/rel error against ORT at both representative
@@ -30,9 +30,9 @@ from models.graph import with_static_shapes
 from models.partition import DeviceSpec, plan_pipeline, split_model
 
 
-def _ort(model: onnx.ModelProto) -> ort.InferenceSession:
+def _ort(model: onnx.ModelProto, threads: int = 1) -> ort.InferenceSession:
     so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -92,17 +92,17 @@ def _deploy_checks(model: onnx.ModelProto, shapes0: dict, feeds1: dict, ref1: li
 
 
 def measure(name: str, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], runs: int,
-            deploy: bool = True) -> dict[str, Any]:
-    """All measurements of one model (feeds: the two representative inputs)."""
+            deploy: bool = True, threads: int = 1) -> dict[str, Any]:
+    """All measurements of one model (feeds: the two representative inputs), both runtimes on `threads`."""
     row: dict[str, Any] = {"model": name, "ir": model.ir_version,
                            "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import}}
-    ref_sess = _ort(model)
+    ref_sess = _ort(model, threads)
     out_names = [o.name for o in ref_sess.get_outputs()]
     refs = [ref_sess.run(None, f) for f in feeds]
     row["unsupported"] = ops_native.unsupported_ops(model)
     if not row["unsupported"]:
         try:
-            ours = ops_native.InferenceSession(model, threads=1)
+            ours = ops_native.InferenceSession(model, threads=threads)
             errs = [_compare(ours.run(None, f), r) for f, r in zip(feeds, refs)]
             row["max_abs"] = max(e[0] for e in errs)
             row["max_rel"] = max(e[1] for e in errs)
@@ -133,11 +133,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--runs", type=int, default=None, help="timed runs per measurement (default 10, quick 3)")
     p.add_argument("--models", default=None, help="comma-separated subset (corpus names, zoo_extra/NAME)")
     p.add_argument("--no-deploy", action="store_true", help="skip the deploy-helper checks")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of both runtimes (default 1)")
     args = p.parse_args(argv)
     runs = args.runs or (3 if args.quick else 10)
     ort.set_default_logger_severity(3)  # the shape helpers' own ORT runs log every failure they then report
     selected = args.models.split(",") if args.models else None
-    table = Table(title=f"corpus: ops_native vs ONNX Runtime, 1 thread (median of {runs}, ISA {ops_native.isa()})")
+    table = Table(title=f"corpus: ops_native vs ONNX Runtime, {args.threads} thread(s) (median of {runs}, ISA {ops_native.isa()})")
     for col in ("model", "missing ops", "max abs", "max rel", "ours ms", "ORT ms", "ratio"):
         table.add_column(col, justify="left" if col in ("model", "missing ops") else "right")
     results: dict[str, Any] = {"isa": ops_native.isa(), "runs": runs, "rows": []}
@@ -153,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         else:
             model = zoo_extra.build(src)
             feeds = [zoo_extra.sample_inputs(src, k) for k in (0, 1)]
-        row = measure(name, model, feeds, runs, deploy=not args.no_deploy)
+        row = measure(name, model, feeds, runs, deploy=not args.no_deploy, threads=args.threads)
         results["rows"].append(row)
         fmt = (lambda k, f, r=row: f.format(r[k]) if k in r else "")  # noqa: E731
         table.add_row(name, ", ".join(row["unsupported"]) or row.get("native_error", "-"),

@@ -27,7 +27,7 @@ from ops_native.loader import (
 )
 from ops_native.memory import plan_memory
 from ops_native.ops import DEFAULT_DOMAINS, BufferPool, BuildContext, Node, build, is_supported, supported_ops
-from ops_native.passes import fusions, layout
+from ops_native.passes import fusions, layout, prelu
 from ops_native.passes.folding import fold_constants
 from ops_native.steps import Step
 
@@ -99,6 +99,7 @@ def compile_graph(graph: onnx.GraphProto, ctx: BuildContext, inputs: list[Tensor
     nodes = fold_constants(nodes, consts, ctx)
     graph_outputs = {o.name for o in outputs}
     if fuse:
+        prelu.uniform_prelu_to_leaky_relu(nodes, consts)
         nodes = fusions.fuse(nodes, consts, graph_outputs)
     n_blocked = layout.assign_blocked_layouts(nodes, consts, graph_outputs) if (
         layout.blocked_layout_default() if blocked is None else blocked) else 0

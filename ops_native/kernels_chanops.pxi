@@ -29,18 +29,28 @@ def ops_prelu(x, slope, int threads=1, out=None):
     """y = x >= 0 ? x : slope * x (float32), slope broadcast to x's shape (ONNX unidirectional)."""
     cdef cnp.ndarray xa = _ops_c32(x)
     cdef cnp.ndarray sa = _ops_c32(slope)
-    shape = (<object>xa).shape
-    cdef int ndim = xa.ndim
-    if ndim > _OPS_MAX_DIMS:
-        raise ValueError(f"PRelu: rank {ndim} > {_OPS_MAX_DIMS}")
-    cdef cnp.ndarray sv = _np.broadcast_to(sa, shape)   # ValueError when slope does not broadcast to x
+    cdef int ndim = xa.ndim, snd = sa.ndim, i, j
+    if ndim > _OPS_MAX_DIMS or snd > ndim:
+        raise ValueError(f"PRelu: slope {slope.shape} does not broadcast to x {x.shape} (rank <= {_OPS_MAX_DIMS})")
     cdef int64_t sh[_OPS_MAX_DIMS]
     cdef int64_t ss[_OPS_MAX_DIMS]
-    _ops_fill_view(xa, ndim, sh, ss)
-    _ops_fill_view(sv, ndim, NULL, ss)
-    cdef cnp.ndarray ya = _ops_out(out, shape, _F32)
+    cdef int64_t step = 1, d
+    # the slope's element strides against x's axes (right-aligned; 0 where it broadcasts), without the cost
+    # of building a numpy broadcast view on every call
+    for i in range(ndim - 1, -1, -1):
+        sh[i] = cnp.PyArray_DIMS(xa)[i]
+        j = i - (ndim - snd)
+        d = cnp.PyArray_DIMS(sa)[j] if j >= 0 else 1
+        if d == sh[i] and d != 1:
+            ss[i] = step
+        elif d == 1:
+            ss[i] = 0
+        else:
+            raise ValueError(f"PRelu: slope {slope.shape} does not broadcast to x {x.shape}")
+        step *= d
+    cdef cnp.ndarray ya = _ops_out(out, (<object>xa).shape, _F32)
     cdef const float *px = <const float *>_ops_ptr(xa)
-    cdef const float *ps = <const float *>_ops_ptr(sv)
+    cdef const float *ps = <const float *>_ops_ptr(sa)
     cdef float *py = <float *>_ops_ptr(ya)
     cdef int st
     with nogil:

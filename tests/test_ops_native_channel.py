@@ -109,3 +109,26 @@ def test_lrn_on_float64_uses_the_numpy_path_and_matches_the_definition() -> None
     got = ops_native.InferenceSession(model).run(None, {"x": x})[0]
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, _lrn_definition(x, 3, 0.01, 0.75, 1.0), rtol=1e-6)  # alpha is a float32 attribute
+
+
+def test_uniform_slope_prelu_after_conv_is_fused_into_the_conv_epilogue() -> None:
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("PRelu", ["c", "s"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 10, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 10, 10])],
+                              [numpy_helper.from_array(w, "w"),
+                               numpy_helper.from_array(np.full((8, 1, 1), 0.25, np.float32), "s")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sess = ops_native.InferenceSession(model)
+    assert [(n.op_type, n.attrs.get("_act")) for n in sess._plan.nodes] == [("Conv", "leaky_relu")]
+    x = rng.standard_normal((1, 3, 10, 10)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_prelu_refuses_a_slope_that_does_not_broadcast_to_x() -> None:
+    model = _model(helper.make_node("PRelu", ["x", "s"], ["y"]), [1, 4, 3, 3], {"s": np.ones((3, 1, 1), np.float32)})
+    with pytest.raises(ops_native.OpsNativeError, match="broadcast"):
+        ops_native.InferenceSession(model, threads=1).run(None, {"x": np.ones((1, 4, 3, 3), np.float32)})

@@ -9,6 +9,8 @@
     data.py         data movement and metadata (Transpose, Concat, Slice, Gather, Reshape, Cast...)
     linalg.py       MatMul, Gemm
     conv.py         Conv, ConvTranspose
+    indexing.py     TopK, ArgMax / ArgMin, GatherElements, ScatterND, CumSum, NonMaxSuppression
+    einsum.py       Einsum
     control.py      If, Loop (subgraphs compiled into their own plans)
     channel.py      LRN, PRelu, InstanceNormalization, GroupNormalization (over the channel axis)
 
@@ -23,7 +25,9 @@ from ops_native.ops import (  # noqa: F401 - registers the ops
     control,
     conv,
     data,
+    einsum,
     elementwise,
+    indexing,
     linalg,
     norm,
     pooling,
