@@ -197,3 +197,24 @@ def test_silero_vad_runs_through_its_nested_ifs_and_matches_onnxruntime(rate: in
             for g, w in zip(got, want):
                 assert g.shape == w.shape
                 np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_scan_runs_reversed_along_axis_one_with_an_outer_value_and_matches_onnxruntime() -> None:
+    """state += x_t * g (g read from the outer graph); scan out the running state, reversed, stacked on axis 1."""
+    body = helper.make_graph(
+        [helper.make_node("Mul", ["x_t", "g"], ["xg"]), helper.make_node("Add", ["s_in", "xg"], ["s_out"]),
+         helper.make_node("Identity", ["s_out"], ["y_t"])],
+        "body", [helper.make_tensor_value_info("s_in", F, [2]), helper.make_tensor_value_info("x_t", F, [2])],
+        [helper.make_tensor_value_info("s_out", F, [2]), helper.make_tensor_value_info("y_t", F, [2])])
+    g = helper.make_graph(
+        [helper.make_node("Scan", ["s0", "x"], ["s", "ys"], body=body, num_scan_inputs=1, scan_input_axes=[1],
+                          scan_input_directions=[1], scan_output_axes=[1], scan_output_directions=[1])],
+        "scan_model", [helper.make_tensor_value_info("s0", F, [2]), helper.make_tensor_value_info("x", F, [2, 5]),
+                       helper.make_tensor_value_info("g", F, [2])],
+        [helper.make_tensor_value_info("s", F, [2]), helper.make_tensor_value_info("ys", F, [2, 5])])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(1)
+    feeds = {"s0": rng.standard_normal(2).astype(np.float32), "x": rng.standard_normal((2, 5)).astype(np.float32),
+             "g": np.array([2.0, -1.0], np.float32)}
+    for got, want in zip(ops_native.InferenceSession(model).run(None, feeds), _ort(model, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)

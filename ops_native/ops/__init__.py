@@ -11,7 +11,7 @@
     conv.py         Conv, ConvTranspose
     indexing.py     TopK, ArgMax / ArgMin, GatherElements, ScatterND, CumSum, NonMaxSuppression
     einsum.py       Einsum
-    control.py      If, Loop (subgraphs compiled into their own plans)
+    control.py      If, Loop, Scan (subgraphs compiled into their own plans)
     channel.py      LRN, PRelu, InstanceNormalization, GroupNormalization (over the channel axis)
 
 Each op has a *builder* ``build(node, ctx) -> fn``, run once at load time (attributes parsed, constant

@@ -1,4 +1,4 @@
-"""Control flow: If and Loop, whose subgraphs are compiled once at load time into Plans of their own
+"""Control flow: If, Loop and Scan, whose subgraphs are compiled once at load time into Plans of their own
 (compiler.compile_subgraph) and run with the same run loop as the model (_core.run_steps).
 
 A subgraph sees the values of the scopes around it: the loader lists those reads after the node's own inputs
@@ -105,5 +105,51 @@ def _build_loop(node: Node, ctx: BuildContext) -> Fn:
         stacked = [np.stack(s) if s else np.zeros((0,), np.float32 if dt == np.dtype(object) else dt)
                    for s, dt in zip(scans, scan_dtypes)]
         return carried + stacked
+
+    return fn
+
+
+@register("Scan")
+def _build_scan(node: Node, ctx: BuildContext) -> Fn:
+    if ctx.opset < 9:
+        raise OpNotSupported("Scan-8 (batch axis, sequence_lens input): only Scan from opset 9 is supported")
+    body = node.attrs["body"]
+    formal = [vi.name for vi in body.input]
+    sub = SubPlan(body, node, ctx, formal, "body")
+    n_own = int(node.attrs.get("_n_inputs", len(node.inputs)))
+    m = int(node.attrs["num_scan_inputs"])
+    n_state = n_own - m
+    n_scan_out = len(sub.output_slots) - n_state
+    if n_state < 0 or n_scan_out < 0 or len(formal) != n_own:
+        raise OpBuildError(f"Scan body with {len(formal)} inputs / {len(sub.output_slots)} outputs for {n_state} "
+                           f"states and {m} scan inputs")
+    in_axes = [int(a) for a in node.attrs.get("scan_input_axes", [0] * m)]
+    in_dirs = [int(d) for d in node.attrs.get("scan_input_directions", [0] * m)]
+    out_axes = [int(a) for a in node.attrs.get("scan_output_axes", [0] * n_scan_out)]
+    out_dirs = [int(d) for d in node.attrs.get("scan_output_directions", [0] * n_scan_out)]
+
+    def fn(args: list) -> list:
+        states = list(args[:n_state])
+        xs = args[n_state:n_own]
+        outer = args[n_own:]
+        axes = [a % x.ndim for a, x in zip(in_axes, xs)]
+        steps = {x.shape[a] for x, a in zip(xs, axes)}
+        if len(steps) > 1:
+            raise OpBuildError(f"Scan inputs of different lengths {sorted(steps)} along their scan axes")
+        n = steps.pop() if steps else 0
+        outs: list[list] = [[] for _ in range(n_scan_out)]
+        for t in range(n):
+            sl = [np.take(x, n - 1 - t if d else t, axis=a) for x, a, d in zip(xs, axes, in_dirs)]
+            res = sub.run(states + sl, outer)
+            states = res[:n_state]
+            for k, v in enumerate(res[n_state:]):
+                outs[k].append(v)
+        stacked = []
+        for k, vs in enumerate(outs):
+            if out_dirs[k]:
+                vs = vs[::-1]
+            y = np.stack(vs) if vs else np.zeros((0,), np.float32)
+            stacked.append(np.ascontiguousarray(np.moveaxis(y, 0, out_axes[k] % y.ndim)) if vs else y)
+        return states + stacked
 
     return fn
