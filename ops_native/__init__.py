@@ -14,7 +14,7 @@ import onnx
 from ops_native import _core
 from ops_native import ops as _ops
 from ops_native.errors import InvalidInputError, InvalidModelError, OpsNativeError, UnsupportedOpError
-from ops_native.loader import TensorInfo, convert_nodes, load_model
+from ops_native.loader import TensorInfo, convert_nodes, iter_graphs, load_model
 from ops_native.session import InferenceSession
 
 __all__ = [
@@ -29,10 +29,10 @@ def supported_ops() -> list[str]:
 
 
 def unsupported_ops(model: str | os.PathLike | bytes | onnx.ModelProto) -> list[str]:
-    """Op types of this model the executor cannot run (empty list: it runs every node); ops outside the
-    default domain are named ``domain.op_type``."""
+    """Op types of this model the executor cannot run (empty list: it runs every node), looking into the
+    subgraphs of If / Loop / Scan nodes too; ops outside the default domain are named ``domain.op_type``."""
     proto = model if isinstance(model, onnx.ModelProto) else load_model(model)
-    return _ops.unsupported_ops(convert_nodes(proto.graph))
+    return _ops.unsupported_ops([n for g in iter_graphs(proto.graph) for n in convert_nodes(g)])
 
 
 def isa() -> str:

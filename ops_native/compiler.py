@@ -1,4 +1,5 @@
-"""compile_model: a checked ModelProto -> the Plan InferenceSession runs.
+"""compile_model: a checked ModelProto -> the Plan InferenceSession runs (compile_subgraph: the Plan of an If
+branch or a Loop / Scan body, run by ops/control.py).
 
 Steps, in order: convert nodes (loader), refuse unsupported ops (ops.is_supported), topological order,
 constant folding (passes.folding, with the executor's own kernels), fusions (passes.fusions), blocked
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import onnx
 
 from ops_native.errors import InvalidModelError, UnsupportedOpError
@@ -17,13 +19,15 @@ from ops_native.loader import (
     TensorInfo,
     convert_nodes,
     default_opset,
+    iter_graphs,
+    outer_names,
     read_initializers,
     tensor_info,
     topo_sort,
 )
 from ops_native.memory import plan_memory
 from ops_native.ops import DEFAULT_DOMAINS, BufferPool, BuildContext, Node, build, is_supported, supported_ops
-from ops_native.passes import fusions, layout
+from ops_native.passes import fusions, layout, prelu
 from ops_native.passes.folding import fold_constants
 from ops_native.steps import Step
 
@@ -59,17 +63,43 @@ def compile_model(proto: onnx.ModelProto, threads: int, fuse: bool = True, block
 
     blocked: keep tensors between convolutions in NCHWc8 (None: layout.blocked_layout_default())."""
     graph = proto.graph
+    # every op of every nested subgraph is checked now, not when its If / Loop is built
+    raise_unsupported([n for g in iter_graphs(graph) for n in convert_nodes(g)])
     consts = read_initializers(graph)
-    init_names = set(consts)
-    inputs = [tensor_info(vi) for vi in graph.input if vi.name not in init_names]
+    inputs = [tensor_info(vi) for vi in graph.input if vi.name not in consts]
+    ctx = BuildContext(consts=consts, opset=default_opset(proto), threads=threads)
+    return compile_graph(graph, ctx, inputs, fuse=fuse, blocked=blocked)
+
+
+def compile_subgraph(graph: onnx.GraphProto, outer: BuildContext, formal: list[str], reads: list[str],
+                     fuse: bool = True) -> Plan:
+    """The Plan of an If branch or a Loop / Scan body: its inputs are the ``formal`` ones (a body's iteration
+    number, condition and carried values) then the ``reads`` it takes from outer scopes at run time (outer
+    values that are constants at load time are folded into it instead, like its own initializers)."""
+    consts = read_initializers(graph)
+    used = outer_names(graph)
+    for name in used:
+        if name in outer.consts and name not in consts:
+            consts[name] = outer.consts[name]
+    infos = {vi.name: vi for vi in graph.input}
+    inputs = [tensor_info(infos[n]) if n in infos else TensorInfo(n, [], "outer value", np.dtype(object))
+              for n in formal + [r for r in reads if r in used and r not in consts]]
+    ctx = BuildContext(consts=consts, opset=outer.opset, threads=outer.threads, pool=outer.pool)
+    return compile_graph(graph, ctx, inputs, fuse=fuse, blocked=None)
+
+
+def compile_graph(graph: onnx.GraphProto, ctx: BuildContext, inputs: list[TensorInfo], fuse: bool = True,
+                  blocked: bool | None = None) -> Plan:
+    """The Plan of one graph whose constants are ctx.consts (initializers, and outer constants for a subgraph)."""
+    consts = ctx.consts
     outputs = [tensor_info(vi) for vi in graph.output]
     nodes = convert_nodes(graph)
     raise_unsupported(nodes)
     nodes = topo_sort(nodes, set(consts) | {i.name for i in inputs})
-    ctx = BuildContext(consts=consts, opset=default_opset(proto), threads=threads)
     nodes = fold_constants(nodes, consts, ctx)
     graph_outputs = {o.name for o in outputs}
     if fuse:
+        prelu.uniform_prelu_to_leaky_relu(nodes, consts)
         nodes = fusions.fuse(nodes, consts, graph_outputs)
     n_blocked = layout.assign_blocked_layouts(nodes, consts, graph_outputs) if (
         layout.blocked_layout_default() if blocked is None else blocked) else 0

@@ -89,18 +89,65 @@ def _text(v: str | bytes) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
 
 
+def _subgraphs(n: onnx.NodeProto) -> list[onnx.GraphProto]:
+    out = []
+    for a in n.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.append(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            out.extend(a.graphs)
+    return out
+
+
+def iter_graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """The graph and every subgraph nested in it (If branches, Loop / Scan bodies), outermost first."""
+    out = [graph]
+    for n in graph.node:
+        for g in _subgraphs(n):
+            out.extend(iter_graphs(g))
+    return out
+
+
+def outer_names(graph: onnx.GraphProto) -> list[str]:
+    """Names a (sub)graph reads from the scopes around it, in first-read order: every value its nodes (or the
+    subgraphs nested in them) use that is not one of its inputs, initializers or node outputs."""
+    defined = {vi.name for vi in graph.input} | {i.name for i in graph.initializer} | \
+        {i.values.name for i in graph.sparse_initializer} | {o for n in graph.node for o in n.output}
+    seen: list[str] = []
+    for n in graph.node:
+        reads = list(n.input) + [v for g in _subgraphs(n) for v in outer_names(g)]
+        for v in reads:
+            if v and v not in defined and v not in seen:
+                seen.append(v)
+    for o in graph.output:
+        if o.name not in defined and o.name not in seen:
+            seen.append(o.name)
+    return seen
+
+
 def convert_nodes(graph: onnx.GraphProto) -> list[Node]:
-    """The graph's nodes in the executor's form, with attributes decoded."""
+    """The graph's nodes in the executor's form, with attributes decoded.
+
+    A node with subgraphs (If, Loop, Scan) keeps them as GraphProto attributes, and lists the outer values they
+    read after its own inputs (attribute ``_n_inputs`` counts its own): the run order, the constant folding
+    and the memory plan then see those reads like any other input."""
     out = []
     for i, n in enumerate(graph.node):
         attrs: dict[str, Any] = {}
         for a in n.attribute:
             if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
-                attrs[a.name] = a  # subgraphs: kept opaque (ops with subgraphs are unsupported)
+                attrs[a.name] = a.g if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)
                 continue
             v = helper.get_attribute_value(a)
             attrs[a.name] = v.decode() if isinstance(v, bytes) else v
-        out.append(Node(_text(n.name) or f"{_text(n.op_type)}_{i}", _text(n.op_type), [_text(v) for v in n.input],
+        inputs = [_text(v) for v in n.input]
+        subs = _subgraphs(n)
+        if subs:
+            attrs["_n_inputs"] = len(inputs)
+            for v in (v for g in subs for v in outer_names(g)):
+                if v not in inputs[attrs["_n_inputs"]:]:
+                    inputs.append(v)
+        out.append(Node(_text(n.name) or f"{_text(n.op_type)}_{i}", _text(n.op_type), inputs,
                         [_text(v) for v in n.output], attrs, _text(n.domain)))
     return out
 

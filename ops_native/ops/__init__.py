@@ -9,6 +9,10 @@
     data.py         data movement and metadata (Transpose, Concat, Slice, Gather, Reshape, Cast...)
     linalg.py       MatMul, Gemm
     conv.py         Conv, ConvTranspose
+    indexing.py     TopK, ArgMax / ArgMin, GatherElements, ScatterND, CumSum, NonMaxSuppression
+    einsum.py       Einsum
+    control.py      If, Loop, Scan (subgraphs compiled into their own plans)
+    channel.py      LRN, PRelu, InstanceNormalization, GroupNormalization (over the channel axis)
 
 Each op has a *builder* ``build(node, ctx) -> fn``, run once at load time (attributes parsed, constant
 weights packed); ``fn(args: list) -> list`` runs the node. Importing this package registers every op.
@@ -16,7 +20,20 @@ weights packed); ``fn(args: list) -> list`` runs the node. Importing this packag
 
 from __future__ import annotations
 
-from ops_native.ops import conv, data, elementwise, linalg, norm, pooling, reduce, resize  # noqa: F401 - registers the ops
+from ops_native.ops import (  # noqa: F401 - registers the ops
+    channel,
+    control,
+    conv,
+    data,
+    einsum,
+    elementwise,
+    indexing,
+    linalg,
+    norm,
+    pooling,
+    reduce,
+    resize,
+)
 from ops_native.ops.registry import (
     DEFAULT_DOMAINS,
     MAX_TENSOR_BYTES,

@@ -11,6 +11,7 @@
 
 #include "conv_internal.h"
 #include "gemm_internal.h"
+#include "on_chanops.h"
 #include "on_ops.h"
 
 typedef struct {
@@ -23,6 +24,7 @@ typedef struct {
     on_nchwc_row_fn nchwc_row16;   /* the same with 16-channel blocks (AVX-512F), NULL elsewhere */
     on_nchwc_pack_fn nchwc_pack;   /* gather an NCHW input row into channel-interleaved form */
     const on_ops_table *ops;       /* row kernels of the elementwise / norm / pool / reduce ops */
+    const on_chan_table *chan;     /* row kernels of LRN and PRelu (on_chanops.h) */
 } on_kernel_table;
 
 /* The table of the active ISA (never NULL). */
