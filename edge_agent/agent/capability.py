@@ -128,3 +128,16 @@ def measure_gflops(seconds: float = 1.0, threads: int = 1, window_s: float = 3 *
         step()
         times.append(clock())
     return windowed_rate(times, min(window_s, seconds)) * flops / 1e9, source
+
+
+def rechecks_due(now: float, *, last_link: float | None, last_gflops: float, idle_for: float,
+                 every_s: float, idle_after_s: float, gflops_fixed: bool) -> tuple[bool, bool]:
+    """Which capabilities to measure again now: (link, gflops). The link is measured once at start
+    (``last_link`` None) and then, like the GFLOP/s, every ``every_s`` but only on an idle device (no
+    request for ``idle_after_s``): a measurement must neither delay requests nor be skewed by them.
+    A configured GFLOP/s (``--gflops``) is never measured. ``every_s`` <= 0 turns the rechecks off."""
+    if last_link is None:
+        return True, False
+    if every_s <= 0 or idle_for < idle_after_s:
+        return False, False
+    return now - last_link >= every_s, not gflops_fixed and now - last_gflops >= every_s

@@ -66,14 +66,17 @@ def devices(devs: list, fleet: str, as_json: bool) -> None:
         return
     from rich.table import Table
     t = Table(title=f"fleet '{fleet}'")
-    for col in ("device", "status", "mode", "ISA", "cores", "RAM", "GFLOP/s", "models", "queue"):
-        t.add_column(col, justify="right" if col in ("cores", "GFLOP/s", "queue") else "left")
+    numeric = ("cores", "GFLOP/s", "RTT ms", "Mbit/s", "queue")
+    for col in ("device", "status", "mode", "ISA", "cores", "RAM", "GFLOP/s", "RTT ms", "Mbit/s", "models", "queue"):
+        t.add_column(col, justify="right" if col in numeric else "left")
     for d in devs:
         models = ", ".join(f"{s['model']} v{s.get('version')} stage {s.get('stage')}/{s.get('n_stages', '?')} "
                            f"[{s.get('status')}, {s.get('backend', '?')}]" for s in d.stages) or "-"
         t.add_row(d.device_id, "online" if d.online else "[red]offline[/red]",
                   "[yellow]dev[/yellow]" if d.dev_mode else "signed", d.isa, str(d.cores),
-                  f"{d.ram_mb / 1024:.1f} GiB", f"{d.gflops:.1f}", models, str(d.queue_depth))
+                  f"{d.ram_mb / 1024:.1f} GiB", f"{d.gflops:.1f}",
+                  "-" if d.link_rtt_ms is None else f"{d.link_rtt_ms:.2f}",
+                  "-" if d.link_mbps is None else f"{d.link_mbps:.0f}", models, str(d.queue_depth))
     console().print(t)
 
 

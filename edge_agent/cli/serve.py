@@ -43,7 +43,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
                        threads=args.threads, backend=args.backend, gflops=args.gflops,
                        discovery=not args.no_discovery, advertise_broker=args.advertise_broker,
                        max_message_bytes=int(args.max_message_mb * (1 << 20)), trust=trust, dev_mode=args.dev,
-                       transport_kwargs=transport_kwargs)
+                       transport_kwargs=transport_kwargs, recheck_every_s=args.recheck_every)
 
 
 def serve_agent(cfg: AgentConfig, prepare: Callable[[Agent], None] | None = None) -> int:
