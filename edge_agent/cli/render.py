@@ -36,6 +36,19 @@ def agent_started(agent: Any) -> None:
           f"{agent.gflops:.1f} GFLOP/s ({agent.gflops_source}), data {cfg.data_dir}; {mode}", flush=True)
 
 
+def sim_started(sim: Any) -> None:
+    """``edge-agent sim``: the broker and how each device is emulated."""
+    print(f"simulated fleet '{sim.fleet}': broker {sim.broker_url}; logs in {sim.workdir}", flush=True)
+    for d in sim.devices.values():
+        prof = d.profile.name if d.profile is not None else "host"
+        print(f"  {d.name}: profile {prof}; {d.emulation or 'no limits'}", flush=True)
+
+
+def sim_running(sim: Any) -> None:
+    print(f"running; Fleet('{sim.broker_url}') or `edge-agent fleet ls --broker {sim.broker_url}`; "
+          "Ctrl-C stops", flush=True)
+
+
 def broker_started(broker: Any, advertised: bool) -> None:
     print(f"{broker.kind} broker listening on {broker.url}" + (" (advertised over mDNS)" if advertised else ""),
           flush=True)
