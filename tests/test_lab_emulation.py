@@ -58,3 +58,28 @@ def test_quota_device_measures_less_gflops_reports_its_limits_and_link_and_leave
     finally:
         sim.close()
     assert not any(d.exists() for d in dirs), "the device's cgroups are removed when the fleet closes"
+
+
+def test_netlab_host_link_rate_shows_in_the_measured_link(mosquitto_available, tmp_path):
+    """Broker on h0; one agent on an htb-shaped host (20 Mbit/s), one on an unshaped host: the shaped one
+    measures a clearly slower link (a ratio in the same run)."""
+    from edge_agent.lab.netlab import LabFleet, NetLab, netns_supported
+
+    ok, reason = netns_supported()
+    if not ok:
+        pytest.skip(reason)
+    with NetLab(3) as lab:
+        lf = LabFleet(lab, 0, workdir=tmp_path, discovery=False, extra_args=["--recheck-every", "0"])
+        try:
+            lf.add_device("slow-link", 1, profile=DeviceProfile("wifi", link_mbit=20))
+            lf.add_device("fast-link", 2)
+            assert "20 Mbit/s (htb)" in lf.devices["slow-link"].emulation
+            with Fleet(lf.broker_url) as fleet:
+                devs = wait_until(lambda: (lambda d: d if len(d) == 2 and all(x.link_mbps for x in d) else None)(
+                    fleet.devices()), 60, what="both devices with a measured link")
+            by = {d.device_id: d.link_mbps for d in devs}
+            print(f"link Mbit/s: shaped {by['slow-link']:.1f}, unshaped {by['fast-link']:.1f}")
+            assert by["slow-link"] / by["fast-link"] < 0.5
+            assert by["slow-link"] < 40
+        finally:
+            lf.close()

@@ -50,6 +50,26 @@ def read_log(path: Path) -> str:
         return ""
 
 
+def profile_limits(group: str, profile: DeviceProfile, threads: int,
+                   layout: cgroups.CgroupLayout | None = None,
+                   ) -> tuple[cgroups.DeviceCgroup | None, float | None, list[str]]:
+    """The cgroup enforcing ``profile``'s CPU quota and memory limit (None when it has neither), or where
+    cgroups cannot be written the fallback: a backend slowdown factor standing for the quota (``threads``
+    unlimited cores over ``profile.cpu``), with a warning. Also returns notes on what was applied."""
+    if profile.cpu is None and profile.memory_mb is None:
+        return None, None, []
+    try:
+        cg = cgroups.create(group, cpu=profile.cpu, memory_mb=profile.memory_mb, layout=layout)
+        return cg, None, [cg.describe()]
+    except cgroups.CgroupUnavailable as exc:
+        factor = None if profile.cpu is None else max(1.0, threads / profile.cpu)
+        note = (f"FALLBACK: cgroups unavailable ({exc}); "
+                + (f"backend {factor:.1f}x slower instead of a CPU quota, " if factor else "")
+                + "no memory limit")
+        log.warning("%s (profile %s): %s", group, profile.name, note)
+        return None, factor, [note]
+
+
 @dataclass
 class SimDevice:
     name: str
@@ -122,19 +142,9 @@ class SimFleet:
         broker_url = self.broker_url
         if profile is not None:
             threads = min(profile.threads, os.cpu_count() or 1)
-            if profile.cpu is not None or profile.memory_mb is not None:
-                try:
-                    cgroup = cgroups.create(f"{self.workdir.name}-{name}", cpu=profile.cpu,
-                                            memory_mb=profile.memory_mb, layout=self._cgroup_layout)
-                    notes.append(cgroup.describe())
-                except cgroups.CgroupUnavailable as exc:
-                    if profile.cpu is not None and slowdown is None:
-                        slowdown = max(1.0, threads / profile.cpu)
-                        notes.append(f"FALLBACK: cgroups unavailable ({exc}); backend {slowdown:.1f}x slower "
-                                     "instead of a CPU quota, no memory limit")
-                    else:
-                        notes.append(f"FALLBACK: cgroups unavailable ({exc}); no memory limit")
-                    log.warning("%s (profile %s): %s", name, profile.name, notes[-1])
+            cgroup, fallback, notes = profile_limits(f"{self.workdir.name}-{name}", profile, threads,
+                                                     self._cgroup_layout)
+            slowdown = slowdown if slowdown is not None else fallback
             if profile.delay_ms:
                 b = BrokerURL.parse(self.broker_url)
                 proxy = FaultProxy(listen=("127.0.0.1", 0), target=(b.host, b.port), delay_ms=profile.delay_ms)
