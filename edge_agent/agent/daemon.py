@@ -10,7 +10,8 @@ kind is logged, counted in the reported state and answered with an error where t
 answer; the agent keeps serving.
 
 Threads: paho's network thread (handlers: decode and hand over), ``control`` (gate + reconcile),
-``stage-worker`` (serving), ``heartbeat``, one per install job and prefetch.
+``stage-worker`` (serving), ``heartbeat``, ``capability`` (link probe at start; link and GFLOP/s again
+when idle), one per install job and prefetch.
 """
 
 from __future__ import annotations
@@ -28,18 +29,19 @@ from pathlib import Path
 
 from edge_agent._version import __version__
 from edge_agent.agent.backend import Backend
-from edge_agent.agent.capability import cores, cpu_isa, measure_gflops, ram_mb
+from edge_agent.agent.capability import cores, cpu_isa, measure_gflops, ram_mb, rechecks_due
 from edge_agent.agent.handlers import AgentHandlers, ManifestNote
 from edge_agent.agent.reconcile import Reconciler
 from edge_agent.agent.server import StageServer
 from edge_agent.agent.stages import StageTable
 from edge_agent.cluster.view import FleetView
 from edge_agent.protocol import topics
-from edge_agent.protocol.errors import ProtocolError
+from edge_agent.protocol.errors import BrokerError, ProtocolError
 from edge_agent.protocol.manifest import validate_manifest
 from edge_agent.protocol.messages import DeviceState, Manifest
 from edge_agent.security.gate import ManifestGate, VersionLedger
 from edge_agent.transport.blobs import BlobFetcher, BlobServer
+from edge_agent.transport.linkprobe import LinkStats
 from edge_agent.transport.mqtt import Transport
 from edge_agent.transport.store import BlobStore
 
@@ -74,10 +76,17 @@ class AgentConfig:
     dev_mode: bool = False               # accept unsigned manifests (demo, simulated fleets, labs)
     metrics_port: int | None = None      # Prometheus /metrics on this port (off by default)
     metrics_host: str = "127.0.0.1"      # loopback unless told otherwise
+    gflops_probe_s: float = 1.0          # GEMM probe length: several 100 ms scheduler periods (CPU quotas)
+    recheck_every_s: float = 60.0        # measure link and GFLOP/s again this often when idle (0: never)
+    idle_after_s: float = 10.0           # no request for this long = idle
+    link_burst_bytes: int = 1 << 20      # throughput probe: a burst of this many bytes in 64 KiB messages
 
 
 class Agent:
     """A device of the fleet. ``start()`` returns once connected; ``stop()`` shuts down cleanly."""
+
+    # (seconds, threads) -> (GFLOP/s, what measured it); the lab wraps it for emulated devices
+    gflops_probe: Callable[[float, int], tuple[float, str]] = staticmethod(measure_gflops)
 
     def __init__(self, config: AgentConfig) -> None:
         self.cfg = config
@@ -96,7 +105,9 @@ class Agent:
         if config.gflops is not None:
             self.gflops, self.gflops_source = float(config.gflops), "configured"
         else:
-            self.gflops, self.gflops_source = measure_gflops(0.3, max(1, config.threads))
+            self.gflops, self.gflops_source = self.gflops_probe(config.gflops_probe_s, max(1, config.threads))
+        self.gflops_at = time.monotonic()
+        self.link: LinkStats | None = None              # last measurement of the link to the broker
         self.gate = ManifestGate(config.fleet, config.trust, VersionLedger(self.data_dir / "versions.json"))
         self.view = FleetView()                         # the other devices (this one is not in it)
         self.stages = StageTable()
@@ -142,7 +153,8 @@ class Agent:
         t.add_connect_hook(self._on_connected)
         self._restore_manifests()
         self._threads.append(self.server.start())
-        for target, name in ((self._control_loop, "control"), (self._heartbeat_loop, "heartbeat")):
+        for target, name in ((self._control_loop, "control"), (self._heartbeat_loop, "heartbeat"),
+                             (self._capability_loop, "capability")):
             th = threading.Thread(target=target, name=f"{name}-{self.device_id}", daemon=True)
             th.start()
             self._threads.append(th)
@@ -312,7 +324,9 @@ class Agent:
             isa=self.isa, cores=cores(), ram_mb=ram_mb(), gflops=round(self.gflops, 2), version=__version__,
             backend_isa=self.isa, stages=self.stages.report(), blobs=self.store.list()[:256],
             peers=list(self.peers), counters=dict(self.counters), queue_depth=self.server.queue_depth(),
-            endpoint=self.endpoint, dev_mode=not self.cfg.trust, events=list(self.events))
+            endpoint=self.endpoint, dev_mode=not self.cfg.trust, events=list(self.events),
+            link_rtt_ms=None if self.link is None else round(self.link.rtt_ms, 3),
+            link_mbps=None if self.link is None else round(self.link.mbps, 1))
 
     def publish_state(self, force: bool = True) -> None:
         """Publish the retained state; unforced calls are rate-limited (progress, counters)."""
@@ -331,6 +345,47 @@ class Agent:
             if self.transport.connected.is_set():
                 self.publish_state()
                 self.server.publish_load(force=True)
+
+    # ---------------------------------------------------------------------------------- capabilities
+    def _capability_loop(self) -> None:
+        """Measure the link once connected, then link and GFLOP/s again when idle (``rechecks_due``)."""
+        last_link: float | None = None
+        while not self._stop.wait(1.0):
+            if not self.transport.connected.is_set():
+                continue
+            link, gflops = rechecks_due(time.monotonic(), last_link=last_link, last_gflops=self.gflops_at,
+                                        idle_for=self.server.idle_for(), every_s=self.cfg.recheck_every_s,
+                                        idle_after_s=self.cfg.idle_after_s,
+                                        gflops_fixed=self.cfg.gflops is not None)
+            if link:
+                last_link = time.monotonic()
+                self.measure_link()
+            if gflops:
+                self.remeasure_gflops()
+
+    def measure_link(self) -> LinkStats | None:
+        """Round trip and throughput to the broker, into the reported state; None when it failed."""
+        try:
+            stats = self.transport.measure_link(burst_bytes=self.cfg.link_burst_bytes)
+        except BrokerError as exc:
+            log.warning("%s: link probe failed: %s", self.device_id, exc)
+            return None
+        first = self.link is None
+        self.link = stats
+        (log.info if first else log.debug)("%s: link to broker %.2f ms round trip, %.0f Mbit/s", self.device_id,
+                                           stats.rtt_ms, stats.mbps)
+        self.publish_state()
+        return stats
+
+    def remeasure_gflops(self) -> float:
+        """Measure GFLOP/s again (an idle device); a change of more than 5 % is reported at once."""
+        value, source = self.gflops_probe(self.cfg.gflops_probe_s, max(1, self.cfg.threads))
+        self.gflops_at = time.monotonic()
+        if abs(value - self.gflops) > 0.05 * max(self.gflops, 1e-6):
+            log.info("%s: measured %.1f GFLOP/s (was %.1f)", self.device_id, value, self.gflops)
+            self.gflops, self.gflops_source = value, source
+            self.publish_state()
+        return value
 
     # ---------------------------------------------------------------------------------- queries
     def route(self, model: str, version: int, stage: int) -> str | None:

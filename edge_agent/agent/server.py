@@ -84,6 +84,7 @@ class StageServer:
         self.done = DedupCache()
         self._last_load_pub = 0.0
         self._last_load_depth = -1
+        self.last_request = time.monotonic()  # when a request last arrived or finished (idleness)
         self._thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------------------------- lifecycle
@@ -102,6 +103,10 @@ class StageServer:
     def queue_depth(self) -> int:
         return self.work.qsize()
 
+    def idle_for(self) -> float:
+        """Seconds since a request last arrived or finished (0 while any is queued)."""
+        return 0.0 if self.work.qsize() else time.monotonic() - self.last_request
+
     # ---------------------------------------------------------------------------------- intake
     def enqueue(self, req: InferRequest) -> None:
         """Queue a request (from the network thread); answers "overloaded" when the queue is full."""
@@ -110,6 +115,7 @@ class StageServer:
                         self.fleet)
             self.on_reject("bad_reply_to")
             return
+        self.last_request = time.monotonic()
         try:
             self.work.put_nowait(req)
         except queue.Full:
@@ -168,6 +174,7 @@ class StageServer:
                     self.reply_error(req, "internal", f"{type(exc).__name__}: {exc}")
                 except Exception:
                     log.exception("could not even answer request %s", req.request_id)
+            self.last_request = time.monotonic()
             self.publish_load()
 
     def serve(self, req: InferRequest) -> None:

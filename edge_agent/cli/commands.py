@@ -84,6 +84,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(model=args.model, stages=args.stages, requests=args.requests, broker_kind=args.broker_kind)
 
 
+def cmd_sim(args: argparse.Namespace) -> int:
+    from edge_agent.lab.profiles import fleet_from_arg
+    from edge_agent.lab.sim import SimFleet
+    from edge_agent.lab.simrun import hold, load_model_arg, wait_measured
+    from edge_agent.operator.fleet import Fleet
+
+    entries = fleet_from_arg(args.devices)
+    with SimFleet(devices=entries, broker_kind=args.broker_kind, fleet=args.fleet) as sim:
+        render.sim_started(sim)
+        with Fleet(sim.broker_url, fleet=args.fleet) as fleet:
+            devs = wait_measured(fleet, [e.name for e in entries], timeout=args.timeout)
+            render.devices(devs, args.fleet, as_json=False)
+            if args.model:
+                model, name = load_model_arg(args.model)
+                render.deployed(fleet.deploy(model, name, stages=args.stages, timeout=args.timeout), as_json=False)
+        render.sim_running(sim)
+        hold()
+    return 0
+
+
 # ------------------------------------------------------------------------------------------ fleet
 def cmd_fleet_ls(args: argparse.Namespace) -> int:
     with _fleet(args) as fleet:

@@ -142,6 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--broker-kind", choices=["auto", "mosquitto", "embedded"], default="embedded")
     p.add_argument("--log-level", default="WARNING")
+
+    p = sub.add_parser("sim", help="a simulated fleet of emulated devices (CPU quota, memory, delay) until Ctrl-C")
+    p.add_argument("--devices", required=True, metavar="PROFILE:N,... | FLEET.yaml",
+                   help="e.g. rpi4:3,gateway:1 (profiles: rpi4, rpi5, jetson-nano-cpu, gateway, phone, host) "
+                        "or a YAML/JSON fleet file")
+    p.add_argument("--model", default=None, help="deploy this ONNX file or zoo model once the devices are up")
+    p.add_argument("--stages", type=int, default=None)
+    p.add_argument("--fleet", default="default")
+    p.add_argument("--broker-kind", choices=["auto", "mosquitto", "embedded"], default="auto")
+    p.add_argument("--timeout", type=float, default=120.0, help="for the devices to come up and the deploy")
+    p.add_argument("--log-level", default="WARNING")
     return ap
 
 
@@ -151,7 +162,7 @@ COMMANDS: dict[str, Command] = {
     "run": serve.cmd_run, "broker": serve.cmd_broker, "deploy": commands.cmd_deploy, "infer": commands.cmd_infer,
     "undeploy": commands.cmd_undeploy, "ls": commands.cmd_ls, "zoo": commands.cmd_zoo, "inspect": commands.cmd_inspect, "demo": commands.cmd_demo,
     "keys": commands.cmd_keys, "status": commands.cmd_status, "rollback": commands.cmd_rollback,
-    "bench": commands.cmd_bench,
+    "bench": commands.cmd_bench, "sim": commands.cmd_sim,
 }
 FLEET_COMMANDS: dict[str, Command] = {"init": commands.cmd_fleet_init, "ls": commands.cmd_fleet_ls}
 

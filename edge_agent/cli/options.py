@@ -35,6 +35,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1), help="compute threads per stage")
     p.add_argument("--backend", choices=["auto", "native", "onnxruntime"], default="auto")
     p.add_argument("--gflops", type=float, default=None, help="advertise this GFLOP/s instead of measuring")
+    p.add_argument("--recheck-every", type=float, default=60.0, metavar="SECONDS",
+                   help="when idle, measure GFLOP/s and the link to the broker again this often (0: only at start)")
     p.add_argument("--no-discovery", action="store_true", help="do not advertise/browse mDNS")
     p.add_argument("--advertise-broker", action="store_true", help="advertise the broker URL as its host")
     p.add_argument("--max-message-mb", type=float, default=64.0, help="reject larger messages")

@@ -36,6 +36,19 @@ def agent_started(agent: Any) -> None:
           f"{agent.gflops:.1f} GFLOP/s ({agent.gflops_source}), data {cfg.data_dir}; {mode}", flush=True)
 
 
+def sim_started(sim: Any) -> None:
+    """``edge-agent sim``: the broker and how each device is emulated."""
+    print(f"simulated fleet '{sim.fleet}': broker {sim.broker_url}; logs in {sim.workdir}", flush=True)
+    for d in sim.devices.values():
+        prof = d.profile.name if d.profile is not None else "host"
+        print(f"  {d.name}: profile {prof}; {d.emulation or 'no limits'}", flush=True)
+
+
+def sim_running(sim: Any) -> None:
+    print(f"running; Fleet('{sim.broker_url}') or `edge-agent fleet ls --broker {sim.broker_url}`; "
+          "Ctrl-C stops", flush=True)
+
+
 def broker_started(broker: Any, advertised: bool) -> None:
     print(f"{broker.kind} broker listening on {broker.url}" + (" (advertised over mDNS)" if advertised else ""),
           flush=True)
@@ -66,14 +79,17 @@ def devices(devs: list, fleet: str, as_json: bool) -> None:
         return
     from rich.table import Table
     t = Table(title=f"fleet '{fleet}'")
-    for col in ("device", "status", "mode", "ISA", "cores", "RAM", "GFLOP/s", "models", "queue"):
-        t.add_column(col, justify="right" if col in ("cores", "GFLOP/s", "queue") else "left")
+    numeric = ("cores", "GFLOP/s", "RTT ms", "Mbit/s", "queue")
+    for col in ("device", "status", "mode", "ISA", "cores", "RAM", "GFLOP/s", "RTT ms", "Mbit/s", "models", "queue"):
+        t.add_column(col, justify="right" if col in numeric else "left")
     for d in devs:
         models = ", ".join(f"{s['model']} v{s.get('version')} stage {s.get('stage')}/{s.get('n_stages', '?')} "
                            f"[{s.get('status')}, {s.get('backend', '?')}]" for s in d.stages) or "-"
         t.add_row(d.device_id, "online" if d.online else "[red]offline[/red]",
                   "[yellow]dev[/yellow]" if d.dev_mode else "signed", d.isa, str(d.cores),
-                  f"{d.ram_mb / 1024:.1f} GiB", f"{d.gflops:.1f}", models, str(d.queue_depth))
+                  f"{d.ram_mb / 1024:.1f} GiB", f"{d.gflops:.1f}",
+                  "-" if d.link_rtt_ms is None else f"{d.link_rtt_ms:.2f}",
+                  "-" if d.link_mbps is None else f"{d.link_mbps:.0f}", models, str(d.queue_depth))
     console().print(t)
 
 

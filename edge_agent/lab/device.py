@@ -111,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
             if args.gflops is None:
                 agent.gflops /= factor
                 agent.gflops_source = f"{agent.gflops_source} / {factor:g} (lab slowdown)"
+                probe = agent.gflops_probe
+
+                def slowed(seconds: float, threads: int) -> tuple[float, str]:   # idle re-measurements
+                    value, source = probe(seconds, threads)
+                    return value / factor, f"{source} / {factor:g} (lab slowdown)"
+
+                agent.gflops_probe = slowed  # type: ignore[method-assign]
 
         return serve_agent(cfg, prepare=scale_gflops)
 

@@ -43,9 +43,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from edge_agent.lab import cgroups
 from edge_agent.lab.faultproxy import FaultProxy
 from edge_agent.lab.netns import NetLabError, netns_connect, netns_socket, wait_port_in
-from edge_agent.lab.sim import read_log, stop_process
+from edge_agent.lab.profiles import DeviceProfile, get_profile
+from edge_agent.lab.sim import profile_limits, read_log, stop_process
 from edge_agent.protocol.errors import BrokerError
 from edge_agent.transport.broker import find_mosquitto, mosquitto_config
 
@@ -243,6 +245,17 @@ class Host:
         """Bring the link back; the kernel restores the subnet route from the address."""
         _ip("-n", self.ns, "link", "set", self.iface, "up")
 
+    def set_link_rate(self, mbit: float | None) -> None:
+        """Shape the host's link to ``mbit`` Mbit/s each way with an htb qdisc (this kernel has htb, not
+        netem): on ``eth0`` for what the host sends, on its bridge port for what it receives. None removes it."""
+        for ns, dev in ((self.ns, self.iface), (self.lab.bridge_ns, self.name)):
+            _run(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"], check=False)
+            if mbit is not None:
+                _run(["tc", "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "1"])
+                _run(["tc", "-n", ns, "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb",
+                      "rate", f"{mbit:g}mbit", "ceil", f"{mbit:g}mbit"])
+        log.info("%s link rate %s", self.ns, "unlimited" if mbit is None else f"{mbit:g} Mbit/s")
+
     def clear_faults(self) -> None:
         """Heal, no loss, link up."""
         self.heal()
@@ -384,6 +397,9 @@ class LabDevice:
     log_path: Path
     argv: list[str]
     proc: subprocess.Popen | None = None
+    profile: DeviceProfile | None = None
+    cgroup: cgroups.DeviceCgroup | None = None
+    emulation: str = ""
 
     def alive(self) -> bool:
         """Whether the agent process is running."""
@@ -458,15 +474,31 @@ class LabFleet:
         wait_port_in(self.broker_host.ns, (self.broker_host.addr, self.broker_port), 10, self._broker)
 
     def add_device(self, name: str, host: int, *, broker_url: str | None = None, gflops: float | None = None,
-                   extra_args: list[str] | None = None, start: bool = True) -> LabDevice:
-        """Add an agent on lab host ``host`` (``broker_url`` as seen from that host; default the lab broker)."""
+                   extra_args: list[str] | None = None, start: bool = True,
+                   profile: DeviceProfile | str | None = None) -> LabDevice:
+        """Add an agent on lab host ``host`` (``broker_url`` as seen from that host; default the lab broker).
+        A ``profile`` (:mod:`edge_agent.lab.profiles`) sets its threads, CPU quota and memory limit (cgroup,
+        or the slowed-backend fallback) and the host's link rate (htb); its added delay is not applied here
+        (put a :class:`FaultProxy` in the path)."""
         if name in self.devices:
             raise ValueError(f"device {name!r} already exists")
         h = self.lab.host(host)
-        argv = [sys.executable, "-m", "edge_agent.cli", "run", "--name", name,
+        threads, cgroup, slowdown, notes = self.threads, None, None, []
+        if isinstance(profile, str):
+            profile = get_profile(profile)
+        if profile is not None:
+            threads = min(profile.threads, os.cpu_count() or 1)
+            cgroup, slowdown, notes = profile_limits(f"{self.workdir.name}-{name}", profile, threads)
+            if profile.link_mbit is not None:
+                h.set_link_rate(profile.link_mbit)
+                notes.append(f"link {profile.link_mbit:g} Mbit/s (htb)")
+        entry = ["edge_agent.lab.device"] if slowdown is not None else ["edge_agent.cli", "run"]
+        argv = [sys.executable, "-m", *entry, "--name", name,
                 "--broker", broker_url or self.lab_broker_url, "--fleet", self.fleet,
-                "--data-dir", str(self.workdir / name), "--threads", str(self.threads),
+                "--data-dir", str(self.workdir / name), "--threads", str(threads),
                 "--interface", h.addr, "--log-level", "INFO"]
+        if slowdown is not None:
+            argv += ["--slowdown", str(slowdown)]
         if "--dev" in agent_run_flags():
             argv.append("--dev")
         if gflops is not None:
@@ -474,7 +506,8 @@ class LabFleet:
         if not self.discovery:
             argv.append("--no-discovery")
         argv += self.extra_args + list(extra_args or [])
-        dev = LabDevice(name, h, self.workdir / name, self.workdir / f"{name}.log", argv)
+        dev = LabDevice(name, h, self.workdir / name, self.workdir / f"{name}.log", argv, profile=profile,
+                        cgroup=cgroup, emulation="; ".join(notes))
         self.devices[name] = dev
         if start:
             self.start_device(name)
@@ -490,7 +523,13 @@ class LabFleet:
         if dev.alive():
             return
         with open(dev.log_path, "ab") as out:
-            dev.proc = dev.host.popen(dev.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+            if dev.cgroup is None:
+                dev.proc = dev.host.popen(dev.argv, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+            else:   # join the cgroup before `ip netns exec`, which remounts /sys without the cgroup tree
+                dev.proc = subprocess.Popen(dev.cgroup.wrap(dev.host.argv(dev.argv)), stdout=out,
+                                            stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                                            stdin=subprocess.DEVNULL)
+                self.lab._procs.append(dev.proc)
 
     def stop_device(self, name: str, kill: bool = False, timeout: float = 15.0) -> None:
         """SIGTERM (clean goodbye) or SIGKILL (the broker's Last Will tells the fleet)."""
@@ -537,6 +576,9 @@ class LabFleet:
                 except subprocess.TimeoutExpired:
                     dev.proc.kill()
                     dev.proc.wait(5)
+        for dev in self.devices.values():
+            if dev.cgroup is not None:
+                dev.cgroup.remove()
         if self._forward is not None:
             self._forward.close()
         if self._broker is not None and self._broker.poll() is None:

@@ -3,10 +3,16 @@
 Each simulated device is a real ``edge-agent run`` process with its own data directory, bound to
 loopback for mDNS. Nothing here is a mock: the same code runs on real devices. A device asked to be
 slower runs :mod:`edge_agent.lab.device` instead (the same agent with a slowed backend).
+
+A device can take a profile (:mod:`edge_agent.lab.profiles`: ``rpi4``, ``gateway``...): its agent then runs
+in a CPU-quota and memory-limited cgroup (:mod:`edge_agent.lab.cgroups`) with the profile's threads, behind a
+delay proxy when the profile adds delay. Where cgroups cannot be written, the device falls back to the
+slowed backend (stage runs and GFLOP/s scaled by the quota) and says so in its ``emulation`` and the log.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -16,7 +22,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.lab import cgroups
+from edge_agent.lab.faultproxy import FaultProxy
+from edge_agent.lab.profiles import DeviceProfile, FleetEntry, get_profile
 from edge_agent.transport.broker import Broker
+from edge_agent.transport.mqtt import BrokerURL
+
+log = logging.getLogger("edge_agent.lab.sim")
 
 
 def stop_process(proc: subprocess.Popen, kill: bool = False, timeout: float = 15.0) -> None:
@@ -38,6 +50,26 @@ def read_log(path: Path) -> str:
         return ""
 
 
+def profile_limits(group: str, profile: DeviceProfile, threads: int,
+                   layout: cgroups.CgroupLayout | None = None,
+                   ) -> tuple[cgroups.DeviceCgroup | None, float | None, list[str]]:
+    """The cgroup enforcing ``profile``'s CPU quota and memory limit (None when it has neither), or where
+    cgroups cannot be written the fallback: a backend slowdown factor standing for the quota (``threads``
+    unlimited cores over ``profile.cpu``), with a warning. Also returns notes on what was applied."""
+    if profile.cpu is None and profile.memory_mb is None:
+        return None, None, []
+    try:
+        cg = cgroups.create(group, cpu=profile.cpu, memory_mb=profile.memory_mb, layout=layout)
+        return cg, None, [cg.describe()]
+    except cgroups.CgroupUnavailable as exc:
+        factor = None if profile.cpu is None else max(1.0, threads / profile.cpu)
+        note = (f"FALLBACK: cgroups unavailable ({exc}); "
+                + (f"backend {factor:.1f}x slower instead of a CPU quota, " if factor else "")
+                + "no memory limit")
+        log.warning("%s (profile %s): %s", group, profile.name, note)
+        return None, factor, [note]
+
+
 @dataclass
 class SimDevice:
     name: str
@@ -45,6 +77,10 @@ class SimDevice:
     log_path: Path
     argv: list[str]
     proc: subprocess.Popen | None = None
+    profile: DeviceProfile | None = None
+    cgroup: cgroups.DeviceCgroup | None = None
+    proxy: FaultProxy | None = None
+    emulation: str = ""                  # how the profile is emulated (or why it is not fully)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -53,14 +89,17 @@ class SimDevice:
 class SimFleet:
     """``with SimFleet(3) as sim: Fleet(sim.broker.url)...``
 
-    Devices run in development mode (unsigned manifests) unless ``trust`` names a fleet public key."""
+    Devices run in development mode (unsigned manifests) unless ``trust`` names a fleet public key.
+    ``devices`` (from :func:`edge_agent.lab.profiles.parse_fleet_spec`) names the devices and their profiles
+    instead of ``n``/``names``; ``cgroup_layout`` overrides where cgroups are made (tests)."""
 
     def __init__(self, n: int = 3, *, broker_kind: str = "auto", fleet: str = "default",
                  workdir: str | os.PathLike | None = None, threads: int = 1, gflops: list[float] | None = None,
                  discovery: bool = True, persistence: bool = False, extra_args: list[str] | None = None,
                  names: list[str] | None = None, env: dict[str, str] | None = None,
                  trust: str | None = None, broker_url: str | None = None,
-                 credentials_dir: str | os.PathLike | None = None) -> None:
+                 credentials_dir: str | os.PathLike | None = None, devices: list[FleetEntry] | None = None,
+                 cgroup_layout: cgroups.CgroupLayout | None = None) -> None:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="ea-sim-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.fleet = fleet
@@ -71,20 +110,51 @@ class SimFleet:
                           trust=trust, credentials_dir=credentials_dir)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.devices: dict[str, SimDevice] = {}
-        names = names or [f"dev-{i}" for i in range(n)]
-        for i, name in enumerate(names):
-            self.add_device(name, gflops=None if gflops is None else gflops[i], start=False)
-        for name in self.devices:
-            self.start_device(name)
+        self._cgroup_layout = cgroup_layout
+        try:
+            if devices is not None:
+                for e in devices:
+                    self.add_device(e.name, profile=e.profile, start=False)
+            else:
+                names = names or [f"dev-{i}" for i in range(n)]
+                for i, name in enumerate(names):
+                    self.add_device(name, gflops=None if gflops is None else gflops[i], start=False)
+            for name in self.devices:
+                self.start_device(name)
+        except BaseException:
+            self.close()
+            raise
 
     def add_device(self, name: str, gflops: float | None = None, start: bool = True,
-                   extra_args: list[str] | None = None, slowdown: float | None = None) -> SimDevice:
+                   extra_args: list[str] | None = None, slowdown: float | None = None,
+                   profile: DeviceProfile | str | None = None) -> SimDevice:
         """Define (and by default start) one more simulated device. With ``slowdown`` N it is an emulated
-        slower device (:mod:`edge_agent.lab.device`): every stage run takes N times as long."""
+        slower device (:mod:`edge_agent.lab.device`): every stage run takes N times as long. With ``profile``
+        (a :class:`DeviceProfile` or a shipped profile's name) it runs under the profile's CPU quota, memory
+        limit, threads and added delay (see the module docstring for the fallback)."""
         o = self._opts
+        if name in self.devices:
+            raise ValueError(f"device {name!r} already exists")
+        if isinstance(profile, str):
+            profile = get_profile(profile)
+        threads = o["threads"]
+        cgroup, proxy, notes = None, None, []
+        broker_url = self.broker_url
+        if profile is not None:
+            threads = min(profile.threads, os.cpu_count() or 1)
+            cgroup, fallback, notes = profile_limits(f"{self.workdir.name}-{name}", profile, threads,
+                                                     self._cgroup_layout)
+            slowdown = slowdown if slowdown is not None else fallback
+            if profile.delay_ms:
+                b = BrokerURL.parse(self.broker_url)
+                proxy = FaultProxy(listen=("127.0.0.1", 0), target=(b.host, b.port), delay_ms=profile.delay_ms)
+                broker_url = f"mqtt://127.0.0.1:{proxy.port}"
+                notes.append(f"+{profile.delay_ms:g} ms each way (proxy)")
+            if profile.link_mbit is not None:
+                notes.append(f"link {profile.link_mbit:g} Mbit/s not applied (loopback; only netlab hosts)")
         entry = ["edge_agent.lab.device"] if slowdown is not None else ["edge_agent.cli", "run"]
-        argv = [sys.executable, "-m", *entry, "--name", name, "--broker", self.broker_url,
-                "--fleet", self.fleet, "--data-dir", str(self.workdir / name), "--threads", str(o["threads"]),
+        argv = [sys.executable, "-m", *entry, "--name", name, "--broker", broker_url,
+                "--fleet", self.fleet, "--data-dir", str(self.workdir / name), "--threads", str(threads),
                 "--interface", "127.0.0.1", "--log-level", "INFO"]
         if slowdown is not None:
             argv += ["--slowdown", str(slowdown)]
@@ -96,7 +166,9 @@ class SimFleet:
         if o["credentials_dir"]:
             argv += ["--credentials", str(Path(o["credentials_dir"]) / f"{name}.cred")]
         argv += o["extra_args"] + list(extra_args or [])
-        dev = self.devices[name] = SimDevice(name, self.workdir / name, self.workdir / f"{name}.log", argv)
+        dev = self.devices[name] = SimDevice(name, self.workdir / name, self.workdir / f"{name}.log", argv,
+                                             profile=profile, cgroup=cgroup, proxy=proxy,
+                                             emulation="; ".join(notes))
         if start:
             self.start_device(name)
         return dev
@@ -105,8 +177,9 @@ class SimFleet:
         dev = self.devices[name]
         if dev.alive():
             return
-        log = open(dev.log_path, "ab")  # noqa: SIM115 - handed to the child
-        dev.proc = subprocess.Popen(dev.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        out = open(dev.log_path, "ab")  # noqa: SIM115 - handed to the child
+        argv = dev.cgroup.wrap(dev.argv) if dev.cgroup is not None else dev.argv
+        dev.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env=self.env, start_new_session=True)
 
     def stop_device(self, name: str, kill: bool = False, timeout: float = 15.0) -> None:
@@ -136,6 +209,11 @@ class SimFleet:
                 except subprocess.TimeoutExpired:
                     dev.proc.kill()
                     dev.proc.wait(5)
+        for dev in self.devices.values():
+            if dev.cgroup is not None:
+                dev.cgroup.remove()
+            if dev.proxy is not None:
+                dev.proxy.close()
         if self.broker is not None:
             self.broker.stop()
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from edge_agent.operator.manifests import device_spec
 from models.partition import DeviceSpec
 
 
@@ -84,9 +85,7 @@ def inspect_model(model: Any, *, input_shapes: Mapping[str, Sequence[int]] | Non
     report["backend_reason"] = ("the native core runs every op" if not missing else
                                 f"the native core lacks {', '.join(sorted(missing))}")
     if devices:
-        specs = [d if isinstance(d, DeviceSpec) else
-                 DeviceSpec(d.device_id, gflops=max(d.gflops, 0.01), ram_bytes=max(d.ram_mb, 1) << 20)
-                 for d in devices]
+        specs = [d if isinstance(d, DeviceSpec) else device_spec(d) for d in devices]
         try:
             plan = plan_pipeline(proto, specs, stages=stages, input_shapes=dict(input_shapes or {}) or None,
                                  sample=dict(sample) if sample else None, model_name="inspect")

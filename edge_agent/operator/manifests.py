@@ -19,6 +19,18 @@ from edge_agent.transport.store import CHUNK_SIZE, chunk_digests, sha256_hex
 log = logging.getLogger("edge_agent.fleet")
 
 
+def device_spec(d: Any) -> Any:
+    """The planner's view of a device (``device_id``, ``gflops``, ``ram_mb`` and, when the device measured
+    it, ``link_mbps``): its measured link rate, else the planner's default."""
+    from models.partition import DeviceSpec
+
+    spec = DeviceSpec(d.device_id, gflops=max(d.gflops, 0.01), ram_bytes=max(d.ram_mb, 1) << 20)
+    mbps = getattr(d, "link_mbps", None)
+    if mbps:
+        spec.link_bytes_per_s = float(mbps) * 1e6 / 8
+    return spec
+
+
 def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: Callable[[bytes], str],
                    version: int, fleet: str, operator: str, sources: list[str], stages: int | None = None,
                    input_shapes: dict[str, Sequence[int]] | None = None, replicas: int = 1,
@@ -31,7 +43,7 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
     deployment serves any shape the model accepts. Raises DeployError saying why it cannot be planned."""
     from models.extract import split_model
     from models.graph import input_specs, load_model, output_specs
-    from models.partition import DeviceSpec, plan_pipeline
+    from models.partition import plan_pipeline
 
     topics.check_segment("model name", name)
     try:
@@ -42,8 +54,7 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
         raise DeployError(f"cannot deploy '{name}': no device is online in fleet '{fleet}'")
     if replicas < 1:
         raise DeployError(f"cannot deploy '{name}': replicas must be at least 1")
-    specs = [DeviceSpec(d.device_id, gflops=max(d.gflops, 0.01), ram_bytes=max(d.ram_mb, 1) << 20)
-             for d in devices]
+    specs = [device_spec(d) for d in devices]
     shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()} or None
     try:
         plan = plan_pipeline(proto, specs, stages=stages, input_shapes=shapes, model_name=name, sample=sample)

@@ -27,12 +27,14 @@ class DeviceStatus:
     blobs: list[str] = field(default_factory=list)
     dev_mode: bool = True
     events: list[dict] = field(default_factory=list)
+    link_rtt_ms: float | None = None     # measured by the device: round trip to the broker
+    link_mbps: float | None = None       # and burst throughput, Mbit/s
 
     @classmethod
     def from_state(cls, st: DeviceState) -> DeviceStatus:
         return cls(st.device_id, st.online, st.isa, st.cores, st.ram_mb, st.gflops, st.version,
                    list(st.stages), list(st.peers), dict(st.counters), st.queue_depth, st.ts, list(st.blobs),
-                   st.dev_mode, list(st.events))
+                   st.dev_mode, list(st.events), st.link_rtt_ms, st.link_mbps)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

@@ -271,6 +271,8 @@ class DeviceState(Message):
     queue_depth: int = 0
     endpoint: str = ""                              # topic prefix of the device's inbox
     events: list = field(default_factory=list)      # last rejections: [{ts, kind, model, version, reason}]
+    link_rtt_ms: float | None = None                # measured QoS 1 round trip to the broker (None: not yet)
+    link_mbps: float | None = None                  # measured burst throughput to the broker, Mbit/s
 
 
 @dataclass

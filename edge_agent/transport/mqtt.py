@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import paho.mqtt.client as mqtt
 
 from edge_agent.protocol.errors import BrokerError
+from edge_agent.transport.linkprobe import LinkProbe, LinkStats
 
 log = logging.getLogger("edge_agent.transport")
 
@@ -65,7 +66,8 @@ class Transport:
     topic (one only this client reads and writes) every ``probe_every_s``; when echoes that used to arrive
     stop for ``PROBE_MISSES`` periods, the connection is dropped and re-established (a broker that kept the
     TCP connection but lost the session, a stalled path). An identity that may not use the topic never
-    gets a first echo, and then the probe stays passive.
+    gets a first echo, and then the probe stays passive. :meth:`measure_link` uses the same topic to measure
+    the round trip and throughput to the broker (:mod:`edge_agent.transport.linkprobe`).
     """
 
     def __init__(self, url: str | BrokerURL, client_id: str | None = None, *, clean_session: bool = True,
@@ -100,7 +102,9 @@ class Transport:
         self.probe_every_s = probe_every_s
         self.stalls = 0                      # sessions found dead by the probe (and re-established)
         self._probe_seen = 0.0               # monotonic time of the last echo on this connection (0: none)
+        self.link: LinkProbe | None = None
         if probe_topic is not None:
+            self.link = LinkProbe(lambda payload: self.publish(probe_topic, payload, qos=1))
             self.subscribe(probe_topic, self._on_probe, qos=0)
 
     # ------------------------------------------------------------------------------ lifecycle
@@ -169,6 +173,20 @@ class Transport:
     # ------------------------------------------------------------------------------ session probe
     def _on_probe(self, topic: str, payload: bytes, retained: bool) -> None:
         self._probe_seen = time.monotonic()
+        if payload and self.link is not None:
+            self.link.on_echo(payload)
+
+    def measure_link(self, **kw: object) -> LinkStats:
+        """Round trip and throughput to the broker through the probe topic (``LinkProbe.measure``'s
+        options); BrokerError when there is no probe topic, no connection, or the echoes do not come."""
+        if self.link is None:
+            raise BrokerError(f"client {self.client_id} has no probe topic: cannot measure its link")
+        if not self.connected.is_set():
+            raise BrokerError(f"cannot measure the link to {self.url}: not connected")
+        try:
+            return self.link.measure(**kw)  # type: ignore[arg-type]
+        except TimeoutError as exc:
+            raise BrokerError(f"link to {self.url}: {exc}") from None
 
     def _probe_loop(self) -> None:
         while not self._closing:

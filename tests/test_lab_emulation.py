@@ -1,0 +1,85 @@
+"""Emulated devices with real agents: a CPU quota (cgroup) shows in the GFLOP/s the agent measures, the
+memory limit in the RAM it reports, the link it measured in `fleet ls --json`, and the groups are gone
+afterwards. Needs root and a writable cgroup tree (skipped with the reason otherwise); run inside a
+network namespace entered with `nsenter --net` (`ip netns exec` hides the cgroup mounts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edge_agent.lab import cgroups
+from edge_agent.lab.profiles import DeviceProfile, FleetEntry
+from edge_agent.lab.sim import SimFleet
+from edge_agent.operator.fleet import Fleet
+from tests.conftest import wait_until
+
+
+@pytest.fixture
+def cgroup_layout() -> cgroups.CgroupLayout:
+    try:
+        return cgroups.detect()
+    except cgroups.CgroupUnavailable as exc:
+        pytest.skip(f"cgroups not writable here: {exc}")
+
+
+def test_quota_device_measures_less_gflops_reports_its_limits_and_link_and_leaves_no_cgroup(
+        cgroup_layout, mosquitto, tmp_path):
+    quarter = DeviceProfile("quarter", cpu=0.25, threads=1, memory_mb=512)
+    full = DeviceProfile("full", threads=1)
+    sim = SimFleet(broker_url=mosquitto.url, workdir=tmp_path, discovery=False, cgroup_layout=cgroup_layout,
+                   devices=[FleetEntry("quarter", quarter), FleetEntry("full", full)],
+                   extra_args=["--recheck-every", "0"])
+    try:
+        group = sim.devices["quarter"].cgroup
+        assert group is not None and sim.devices["full"].cgroup is None
+        dirs = list(group.dirs)
+        wait_until(lambda: sim.devices["quarter"].proc.pid in group.pids(), 10, what="the agent in its cgroup")
+        with Fleet(mosquitto.url) as fleet:
+            devs = wait_until(lambda: (lambda d: d if len(d) == 2 and all(x.link_rtt_ms is not None for x in d)
+                                       else None)(fleet.devices()), 60, what="both devices with a measured link")
+        by = {d.device_id: d for d in devs}
+        ratio = by["quarter"].gflops / by["full"].gflops
+        print(f"GFLOP/s quarter {by['quarter'].gflops:.1f}, full {by['full'].gflops:.1f}, ratio {ratio:.2f}; "
+              f"throttled periods {group.throttled()}")
+        assert ratio < 0.75, "a 25 % quota device must measure clearly less than an unlimited one"
+        assert group.throttled() > 0
+        assert by["quarter"].ram_mb == 512 and by["full"].ram_mb > 512
+
+        out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "fleet", "ls", "--json", "--broker",
+                              mosquitto.url], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        rows = {r["device_id"]: r for r in json.loads(out.stdout)}
+        for name in ("quarter", "full"):
+            assert rows[name]["link_rtt_ms"] > 0 and rows[name]["link_mbps"] > 0, rows[name]
+    finally:
+        sim.close()
+    assert not any(d.exists() for d in dirs), "the device's cgroups are removed when the fleet closes"
+
+
+def test_netlab_host_link_rate_shows_in_the_measured_link(mosquitto_available, tmp_path):
+    """Broker on h0; one agent on an htb-shaped host (20 Mbit/s), one on an unshaped host: the shaped one
+    measures a clearly slower link (a ratio in the same run)."""
+    from edge_agent.lab.netlab import LabFleet, NetLab, netns_supported
+
+    ok, reason = netns_supported()
+    if not ok:
+        pytest.skip(reason)
+    with NetLab(3) as lab:
+        lf = LabFleet(lab, 0, workdir=tmp_path, discovery=False, extra_args=["--recheck-every", "0"])
+        try:
+            lf.add_device("slow-link", 1, profile=DeviceProfile("wifi", link_mbit=20))
+            lf.add_device("fast-link", 2)
+            assert "20 Mbit/s (htb)" in lf.devices["slow-link"].emulation
+            with Fleet(lf.broker_url) as fleet:
+                devs = wait_until(lambda: (lambda d: d if len(d) == 2 and all(x.link_mbps for x in d) else None)(
+                    fleet.devices()), 60, what="both devices with a measured link")
+            by = {d.device_id: d.link_mbps for d in devs}
+            print(f"link Mbit/s: shaped {by['slow-link']:.1f}, unshaped {by['fast-link']:.1f}")
+            assert by["slow-link"] / by["fast-link"] < 0.5
+            assert by["slow-link"] < 40
+        finally:
+            lf.close()
