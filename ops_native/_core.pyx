@@ -8,5 +8,6 @@ single module so that the whole library shares one thread pool and one ISA dispa
 include "kernels_gemm.pxi"
 include "kernels_conv.pxi"
 include "kernels_ops.pxi"
+include "kernels_rnn.pxi"
 include "pool.pxi"
 include "executor.pxi"

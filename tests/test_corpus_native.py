@@ -19,10 +19,9 @@ from models import corpus, zoo_extra
 
 KNOWN_GAPS = {
     "light/bvlc_alexnet": "LRN", "light/inception_v1": "LRN", "light/zfnet512": "LRN",
-    "ddddocr_ocr": "LSTM", "ddddocr_ocr_old": "DynamicQuantizeLinear, ConvInteger, MatMulInteger, "
-                                              "com.microsoft.DynamicQuantizeLSTM",
+    "ddddocr_ocr_old": "DynamicQuantizeLinear, ConvInteger, MatMulInteger, com.microsoft.DynamicQuantizeLSTM",
     "mtcnn_pnet": "PRelu", "mtcnn_rnet": "PRelu", "mtcnn_onet": "PRelu",
-    "silero_vad_v5": "If", "zoo/crnn_bilstm": "LSTM", "zoo/gru_kws": "GRU",
+    "silero_vad_v5": "If",
 }
 
 CASES = [e.name for e in corpus.entries()] + [f"zoo/{n}" for n in zoo_extra.names()]

@@ -9,6 +9,7 @@
     data.py         data movement and metadata (Transpose, Concat, Slice, Gather, Reshape, Cast...)
     linalg.py       MatMul, Gemm
     conv.py         Conv, ConvTranspose
+    recurrent.py    LSTM, GRU, RNN (the whole sequence in one native call)
 
 Each op has a *builder* ``build(node, ctx) -> fn``, run once at load time (attributes parsed, constant
 weights packed); ``fn(args: list) -> list`` runs the node. Importing this package registers every op.
@@ -16,7 +17,7 @@ weights packed); ``fn(args: list) -> list`` runs the node. Importing this packag
 
 from __future__ import annotations
 
-from ops_native.ops import conv, data, elementwise, linalg, norm, pooling, reduce, resize  # noqa: F401 - registers the ops
+from ops_native.ops import conv, data, elementwise, linalg, norm, pooling, recurrent, reduce, resize  # noqa: F401 - registers the ops
 from ops_native.ops.registry import (
     DEFAULT_DOMAINS,
     MAX_TENSOR_BYTES,

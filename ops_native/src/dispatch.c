@@ -35,6 +35,7 @@ static const on_kernel_table k_scalar = {
     .nchwc_row16 = NULL,
     .nchwc_pack = on_conv_nchwc_pack__scalar,
     .ops = &on_ops_table_scalar,
+    .rnn = &on_rnn_kernels_scalar,
 };
 #ifdef ON_HAVE_X86
 static const on_kernel_table k_avx2 = {
@@ -47,6 +48,7 @@ static const on_kernel_table k_avx2 = {
     .nchwc_row16 = NULL,
     .nchwc_pack = on_conv_nchwc_pack__avx2,
     .ops = &on_ops_table_avx2,
+    .rnn = &on_rnn_kernels_avx2,
 };
 /* AVX-512F: its own GEMM tile, 16-channel NCHWc rows and ops table; the AVX2 kernels everywhere else */
 static const on_kernel_table k_avx512 = {
@@ -59,6 +61,7 @@ static const on_kernel_table k_avx512 = {
     .nchwc_row16 = on_conv_nchwc_row16__avx512,
     .nchwc_pack = on_conv_nchwc_pack__avx2,
     .ops = &on_ops_table_avx512,
+    .rnn = &on_rnn_kernels_avx512,
 };
 #endif
 #if defined(__aarch64__)
@@ -72,6 +75,7 @@ static const on_kernel_table k_neon = {
     .nchwc_row16 = NULL,
     .nchwc_pack = on_conv_nchwc_pack__scalar,
     .ops = &on_ops_table_neon,
+    .rnn = &on_rnn_kernels_neon,
 };
 #endif
 

@@ -12,6 +12,7 @@
 #include "conv_internal.h"
 #include "gemm_internal.h"
 #include "on_ops.h"
+#include "on_rnn.h"
 
 typedef struct {
     on_isa_t isa;
@@ -23,6 +24,7 @@ typedef struct {
     on_nchwc_row_fn nchwc_row16;   /* the same with 16-channel blocks (AVX-512F), NULL elsewhere */
     on_nchwc_pack_fn nchwc_pack;   /* gather an NCHW input row into channel-interleaved form */
     const on_ops_table *ops;       /* row kernels of the elementwise / norm / pool / reduce ops */
+    const on_rnn_kernels *rnn;     /* fused LSTM / GRU / RNN cells, one batch row per call */
 } on_kernel_table;
 
 /* The table of the active ISA (never NULL). */
