@@ -123,7 +123,7 @@ typedef struct {
 
 /* Run the layer. x: the input rows; seq_lens: [batch] or NULL (all `seq`); h0 / c0: initial states or
  * NULL (zeros); y, y_h, y_c: outputs or NULL (not wanted). Steps past a row's length give zeros in y; y_h
- * / y_c hold the state after its last valid step. */
+ * / y_c hold the state after its last valid step (zeros for a row of length 0, as ONNX Runtime). */
 on_status on_rnn_f32(const on_rnn_desc *d, const float *x, const int32_t *seq_lens, const float *h0,
                      const float *c0, float *y, float *y_h, float *y_c, int nthreads);
 

@@ -126,9 +126,16 @@ static on_status run_direction(const rnn_job *j, size_t dir) {
         const size_t len = j->lens ? (size_t)j->lens[b] : d->seq;
         if (j->y)
             for (size_t t = len; t < d->seq; t++) memset(j->y + t * d->y.t + dir * d->y.d + b * d->y.b, 0, H * sizeof(float));
+        /* an empty sequence has zero states, not the initial ones (as ONNX Runtime) */
         const size_t so = dir * d->st.d + b * d->st.b;
-        if (j->y_h) memcpy(j->y_h + so, h + b * H, H * sizeof(float));
-        if (j->y_c) memcpy(j->y_c + so, c + b * H, H * sizeof(float));
+        if (j->y_h) {
+            if (len) memcpy(j->y_h + so, h + b * H, H * sizeof(float));
+            else memset(j->y_h + so, 0, H * sizeof(float));
+        }
+        if (j->y_c) {
+            if (len) memcpy(j->y_c + so, c + b * H, H * sizeof(float));
+            else memset(j->y_c + so, 0, H * sizeof(float));
+        }
     }
     return ON_OK;
 }

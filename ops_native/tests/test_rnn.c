@@ -175,9 +175,9 @@ static void naive(const rnn_case *c, const on_rnn_cell *cells, const float *x, c
                     y[((t * c->D + d) * B + b) * H + j] = hp[j];
                 }
             }
-            for (size_t k = 0; k < H; k++) {
-                yh[(d * B + b) * H + k] = hp[k];
-                yc[(d * B + b) * H + k] = cp[k];
+            for (size_t k = 0; k < H; k++) { /* length 0: zero states (ONNX Runtime's choice) */
+                yh[(d * B + b) * H + k] = len ? hp[k] : 0.0f;
+                yc[(d * B + b) * H + k] = len ? cp[k] : 0.0f;
             }
         }
     }
@@ -192,8 +192,8 @@ static void run_case(const rnn_case *c, int nthreads) {
     int32_t *lens = NULL;
     if (c->with_lens) {
         lens = malloc(B * sizeof(int32_t));
-        for (size_t b = 0; b < B; b++) lens[b] = (int32_t)((b * 7 + 3) % (T + 1));
-        lens[0] = (int32_t)T;
+        for (size_t b = 0; b < B; b++) /* full, empty, then partial lengths */
+            lens[b] = (int32_t)(b == 0 ? T : b == 1 ? 0 : 1 + (b * 3) % T);
     }
     on_rnn_cell cells[2];
     for (size_t d = 0; d < 2; d++) {
