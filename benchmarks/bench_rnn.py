@@ -21,7 +21,7 @@ from onnx import helper
 
 import ops_native
 from benchmarks.bench_models import paired_median_ms
-from benchmarks.common import console, parser, table, write_json
+from benchmarks.common import parser, table, write_json
 from models import corpus, zoo_extra
 
 MODELS = ("ddddocr_ocr", "zoo_extra/crnn_bilstm", "zoo_extra/gru_kws")
