@@ -18,9 +18,7 @@ import ops_native
 from models import corpus, zoo_extra
 
 KNOWN_GAPS = {
-    "ddddocr_ocr": "LSTM", "ddddocr_ocr_old": "DynamicQuantizeLinear, ConvInteger, MatMulInteger, "
-                                              "com.microsoft.DynamicQuantizeLSTM",
-    "silero_vad_v5": "LSTM (inside the If branches)", "zoo/crnn_bilstm": "LSTM", "zoo/gru_kws": "GRU",
+    "ddddocr_ocr_old": "DynamicQuantizeLinear, ConvInteger, MatMulInteger, com.microsoft.DynamicQuantizeLSTM",
 }
 
 CASES = [e.name for e in corpus.entries()] + [f"zoo/{n}" for n in zoo_extra.names()]

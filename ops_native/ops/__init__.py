@@ -13,6 +13,7 @@
     einsum.py       Einsum
     control.py      If, Loop, Scan (subgraphs compiled into their own plans)
     channel.py      LRN, PRelu, InstanceNormalization, GroupNormalization (over the channel axis)
+    recurrent.py    LSTM, GRU, RNN (the whole sequence in one native call)
 
 Each op has a *builder* ``build(node, ctx) -> fn``, run once at load time (attributes parsed, constant
 weights packed); ``fn(args: list) -> list`` runs the node. Importing this package registers every op.
@@ -31,6 +32,7 @@ from ops_native.ops import (  # noqa: F401 - registers the ops
     linalg,
     norm,
     pooling,
+    recurrent,
     reduce,
     resize,
 )

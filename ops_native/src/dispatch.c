@@ -36,6 +36,7 @@ static const on_kernel_table k_scalar = {
     .nchwc_pack = on_conv_nchwc_pack__scalar,
     .ops = &on_ops_table_scalar,
     .chan = &on_chan_table_scalar,
+    .rnn = &on_rnn_kernels_scalar,
 };
 #ifdef ON_HAVE_X86
 static const on_kernel_table k_avx2 = {
@@ -49,6 +50,7 @@ static const on_kernel_table k_avx2 = {
     .nchwc_pack = on_conv_nchwc_pack__avx2,
     .ops = &on_ops_table_avx2,
     .chan = &on_chan_table_avx2,
+    .rnn = &on_rnn_kernels_avx2,
 };
 /* AVX-512F: its own GEMM tile, 16-channel NCHWc rows and ops table; the AVX2 kernels everywhere else */
 static const on_kernel_table k_avx512 = {
@@ -62,6 +64,7 @@ static const on_kernel_table k_avx512 = {
     .nchwc_pack = on_conv_nchwc_pack__avx2,
     .ops = &on_ops_table_avx512,
     .chan = &on_chan_table_avx512,
+    .rnn = &on_rnn_kernels_avx512,
 };
 #endif
 #if defined(__aarch64__)
@@ -76,6 +79,7 @@ static const on_kernel_table k_neon = {
     .nchwc_pack = on_conv_nchwc_pack__scalar,
     .ops = &on_ops_table_neon,
     .chan = &on_chan_table_neon,
+    .rnn = &on_rnn_kernels_neon,
 };
 #endif
 

@@ -13,6 +13,7 @@
 #include "gemm_internal.h"
 #include "on_chanops.h"
 #include "on_ops.h"
+#include "on_rnn.h"
 
 typedef struct {
     on_isa_t isa;
@@ -25,6 +26,7 @@ typedef struct {
     on_nchwc_pack_fn nchwc_pack;   /* gather an NCHW input row into channel-interleaved form */
     const on_ops_table *ops;       /* row kernels of the elementwise / norm / pool / reduce ops */
     const on_chan_table *chan;     /* row kernels of LRN and PRelu (on_chanops.h) */
+    const on_rnn_kernels *rnn;     /* fused LSTM / GRU / RNN cells, one batch row per call */
 } on_kernel_table;
 
 /* The table of the active ISA (never NULL). */
