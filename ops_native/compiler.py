@@ -82,7 +82,7 @@ def compile_subgraph(graph: onnx.GraphProto, outer: BuildContext, formal: list[s
         if name in outer.consts and name not in consts:
             consts[name] = outer.consts[name]
     infos = {vi.name: vi for vi in graph.input}
-    inputs = [tensor_info(infos[n]) if n in infos else TensorInfo(n, [], "outer value", np.dtype(object))
+    inputs = [tensor_info(infos[n]) if n in infos else TensorInfo(name=n, dtype=np.dtype(object), shape=[], type="outer value")
               for n in formal + [r for r in reads if r in used and r not in consts]]
     ctx = BuildContext(consts=consts, opset=outer.opset, threads=outer.threads, pool=outer.pool)
     return compile_graph(graph, ctx, inputs, fuse=fuse, blocked=None)

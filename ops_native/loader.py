@@ -12,18 +12,18 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from models.graph import TensorSpec
 from ops_native.errors import InvalidModelError
 from ops_native.ops import Node
 
 
 @dataclass(frozen=True)
-class TensorInfo:
-    """Name, shape (ints, or str for a dynamic dim), ONNX type string and numpy dtype of a graph value."""
+class TensorInfo(TensorSpec):
+    """The project's tensor spec (:class:`models.graph.TensorSpec`: name, numpy dtype, shape) as ops_native's
+    ONNX Runtime-like API reports it in ``get_inputs()`` / ``get_outputs()``: ``shape`` a list (ints, or a str
+    for a dynamic dim, as ORT's NodeArg) and ``type`` the ONNX type string (``"tensor(float)"``)."""
 
-    name: str
-    shape: list
-    type: str
-    dtype: np.dtype
+    type: str = ""
 
 
 _TYPE_NAMES = {
@@ -47,7 +47,7 @@ def tensor_info(vi: onnx.ValueInfoProto) -> TensorInfo:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(elem))
     except Exception:  # noqa: BLE001 - unknown element type codes raise various errors
         dtype = np.dtype(object)
-    return TensorInfo(vi.name, shape, f"tensor({_TYPE_NAMES.get(elem, 'unknown')})", dtype)
+    return TensorInfo(name=vi.name, dtype=dtype, shape=shape, type=f"tensor({_TYPE_NAMES.get(elem, 'unknown')})")
 
 
 def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:

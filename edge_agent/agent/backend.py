@@ -99,8 +99,8 @@ class NativeBackend:
         import ops_native
 
         self._sess = ops_native.InferenceSession(model_bytes, threads=threads)
-        self.inputs = [TensorSpec(i.name, np.dtype(i.dtype), tuple(i.shape)) for i in self._sess.get_inputs()]
-        self.outputs = [TensorSpec(o.name, np.dtype(o.dtype), tuple(o.shape)) for o in self._sess.get_outputs()]
+        self.inputs = list(self._sess.get_inputs())     # ops_native.TensorInfo is a TensorSpec
+        self.outputs = list(self._sess.get_outputs())
         self._out_names = [o.name for o in self.outputs]
         self.reason = reason
 
