@@ -6,6 +6,7 @@ network namespace entered with `nsenter --net` (`ip netns exec` hides the cgroup
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -20,10 +21,9 @@ from tests.conftest import wait_until
 
 @pytest.fixture
 def cgroup_layout() -> cgroups.CgroupLayout:
-    try:
-        return cgroups.detect()
-    except cgroups.CgroupUnavailable as exc:
-        pytest.skip(f"cgroups not writable here: {exc}")
+    if os.geteuid() != 0:   # CI runs as root: there this test always runs, and fails if cgroups do not work
+        pytest.skip("device emulation needs root (cgroup writes); CI runs as root")
+    return cgroups.detect()
 
 
 def test_quota_device_measures_less_gflops_reports_its_limits_and_link_and_leaves_no_cgroup(
