@@ -196,6 +196,16 @@ def status(name: str, st: dict, as_json: bool) -> None:
         c.print(f"adopted: stage {a['stage']} v{a['version']} runs on {a['device']} ({a['status']})")
     for dev, counters in st["rejected"].items():
         c.print(f"rejected on {dev}: " + ", ".join(f"{k[9:]}={v}" for k, v in counters.items()))
+    if st.get("rejected_manifest"):
+        r = st["rejected_manifest"]
+        c.print(f"[yellow]ignored manifest[/yellow] v{r['version']} ({r['channel']}): {r['kind']}: {r['reason']}")
+    if st.get("spot_check"):
+        s = st["spot_check"]
+        c.print(f"spot check: {s['checked']} checked ({s['fraction']:.0%}), {s['disagreed']} disagreed, "
+                f"{s['skipped']} skipped" + (f"; [red]excluded[/red]: {', '.join(s['excluded'])}" if s["excluded"] else ""))
+        for dev, r in s["devices"].items():
+            if r["disagreed"]:
+                c.print(f"  {dev}: {r['disagreed']}/{r['checked']} disagreed, last: {r['last']}")
     for h in st["history"]:
         c.print(f"{time.strftime('%H:%M:%S', time.localtime(h['ts']))} v{h['version']} {h['channel']}: "
                 f"{h['status']} - {h['reason']}")
