@@ -1,3 +1,4 @@
+# (Over 500 lines: the argument helpers every other .pxi reuses live here with the GEMM bindings.)
 # Bindings of the GEMM core, ISA dispatch, the thread pool and the shared argument helpers (on_common.h,
 # on_gemm.h). Included first into ops_native/_core.pyx; kernels_conv.pxi builds on it.
 #

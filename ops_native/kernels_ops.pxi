@@ -1,4 +1,5 @@
 # Bindings of the non-GEMM kernels (on_ops.h). Included into ops_native/_core.pyx.
+# (Over 500 lines: one short binding per kernel family, all following the same checked-view pattern.)
 #
 # Every function takes numpy arrays, derives the C view (pointer, element strides; numpy's zero strides
 # describe broadcasting) and calls the kernel without the GIL. Status codes become exceptions in

@@ -1,4 +1,5 @@
 /* gemm.c - SGEMM reference, B packing, the blocked driver and the portable 4x16 micro-kernel.
+ * (Over 500 lines on purpose: the driver and the packing share blocking constants and must change together.)
  *
  * Blocking (per thread): K in (balanced) blocks of at most KC; a block of MC rows of A (read in
  * place, or copied into a contiguous per-thread buffer when lda would alias cache sets) runs against
