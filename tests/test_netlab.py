@@ -118,12 +118,13 @@ def test_agents_in_separate_namespaces_discover_each_other_by_multicast_across_t
 
 def test_three_stage_pipeline_across_three_hosts_matches_onnxruntime(fleet: Fleet, mlp3) -> None:
     model, x, want, dep = mlp3
-    assert [st.device for st in dep.manifest.stages] == STAGE_DEVICES
+    placed = [st.device for st in dep.manifest.stages]   # the planner orders them (measured links differ)
+    assert sorted(placed) == STAGE_DEVICES
     futures = [fleet.submit("mlp3", zoo.sample_inputs(model, seed=s), timeout=60) for s in range(4)]
     for s, fut in enumerate(futures):
         outputs, timings = fut.result(90)
         assert_matches(outputs, ort_reference(model, zoo.sample_inputs(model, seed=s)))
-        assert [t["device"] for t in timings] == STAGE_DEVICES
+        assert [t["device"] for t in timings] == placed
 
 
 # ------------------------------------------------------------------------------------------ faults
