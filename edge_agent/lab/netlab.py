@@ -47,7 +47,7 @@ from edge_agent.lab import cgroups
 from edge_agent.lab.faultproxy import FaultProxy
 from edge_agent.lab.netns import NetLabError, netns_connect, netns_socket, wait_port_in
 from edge_agent.lab.profiles import DeviceProfile, get_profile
-from edge_agent.lab.sim import profile_limits, read_log, stop_process
+from edge_agent.lab.sim import profile_limits, read_log, stop_devices, stop_process
 from edge_agent.protocol.errors import BrokerError
 from edge_agent.transport.broker import find_mosquitto, mosquitto_config
 
@@ -564,21 +564,7 @@ class LabFleet:
 
     def close(self) -> None:
         """Stop agents (SIGTERM, then SIGKILL), the loopback forward and the broker."""
-        for dev in self.devices.values():
-            if dev.alive():
-                assert dev.proc is not None
-                dev.proc.send_signal(signal.SIGTERM)
-        end = time.monotonic() + 15
-        for dev in self.devices.values():
-            if dev.proc is not None:
-                try:
-                    dev.proc.wait(max(0.1, end - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    dev.proc.kill()
-                    dev.proc.wait(5)
-        for dev in self.devices.values():
-            if dev.cgroup is not None:
-                dev.cgroup.remove()
+        stop_devices(self.devices.values())
         if self._forward is not None:
             self._forward.close()
         if self._broker is not None and self._broker.poll() is None:

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,24 +197,7 @@ class SimFleet:
         return read_log(self.devices[name].log_path)
 
     def close(self) -> None:
-        for name in self.devices:
-            dev = self.devices[name]
-            if dev.alive():
-                assert dev.proc is not None
-                dev.proc.send_signal(signal.SIGTERM)
-        end = time.monotonic() + 15
-        for dev in self.devices.values():
-            if dev.proc is not None:
-                try:
-                    dev.proc.wait(max(0.1, end - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    dev.proc.kill()
-                    dev.proc.wait(5)
-        for dev in self.devices.values():
-            if dev.cgroup is not None:
-                dev.cgroup.remove()
-            if dev.proxy is not None:
-                dev.proxy.close()
+        stop_devices(self.devices.values())
         if self.broker is not None:
             self.broker.stop()
 
@@ -222,3 +206,25 @@ class SimFleet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def stop_devices(devices: Iterable, grace_s: float = 15.0) -> None:
+    """Stop simulated devices together: SIGTERM to all (clean goodbye), SIGKILL to those still running after
+    ``grace_s``, then remove their cgroups and delay proxies (shared by SimFleet and the netlab's LabFleet)."""
+    devices = list(devices)
+    for dev in devices:
+        if dev.alive():
+            dev.proc.send_signal(signal.SIGTERM)
+    end = time.monotonic() + grace_s
+    for dev in devices:
+        if dev.proc is not None:
+            try:
+                dev.proc.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                dev.proc.kill()
+                dev.proc.wait(5)
+    for dev in devices:
+        if getattr(dev, "cgroup", None) is not None:
+            dev.cgroup.remove()
+        if getattr(dev, "proxy", None) is not None:
+            dev.proxy.close()
