@@ -4,6 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 NATIVE := $(shell find ops_native -name '*.c' -o -name '*.h' -o -name '*.pyx' -o -name '*.pxi' -o -name '*.pxd' 2>/dev/null)
 PYTEST_ARGS ?=
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: all install build demo demo-loop test test-py test-c test-asan test-arm bench lint clean
 
@@ -15,13 +16,17 @@ $(VENV)/.deps: pyproject.toml
 	$(PY) -m pip install -q "setuptools>=77" wheel "Cython>=3.0" "numpy>=1.24"
 	touch $@
 
-# Editable install without build isolation so native rebuilds are incremental.
-$(VENV)/.installed: $(VENV)/.deps pyproject.toml setup.py $(NATIVE)
+# Editable install without build isolation; setup.py compiles on every core into build/native-objects,
+# so after the install's build `build_ext --inplace` recompiles only what changed.
+$(VENV)/.installed: $(VENV)/.deps pyproject.toml setup.py
 	$(PY) -m pip install -q --no-build-isolation -e '.[test,demo]'
+	touch $@
+
+$(VENV)/.built: $(VENV)/.installed $(NATIVE)
 	$(PY) setup.py -q build_ext --inplace
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.built
 
 build: install
 
@@ -43,13 +48,13 @@ test-py: install
 
 # C kernel tests: native, under ASan+UBSan, and the NEON path under qemu-aarch64.
 test-c:
-	$(MAKE) -C ops_native/tests run
+	$(MAKE) -C ops_native/tests -j$(JOBS) run
 
 test-asan:
-	$(MAKE) -C ops_native/tests asan
+	$(MAKE) -C ops_native/tests -j$(JOBS) asan
 
 test-arm:
-	$(MAKE) -C ops_native/tests arm
+	$(MAKE) -C ops_native/tests -j$(JOBS) arm
 
 bench: install
 	$(PY) -m benchmarks

@@ -29,6 +29,9 @@ static void test_lrn_matches_definition(void) {
             for (size_t b = 0; b < sizeof(betas) / sizeof(betas[0]); b++)
                 for (int ab = 0; ab < 2; ab++)
                     for (int threads = 1; threads <= 2; threads++) {
+                        /* the AlexNet-sized plane only at its real window and two exponents: the sweep
+                         * is the small shapes' job (the whole sweep took 40 s under qemu-aarch64) */
+                        if (total > 100000 && (sizes[k] != 5 || b > 1)) continue;
                         CHECK(on_lrn_f32_ref(x, want, n, c, inner, sizes[k], alphas[ab], betas[b], biases[ab]) ==
                               ON_OK);
                         CHECK(on_lrn_f32(x, got, n, c, inner, sizes[k], alphas[ab], betas[b], biases[ab],

@@ -72,14 +72,27 @@ static inline __attribute__((always_inline)) void tile(const int NB, const int P
             }
         }
     }
+    const int slow_act = act && on_act_is_transcendental(r->act.kind);
 #pragma GCC unroll 2
     for (int b = 0; b < NB; b++) {
         /* the bias joins the finished sum (as in the GEMM epilogue and ONNX Runtime), not the first term */
         const __m512 bv = last ? _mm512_loadu_ps(r->bias + b * OB) : _mm512_setzero_ps();
+        if (last) {
+#pragma GCC unroll 16
+            for (int q = 0; q < P; q++) acc[b][q] = _mm512_add_ps(acc[b][q], bv);
+        }
+        if (slow_act) { /* exp/erf kinds: once per block, out of line (see act_many_avx512) */
+            __m512 t[16];
+#pragma GCC unroll 16
+            for (int q = 0; q < P; q++) t[q] = acc[b][q];
+            act_many_avx512(t, P, &r->act);
+#pragma GCC unroll 16
+            for (int q = 0; q < P; q++) acc[b][q] = t[q];
+        }
 #pragma GCC unroll 16
         for (int q = 0; q < P; q++) {
-            __m512 v = last ? _mm512_add_ps(acc[b][q], bv) : acc[b][q];
-            v = act ? act_avx512(v, &r->act) : v;
+            __m512 v = acc[b][q];
+            v = act && !slow_act ? act_cheap_avx512(v, &r->act) : v;
             if (direct) { /* straight into the two NCHWc8 blocks this zmm covers */
                 float *yd = r->y + (size_t)(2 * b) * r->ystride + (ow0 + (size_t)q) * C0;
                 _mm256_storeu_ps(yd, _mm512_castps512_ps256(v));
