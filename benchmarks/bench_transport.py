@@ -147,7 +147,7 @@ def shard_transfer(broker_kind: str, workdir: Path, sizes: Sequence[int] = TRANS
         server_ep = topics.client_endpoint("bench", "server")
         client_ep = topics.device_endpoint("bench", "client")
         server = BlobServer(server_t, server_ep)
-        server_t.subscribe(topics.inbox(server_ep, "cmd"), server.handle)
+        server_t.subscribe(topics.inbox_filter(server_ep, "cmd"), server.handle)
         try:
             for size in sizes:
                 data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
@@ -158,13 +158,13 @@ def shard_transfer(broker_kind: str, workdir: Path, sizes: Sequence[int] = TRANS
                     with tempfile.TemporaryDirectory(prefix="ea-bench-store-", dir=workdir) as tmp:
                         store = BlobStore(tmp)
                         fetcher = BlobFetcher(client_t, client_ep, store)
-                        client_t.subscribe(topics.inbox(client_ep, "blob"), fetcher.deliver)
+                        client_t.subscribe(topics.inbox_filter(client_ep, "blob"), fetcher.deliver)
                         t0 = time.perf_counter()
                         fetcher.fetch(spec, [server_ep], timeout=300)
                         ours_s.append(time.perf_counter() - t0)
                         if store.path(sha).stat().st_size != size:
                             raise RuntimeError(f"blob transfer of {size} bytes stored the wrong size")
-                        client_t.unsubscribe(topics.inbox(client_ep, "blob"))
+                        client_t.unsubscribe(topics.inbox_filter(client_ep, "blob"))
                     raw_s.append(raw_bulk_transfer(broker.url, size, CHUNK_SIZE))
                 store_s = _store_only(data, spec, workdir)
                 mib = size / (1 << 20)

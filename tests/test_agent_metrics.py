@@ -31,7 +31,7 @@ def test_agent_metrics_count_requests_latency_stages_and_rejections(mosquitto, t
             fleet.deploy(model, "metered", stages=1, timeout=120)
             for _ in range(3):
                 fleet.infer("metered", x)
-            fleet.transport.publish("ea/v1/default/dev/m-dev/in", b"\x01garbage", qos=1).wait_for_publish(5)
+            fleet.transport.publish("ea/v1/default/dev/m-dev/in/tester", b"\x01garbage", qos=1).wait_for_publish(5)
             m = _scrape(port)
         runs = [(s.labels, s.value) for s in m["edge_agent_requests"].samples if s.name == "edge_agent_requests_total"]
         assert ({"model": "metered", "version": "1", "stage": "0"}, 3.0) in runs

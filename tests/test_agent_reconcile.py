@@ -50,6 +50,18 @@ def test_an_orphaned_stage_is_adopted_by_the_chosen_device_only() -> None:
                                                            dev("e")), set(), may_adopt=True).adopt
 
 
+def test_only_a_standby_device_named_in_the_signed_manifest_adopts() -> None:
+    gone = view_of(dev("a", False), dev("b", True, ("m", 1, 1, "ready")), dev("e"))
+    outsider = manifest()
+    outsider.standby = ["a", "b", "e"]          # "c" (this device) is not named: it never adopts...
+    assert not desired(ME, {("stable", "m"): outsider}, gone, set(), may_adopt=True).adopt
+    # ...and the adoption rule picks among the named ones, so a busier standby still takes the stage
+    busy = Candidate("c", n_stages=3, gflops=10.0)
+    named = manifest()
+    named.standby = ["c"]
+    assert desired(busy, {("stable", "m"): named}, gone, set(), may_adopt=True).adopt == {("m", 1, 0)}
+
+
 def test_no_adoption_before_the_retained_states_are_in_or_without_failover_or_on_canary() -> None:
     gone = view_of(dev("a", False), dev("b"))
     for m, may in ((manifest(), False), (manifest(failover=False), True), (manifest(channel="canary"), True)):

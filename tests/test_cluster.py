@@ -11,7 +11,7 @@ from edge_agent.cluster import routing
 from edge_agent.cluster.placement import Candidate, assign_replicas, choose_adopter
 from edge_agent.cluster.view import FleetView
 from edge_agent.protocol.errors import DeployError
-from edge_agent.protocol.messages import DeviceState, LoadReport
+from edge_agent.protocol.messages import DeviceState, LoadReport, Manifest
 
 KEY = ("m", 1, 0)
 
@@ -122,10 +122,20 @@ def test_only_manifest_replicas_may_serve_and_adopters_only_while_they_are_all_g
     adopter = DeviceState("adopt", "f", True, stages=[{"model": "m", "version": 1, "stage": 0, "status": "ready",
                                                        "role": "adopted"}])
     v = view_of(state("a"), claimer, adopter, loads={"rogue": (0, 0.001), "adopt": (0, 0.001), "a": (9, 50.0)})
-    allowed = permitted_holders(v, KEY, ["a"], failover=True)
+    m = _manifest(["a"])
+    allowed = permitted_holders(v, m, 0)
     assert allowed == {"a"} and routing.pick(v, KEY, allowed=allowed) == "a"
     assert routing.pick(v, KEY) in ("rogue", "adopt")          # what an unrestricted pick would do
     v.update_state(state("a", online=False))
-    allowed = permitted_holders(v, KEY, ["a"], failover=True)
+    allowed = permitted_holders(v, m, 0)
     assert allowed == {"a", "adopt"} and routing.pick(v, KEY, allowed=allowed) == "adopt"
-    assert permitted_holders(v, KEY, ["a"], failover=False) == {"a"}
+    assert permitted_holders(v, _manifest(["a"], failover=False), 0) == {"a"}
+    # a manifest that names its standby devices: an adopter outside them gets nothing
+    assert permitted_holders(v, _manifest(["a"], standby=["a", "b"]), 0) == {"a"}
+    assert permitted_holders(v, _manifest(["a"], standby=["adopt"]), 0) == {"a", "adopt"}
+
+
+def _manifest(replicas: list[str], failover: bool = True, standby: list[str] | None = None) -> Manifest:
+    stage = {"index": 0, "shard_sha256": "0" * 64, "shard_size": 1, "chunk_size": 1, "chunk_sha256": ["0" * 64],
+             "inputs": ["x"], "outputs": ["y"], "devices": replicas}
+    return Manifest("m", 1, 0.0, "0" * 64, [], [], [stage], failover=failover, standby=standby)

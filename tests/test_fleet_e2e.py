@@ -174,7 +174,7 @@ def _raw_request(fleet: Fleet, device: str, model: str, version: int, tensors: d
 
     req = InferRequest(uuid.uuid4().hex, model, version, 0, fleet.endpoint, tensors=tensors)
     fut: Future = Future()
-    topic = topics.inbox(topics.device_endpoint(fleet.fleet, device), "in")
+    topic = topics.inbox(topics.device_endpoint(fleet.fleet, device), "in", fleet.client_id)
     now = time.monotonic()
     with fleet.requests.lock:  # registered like a normal request, but never routed or retried by the Fleet
         fleet.requests.pending[req.request_id] = _Pending(fut, req, req.to_bytes(), now + timeout, now + timeout + 1,
@@ -194,9 +194,9 @@ def test_malformed_and_oversized_messages_are_counted_and_agent_keeps_serving(fl
         garbage = [b"", b"\x00", b"\xff" * 64, b"\x10\x00\x00\x00" + b"\x81\xa1k\xa5infer" + b"\0" * 9, os.urandom(4096)]
         for payload in garbage:
             for kind in ("in", "cmd", "blob"):
-                fleet.transport.publish(topics.inbox(ep, kind), payload)
+                fleet.transport.publish(topics.inbox(ep, kind, fleet.client_id), payload)
         fleet.transport.publish(topics.deploy(fleet.fleet, "junk"), b"\x01\x02\x03", retain=False)
-        fleet.transport.publish(topics.inbox(ep, "in"), b"\0" * (65 * 1024 * 1024))  # over the 64 MiB limit
+        fleet.transport.publish(topics.inbox(ep, "in", fleet.client_id), b"\0" * (65 * 1024 * 1024))  # over the 64 MiB limit
 
         def counted() -> dict | None:
             c = next(d for d in fleet.devices() if d.device_id == device).counters
@@ -458,7 +458,8 @@ def test_final_no_route_error_names_the_stage_and_its_devices(fleet: Fleet) -> N
             fleet.requests.pending[req.request_id] = _Pending(fut, req, req.to_bytes(), past, past + 3600)
         res = InferResult(req.request_id, "noroute", False, error={
             "code": "no_route", "message": "no live device serves noroute v1 stage 1", "stage": 1})
-        fleet._on_result("test", res.to_bytes(), False)
+        # as the stage-0 device answers it (a result is accepted only from a device of the deployment)
+        fleet._on_result(topics.inbox(fleet.endpoint, "out", m.stages[0].device), res.to_bytes(), False)
         err = fut.exception(timeout=5)
         assert isinstance(err, StageUnavailableError), err
         assert err.stage == 1 and stage1 in str(err) and err.device == stage1

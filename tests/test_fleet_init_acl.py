@@ -381,46 +381,52 @@ def test_device_cannot_publish_a_deployment_canary_or_rollout(clients, via):
 @pytest.mark.parametrize("inbox", ["in", "blob", "cmd"])
 def test_device_cannot_read_another_devices_inbox_but_reads_its_own(clients, inbox):
     cam1, cam2, gw = clients("cam-01"), clients("cam-02", "plain"), clients("gw-01")
-    assert cam1.subscribe(t(f"dev/cam-01/{inbox}")) == 1
-    cam2.subscribe(t(f"dev/cam-01/{inbox}"))     # granted or refused: either way nothing may arrive
-    cam2.subscribe(t("dev/+/" + inbox))
-    assert cam2.subscribe(t(f"dev/cam-02/{inbox}")) == 1
-    gw.publish(t(f"dev/cam-01/{inbox}"), b"cam-01's input tensors")
-    gw.publish(t(f"dev/cam-02/{inbox}"), b"control")
-    seen = cam2.wait_for(t(f"dev/cam-02/{inbox}"), b"control")
-    assert all(topic != t(f"dev/cam-01/{inbox}") for topic, _ in seen), seen
+    assert cam1.subscribe(t(f"dev/cam-01/{inbox}/+")) == 1
+    cam2.subscribe(t(f"dev/cam-01/{inbox}/+"))     # granted or refused: either way nothing may arrive
+    cam2.subscribe(t(f"dev/+/{inbox}/+"))
+    assert cam2.subscribe(t(f"dev/cam-02/{inbox}/+")) == 1
+    gw.publish(t(f"dev/cam-01/{inbox}/gw-01"), b"cam-01's input tensors")
+    gw.publish(t(f"dev/cam-02/{inbox}/gw-01"), b"control")
+    seen = cam2.wait_for(t(f"dev/cam-02/{inbox}/gw-01"), b"control")
+    assert all(not topic.startswith(t(f"dev/cam-01/{inbox}")) for topic, _ in seen), seen
     # the rightful owner did get it: the publish was allowed, only the eavesdropper was refused
-    assert cam1.wait_for(t(f"dev/cam-01/{inbox}"), b"cam-01's input tensors")
+    assert cam1.wait_for(t(f"dev/cam-01/{inbox}/gw-01"), b"cam-01's input tensors")
 
 
 def test_device_wildcard_subscription_sees_only_what_it_may_read(clients):
     cam2 = clients("cam-02")
     cam2.subscribe(t("#"))
     gw = clients("gw-01")
-    sent = [(t("dev/cam-01/in"), b"no"), (t("dev/cam-01/blob"), b"no"), (t("dev/cam-01/cmd"), b"no"),
-            (t("ctl/op/out"), b"no"), (t("dev/gw-01/state"), b"yes"), (t("dev/gw-01/load"), b"yes"),
-            (t("dev/cam-02/in"), b"yes"),
-            (t("dev/cam-02/blob"), b"yes"), (t("dev/cam-02/cmd"), b"control")]
+    sent = [(t("dev/cam-01/in/gw-01"), b"no"), (t("dev/cam-01/blob/gw-01"), b"no"), (t("dev/cam-01/cmd/gw-01"), b"no"),
+            (t("ctl/op/out/gw-01"), b"no"), (t("dev/gw-01/state"), b"yes"), (t("dev/gw-01/load"), b"yes"),
+            (t("dev/cam-02/in/gw-01"), b"yes"),
+            (t("dev/cam-02/blob/gw-01"), b"yes"), (t("dev/cam-02/cmd/gw-01"), b"control")]
     for topic, payload in sent:
         gw.publish(topic, payload)
-    seen = cam2.wait_for(t("dev/cam-02/cmd"), b"control")
+    seen = cam2.wait_for(t("dev/cam-02/cmd/gw-01"), b"control")
     assert sorted(seen) == sorted(m for m in sent if m[1] != b"no"), seen
 
 
-def test_device_may_forward_tensors_answer_peers_and_results(clients):
+def test_device_may_forward_tensors_answer_peers_and_results_under_its_own_name(clients):
     op, cam1 = clients("operator"), clients("cam-01")
     assert op.subscribe(t("ctl/op/#")) == 1 and cam1.subscribe(t("dev/cam-01/#")) == 1
     gw = clients("gw-01", "plain")
-    for topic in (t("dev/cam-01/in"), t("dev/cam-01/cmd"), t("dev/cam-01/blob")):
-        gw.publish(topic, b"peer")
-    gw.publish(t("ctl/op/out"), b"result")
-    gw.publish(t("ctl/op/cmd"), b"blob request")
-    gw.publish(t("ctl/op/blob"), b"not allowed")
-    gw.publish(t("ctl/op/cmd"), b"control")
-    assert cam1.wait_for(t("dev/cam-01/blob"), b"peer") == [
-        (t("dev/cam-01/in"), b"peer"), (t("dev/cam-01/cmd"), b"peer"), (t("dev/cam-01/blob"), b"peer")]
-    assert op.wait_for(t("ctl/op/cmd"), b"control") == [
-        (t("ctl/op/out"), b"result"), (t("ctl/op/cmd"), b"blob request"), (t("ctl/op/cmd"), b"control")]
+    for kind in ("in", "cmd", "blob"):
+        gw.publish(t(f"dev/cam-01/{kind}/gw-01"), b"peer")
+        # under another device's name (a forged sender), or with no sender level: refused
+        gw.publish(t(f"dev/cam-01/{kind}/cam-02"), b"forged")
+        gw.publish(t(f"dev/cam-01/{kind}"), b"anonymous")
+    gw.publish(t("ctl/op/out/cam-02"), b"forged result")
+    gw.publish(t("ctl/op/out/gw-01"), b"result")
+    gw.publish(t("ctl/op/cmd/gw-01"), b"blob request")
+    gw.publish(t("ctl/op/blob/gw-01"), b"not allowed")
+    gw.publish(t("ctl/op/cmd/gw-01"), b"control")
+    assert cam1.wait_for(t("dev/cam-01/blob/gw-01"), b"peer") == [
+        (t("dev/cam-01/in/gw-01"), b"peer"), (t("dev/cam-01/cmd/gw-01"), b"peer"),
+        (t("dev/cam-01/blob/gw-01"), b"peer")]
+    assert op.wait_for(t("ctl/op/cmd/gw-01"), b"control") == [
+        (t("ctl/op/out/gw-01"), b"result"), (t("ctl/op/cmd/gw-01"), b"blob request"),
+        (t("ctl/op/cmd/gw-01"), b"control")]
 
 
 @pytest.mark.parametrize("via", ["tls", "plain"])
@@ -429,7 +435,7 @@ def test_operator_may_deploy_impersonate_and_read_everything(clients, via):
     for sub in ("deploy/#", "canary/#", "rollout/#", "dev/+/state"):
         cam2.subscribe(t(sub))
     op = clients("operator", via)
-    assert op.subscribe(t("dev/cam-01/in")) == 1 and op.subscribe(t("rollout/#")) == 1
+    assert op.subscribe(t("dev/cam-01/in/+")) == 1 and op.subscribe(t("rollout/#")) == 1
     op.publish(t("deploy/ocr"), b"signed manifest", retain=True)
     op.publish(t("canary/ocr"), b"signed canary", retain=True)
     op.publish(t("rollout/ocr"), b"history")
@@ -438,8 +444,8 @@ def test_operator_may_deploy_impersonate_and_read_everything(clients, via):
     assert (t("deploy/ocr"), b"signed manifest") in got and (t("canary/ocr"), b"signed canary") in got
     assert all(not topic.startswith(t("rollout")) for topic, _ in got), "devices may not read rollout/"
     assert op.wait_for(t("rollout/ocr"), b"history")
-    cam2.publish(t("dev/cam-01/in"), b"tensors")
-    assert op.wait_for(t("dev/cam-01/in"), b"tensors")
+    cam2.publish(t("dev/cam-01/in/cam-02"), b"tensors")
+    assert op.wait_for(t("dev/cam-01/in/cam-02"), b"tensors")
     for name in ("deploy/ocr", "canary/ocr"):  # undeploy: leave no retained message behind
         op.publish(t(name), b"", retain=True)
     assert cam1.subscribe(t("deploy/#")) == 1

@@ -53,7 +53,8 @@ from .test_fuzz_messages import HOSTILE_INTS, INT_MAX, INT_MIN, MESSAGES, TENSOR
 FLEET = "default"
 DEVICE = "fz-dev"
 MODEL = "m"
-PROBE = topics.client_endpoint(FLEET, "fz-probe")       # a reply_to whose answers this test collects
+PROBE_ID = "fz-probe"
+PROBE = topics.client_endpoint(FLEET, PROBE_ID)       # a reply_to whose answers this test collects
 MLP = zoo.build("mlp")
 INPUTS = zoo.sample_inputs(MLP)
 IN_NAME = next(iter(INPUTS))
@@ -134,8 +135,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory, mosquitto_available: str) -> I
             answers.setdefault(res.request_id, []).append(res)
 
         probe = Transport(broker.url, client_id="fz-probe")
-        probe.subscribe(topics.inbox(PROBE, "out"), on_answer)
-        probe.subscribe(topics.inbox(PROBE, "blob"), lambda t, p, r: chunks.append(wire.BlobChunk.from_bytes(p)))
+        probe.subscribe(topics.inbox_filter(PROBE, "out"), on_answer)
+        probe.subscribe(topics.inbox_filter(PROBE, "blob"), lambda t, p, r: chunks.append(wire.BlobChunk.from_bytes(p)))
         probe.start(wait=10)
         try:
             fleet.wait_for_devices(1, timeout=30)
@@ -179,7 +180,7 @@ def assert_still_serving(lab: Lab) -> None:
     sha = lab.manifest.stages[0].shard_sha256
     before = len(lab.blob_chunks)
     req = wire.BlobRequest(sha, [0], int(lab.manifest.stages[0].chunk_size), PROBE, requester=PROBE)
-    lab.probe.publish(topics.inbox(agent.endpoint, "cmd"), req.to_bytes())
+    lab.probe.publish(topics.inbox(agent.endpoint, "cmd", PROBE_ID), req.to_bytes())
     wait_until(lambda: any(c.sha256 == sha and not c.error for c in lab.blob_chunks[before:]), 10,
                what="the agent to serve a chunk of its shard")
     assert not lab.escaped, lab.escaped
@@ -427,7 +428,7 @@ def test_agent_answers_every_fuzzed_request_with_a_result_or_a_clear_error_and_k
             return
         expect = _expected_infer_reject(payload)
         before = Counter(agent.counters)
-        call(agent.handlers.on_infer, topics.inbox(agent.endpoint, "in"), payload)
+        call(agent.handlers.on_infer, topics.inbox(agent.endpoint, "in", PROBE_ID), payload)
         if expect is not None:
             assert agent.counters[expect] == before[expect] + 1, expect
             return
@@ -489,14 +490,14 @@ def test_agent_control_handlers_reject_fuzzed_payloads_count_them_and_keep_servi
             payload = data.draw(payloads(BLOB_REQUESTS, "blob_req"))
             if _blob_request_kills_server(payload):
                 return
-            call(agent.blob_server.handle, topics.inbox(agent.endpoint, "cmd"), payload)
+            call(agent.blob_server.handle, topics.inbox(agent.endpoint, "cmd", PROBE_ID), payload)
             try:
                 wire.BlobRequest.from_bytes(payload)
             except ProtocolError:
                 assert rejects(agent)["rejected_blob_request"] == before["rejected_blob_request"] + 1
         else:
             payload = data.draw(payloads(BLOB_CHUNKS, "blob_chunk"))
-            call(agent.fetcher.deliver, topics.inbox(agent.endpoint, "blob"), payload)
+            call(agent.fetcher.deliver, topics.inbox(agent.endpoint, "blob", PROBE_ID), payload)
             try:
                 wire.BlobChunk.from_bytes(payload)
             except ProtocolError:
@@ -529,8 +530,10 @@ def test_fleet_handlers_survive_fuzzed_payloads_and_its_callers_get_results_or_c
 
     def arm(rid: str) -> Future:
         now = time.monotonic()
-        p = Pending(Future(), wire.InferRequest(rid, "fz-pending", 1, 0, fleet.endpoint), b"", now + 3600,
-                     now + 3600)
+        # requests of the lab's deployment, answered (in the topic) by its device: the fuzzed results get
+        # past the sender check into the result handling proper
+        p = Pending(Future(), wire.InferRequest(rid, MODEL, lab.manifest.version, 0, fleet.endpoint), b"",
+                    now + 3600, now + 3600, device=DEVICE)
         with fleet.requests.lock:
             fleet.requests.pending[rid] = p
         return p.future
@@ -561,7 +564,7 @@ def test_fleet_handlers_survive_fuzzed_payloads_and_its_callers_get_results_or_c
             call(fleet.desired.on_manifest, topic, payload, True)
         elif which == "result":
             aimed = results.filter(lambda r: r.request_id in pending_ids).map(wire.InferResult.to_bytes)
-            call(fleet._on_result, topics.inbox(fleet.endpoint, "out"),
+            call(fleet._on_result, topics.inbox(fleet.endpoint, "out", DEVICE),
                  data.draw(st.one_of(aimed, aimed, payloads(results, "result"))))
         elif which == "load":
             call(fleet._on_load, topics.load(FLEET, "ghost-1"), data.draw(payloads(LOADS, "load")))
@@ -602,15 +605,15 @@ def test_mutated_payloads_through_the_broker_are_counted_and_the_agent_keeps_ser
         for _ in range(8):
             which = data.draw(st.sampled_from(["in", "in", "cmd", "blob", "state", "load", "deploy"]))
             if which == "in":
-                topic, payload = topics.inbox(ep, "in"), data.draw(INFER_PAYLOADS)
+                topic, payload = topics.inbox(ep, "in", PROBE_ID), data.draw(INFER_PAYLOADS)
                 if _request_kills_worker(payload):
                     continue
             elif which == "cmd":
-                topic, payload = topics.inbox(ep, "cmd"), data.draw(payloads(BLOB_REQUESTS, "blob_req"))
+                topic, payload = topics.inbox(ep, "cmd", PROBE_ID), data.draw(payloads(BLOB_REQUESTS, "blob_req"))
                 if _blob_request_kills_server(payload):
                     continue
             elif which == "blob":
-                topic, payload = topics.inbox(ep, "blob"), data.draw(payloads(BLOB_CHUNKS, "blob_chunk"))
+                topic, payload = topics.inbox(ep, "blob", PROBE_ID), data.draw(payloads(BLOB_CHUNKS, "blob_chunk"))
             elif which == "state":
                 topic, payload = topics.state(FLEET, "ghost-2"), data.draw(payloads(STATES, "state"))
                 if "state_stage_not_map" in KNOWN_BUGS and _state_is_poison(payload):
@@ -651,7 +654,7 @@ def test_mutated_payloads_through_the_broker_are_counted_and_the_agent_keeps_ser
 def test_request_with_wildcard_reply_to_is_rejected_and_the_worker_survives(lab: Lab) -> None:
     before = lab.agent.counters["rejected_bad_reply_to"]
     req = wire.InferRequest(uuid.uuid4().hex, MODEL, lab.manifest.version, 0, f"ea/v1/{FLEET}/#", tensors=INPUTS)
-    call(lab.agent.handlers.on_infer, topics.inbox(lab.agent.endpoint, "in"), req.to_bytes())
+    call(lab.agent.handlers.on_infer, topics.inbox(lab.agent.endpoint, "in", PROBE_ID), req.to_bytes())
     time.sleep(0.5)
     assert f"stage-worker-{DEVICE}" in {t.name for t in threading.enumerate()}, "the stage worker died"
     assert lab.agent.counters["rejected_bad_reply_to"] == before + 1
@@ -660,7 +663,7 @@ def test_request_with_wildcard_reply_to_is_rejected_and_the_worker_survives(lab:
 @pytest.mark.timeout(60)
 def test_blob_request_for_a_malformed_sha_is_answered_and_the_blob_server_survives(lab: Lab) -> None:
     before = len(lab.blob_chunks)
-    call(lab.agent.blob_server.handle, topics.inbox(lab.agent.endpoint, "cmd"),
+    call(lab.agent.blob_server.handle, topics.inbox(lab.agent.endpoint, "cmd", PROBE_ID),
          wire.BlobRequest("not-a-sha", [0], 1024, PROBE).to_bytes())
     time.sleep(0.5)
     assert lab.agent.blob_server._thread.is_alive(), "the blob server thread died"
@@ -692,13 +695,13 @@ def test_state_with_a_non_map_stage_entry_does_not_break_fleet_inference(lab: La
 def test_error_result_with_a_list_code_fails_the_caller_with_an_inference_error(lab: Lab) -> None:
     fleet = lab.fleet
     now = time.monotonic()
-    p = Pending(Future(), wire.InferRequest("fz-code", "fz-pending", 1, 0, fleet.endpoint), b"", now + 60,
-                 now + 60)
+    p = Pending(Future(), wire.InferRequest("fz-code", MODEL, lab.manifest.version, 0, fleet.endpoint), b"",
+                now + 60, now + 60)
     with fleet.requests.lock:
         fleet.requests.pending["fz-code"] = p
     try:
-        fleet._on_result(topics.inbox(fleet.endpoint, "out"),
-                         wire.InferResult("fz-code", "fz-pending", False, error={"code": [1]}).to_bytes(), False)
+        fleet._on_result(topics.inbox(fleet.endpoint, "out", DEVICE),
+                         wire.InferResult("fz-code", MODEL, False, error={"code": [1]}).to_bytes(), False)
         assert isinstance(p.future.exception(timeout=1), EdgeAgentError)
     finally:
         with fleet.requests.lock:
@@ -721,7 +724,7 @@ def test_request_with_a_control_character_in_reply_to_does_not_disconnect_the_ag
                                   discovery=False, gflops=10.0)).start()
         try:
             req = wire.InferRequest("r", MODEL, 1, 0, f"ea/v1/{FLEET}/\x01", tensors=INPUTS)
-            agent.handlers.on_infer(topics.inbox(agent.endpoint, "in"), req.to_bytes(), False)
+            agent.handlers.on_infer(topics.inbox(agent.endpoint, "in", PROBE_ID), req.to_bytes(), False)
             samples = []
             for _ in range(40):
                 samples.append(agent.transport.connected.is_set())

@@ -68,10 +68,10 @@ def _pair(url: str, tmp_path):
     server_ep = topics.client_endpoint("t", "server")
     client_ep = topics.device_endpoint("t", "client")
     server = BlobServer(server_t, server_ep)
-    server_t.subscribe(topics.inbox(server_ep, "cmd"), server.handle)
+    server_t.subscribe(topics.inbox_filter(server_ep, "cmd"), server.handle)
     store = BlobStore(tmp_path / "client")
     fetcher = BlobFetcher(client_t, client_ep, store)
-    client_t.subscribe(topics.inbox(client_ep, "blob"), fetcher.deliver)
+    client_t.subscribe(topics.inbox_filter(client_ep, "blob"), fetcher.deliver)
     return server_t, client_t, server, server_ep, store, fetcher
 
 
@@ -191,7 +191,7 @@ def test_forged_error_and_corrupt_chunks_from_a_third_party_cannot_stop_a_transf
         cs = 16 * 1024
         data = os.urandom(40 * cs)
         sha = server.add(data)
-        inbox = topics.inbox(fetcher.endpoint, "blob")
+        inbox = topics.inbox(fetcher.endpoint, "blob", "server")   # claiming to be the source in the topic too
 
         def flood() -> None:
             i = 0
@@ -223,7 +223,7 @@ def test_a_source_that_fails_is_dropped_and_the_next_one_serves(mosquitto, tmp_p
     empty_t = Transport(mosquitto.url).start()
     empty_ep = topics.device_endpoint("t", "empty")
     empty = BlobServer(empty_t, empty_ep)        # reachable, but holds nothing
-    empty_t.subscribe(topics.inbox(empty_ep, "cmd"), empty.handle)
+    empty_t.subscribe(topics.inbox_filter(empty_ep, "cmd"), empty.handle)
     try:
         data = os.urandom(5 * 1024)
         sha = server.add(data)

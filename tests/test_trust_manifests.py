@@ -4,12 +4,16 @@ Real Mosquitto, real agent processes trusting the fleet key, a second ("stolen b
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import Future
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 
 from edge_agent import DeployError, Fleet
 from edge_agent.lab.sim import SimFleet
+from edge_agent.operator.requests import Pending
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import ManifestRejected
 from edge_agent.protocol.messages import RolloutRecord
@@ -156,3 +160,69 @@ def test_a_device_claiming_a_stage_it_was_not_given_gets_none_of_its_traffic(sim
         out, timings = op.infer("claimed", x, with_timings=True)
         assert [t["device"] for t in timings] == ["dev-0"] and _close(out, _ort(model, x))
     rogue.transport.publish(topics.state(op.fleet, "intruder"), b"", qos=1, retain=True).wait_for_publish(5)
+
+
+def _pending(op: Fleet, req) -> Future:
+    """Register ``req`` as in flight in the operator's table without sending it anywhere."""
+    fut: Future = Future()
+    now = time.monotonic()
+    with op.requests.lock:
+        op.requests.pending[req.request_id] = Pending(fut, req, req.to_bytes(), now + 60, now + 60)
+    return fut
+
+
+def test_tensors_for_a_later_stage_are_taken_only_from_a_device_of_the_stage_before(sim, op: Fleet,
+                                                                                      rogue: Fleet) -> None:
+    """A stolen identity that holds no stage hands the stage-1 device an activation of its choosing (under its
+    own name in the topic, all the broker's ACL lets it write): the device refuses and counts it. The same
+    message under the stage-0 device's name is served, so the sender is what was checked."""
+    import uuid
+
+    from edge_agent.protocol.messages import InferRequest
+    model = zoo.build("mlp", seed=31)
+    dep = op.deploy(model, "chain", stages=2, devices=["dev-0", "dev-1"], timeout=120)
+    first, second = dep.manifest.stages[0].replicas[0], dep.manifest.stages[1].replicas[0]
+    x = zoo.sample_inputs(model)
+    _, timings = op.infer("chain", x, with_timings=True)
+    assert [t["device"] for t in timings] == [first, second]
+    activation = {name: np.zeros((1, 64), np.float32) for name in dep.manifest.stages[1].inputs}
+    answers: list = []
+    rogue.transport.subscribe(topics.inbox_filter(rogue.endpoint, "out"), lambda t, p, r: answers.append(t))
+    before = _counter(op, second, "rejected_unexpected_sender")
+    req = InferRequest(uuid.uuid4().hex, "chain", dep.version, 1, rogue.endpoint, tensors=activation)
+    target = topics.device_endpoint(op.fleet, second)
+    rogue.transport.publish(topics.inbox(target, "in", "intruder"), req.to_bytes(), qos=1).wait_for_publish(5)
+    wait_until(lambda: _counter(op, second, "rejected_unexpected_sender") == before + 1, 15,
+               what="the stage-1 device to refuse the intruder's tensor")
+    assert not answers
+    # control: written as the stage-0 device (which only a broker without ACLs lets anyone do) it is served
+    req = InferRequest(uuid.uuid4().hex, "chain", dep.version, 1, rogue.endpoint, tensors=activation)
+    rogue.transport.publish(topics.inbox(target, "in", first), req.to_bytes(), qos=1).wait_for_publish(5)
+    wait_until(lambda: answers, 15, what="the control request's answer")
+    assert topics.sender_of(answers[0]) == second
+    op.undeploy("chain")
+
+
+def test_a_result_is_taken_only_from_a_device_that_may_answer_it(sim, op: Fleet, rogue: Fleet) -> None:
+    """A stolen identity that saw a request id answers it first, with tensors of its choosing: the operator
+    ignores it (counted) and keeps waiting; the same answer from the deployment's last stage is taken."""
+    import uuid
+
+    from edge_agent.protocol.messages import InferRequest, InferResult
+    model = zoo.build("mlp", seed=37)
+    dep = op.deploy(model, "answered", stages=1, devices=["dev-1"], timeout=120)
+    req = InferRequest(uuid.uuid4().hex, "answered", dep.version, 0, op.endpoint)
+    fut = _pending(op, req)
+    forged = InferResult(req.request_id, "answered", True, tensors={"output": np.full((1, 10), 7.0, np.float32)})
+    before = op.stats["foreign_results"]
+    rogue.transport.publish(topics.inbox(op.endpoint, "out", "intruder"), forged.to_bytes(), qos=1).wait_for_publish(5)
+    wait_until(lambda: op.stats["foreign_results"] == before + 1, 10, what="the operator to ignore the forgery")
+    assert not fut.done()
+    rogue.transport.publish(topics.inbox(op.endpoint, "out", "dev-1"), forged.to_bytes(), qos=1).wait_for_publish(5)
+    assert fut.result(timeout=10)[0]["output"][0, 0] == 7.0
+    op.undeploy("answered")
+
+
+def _counter(op: Fleet, device: str, key: str) -> int:
+    d = next(d for d in op.devices(include_offline=True) if d.device_id == device)
+    return d.counters.get(key, 0)

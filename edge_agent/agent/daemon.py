@@ -125,7 +125,7 @@ class Agent:
         self.transport = Transport(config.broker, client_id=f"ea-{config.fleet}-{config.name}",
                                    clean_session=True, keepalive=config.keepalive_s,
                                    will=(topics.state(config.fleet, self.device_id), will, True),
-                                   probe_topic=topics.inbox(self.endpoint, "probe"), **config.transport_kwargs)
+                                   probe_topic=topics.probe(self.endpoint), **config.transport_kwargs)
         self.blob_server = BlobServer(self.transport, self.endpoint, self.store, on_reject=self._reject)
         self.fetcher = BlobFetcher(self.transport, self.endpoint, self.store, on_reject=self._reject)
         self.server = StageServer(self.device_id, config.fleet, self.transport, self.view, self.stages,
@@ -143,9 +143,9 @@ class Agent:
     # ---------------------------------------------------------------------------------- lifecycle
     def start(self, wait: float | None = 30.0) -> Agent:
         t, h, fleet = self.transport, self.handlers, self.cfg.fleet
-        t.subscribe(topics.inbox(self.endpoint, "in"), h.on_infer)
-        t.subscribe(topics.inbox(self.endpoint, "cmd"), h.guard(self.blob_server.handle))
-        t.subscribe(topics.inbox(self.endpoint, "blob"), h.guard(self.fetcher.deliver))
+        t.subscribe(topics.inbox_filter(self.endpoint, "in"), h.on_infer)
+        t.subscribe(topics.inbox_filter(self.endpoint, "cmd"), h.guard(self.blob_server.handle))
+        t.subscribe(topics.inbox_filter(self.endpoint, "blob"), h.guard(self.fetcher.deliver))
         t.subscribe(topics.all_states(fleet), h.on_state)
         for channel in topics.CHANNELS:
             t.subscribe(topics.all_deploys(fleet, channel), h.on_manifest)

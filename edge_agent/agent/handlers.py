@@ -125,4 +125,10 @@ class AgentHandlers:
             log.warning("rejected malformed request on %s: %s", topic, exc)
             self.on_reject("malformed_request")
             return
+        sender = topics.sender_of(topic)
+        if not self.server.may_send(req, sender):
+            log.warning("rejected request %s for %s v%s stage %s from %r: not a device of the previous stage",
+                        req.request_id, req.model, req.version, req.stage, sender)
+            self.on_reject("unexpected_sender")
+            return
         self.server.enqueue(req)

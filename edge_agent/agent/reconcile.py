@@ -60,6 +60,8 @@ def desired(me: Candidate, manifests: Mapping[ManifestSlot, Manifest], view: Fle
                 continue
             if channel != "stable" or not m.failover:
                 continue
+            if m.standby is not None and me.device_id not in m.standby:
+                continue   # the signed manifest does not name this device as a standby: never adopt
             if key in adopted:
                 if any(view.online(d) and (view.report(d, key) or {}).get("status") == "ready" for d in devs):
                     out.release.add(key)
@@ -70,7 +72,7 @@ def desired(me: Candidate, manifests: Mapping[ManifestSlot, Manifest], view: Fle
             holders.discard(me.device_id)
             if any(view.online(d) for d in holders) or not may_adopt:
                 continue
-            if choose_adopter(view, key, me) == me.device_id:
+            if choose_adopter(view, key, me, m.standby) == me.device_id:
                 out.adopt.add(key)
                 out.want.add(key)
     return out

@@ -108,6 +108,21 @@ class StageServer:
         return 0.0 if self.work.qsize() else time.monotonic() - self.last_request
 
     # ---------------------------------------------------------------------------------- intake
+    def may_send(self, req: InferRequest, sender: str) -> bool:
+        """Whether ``sender`` (the writer's id, from the topic) may hand this device ``req``. Stage 0 comes from
+        any identity the broker lets write here (operators, API clients, stream ingress, spot checks); the
+        tensors of stage k > 0 only from a permitted holder of stage k - 1, or of stage k itself (a holder
+        that passes on a request routed to it on a stale view). A request for a model version this device
+        has no verified manifest of reaches no installed stage anyway; ``serve`` answers it."""
+        if not sender:
+            return False
+        if req.stage == 0:
+            return True
+        spec = self.manifest_of(req.model, req.version)
+        if spec is None or not 0 < req.stage < len(spec.stages):
+            return True
+        return any(sender in permitted_holders(self.view, spec, k) for k in (req.stage - 1, req.stage))
+
     def enqueue(self, req: InferRequest) -> None:
         """Queue a request (from the network thread); answers "overloaded" when the queue is full."""
         if not topics.is_endpoint(req.reply_to, self.fleet):
@@ -144,7 +159,7 @@ class StageServer:
         spec = self.manifest_of(model, version)
         if spec is None or not 0 <= stage < len(spec.stages):
             return self.device_id if local is not None else None
-        allowed = permitted_holders(self.view, key, spec.stages[stage].replicas, spec.failover)
+        allowed = permitted_holders(self.view, spec, stage)
         return routing.pick(self.view, key, local, allowed=allowed)
 
     def send(self, req: InferRequest, payload: bytes | None = None) -> str | None:
@@ -156,7 +171,7 @@ class StageServer:
             self.enqueue(req)
             return dest
         self.view.note_sent(dest)
-        self.transport.publish(topics.inbox(topics.device_endpoint(self.fleet, dest), "in"),
+        self.transport.publish(topics.inbox(topics.device_endpoint(self.fleet, dest), "in", self.device_id),
                                payload if payload is not None else req.to_bytes(), qos=1)
         return dest
 
@@ -186,7 +201,7 @@ class StageServer:
             self.counters["duplicates"] += 1
             kind, payload, fwd = cached
             if kind == "result":
-                self.transport.publish(topics.inbox(req.reply_to, "out"), payload, qos=1)
+                self.transport.publish(topics.inbox(req.reply_to, "out", self.device_id), payload, qos=1)
             elif fwd is not None and self.send(fwd, payload) is None:
                 self.reply_error(req, "no_route", f"no live device serves {req.model} v{req.version} "
                                  f"stage {fwd.stage}", stage=fwd.stage)
@@ -240,7 +255,7 @@ class StageServer:
                                         "run_ms": round(run_s * 1e3, 3), "backend": inst.backend.name}]
         if inst.last:
             payload = InferResult(req.request_id, req.model, True, tensors=forward, timings=timings).to_bytes()
-            self.transport.publish(topics.inbox(req.reply_to, "out"), payload, qos=1)
+            self.transport.publish(topics.inbox(req.reply_to, "out", self.device_id), payload, qos=1)
             return ("result", payload, None)
         fwd = InferRequest(req.request_id, req.model, req.version, inst.index + 1, req.reply_to,
                            tensors=forward, timings=timings, attempt=req.attempt)
@@ -274,4 +289,4 @@ class StageServer:
                           error={"code": code, "message": message,
                                  "stage": req.stage if stage is None else stage, "device": self.device_id},
                           timings=list(req.timings))
-        self.transport.publish(topics.inbox(req.reply_to, "out"), res.to_bytes(), qos=1)
+        self.transport.publish(topics.inbox(req.reply_to, "out", self.device_id), res.to_bytes(), qos=1)

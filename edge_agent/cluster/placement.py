@@ -6,12 +6,13 @@ answer, so exactly one device adopts an orphaned stage without a vote.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from edge_agent.cluster.view import FleetView, StageKey
 from edge_agent.protocol.errors import DeployError
+from edge_agent.protocol.messages import Manifest
 
 
 class _Device(Protocol):
@@ -45,13 +46,16 @@ def assign_replicas(primary: list[str], est_ms: list[float], specs: Sequence[_De
     return placement
 
 
-def permitted_holders(view: FleetView, key: StageKey, replicas: Sequence[str], failover: bool) -> set[str]:
-    """Devices that may serve stage ``key``: its replicas in the signed manifest; and, only while none of them
-    is online and the deployment allows failover, the live devices that report running it as an adopter.
-    A device cannot attract a stage's traffic by claiming it in its own state otherwise."""
+def permitted_holders(view: FleetView, m: Manifest, stage: int) -> set[str]:
+    """Devices that may serve stage ``stage`` of the verified manifest ``m``: its replicas; and, only while
+    none of them is online and the deployment allows failover, the live devices that report running it as
+    an adopter and that the manifest names as standby (``None``: any device). A device cannot attract a
+    stage's traffic by claiming it in its own state otherwise."""
+    key, replicas, standby = (m.name, m.version, stage), m.stages[stage].replicas, m.standby
     allowed = set(replicas)
-    if failover and not any(view.online(d) for d in replicas):
-        allowed |= {d for d in view.ready_holders(key) if (view.report(d, key) or {}).get("role") == "adopted"}
+    if m.failover and not any(view.online(d) for d in replicas):
+        allowed |= {d for d in view.ready_holders(key) if (view.report(d, key) or {}).get("role") == "adopted"
+                    and (standby is None or d in standby)}
     return allowed
 
 
@@ -62,12 +66,12 @@ class Candidate:
     gflops: float
 
 
-def choose_adopter(view: FleetView, key: StageKey, me: Candidate) -> str:
-    """The device that adopts orphaned stage ``key``: fewest stages, then fastest, then by id; devices that
-    already failed to install it are skipped."""
+def choose_adopter(view: FleetView, key: StageKey, me: Candidate, standby: Collection[str] | None = None) -> str:
+    """The device that adopts orphaned stage ``key``: fewest stages, then fastest, then by id, among the
+    manifest's ``standby`` devices (None: all); devices that already failed to install it are skipped."""
     cands = [(me.n_stages, -me.gflops, me.device_id)]
     for st in view.states():
-        if st.device_id == me.device_id or not st.online:
+        if st.device_id == me.device_id or not st.online or (standby is not None and st.device_id not in standby):
             continue
         rep = view.report(st.device_id, key)
         if rep is not None and rep.get("status") == "error":

@@ -41,6 +41,7 @@ from edge_agent.protocol.errors import (
 )
 from edge_agent.protocol.messages import (
     DeviceState,
+    InferRequest,
     InferResult,
     LoadReport,
     Manifest,
@@ -105,7 +106,7 @@ class Fleet:
         self.spot: dict[str, SpotChecker] = {}          # deployments whose results are spot-checked
         self.stats = self.requests.stats
         self.transport = Transport(url, client_id=self.client_id if creds is None else creds.username,
-                                   clean_session=True, probe_topic=topics.inbox(self.endpoint, "probe"),
+                                   clean_session=True, probe_topic=topics.probe(self.endpoint),
                                    **transport_kwargs)
         self.blob_server = BlobServer(self.transport, self.endpoint)
         t = self.transport
@@ -114,8 +115,8 @@ class Fleet:
             t.subscribe(topics.all_deploys(fleet, channel), self.desired.on_manifest)
         t.subscribe(topics.all_rollouts(fleet), self.desired.on_rollout)
         t.subscribe(topics.all_loads(fleet), self._on_load, qos=0)
-        t.subscribe(topics.inbox(self.endpoint, "out"), self._on_result)
-        t.subscribe(topics.inbox(self.endpoint, "cmd"), self.blob_server.handle)
+        t.subscribe(topics.inbox_filter(self.endpoint, "out"), self._on_result)
+        t.subscribe(topics.inbox_filter(self.endpoint, "cmd"), self.blob_server.handle)
         t.add_connect_hook(self._on_reconnect)
         t.start(wait=connect_timeout)
         self._closed = threading.Event()
@@ -199,7 +200,28 @@ class Fleet:
         except ProtocolError as exc:
             log.warning("ignored malformed result: %s", exc)
             return
+        sender = topics.sender_of(topic)
+        sent = self.requests.sent(res.request_id)
+        if sent is not None and not self._may_answer(*sent, sender=sender, final=res.ok):
+            # the broker lets any device write to our inbox (under its own name): only the devices the
+            # verified manifest lets serve this request may answer it
+            log.warning("ignored a result for %s from %r: not a device of %s v%d", res.request_id, sender,
+                        sent[0].model, sent[0].version)
+            self.stats["foreign_results"] += 1
+            return
         self.requests.on_result(res)
+
+    def _may_answer(self, req: InferRequest, device: str | None, sender: str, final: bool) -> bool:
+        """Whether ``sender`` may answer ``req``: a success only from a permitted holder of the last stage, an
+        error from one of any stage (a stage that failed, or found no next hop, answers the caller) or from the
+        device the request went to (which answers one for a model it does not know)."""
+        if not final and sender and sender == device:
+            return True
+        m = self._verified(req.model, req.version)
+        if m is None:
+            return False
+        stages = [len(m.stages) - 1] if final else range(len(m.stages))
+        return any(sender in permitted_holders(self.view, m, k) for k in stages)
 
     # --------------------------------------------------------------------------------- queries
     def devices(self, include_offline: bool = False) -> list[DeviceStatus]:
@@ -231,17 +253,20 @@ class Fleet:
         """The stable manifest of ``name`` (waiting up to ``wait`` s); UnknownModelError naming the known ones."""
         return self.desired.wait(name, wait)
 
+    def _verified(self, model: str, version: int) -> Manifest | None:
+        """The verified manifest of ``model`` at ``version`` (stable or canary), or None."""
+        return next((m for m in (self.current(model), self.current(model, "canary")) if m and m.version == version),
+                    None)
+
     def route(self, model: str, version: int, stage: int) -> str | None:
         """The permitted live device with the stage ready and the earliest expected completion (queue x speed):
         a replica named in the verified manifest, or an adopter while they are all gone."""
-        m = next((m for m in (self.current(model), self.current(model, "canary")) if m and m.version == version),
-                 None)
+        m = self._verified(model, version)
         if m is None or not 0 <= stage < len(m.stages):
             return None
         key = (model, version, stage)
         checker = self.spot.get(model)
-        return routing.pick(self.view, key, allowed=permitted_holders(self.view, key, m.stages[stage].replicas,
-                                                                       m.failover),
+        return routing.pick(self.view, key, allowed=permitted_holders(self.view, m, stage),
                             exclude=frozenset(checker.excluded()) if checker else frozenset())
 
     # --------------------------------------------------------------------------------- deploy
@@ -273,7 +298,7 @@ class Fleet:
             fleet=self.fleet, operator=self.client_id, sources=[self.endpoint], stages=stages,
             input_shapes=input_shapes, replicas=replicas, failover=failover, channel=channel,
             expires=(time.time() + self.manifest_ttl_s) if self.keys is not None else 0.0,
-            sample=load_sample(sample_input))
+            sample=load_sample(sample_input), standby=sorted(d.device_id for d in self.devices()))
 
     def publish_manifest(self, m: Manifest) -> Manifest:
         """Sign (when this Fleet has the fleet key) and publish a manifest as the retained desired state."""
@@ -498,4 +523,5 @@ class Fleet:
         p.device = dest
         p.next_retry = now + RETRY_AFTER_S
         self.view.note_sent(dest)
-        self.transport.publish(topics.inbox(topics.device_endpoint(self.fleet, dest), "in"), p.payload, qos=1)
+        self.transport.publish(topics.inbox(topics.device_endpoint(self.fleet, dest), "in", self.client_id), p.payload,
+                               qos=1)

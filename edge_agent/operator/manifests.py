@@ -35,12 +35,15 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
                    version: int, fleet: str, operator: str, sources: list[str], stages: int | None = None,
                    input_shapes: dict[str, Sequence[int]] | None = None, replicas: int = 1,
                    failover: bool = True, channel: str = "stable", expires: float = 0.0,
-                   sample: dict[str, Any] | None = None) -> tuple[Manifest, Any]:
+                   sample: dict[str, Any] | None = None,
+                   standby: Sequence[str] | None = None) -> tuple[Manifest, Any]:
     """Plan ``model`` (path, bytes or ModelProto) onto ``devices`` (objects with ``device_id``, ``gflops``,
     ``ram_mb``), cut it into shards (each handed to ``add_shard``, which returns its sha256) and return the
     unsigned manifest and the plan. Dynamic input dimensions are planned on ``input_shapes``, else the shapes
     of ``sample``, else a default per dimension role (logged, and kept in ``manifest.plan["notes"]``); the
-    deployment serves any shape the model accepts. Raises DeployError saying why it cannot be planned."""
+    deployment serves any shape the model accepts. ``standby`` names the devices that may adopt a stage whose
+    replicas are all gone (signed with the manifest; None lets any device adopt). Raises DeployError saying
+    why it cannot be planned."""
     from models.extract import split_model
     from models.graph import input_specs, load_model, output_specs
     from models.partition import plan_pipeline
@@ -81,7 +84,7 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
         plan={"bottleneck_ms": round(plan.bottleneck_ms, 3), "total_ms": round(plan.total_ms, 3),
               "reason": plan.reason, "input_shapes": {k: list(v) for k, v in plan.input_shapes.items()},
               "notes": list(plan.notes)}, operator=operator, replicas=replicas, failover=failover,
-        channel=channel, expires=expires, fleet=fleet)
+        channel=channel, expires=expires, fleet=fleet, standby=None if standby is None else list(standby))
     return manifest, plan
 
 

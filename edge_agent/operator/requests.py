@@ -56,7 +56,8 @@ class RequestTable:
         self.dispatch = dispatch
         self.lock = threading.RLock()
         self.pending: dict[str, Pending] = {}
-        self.stats = {"results": 0, "duplicates": 0, "retries": 0, "errors": 0, "failovers": 0}
+        self.stats = {"results": 0, "duplicates": 0, "retries": 0, "errors": 0, "failovers": 0,
+                      "foreign_results": 0}
 
     def submit(self, m: Manifest, inputs: dict, endpoint: str, timeout: float) -> Future:
         req = InferRequest(uuid.uuid4().hex, m.name, m.version, 0, endpoint, tensors=dict(inputs))
@@ -82,6 +83,13 @@ class RequestTable:
                 p.next_retry = time.monotonic() + delay_s
 
     # ------------------------------------------------------------------------------------ results
+    def sent(self, request_id: str) -> tuple[InferRequest, str | None] | None:
+        """The pending request with this id and the device it was last sent to, or None (answered, given up,
+        or never sent)."""
+        with self.lock:
+            p = self.pending.get(request_id)
+            return None if p is None else (p.request, p.device)
+
     def on_result(self, res: InferResult) -> None:
         code = res.error.get("code") if isinstance(res.error, dict) else None
         code = code if isinstance(code, str) else "error"

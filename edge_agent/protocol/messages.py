@@ -293,6 +293,7 @@ class Manifest(Message):
     channel: str = "stable"                         # one of topics.CHANNELS
     replicas: int = 1
     failover: bool = True                           # other devices may adopt a stage left without replicas
+    standby: list | None = None                     # the devices that may adopt (signed); None = any device
     expires: float = 0.0                            # epoch seconds; 0 = never
     rollback: bool = False                          # an explicit (signed) return to an older version
     sig: dict = field(default_factory=dict)         # {"alg", "key_id", "value"}; empty in development mode

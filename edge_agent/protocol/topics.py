@@ -3,17 +3,22 @@
 ::
 
     ea/v1/<fleet>/dev/<id>/state        retained DeviceState (Last Will: the same with online=false)
-    ea/v1/<fleet>/dev/<id>/in           InferRequest for a stage on this device            (QoS 1)
-    ea/v1/<fleet>/dev/<id>/cmd          BlobRequest and other commands to this device      (QoS 1)
-    ea/v1/<fleet>/dev/<id>/blob         BlobChunk answers for this device                  (QoS 1)
-    ea/v1/<fleet>/ctl/<id>/out          InferResult for an operator / API client           (QoS 1)
-    ea/v1/<fleet>/ctl/<id>/cmd          BlobRequest to an operator serving shards          (QoS 1)
-    ea/v1/<fleet>/ctl/<id>/blob         BlobChunk answers for an operator                  (QoS 1)
+    ea/v1/<fleet>/dev/<id>/in/<from>    InferRequest for a stage on this device            (QoS 1)
+    ea/v1/<fleet>/dev/<id>/cmd/<from>   BlobRequest and other commands to this device      (QoS 1)
+    ea/v1/<fleet>/dev/<id>/blob/<from>  BlobChunk answers for this device                  (QoS 1)
+    ea/v1/<fleet>/ctl/<id>/out/<from>   InferResult for an operator / API client           (QoS 1)
+    ea/v1/<fleet>/ctl/<id>/cmd/<from>   BlobRequest to an operator serving shards          (QoS 1)
+    ea/v1/<fleet>/ctl/<id>/blob/<from>  BlobChunk answers for an operator                  (QoS 1)
     ea/v1/<fleet>/dev/<id>/load         LoadReport telemetry for routing among replicas     (QoS 0)
     ea/v1/<fleet>/dev/<id>/probe        the device's probe of its own session (dev/ or ctl/)   (QoS 0)
     ea/v1/<fleet>/deploy/<name>         retained Manifest, stable channel (empty = undeployed)
     ea/v1/<fleet>/canary/<name>         retained Manifest of a version under canary test (empty = none)
     ea/v1/<fleet>/rollout/<name>        retained rollout record: history, gates, why it rolled back
+
+``<from>`` is the writer's own id: the broker's ACL lets each identity write inboxes only under its own
+name (``%u``), so a receiver knows who sent a tensor, a result or a shard chunk without believing the
+payload, and accepts it only from the identity it expects (a stage-k tensor from a device of stage k-1,
+a result from a device of the deployment, a chunk from the source it asked).
 
 An *endpoint* is the topic prefix of a participant (``ea/v1/<fleet>/dev/<id>`` or ``.../ctl/<id>``);
 messages name their reply endpoint, so devices and operators answer each other the same way.
@@ -107,9 +112,33 @@ def all_rollouts(fleet: str) -> str:
     return f"{ROOT}/{fleet}/rollout/+"
 
 
-def inbox(endpoint: str, kind: str) -> str:
-    """Topic of one inbox (``in``, ``cmd``, ``blob``, ``out``) of an endpoint."""
-    return f"{endpoint}/{kind}"
+INBOXES = ("in", "cmd", "blob", "out")
+
+
+def inbox(endpoint: str, kind: str, sender: str) -> str:
+    """Topic on which ``sender`` (its own device or client id) writes to one inbox of ``endpoint``
+    (``in``, ``cmd``, ``blob``, ``out``). The broker's ACL lets an identity write only under its own
+    id (``%u``), so the receiver learns who wrote a message from the topic, not from the payload."""
+    return f"{endpoint}/{kind}/{sender}"
+
+
+def inbox_filter(endpoint: str, kind: str) -> str:
+    """Subscription to one inbox of ``endpoint``, from every sender."""
+    return f"{endpoint}/{kind}/+"
+
+
+def sender_of(topic: str) -> str:
+    """The writer of an inbox message (the last topic level, see :func:`inbox`); "" when the topic is not an
+    inbox topic or the id is not a valid segment."""
+    parts = topic.split("/")
+    if len(parts) != 7 or parts[3] not in ("dev", "ctl") or parts[5] not in INBOXES:
+        return ""
+    return parts[6] if check_segment_ok(parts[6]) else ""
+
+
+def probe(endpoint: str) -> str:
+    """An endpoint's probe of its own session through the broker (written and read by itself only)."""
+    return f"{endpoint}/probe"
 
 
 def last_segment(topic: str) -> str:

@@ -73,6 +73,9 @@ class BlobServer:
                 raise ProtocolError(f"blob request names {len(req.chunks)} chunks (max {MAX_REQUEST_CHUNKS})")
             if not topics.is_endpoint(req.reply_to):
                 raise ProtocolError(f"blob request reply_to {req.reply_to!r} is not an endpoint")
+            if topics.last_segment(req.reply_to) != topics.sender_of(topic):
+                # answers go only to whoever asked: nobody can aim a shard's megabytes at someone else
+                raise ProtocolError(f"blob request from {topics.sender_of(topic)!r} for reply_to {req.reply_to!r}")
             if not 0 < req.chunk_size <= (64 << 20):
                 raise ProtocolError(f"blob request chunk size {req.chunk_size} out of range")
             self._queue.put_nowait(req)
@@ -108,7 +111,7 @@ class BlobServer:
 
     def _serve(self, req: BlobRequest) -> None:
         data = self._load(req.sha256)
-        dest = topics.inbox(req.reply_to, "blob")
+        dest = topics.inbox(req.reply_to, "blob", topics.last_segment(self.endpoint))
         cs = int(req.chunk_size)
         for idx in req.chunks:
             if self.budget is not None:
@@ -145,7 +148,7 @@ class BlobFetcher:
         self.transport = transport
         self.endpoint = endpoint
         self.store = store
-        self._active: dict[str, queue.Queue[BlobChunk]] = {}
+        self._active: dict[str, queue.Queue[tuple[BlobChunk, str]]] = {}
         self._done_events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._on_reject = on_reject
@@ -162,7 +165,7 @@ class BlobFetcher:
         with self._lock:
             q = self._active.get(chunk.sha256)
         if q is not None:
-            q.put(chunk)
+            q.put((chunk, topics.sender_of(topic)))
 
     def fetch(self, spec: TransferSpec, sources: list[str], timeout: float = 300.0,
               progress: Callable[[int, int], None] | None = None,
@@ -183,7 +186,7 @@ class BlobFetcher:
                 other = self._done_events.get(spec.sha256)
                 if other is None:
                     done = self._done_events[spec.sha256] = threading.Event()
-                    q: queue.Queue[BlobChunk] = queue.Queue()
+                    q: queue.Queue[tuple[BlobChunk, str]] = queue.Queue()
                     self._active[spec.sha256] = q
                     break
             # another thread is fetching the same blob: wait for it rather than compete for its chunks
@@ -202,7 +205,7 @@ class BlobFetcher:
                 self._done_events.pop(spec.sha256, None)
             done.set()
 
-    def _fetch(self, spec: TransferSpec, sources: list[str], q: queue.Queue[BlobChunk], timeout: float,
+    def _fetch(self, spec: TransferSpec, sources: list[str], q: queue.Queue[tuple[BlobChunk, str]], timeout: float,
                progress: Callable[[int, int], None] | None, cancel: threading.Event | None) -> str:
         n = len(spec.chunk_sha256)
         have = {i for i in self.store.have_chunks(spec.sha256, spec.chunk_sha256, spec.chunk_size) if i < n}
@@ -224,7 +227,7 @@ class BlobFetcher:
             src = live[src_idx % len(live)]
             req = BlobRequest(spec.sha256, indices, spec.chunk_size, reply_to=self.endpoint,
                               requester=self.endpoint, nonce=nonce_of[src])
-            self.transport.publish(topics.inbox(src, "cmd"), req.to_bytes(), qos=1)
+            self.transport.publish(topics.inbox(src, "cmd", topics.last_segment(self.endpoint)), req.to_bytes(), qos=1)
             now = time.monotonic()
             for i in indices:
                 asked[i] = now
@@ -246,12 +249,12 @@ class BlobFetcher:
                 batch, todo = todo[:room], todo[room:]
                 ask(batch)
             try:
-                chunk = q.get(timeout=0.5)
+                chunk, sender = q.get(timeout=0.5)
             except queue.Empty:
                 continue
             idx = chunk.index
             src = source_of.get(chunk.nonce)
-            if src is None:
+            if src is None or topics.last_segment(src) != sender:
                 if self._on_reject:
                     self._on_reject("foreign_chunk")   # not an answer to any request of this transfer
                 continue
