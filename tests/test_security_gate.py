@@ -9,6 +9,7 @@ import pytest
 
 from edge_agent.operator.gates import canary_count, check_gates, parse_gates
 from edge_agent.protocol.messages import Manifest
+from edge_agent.security.freshness import FreshnessGate, make_statement
 from edge_agent.security.gate import ManifestGate, VersionLedger
 from edge_agent.security.keys import FleetKeys, sign_document
 
@@ -87,3 +88,47 @@ def test_rollout_gates_parse_and_report_violations() -> None:
     with pytest.raises(ValueError, match="unknown metric"):
         parse_gates("latency<=3")
     assert canary_count("25%", 8) == 2 and canary_count(3, 2) == 2
+
+
+# --------------------------------------------------------------------------------------------- freshness
+
+def _fresh_gate(keys: FleetKeys, tmp_path=None) -> tuple[ManifestGate, FreshnessGate]:
+    fresh = FreshnessGate("f", [keys.public_only()], None if tmp_path is None else tmp_path / "fresh.msg")
+    return ManifestGate("f", [keys.public_only()], freshness=fresh), fresh
+
+
+def test_an_expired_manifest_passes_only_while_a_valid_statement_names_exactly_it(keys, tmp_path) -> None:
+    gate, fresh = _fresh_gate(keys, tmp_path)
+    old = signed(manifest(3, expires=time.time() - 60), keys)
+    assert gate.check(old).kind == "expired"                           # nothing vouches for it yet
+    assert fresh.admit(make_statement("f", [old], keys, ttl_s=600)) is None
+    assert gate.check(old) is None                                     # the operator vouched for it recently
+    other = signed(manifest(3, expires=time.time() - 60, replicas=2), keys)     # same version, other content
+    assert gate.check(other).kind == "expired"
+    assert gate.check(old, now=time.time() + 3600).kind == "expired"   # the statement itself ran out
+    # a restart keeps the statement (it was stored) and with it the vouching
+    again, _ = _fresh_gate(keys, tmp_path)
+    assert again.check(old) is None
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda k: make_statement("f", [], FleetKeys.generate()), "unknown key"),
+    (lambda k: make_statement("other", [], k), "fleet"),
+    (lambda k: make_statement("f", [], k, ttl_s=-1), "expired"),
+])
+def test_bad_statements_are_refused_with_the_reason(keys, make, why) -> None:
+    _, fresh = _fresh_gate(keys)
+    reason = fresh.admit(make(keys))
+    assert reason is not None and why in reason and fresh.current is None
+
+
+def test_an_older_statement_is_a_replay_and_a_newer_version_shows_the_device_is_held_back(keys) -> None:
+    _, fresh = _fresh_gate(keys)
+    v1, v2 = signed(manifest(1), keys), signed(manifest(2), keys)
+    first = make_statement("f", [v1], keys, now=time.time() - 10)
+    assert fresh.admit(make_statement("f", [v2], keys)) is None
+    assert "replay" in fresh.admit(first)
+    st = fresh.status({"stable/m": 1})                                 # runs v1; the operator says v2 (freeze)
+    assert st["behind"] == ["stable/m"] and not st["expired"]
+    assert fresh.status({"stable/m": 2})["behind"] == []
+    assert fresh.status({"stable/m": 2}, now=time.time() + 2 * 86400)["expired"]

@@ -4,6 +4,7 @@ Real Mosquitto, real agent processes trusting the fleet key, a second ("stolen b
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from concurrent.futures import Future
 
@@ -226,3 +227,48 @@ def test_a_result_is_taken_only_from_a_device_that_may_answer_it(sim, op: Fleet,
 def _counter(op: Fleet, device: str, key: str) -> int:
     d = next(d for d in op.devices(include_offline=True) if d.device_id == device)
     return d.counters.get(key, 0)
+
+
+def test_an_expired_manifest_keeps_serving_while_freshness_statements_vouch_for_it(sim, op: Fleet, keys) -> None:
+    """TUF's timestamp role: the manifest (signed for 8 s here, 30 days by default) expires; a device that
+    restarts after that still serves it because the operator's short-lived signed statement names it.
+    Without the statement (removed from the broker and the device's disk) the same restart drops it; and a
+    statement naming a newer version than the broker holds shows the device is being held back (freeze)."""
+    from edge_agent.security.freshness import make_statement
+    from edge_agent.security.keys import load_private_key
+    model = zoo.build("mlp", seed=41)
+    x = zoo.sample_inputs(model)
+    with Fleet(sim.broker_url, key=str(keys / "fleet.key"), manifest_ttl_s=8) as short:
+        short.wait_for_devices(2, timeout=60)
+        dep = short.deploy(model, "fresh", stages=1, devices=["dev-1"], timeout=120)
+    wait_until(lambda: time.time() > dep.manifest.expires + 1, 30, what="the manifest to expire")
+
+    def serving(since: float) -> bool:
+        st = op.view.state("dev-1")
+        return bool(st and st.online and st.started > since and any(
+            e.get("model") == "fresh" and e.get("status") == "ready" for e in st.stages))
+
+    t0 = time.time()
+    sim.restart_device("dev-1")
+    wait_until(lambda: serving(t0), 60, what="dev-1 to serve the expired but vouched-for manifest")
+    assert _close(op.infer("fresh", x, timeout=30), _ort(model, x))
+    assert op.view.state("dev-1").fresh["behind"] == [] and not op.view.state("dev-1").fresh["expired"]
+
+    # freeze: the operator side says v+1 exists, the broker still holds v: dev-1 reports it is behind
+    newer = dataclasses.replace(dep.manifest, version=dep.manifest.version + 1, sig={})
+    statement = make_statement(op.fleet, [newer], load_private_key(keys / "fleet.key"))
+    op.transport.publish(topics.freshness(op.fleet), statement.to_bytes(), qos=1, retain=True).wait_for_publish(5)
+    wait_until(lambda: op.view.state("dev-1").fresh.get("behind") == ["stable/fresh"], 20,
+               what="dev-1 to report that it is held back")
+
+    # control: no statement anywhere, the same restart no longer serves the expired manifest
+    op.transport.publish(topics.freshness(op.fleet), b"", qos=1, retain=True).wait_for_publish(5)
+    sim.stop_device("dev-1")
+    (sim.devices["dev-1"].data_dir / "freshness.msg").unlink()
+    t1 = time.time()
+    sim.start_device("dev-1")
+    wait_until(lambda: (op.view.state("dev-1") and op.view.state("dev-1").online
+                        and op.view.state("dev-1").started > t1), 60, what="dev-1 back online")
+    time.sleep(3)
+    assert not serving(t1)
+    op.transport.publish(topics.deploy(op.fleet, "fresh"), b"", qos=1, retain=True).wait_for_publish(5)

@@ -38,7 +38,8 @@ from edge_agent.cluster.view import FleetView
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import BrokerError, ProtocolError
 from edge_agent.protocol.manifest import validate_manifest
-from edge_agent.protocol.messages import DeviceState, Manifest
+from edge_agent.protocol.messages import DeviceState, Freshness, Manifest
+from edge_agent.security.freshness import FreshnessGate
 from edge_agent.security.gate import ManifestGate, VersionLedger
 from edge_agent.transport.blobs import BlobFetcher, BlobServer
 from edge_agent.transport.linkprobe import LinkStats
@@ -108,7 +109,9 @@ class Agent:
             self.gflops, self.gflops_source = self.gflops_probe(config.gflops_probe_s, max(1, config.threads))
         self.gflops_at = time.monotonic()
         self.link: LinkStats | None = None              # last measurement of the link to the broker
-        self.gate = ManifestGate(config.fleet, config.trust, VersionLedger(self.data_dir / "versions.json"))
+        self.freshness = FreshnessGate(config.fleet, config.trust, self.data_dir / "freshness.msg")
+        self.gate = ManifestGate(config.fleet, config.trust, VersionLedger(self.data_dir / "versions.json"),
+                                 self.freshness)
         self.view = FleetView()                         # the other devices (this one is not in it)
         self.stages = StageTable()
         self.events: collections.deque[dict] = collections.deque(maxlen=20)   # last rejections
@@ -116,7 +119,7 @@ class Agent:
         self.discovery = None
         self.metrics = None                              # AgentMetrics when --metrics-port is set
         self._kick = threading.Event()                  # something changed: reconcile
-        self._inbox: queue.Queue[ManifestNote] = queue.Queue(maxsize=CONTROL_INBOX)
+        self._inbox: queue.Queue[ManifestNote | Freshness] = queue.Queue(maxsize=CONTROL_INBOX)
         self._stop = threading.Event()
         self._last_state_pub = 0.0
         self._threads: list[threading.Thread] = []
@@ -150,6 +153,7 @@ class Agent:
         for channel in topics.CHANNELS:
             t.subscribe(topics.all_deploys(fleet, channel), h.on_manifest)
         t.subscribe(topics.all_loads(fleet), h.on_load, qos=0)
+        t.subscribe(topics.freshness(fleet), h.on_freshness)
         t.add_connect_hook(self._on_connected)
         self._restore_manifests()
         self._threads.append(self.server.start())
@@ -253,6 +257,9 @@ class Agent:
                 note = self._inbox.get_nowait()
             except queue.Empty:
                 return
+            if isinstance(note, Freshness):
+                self._admit_freshness(note)
+                continue
             slot = (note.channel, note.name)
             m = note.manifest
             if m is None:
@@ -279,6 +286,16 @@ class Agent:
             self.reconciler.set_manifest(slot, m)
             self._keep_manifest(slot, m if m.stages else None)
 
+    def _admit_freshness(self, f: Freshness) -> None:
+        why = self.freshness.admit(f)
+        if why is not None:
+            log.warning("rejected freshness statement: %s", why)
+            self._reject("freshness")
+            return
+        # manifests refused (or not restored) for their own expiry may be vouched for now
+        self._restore_manifests(missing_only=True)
+        self.publish_state(force=True)
+
     def _manifest_path(self, slot: tuple[str, str]) -> Path:
         return self.data_dir / "manifests" / f"{slot[0]}-{slot[1]}.manifest"
 
@@ -297,14 +314,17 @@ class Agent:
         except OSError as exc:
             log.warning("cannot keep manifest %s/%s on disk: %s", *slot, exc)
 
-    def _restore_manifests(self) -> None:
-        """At start: the manifests accepted before the restart, checked again (signature, fleet, expiry)."""
+    def _restore_manifests(self, missing_only: bool = False) -> None:
+        """At start: the manifests accepted before the restart, checked again (signature, fleet, expiry, or a
+        freshness statement vouching for them); ``missing_only``: those not being served now."""
         for path in sorted((self.data_dir / "manifests").glob("*.manifest")):
             try:
                 m = Manifest.from_bytes(path.read_bytes(), max_bytes=self.cfg.max_message_bytes)
                 validate_manifest(m)
             except (OSError, ProtocolError) as exc:
                 log.warning("ignored stored manifest %s: %s", path.name, exc)
+                continue
+            if missing_only and self.reconciler.manifest_of(m.name, m.version) is not None:
                 continue
             rejection = self.gate.check(m)
             if rejection is not None:
@@ -326,7 +346,8 @@ class Agent:
             peers=list(self.peers), counters=dict(self.counters), queue_depth=self.server.queue_depth(),
             endpoint=self.endpoint, dev_mode=not self.cfg.trust, events=list(self.events),
             link_rtt_ms=None if self.link is None else round(self.link.rtt_ms, 3),
-            link_mbps=None if self.link is None else round(self.link.mbps, 1))
+            link_mbps=None if self.link is None else round(self.link.mbps, 1),
+            fresh=self.freshness.status(self.gate.ledger.versions()))
 
     def publish_state(self, force: bool = True) -> None:
         """Publish the retained state; unforced calls are rate-limited (progress, counters)."""

@@ -16,7 +16,14 @@ from edge_agent.cluster.view import FleetView
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import ProtocolError
 from edge_agent.protocol.manifest import validate_manifest
-from edge_agent.protocol.messages import DeviceState, InferRequest, LoadReport, Manifest, validate_state
+from edge_agent.protocol.messages import (
+    DeviceState,
+    Freshness,
+    InferRequest,
+    LoadReport,
+    Manifest,
+    validate_state,
+)
 
 log = logging.getLogger("edge_agent.agent")
 
@@ -84,6 +91,17 @@ class AgentHandlers:
             return
         self.view.update_load(rep)
 
+    def on_freshness(self, topic: str, payload: bytes, retained: bool) -> None:
+        if not payload:
+            return
+        try:
+            f = Freshness.from_bytes(payload, max_bytes=self.max_message_bytes)
+        except ProtocolError as exc:
+            log.warning("rejected freshness statement: %s", exc)
+            self.on_reject("freshness")
+            return
+        self._hand_over(f)
+
     def on_manifest(self, topic: str, payload: bytes, retained: bool) -> None:
         parsed = topics.parse_deploy(topic)
         if parsed is None:
@@ -105,11 +123,12 @@ class AgentHandlers:
             return
         self._hand_over(ManifestNote(channel, name, m))
 
-    def _hand_over(self, note: ManifestNote) -> None:
+    def _hand_over(self, note: ManifestNote | Freshness) -> None:
         try:
             self.inbox.put_nowait(note)
         except queue.Full:   # a flood of manifests: the retained one is delivered again on reconnect
-            log.warning("dropped manifest %s (%s): control inbox full", note.name, note.channel)
+            log.warning("dropped %s: control inbox full", f"manifest {note.name} ({note.channel})"
+                        if isinstance(note, ManifestNote) else "a freshness statement")
             self.on_reject("manifest_flood")
             return
         self.kick.set()

@@ -142,6 +142,19 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refresh(args: argparse.Namespace) -> int:
+    with _fleet(args) as fleet:
+        fleet.fresh_ttl_s = args.ttl
+        fleet._settle()      # the retained manifests first: the statement names what the broker holds
+        while True:
+            f = fleet.refresh()
+            print(f"freshness statement: {len(f.versions)} slot(s), valid until "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(f.expires))}", flush=True)
+            if args.every <= 0:
+                return 0
+            time.sleep(args.every)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from edge_agent.operator.bench import run_bench
     inputs = load_inputs(args.input) if args.input else None

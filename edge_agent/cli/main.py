@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0)
     add_signing_arguments(p)
 
+    p = sub.add_parser("refresh", help="sign and publish a new freshness statement of the deployed versions "
+                                       "(run from a timer, more often than its lifetime)")
+    add_common_arguments(p)
+    p.add_argument("--ttl", type=float, default=86400.0, help="seconds the statement stays valid (default 1 day)")
+    p.add_argument("--every", type=float, default=0.0,
+                   help="keep running and refresh every this many seconds (default: once)")
+    add_signing_arguments(p)
+
     p = sub.add_parser("bench", help="load a deployment: latency percentiles, throughput, lost, duplicated")
     add_common_arguments(p)
     p.add_argument("name")
@@ -162,6 +170,7 @@ COMMANDS: dict[str, Command] = {
     "run": serve.cmd_run, "broker": serve.cmd_broker, "deploy": commands.cmd_deploy, "infer": commands.cmd_infer,
     "undeploy": commands.cmd_undeploy, "ls": commands.cmd_ls, "zoo": commands.cmd_zoo, "inspect": commands.cmd_inspect, "demo": commands.cmd_demo,
     "keys": commands.cmd_keys, "status": commands.cmd_status, "rollback": commands.cmd_rollback,
+    "refresh": commands.cmd_refresh,
     "bench": commands.cmd_bench, "sim": commands.cmd_sim,
 }
 FLEET_COMMANDS: dict[str, Command] = {"init": commands.cmd_fleet_init, "ls": commands.cmd_fleet_ls}

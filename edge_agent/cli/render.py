@@ -91,6 +91,14 @@ def devices(devs: list, fleet: str, as_json: bool) -> None:
                   "-" if d.link_rtt_ms is None else f"{d.link_rtt_ms:.2f}",
                   "-" if d.link_mbps is None else f"{d.link_mbps:.0f}", models, str(d.queue_depth))
     console().print(t)
+    for d in devs:   # freshness (see edge_agent.security.freshness): say when a device may be held back
+        fresh = getattr(d, "fresh", None) or {}
+        if fresh.get("expired"):
+            console().print(f"[yellow]warning:[/yellow] {d.device_id}: its freshness statement expired "
+                            "(run `edge-agent refresh` from a timer); it keeps serving what it has")
+        if fresh.get("behind"):
+            console().print(f"[red]warning:[/red] {d.device_id}: the signed freshness statement names newer "
+                            f"versions of {', '.join(fresh['behind'])} than it runs (withheld by the broker?)")
 
 
 @contextmanager

@@ -89,6 +89,11 @@ class DesiredState:
         with self.changed:
             return self._tables[channel].get(name)
 
+    def all_current(self) -> list[Manifest]:
+        """Every verified manifest this client holds, both channels."""
+        with self.changed:
+            return [m for table in self._tables.values() for m in table.values()]
+
     def stable(self) -> list[Manifest]:
         with self.changed:
             return sorted(self._tables["stable"].values(), key=lambda m: m.name)

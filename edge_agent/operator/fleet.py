@@ -41,6 +41,7 @@ from edge_agent.protocol.errors import (
 )
 from edge_agent.protocol.messages import (
     DeviceState,
+    Freshness,
     InferRequest,
     InferResult,
     LoadReport,
@@ -48,6 +49,7 @@ from edge_agent.protocol.messages import (
     RolloutRecord,
     validate_state,
 )
+from edge_agent.security.freshness import make_statement
 from edge_agent.security.gate import ManifestGate
 from edge_agent.security.keys import load_public_key
 from edge_agent.transport.blobs import BlobServer
@@ -71,14 +73,16 @@ class Fleet:
     def __init__(self, broker: str | None = None, fleet: str = "default", *, client_id: str | None = None,
                  interfaces: Sequence[str] = ("127.0.0.1",), connect_timeout: float = 10.0,
                  key: Any = None, credentials: Any = None, manifest_ttl_s: float = 30 * 86400,
-                 insecure: bool = False, trust: Sequence[Any] = ()) -> None:
+                 insecure: bool = False, trust: Sequence[Any] = (), fresh_ttl_s: float = 86400.0) -> None:
         """``key``: the fleet signing key (path of fleet.key or FleetKeys) used to sign manifests; without it
         manifests are unsigned (only development-mode devices install them). ``credentials``: a .cred file
         (or Credentials) from ``edge-agent fleet init`` for an authenticated broker; with credentials a plain
         ``mqtt://`` broker URL is refused unless ``insecure`` (see :mod:`edge_agent.transport.resolve`).
         ``trust``: fleet public keys (paths or FleetKeys) whose manifests this client acts on; the ``key``'s
         public half is trusted too. Manifests that fail the gate never steer this client (``status`` lists
-        them); without any key the client is in development mode (version order only)."""
+        them); without any key the client is in development mode (version order only). With a key, every
+        published manifest is followed by a signed freshness statement valid ``fresh_ttl_s`` (see
+        :mod:`edge_agent.security.freshness`; :meth:`refresh` renews it)."""
         topics.check_segment("fleet", fleet)
         creds = None
         if credentials is not None:
@@ -92,6 +96,7 @@ class Fleet:
             key = load_private_key(key)
         self.keys = key
         self.manifest_ttl_s = manifest_ttl_s
+        self.fresh_ttl_s = fresh_ttl_s
         self.fleet = fleet
         self.broker = url
         self.client_id = client_id or f"op-{uuid.uuid4().hex[:10]}"
@@ -308,7 +313,23 @@ class Fleet:
         info = self.transport.publish(topics.deploy(self.fleet, m.name, m.channel), m.to_bytes(), qos=1,
                                       retain=True)
         info.wait_for_publish(10.0)
+        if self.keys is not None:
+            self.refresh(also=m)
         return m
+
+    def refresh(self, also: Manifest | None = None) -> Freshness:
+        """Sign and publish (retained) a new freshness statement naming every verified manifest this client
+        holds (and ``also``, just published): devices keep serving them past their own expiry while
+        statements keep coming, and report being held back when one names a version they lack. Run it
+        more often than ``fresh_ttl_s`` (``edge-agent refresh`` from a timer)."""
+        if self.keys is None:
+            raise DeployError("refreshing the freshness statement needs the fleet key (--key fleet.key)")
+        held = {(m.channel, m.name): m for m in self.desired.all_current()}
+        if also is not None:
+            held[(also.channel, also.name)] = also
+        f = make_statement(self.fleet, list(held.values()), self.keys, ttl_s=self.fresh_ttl_s)
+        self.transport.publish(topics.freshness(self.fleet), f.to_bytes(), qos=1, retain=True).wait_for_publish(10.0)
+        return f
 
     def clear_canary(self, name: str) -> None:
         """Withdraw the canary of ``name`` (devices drop it; the stable version is untouched)."""

@@ -273,6 +273,8 @@ class DeviceState(Message):
     events: list = field(default_factory=list)      # last rejections: [{ts, kind, model, version, reason}]
     link_rtt_ms: float | None = None                # measured QoS 1 round trip to the broker (None: not yet)
     link_mbps: float | None = None                  # measured burst throughput to the broker, Mbit/s
+    fresh: dict = field(default_factory=dict)       # the freshness statement it holds: created, expires,
+                                                    # expired, behind (slots it has an older version of)
 
 
 @dataclass
@@ -389,6 +391,25 @@ class InferResult(Message):
     tensors: dict = field(default_factory=dict)
     error: dict = field(default_factory=dict)       # {code, message, stage, device}
     timings: list = field(default_factory=list)
+
+
+@dataclass
+class Freshness(Message):
+    """The operator side's short-lived signed statement of the current desired state (TUF's timestamp role):
+    every deployed slot ("<channel>/<model>") with its version and manifest digest. Retained under
+    ``fresh``; refreshed well before ``expires``. A device that holds a valid one keeps serving the
+    manifests it names after their own (long) expiry, and learns when the broker withholds a newer
+    version (a freeze)."""
+
+    KIND: ClassVar[str] = "freshness"
+    fleet: str
+    created: float
+    expires: float
+    versions: dict = field(default_factory=dict)    # "<channel>/<model>" -> {"version": int, "digest": str}
+    sig: dict = field(default_factory=dict)
+
+    def signed_fields(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sig"}
 
 
 @dataclass

@@ -14,6 +14,7 @@
     ea/v1/<fleet>/deploy/<name>         retained Manifest, stable channel (empty = undeployed)
     ea/v1/<fleet>/canary/<name>         retained Manifest of a version under canary test (empty = none)
     ea/v1/<fleet>/rollout/<name>        retained rollout record: history, gates, why it rolled back
+    ea/v1/<fleet>/fresh                 retained Freshness: signed, short-lived list of current versions
 
 ``<from>`` is the writer's own id: the broker's ACL lets each identity write inboxes only under its own
 name (``%u``), so a receiver knows who sent a tensor, a result or a shard chunk without believing the
@@ -102,6 +103,11 @@ def parse_deploy(topic: str) -> tuple[str, str] | None:
         return None
     channel = next((c for c, d in _CHANNEL_DIR.items() if d == parts[3]), None)
     return None if channel is None else (channel, parts[4])
+
+
+def freshness(fleet: str) -> str:
+    """Retained, signed freshness statement of the fleet's desired state (see ``messages.Freshness``)."""
+    return f"{ROOT}/{fleet}/fresh"
 
 
 def rollout(fleet: str, name: str) -> str:

@@ -71,6 +71,7 @@ def acl_text(fleet: str, operator: str = "operator") -> str:
         f"pattern read {dev}/+/load",
         f"pattern read {root}/deploy/#",
         f"pattern read {root}/canary/#",
+        f"pattern read {root}/fresh",
         "# its own inboxes only, from every sender: pipeline tensors, commands (blob requests), blob chunks",
         f"pattern read {dev}/%u/in/+",
         f"pattern read {dev}/%u/cmd/+",
