@@ -58,6 +58,16 @@ def test_five_agents_discover_each_other_by_mdns_and_cli_finds_broker(tmp_path, 
             names = {f"dev-{i}" for i in range(5)}
             wait_until(lambda: all(set(d.peers) == names - {d.device_id} for d in f.devices()), 30,
                        what="every agent to list the 4 others as mDNS peers")
+            # one shard replicated to all five: the operator serves it to two at a time ("busy" to the
+            # rest), who then fetch it from the peers that have it: about two copies leave the operator
+            model = zoo.build("transformer", seed=17)
+            x = zoo.sample_inputs(model)
+            dep = f.deploy(model, "everywhere", stages=1, replicas=5, timeout=180)
+            size = dep.manifest.stages[0].shard_size
+            assert sorted(dep.manifest.stages[0].replicas) == sorted(names)
+            assert f.blob_server.served_bytes <= 2 * size and f.blob_server.busy_refusals > 0, (
+                f.blob_server.served_bytes, size, f.blob_server.busy_refusals)
+            assert_matches(f.infer("everywhere", x), ort_reference(model, x))
         # no --broker, no EDGE_AGENT_BROKER: the CLI finds the broker advertised over mDNS on loopback
         env = {k: v for k, v in os.environ.items() if k != "EDGE_AGENT_BROKER"}
         out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "fleet", "ls", "--json",

@@ -208,7 +208,8 @@ class Reconciler:
 
         def job() -> None:
             try:
-                self.fetcher.fetch(_transfer(st), self.sources_for(m, sha), timeout=self.fetch_timeout_s)
+                self.fetcher.fetch(_transfer(st), self.sources_for(m, sha), timeout=self.fetch_timeout_s,
+                                   more_sources=lambda: self.sources_for(m, sha))
                 self.on_change(False)
             except StoreError as exc:
                 log.info("prefetch of %s stage %s shard skipped: %s", m.name, st.index, exc)
@@ -241,7 +242,7 @@ class Reconciler:
                     self._set_status(key, force=have == total, progress=round(have / max(total, 1), 3))
 
                 self.fetcher.fetch(_transfer(st), self.sources_for(m, sha), timeout=self.fetch_timeout_s,
-                                   progress=progress, cancel=cancel)
+                                   progress=progress, cancel=cancel, more_sources=lambda: self.sources_for(m, sha))
             if cancel.is_set():
                 raise TransferCancelled("superseded")
             self._set_status(key, status="loading", progress=1.0, **base)

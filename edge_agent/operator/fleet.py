@@ -113,7 +113,7 @@ class Fleet:
         self.transport = Transport(url, client_id=self.client_id if creds is None else creds.username,
                                    clean_session=True, probe_topic=topics.probe(self.endpoint),
                                    **transport_kwargs)
-        self.blob_server = BlobServer(self.transport, self.endpoint)
+        self.blob_server = BlobServer(self.transport, self.endpoint, max_uploads=2)   # peers do the rest
         t = self.transport
         t.subscribe(topics.all_states(fleet), self._on_state)
         for channel in topics.CHANNELS:

@@ -5,6 +5,12 @@ chunks arrive. That bounds what is in flight (window x chunk size), lets a trans
 restart (chunks already on disk are never asked for again), and lets any holder (the operator or a peer
 device) serve a blob the same way. Every chunk is checked against the manifest's per-chunk sha256, and the
 assembled shard against its sha256, before it is used.
+
+Distribution to many devices is a tree, not a star: a holder serves a blob to at most ``max_uploads``
+requesters at a time and answers the others "busy"; a busy source is not a failed one, the requester
+backs off, looks again for peers that hold the blob by now, and asks them. A model replicated to N
+devices thus leaves the operator about ``max_uploads`` times (measured in ``benchmarks/bench_scale.py``),
+and the number of holders roughly multiplies with each round.
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ WINDOW = 16              # chunks in flight per transfer (16 x 256 KiB = 4 MiB)
 CHUNK_TIMEOUT = 5.0      # re-ask for a chunk not seen within this many seconds
 MAX_REQUEST_CHUNKS = 64  # a single request may name at most this many chunks
 MAX_BAD_COPIES = 5       # a chunk that fails verification this many times ends the transfer
+MAX_UPLOADS = 3          # requesters one holder serves a blob to at a time (the others: BUSY)
+UPLOAD_IDLE_S = 3.0      # a requester that asked nothing for this long no longer counts as served
+BUSY = "busy"            # the error text of a chunk refused for that reason (retry later, elsewhere)
+BUSY_BACKOFF_S = 1.0     # how long a requester leaves a busy source alone
 
 
 class TransferCancelled(StoreError):
@@ -43,8 +53,10 @@ class BlobServer:
     """Answers BlobRequests for blobs held in memory (operator) or in a BlobStore (device)."""
 
     def __init__(self, transport: Transport, endpoint: str, store: BlobStore | None = None,
-                 on_reject: Callable[[str], None] | None = None) -> None:
+                 on_reject: Callable[[str], None] | None = None, max_uploads: int | None = MAX_UPLOADS) -> None:
         self.transport = transport
+        self.max_uploads = max_uploads                        # None: serve every requester at once
+        self._uploads: dict[str, dict[str, float]] = {}      # sha -> requester endpoint -> last request
         self.endpoint = endpoint
         self.store = store
         self._memory: dict[str, bytes] = {}
@@ -52,6 +64,7 @@ class BlobServer:
         self._on_reject = on_reject
         self.served_chunks = 0
         self.served_bytes = 0
+        self.busy_refusals = 0
         self.budget: int | None = None   # serve at most this many more chunks (fault injection in tests)
         self._thread = threading.Thread(target=self._run, name="blob-server", daemon=True)
         self._thread.start()
@@ -109,10 +122,29 @@ class BlobServer:
             except Exception:  # the server thread must outlive any request
                 log.exception("blob request for %s failed", req.sha256[:12])
 
+    def _admit(self, sha: str, requester: str) -> bool:
+        """Whether ``requester`` is (or may become) one of the at most ``max_uploads`` served now."""
+        if self.max_uploads is None:
+            return True
+        now = time.monotonic()
+        served = self._uploads.setdefault(sha, {})
+        for who in [w for w, t in served.items() if now - t > UPLOAD_IDLE_S]:
+            del served[who]
+        if requester not in served and len(served) >= self.max_uploads:
+            return False
+        served[requester] = now
+        return True
+
     def _serve(self, req: BlobRequest) -> None:
         data = self._load(req.sha256)
         dest = topics.inbox(req.reply_to, "blob", topics.last_segment(self.endpoint))
         cs = int(req.chunk_size)
+        if data is not None and not self._admit(req.sha256, req.reply_to):
+            first = req.chunks[0] if req.chunks and isinstance(req.chunks[0], int) else -1
+            self.busy_refusals += 1
+            self.transport.publish(dest, BlobChunk(req.sha256, first, 0, cs, sender=self.endpoint, nonce=req.nonce,
+                                                   error=BUSY).to_bytes(), qos=1)   # one answer for the request
+            return
         for idx in req.chunks:
             if self.budget is not None:
                 if self.budget <= 0:
@@ -169,9 +201,11 @@ class BlobFetcher:
 
     def fetch(self, spec: TransferSpec, sources: list[str], timeout: float = 300.0,
               progress: Callable[[int, int], None] | None = None,
-              cancel: threading.Event | None = None) -> str:
+              cancel: threading.Event | None = None,
+              more_sources: Callable[[], list[str]] | None = None) -> str:
         """Make sure the blob is in the store; returns its sha256. Raises StoreError when no source can
-        provide it before ``timeout``. Chunks already on disk are kept, so a later call resumes."""
+        provide it before ``timeout``. Chunks already on disk are kept, so a later call resumes.
+        ``more_sources`` is asked again while every source is busy (peers that finished the blob since)."""
         if self.store.has(spec.sha256):
             return spec.sha256
         n = len(spec.chunk_sha256)
@@ -198,7 +232,8 @@ class BlobFetcher:
             if self.store.has(spec.sha256):
                 return spec.sha256
         try:
-            return self._fetch(spec, sources, q, max(0.0, deadline - time.monotonic()), progress, cancel)
+            return self._fetch(spec, sources, q, max(0.0, deadline - time.monotonic()), progress, cancel,
+                               more_sources)
         finally:
             with self._lock:
                 self._active.pop(spec.sha256, None)
@@ -206,11 +241,15 @@ class BlobFetcher:
             done.set()
 
     def _fetch(self, spec: TransferSpec, sources: list[str], q: queue.Queue[tuple[BlobChunk, str]], timeout: float,
-               progress: Callable[[int, int], None] | None, cancel: threading.Event | None) -> str:
+               progress: Callable[[int, int], None] | None, cancel: threading.Event | None,
+               more_sources: Callable[[], list[str]] | None = None) -> str:
         n = len(spec.chunk_sha256)
         have = {i for i in self.store.have_chunks(spec.sha256, spec.chunk_sha256, spec.chunk_size) if i < n}
         todo = [i for i in range(n) if i not in have]
         asked: dict[int, float] = {}
+        asked_of: dict[int, str] = {}         # chunk -> the source it was last asked of
+        busy_until: dict[str, float] = {}     # sources that answered BUSY, left alone until then
+        sources = list(sources)
         # one unguessable nonce per source: an answer counts only for the source it was asked of, so a
         # third party (whatever "sender" it writes) can neither fail nor poison this transfer
         nonce_of = {src: secrets.token_hex(12) for src in sources}
@@ -224,13 +263,33 @@ class BlobFetcher:
             progress(len(have), n)
 
         def ask(indices: list[int]) -> None:
-            src = live[src_idx % len(live)]
+            now = time.monotonic()
+            free = [s for s in live if busy_until.get(s, 0.0) <= now]
+            if not free:   # every source is busy: keep the chunks for later
+                todo.extend(i for i in indices if i not in todo)
+                for i in indices:
+                    asked.pop(i, None)
+                return
+            src = free[src_idx % len(free)]
             req = BlobRequest(spec.sha256, indices, spec.chunk_size, reply_to=self.endpoint,
                               requester=self.endpoint, nonce=nonce_of[src])
             self.transport.publish(topics.inbox(src, "cmd", topics.last_segment(self.endpoint)), req.to_bytes(), qos=1)
-            now = time.monotonic()
             for i in indices:
                 asked[i] = now
+                asked_of[i] = src
+
+        def look_again() -> None:
+            """New holders (peers that finished since) join the sources, first in line."""
+            if more_sources is None:
+                return
+            for src in more_sources():
+                if src not in nonce_of and src != self.endpoint:
+                    nonce_of[src] = secrets.token_hex(12)
+                    source_of[nonce_of[src]] = src
+                    sources.append(src)
+                    live.insert(0, src)
+
+        last_look = time.monotonic()
 
         while len(have) < n:
             if cancel is not None and cancel.is_set():
@@ -244,6 +303,9 @@ class BlobFetcher:
             if stale:
                 src_idx += 1
                 ask(stale)
+            if busy_until and now - last_look > BUSY_BACKOFF_S / 2:
+                last_look = now
+                look_again()
             room = WINDOW - len(asked)
             if room > 0 and todo:
                 batch, todo = todo[:room], todo[room:]
@@ -257,6 +319,15 @@ class BlobFetcher:
             if src is None or topics.last_segment(src) != sender:
                 if self._on_reject:
                     self._on_reject("foreign_chunk")   # not an answer to any request of this transfer
+                continue
+            if chunk.error == BUSY:
+                # not a failure: that holder serves others right now. Everything asked of it goes back
+                # in the queue for another source, or for it again after the back-off
+                busy_until[src] = time.monotonic() + BUSY_BACKOFF_S
+                back = [i for i, s in asked_of.items() if s == src and i in asked]
+                for i in back:
+                    asked.pop(i, None)
+                todo[:0] = [i for i in back if i not in todo and i not in have]
                 continue
             if chunk.error:
                 if src in live:
