@@ -235,3 +235,46 @@ def test_a_source_that_fails_is_dropped_and_the_next_one_serves(mosquitto, tmp_p
             s.close()
         for tr in (empty_t, server_t, client_t):
             tr.close()
+
+
+def test_a_busy_holder_sends_the_next_requester_to_a_peer_that_has_the_blob(mosquitto, tmp_path) -> None:
+    """The operator serves a blob to one requester at a time here: the second is answered "busy", backs off,
+    looks again for holders and fetches it from the first, which by then has it. One copy leaves the
+    operator, and the second transfer still completes."""
+    server_t = Transport(mosquitto.url).start()
+    server_ep = topics.client_endpoint("t", "op")
+    server = BlobServer(server_t, server_ep, max_uploads=1)
+    server_t.subscribe(topics.inbox_filter(server_ep, "cmd"), server.handle)
+    peers = []
+    for name in ("first", "second"):
+        t = Transport(mosquitto.url).start()
+        ep = topics.device_endpoint("t", name)
+        store = BlobStore(tmp_path / name)
+        fetcher, serving = BlobFetcher(t, ep, store), BlobServer(t, ep, store)
+        t.subscribe(topics.inbox_filter(ep, "blob"), fetcher.deliver)
+        t.subscribe(topics.inbox_filter(ep, "cmd"), serving.handle)
+        peers.append((t, ep, store, fetcher, serving))
+    try:
+        cs = 64 * 1024
+        data = os.urandom(40 * cs)
+        sha = server.add(data)
+        spec = TransferSpec(sha, len(data), cs, chunk_digests(data, cs))
+        (_, first_ep, first_store, first, _), (_, _, second_store, second, _) = peers
+        results: dict[str, str] = {}
+        t1 = threading.Thread(target=lambda: results.setdefault("first", first.fetch(spec, [server_ep], timeout=60)))
+        t1.start()
+        while not first_store.have_chunks(sha, spec.chunk_sha256, cs):   # the first transfer is under way
+            threading.Event().wait(0.01)
+        holders = lambda: [first_ep] if first_store.has(sha) else []     # noqa: E731 - what peers' states say
+        second.fetch(spec, [server_ep], timeout=60, more_sources=holders)
+        t1.join(60)
+        assert first_store.get(sha) == data and second_store.get(sha) == data
+        assert server.busy_refusals >= 1
+        assert server.served_bytes == len(data)          # one copy from the operator; the other from "first"
+        assert peers[0][4].served_bytes == len(data)
+    finally:
+        server.close()
+        server_t.close()
+        for t, _, _, _, serving in peers:
+            serving.close()
+            t.close()
