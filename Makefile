@@ -43,8 +43,17 @@ demo-loop: install
 
 test: install test-c test-asan test-arm test-py
 
+# Tests that start no broker, agent or mDNS responder run on every core; the others one at a time (two
+# simulated fleets would collide on loopback mDNS device names, and they measure nothing in parallel).
+LOCAL_TESTS := $(sort $(wildcard tests/test_ops_native_*.py tests/test_models_*.py)) tests/test_corpus_native.py \
+	tests/test_fuzz_native.py tests/test_fuzz_messages.py tests/test_messages.py tests/test_security.py \
+	tests/test_security_gate.py tests/test_cluster.py tests/test_agent_reconcile.py tests/test_backend.py \
+	tests/test_inspect.py tests/test_lab_device.py
+FLEET_TESTS := $(filter-out $(LOCAL_TESTS),$(sort $(wildcard tests/test_*.py)))
+
 test-py: install
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS) tests
+	$(PY) -m pytest -q -ra -n $(JOBS) $(PYTEST_ARGS) $(LOCAL_TESTS)
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS) $(FLEET_TESTS)
 
 # C kernel tests: native, under ASan+UBSan, and the NEON path under qemu-aarch64.
 test-c:
