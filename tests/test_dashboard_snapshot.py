@@ -55,16 +55,19 @@ def test_stage_rates_are_counter_differences_over_the_window_and_survive_restart
     rates = StageRates(window_s=5.0, clock=clock)
     rates.observe("a", [("cnn", 3, 0, 100, 1, 4.0)])
     rates.observe("b", [("cnn", 3, 1, 50, 0, 6.0)])
+    rates.observe("c", [])                                # has not run the stage yet
     clock.t += 2.0
     rates.observe("a", [("cnn", 3, 0, 140, 1, 5.0)])      # 40 runs in 2 s
     rates.observe("b", [("cnn", 3, 1, 10, 0, 6.0)])       # restarted: counts from 0 again
+    rates.observe("c", [("cnn", 3, 0, 6, 0, 3.0)])        # its first 6 runs
     r = rates.rates()
-    assert r[("cnn", 3, 0)].served_per_s == pytest.approx(20.0)
-    assert r[("cnn", 3, 0)].run_ms == 5.0 and r[("cnn", 3, 0)].served == 140
+    assert r[("cnn", 3, 0)].served_per_s == pytest.approx(23.0)
+    assert r[("cnn", 3, 0)].run_ms == 4.0 and r[("cnn", 3, 0)].served == 146
     assert r[("cnn", 3, 1)].served_per_s == pytest.approx(5.0)   # 10 since the restart, not -40
     clock.t += 6.0                                         # both devices silent for longer than the window
     assert rates.rates() == {}
-    assert [(k, d, v[0]) for k, d, v in rates.latest()] == [(("cnn", 3, 0), "a", 140), (("cnn", 3, 1), "b", 10)]
+    assert [(k, d, v[0]) for k, d, v in rates.latest()] == [(("cnn", 3, 0), "a", 140), (("cnn", 3, 0), "c", 6),
+                                                             (("cnn", 3, 1), "b", 10)]
 
 
 def test_request_log_counts_buckets_and_keeps_errors_with_context() -> None:
@@ -133,7 +136,7 @@ def test_snapshot_shows_devices_pipeline_rates_history_streams_and_errors() -> N
     (dep,) = snap["deployments"]
     assert [(s["index"], [r["device"] for r in s["replicas"]]) for s in dep["stages"]] == [(0, ["a"]), (1, ["b"])]
     assert [r["status"] for s in dep["stages"] for r in s["replicas"]] == ["ready", "loading"]
-    assert dep["stages"][0]["gflop"] == 1.5 and dep["stages"][1]["est_ms"] == 5.0
+    assert dep["stages"][0]["mflop"] == 1500.0 and dep["stages"][1]["est_ms"] == 5.0
     assert dep["throughput_rps"] == 20.0                                  # the last stage's fleet-wide rate
     assert dep["converged"] is False
     assert dep["client"]["p50_ms"] == 14.0 and dep["client"]["errors"] == 1 and dep["client"]["rps"] == 0.9

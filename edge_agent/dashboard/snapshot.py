@@ -68,6 +68,7 @@ class FleetData:
     client_errors: list[ErrorEvent]
     streams: list[dict] = field(default_factory=list)
     window_s: float = WINDOW_S
+    client_since: float | None = None            # when this client's first request finished (epoch s)
     write: bool = False                          # write actions enabled (operator key given)
 
 
@@ -92,6 +93,7 @@ def gather(fleet: Fleet, window_s: float = WINDOW_S, write: bool = False) -> Fle
         online={s.device_id: fleet.view.online(s.device_id) for s in states}, loads=loads,
         deployments=deps, rates=fleet.stage_rates.rates(),
         completions=fleet.request_log.recent(now - window_s), client_errors=fleet.request_log.errors(),
+        client_since=fleet.request_log.first_ts,
         streams=fleet_streams(fleet), window_s=window_s, write=write)
 
 
@@ -124,7 +126,7 @@ def pipeline(m: Manifest, rows: list[dict], rates: dict[tuple[str, int, int], St
         out.append({
             "index": st.index,
             "nodes": st.n_nodes, "first_last": list(st.nodes) if st.nodes else None,
-            "gflop": _round(st.flops / 1e9, 3) if st.flops else None, "est_ms": _round(st.est_ms),
+            "mflop": _round(st.flops / 1e6, 2) if st.flops else None, "est_ms": _round(st.est_ms),
             "shard_mb": _round(st.shard_size / 1e6, 2),
             "replicas": [{"device": row["device"], "status": row["status"] if row["online"] else "offline",
                           "backend": row["backend"], "progress": _round(row["progress"], 2), "error": row["error"]}
@@ -143,6 +145,13 @@ def _history_row(ev: dict) -> dict:
             "status": ev.get("status"), "reason": ev.get("reason"), "gates": gates}
 
 
+def client_span(data: FleetData) -> float:
+    """Seconds the client rate is averaged over: the window, or less while this client is younger than it."""
+    if data.client_since is None:
+        return data.window_s
+    return max(1.0, min(data.window_s, data.now - data.client_since))
+
+
 def deployment_card(dep: DeploymentData, data: FleetData) -> dict:
     m = dep.stable
     stages = pipeline(m, dep.rows, data.rates)
@@ -158,7 +167,7 @@ def deployment_card(dep: DeploymentData, data: FleetData) -> dict:
         "stages": stages,
         # the last stage's rate over the fleet = finished requests per second, whoever sent them
         "throughput_rps": stages[-1]["rps"] if stages else 0.0,
-        "client": {"rps": _round(len(mine) / data.window_s), "p50_ms": _round(lat["p50_ms"]),
+        "client": {"rps": _round(len(mine) / client_span(data)), "p50_ms": _round(lat["p50_ms"]),
                    "p95_ms": _round(lat["p95_ms"]), "p99_ms": _round(lat["p99_ms"]),
                    "errors": int(lat["errors"] or 0)},
         "history": [_history_row(ev) for ev in dep.history[-MAX_HISTORY:]][::-1],
@@ -209,7 +218,7 @@ def build_snapshot(data: FleetData) -> dict[str, Any]:
             "gflops_online": _round(sum(d["gflops"] or 0.0 for d in devices if d["online"]), 1),
             "deployments": len(deployments), "streams": len(streams),
             "throughput_rps": _round(sum(d["throughput_rps"] for d in deployments)),
-            "client_rps": _round(len(data.completions) / data.window_s),
+            "client_rps": _round(len(data.completions) / client_span(data)),
             "client_p95_ms": _round(all_lat["p95_ms"]) if ok else None,
             "errors": len(errors),
         },

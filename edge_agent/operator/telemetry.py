@@ -72,11 +72,14 @@ class RequestLog:
         self._recent: deque[Completion] = deque(maxlen=keep)
         self._errors: deque[ErrorEvent] = deque(maxlen=keep_errors)
         self.clock = clock
+        self.first_ts: float | None = None     # when the first request finished (rates over a young log)
 
     def record(self, model: str, latency_s: float, ok: bool, code: str = "", message: str = "",
                device: str | None = None, stage: int | None = None) -> None:
         now = self.clock()
         with self._lock:
+            if self.first_ts is None:
+                self.first_ts = now
             t = self._totals.setdefault(model, ModelTotals())
             t.requests += 1
             t.sum_s += latency_s
@@ -160,8 +163,9 @@ class StageRates:
                 dt = t1 - t0
                 for key, (served, errors, run_ms) in last.items():
                     a = acc.setdefault(key, [0.0, 0.0, 0.0, 0.0, 0.0])   # served/s, errors/s, run sum, n, served
-                    if dt > 0 and key in first:
-                        s0, e0, _ = first[key]
+                    if dt > 0:
+                        # a stage missing from the baseline had not run yet on that device: its counts were 0
+                        s0, e0, _ = first.get(key, (0, 0, 0.0))
                         # a counter that went down is an agent restart: count from 0
                         a[0] += (served - s0 if served >= s0 else served) / dt
                         a[1] += (errors - e0 if errors >= e0 else errors) / dt

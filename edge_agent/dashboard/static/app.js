@@ -7,8 +7,10 @@ const $ = (sel) => document.querySelector(sel);
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;",
   '"': "&quot;", "'": "&#39;"}[c]));
 const fmt = (v, digits = 1, unit = "") => (v === null || v === undefined) ? "–" :
-  `${Number(v).toLocaleString(undefined, {maximumFractionDigits: digits, minimumFractionDigits: 0})}${unit}`;
+  `${Number(v).toLocaleString(undefined, {maximumFractionDigits: digits, minimumFractionDigits: digits})}${unit}`;
 const clock = (ts) => ts ? new Date(ts * 1000).toLocaleTimeString([], {hour12: false}) : "–";
+const flop = (mflop) => mflop === null || mflop === undefined ? null :
+  (mflop >= 1000 ? `${fmt(mflop / 1000, 2)} GFLOP` : `${fmt(mflop, 1)} MFLOP`);
 const shape = (s) => Array.isArray(s) ? s.join("×") : esc(s);
 
 // The write token comes in the URL fragment (never sent to a server); kept for this tab only.
@@ -71,7 +73,7 @@ function pipelineHtml(dep, stages) {
   const boxes = stages.map((st) => {
     const reps = st.replicas.map((r) => `<div class="replica"><span class="status ${statusClass(r.status)}"
         title="${esc(r.error)}">${esc(r.device)}</span><span class="muted">${esc(r.backend || r.status)}</span></div>`).join("");
-    const meta = [st.nodes ? `${st.nodes} nodes` : null, st.gflop !== null ? `${fmt(st.gflop, 2)} GFLOP` : null,
+    const meta = [st.nodes ? `${st.nodes} nodes` : null, flop(st.mflop),
       st.est_ms !== null ? `est ${fmt(st.est_ms, 1)} ms` : null].filter(Boolean).join(" · ");
     return `<div class="stage" data-stage="${st.index}"><h3>Stage ${st.index}</h3>
       <div class="meta">${meta}</div>${reps}
