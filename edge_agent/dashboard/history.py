@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-# chart series: (panel key in the snapshot, per-item figures to keep)
-DEPLOYMENT_FIGURES = ("throughput_rps", "client_rps", "p50_ms", "p95_ms")
+# the figures a stream's charts plot (a deployment's: throughput_rps, client_rps, p50_ms, p95_ms)
 STREAM_FIGURES = ("fps_in", "fps_out", "p50_ms", "p99_ms", "dropped")
 
 
