@@ -19,7 +19,7 @@ $(VENV)/.deps: pyproject.toml
 # Editable install without build isolation; setup.py compiles on every core into build/native-objects,
 # so after the install's build `build_ext --inplace` recompiles only what changed.
 $(VENV)/.installed: $(VENV)/.deps pyproject.toml setup.py
-	$(PY) -m pip install -q --no-build-isolation -e '.[test,demo]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,demo,dashboard]'
 	touch $@
 
 $(VENV)/.built: $(VENV)/.installed $(NATIVE)
@@ -30,8 +30,9 @@ install: $(VENV)/.built
 
 build: install
 
+# DEMO_DASHBOARD=1 make demo: the same demo, then the dashboard URL, serving until Ctrl-C
 demo: install
-	$(VENV)/bin/edge-agent demo
+	$(VENV)/bin/edge-agent demo $(if $(DEMO_DASHBOARD),--dashboard)
 
 # The demo N times in a row (default 20), each a fresh broker and fleet; stops at the first failure.
 DEMO_RUNS ?= 20

@@ -22,7 +22,7 @@ from edge_agent.cluster.placement import permitted_holders
 from edge_agent.cluster.view import FleetView
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import InvalidInputError
-from edge_agent.protocol.messages import InferRequest, InferResult, LoadReport, Manifest
+from edge_agent.protocol.messages import MAX_LOAD_STAGES, InferRequest, InferResult, LoadReport, Manifest
 from edge_agent.transport.mqtt import Transport
 
 log = logging.getLogger("edge_agent.agent")
@@ -79,6 +79,8 @@ class StageServer:
         self.manifest_of = manifest_of          # the accepted manifest of (model, version), or None
         self.service_ms = 1.0                 # EWMA of this device's run time per request
         self.served_by_stage: collections.Counter[tuple[str, int, int]] = collections.Counter()
+        self.errors_by_stage: collections.Counter[tuple[str, int, int]] = collections.Counter()
+        self.run_ms_by_stage: dict[tuple[str, int, int], float] = {}   # EWMA per stage, for the load report
         self.on_run: Callable[[str, int, float], None] | None = None   # (model, stage, seconds): metrics
         self.work: queue.Queue[InferRequest | None] = queue.Queue(maxsize=WORK_QUEUE)
         self.done = DedupCache()
@@ -146,8 +148,14 @@ class StageServer:
             return
         self._last_load_pub = now
         self._last_load_depth = depth
-        rep = LoadReport(self.device_id, depth, round(self.service_ms, 3))
+        rep = LoadReport(self.device_id, depth, round(self.service_ms, 3), stages=self.stage_load())
         self.transport.publish(topics.load(self.fleet, self.device_id), rep.to_bytes(), qos=0)
+
+    def stage_load(self) -> list[list]:
+        """Per-stage cumulative served/error counts and run-time EWMA (the dashboard's rates come from them)."""
+        keys = sorted(set(self.served_by_stage) | set(self.errors_by_stage))[:MAX_LOAD_STAGES]
+        return [[m, v, s, self.served_by_stage[(m, v, s)], self.errors_by_stage[(m, v, s)],
+                 round(self.run_ms_by_stage.get((m, v, s), 0.0), 3)] for m, v, s in keys]
 
     # ---------------------------------------------------------------------------------- routing
     def route(self, model: str, version: int, stage: int) -> str | None:
@@ -239,7 +247,10 @@ class StageServer:
             return None
         run_s = time.perf_counter() - t0
         self.service_ms = 0.8 * self.service_ms + 0.2 * run_s * 1e3
-        self.served_by_stage[(req.model, req.version, inst.index)] += 1
+        skey = (req.model, req.version, inst.index)
+        self.served_by_stage[skey] += 1
+        prev = self.run_ms_by_stage.get(skey)
+        self.run_ms_by_stage[skey] = run_s * 1e3 if prev is None else 0.8 * prev + 0.2 * run_s * 1e3
         if self.on_run is not None:
             self.on_run(req.model, inst.index, run_s)
         env = dict(req.tensors)
@@ -283,6 +294,9 @@ class StageServer:
     def reply_error(self, req: InferRequest, code: str, message: str, stage: int | None = None) -> None:
         log.warning("request %s (%s stage %s): %s", req.request_id, req.model, req.stage, message)
         self.counters[f"error_{code}"] += 1
+        skey = (req.model, req.version, req.stage)
+        if skey in self.served_by_stage or self.table.get(skey) is not None:   # only stages it holds: bounded
+            self.errors_by_stage[skey] += 1
         if not topics.is_endpoint(req.reply_to, self.fleet):
             return   # nobody valid to answer
         res = InferResult(req.request_id, req.model, False,

@@ -81,7 +81,31 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from edge_agent.lab.demo import run_demo
-    return run_demo(model=args.model, stages=args.stages, requests=args.requests, broker_kind=args.broker_kind)
+    return run_demo(model=args.model, stages=args.stages, requests=args.requests, broker_kind=args.broker_kind,
+                    dashboard_port=args.dashboard_port if args.dashboard else None)
+
+
+# ------------------------------------------------------------------------------------------ watching
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from edge_agent.dashboard.server import Dashboard
+    from edge_agent.lab.simrun import hold
+
+    with _fleet(args) as fleet, Dashboard(fleet, args.bind, args.port, write=args.key is not None,
+                                          interval=args.interval) as dash:
+        render.dashboard_started(dash.url, dash.write, args.bind)
+        hold()
+    return 0
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from edge_agent.lab.simrun import hold
+    from edge_agent.operator.metrics import serve_metrics
+
+    with _fleet(args) as fleet:
+        serve_metrics(fleet, args.port, args.bind)
+        render.metrics_started(f"http://{args.bind}:{args.port}/metrics")
+        hold()
+    return 0
 
 
 def cmd_sim(args: argparse.Namespace) -> int:

@@ -138,6 +138,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", type=int, default=None)
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("dashboard", help="web dashboard of the fleet (live; read-only unless --key is given)")
+    add_common_arguments(p)
+    p.add_argument("--port", type=int, default=8700)
+    p.add_argument("--bind", default="127.0.0.1", help="listen address (default loopback; see docs/dashboard.md)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between live updates")
+    add_signing_arguments(p)
+
+    p = sub.add_parser("metrics", help="serve the fleet-wide view in Prometheus format (no web page)")
+    add_common_arguments(p)
+    p.add_argument("--port", type=int, default=9108)
+    p.add_argument("--bind", default="127.0.0.1", help="listen address (default loopback)")
+
     p = sub.add_parser("zoo", help="export a reference model built in code")
     p.add_argument("model", help="zoo model name (mlp, mobilenetv2, transformer, ...)")
     p.add_argument("out", help="output .onnx path")
@@ -149,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", type=int, default=3)
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--broker-kind", choices=["auto", "mosquitto", "embedded"], default="embedded")
+    p.add_argument("--dashboard", action="store_true",
+                   help="after the checks, serve the dashboard (keeps the fleet and a light load running) until Ctrl-C")
+    p.add_argument("--dashboard-port", type=int, default=8700)
     p.add_argument("--log-level", default="WARNING")
 
     p = sub.add_parser("sim", help="a simulated fleet of emulated devices (CPU quota, memory, delay) until Ctrl-C")
@@ -171,7 +186,8 @@ COMMANDS: dict[str, Command] = {
     "undeploy": commands.cmd_undeploy, "ls": commands.cmd_ls, "zoo": commands.cmd_zoo, "inspect": commands.cmd_inspect, "demo": commands.cmd_demo,
     "keys": commands.cmd_keys, "status": commands.cmd_status, "rollback": commands.cmd_rollback,
     "refresh": commands.cmd_refresh,
-    "bench": commands.cmd_bench, "sim": commands.cmd_sim,
+    "bench": commands.cmd_bench, "sim": commands.cmd_sim, "dashboard": commands.cmd_dashboard,
+    "metrics": commands.cmd_metrics,
 }
 FLEET_COMMANDS: dict[str, Command] = {"init": commands.cmd_fleet_init, "ls": commands.cmd_fleet_ls}
 

@@ -49,6 +49,20 @@ def sim_running(sim: Any) -> None:
           "Ctrl-C stops", flush=True)
 
 
+def dashboard_started(url: str, write: bool, bind: str) -> None:
+    con = console()
+    con.print(f"dashboard: [bold]{url}[/bold]  (Prometheus: {url.split('#')[0]}metrics)")
+    con.print("operator actions enabled: the token is in the URL fragment; keep the URL private" if write
+              else "read-only (give --key to enable undeploy/rollback)")
+    if bind not in ("127.0.0.1", "localhost", "::1"):
+        con.print(f"[yellow]listening on {bind}: anyone who reaches this address sees the fleet[/yellow]")
+    con.print("Ctrl-C to stop")
+
+
+def metrics_started(url: str) -> None:
+    console().print(f"fleet metrics: {url}  (Ctrl-C to stop)")
+
+
 def broker_started(broker: Any, advertised: bool) -> None:
     print(f"{broker.kind} broker listening on {broker.url}" + (" (advertised over mDNS)" if advertised else ""),
           flush=True)

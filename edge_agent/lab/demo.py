@@ -3,7 +3,8 @@
 Starts a broker (the embedded one by default: no system package needed), 3 agent processes that find each
 other by mDNS on loopback, deploys the model through the Fleet API, prints where each layer runs and why,
 runs a batch of pipelined requests and compares every output with ONNX Runtime on the whole model.
-Exits non-zero if any output differs beyond tolerance.
+Exits non-zero if any output differs beyond tolerance. With ``dashboard_port`` (``DEMO_DASHBOARD=1 make demo``)
+it then serves the dashboard with a light load running, prints its URL and keeps the fleet up until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ RTOL = 1e-4
 
 
 def run_demo(model: str = "mobilenetv2", stages: int = 3, requests: int = 64, broker_kind: str = "embedded",
-             devices: int = 3, concurrency: int = 8) -> int:
+             devices: int = 3, concurrency: int = 8, dashboard_port: int | None = None) -> int:
     import onnxruntime as ort
     from rich.table import Table
 
@@ -75,6 +76,8 @@ def run_demo(model: str = "mobilenetv2", stages: int = 3, requests: int = 64, br
                         if not np.allclose(got[name], expected[k2][name], atol=ATOL, rtol=RTOL):
                             bad += 1
             wall = time.perf_counter() - t0
+            if dashboard_port is not None:
+                serve_dashboard(fleet, model, inputs, dashboard_port)
             fleet.undeploy(model)
             stats = dict(fleet.stats)
 
@@ -91,6 +94,40 @@ def run_demo(model: str = "mobilenetv2", stages: int = 3, requests: int = 64, br
         return 1
     con.print(f"[green]OK[/green]: all {requests} results match ONNX Runtime (atol={ATOL}, rtol={RTOL})")
     return 0
+
+
+def serve_dashboard(fleet, model: str, inputs: list, port: int, rate_hz: float = 20.0) -> None:  # noqa: ANN001
+    """The dashboard of the demo fleet with ``rate_hz`` requests a second flowing, until Ctrl-C or SIGTERM."""
+    import threading
+
+    from edge_agent.dashboard.server import Dashboard
+    from edge_agent.lab.simrun import hold
+
+    stop = threading.Event()
+
+    def load() -> None:
+        i = 0
+        while not stop.wait(1.0 / rate_hz):
+            try:
+                fleet.submit(model, inputs[i % len(inputs)], timeout=30)
+            except Exception:   # the dashboard shows failures; the load goes on
+                pass
+            i += 1
+
+    worker = threading.Thread(target=load, name="demo-load", daemon=True)
+    with Dashboard(fleet, "127.0.0.1", port) as dash:
+        worker.start()
+        con = console()
+        con.rule("dashboard")
+        con.print(f"dashboard: [bold]{dash.url}[/bold]  (Prometheus: {dash.url}metrics)")
+        con.print(f"{rate_hz:.0f} requests/s keep flowing through {model}; Ctrl-C to stop")
+        try:
+            hold()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stop.set()
+            worker.join(5)
 
 
 def _wait_peers(fleet, n: int, timeout: float) -> None:  # noqa: ANN001

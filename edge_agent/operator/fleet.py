@@ -4,7 +4,8 @@ A Fleet is an MQTT client of the fleet's broker. Its handlers fill a :class:`Fle
 loads) and the manifest tables; requests live in a :class:`RequestTable` (retries, deadlines, exactly-once
 delivery); manifests are built by :func:`build_manifest`, signed here and published as retained desired
 state; status rows come from :mod:`.status`; canaries and rollbacks from :mod:`.rollout`. The shards of
-what this client deploys are served from it while it is open.
+what this client deploys are served from it while it is open. (Over 500 lines because it is the one facade
+of the operator API; the work itself is in the modules it delegates to.)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from edge_agent.operator.records import Deployment, DeviceStatus
 from edge_agent.operator.requests import RETRY_AFTER_S, Pending, RequestTable
 from edge_agent.operator.spotcheck import SpotChecker, Tolerance, onnxruntime_reference
 from edge_agent.operator.status import adopted_rows, rejected_counters, stage_rows, wait_ready
+from edge_agent.operator.telemetry import StageRates
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import (
     BrokerError,
@@ -47,6 +49,7 @@ from edge_agent.protocol.messages import (
     LoadReport,
     Manifest,
     RolloutRecord,
+    load_stage_entries,
     validate_state,
 )
 from edge_agent.security.freshness import make_statement
@@ -110,6 +113,8 @@ class Fleet:
         self.requests = RequestTable(self.view, self.current, self._dispatch)
         self.spot: dict[str, SpotChecker] = {}          # deployments whose results are spot-checked
         self.stats = self.requests.stats
+        self.request_log = self.requests.log    # this client's finished requests (dashboard, metrics)
+        self.stage_rates = StageRates()         # fleet-wide per-stage rates from the agents' load reports
         self.transport = Transport(url, client_id=self.client_id if creds is None else creds.username,
                                    clean_session=True, probe_topic=topics.probe(self.endpoint),
                                    **transport_kwargs)
@@ -198,6 +203,7 @@ class Fleet:
         except ProtocolError:
             return
         self.view.update_load(rep)
+        self.stage_rates.observe(rep.device_id, load_stage_entries(rep))
 
     def _on_result(self, topic: str, payload: bytes, retained: bool) -> None:
         try:

@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from edge_agent.cluster.view import FleetView
+from edge_agent.operator.telemetry import RequestLog
 from edge_agent.protocol.errors import (
     InferenceError,
     InferenceTimeout,
@@ -43,6 +44,7 @@ class Pending:
     attempts: int = 1
     last_error: str = ""             # why the last attempt failed (retriable errors)
     lost: dict = field(default_factory=dict)   # device -> stage it held when it went offline
+    created: float = field(default_factory=time.monotonic)
 
 
 class RequestTable:
@@ -58,6 +60,7 @@ class RequestTable:
         self.pending: dict[str, Pending] = {}
         self.stats = {"results": 0, "duplicates": 0, "retries": 0, "errors": 0, "failovers": 0,
                       "foreign_results": 0}
+        self.log = RequestLog()      # finished requests: latency, errors (dashboard, metrics)
 
     def submit(self, m: Manifest, inputs: dict, endpoint: str, timeout: float) -> Future:
         req = InferRequest(uuid.uuid4().hex, m.name, m.version, 0, endpoint, tensors=dict(inputs))
@@ -106,10 +109,17 @@ class RequestTable:
             self.pending.pop(res.request_id, None)
             self.stats["results"] += 1
         if res.ok:
+            self.log.record(p.request.model, time.monotonic() - p.created, True)
             p.future.set_result((dict(res.tensors), list(res.timings)))
         else:
             self.stats["errors"] += 1
-            p.future.set_exception(self._final_error(res, p))
+            self._fail(p, self._final_error(res, p))
+
+    def _fail(self, p: Pending, exc: Exception) -> None:
+        """Resolve a request with an error, recorded in the log with its code, stage and device."""
+        self.log.record(p.request.model, time.monotonic() - p.created, False, getattr(exc, "code", "") or
+                        type(exc).__name__, str(exc), getattr(exc, "device", None), getattr(exc, "stage", None))
+        p.future.set_exception(exc)
 
     def _final_error(self, res: InferResult, p: Pending) -> Exception:
         """The caller's exception for a failed result. A device that found no live device for the next
@@ -154,7 +164,7 @@ class RequestTable:
         if again:
             self.stats["failovers"] += 1
         for p, stage in fail:
-            p.future.set_exception(StageUnavailableError(
+            self._fail(p, StageUnavailableError(
                 f"request {p.request.request_id} for {p.request.model}: stage {stage} device '{device}' went "
                 "offline while the request was in flight (deployment has no failover)", stage=stage,
                 device=device, code="device_offline"))
@@ -176,7 +186,7 @@ class RequestTable:
         for p in resend:
             self.dispatch(p, True)
         for p in expired:
-            p.future.set_exception(self._timeout_error(p))
+            self._fail(p, self._timeout_error(p))
 
     def _timeout_error(self, p: Pending) -> InferenceTimeout:
         m = self.manifest_of(p.request.model)

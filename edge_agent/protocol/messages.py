@@ -330,6 +330,24 @@ class LoadReport(Message):
     queue: int
     service_ms: float
     ts: float = field(default_factory=time.time)
+    # per stage held, cumulative since the agent started (rates come from differences, so a lost QoS 0
+    # report costs nothing): [[model, version, stage, served, errors, run_ms EWMA], ...], at most
+    # MAX_LOAD_STAGES entries so the report stays under the 4 KiB older decoders accept
+    stages: list = field(default_factory=list)
+
+
+MAX_LOAD_STAGES = 24
+
+
+def load_stage_entries(rep: LoadReport) -> list[tuple[str, int, int, int, int, float]]:
+    """The well-formed ``stages`` entries of a load report (others are skipped: it is telemetry)."""
+    out = []
+    for e in rep.stages[:MAX_LOAD_STAGES] if isinstance(rep.stages, list) else ():
+        if (isinstance(e, list) and len(e) >= 6 and isinstance(e[0], str)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in e[1:5])
+                and isinstance(e[5], (int, float)) and not isinstance(e[5], bool)):
+            out.append((e[0], e[1], e[2], e[3], e[4], float(e[5])))
+    return out
 
 
 @dataclass
