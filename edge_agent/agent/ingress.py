@@ -5,7 +5,8 @@ Backpressure is explicit and bounded everywhere. At most ``window`` requests are
 frames that arrive meanwhile wait in the policy's buffer (``latest``: one slot, a newer frame replaces the
 waiting one, which is counted as dropped ``stale``; ``queue:N``: N slots, a frame arriving to a full queue is
 dropped ``queue_full``). A request whose result does not come within ``REQUEST_TIMEOUT_S`` frees its slot and
-its frames count as dropped ``timeout``. Bad input (malformed frame, wrong shape or dtype, an undecodable
+its frames count as dropped ``timeout``. Results leave for the sink in frame order (replicas may finish out
+of order: a result waits for the earlier ones, at most until they time out). Bad input (malformed frame, wrong shape or dtype, an undecodable
 image, an oversized payload) is counted by reason and logged; the stream keeps running. Every frame that
 arrived is accounted for: ``frames_in = frames_out + dropped + errors + backlog + in_flight``.
 
@@ -54,6 +55,7 @@ class _Frame:
 class _Pending:
     frames: list[_Frame]
     sent: float
+    result: InferResult | None = None     # arrived, waiting for earlier requests (results leave in order)
 
 
 class Ingress:
@@ -83,7 +85,7 @@ class Ingress:
         self._seq = 0
         self._cond = threading.Condition()
         self._buffer: collections.deque[tuple[bytes, float]] = collections.deque()
-        self._results: collections.deque[InferResult] = collections.deque()
+        self._results: collections.deque[InferResult | None] = collections.deque()
         self._pending: dict[str, _Pending] = {}
         self._latency: collections.deque[tuple[float, float]] = collections.deque(maxlen=LATENCY_SAMPLES)
         self.frames_in = 0
@@ -171,11 +173,17 @@ class Ingress:
                         raw.append(self._buffer.popleft())
                     if raw:
                         self._pending[""] = _Pending([], time.monotonic())   # hold the slot while decoding
-            for res in results:
+            with self._cond:
+                for res in results:
+                    p = self._pending.get(res.request_id) if res is not None else None
+                    if p is not None and p.result is None:   # else a duplicate, or one that timed out
+                        p.result = res
+                ready = self._ready_in_order()
+            for p in ready:
                 try:
-                    self._finish(res)
+                    self._finish(p)
                 except Exception:  # a result this code cannot publish must not end the stream
-                    log.exception("%s: result %s could not be delivered", self.where, res.request_id)
+                    log.exception("%s: result %s could not be delivered", self.where, p.result.request_id)
             if raw:
                 try:
                     self._dispatch(raw)
@@ -188,11 +196,13 @@ class Ingress:
                         self._pending.pop("", None)
 
     def _expire(self, now: float) -> None:
-        """Free the slots of requests whose results are overdue (a device on the path died)."""
+        """Free the slots of requests whose results are overdue (a device on the path died); the results
+        that waited behind them are published by the next :meth:`_flush` (caller holds the lock)."""
         for rid, p in list(self._pending.items()):
-            if rid and now - p.sent > REQUEST_TIMEOUT_S:
+            if rid and p.result is None and now - p.sent > REQUEST_TIMEOUT_S:
                 del self._pending[rid]
                 self.dropped["timeout"] += len(p.frames)
+                self._results.append(None)   # wake the worker to flush what waited behind it
 
     def _dispatch(self, raw: list[tuple[bytes, float]]) -> None:
         frames = []
@@ -252,11 +262,19 @@ class Ingress:
             raise imaging.ImageError(self._pre_error or f"{self.where}: raw images are not accepted")
         return imaging.decode(data, self._pre)
 
-    def _finish(self, res: InferResult) -> None:
-        with self._cond:
-            p = self._pending.pop(res.request_id, None)
-        if p is None:
-            return   # a duplicate, or one that timed out
+    def _ready_in_order(self) -> list[_Pending]:
+        """Requests at the head of the send order whose results arrived (caller holds the lock)."""
+        out = []
+        for rid, p in list(self._pending.items()):
+            if not rid or p.result is None:
+                break
+            del self._pending[rid]
+            out.append(p)
+        return out
+
+    def _finish(self, p: _Pending) -> None:
+        res = p.result
+        assert res is not None
         if not res.ok:
             code = str(res.error.get("code", "failed"))
             with self._cond:
