@@ -87,6 +87,7 @@ class Ingress:
         self._buffer: collections.deque[tuple[bytes, float]] = collections.deque()
         self._results: collections.deque[InferResult | None] = collections.deque()
         self._pending: dict[str, _Pending] = {}
+        self._taken = 0           # frames out of the buffer, being decoded (in flight for the accounting)
         self._latency: collections.deque[tuple[float, float]] = collections.deque(maxlen=LATENCY_SAMPLES)
         self.frames_in = 0
         self.frames_out = 0
@@ -173,6 +174,7 @@ class Ingress:
                         raw.append(self._buffer.popleft())
                     if raw:
                         self._pending[""] = _Pending([], time.monotonic())   # hold the slot while decoding
+                        self._taken = len(raw)
             with self._cond:
                 for res in results:
                     p = self._pending.get(res.request_id) if res is not None else None
@@ -190,10 +192,11 @@ class Ingress:
                 except Exception:
                     log.exception("%s: frames could not be sent", self.where)
                     with self._cond:
-                        self.errors["internal"] += len(raw)
+                        self.errors["internal"] += self._taken
                 finally:
                     with self._cond:
                         self._pending.pop("", None)
+                        self._taken = 0
 
     def _expire(self, now: float) -> None:
         """Free the slots of requests whose results are overdue (a device on the path died); the results
@@ -220,6 +223,7 @@ class Ingress:
         req = InferRequest(rid, self.manifest.name, self.manifest.version, 0, self.reply_to, tensors=feeds)
         with self._cond:
             self._pending[rid] = _Pending(frames, time.monotonic())
+            self._taken -= len(frames)
         if self.send(req) is None:
             with self._cond:
                 self._pending.pop(rid, None)
@@ -235,6 +239,7 @@ class Ingress:
                     frame = StreamFrame.from_bytes(payload, max_bytes=self.max_payload)
                 except ProtocolError as exc:
                     with self._cond:
+                        self._taken -= 1
                         self._bad("malformed", f"{self.where}: malformed frame: {exc}")
                     return None
                 fid, ts = frame.id, frame.ts
@@ -251,9 +256,11 @@ class Ingress:
             return _Frame(fid, ts, feeds, int(rows))
         except imaging.ImageError as exc:
             with self._cond:
+                self._taken -= 1
                 self._bad("image", f"{self.where}: {exc}")
         except InvalidInputError as exc:
             with self._cond:
+                self._taken -= 1
                 self._bad("shape", str(exc))
         return None
 
@@ -341,6 +348,6 @@ class Ingress:
                 name=self.spec.name, model=self.spec.model, version=self.spec.version, policy=str(self.policy),
                 batch=self.spec.batch, frames_in=self.frames_in, frames_out=self.frames_out,
                 dropped=dict(self.dropped), errors=dict(self.errors),
-                in_flight=sum(len(p.frames) for p in self._pending.values()), backlog=len(self._buffer),
+                in_flight=sum(len(p.frames) for p in self._pending.values()) + self._taken, backlog=len(self._buffer),
                 backlog_max=self.backlog_max, fps_in=round(self._fps[0], 2), fps_out=round(self._fps[1], 2),
                 latency_ms=lat, since=self.since)
