@@ -525,3 +525,39 @@ def test_added_identity_connects_and_revoked_identity_is_refused(mosquitto_avail
             _stop(proc)
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------- streams
+
+def test_devices_may_do_what_streams_need_and_no_more(clients):
+    """Hosted sources only under the device's own src/ subtree, results only in src/_out/ or back to an
+    ingress's out inbox; stream definitions only from the operator; nothing outside the fleet tree without
+    `fleet init --stream-topics`."""
+    gw = clients("gw-01")
+    for topic in (t("src", "#"), t("stream", "#"), t("dev", "gw-01", "out", "+"), "results/#"):
+        assert gw.subscribe(topic) == 1
+    cam = clients("cam-01")
+    allowed = [(t("src", "cam-01", "cam"), b"own source"), (t("src", "_out", "door"), b"result for a stream"),
+               (t("dev", "gw-01", "out", "cam-01"), b"last stage answers the ingress")]
+    forbidden = [(t("src", "cam-02", "cam"), b"spoofed source"), (t("stream", "evil"), b"stream definition"),
+                 (t("dev", "gw-01", "out", "cam-02"), b"an answer under another device's name"),
+                 ("results/door", b"outside the fleet tree")]
+    for topic, payload in forbidden + allowed:
+        cam.publish(topic, payload)
+    cam.publish(t("src", "cam-01", "ctl"), b"control")
+    seen = gw.wait_for(t("src", "cam-01", "ctl"), b"control")
+    for msg in allowed:
+        assert msg in seen, f"{msg} was not delivered"
+    for msg in forbidden:
+        assert msg not in seen, f"{msg} got through"
+    op = clients("operator")
+    op.publish(t("stream", "door"), b"definition", retain=False)
+    assert (t("stream", "door"), b"definition") in gw.wait_for(t("stream", "door"), b"definition")
+
+
+def test_stream_topics_of_fleet_init_open_only_those_filters(tmp_path):
+    acl = init_fleet(tmp_path / "s", ["cam-01"], stream_topics=["cams/#"]).conf_path.parent / "acl"
+    text = acl.read_text()
+    assert "pattern readwrite cams/#" in text and "topic readwrite cams/#" in text
+    with pytest.raises(ValueError, match="stream topic filter"):
+        init_fleet(tmp_path / "t", ["cam-01"], stream_topics=["#"])

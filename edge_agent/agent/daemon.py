@@ -11,7 +11,8 @@ answer; the agent keeps serving.
 
 Threads: paho's network thread (handlers: decode and hand over), ``control`` (gate + reconcile),
 ``stage-worker`` (serving), ``heartbeat``, ``capability`` (link probe at start; link and GFLOP/s again
-when idle), one per install job and prefetch.
+when idle), one per install job and prefetch; for streams (:mod:`.streams`), ``stream-report``, one
+``ingress-<stream>`` per stream this device is the ingress of, and one per hosted source (:mod:`.sources`).
 """
 
 from __future__ import annotations
@@ -30,15 +31,18 @@ from pathlib import Path
 from edge_agent._version import __version__
 from edge_agent.agent.backend import Backend
 from edge_agent.agent.capability import cores, cpu_isa, measure_gflops, ram_mb, rechecks_due
-from edge_agent.agent.handlers import AgentHandlers, ManifestNote
+from edge_agent.agent.handlers import AgentHandlers, ManifestNote, StreamNote
 from edge_agent.agent.reconcile import Reconciler
 from edge_agent.agent.server import StageServer
+from edge_agent.agent.sources import HostedSource, SourceSpec
 from edge_agent.agent.stages import StageTable
+from edge_agent.agent.streams import StreamHost
 from edge_agent.cluster.view import FleetView
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import BrokerError, ProtocolError
 from edge_agent.protocol.manifest import validate_manifest
 from edge_agent.protocol.messages import DeviceState, Freshness, Manifest
+from edge_agent.protocol.streams import StreamReport, topic_matches
 from edge_agent.security.freshness import FreshnessGate
 from edge_agent.security.gate import ManifestGate, VersionLedger
 from edge_agent.transport.blobs import BlobFetcher, BlobServer
@@ -81,6 +85,7 @@ class AgentConfig:
     recheck_every_s: float = 60.0        # measure link and GFLOP/s again this often when idle (0: never)
     idle_after_s: float = 10.0           # no request for this long = idle
     link_burst_bytes: int = 1 << 20      # throughput probe: a burst of this many bytes in 64 KiB messages
+    sources: list[str] = field(default_factory=list)   # hosted sources: "NAME=dir:/path" / "NAME=synthetic:fps=N"
 
 
 class Agent:
@@ -97,6 +102,7 @@ class Agent:
             raise ValueError("no trusted fleet key (--trust keys/fleet.pub) and development mode not requested "
                              "(--dev): refusing to run a device that would install unsigned models")
         self.device_id = config.name
+        self.source_specs = [SourceSpec.parse(text) for text in config.sources]   # bad options fail here
         self.endpoint = topics.device_endpoint(config.fleet, config.name)
         self.data_dir = Path(config.data_dir)
         self.store = BlobStore(self.data_dir / "blobs")
@@ -119,7 +125,7 @@ class Agent:
         self.discovery = None
         self.metrics = None                              # AgentMetrics when --metrics-port is set
         self._kick = threading.Event()                  # something changed: reconcile
-        self._inbox: queue.Queue[ManifestNote | Freshness] = queue.Queue(maxsize=CONTROL_INBOX)
+        self._inbox: queue.Queue[ManifestNote | Freshness | StreamNote] = queue.Queue(maxsize=CONTROL_INBOX)
         self._stop = threading.Event()
         self._last_state_pub = 0.0
         self._threads: list[threading.Thread] = []
@@ -140,6 +146,9 @@ class Agent:
             fetch_timeout_s=config.fetch_timeout_s, gflops=lambda: self.gflops,
             on_change=lambda force: self.publish_state(force=force),
             on_ready=lambda: self.server.publish_load(force=True), kick=self._kick)
+        self.streams = StreamHost(self.device_id, config.fleet, self.transport, self.view, self.stages,
+                                  self.reconciler, self.server.send, self.data_dir, config.max_message_bytes)
+        self.sources: list[HostedSource] = []
         self.handlers = AgentHandlers(self.device_id, self.view, self.server, self._inbox, self._kick,
                                       self._reject, config.max_message_bytes)
 
@@ -154,11 +163,15 @@ class Agent:
             t.subscribe(topics.all_deploys(fleet, channel), h.on_manifest)
         t.subscribe(topics.all_loads(fleet), h.on_load, qos=0)
         t.subscribe(topics.freshness(fleet), h.on_freshness)
+        t.subscribe(topics.all_streams(fleet), h.on_stream)
+        t.subscribe(topics.inbox_filter(self.endpoint, "out"), h.guard(self.streams.on_result))
         t.add_connect_hook(self._on_connected)
         self._restore_manifests()
+        self.streams.restore(self.gate)
         self._threads.append(self.server.start())
         for target, name in ((self._control_loop, "control"), (self._heartbeat_loop, "heartbeat"),
-                             (self._capability_loop, "capability")):
+                             (self._capability_loop, "capability"),
+                             (lambda: self.streams.report_loop(self._stop), "stream-report")):
             th = threading.Thread(target=target, name=f"{name}-{self.device_id}", daemon=True)
             th.start()
             self._threads.append(th)
@@ -167,10 +180,13 @@ class Agent:
             from edge_agent.agent.metrics import AgentMetrics
             self.metrics = AgentMetrics(self)
             self.server.on_run = self.metrics.observe
+            self.streams.on_latency = self.metrics.observe_stream
             self.metrics.serve(self.cfg.metrics_port, self.cfg.metrics_host)
             log.info("metrics on http://%s:%d/metrics", self.cfg.metrics_host, self.cfg.metrics_port)
         if self.cfg.discovery:
             self._start_discovery()
+        self.sources = [HostedSource(spec, self.cfg.fleet, self.device_id, self.transport,
+                                     self._stream_input_shape).start() for spec in self.source_specs]
         if not self.cfg.trust:
             log.warning("DEVELOPMENT MODE: %s installs unsigned manifests from anyone on the broker "
                         "(start with --trust <fleet.pub> on real devices)", self.device_id)
@@ -180,7 +196,20 @@ class Agent:
 
     def _on_connected(self) -> None:
         self.reconciler.connected_at = time.monotonic()
+        self.streams.note_reconnect()
         self.publish_state()
+
+    def _stream_input_shape(self, topic: str) -> tuple[tuple[int, ...], str] | None:
+        """Shape (dynamic dims as 1) and dtype of the model input a stream from ``topic`` feeds, or None."""
+        for spec in list(self.streams.specs.values()):
+            m = self.streams.manifest_for(spec.model) if topic_matches(spec.source, topic) else None
+            if m is None:
+                continue
+            entry = next((d for d in m.inputs if d["name"] == spec.input), None) if spec.input else (
+                m.inputs[0] if len(m.inputs) == 1 else None)
+            if entry is not None:
+                return tuple(d if isinstance(d, int) and d > 0 else 1 for d in entry["shape"]), entry["dtype"]
+        return None
 
     def _start_discovery(self) -> None:
         from discovery import DeviceInfo, Discovery
@@ -208,6 +237,9 @@ class Agent:
             return
         self._stop.set()
         self._kick.set()
+        for src in self.sources:
+            src.stop()
+        self.streams.stop_all()
         self.reconciler.cancel_all()
         self.server.stop()
         if self.discovery is not None:
@@ -217,6 +249,8 @@ class Agent:
                 log.debug("discovery close failed", exc_info=True)
 
         def offline() -> None:
+            self.transport.publish(topics.stream_report(self.cfg.fleet, self.device_id),
+                                   StreamReport(self.device_id).to_bytes(), qos=1, retain=True)
             info = self.transport.publish(topics.state(self.cfg.fleet, self.device_id),
                                           self._state(online=False).to_bytes(), qos=1, retain=True)
             try:
@@ -247,6 +281,7 @@ class Agent:
             try:
                 self._admit_manifests()
                 self.reconciler.reconcile()
+                self.streams.reconcile()
             except Exception:  # keep the loop alive whatever a manifest or a state holds
                 log.exception("reconcile failed")
 
@@ -259,6 +294,8 @@ class Agent:
                 return
             if isinstance(note, Freshness):
                 self._admit_freshness(note)
+            if isinstance(note, StreamNote):
+                self._admit_stream(note)
                 continue
             slot = (note.channel, note.name)
             m = note.manifest
@@ -295,6 +332,25 @@ class Agent:
         # manifests refused (or not restored) for their own expiry may be vouched for now
         self._restore_manifests(missing_only=True)
         self.publish_state(force=True)
+
+    def _admit_stream(self, note: StreamNote) -> None:
+        """The gate on a stream definition: signed by the fleet key (in trusted mode), not a replay."""
+        spec = note.spec
+        if spec is None:
+            if self.cfg.trust:
+                log.warning("ignored unsigned removal of stream %s (trusted mode needs a signed stop)", note.name)
+                self._reject("unsigned_stream_stop")
+            else:
+                self.streams.remove(note.name)
+            return
+        rejection = self.gate.admit(spec)
+        if rejection is not None:
+            log.warning("rejected stream %s v%s: %s", spec.name, spec.version, rejection.reason)
+            self.events.append({"ts": time.time(), "kind": f"stream_{rejection.kind}", "model": spec.name,
+                                "version": spec.version, "reason": rejection.reason})
+            self._reject(f"stream_{rejection.kind}")
+            return
+        self.streams.set_spec(spec)
 
     def _manifest_path(self, slot: tuple[str, str]) -> Path:
         return self.data_dir / "manifests" / f"{slot[0]}-{slot[1]}.manifest"

@@ -24,6 +24,7 @@ from edge_agent.protocol.messages import (
     Manifest,
     validate_state,
 )
+from edge_agent.protocol.streams import StreamSpec, validate_stream
 
 log = logging.getLogger("edge_agent.agent")
 
@@ -37,6 +38,14 @@ class ManifestNote:
     channel: str
     name: str
     manifest: Manifest | None
+
+
+@dataclass(frozen=True)
+class StreamNote:
+    """A structurally valid stream definition (or an empty retained message: ``spec`` None) for the gate."""
+
+    name: str
+    spec: StreamSpec | None
 
 
 class AgentHandlers:
@@ -123,12 +132,29 @@ class AgentHandlers:
             return
         self._hand_over(ManifestNote(channel, name, m))
 
-    def _hand_over(self, note: ManifestNote | Freshness) -> None:
+    def on_stream(self, topic: str, payload: bytes, retained: bool) -> None:
+        name = topics.parse_stream(topic)
+        if name is None:
+            return
+        if not payload:
+            self._hand_over(StreamNote(name, None))
+            return
+        try:
+            spec = StreamSpec.from_bytes(payload, max_bytes=1 << 20)
+            if spec.name != name:
+                raise ProtocolError(f"stream '{spec.name}' published under stream/{name}")
+            validate_stream(spec, topic.split("/")[2])
+        except ProtocolError as exc:
+            log.warning("rejected stream definition on %s: %s", topic, exc)
+            self.on_reject("stream")
+            return
+        self._hand_over(StreamNote(name, spec))
+
+    def _hand_over(self, note: ManifestNote | StreamNote | Freshness) -> None:
         try:
             self.inbox.put_nowait(note)
         except queue.Full:   # a flood of manifests: the retained one is delivered again on reconnect
-            log.warning("dropped %s: control inbox full", f"manifest {note.name} ({note.channel})"
-                        if isinstance(note, ManifestNote) else "a freshness statement")
+            log.warning("dropped %s %s: control inbox full", type(note).__name__, getattr(note, "name", ""))
             self.on_reject("manifest_flood")
             return
         self.kick.set()

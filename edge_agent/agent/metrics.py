@@ -16,6 +16,18 @@ Metric names (all prefixed ``edge_agent_``):
 - ``broker_reconnects_total``, ``session_stalls_total`` (counters): reconnections, and sessions the self-probe
   found dead;
 - ``gflops`` (gauge): measured FP32 GEMM throughput; ``info{device,fleet,isa,version}`` (gauge, 1).
+
+Streams, on the device that runs a stream's ingress (counted since the agent started; see docs/streams.md):
+
+- ``stream_frames_in_total{stream}``, ``stream_frames_out_total{stream}`` (counters): frames that arrived on
+  the source topic, results published on the sink;
+- ``stream_dropped_total{stream,policy,reason}`` (counter): frames dropped by backpressure (``stale`` under
+  ``latest``, ``queue_full`` under ``queue:N``, ``timeout`` when a result never came);
+- ``stream_errors_total{stream,reason}`` (counter): bad input (malformed, shape, image, oversized...) and
+  pipeline errors;
+- ``stream_in_flight{stream}``, ``stream_backlog{stream}`` (gauges): frames in the pipeline, frames waiting;
+- ``stream_fps_in{stream}``, ``stream_fps_out{stream}`` (gauges): rates over the last report period;
+- ``stream_latency_seconds{stream}`` (histogram): end to end, source timestamp to the sink publish.
 """
 
 from __future__ import annotations
@@ -78,6 +90,32 @@ class AgentCollector:
         info = GaugeMetricFamily(f"{PREFIX}_info", "this device", labels=["device", "fleet", "isa", "version"])
         info.add_metric([a.device_id, a.cfg.fleet, a.isa, __version__], 1)
         yield info
+        yield from stream_metrics(a.streams.totals(), set(a.streams.running))
+
+
+def stream_metrics(totals: dict, running: set[str]) -> Iterator[object]:
+    """The per-stream families from :meth:`StreamHost.totals` (``running``: streams ingested here now)."""
+    fin = CounterMetricFamily(f"{PREFIX}_stream_frames_in", "frames that arrived on the source topic",
+                              labels=["stream"])
+    fout = CounterMetricFamily(f"{PREFIX}_stream_frames_out", "results published on the sink", labels=["stream"])
+    dropped = CounterMetricFamily(f"{PREFIX}_stream_dropped", "frames dropped by backpressure",
+                                  labels=["stream", "policy", "reason"])
+    errors = CounterMetricFamily(f"{PREFIX}_stream_errors", "bad input and pipeline errors",
+                                 labels=["stream", "reason"])
+    gauges = {k: GaugeMetricFamily(f"{PREFIX}_stream_{k}", text, labels=["stream"]) for k, text in (
+        ("in_flight", "frames in the pipeline"), ("backlog", "frames waiting for the pipeline"),
+        ("fps_in", "frames per second arriving"), ("fps_out", "results per second published"))}
+    for name, st in sorted(totals.items()):
+        fin.add_metric([name], st.frames_in)
+        fout.add_metric([name], st.frames_out)
+        for reason, n in sorted(st.dropped.items()):
+            dropped.add_metric([name, st.policy, reason], n)
+        for reason, n in sorted(st.errors.items()):
+            errors.add_metric([name, reason], n)
+        live = name in running
+        for k, g in gauges.items():
+            g.add_metric([name], getattr(st, k) if live else 0)
+    yield from (fin, fout, dropped, errors, *gauges.values())
 
 
 class AgentMetrics:
@@ -88,6 +126,13 @@ class AgentMetrics:
         self.registry.register(AgentCollector(agent))
         self.latency = Histogram(f"{PREFIX}_request_duration_seconds", "run time of a stage on this device",
                                  ["model", "stage"], buckets=BUCKETS, registry=self.registry)
+
+        self.stream_latency = Histogram(f"{PREFIX}_stream_latency_seconds",
+                                        "stream end-to-end latency, source timestamp to sink", ["stream"],
+                                        buckets=BUCKETS, registry=self.registry)
+
+    def observe_stream(self, stream: str, seconds: float) -> None:
+        self.stream_latency.labels(stream).observe(seconds)
 
     def observe(self, model: str, stage: int, seconds: float) -> None:
         self.latency.labels(model, str(stage)).observe(seconds)

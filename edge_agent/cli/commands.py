@@ -38,7 +38,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 def cmd_fleet_init(args: argparse.Namespace) -> int:
     from edge_agent.security.pki import init_fleet
     res = init_fleet(args.out, _csv(args.devices), fleet=args.fleet, operator=args.operator, host=args.host,
-                     port=args.port, plain_port=args.plain_port, overwrite=args.overwrite)
+                     port=args.port, plain_port=args.plain_port, overwrite=args.overwrite,
+                     stream_topics=_csv(args.stream_topics))
     render.fleet_initialised(res)
     return 0
 
@@ -222,3 +223,46 @@ def cmd_ls(args: argparse.Namespace) -> int:
              "devices": [s.device for s in m.stages], "created": m.created} for m in deps]
     render.deployments(rows, args.json)
     return 0
+
+
+# ------------------------------------------------------------------------------------------ streams
+def cmd_stream_start(args: argparse.Namespace) -> int:
+    with _fleet(args) as fleet:
+        rec = fleet.stream_start(args.name, args.model, args.source, args.sink, policy=args.policy,
+                                 batch=args.batch, input=args.input, preprocess=args.preprocess,
+                                 timeout=args.timeout)
+    render.stream_started(rec.to_dict(), args.json)
+    return 0
+
+
+def cmd_stream_ls(args: argparse.Namespace) -> int:
+    with _fleet(args) as fleet:
+        _settle_reports(fleet)
+        rows = fleet.streams()
+    render.streams(rows, args.json)
+    return 0
+
+
+def cmd_stream_stats(args: argparse.Namespace) -> int:
+    from edge_agent.protocol.errors import UnknownModelError
+
+    with _fleet(args) as fleet:
+        _settle_reports(fleet)
+        rows = [r for r in fleet.streams() if args.name is None or r["name"] == args.name]
+    if args.name is not None and not rows:
+        raise UnknownModelError(f"no stream named '{args.name}' in fleet '{args.fleet}'")
+    render.stream_stats(rows, args.json)
+    return 0
+
+
+def cmd_stream_stop(args: argparse.Namespace) -> int:
+    with _fleet(args) as fleet:
+        fleet.stream_stop(args.name, timeout=args.timeout)
+    render.stream_stopped(args.name)
+    return 0
+
+
+def _settle_reports(fleet: Fleet) -> None:
+    """A fresh client has the retained reports; give the running ingresses one report period to refresh
+    their fps (the retained copy may be up to a second old)."""
+    time.sleep(1.1)

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--host", default="127.0.0.1", help="address devices use to reach the broker")
     fi.add_argument("--port", type=int, default=8883, help="TLS listener (client certificates)")
     fi.add_argument("--plain-port", type=int, default=None, help="also a password listener on this port")
+    fi.add_argument("--stream-topics", default="", metavar="FILTER,...",
+                    help="topic filters outside ea/ devices may use as stream sources and sinks, e.g. cams/#")
     fi.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("deploy", help="deploy an ONNX model split into pipeline stages")
@@ -150,6 +152,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=9108)
     p.add_argument("--bind", default="127.0.0.1", help="listen address (default loopback)")
 
+    p = sub.add_parser("stream", help="live data streams: an MQTT topic through a deployment to another topic")
+    ssub = p.add_subparsers(dest="stream_cmd", required=True)
+    s = ssub.add_parser("start", help="bind a source topic to a deployment; results go to the sink topic")
+    add_common_arguments(s)
+    s.add_argument("name")
+    s.add_argument("--model", required=True, help="the deployment that runs each frame")
+    s.add_argument("--source", required=True, help="topic (filter) frames arrive on, e.g. cams/door or "
+                                                   "ea/v1/<fleet>/src/<device>/<name>")
+    s.add_argument("--sink", required=True, help="topic results are published on (no wildcards, outside ea/)")
+    s.add_argument("--policy", default="latest", help="latest (drop stale frames) or queue:N (bounded backlog)")
+    s.add_argument("--batch", type=int, default=1, help="frames per request (models with a dynamic batch dim)")
+    s.add_argument("--input", default=None, help="the model input frames feed (models with several inputs)")
+    s.add_argument("--preprocess", default=None, metavar="SPEC",
+                   help="for PNG/JPEG frames: resize=HxW,layout=NCHW|NHWC,mean=M[/M/M],scale=S[/S/S],"
+                        "color=RGB|BGR|L,dtype=float32 (default: the model input's size, pixels / 255)")
+    s.add_argument("--timeout", type=float, default=30.0, help="for a device to start the ingress")
+    s.add_argument("--json", action="store_true")
+    add_signing_arguments(s)
+    for cmd, text in (("ls", "streams, their topics and ingress devices"),
+                      ("stats", "per stream fps in/out, drops, errors, end-to-end latency percentiles")):
+        s = ssub.add_parser(cmd, help=text)
+        add_common_arguments(s)
+        if cmd == "stats":
+            s.add_argument("name", nargs="?", default=None)
+        s.add_argument("--json", action="store_true")
+    s = ssub.add_parser("stop", help="stop a stream (signed; devices drop its ingress)")
+    add_common_arguments(s)
+    s.add_argument("name")
+    s.add_argument("--timeout", type=float, default=30.0)
+    add_signing_arguments(s)
+
     p = sub.add_parser("zoo", help="export a reference model built in code")
     p.add_argument("model", help="zoo model name (mlp, mobilenetv2, transformer, ...)")
     p.add_argument("out", help="output .onnx path")
@@ -190,6 +223,8 @@ COMMANDS: dict[str, Command] = {
     "metrics": commands.cmd_metrics,
 }
 FLEET_COMMANDS: dict[str, Command] = {"init": commands.cmd_fleet_init, "ls": commands.cmd_fleet_ls}
+STREAM_COMMANDS: dict[str, Command] = {"start": commands.cmd_stream_start, "ls": commands.cmd_stream_ls,
+                                       "stats": commands.cmd_stream_stats, "stop": commands.cmd_stream_stop}
 
 
 def setup_logging(level: str) -> None:
@@ -215,7 +250,12 @@ def run_command(command: Command, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", "WARNING"))
-    command = FLEET_COMMANDS[args.fleet_cmd] if args.cmd == "fleet" else COMMANDS[args.cmd]
+    if args.cmd == "fleet":
+        command = FLEET_COMMANDS[args.fleet_cmd]
+    elif args.cmd == "stream":
+        command = STREAM_COMMANDS[args.stream_cmd]
+    else:
+        command = COMMANDS[args.cmd]
     return run_command(command, args)
 
 

@@ -42,6 +42,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-message-mb", type=float, default=64.0, help="reject larger messages")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (default loopback)")
+    p.add_argument("--source", action="append", default=[], dest="sources", metavar="NAME=KIND:OPTIONS",
+                   help="host a stream source on this device, published on ea/v1/<fleet>/src/<name>/<NAME>: "
+                        "NAME=dir:/path/to/frames[,fps=5] (images, .npy, .npz; looped) or "
+                        "NAME=synthetic[:fps=10,shape=1x3x224x224,dtype=float32] (repeatable; docs/streams.md)")
     p.add_argument("--trust", action="append", default=[], metavar="FLEET.PUB",
                    help="public key whose signed manifests this device installs (repeatable for rotation)")
     p.add_argument("--dev", action="store_true",

@@ -296,3 +296,57 @@ def inspected(path: str, r: dict, as_json: bool) -> None:
         c.print(r["planned_on"])
     for note in r["notes"]:
         c.print(f"[yellow]note:[/yellow] {note}")
+
+
+# ------------------------------------------------------------------------------------------ streams
+def _lat(rec: dict, key: str) -> str:
+    lat = rec.get("latency_ms")
+    return "-" if not lat or lat.get(key) is None else f"{lat[key]:.1f}"
+
+
+def streams(rows: list[dict], as_json: bool) -> None:
+    """``stream ls``: definitions and where their ingress runs."""
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+    t = Table(title="streams")
+    for col in ("name", "model", "source", "sink", "policy", "batch", "ingress", "fps in", "fps out"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["model"], r["source"], r["sink"], r["policy"], str(r["batch"]),
+                  r["ingress_device"] or "(none)", f"{r['fps_in']:.1f}", f"{r['fps_out']:.1f}")
+    console().print(t if rows else "no streams")
+
+
+def stream_stats(rows: list[dict], as_json: bool) -> None:
+    """``stream stats``: per stream fps, drops by reason, errors, backlog and end-to-end latency."""
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+    t = Table(title="stream stats (end-to-end latency: source timestamp to sink)")
+    for col in ("name", "ingress", "fps in", "fps out", "in", "out", "dropped", "errors", "in flight",
+                "backlog (max)", "p50 ms", "p90 ms", "p99 ms"):
+        t.add_column(col)
+    for r in rows:
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(r["drop_reasons"].items()))
+        errs = ", ".join(f"{k} {v}" for k, v in sorted(r["error_reasons"].items()))
+        t.add_row(r["name"], r["ingress_device"] or "(none)", f"{r['fps_in']:.1f}", f"{r['fps_out']:.1f}",
+                  str(r["frames_in"]), str(r["frames_out"]), f"{r['dropped']}" + (f" ({drops})" if drops else ""),
+                  f"{r['errors']}" + (f" ({errs})" if errs else ""), str(r["in_flight"]),
+                  f"{r['backlog']} ({r['backlog_max']})", _lat(r, "p50"), _lat(r, "p90"), _lat(r, "p99"))
+    console().print(t if rows else "no streams")
+
+
+def stream_started(rec: dict, as_json: bool) -> None:
+    if as_json:
+        print_json(rec)
+        return
+    print(f"stream {rec['name']} v{rec['version']}: {rec['source']} -> {rec['model']} -> {rec['sink']} "
+          f"({rec['policy']}, batch {rec['batch']}); ingress on {rec['ingress_device'] or '(not yet)'}"
+          + ("" if rec["signed"] else "; UNSIGNED (development-mode devices only)"))
+
+
+def stream_stopped(name: str) -> None:
+    print(f"stream {name} stopped")

@@ -44,7 +44,8 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
                        discovery=not args.no_discovery, advertise_broker=args.advertise_broker,
                        max_message_bytes=int(args.max_message_mb * (1 << 20)), trust=trust, dev_mode=args.dev,
                        transport_kwargs=transport_kwargs, metrics_port=args.metrics_port,
-                       metrics_host=args.metrics_host, recheck_every_s=args.recheck_every)
+                       metrics_host=args.metrics_host, recheck_every_s=args.recheck_every,
+                       sources=list(getattr(args, "sources", None) or []))
 
 
 def serve_agent(cfg: AgentConfig, prepare: Callable[[Agent], None] | None = None) -> int:

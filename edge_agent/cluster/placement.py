@@ -66,6 +66,14 @@ class Candidate:
     gflops: float
 
 
+def may_answer(view: FleetView, m: Manifest, sender: str, final: bool) -> bool:
+    """Whether ``sender`` may answer a request of the verified manifest ``m``: a success only from a permitted
+    holder of its last stage, an error from one of any stage (a stage that failed, or found no next hop,
+    answers the caller)."""
+    stages = [len(m.stages) - 1] if final else range(len(m.stages))
+    return bool(sender) and any(sender in permitted_holders(view, m, k) for k in stages)
+
+
 def choose_adopter(view: FleetView, key: StageKey, me: Candidate, standby: Collection[str] | None = None) -> str:
     """The device that adopts orphaned stage ``key``: fewest stages, then fastest, then by id, among the
     manifest's ``standby`` devices (None: all); devices that already failed to install it are skipped."""

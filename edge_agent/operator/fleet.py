@@ -3,9 +3,11 @@
 A Fleet is an MQTT client of the fleet's broker. Its handlers fill a :class:`FleetView` (device states and
 loads) and the manifest tables; requests live in a :class:`RequestTable` (retries, deadlines, exactly-once
 delivery); manifests are built by :func:`build_manifest`, signed here and published as retained desired
-state; status rows come from :mod:`.status`; canaries and rollbacks from :mod:`.rollout`. The shards of
-what this client deploys are served from it while it is open. (Over 500 lines because it is the one facade
-of the operator API; the work itself is in the modules it delegates to.)
+state; status rows come from :mod:`.status`; canaries and rollbacks from :mod:`.rollout`; stream definitions
+and reports from :mod:`.streams`. The shards of what this client deploys are served from it while it is open.
+
+Over 500 lines because it is the one facade of the Python API (every CLI command is one of its methods);
+each method delegates to the module that does the work.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edge_agent.cluster import routing
-from edge_agent.cluster.placement import permitted_holders
+from edge_agent.cluster.placement import may_answer, permitted_holders
 from edge_agent.cluster.view import FleetView
 from edge_agent.operator.desired import DesiredState
 from edge_agent.operator.manifests import build_manifest, load_sample
@@ -30,6 +32,7 @@ from edge_agent.operator.requests import RETRY_AFTER_S, Pending, RequestTable
 from edge_agent.operator.spotcheck import SpotChecker, Tolerance, onnxruntime_reference
 from edge_agent.operator.status import adopted_rows, rejected_counters, stage_rows, wait_ready
 from edge_agent.operator.telemetry import StageRates
+from edge_agent.operator.streams import StreamRecord, StreamTable, make_spec
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import (
     BrokerError,
@@ -53,6 +56,7 @@ from edge_agent.protocol.messages import (
     validate_state,
 )
 from edge_agent.security.freshness import make_statement
+from edge_agent.protocol.streams import StreamSpec
 from edge_agent.security.gate import ManifestGate
 from edge_agent.security.keys import load_public_key
 from edge_agent.transport.blobs import BlobServer
@@ -119,11 +123,15 @@ class Fleet:
                                    clean_session=True, probe_topic=topics.probe(self.endpoint),
                                    **transport_kwargs)
         self.blob_server = BlobServer(self.transport, self.endpoint, max_uploads=2)   # peers do the rest
+        self.stream_table = StreamTable(fleet, self.desired.gate, self.view, self._changed,
+                                        touch=lambda: setattr(self.desired, "last_update", time.monotonic()))
         t = self.transport
         t.subscribe(topics.all_states(fleet), self._on_state)
         for channel in topics.CHANNELS:
             t.subscribe(topics.all_deploys(fleet, channel), self.desired.on_manifest)
         t.subscribe(topics.all_rollouts(fleet), self.desired.on_rollout)
+        t.subscribe(topics.all_streams(fleet), self.stream_table.on_spec)
+        t.subscribe(topics.all_stream_reports(fleet), self.stream_table.on_report)
         t.subscribe(topics.all_loads(fleet), self._on_load, qos=0)
         t.subscribe(topics.inbox_filter(self.endpoint, "out"), self._on_result)
         t.subscribe(topics.inbox_filter(self.endpoint, "cmd"), self.blob_server.handle)
@@ -229,10 +237,7 @@ class Fleet:
         if not final and sender and sender == device:
             return True
         m = self._verified(req.model, req.version)
-        if m is None:
-            return False
-        stages = [len(m.stages) - 1] if final else range(len(m.stages))
-        return any(sender in permitted_holders(self.view, m, k) for k in stages)
+        return m is not None and may_answer(self.view, m, sender, final)
 
     # --------------------------------------------------------------------------------- queries
     def devices(self, include_offline: bool = False) -> list[DeviceStatus]:
@@ -331,6 +336,7 @@ class Fleet:
         if self.keys is None:
             raise DeployError("refreshing the freshness statement needs the fleet key (--key fleet.key)")
         held = {(m.channel, m.name): m for m in self.desired.all_current()}
+        held.update({("stream", s.name): s for s in self.stream_table.specs.values() if not s.stopped})
         if also is not None:
             held[(also.channel, also.name)] = also
         f = make_statement(self.fleet, list(held.values()), self.keys, ttl_s=self.fresh_ttl_s)
@@ -552,3 +558,61 @@ class Fleet:
         self.view.note_sent(dest)
         self.transport.publish(topics.inbox(topics.device_endpoint(self.fleet, dest), "in", self.client_id), p.payload,
                                qos=1)
+
+    # --------------------------------------------------------------------------------- streams
+    def stream_start(self, name: str, model: str, source: str, sink: str, *, policy: str = "latest",
+                     batch: int = 1, input: str | None = None, preprocess: Any = None, wait: bool = True,
+                     timeout: float = 30.0) -> StreamRecord:
+        """Bind MQTT topic ``source`` to deployment ``model``: every frame published there (a StreamFrame or a
+        bare PNG/JPEG) is run and its result published on ``sink`` with the frame's id and timestamp (see
+        docs/streams.md). ``policy``: ``latest`` or ``queue:N``; ``batch``: frames per request (dynamic batch
+        dim only); ``preprocess``: for raw images, a :class:`Preprocess` or its text form
+        (``resize=224x224,layout=NCHW,mean=...,scale=...``). The definition is signed (with the fleet key)
+        and retained; with ``wait``, returns once a device reports running its ingress."""
+        m = self.manifest(model)
+        spec = make_spec(self.fleet, m, name, source=source, sink=sink, policy=policy, batch=batch, input=input,
+                         preprocess=preprocess, version=self.stream_table.next_version(name),
+                         operator=self.client_id,
+                         expires=(time.time() + self.manifest_ttl_s) if self.keys is not None else 0.0)
+        self._publish_stream(spec)
+        if not wait:
+            return self.stream_table.records_by_name().get(name) or StreamRecord(
+                name, model, source, sink, spec.policy, batch, spec.version, bool(spec.sig))
+        return self._wait_stream(name, lambda: bool(self.stream_table.reporting(name)), timeout,
+                                 f"no device reports running the ingress of stream {name}")
+
+    def stream_stop(self, name: str, timeout: float = 30.0) -> None:
+        """Stop stream ``name`` (a signed tombstone, retained); returns once no live device runs it."""
+        current = self.stream_table.wait_spec(name, 1.0)
+        if current is None:
+            known = ", ".join(sorted(self.stream_table.specs)) or "none"
+            raise UnknownModelError(f"no stream named '{name}' in fleet '{self.fleet}' (streams: {known})")
+        tomb = StreamSpec(name, self.stream_table.next_version(name), current.model, current.source, current.sink,
+                          stopped=True, operator=self.client_id, fleet=self.fleet)
+        self._publish_stream(tomb)
+        self._wait_stream(name, lambda: not self.stream_table.reporting(name), timeout,
+                          f"devices {self.stream_table.reporting(name)} still run stream {name}")
+
+    def streams(self) -> list[dict]:
+        """Every stream with its ingress device and figures, as plain dicts (:class:`StreamRecord` fields:
+        name, model, source, sink, policy, batch, ingress_device, fps_in, fps_out, dropped, in_flight,
+        latency_ms {p50, p90, p99} or None, updated...)."""
+        return [r.to_dict() for r in self.stream_table.records()]
+
+    def _publish_stream(self, spec: StreamSpec) -> None:
+        if self.keys is not None:
+            from edge_agent.security.keys import sign_document
+            spec.sig = sign_document(spec.signed_fields(), self.keys)["sig"]
+        self.transport.publish(topics.stream(self.fleet, spec.name), spec.to_bytes(), qos=1,
+                               retain=True).wait_for_publish(10.0)
+
+    def _wait_stream(self, name: str, done: Callable[[], bool], timeout: float, what: str) -> Any:
+        end = time.monotonic() + timeout
+        with self._changed:
+            while not done():
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise DeployTimeout(f"{what} after {timeout:.0f} s")
+                self._changed.wait(min(left, 0.25))
+        return self.stream_table.records_by_name().get(name)
+

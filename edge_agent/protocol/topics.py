@@ -15,6 +15,11 @@
     ea/v1/<fleet>/canary/<name>         retained Manifest of a version under canary test (empty = none)
     ea/v1/<fleet>/rollout/<name>        retained rollout record: history, gates, why it rolled back
     ea/v1/<fleet>/fresh                 retained Freshness: signed, short-lived list of current versions
+    ea/v1/<fleet>/stream/<name>         retained StreamSpec, signed like a manifest (stopped = tombstone)
+    ea/v1/<fleet>/dev/<id>/streams      retained StreamReport: stats of the streams this device ingests
+    ea/v1/<fleet>/dev/<id>/out/<from>   InferResult of a stream frame, for the ingress device     (QoS 1)
+    ea/v1/<fleet>/src/<id>/<source>     frames of a source hosted by device <id> (StreamFrame)    (QoS 0)
+    ea/v1/<fleet>/src/_out/...          stream results a stream may sink to (another stream's source)
 
 ``<from>`` is the writer's own id: the broker's ACL lets each identity write inboxes only under its own
 name (``%u``), so a receiver knows who sent a tensor, a result or a shard chunk without believing the
@@ -116,6 +121,34 @@ def rollout(fleet: str, name: str) -> str:
 
 def all_rollouts(fleet: str) -> str:
     return f"{ROOT}/{fleet}/rollout/+"
+
+
+def stream(fleet: str, name: str) -> str:
+    """Retained stream definition (``StreamSpec``) of stream ``name``."""
+    return f"{ROOT}/{fleet}/stream/{name}"
+
+
+def all_streams(fleet: str) -> str:
+    return f"{ROOT}/{fleet}/stream/+"
+
+
+def parse_stream(topic: str) -> str | None:
+    """``ea/v1/<fleet>/stream/<name>`` -> name."""
+    parts = topic.split("/")
+    return parts[4] if len(parts) == 5 and "/".join(parts[:2]) == ROOT and parts[3] == "stream" else None
+
+
+def stream_report(fleet: str, device_id: str) -> str:
+    return f"{device_endpoint(fleet, device_id)}/streams"
+
+
+def all_stream_reports(fleet: str) -> str:
+    return f"{ROOT}/{fleet}/dev/+/streams"
+
+
+def sources_root(fleet: str) -> str:
+    """Prefix of device-hosted sources (``src/<device>/<name>``) and in-tree stream results (``src/_out/``)."""
+    return f"{ROOT}/{fleet}/src"
 
 
 INBOXES = ("in", "cmd", "blob", "out")

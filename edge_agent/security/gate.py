@@ -5,6 +5,10 @@ key and its validity window, then the version ledger: never below the last accep
 and channel (a replayed old manifest), and the same version only with the same content. The ledger persists
 across restarts. :meth:`ManifestGate.check` decides without side effects; :meth:`ManifestGate.admit` also
 records an accepted version (a file write: call it off the MQTT network thread).
+
+Stream definitions (:class:`edge_agent.protocol.streams.StreamSpec`) are signed desired state too and pass the
+same gate: anything with ``name``, ``version``, ``channel`` (its ledger slot), ``fleet``, ``sig`` and
+``signed_fields()`` (:class:`SignedRecord`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from edge_agent.protocol.messages import Manifest
 from edge_agent.security.freshness import FreshnessGate
@@ -33,7 +37,21 @@ class Rejection:
     reason: str
 
 
-def manifest_digest(m: Manifest) -> str:
+class SignedRecord(Protocol):
+    """What the gate needs of a signed desired-state record (a Manifest, a StreamSpec)."""
+
+    name: str
+    version: int
+    fleet: str
+    sig: dict
+
+    @property
+    def channel(self) -> str: ...
+
+    def signed_fields(self) -> dict: ...
+
+
+def manifest_digest(m: Manifest | SignedRecord) -> str:
     """SHA-256 of the manifest's signed content (canonical form)."""
     return hashlib.sha256(canonical_bytes(m.signed_fields())).hexdigest()
 
@@ -55,7 +73,7 @@ class VersionLedger:
         with self._lock:
             return dict(self._entries.get(f"{channel}/{model}", {}))
 
-    def check(self, m: Manifest, digest: str) -> Rejection | None:
+    def check(self, m: Manifest | SignedRecord, digest: str) -> Rejection | None:
         last = self.last(m.channel, m.name)
         if m.version < int(last.get("version", 0)):
             return Rejection("replay", f"version {m.version} is older than the last accepted version "
@@ -73,7 +91,7 @@ class VersionLedger:
             if self.path is not None:
                 write_json(self.path, self._entries)
 
-    def record(self, m: Manifest, digest: str) -> None:
+    def record(self, m: Manifest | SignedRecord, digest: str) -> None:
         with self._lock:
             slot = f"{m.channel}/{m.name}"
             if self._entries.get(slot, {}).get("version") == m.version:
@@ -96,7 +114,7 @@ class ManifestGate:
         self.ledger = ledger or VersionLedger()
         self.freshness = freshness   # a valid statement naming a manifest outlives the manifest's own expiry
 
-    def check(self, m: Manifest, now: float | None = None) -> Rejection | None:
+    def check(self, m: Manifest | SignedRecord, now: float | None = None) -> Rejection | None:
         """The reason to refuse ``m``, or None when it may be acted on. No side effects."""
         try:
             if self.trust:
@@ -119,7 +137,7 @@ class ManifestGate:
         except (TypeError, ValueError) as exc:   # content that cannot be put in canonical form
             return Rejection("malformed", f"cannot check the manifest: {exc}")
 
-    def admit(self, m: Manifest, now: float | None = None) -> Rejection | None:
+    def admit(self, m: Manifest | SignedRecord, now: float | None = None) -> Rejection | None:
         """:meth:`check`, and record the version in the ledger when it passes."""
         rejection = self.check(m, now)
         if rejection is None:

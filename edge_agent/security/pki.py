@@ -37,7 +37,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import EdgeAgentError
-from edge_agent.security.broker_config import acl_text, hash_password, mosquitto_conf_text, passwd_text
+from edge_agent.security.broker_config import (
+    acl_text,
+    check_stream_filter,
+    hash_password,
+    mosquitto_conf_text,
+    passwd_text,
+)
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
@@ -346,7 +352,8 @@ CRL_NAME = "crl.pem"
 def init_fleet(out_dir: str | os.PathLike, devices: list[str], fleet: str = "default",
                operator: str = "operator", host: str = "127.0.0.1", port: int = 8883,
                plain_port: int | None = None, overwrite: bool = False, *, bind: str | None = None,
-               broker_user: str | None = None, log_file: str | os.PathLike | None = None) -> FleetInitResult:
+               broker_user: str | None = None, log_file: str | os.PathLike | None = None,
+               stream_topics: list[str] | tuple[str, ...] = ()) -> FleetInitResult:
     """Generate CA, certificates, credentials, ``passwd``, ``acl`` and ``mosquitto.conf`` in ``out_dir``.
 
     ``host`` is the address devices use to reach the broker (an IP or DNS name, put in the server
@@ -361,6 +368,8 @@ def init_fleet(out_dir: str | os.PathLike, devices: list[str], fleet: str = "def
     topics.check_segment("fleet", fleet)
     topics.check_segment("operator name", operator)
     names = [topics.check_segment("device name", d) for d in devices]
+    for pattern in stream_topics:
+        check_stream_filter(pattern)
     if len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise FleetInitError(f"device names repeat: {', '.join(dupes)}")
@@ -395,7 +404,7 @@ def init_fleet(out_dir: str | os.PathLike, devices: list[str], fleet: str = "def
     _write_crl(out, ca_key, ca_cert, {})
 
     _write_secret(out / "passwd", passwd_text(passwords).encode())
-    (out / "acl").write_text(acl_text(fleet, operator))
+    (out / "acl").write_text(acl_text(fleet, operator, stream_topics))
     conf = out / "mosquitto.conf"
     conf.write_text(mosquitto_conf_text(out, port=port, bind=bind or host, plain_port=plain_port,
                                         broker_user=broker_user,

@@ -66,6 +66,11 @@ def mosquitto_config(port: int, host: str = "127.0.0.1", *, persistence_dir: str
         "max_inflight_messages 100",
         "max_keepalive 120",
     ]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        # Started as root, Mosquitto drops to the 'mosquitto' user, which cannot write the log and persistence
+        # files into the caller's (root-owned, often 0700) work directory: both would be lost silently. This
+        # broker is the caller's own child process (tests, demos, small fleets), so it keeps the caller's user.
+        lines.append("user root")
     if persistence_dir:
         lines += ["persistence true", f"persistence_location {persistence_dir.rstrip('/')}/",
                   "autosave_interval 1"]
