@@ -31,8 +31,8 @@ from edge_agent.operator.records import Deployment, DeviceStatus
 from edge_agent.operator.requests import RETRY_AFTER_S, Pending, RequestTable
 from edge_agent.operator.spotcheck import SpotChecker, Tolerance, onnxruntime_reference
 from edge_agent.operator.status import adopted_rows, rejected_counters, stage_rows, wait_ready
-from edge_agent.operator.telemetry import StageRates
 from edge_agent.operator.streams import StreamRecord, StreamTable, make_spec
+from edge_agent.operator.telemetry import StageRates
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import (
     BrokerError,
@@ -55,8 +55,8 @@ from edge_agent.protocol.messages import (
     load_stage_entries,
     validate_state,
 )
-from edge_agent.security.freshness import make_statement
 from edge_agent.protocol.streams import StreamSpec
+from edge_agent.security.freshness import make_statement
 from edge_agent.security.gate import ManifestGate
 from edge_agent.security.keys import load_public_key
 from edge_agent.transport.blobs import BlobServer
