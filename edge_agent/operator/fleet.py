@@ -27,7 +27,7 @@ from edge_agent.operator.manifests import build_manifest, load_sample
 from edge_agent.operator.records import Deployment, DeviceStatus
 from edge_agent.operator.requests import RETRY_AFTER_S, Pending, RequestTable
 from edge_agent.operator.spotcheck import SpotChecker, Tolerance, onnxruntime_reference
-from edge_agent.operator.status import adopted_rows, rejected_counters, stage_rows, wait_ready
+from edge_agent.operator.status import adopted_rows, performance, rejected_counters, stage_rows, wait_ready
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import (
     BrokerError,
@@ -240,9 +240,10 @@ class Fleet:
             return None
         key = (model, version, stage)
         checker = self.spot.get(model)
-        return routing.pick(self.view, key, allowed=permitted_holders(self.view, key, m.stages[stage].replicas,
-                                                                       m.failover),
-                            exclude=frozenset(checker.excluded()) if checker else frozenset())
+        spec = m.stages[stage]
+        return routing.pick(self.view, key, allowed=permitted_holders(self.view, key, spec.replicas, m.failover),
+                            exclude=frozenset(checker.excluded()) if checker else frozenset(),
+                            weights=spec.weight_of())
 
     # --------------------------------------------------------------------------------- deploy
     def next_version(self, name: str) -> int:
@@ -251,12 +252,14 @@ class Fleet:
 
     def build_manifest(self, model: Any, name: str, *, stages: int | None = None,
                        devices: Sequence[str] | None = None, version: int | None = None,
-                       input_shapes: dict[str, Sequence[int]] | None = None, replicas: int = 1,
+                       input_shapes: dict[str, Sequence[int]] | None = None, replicas: int | None = None,
                        failover: bool = True, channel: str = "stable",
-                       include_offline: bool = False, sample_input: Any = None) -> tuple[Manifest, Any]:
+                       include_offline: bool = False, sample_input: Any = None,
+                       objective: str = "throughput") -> tuple[Manifest, Any]:
         """Plan ``model`` onto live devices and build its (unsigned, unpublished) manifest; the shards are
         served by this Fleet from then on. ``sample_input`` (a dict of arrays or an .npz path) gives the shape
-        to plan dynamic inputs on when ``input_shapes`` does not."""
+        to plan dynamic inputs on when ``input_shapes`` does not. Without ``stages`` and ``replicas`` the
+        performance model picks the shape for ``objective`` among ``devices`` (default: every live device)."""
         live = {d.device_id: d for d in self.devices(include_offline=include_offline and bool(devices))}
         if devices:
             missing = [d for d in devices if d not in live]
@@ -264,8 +267,6 @@ class Fleet:
                 raise DeployError(f"cannot deploy '{name}': device(s) {missing} are not online "
                                   f"(online: {sorted(live) or 'none'})")
             chosen = [live[d] for d in devices]
-            if stages is None and replicas == 1:
-                stages = len(chosen)
         else:
             chosen = list(live.values())
         return build_manifest(
@@ -273,7 +274,7 @@ class Fleet:
             fleet=self.fleet, operator=self.client_id, sources=[self.endpoint], stages=stages,
             input_shapes=input_shapes, replicas=replicas, failover=failover, channel=channel,
             expires=(time.time() + self.manifest_ttl_s) if self.keys is not None else 0.0,
-            sample=load_sample(sample_input))
+            sample=load_sample(sample_input), objective=objective)
 
     def publish_manifest(self, m: Manifest) -> Manifest:
         """Sign (when this Fleet has the fleet key) and publish a manifest as the retained desired state."""
@@ -293,14 +294,21 @@ class Fleet:
 
     def deploy(self, model: Any, name: str, *, stages: int | None = None, devices: Sequence[str] | None = None,
                version: int | None = None, input_shapes: dict[str, Sequence[int]] | None = None,
-               replicas: int = 1, failover: bool = True, timeout: float = 120.0,
+               replicas: int | None = None, failover: bool = True, timeout: float = 120.0,
                canary: int | str | None = None, gates: str | dict | None = None,
                check_data: Any = None, include_offline: bool = False, sample_input: Any = None,
-               verify_fraction: float = 0.0, progress: Callable[[str, dict], None] | None = None) -> Deployment:
+               verify_fraction: float = 0.0, progress: Callable[[str, dict], None] | None = None,
+               objective: str = "throughput") -> Deployment:
         """Plan, sign, ship and start ``model`` (path, bytes or ModelProto) as ``name``; returns when every
         stage reports ready on every replica, raises DeployError (a stage failed) or DeployTimeout (with each
         device's progress).
 
+        Given only ``devices`` (or nothing: every live device), the performance model (:mod:`models.planner`,
+        docs/planner.md) chooses replicas, pipeline stages or a hybrid, the best predicted for ``objective``
+        ("throughput", the default, for many requests in flight; or "latency", for one at a time); the
+        prediction and the alternatives it beat are in ``Deployment.plan.prediction`` and
+        ``manifest.plan["predicted"]``, and ``status()["performance"]`` sets them beside measured figures.
+        ``stages`` and/or ``replicas`` fix the shape instead (the model still predicts it).
         ``replicas`` places each stage on that many devices (requests are balanced by queue depth);
         ``failover`` lets the fleet move a stage whose devices are all gone to another device.
         ``canary`` (a device count or "N%") first runs the new version on that many devices only and
@@ -311,7 +319,8 @@ class Fleet:
         an .npz), else defaults by role (``Deployment.manifest.plan["notes"]`` says which); any shape the
         model accepts is served. ``verify_fraction`` spot-checks that share of results (see :meth:`verify`)."""
         t0 = time.monotonic()
-        kw = dict(input_shapes=input_shapes, replicas=replicas, failover=failover, sample_input=sample_input)
+        kw = dict(input_shapes=input_shapes, replicas=replicas, failover=failover, sample_input=sample_input,
+                  objective=objective)
         if canary is not None:
             from edge_agent.operator.rollout import run_canary
             metrics = run_canary(self, model, name, canary=canary, gates=gates, check_data=check_data,
@@ -387,6 +396,7 @@ class Fleet:
             crows = self.stage_rows(canary)
             out["canary"] = {"version": canary.version, "signed": bool(canary.sig), "stages": crows,
                              "converged": all(r["status"] == "ready" for r in crows)}
+        out["performance"] = performance(self.view, stable, self.requests.meter.measured((name, stable.version)))
         out["adopted"] = adopted_rows(self.view, name)
         out["rejected"] = rejected_counters(self.view)
         out["rejected_manifest"] = self.desired.rejected.get(name)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from edge_agent.cluster.meter import Meter
 from edge_agent.cluster.view import FleetView
 from edge_agent.protocol.errors import (
     InferenceError,
@@ -43,6 +44,7 @@ class Pending:
     attempts: int = 1
     last_error: str = ""             # why the last attempt failed (retriable errors)
     lost: dict = field(default_factory=dict)   # device -> stage it held when it went offline
+    submitted: float = field(default_factory=time.monotonic)
 
 
 class RequestTable:
@@ -57,6 +59,7 @@ class RequestTable:
         self.lock = threading.RLock()
         self.pending: dict[str, Pending] = {}
         self.stats = {"results": 0, "duplicates": 0, "retries": 0, "errors": 0, "failovers": 0}
+        self.meter = Meter()      # answered requests by (model, version): measured throughput and latency
 
     def submit(self, m: Manifest, inputs: dict, endpoint: str, timeout: float) -> Future:
         req = InferRequest(uuid.uuid4().hex, m.name, m.version, 0, endpoint, tensors=dict(inputs))
@@ -98,6 +101,7 @@ class RequestTable:
             self.pending.pop(res.request_id, None)
             self.stats["results"] += 1
         if res.ok:
+            self.meter.record((p.request.model, p.request.version), (time.monotonic() - p.submitted) * 1e3)
             p.future.set_result((dict(res.tensors), list(res.timings)))
         else:
             self.stats["errors"] += 1
