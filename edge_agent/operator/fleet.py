@@ -255,7 +255,7 @@ class Fleet:
                        input_shapes: dict[str, Sequence[int]] | None = None, replicas: int | None = None,
                        failover: bool = True, channel: str = "stable",
                        include_offline: bool = False, sample_input: Any = None,
-                       objective: str = "throughput") -> tuple[Manifest, Any]:
+                       objective: str = "throughput", shape: Any = None) -> tuple[Manifest, Any]:
         """Plan ``model`` onto live devices and build its (unsigned, unpublished) manifest; the shards are
         served by this Fleet from then on. ``sample_input`` (a dict of arrays or an .npz path) gives the shape
         to plan dynamic inputs on when ``input_shapes`` does not. Without ``stages`` and ``replicas`` the
@@ -274,7 +274,21 @@ class Fleet:
             fleet=self.fleet, operator=self.client_id, sources=[self.endpoint], stages=stages,
             input_shapes=input_shapes, replicas=replicas, failover=failover, channel=channel,
             expires=(time.time() + self.manifest_ttl_s) if self.keys is not None else 0.0,
-            sample=load_sample(sample_input), objective=objective)
+            sample=load_sample(sample_input), objective=objective, shape=shape)
+
+    def plan_shapes(self, model: Any, *, devices: Sequence[str] | None = None, objective: str = "throughput",
+                    input_shapes: dict[str, Sequence[int]] | None = None, sample_input: Any = None) -> Any:
+        """What ``deploy`` would weigh, without deploying: the :class:`models.planner.Search` (every shape
+        evaluated, best first for ``objective``) over the live devices (or ``devices``)."""
+        from edge_agent.operator.manifests import calibration_for, model_device
+        from models.graph import load_model
+        from models.partition import profile_model
+        from models.planner import search
+        live = {d.device_id: d for d in self.devices()}
+        chosen = [live[d] for d in devices] if devices else list(live.values())
+        shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()} or None
+        prof = profile_model(load_model(model), shapes, load_sample(sample_input))
+        return search(prof, [model_device(d) for d in chosen], calibration_for(chosen), objective)
 
     def publish_manifest(self, m: Manifest) -> Manifest:
         """Sign (when this Fleet has the fleet key) and publish a manifest as the retained desired state."""
@@ -298,7 +312,7 @@ class Fleet:
                canary: int | str | None = None, gates: str | dict | None = None,
                check_data: Any = None, include_offline: bool = False, sample_input: Any = None,
                verify_fraction: float = 0.0, progress: Callable[[str, dict], None] | None = None,
-               objective: str = "throughput") -> Deployment:
+               objective: str = "throughput", shape: Any = None) -> Deployment:
         """Plan, sign, ship and start ``model`` (path, bytes or ModelProto) as ``name``; returns when every
         stage reports ready on every replica, raises DeployError (a stage failed) or DeployTimeout (with each
         device's progress).
@@ -308,7 +322,8 @@ class Fleet:
         ("throughput", the default, for many requests in flight; or "latency", for one at a time); the
         prediction and the alternatives it beat are in ``Deployment.plan.prediction`` and
         ``manifest.plan["predicted"]``, and ``status()["performance"]`` sets them beside measured figures.
-        ``stages`` and/or ``replicas`` fix the shape instead (the model still predicts it).
+        ``stages`` and/or ``replicas`` fix the shape instead (the model still predicts it); so does ``shape``
+        (a :class:`models.planner.Shape`, e.g. one of the alternatives a search listed: see :meth:`plan_shapes`).
         ``replicas`` places each stage on that many devices (requests are balanced by queue depth);
         ``failover`` lets the fleet move a stage whose devices are all gone to another device.
         ``canary`` (a device count or "N%") first runs the new version on that many devices only and
@@ -327,7 +342,7 @@ class Fleet:
                                  stages=stages, version=version, timeout=timeout, progress=progress, **kw)
             version = metrics["version"]
         manifest, plan = self.build_manifest(model, name, stages=stages, devices=devices, version=version,
-                                             include_offline=include_offline, **kw)
+                                             include_offline=include_offline, shape=shape, **kw)
         previous, previous_raw = self.current(name), self.desired.retained(name)
         self.publish_manifest(manifest)
         try:

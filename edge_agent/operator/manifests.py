@@ -58,14 +58,25 @@ def calibration_for(devices: Sequence[Any]) -> Any:
 
 
 def _planned(proto: Any, name: str, devices: Sequence[Any], objective: str,
-             shapes: dict[str, tuple[int, ...]] | None, sample: dict[str, Any] | None) -> Any:
-    """The best shape for ``objective`` as a Plan (cuts, replicas, weights, prediction and alternatives)."""
+             shapes: dict[str, tuple[int, ...]] | None, sample: dict[str, Any] | None,
+             shape: Any = None) -> Any:
+    """The best shape for ``objective`` as a Plan (cuts, replicas, weights, prediction and alternatives);
+    or, given ``shape`` (a :class:`models.planner.Shape`, e.g. an alternative the search listed), that one."""
     from models.partition import plan_from_cuts, profile_model
-    from models.planner import search
+    from models.planner import Candidate, Search, evaluate, search
 
     prof = profile_model(proto, shapes, sample, model_name=name)
     specs = {d.device_id: device_spec(d) for d in devices}
-    found = search(prof, [model_device(d) for d in devices], calibration_for(devices), objective)
+    if shape is not None:
+        unknown = sorted(set(shape.devices) - set(specs))
+        if unknown:
+            raise DeployError(f"cannot deploy '{name}': shape {shape.label()!r} names devices {unknown} "
+                              f"that are not online")
+        by_id = {d.device_id: model_device(d) for d in devices}
+        found = Search("given", [Candidate(shape, evaluate(prof, by_id, shape, calibration_for(devices)))])
+        objective = "given"
+    else:
+        found = search(prof, [model_device(d) for d in devices], calibration_for(devices), objective)
     best = found.best
     plan = plan_from_cuts(prof, list(best.shape.cuts), [specs[g[0]] for g in best.shape.groups],
                           reason=f"Objective {objective}: {found.why()}")
@@ -105,7 +116,8 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
                    version: int, fleet: str, operator: str, sources: list[str], stages: int | None = None,
                    input_shapes: dict[str, Sequence[int]] | None = None, replicas: int | None = None,
                    failover: bool = True, channel: str = "stable", expires: float = 0.0,
-                   sample: dict[str, Any] | None = None, objective: str = "throughput") -> tuple[Manifest, Any]:
+                   sample: dict[str, Any] | None = None, objective: str = "throughput",
+                   shape: Any = None) -> tuple[Manifest, Any]:
     """Plan ``model`` (path, bytes or ModelProto) onto ``devices`` (objects with ``device_id``, ``gflops``,
     ``ram_mb``), cut it into shards (each handed to ``add_shard``, which returns its sha256) and return the
     unsigned manifest and the plan. Dynamic input dimensions are planned on ``input_shapes``, else the shapes
@@ -114,7 +126,8 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
 
     With neither ``stages`` nor ``replicas`` the performance model (:mod:`models.planner`) picks the shape
     (replicas, stages or a hybrid) best for ``objective`` ("throughput" or "latency") among ``devices``;
-    otherwise the min-max partitioner cuts ``stages`` and replicas are added (the model still predicts)."""
+    otherwise the min-max partitioner cuts ``stages`` and replicas are added (the model still predicts).
+    ``shape`` (a :class:`models.planner.Shape`) deploys exactly that shape, with the model's prediction."""
     from models.extract import split_model
     from models.graph import input_specs, load_model, output_specs
     from models.partition import plan_pipeline
@@ -135,8 +148,8 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
     specs = [device_spec(d) for d in devices]
     shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()} or None
     try:
-        if stages is None and replicas is None:
-            plan = _planned(proto, name, devices, objective, shapes, sample)
+        if shape is not None or (stages is None and replicas is None):
+            plan = _planned(proto, name, devices, objective, shapes, sample, shape)
             placement = plan.replicas
         else:
             plan = plan_pipeline(proto, specs, stages=stages, input_shapes=shapes, model_name=name, sample=sample)
