@@ -132,7 +132,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--slow", type=float, default=0.2, help="CPU quota of each slow device, cores")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
-        raise SystemExit("bench_planner needs root (cgroup CPU quotas)")
+        console.print("[yellow]bench_planner skipped: it needs root (cgroup CPU quotas)[/yellow]")
+        return {"skipped": "needs root (cgroup CPU quotas)"}
     with tempfile.TemporaryDirectory(prefix="bench-planner-") as tmp:
         res = run(Path(tmp), args.fast, args.slow, seconds=3.0 if args.quick else 8.0,
                   n_latency=10 if args.quick else 30)
