@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -32,6 +33,9 @@ __all__ = [
     "Stage",
     "Plan",
     "plan_pipeline",
+    "CostProfile",
+    "profile_model",
+    "plan_from_cuts",
 ]
 
 _PERMUTE_MAX_STAGES = 4
@@ -95,6 +99,9 @@ class Plan:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)   # the shapes the plan was costed on
     notes: list[str] = field(default_factory=list)   # e.g. which representative shape a dynamic input got
     node_count: int = 0
+    replicas: list[list[str]] = field(default_factory=list)   # every device of each stage (empty: the stage's own)
+    weights: list[list[float]] = field(default_factory=list)  # share of a stage's requests per replica (planner)
+    prediction: dict = field(default_factory=dict)            # models.planner: objective, req/s, latency, table
 
     def to_dict(self) -> dict:
         """Plain dict of built-in types (JSON / msgpack friendly)."""
@@ -112,6 +119,9 @@ class Plan:
         rest = {k: v for k, v in d.items() if k in plan_keys and k != "stages"}
         rest["input_shapes"] = {k: tuple(v) for k, v in rest.get("input_shapes", {}).items()}
         rest["notes"] = list(rest.get("notes", []))
+        rest["replicas"] = [list(r) for r in rest.get("replicas", [])]
+        rest["weights"] = [list(w) for w in rest.get("weights", [])]
+        rest["prediction"] = dict(rest.get("prediction", {}))
         return cls(stages=stages, **rest)
 
 
@@ -380,6 +390,64 @@ def plan_pipeline(
     others = ", ".join(f"{kk}: {bn:.2f} ms" for kk, bn in tried if kk != k)
     note = f" Chose {k} stage(s) automatically (bottleneck for other counts: {others or 'none feasible'})."
     return _with_shapes(_make_plan(name, st, cost, tab, chosen, hop_overhead_ms, note=note), shapes)
+
+
+@dataclass
+class CostProfile:
+    """A model costed for planning: per anchor boundary the FLOPs before it and the bytes crossing it, and per
+    anchor range the memory a stage needs. ``flops_prefix[b] - flops_prefix[a]`` is the work of anchors
+    ``[a, b)``; ``carry_bytes[0]`` is the request's input and ``carry_bytes[n]`` the answer."""
+
+    name: str
+    n: int
+    flops_prefix: np.ndarray
+    carry_bytes: np.ndarray
+    mem_bytes: np.ndarray          # [n+1, n+1] weights + peak activations of anchors [a, b)
+    # what cutting the model needs (None in a synthetic profile, e.g. a unit test of the model alone)
+    shapes: ShapeChoice | None = None
+    structure: Structure | None = None
+    cost: ModelCost | None = None
+    tables: _Tables | None = None
+
+    @classmethod
+    def synthetic(cls, flops: Sequence[float], carry_bytes: Sequence[float], name: str = "synthetic") -> CostProfile:
+        """A chain of ``len(flops)`` nodes: node i does ``flops[i]``; ``carry_bytes[b]`` cross boundary b
+        (``[0]`` the input, ``[-1]`` the answer); memory never binds."""
+        if len(carry_bytes) != len(flops) + 1:
+            raise ValueError("carry_bytes needs one entry per boundary: len(flops) + 1")
+        n = len(flops)
+        return cls(name, n, np.concatenate([[0.0], np.cumsum(flops)]), np.asarray(carry_bytes, dtype=np.float64),
+                   np.zeros((n + 1, n + 1)))
+
+
+def profile_model(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                  sample: dict[str, np.ndarray] | None = None, model_name: str | None = None) -> CostProfile:
+    """Cost ``model`` once for :mod:`models.planner` (dynamic dims as in :func:`plan_pipeline`)."""
+    name = model_name or model.graph.name or "model"
+    st = structure(model)
+    if st.n == 0:
+        raise PlanError(f"model {name!r} has no compute nodes to place")
+    try:
+        shapes, cost = cost_on_representative_shape(model, input_shapes, sample)
+    except ValueError as exc:
+        raise PlanError(f"cannot plan {name!r}: {exc}") from None
+    tab = _tables(st, cost)
+    return CostProfile(name, st.n, tab.flops_prefix, tab.carry_bytes, tab.weight_bytes + tab.peak_act, shapes,
+                       st, cost, tab)
+
+
+def plan_from_cuts(profile: CostProfile, cuts: list[int], devices: list[DeviceSpec], reason: str,
+                   hop_overhead_ms: float = 1.0) -> Plan:
+    """The :class:`Plan` of given cut positions (anchor boundaries ``[0, c1, ..., n]``), stage i on
+    ``devices[i]`` (its first replica); ``reason`` replaces the min-max planner's sentence."""
+    if profile.structure is None or profile.cost is None or profile.tables is None:
+        raise PlanError(f"profile {profile.name!r} is synthetic: there is no model to cut")
+    if len(cuts) != len(devices) + 1 or cuts[0] != 0 or cuts[-1] != profile.n:
+        raise PlanError(f"cuts {cuts} do not cover {profile.n} nodes in {len(devices)} stages")
+    choice = _Choice(0.0, 0.0, list(devices), list(cuts))
+    plan = _make_plan(profile.name, profile.structure, profile.cost, profile.tables, choice, hop_overhead_ms, "")
+    plan.reason = reason
+    return _with_shapes(plan, profile.shapes) if profile.shapes is not None else plan
 
 
 def _memory_error(

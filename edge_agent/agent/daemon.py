@@ -394,11 +394,20 @@ class Agent:
         self.counters[f"rejected_{reason}"] += 1
         self.publish_state(force=False)
 
+    def _stage_report(self) -> list[dict]:
+        """Stage entries, each with what this device measured serving it (rate, median path latency)."""
+        out = self.stages.report()
+        for e in out:
+            m = self.server.meter.measured((e.get("model"), e.get("version"), e.get("stage")))
+            if m.requests:
+                e["measured"] = m.to_dict()
+        return out
+
     def _state(self, online: bool = True) -> DeviceState:
         return DeviceState(
             device_id=self.device_id, fleet=self.cfg.fleet, online=online, started=self.started,
             isa=self.isa, cores=cores(), ram_mb=ram_mb(), gflops=round(self.gflops, 2), version=__version__,
-            backend_isa=self.isa, stages=self.stages.report(), blobs=self.store.list()[:256],
+            backend_isa=self.isa, stages=self._stage_report(), blobs=self.store.list()[:256],
             peers=list(self.peers), counters=dict(self.counters), queue_depth=self.server.queue_depth(),
             endpoint=self.endpoint, dev_mode=not self.cfg.trust, events=list(self.events),
             link_rtt_ms=None if self.link is None else round(self.link.rtt_ms, 3),

@@ -18,6 +18,7 @@ import numpy as np
 from edge_agent.agent.backend import check_inputs
 from edge_agent.agent.stages import InstalledStage, StageTable
 from edge_agent.cluster import routing
+from edge_agent.cluster.meter import Meter
 from edge_agent.cluster.placement import permitted_holders
 from edge_agent.cluster.view import FleetView
 from edge_agent.protocol import topics
@@ -84,6 +85,7 @@ class StageServer:
         self.on_run: Callable[[str, int, float], None] | None = None   # (model, stage, seconds): metrics
         self.work: queue.Queue[InferRequest | None] = queue.Queue(maxsize=WORK_QUEUE)
         self.done = DedupCache()
+        self.meter = Meter()                  # completions per stage: measured rate and latency for the state
         self._last_load_pub = 0.0
         self._last_load_depth = -1
         self.last_request = time.monotonic()  # when a request last arrived or finished (idleness)
@@ -168,7 +170,7 @@ class StageServer:
         if spec is None or not 0 <= stage < len(spec.stages):
             return self.device_id if local is not None else None
         allowed = permitted_holders(self.view, spec, stage)
-        return routing.pick(self.view, key, local, allowed=allowed)
+        return routing.pick(self.view, key, local, allowed=allowed, weights=spec.stages[stage].weight_of())
 
     def send(self, req: InferRequest, payload: bytes | None = None) -> str | None:
         """Forward a request to the best device for its stage; returns the device or None (no route)."""
@@ -264,6 +266,9 @@ class StageServer:
         timings = list(req.timings) + [{"stage": inst.index, "device": self.device_id,
                                         "queue_ms": round(max(0.0, t_recv - req.sent) * 1e3, 3),
                                         "run_ms": round(run_s * 1e3, 3), "backend": inst.backend.name}]
+        # the path so far (every stage's wait and run): at the last stage, the request's latency but the answer
+        self.meter.record((req.model, req.version, inst.index),
+                          sum(t.get("queue_ms", 0.0) + t.get("run_ms", 0.0) for t in timings if isinstance(t, dict)))
         if inst.last:
             payload = InferResult(req.request_id, req.model, True, tensors=forward, timings=timings).to_bytes()
             self.transport.publish(topics.inbox(req.reply_to, "out", self.device_id), payload, qos=1)

@@ -142,7 +142,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     kwargs = dict(stages=args.stages, devices=_csv(args.devices) if args.devices else None, version=args.version,
                   input_shapes=shapes or None, timeout=args.timeout, replicas=args.replicas,
                   failover=not args.no_failover, canary=args.canary, gates=args.gate, check_data=args.check_data,
-                  sample_input=args.sample_input, verify_fraction=args.verify_fraction)
+                  sample_input=args.sample_input, verify_fraction=args.verify_fraction, objective=args.objective)
     with _fleet(args) as fleet:
         if args.json:
             dep = fleet.deploy(args.model, args.name, **kwargs)

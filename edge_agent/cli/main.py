@@ -72,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a sample request (arrays by input name): its shapes are used for planning")
     p.add_argument("--verify-fraction", type=float, default=0.0, metavar="F",
                    help="spot-check this share of results against ONNX Runtime on this machine (with bench)")
-    p.add_argument("--replicas", type=int, default=1, help="devices per stage (balanced by queue depth)")
+    p.add_argument("--replicas", type=int, default=None,
+                   help="devices per stage (balanced by queue depth); default: the planner decides")
+    p.add_argument("--objective", choices=("throughput", "latency"), default="throughput",
+                   help="what the planner maximises when --stages/--replicas are not given: throughput with "
+                        "many requests in flight (default), or the latency of one request")
     p.add_argument("--no-failover", action="store_true", help="do not move stages off dead devices")
     p.add_argument("--canary", default=None, help="first deploy to N devices (or N%%) and check the gates")
     p.add_argument("--gate", default=None, help='e.g. "p95_ms<=120,error_rate<=0.01,max_abs_diff<=1e-3"')

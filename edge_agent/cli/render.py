@@ -147,18 +147,66 @@ def placement(dep: Any) -> None:
     """Where each stage of a deployment runs, its layers, cost and backend, and why the planner chose so."""
     from rich.table import Table
     t = Table(title=f"{dep.name} v{dep.version}: {len(dep.manifest.stages)} stage(s), ready in {dep.seconds:.1f} s")
-    for col in ("stage", "device", "nodes", "layers", "MFLOP", "shard", "est ms", "backend"):
+    for col in ("stage", "devices", "nodes", "layers", "MFLOP", "shard", "backend"):
         t.add_column(col)
-    for st, row in zip(dep.manifest.stages, dep.stage_status):
+    backends: dict[int, set[str]] = {}
+    for row in dep.stage_status:
+        backends.setdefault(row["stage"], set()).add(row.get("backend", ""))
+    for st in dep.manifest.stages:
         first, last = st.nodes or ["", ""]
-        t.add_row(str(st.index), st.device, str(st.n_nodes or ""), f"{first} … {last}",
+        shares = st.weight_of()
+        devs = ", ".join(f"{d} ({shares[d]:.0%})" if shares else d for d in st.replicas)
+        t.add_row(str(st.index), devs, str(st.n_nodes or ""), f"{first} … {last}",
                   f"{(st.flops or 0) / 1e6:.1f}", f"{st.shard_size / 1024:.0f} KiB",
-                  f"{st.est_ms or 0:.2f}", row.get("backend", ""))
+                  ", ".join(sorted(b for b in backends.get(st.index, ()) if b)))
     c = console()
     c.print(t)
     c.print(f"why: {dep.manifest.plan.get('reason', '')}")
+    pred = dep.manifest.plan.get("predicted") or {}
+    if pred:
+        c.print(f"predicted ({pred['objective']}): {pred['throughput_rps']:.1f} req/s with many in flight, "
+                f"{pred['latency_ms']:.1f} ms for one request alone; bottleneck {pred['bottleneck']}")
+        alternatives(pred.get("alternatives", []), pred["shape"])
     for note in dep.manifest.plan.get("notes", []):
         c.print(f"[yellow]note:[/yellow] {note}")
+
+
+def alternatives(rows: list[dict], chosen: str) -> None:
+    """The shapes the planner compared: predicted req/s, latency and bottleneck (the chosen one marked)."""
+    if len(rows) < 2:
+        return
+    from rich.table import Table
+    t = Table(title="alternatives considered (predicted)")
+    for col in ("", "shape", "kind", "req/s", "latency ms", "bottleneck"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row("*" if r["shape"] == chosen else "", r["shape"], r["kind"], f"{r['throughput_rps']:.1f}",
+                  f"{r['latency_ms']:.1f}", r["bottleneck"])
+    console().print(t)
+
+
+def performance(perf: dict) -> None:
+    """Predicted beside measured throughput and latency (``status``)."""
+    from rich.table import Table
+    pred, meas = perf.get("predicted") or {}, perf.get("measured") or {}
+    if not pred.get("throughput_rps") and not meas:
+        return
+
+    def num(v: Any, digits: int = 1) -> str:
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    t = Table(title=f"performance: {pred.get('kind') or '?'} {pred.get('shape') or ''} "
+                    f"(objective {pred.get('objective') or '?'})")
+    for col in ("", "req/s", "latency ms", "note"):
+        t.add_column(col)
+    t.add_row("predicted", num(pred.get("throughput_rps")), num(pred.get("latency_ms")),
+              f"bottleneck {pred.get('bottleneck')}; latency of one request alone")
+    if meas:
+        t.add_row("measured", num(meas.get("throughput_rps")), num(meas.get("latency_ms")),
+                  f"by {meas.get('source')}, {meas.get('requests')} requests (median latency)")
+    else:
+        t.add_row("measured", "-", "-", "no requests served recently")
+    console().print(t)
 
 
 def inferred(outputs: dict, timings: list, total_ms: float, as_json: bool) -> None:
@@ -214,6 +262,8 @@ def status(name: str, st: dict, as_json: bool) -> None:
             t.add_row(str(r["stage"]), r["device"], "yes" if r["online"] else "[red]no[/red]", r["status"],
                       f"{r['progress'] * 100:.0f}%", r["backend"], r["error"])
         c.print(t)
+    if st.get("performance"):
+        performance(st["performance"])
     for a in st["adopted"]:
         c.print(f"adopted: stage {a['stage']} v{a['version']} runs on {a['device']} ({a['status']})")
     for dev, counters in st["rejected"].items():

@@ -30,7 +30,7 @@ from edge_agent.operator.manifests import build_manifest, load_sample
 from edge_agent.operator.records import Deployment, DeviceStatus
 from edge_agent.operator.requests import RETRY_AFTER_S, Pending, RequestTable
 from edge_agent.operator.spotcheck import SpotChecker, Tolerance, onnxruntime_reference
-from edge_agent.operator.status import adopted_rows, rejected_counters, stage_rows, wait_ready
+from edge_agent.operator.status import adopted_rows, performance, rejected_counters, stage_rows, wait_ready
 from edge_agent.operator.streams import StreamRecord, StreamTable, make_spec
 from edge_agent.operator.telemetry import StageRates
 from edge_agent.protocol import topics
@@ -282,8 +282,10 @@ class Fleet:
             return None
         key = (model, version, stage)
         checker = self.spot.get(model)
+        spec = m.stages[stage]
         return routing.pick(self.view, key, allowed=permitted_holders(self.view, m, stage),
-                            exclude=frozenset(checker.excluded()) if checker else frozenset())
+                            exclude=frozenset(checker.excluded()) if checker else frozenset(),
+                            weights=spec.weight_of())
 
     # --------------------------------------------------------------------------------- deploy
     def next_version(self, name: str) -> int:
@@ -292,12 +294,14 @@ class Fleet:
 
     def build_manifest(self, model: Any, name: str, *, stages: int | None = None,
                        devices: Sequence[str] | None = None, version: int | None = None,
-                       input_shapes: dict[str, Sequence[int]] | None = None, replicas: int = 1,
+                       input_shapes: dict[str, Sequence[int]] | None = None, replicas: int | None = None,
                        failover: bool = True, channel: str = "stable",
-                       include_offline: bool = False, sample_input: Any = None) -> tuple[Manifest, Any]:
+                       include_offline: bool = False, sample_input: Any = None,
+                       objective: str = "throughput", shape: Any = None) -> tuple[Manifest, Any]:
         """Plan ``model`` onto live devices and build its (unsigned, unpublished) manifest; the shards are
         served by this Fleet from then on. ``sample_input`` (a dict of arrays or an .npz path) gives the shape
-        to plan dynamic inputs on when ``input_shapes`` does not."""
+        to plan dynamic inputs on when ``input_shapes`` does not. Without ``stages`` and ``replicas`` the
+        performance model picks the shape for ``objective`` among ``devices`` (default: every live device)."""
         live = {d.device_id: d for d in self.devices(include_offline=include_offline and bool(devices))}
         if devices:
             missing = [d for d in devices if d not in live]
@@ -305,8 +309,6 @@ class Fleet:
                 raise DeployError(f"cannot deploy '{name}': device(s) {missing} are not online "
                                   f"(online: {sorted(live) or 'none'})")
             chosen = [live[d] for d in devices]
-            if stages is None and replicas == 1:
-                stages = len(chosen)
         else:
             chosen = list(live.values())
         return build_manifest(
@@ -314,7 +316,22 @@ class Fleet:
             fleet=self.fleet, operator=self.client_id, sources=[self.endpoint], stages=stages,
             input_shapes=input_shapes, replicas=replicas, failover=failover, channel=channel,
             expires=(time.time() + self.manifest_ttl_s) if self.keys is not None else 0.0,
-            sample=load_sample(sample_input), standby=sorted(d.device_id for d in self.devices()))
+            sample=load_sample(sample_input), objective=objective, shape=shape,
+            standby=sorted(d.device_id for d in self.devices()))
+
+    def plan_shapes(self, model: Any, *, devices: Sequence[str] | None = None, objective: str = "throughput",
+                    input_shapes: dict[str, Sequence[int]] | None = None, sample_input: Any = None) -> Any:
+        """What ``deploy`` would weigh, without deploying: the :class:`models.planner.Search` (every shape
+        evaluated, best first for ``objective``) over the live devices (or ``devices``)."""
+        from edge_agent.operator.manifests import calibration_for, model_device
+        from models.graph import load_model
+        from models.partition import profile_model
+        from models.planner import search
+        live = {d.device_id: d for d in self.devices()}
+        chosen = [live[d] for d in devices] if devices else list(live.values())
+        shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()} or None
+        prof = profile_model(load_model(model), shapes, load_sample(sample_input))
+        return search(prof, [model_device(d) for d in chosen], calibration_for(chosen), objective)
 
     def publish_manifest(self, m: Manifest) -> Manifest:
         """Sign (when this Fleet has the fleet key) and publish a manifest as the retained desired state."""
@@ -351,14 +368,22 @@ class Fleet:
 
     def deploy(self, model: Any, name: str, *, stages: int | None = None, devices: Sequence[str] | None = None,
                version: int | None = None, input_shapes: dict[str, Sequence[int]] | None = None,
-               replicas: int = 1, failover: bool = True, timeout: float = 120.0,
+               replicas: int | None = None, failover: bool = True, timeout: float = 120.0,
                canary: int | str | None = None, gates: str | dict | None = None,
                check_data: Any = None, include_offline: bool = False, sample_input: Any = None,
-               verify_fraction: float = 0.0, progress: Callable[[str, dict], None] | None = None) -> Deployment:
+               verify_fraction: float = 0.0, progress: Callable[[str, dict], None] | None = None,
+               objective: str = "throughput", shape: Any = None) -> Deployment:
         """Plan, sign, ship and start ``model`` (path, bytes or ModelProto) as ``name``; returns when every
         stage reports ready on every replica, raises DeployError (a stage failed) or DeployTimeout (with each
         device's progress).
 
+        Given only ``devices`` (or nothing: every live device), the performance model (:mod:`models.planner`,
+        docs/planner.md) chooses replicas, pipeline stages or a hybrid, the best predicted for ``objective``
+        ("throughput", the default, for many requests in flight; or "latency", for one at a time); the
+        prediction and the alternatives it beat are in ``Deployment.plan.prediction`` and
+        ``manifest.plan["predicted"]``, and ``status()["performance"]`` sets them beside measured figures.
+        ``stages`` and/or ``replicas`` fix the shape instead (the model still predicts it); so does ``shape``
+        (a :class:`models.planner.Shape`, e.g. one of the alternatives a search listed: see :meth:`plan_shapes`).
         ``replicas`` places each stage on that many devices (requests are balanced by queue depth);
         ``failover`` lets the fleet move a stage whose devices are all gone to another device.
         ``canary`` (a device count or "N%") first runs the new version on that many devices only and
@@ -369,14 +394,15 @@ class Fleet:
         an .npz), else defaults by role (``Deployment.manifest.plan["notes"]`` says which); any shape the
         model accepts is served. ``verify_fraction`` spot-checks that share of results (see :meth:`verify`)."""
         t0 = time.monotonic()
-        kw = dict(input_shapes=input_shapes, replicas=replicas, failover=failover, sample_input=sample_input)
+        kw = dict(input_shapes=input_shapes, replicas=replicas, failover=failover, sample_input=sample_input,
+                  objective=objective)
         if canary is not None:
             from edge_agent.operator.rollout import run_canary
             metrics = run_canary(self, model, name, canary=canary, gates=gates, check_data=check_data,
                                  stages=stages, version=version, timeout=timeout, progress=progress, **kw)
             version = metrics["version"]
         manifest, plan = self.build_manifest(model, name, stages=stages, devices=devices, version=version,
-                                             include_offline=include_offline, **kw)
+                                             include_offline=include_offline, shape=shape, **kw)
         previous, previous_raw = self.current(name), self.desired.retained(name)
         self.publish_manifest(manifest)
         try:
@@ -445,6 +471,7 @@ class Fleet:
             crows = self.stage_rows(canary)
             out["canary"] = {"version": canary.version, "signed": bool(canary.sig), "stages": crows,
                              "converged": all(r["status"] == "ready" for r in crows)}
+        out["performance"] = performance(self.view, stable, self.requests.meter.measured((name, stable.version)))
         out["adopted"] = adopted_rows(self.view, name)
         out["rejected"] = rejected_counters(self.view)
         out["rejected_manifest"] = self.desired.rejected.get(name)

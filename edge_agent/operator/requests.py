@@ -16,6 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+from edge_agent.cluster.meter import Meter
 from edge_agent.cluster.view import FleetView
 from edge_agent.operator.telemetry import RequestLog
 from edge_agent.protocol.errors import (
@@ -61,6 +62,7 @@ class RequestTable:
         self.stats = {"results": 0, "duplicates": 0, "retries": 0, "errors": 0, "failovers": 0,
                       "foreign_results": 0}
         self.log = RequestLog()      # finished requests: latency, errors (dashboard, metrics)
+        self.meter = Meter()      # answered requests by (model, version): measured throughput and latency
 
     def submit(self, m: Manifest, inputs: dict, endpoint: str, timeout: float) -> Future:
         req = InferRequest(uuid.uuid4().hex, m.name, m.version, 0, endpoint, tensors=dict(inputs))
@@ -110,6 +112,7 @@ class RequestTable:
             self.stats["results"] += 1
         if res.ok:
             self.log.record(p.request.model, time.monotonic() - p.created, True)
+            self.meter.record((p.request.model, p.request.version), (time.monotonic() - p.created) * 1e3)
             p.future.set_result((dict(res.tensors), list(res.timings)))
         else:
             self.stats["errors"] += 1

@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from edge_agent.cluster.meter import Measured
 from edge_agent.cluster.view import FleetView
 from edge_agent.protocol.errors import DeployError, DeployTimeout, ManifestRejected
 from edge_agent.protocol.messages import Manifest
@@ -25,6 +26,38 @@ def stage_rows(view: FleetView, m: Manifest) -> list[dict]:
                            error=entry.get("error", ""), backend=entry.get("backend", ""))
             rows.append(row)
     return rows
+
+
+def performance(view: FleetView, m: Manifest, own: Measured | None = None) -> dict:
+    """Predicted (the planner's, from the manifest) beside measured: by this client's own requests when it
+    sent some recently, else by the agents' reports (the last stage's replicas: completions per second summed,
+    median path latency weighted by their requests; the path excludes the answer's last hop)."""
+    predicted = dict(m.plan.get("predicted") or {})
+    out: dict = {"predicted": {k: predicted.get(k) for k in ("objective", "shape", "kind", "throughput_rps",
+                                                               "latency_ms", "bottleneck")},
+                 "measured": None}
+    if own is not None and own.requests > 1:
+        out["measured"] = {"source": "this client", **own.to_dict()}
+    if m.stages:
+        last = m.stages[-1]
+        rates, lats = [], []
+        for dev in last.replicas:
+            e = view.report(dev, (m.name, m.version, last.index)) or {}
+            meas = e.get("measured") if isinstance(e.get("measured"), dict) else None
+            if meas and meas.get("requests"):
+                if isinstance(meas.get("throughput_rps"), (int, float)):
+                    rates.append(float(meas["throughput_rps"]))
+                if isinstance(meas.get("latency_ms"), (int, float)):
+                    lats.append((float(meas["latency_ms"]), int(meas["requests"])))
+        agents = None
+        if rates or lats:
+            n = sum(k for _, k in lats)
+            agents = {"source": "agents", "throughput_rps": round(sum(rates), 3) if rates else None,
+                      "latency_ms": round(sum(v * k for v, k in lats) / n, 3) if n else None, "requests": n}
+        out["measured_by_agents"] = agents
+        if out["measured"] is None:
+            out["measured"] = agents
+    return out
 
 
 def rejections(view: FleetView, m: Manifest) -> dict[str, str]:

@@ -23,7 +23,7 @@ _FIELDS: tuple[tuple[str, type | tuple[type, ...], bool], ...] = (
     ("index", int, True), ("device", str, False), ("devices", list, False), ("shard_sha256", str, True),
     ("shard_size", int, True), ("chunk_size", int, True), ("chunk_sha256", list, True), ("inputs", list, True),
     ("outputs", list, True), ("carry", list, False), ("flops", (int, float), False), ("est_ms", (int, float), False),
-    ("nodes", list, False), ("n_nodes", int, False),
+    ("nodes", list, False), ("n_nodes", int, False), ("weights", list, False),
 )
 _KNOWN = {name for name, _, _ in _FIELDS}
 
@@ -47,6 +47,7 @@ class StageSpec:
     est_ms: float | None = None
     nodes: list | None = None          # [first node name, last node name]
     n_nodes: int | None = None
+    weights: list[float] | None = None  # share of requests per replica (parallel to ``devices``): the planner's
     extra: dict[str, Any] = field(default_factory=dict)   # keys of a newer protocol, kept verbatim
 
     @property
@@ -92,6 +93,10 @@ class StageSpec:
         for name in ("chunk_sha256", "inputs", "outputs", "carry", "devices"):
             if not all(isinstance(v, str) for v in kwargs.get(name) or []):
                 raise ProtocolError(f"{where} field '{name}' must hold strings")
+        w = kwargs.get("weights")
+        if w is not None and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                     and 0 <= v < float("inf") for v in w):
+            raise ProtocolError(f"{where} field 'weights' must hold non-negative numbers")
         return cls(**kwargs, extra={k: v for k, v in d.items() if k not in _KNOWN})
 
     def check(self, where: str) -> None:
@@ -100,6 +105,15 @@ class StageSpec:
             raise ProtocolError(f"{where} names no valid device")
         if self.chunk_size <= 0 or self.shard_size < 0 or self.chunk_size > MAX_CHUNK_SIZE:
             raise ProtocolError(f"{where} has bad sizes")
+        if self.weights is not None and (len(self.weights) != len(self.replicas) or not sum(self.weights) > 0):
+            raise ProtocolError(f"{where} has {len(self.weights)} weights for {len(self.replicas)} replicas "
+                                "(or they sum to 0)")
+
+    def weight_of(self) -> dict[str, float] | None:
+        """Planned share of requests per replica device, or None (all replicas alike)."""
+        if not self.weights or len(self.weights) != len(self.replicas):
+            return None
+        return dict(zip(self.replicas, (float(w) for w in self.weights)))
 
 
 def stage_devices(stage: StageSpec | dict) -> list[str]:
