@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from edge_agent.dashboard.server import TOKEN_HEADER, Dashboard
 from edge_agent.lab.sim import SimFleet
 from edge_agent.operator.fleet import Fleet
+from edge_agent.protocol.streams import hosted_source
 from models import zoo
 
 from .conftest import wait_until
@@ -71,10 +72,14 @@ def test_dashboard_in_a_real_browser_shows_the_fleet_live(browser, tmp_path) -> 
     cnn, mlp = zoo.build("mobilenetv2", seed=0), zoo.build("mlp", seed=1)
     x_cnn, x_mlp = zoo.sample_inputs(cnn), zoo.sample_inputs(mlp)
     with SimFleet(3, broker_kind="mosquitto", workdir=tmp_path) as sim, Fleet(sim.broker.url) as fleet:
-        fleet.wait_for_devices(3, timeout=60)
+        # a camera: a device hosting a synthetic source at 4 fps (what `edge-agent run --source` does)
+        sim.add_device("cam-0", gflops=1.0, extra_args=["--source", "door=synthetic:fps=4,seed=5"])
+        fleet.wait_for_devices(4, timeout=60)
         wait_until(lambda: all(d.link_rtt_ms is not None for d in fleet.devices()), 30, what="links measured")
-        fleet.deploy(cnn, "mobilenetv2", stages=3, timeout=120)
-        fleet.deploy(mlp, "mlp", stages=1, replicas=2, timeout=120)
+        fleet.deploy(cnn, "mobilenetv2", stages=3, devices=["dev-0", "dev-1", "dev-2"], timeout=120)
+        fleet.deploy(mlp, "mlp", stages=1, replicas=2, devices=["dev-0", "dev-1"], timeout=120)
+        fleet.stream_start("door", "mobilenetv2", hosted_source(fleet.fleet, "cam-0", "door"), "results/door",
+                           policy="latest", timeout=60)
         for _ in range(3):
             fleet.infer("mobilenetv2", x_cnn)
 
@@ -113,7 +118,7 @@ def test_dashboard_in_a_real_browser_shows_the_fleet_live(browser, tmp_path) -> 
 
 def _check_page(driver, dash: Dashboard, fleet: Fleet) -> None:  # noqa: ANN001
     driver.get(dash.url)
-    wait_until(lambda: len(_texts(driver, "#devices tbody tr[data-device]")) == 3, 30, what="three devices in the page")
+    wait_until(lambda: len(_texts(driver, "#devices tbody tr[data-device]")) == 4, 30, what="four devices in the page")
     names = sorted(d.device_id for d in fleet.devices())
     assert sorted(_attrs(driver, "#devices tbody tr[data-device]", "data-device")) == names
     wait_until(lambda: _texts(driver, "#live-text") == ["live"], 10, what="the live indicator")
@@ -155,6 +160,12 @@ def _check_page(driver, dash: Dashboard, fleet: Fleet) -> None:  # noqa: ANN001
                what="latency percentiles of the deployment")
     assert "read-only" in _texts(driver, "#access")[0]
     assert _texts(driver, "button[data-action]") == []                                # no write buttons
+    # the camera's stream: its row names the ingress device, and frames keep coming out (fps out > 0)
+    row = 'tr[data-stream="door"] td'
+    wait_until(lambda: len(_texts(driver, row)) > 6 and _texts(driver, row)[4] in m.stages[0].replicas, 20,
+               what="the stream row with its ingress device")
+    wait_until(lambda: float((_texts(driver, row)[6] or "0").replace("–", "0") or 0) > 0, 20,
+               what="the stream's fps out above zero")
     severe = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
     assert severe == [], severe
 
@@ -174,7 +185,7 @@ def _check_metrics(dash: Dashboard) -> None:
     assert code == 200
     fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
     online = {s.labels["state"]: s.value for s in fams["edge_agent_fleet_devices"].samples}
-    assert online == {"online": 3.0, "offline": 0.0}
+    assert online == {"online": 4.0, "offline": 0.0}
     served = [s for s in fams["edge_agent_fleet_stage_served"].samples
               if s.labels["model"] == "mobilenetv2" and s.name.endswith("_total")]
     assert sorted(s.labels["stage"] for s in served) == ["0", "1", "2"] and all(s.value > 0 for s in served)
