@@ -99,13 +99,26 @@ def main(argv: list[str] | None = None) -> dict:
             _until(lambda: len(fleet.devices()) == n, 120)
             live = len(fleet.devices())
             res["replicas"] = live
+            console.print(f"  {live} online; presence {res['online_s']} s, mDNS {res['mdns_converged_s']} s, "
+                          f"fleet ls {res['fleet_ls_listed']}, RSS {res['rss_mb_per_idle_agent']} MB per idle agent")
             t0 = time.monotonic()
-            dep = fleet.deploy(model, "everywhere", stages=1, replicas=live, timeout=900)
+            try:
+                dep = fleet.deploy(model, "everywhere", stages=1, replicas=live, timeout=900)
+                res["deploy_error"] = None
+            except Exception as exc:   # e.g. a starved device missed its heartbeats: say so, measure the rest
+                res["deploy_error"] = f"{type(exc).__name__}: {exc}"
+                console.print(f"  [red]deploy failed:[/red] {exc}")
+                dep = None
             res["replicate_s"] = round(time.monotonic() - t0, 1)
-            size = dep.manifest.stages[0].shard_size
+            m = dep.manifest if dep is not None else fleet.current("everywhere")
+            size = m.stages[0].shard_size if m is not None else 1
             res["shard_bytes"] = size
+            res["ready_replicas"] = sum(1 for d in fleet.devices() for e in d.stages
+                                        if e.get("model") == "everywhere" and e.get("status") == "ready")
             res["operator_uploaded_x_shard"] = round(fleet.blob_server.served_bytes / size, 2)
             res["operator_busy_refusals"] = fleet.blob_server.busy_refusals
+            console.print(f"  replicated to {res['ready_replicas']} in {res['replicate_s']} s; operator uploaded "
+                          f"{res['operator_uploaded_x_shard']}x the shard")
 
             futures = [fleet.submit("everywhere", x, timeout=120) for _ in range(4 * n)]
             wait_futures(futures, timeout=300)
@@ -125,6 +138,8 @@ def main(argv: list[str] | None = None) -> dict:
              ("RSS per idle agent, MB (median / max)", f"{res['rss_mb_per_idle_agent']} / {res['rss_mb_max']}"),
              (f"replicate {args.model} ({res['shard_bytes'] / 1e6:.2f} MB) to {res['replicas']}, s",
               res["replicate_s"]),
+             ("replicas ready", res["ready_replicas"]),
+             ("deploy error", res["deploy_error"] or "-"),
              ("operator uploaded, x shard size", res["operator_uploaded_x_shard"]),
              ("requests ok / sent", f"{res['requests_ok']} / {res['requests']}"),
              ("devices that served", res["devices_that_served"])]
