@@ -139,3 +139,17 @@ def _manifest(replicas: list[str], failover: bool = True, standby: list[str] | N
     stage = {"index": 0, "shard_sha256": "0" * 64, "shard_size": 1, "chunk_size": 1, "chunk_sha256": ["0" * 64],
              "inputs": ["x"], "outputs": ["y"], "devices": replicas}
     return Manifest("m", 1, 0.0, "0" * 64, [], [], [stage], failover=failover, standby=standby)
+
+
+def test_a_replica_lost_mid_deploy_beside_a_ready_one_does_not_fail_the_deploy() -> None:
+    import threading
+
+    from edge_agent.operator.status import wait_ready
+    from edge_agent.protocol.errors import DeployError
+    v = view_of(state("a"), state("b", online=False, status="fetching"))
+    rows = wait_ready(v, threading.Condition(), _manifest(["a", "b"]), timeout=1)
+    assert [(r["device"], r["online"], r["status"]) for r in rows] == [("a", True, "ready"), ("b", False, "fetching")]
+    # the only replica of a stage going offline still fails it, with the reason
+    with pytest.raises(DeployError, match="'b' failed: device went offline"):
+        wait_ready(view_of(state("b", online=False, status="fetching")), threading.Condition(), _manifest(["b"]),
+                   timeout=1)

@@ -85,15 +85,19 @@ def rejected_counters(view: FleetView) -> dict[str, dict]:
 
 def wait_ready(view: FleetView, changed: threading.Condition, m: Manifest, timeout: float,
            progress: Callable[[str, dict], None] | None = None, offline_ok: bool = False) -> list[dict]:
-    """Block until every replica of ``m`` reports ready; DeployError when one fails, goes offline or
-    rejects the manifest; DeployTimeout with each device's progress."""
+    """Block until every replica of ``m`` reports ready; DeployError when one fails, rejects the manifest,
+    or goes offline leaving its stage no other online replica (a replica lost mid-deploy beside live ones is
+    left to converge when it returns, as an offline device does); DeployTimeout with each device's progress."""
     end = time.monotonic() + timeout
     while True:
         rows = stage_rows(view, m)
         if progress is not None:
             for row in rows:
                 progress(row["device"], row)
-        failed = [r for r in rows if r["status"] == "error" or (not r["online"] and not offline_ok)]
+        live_stages = {r["stage"] for r in rows if r["online"] and r["status"] != "error"}
+        tolerate = offline_ok
+        failed = [r for r in rows if r["status"] == "error"
+                  or (not r["online"] and not tolerate and r["stage"] not in live_stages)]
         if failed:
             r = failed[0]
             why = r["error"] or "device went offline"
@@ -103,7 +107,7 @@ def wait_ready(view: FleetView, changed: threading.Condition, m: Manifest, timeo
         if rejected:
             raise ManifestRejected(f"deployment {m.name} v{m.version} ({m.channel}) was rejected: " +
                               "; ".join(f"{d}: {why}" for d, why in rejected.items()))
-        if all(r["status"] == "ready" for r in rows if r["online"] or not offline_ok):
+        if all(r["status"] == "ready" for r in rows if r["online"]):
             return rows
         left = end - time.monotonic()
         if left <= 0:
