@@ -36,6 +36,9 @@ cdef extern from "on_ops.h" nogil:
     int on_avgpool2d_f32(const float *x, float *y, size_t planes, int64_t ih, int64_t iw, int64_t oh,
                          int64_t ow, int64_t pb, int64_t pr, const on_pool2d_params *p, int nthreads)
     int on_global_pool_f32(const float *x, float *y, size_t rows, size_t cols, int is_max, int nthreads)
+    int on_pool2d_nchwc8_f32(int is_max, const float *x, float *y, size_t blocks, int64_t ih, int64_t iw,
+                             int64_t oh, int64_t ow, int64_t pb, int64_t pr, const on_pool2d_params *p,
+                             int nthreads)
     int on_reduce_f32(int op, const float *x, float *y, size_t outer, size_t r, size_t inner, int nthreads)
     int on_resize_nearest2d_f32(const float *x, float *y, size_t planes, int64_t ih, int64_t iw, int64_t oh,
                                 int64_t ow, const int64_t *iy, const int64_t *ix, int nthreads)
@@ -337,6 +340,32 @@ def ops_pool2d(x, bint is_max, kernel, strides, dilations, pads, out_hw, bint co
             st = on_maxpool2d_f32(px, py, planes, ih, iw, oh, ow, &p, threads)
         else:
             st = on_avgpool2d_f32(px, py, planes, ih, iw, oh, ow, pb, pr, &p, threads)
+    _ops_check(st, "pool2d")
+    return ya
+
+
+def ops_pool2d_nchwc8(x, bint is_max, kernel, strides, dilations, pads, out_hw, bint count_include_pad=False,
+                      int threads=1, out=None):
+    """ops_pool2d on the NCHWc8 layout: x [N, C/8, H, W, 8] -> [N, C/8, oh, ow, 8] (on_pool2d_nchwc8_f32)."""
+    cdef cnp.ndarray xa = _np.ascontiguousarray(x, dtype=_np.float32)
+    if xa.ndim != 5 or xa.shape[4] != 8:
+        raise ValueError(f"pool2d: expected an NCHWc8 input [N, C/8, H, W, 8], got shape {list((<object>xa).shape)}")
+    cdef on_pool2d_params p
+    p.kh, p.kw = kernel
+    p.sh, p.sw = strides
+    p.dh, p.dw = dilations
+    p.pt, p.pl = pads[0], pads[1]
+    p.count_include_pad = count_include_pad
+    cdef int64_t pb = pads[2], pr = pads[3]
+    cdef int64_t oh = out_hw[0], ow = out_hw[1]
+    cdef size_t blocks = xa.shape[0] * xa.shape[1]
+    cdef int64_t ih = xa.shape[2], iw = xa.shape[3]
+    cdef cnp.ndarray ya = _ops_out(out, (xa.shape[0], xa.shape[1], oh, ow, 8), _F32)
+    cdef const float *px = <const float *>_ops_ptr(xa)
+    cdef float *py = <float *>_ops_ptr(ya)
+    cdef int st
+    with nogil:
+        st = on_pool2d_nchwc8_f32(is_max, px, py, blocks, ih, iw, oh, ow, pb, pr, &p, threads)
     _ops_check(st, "pool2d")
     return ya
 

@@ -29,9 +29,10 @@ def _conv(rng: np.random.Generator, name: str, x: str, y: str, c: int, oc: int, 
 def chain_model(seed: int = 0) -> onnx.ModelProto:
     """Convolutions whose tensors may and may not be blocked, with dynamic batch and image size.
 
-    Blocked: t0 (stem -> depthwise), t1 (depthwise -> 1x1 with 13 input channels), t4 (-> two convs).
+    Blocked: t0 (stem -> depthwise), t1 (depthwise -> 1x1 with 13 input channels), t4 (-> two convs),
+    t5 / t6 / t7 (an Add of two blocked 16-channel tensors, read by a conv).
     Not blocked: t2 (read by a group-2 conv with 10 channels per group), t3 (written by a group-2 conv
-    with 12 output channels per group), t5 / t6 (read by Add), t8 (a graph output that a conv reads).
+    with 12 output channels per group), t8 (a graph output that a conv reads).
     """
     rng = np.random.default_rng(seed)
     parts = [
@@ -73,7 +74,7 @@ def _ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
 def test_conv_chain_matches_onnxruntime_in_both_layouts(isa: str, threads: int, blocked: bool) -> None:
     model = chain_model()
     sess = ops_native.InferenceSession(model, threads=threads, blocked_layout=blocked)
-    assert sess._plan.blocked_values == (3 if blocked else 0)
+    assert sess._plan.blocked_values == (6 if blocked else 0)
     rng = np.random.default_rng(1)
     for shape in [(2, 3, 15, 17), (1, 3, 9, 12), (2, 3, 15, 17)]:   # new sizes re-plan; a seen one is cached
         feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
@@ -87,8 +88,8 @@ def test_which_tensors_are_blocked() -> None:
     layouts = {n.name: (n.attrs.get("_in_layout", "nchw"), n.attrs.get("_out_layout", "nchw"))
                for n in sess._plan.nodes if n.op_type == "Conv"}
     assert layouts == {"c0": ("nchw", "nchwc8"), "c1": ("nchwc8", "nchwc8"), "c2": ("nchwc8", "nchw"),
-                       "c3": ("nchw", "nchw"), "c4": ("nchw", "nchwc8"), "c5": ("nchwc8", "nchw"),
-                       "c6": ("nchwc8", "nchw"), "c8": ("nchw", "nchw"), "c9": ("nchw", "nchw")}
+                       "c3": ("nchw", "nchw"), "c4": ("nchw", "nchwc8"), "c5": ("nchwc8", "nchwc8"),
+                       "c6": ("nchwc8", "nchwc8"), "c8": ("nchwc8", "nchw"), "c9": ("nchw", "nchw")}
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -112,7 +113,7 @@ def test_layout_default_follows_the_isa_and_the_environment(monkeypatch: pytest.
         assert blocked_layout_default() is False       # no channel-blocked vector kernels: stay NCHW
         monkeypatch.setenv("OPS_NATIVE_LAYOUT", "nchwc8")
         assert blocked_layout_default() is True
-        assert ops_native.InferenceSession(chain_model())._plan.blocked_values == 3
+        assert ops_native.InferenceSession(chain_model())._plan.blocked_values == 6
         monkeypatch.setenv("OPS_NATIVE_LAYOUT", "nchw")
         _core.set_isa(before)
         assert blocked_layout_default() is False
@@ -215,3 +216,71 @@ def test_kx1_convs_on_a_width_one_input_run_as_rows_and_match_onnxruntime(blocke
         got = sess.run(None, feeds)[0]
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def through_model(seed: int = 3) -> onnx.ModelProto:
+    """Convs joined by the layout-preserving ops: MaxPool (padded, ceil mode), two branches concatenated on
+    channels, AveragePool (count_include_pad), LeakyRelu, Clip, an old-opset Sum residual followed by Relu,
+    and ops that end the blocked region: a Concat of 12 + 1 channels (not whole blocks), a Mul of different
+    channel counts (C broadcast). A blocked value is never converted back: one consumer that cannot read it
+    keeps its whole layout-preserving region in NCHW (a GlobalAveragePool of u would)."""
+    rng = np.random.default_rng(seed)
+    parts = [
+        _conv(rng, "stem", "x", "s", 3, 16, 3, pads=[1, 1, 1, 1]),
+        _conv(rng, "b1", "p", "b1o", 16, 8, 1),
+        _conv(rng, "b2", "p", "b2o", 16, 24, 3, pads=[1, 1, 1, 1]),
+        _conv(rng, "mix", "a", "m", 32, 32, 3, pads=[1, 1, 1, 1]),
+        _conv(rng, "res", "m", "r", 32, 32, 1),
+        _conv(rng, "odd", "u", "o12", 32, 12, 1),
+        _conv(rng, "one", "u", "o1", 32, 1, 1),
+    ]
+    conv = {p[0].name: p[0] for p in parts}
+    inits = [i for p in parts for i in p[1]]
+    inits += [numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+              numpy_helper.from_array(np.array(4.0, np.float32), "hi")]
+    nodes = [conv["stem"],
+             helper.make_node("MaxPool", ["s"], ["p"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 0, 0],
+                              ceil_mode=1),
+             conv["b1"], conv["b2"],
+             helper.make_node("Concat", ["b1o", "b2o"], ["c"], axis=1),
+             helper.make_node("AveragePool", ["c"], ["ap"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                              count_include_pad=1),
+             helper.make_node("LeakyRelu", ["ap"], ["lr"], alpha=0.1),
+             helper.make_node("Clip", ["lr", "lo", "hi"], ["a"]),
+             conv["mix"], conv["res"],
+             helper.make_node("Sum", ["r", "a"], ["sm"]), helper.make_node("Relu", ["sm"], ["u"]),
+             conv["odd"], conv["one"],
+             helper.make_node("Concat", ["o12", "o1"], ["y1"], axis=1),
+             helper.make_node("Mul", ["o12", "o1"], ["y2"])]
+    graph = helper.make_graph(
+        nodes, "through", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", c, f"{n}h", f"{n}w"])
+         for n, c in (("y1", 13), ("y2", 12))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocked_layout_runs_through_pools_concat_activations_and_residual_sum(isa: str, threads: int) -> None:
+    model = through_model()
+    sess = ops_native.InferenceSession(model, threads=threads, blocked_layout=True)
+    nodes = {n.name or n.op_type: n for n in sess._plan.nodes}
+    blocked_ops = sorted(n.op_type for n in sess._plan.nodes
+                         if n.op_type != "Conv" and n.attrs.get("_in_layout") == "nchwc8")
+    assert blocked_ops == ["AveragePool", "Clip", "Concat", "LeakyRelu", "MaxPool", "Relu"]
+    # the Sum became the res conv's store, in the blocked layout; the odd / one convs write NCHW for the
+    # Concat of 13 channels and the Mul that broadcasts one channel
+    assert "Sum" not in [n.op_type for n in sess._plan.nodes] and nodes["res"].attrs.get("_sum")
+    assert nodes["res"].attrs.get("_out_layout") == "nchwc8"
+    assert [nodes[c].attrs.get("_out_layout", "nchw") for c in ("odd", "one")] == ["nchw", "nchw"]
+    rng = np.random.default_rng(4)
+    for shape in [(2, 3, 13, 10), (1, 3, 8, 9)]:
+        feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
+        want = _ort(model, feeds)
+        for layout in (True, False):
+            s = sess if layout else ops_native.InferenceSession(model, threads=threads, blocked_layout=False)
+            for got, ref in zip(s.run(None, feeds), want):
+                assert got.shape == ref.shape
+                np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)

@@ -100,6 +100,13 @@ on_status on_maxpool2d_f32(const float *x, float *y, size_t planes, int64_t ih, 
                            int64_t ow, const on_pool2d_params *p, int nthreads);
 on_status on_avgpool2d_f32(const float *x, float *y, size_t planes, int64_t ih, int64_t iw, int64_t oh,
                            int64_t ow, int64_t pb, int64_t pr, const on_pool2d_params *p, int nthreads);
+/* The same pooling on the NCHWc8 layout (on_conv.h): x [blocks][ih][iw][ON_C0] -> y [blocks][oh][ow][ON_C0],
+ * blocks = N * ceil(C / 8). Every output pixel is one vector of 8 channels, so padded borders and narrow
+ * planes cost what the interior does (the plane kernels fall back to scalar code there). is_max as above;
+ * pb / pr only matter for count_include_pad. */
+on_status on_pool2d_nchwc8_f32(int is_max, const float *x, float *y, size_t blocks, int64_t ih, int64_t iw,
+                               int64_t oh, int64_t ow, int64_t pb, int64_t pr, const on_pool2d_params *p,
+                               int nthreads);
 /* y[r] = mean (is_max = 0) or max (is_max = 1) of row r of a [rows, cols] matrix. */
 on_status on_global_pool_f32(const float *x, float *y, size_t rows, size_t cols, int is_max, int nthreads);
 
@@ -148,6 +155,9 @@ typedef struct {
                         int64_t pb, int64_t pr, const on_pool2d_params *p);
     /* sum (is_max = 0) or max of n floats */
     int (*row_reduce)(int is_max, const float *x, size_t n, float *out);
+    /* output row oy of one 8-channel block of NCHWc8 pooling: x [ih][iw][8] -> y [ow][8] */
+    int (*pool2d_c8_row)(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oy, int64_t ow,
+                         int64_t pb, int64_t pr, const on_pool2d_params *p);
 } on_ops_table;
 
 extern const on_ops_table on_ops_table_scalar;

@@ -42,10 +42,11 @@ def _build_transpose(node: Node, ctx: BuildContext) -> Fn:
 def _build_concat(node: Node, ctx: BuildContext) -> Fn:
     axis_attr = int(node.attrs["axis"])
     threads = ctx.threads
+    blocked = node.attrs.get("_in_layout") == "nchwc8"   # passes.layout: whole 8-channel blocks, axis 1
 
     def fn(args: list) -> list:
         arrays = [a for a in args if a is not None]
-        axis = normalize_axis(axis_attr, arrays[0].ndim)
+        axis = 1 if blocked else normalize_axis(axis_attr, arrays[0].ndim)
         shape = list(arrays[0].shape)
         shape[axis] = sum(a.shape[axis] for a in arrays)
         return [_core.ops_concat(arrays, axis, threads, ctx.pool.empty(tuple(shape), arrays[0].dtype))]

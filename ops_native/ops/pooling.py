@@ -97,6 +97,15 @@ def _build_pool(node: Node, ctx: BuildContext) -> Fn:
     ceil_mode = bool(a.get("ceil_mode", 0))
     cip = bool(a.get("count_include_pad", 0))
     threads = ctx.threads
+    if a.get("_in_layout") == "nchwc8":   # passes.layout: x is [N, C/8, H, W, 8], and so is the output
+        def fn_blocked(args: list) -> list:
+            x = args[0]
+            if x.dtype != F32 or x.ndim != 5:   # only this executor makes blocked tensors: anything else is a bug
+                raise OpNotSupported(f"{node.op_type} expected a float32 NCHWc8 input, got {x.dtype} {list(x.shape)}")
+            pads, out = resolve_pads(a, x.shape[2:4], kernel, strides, dilations, ceil_mode)
+            return [_core.ops_pool2d_nchwc8(x, is_max, kernel, strides, dilations, tuple(pads), tuple(out), cip,
+                                            threads, ctx.pool.empty((x.shape[0], x.shape[1], out[0], out[1], 8)))]
+        return fn_blocked
 
     def fn(args: list) -> list:
         x = args[0]

@@ -162,10 +162,12 @@ int on_layernorm_row_ref(const float *x, const float *scale, const float *bias, 
 int on_pool2d_plane_ref(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oh, int64_t ow,
                         int64_t pb, int64_t pr, const on_pool2d_params *p);
 int on_row_reduce_ref(int is_max, const float *x, size_t n, float *out);
+int on_pool2d_c8_row_ref(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oy, int64_t ow,
+                         int64_t pb, int64_t pr, const on_pool2d_params *p);
 
 const on_ops_table on_ops_table_scalar = {
     "scalar", binary_row_ref, unary_ref, on_softmax_row_ref, on_layernorm_row_ref, on_pool2d_plane_ref,
-    on_row_reduce_ref,
+    on_row_reduce_ref, on_pool2d_c8_row_ref,
 };
 
 /* ---- binary ----------------------------------------------------------------------------------------- */

@@ -37,6 +37,40 @@ int on_pool2d_plane_ref(int is_max, const float *x, float *y, int64_t ih, int64_
     return 1;
 }
 
+/* NCHWc8: the taps of a window are clipped to the input once per pixel (on_pool_tap_range) and each tap is
+ * 8 channels; NaN propagates as in the plane reference. */
+int on_pool2d_c8_row_ref(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oy, int64_t ow,
+                         int64_t pb, int64_t pr, const on_pool2d_params *p) {
+    const int64_t y0 = oy * p->sh - p->pt;
+    int64_t ky0, ky1, py0, py1;
+    on_pool_tap_range(y0, p->dh, p->kh, 0, ih, &ky0, &ky1);
+    on_pool_tap_range(y0, p->dh, p->kh, -p->pt, ih + pb, &py0, &py1);
+    for (int64_t ox = 0; ox < ow; ox++) {
+        const int64_t x0 = ox * p->sw - p->pl;
+        int64_t kx0, kx1, px0, px1;
+        on_pool_tap_range(x0, p->dw, p->kw, 0, iw, &kx0, &kx1);
+        on_pool_tap_range(x0, p->dw, p->kw, -p->pl, iw + pr, &px0, &px1);
+        float acc[ON_C0];
+        for (int l = 0; l < ON_C0; l++) acc[l] = is_max ? -INFINITY : 0.0f;
+        for (int64_t ky = ky0; ky < ky1; ky++)
+            for (int64_t kx = kx0; kx < kx1; kx++) {
+                const float *v = x + ((y0 + ky * p->dh) * iw + x0 + kx * p->dw) * ON_C0;
+                for (int l = 0; l < ON_C0; l++) {
+                    if (is_max) acc[l] = (v[l] > acc[l] || isnan(v[l])) ? v[l] : acc[l];
+                    else acc[l] += v[l];
+                }
+            }
+        if (!is_max) {
+            int64_t valid = (ky1 > ky0 ? ky1 - ky0 : 0) * (kx1 > kx0 ? kx1 - kx0 : 0);
+            int64_t padded = (py1 > py0 ? py1 - py0 : 0) * (px1 > px0 ? px1 - px0 : 0);
+            int64_t cnt = p->count_include_pad ? padded : valid;
+            for (int l = 0; l < ON_C0; l++) acc[l] = cnt > 0 ? acc[l] / (float)cnt : 0.0f;
+        }
+        for (int l = 0; l < ON_C0; l++) y[ox * ON_C0 + l] = acc[l];
+    }
+    return 1;
+}
+
 int on_row_reduce_ref(int is_max, const float *x, size_t n, float *out) {
     if (is_max) {
         float m = -INFINITY;
@@ -93,6 +127,40 @@ on_status on_maxpool2d_f32(const float *x, float *y, size_t planes, int64_t ih, 
 on_status on_avgpool2d_f32(const float *x, float *y, size_t planes, int64_t ih, int64_t iw, int64_t oh,
                            int64_t ow, int64_t pb, int64_t pr, const on_pool2d_params *p, int nthreads) {
     return pool_run(0, x, y, planes, ih, iw, oh, ow, pb, pr, p, nthreads);
+}
+
+typedef struct {
+    int is_max;
+    const float *x;
+    float *y;
+    int64_t ih, iw, oh, ow, pb, pr;
+    const on_pool2d_params *p;
+    const on_ops_table *tab;
+} pool_c8_ctx;
+
+static void pool_c8_work(void *vctx, size_t begin, size_t end) {
+    const pool_c8_ctx *c = vctx;
+    const size_t oh = (size_t)c->oh;
+    for (size_t r = begin; r < end; r++) { /* r = block * oh + oy */
+        const size_t b = r / oh;
+        const int64_t oy = (int64_t)(r % oh);
+        const float *x = c->x + b * (size_t)(c->ih * c->iw) * ON_C0;
+        float *y = c->y + r * (size_t)c->ow * ON_C0;
+        if (!c->tab->pool2d_c8_row(c->is_max, x, y, c->ih, c->iw, oy, c->ow, c->pb, c->pr, c->p))
+            on_pool2d_c8_row_ref(c->is_max, x, y, c->ih, c->iw, oy, c->ow, c->pb, c->pr, c->p);
+    }
+}
+
+on_status on_pool2d_nchwc8_f32(int is_max, const float *x, float *y, size_t blocks, int64_t ih, int64_t iw,
+                               int64_t oh, int64_t ow, int64_t pb, int64_t pr, const on_pool2d_params *p,
+                               int nthreads) {
+    if (!pool_params_ok(p) || ih < 0 || iw < 0 || oh < 0 || ow < 0 || pb < 0 || pr < 0) return ON_ERR_ARG;
+    if (blocks == 0 || oh == 0 || ow == 0) return ON_OK;
+    if (!x || !y) return ON_ERR_ARG;
+    pool_c8_ctx c = {is_max, x, y, ih, iw, oh, ow, pb, pr, p, on_kernels_active()->ops};
+    if ((size_t)(oh * ow * p->kh * p->kw) * blocks * ON_C0 < 32768) nthreads = 1;
+    on_parallel_for(blocks * (size_t)oh, pool_c8_work, &c, nthreads);
+    return ON_OK;
 }
 
 typedef struct {

@@ -9,6 +9,11 @@
 #include "on_ops.h"
 #include "on_test.h"
 
+int on_pool2d_plane_ref(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oh, int64_t ow,
+                        int64_t pb, int64_t pr, const on_pool2d_params *p);
+int on_pool2d_c8_row_ref(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oy, int64_t ow,
+                         int64_t pb, int64_t pr, const on_pool2d_params *p);
+
 static float *rnd(size_t n, float scale) {
     float *p = malloc((n ? n : 1) * sizeof(float));
     for (size_t i = 0; i < n; i++) p[i] = on_test_randf() * scale;
@@ -108,6 +113,65 @@ static void test_pool_planes_match_reference(void) {
             }
         }
     }
+}
+
+/* NCHWc8 pooling: the active ISA's block rows and the threaded driver against the plane reference run on
+ * each channel (8 channels = one block; two images), with padding, ceil-mode overhang, dilation, NaN. */
+static void test_pool_nchwc8_matches_plane_reference(void) {
+    const int64_t cfg[][10] = {
+        /* kh kw sh sw dh dw pt pl pb pr */
+        {3, 3, 1, 1, 1, 1, 1, 1, 1, 1}, {3, 3, 2, 2, 1, 1, 0, 0, 1, 1}, {2, 2, 2, 2, 1, 1, 0, 0, 0, 0},
+        {5, 5, 1, 1, 1, 1, 2, 2, 2, 2}, {3, 2, 1, 2, 2, 1, 1, 0, 0, 1}, {1, 1, 1, 1, 1, 1, 0, 0, 0, 0},
+        {3, 3, 2, 2, 2, 2, 2, 1, 0, 2},
+    };
+    for (size_t c = 0; c < sizeof cfg / sizeof cfg[0]; c++) {
+        for (int64_t ih = 1; ih <= 15; ih += 7) {
+            for (int cip = 0; cip < 2; cip++) {
+                const int64_t iw = ih + 2, blocks = 2;
+                on_pool2d_params p = {cfg[c][0], cfg[c][1], cfg[c][2], cfg[c][3], cfg[c][4],
+                                      cfg[c][5], cfg[c][6], cfg[c][7], cip};
+                const int64_t pb = cfg[c][8], pr = cfg[c][9];
+                const int64_t eh = (p.kh - 1) * p.dh + 1, ew = (p.kw - 1) * p.dw + 1;
+                if (ih + p.pt + pb < eh || iw + p.pl + pr < ew) continue;
+                /* ceil mode: one more output where the window still starts inside the padded input */
+                int64_t oh = (ih + p.pt + pb - eh) / p.sh + 1, ow = (iw + p.pl + pr - ew) / p.sw + 1;
+                if ((oh * p.sh) < ih + p.pt) oh++;
+                if ((ow * p.sw) < iw + p.pl) ow++;
+                const size_t in = (size_t)(ih * iw), on = (size_t)(oh * ow);
+                float *planes = rnd(blocks * 8 * in, 4.0f), *xb = rnd(blocks * 8 * in, 1);
+                float *ref = rnd(blocks * 8 * on, 1), *yb = rnd(blocks * 8 * on, 1), *yd = rnd(blocks * 8 * on, 1);
+                planes[3 * in + 1] = NAN; /* channel 3 of image 0 */
+                for (size_t ch = 0; ch < (size_t)blocks * 8; ch++)
+                    for (size_t i = 0; i < in; i++) xb[(ch / 8) * in * 8 + i * 8 + ch % 8] = planes[ch * in + i];
+                for (int is_max = 0; is_max < 2; is_max++) {
+                    for (size_t ch = 0; ch < (size_t)blocks * 8; ch++)
+                        on_pool2d_plane_ref(is_max, planes + ch * in, ref + ch * on, ih, iw, oh, ow, pb, pr, &p);
+                    for (int64_t b = 0; b < blocks; b++)
+                        for (int64_t oy = 0; oy < oh; oy++)
+                            if (!fast_table()->pool2d_c8_row(is_max, xb + b * in * 8, yb + (b * oh + oy) * ow * 8, ih,
+                                                             iw, oy, ow, pb, pr, &p))
+                                on_pool2d_c8_row_ref(is_max, xb + b * in * 8, yb + (b * oh + oy) * ow * 8, ih, iw, oy,
+                                                     ow, pb, pr, &p);
+                    CHECK(on_pool2d_nchwc8_f32(is_max, xb, yd, (size_t)blocks, ih, iw, oh, ow, pb, pr, &p, 2) == ON_OK);
+                    for (size_t ch = 0; ch < (size_t)blocks * 8; ch++)
+                        for (size_t i = 0; i < on; i++) {
+                            const float want = ref[ch * on + i], got = yb[(ch / 8) * on * 8 + i * 8 + ch % 8];
+                            const float viad = yd[(ch / 8) * on * 8 + i * 8 + ch % 8];
+                            if (isnan(want)) {
+                                CHECK(isnan(got) && isnan(viad));
+                            } else {
+                                CHECK_NEAR(got, want, 1e-5f, 1e-5f);
+                                CHECK(viad == got);
+                            }
+                        }
+                }
+                free(planes), free(xb), free(ref), free(yb), free(yd);
+            }
+        }
+    }
+    on_pool2d_params bad = {0, 3, 1, 1, 1, 1, 0, 0, 0};
+    float x[8] = {0}, y[8];
+    CHECK(on_pool2d_nchwc8_f32(1, x, y, 1, 1, 1, 1, 1, 0, 0, &bad, 1) == ON_ERR_ARG);
 }
 
 static void test_row_reduce_matches_reference(void) {
@@ -219,6 +283,7 @@ int main(void) {
         RUN(test_unary_fast_paths_match_reference);
         RUN(test_softmax_and_layernorm_rows_match_reference);
         RUN(test_pool_planes_match_reference);
+        RUN(test_pool_nchwc8_matches_plane_reference);
         RUN(test_row_reduce_matches_reference);
     }
     on_set_isa(best);

@@ -188,10 +188,12 @@ static int layernorm_row_avx2(const float *x, const float *scale, const float *b
 int on_pool2d_plane_avx2(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oh, int64_t ow,
                          int64_t pb, int64_t pr, const on_pool2d_params *p);
 int on_row_reduce_avx2(int is_max, const float *x, size_t n, float *out);
+int on_pool2d_c8_row_avx2(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oy, int64_t ow,
+                          int64_t pb, int64_t pr, const on_pool2d_params *p);
 
 const on_ops_table on_ops_table_avx2 = {
     "avx2-fma", binary_row_avx2, unary_avx2, softmax_row_avx2, layernorm_row_avx2, on_pool2d_plane_avx2,
-    on_row_reduce_avx2,
+    on_row_reduce_avx2, on_pool2d_c8_row_avx2,
 };
 
 /* defined in ops_elementwise_avx512.c: the transcendental unary ops, 16 lanes wide */
@@ -209,5 +211,5 @@ static int softmax_row_avx512_then_avx2(const float *x, float *y, size_t cols, i
 /* AVX-512: the AVX2 table with the 16-lane transcendental ops and softmax. */
 const on_ops_table on_ops_table_avx512 = {
     "avx512f", binary_row_avx2, unary_avx512_then_avx2, softmax_row_avx512_then_avx2, layernorm_row_avx2,
-    on_pool2d_plane_avx2, on_row_reduce_avx2,
+    on_pool2d_plane_avx2, on_row_reduce_avx2, on_pool2d_c8_row_avx2,
 };

@@ -97,6 +97,65 @@ int on_pool2d_plane_avx2(int is_max, const float *x, float *y, int64_t ih, int64
     return 1;
 }
 
+/* NCHWc8: one __m256 per pixel, the window clipped to the input per pixel (on_pool_tap_range). Max keeps
+ * NaN like the reference: a separate unordered mask, since vmaxps drops a NaN in its first operand. */
+int on_pool2d_c8_row_avx2(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oy, int64_t ow,
+                          int64_t pb, int64_t pr, const on_pool2d_params *p) {
+    const int64_t y0 = oy * p->sh - p->pt;
+    int64_t ky0, ky1, py0, py1;
+    on_pool_tap_range(y0, p->dh, p->kh, 0, ih, &ky0, &ky1);
+    on_pool_tap_range(y0, p->dh, p->kh, -p->pt, ih + pb, &py0, &py1);
+    const int64_t rows = ky1 > ky0 ? ky1 - ky0 : 0, prows = py1 > py0 ? py1 - py0 : 0;
+    const int64_t rs = iw * 8, ks = p->dh * rs, ts = p->dw * 8;
+    for (int64_t ox = 0; ox < ow; ox++) {
+        const int64_t x0 = ox * p->sw - p->pl;
+        int64_t kx0, kx1;
+        on_pool_tap_range(x0, p->dw, p->kw, 0, iw, &kx0, &kx1);
+        const int64_t cols = kx1 > kx0 ? kx1 - kx0 : 0;
+        const float *base = x + (y0 + ky0 * p->dh) * rs + (x0 + kx0 * p->dw) * 8;
+        __m256 acc;
+        if (is_max) {
+            __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, nan = _mm256_setzero_ps();
+            for (int64_t ky = 0; ky < rows; ky++) {
+                const float *row = base + ky * ks;
+                int64_t kx = 0;
+                for (; kx + 2 <= cols; kx += 2) {
+                    const __m256 a = _mm256_loadu_ps(row + kx * ts), b = _mm256_loadu_ps(row + (kx + 1) * ts);
+                    nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, b, _CMP_UNORD_Q));
+                    m0 = _mm256_max_ps(a, m0);
+                    m1 = _mm256_max_ps(b, m1);
+                }
+                if (kx < cols) {
+                    const __m256 a = _mm256_loadu_ps(row + kx * ts);
+                    nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+                    m0 = _mm256_max_ps(a, m0);
+                }
+            }
+            acc = _mm256_blendv_ps(_mm256_max_ps(m0, m1), _mm256_set1_ps(NAN), nan);
+        } else {
+            __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+            for (int64_t ky = 0; ky < rows; ky++) {
+                const float *row = base + ky * ks;
+                int64_t kx = 0;
+                for (; kx + 2 <= cols; kx += 2) {
+                    s0 = _mm256_add_ps(s0, _mm256_loadu_ps(row + kx * ts));
+                    s1 = _mm256_add_ps(s1, _mm256_loadu_ps(row + (kx + 1) * ts));
+                }
+                if (kx < cols) s0 = _mm256_add_ps(s0, _mm256_loadu_ps(row + kx * ts));
+            }
+            int64_t cnt = rows * cols;
+            if (p->count_include_pad) {
+                int64_t px0, px1;
+                on_pool_tap_range(x0, p->dw, p->kw, -p->pl, iw + pr, &px0, &px1);
+                cnt = prows * (px1 > px0 ? px1 - px0 : 0);
+            }
+            acc = _mm256_mul_ps(_mm256_add_ps(s0, s1), _mm256_set1_ps(cnt > 0 ? 1.0f / (float)cnt : 0.0f));
+        }
+        _mm256_storeu_ps(y + ox * 8, acc);
+    }
+    return 1;
+}
+
 int on_row_reduce_avx2(int is_max, const float *x, size_t n, float *out) {
     size_t i = 0;
     if (is_max) {
