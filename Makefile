@@ -6,7 +6,7 @@ NATIVE := $(shell find ops_native -name '*.c' -o -name '*.h' -o -name '*.pyx' -o
 PYTEST_ARGS ?=
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all install build demo demo-loop test test-py test-c test-asan test-arm bench lint clean
+.PHONY: all install build demo demo-loop test test-native test-py test-c test-asan test-arm bench lint clean
 
 all: install
 
@@ -19,7 +19,7 @@ $(VENV)/.deps: pyproject.toml
 # Editable install without build isolation; setup.py compiles on every core into build/native-objects,
 # so after the install's build `build_ext --inplace` recompiles only what changed.
 $(VENV)/.installed: $(VENV)/.deps pyproject.toml setup.py
-	$(PY) -m pip install -q --no-build-isolation -e '.[test,demo,dashboard]'
+	$(PY) -m pip install -q --no-compile --no-build-isolation -e '.[test,demo,dashboard]'
 	touch $@
 
 $(VENV)/.built: $(VENV)/.installed $(NATIVE)
@@ -42,7 +42,11 @@ demo-loop: install
 		$(VENV)/bin/edge-agent demo > /tmp/edge-agent-demo-$$i.log 2>&1 || { cat /tmp/edge-agent-demo-$$i.log; echo "demo run $$i failed"; exit 1; }; \
 	done; echo "$(DEMO_RUNS) demo runs passed"
 
-test: install test-c test-asan test-arm test-py
+test: install test-native test-py
+
+# The three C builds side by side: one's compile fills the cores while another runs its binaries.
+test-native:
+	@$(MAKE) --no-print-directory -j3 test-c test-asan test-arm
 
 # Tests that start no broker, agent or mDNS responder run on every core; the others one at a time (two
 # simulated fleets would collide on loopback mDNS device names, and they measure nothing in parallel).

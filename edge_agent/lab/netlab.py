@@ -464,10 +464,9 @@ class LabFleet:
         bdir = self.workdir / "broker"
         bdir.mkdir(exist_ok=True)
         conf = bdir / "mosquitto.conf"
-        # as root Mosquitto drops to user "mosquitto", which cannot write into a private (0700) test tree
-        extra = "user root\n" if os.geteuid() == 0 else ""
+        # (mosquitto_config keeps the caller's user when run as root: a private 0700 test tree stays writable)
         conf.write_text(mosquitto_config(self.broker_port, self.broker_host.addr,
-                                         log_file=str(bdir / "mosquitto.log"), extra=extra))
+                                         log_file=str(bdir / "mosquitto.log")))
         out = open(bdir / "broker.out", "ab")  # noqa: SIM115 - handed to the child
         self._broker = self.broker_host.popen([exe, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
         out.close()
