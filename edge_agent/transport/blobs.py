@@ -265,6 +265,8 @@ class BlobFetcher:
         def ask(indices: list[int]) -> None:
             now = time.monotonic()
             free = [s for s in live if busy_until.get(s, 0.0) <= now]
+            # peer devices before operators: an operator's uploads are the scarce ones (it seeds, peers spread)
+            free = [s for s in free if "/dev/" in s] or free
             if not free:   # every source is busy: keep the chunks for later
                 todo.extend(i for i in indices if i not in todo)
                 for i in indices:
