@@ -237,8 +237,9 @@ def _search_orders(mats: dict[tuple, np.ndarray], pool: list[DeviceSpec], k: int
     return results
 
 
-def _solve(mats: list[np.ndarray]) -> tuple[float, list[int]]:
-    """Min-max DP over cut positions for a fixed device order; returns bottleneck and cut list."""
+def minmax_cuts(mats: list[np.ndarray]) -> tuple[float, list[int]]:
+    """Min-max DP over cut positions for a fixed device order; returns bottleneck and cut list (also the
+    throughput search of :mod:`models.planner`)."""
     n1 = mats[0].shape[0]
     best = mats[0][0].copy()  # best[b]: min bottleneck with stage 0 covering [0, b)
     args = []
@@ -250,8 +251,9 @@ def _solve(mats: list[np.ndarray]) -> tuple[float, list[int]]:
     return float(best[-1]), _backtrack(args, n1 - 1)
 
 
-def _solve_latency(mats: list[np.ndarray], limit: float) -> tuple[float, list[int]]:
-    """Min sum of stage times with every stage <= ``limit`` (tie-break among min-max plans)."""
+def minsum_cuts(mats: list[np.ndarray], limit: float = np.inf) -> tuple[float, list[int]]:
+    """Min sum of stage times with every stage <= ``limit`` (tie-break among min-max plans; unbounded, the
+    latency search of :mod:`models.planner`)."""
     n1 = mats[0].shape[0]
     capped = [np.where(c <= limit, c, np.inf) for c in mats]
     best = capped[0][0].copy()
@@ -302,7 +304,7 @@ def _best_for_k(
     else:
         for pool in (by_speed[:k], by_ram[:k]):
             for seq in (pool, pool[::-1]):
-                bn, _ = _solve([mats[_dev_key(d)] for d in seq])
+                bn, _ = minmax_cuts([mats[_dev_key(d)] for d in seq])
                 if math.isfinite(bn):
                     results.append((bn, seq))
             if results:
@@ -315,7 +317,7 @@ def _best_for_k(
     for bn, seq in results:
         if bn > limit:
             continue
-        lat, cuts = _solve_latency([mats[_dev_key(d)] for d in seq], limit)
+        lat, cuts = minsum_cuts([mats[_dev_key(d)] for d in seq], limit)
         if math.isfinite(lat) and (choice is None or lat < choice.latency - 1e-12):
             choice = _Choice(bn, lat, seq, cuts)
     return choice

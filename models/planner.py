@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from models.partition import CostProfile
+from models.partition import CostProfile, minmax_cuts, minsum_cuts
 
 __all__ = ["Calibration", "Device", "Shape", "Prediction", "Candidate", "Search", "evaluate", "search",
            "OBJECTIVES"]
@@ -239,41 +239,6 @@ def _device_latency(prof: CostProfile, d: Device, cal: Calibration) -> np.ndarra
     return np.where(valid, t, np.inf)
 
 
-def _minmax_cuts(mats: Sequence[np.ndarray]) -> tuple[float, list[int]]:
-    """Cuts minimising the slowest stage for a fixed order of stage cost matrices."""
-    best = mats[0][0].copy()
-    args = []
-    n1 = len(best)
-    for c in mats[1:]:
-        cand = np.maximum(best[:, None], c)
-        arg = np.argmin(cand, axis=0)
-        best = cand[arg, np.arange(n1)]
-        args.append(arg)
-    return float(best[-1]), _backtrack(args, n1 - 1)
-
-
-def _minsum_cuts(mats: Sequence[np.ndarray]) -> tuple[float, list[int]]:
-    """Cuts minimising the sum of stage costs (latency) for a fixed order."""
-    best = mats[0][0].copy()
-    args = []
-    n1 = len(best)
-    for c in mats[1:]:
-        cand = best[:, None] + c
-        arg = np.argmin(cand, axis=0)
-        best = cand[arg, np.arange(n1)]
-        args.append(arg)
-    return float(best[-1]), _backtrack(args, n1 - 1)
-
-
-def _backtrack(args: list[np.ndarray], end: int) -> list[int]:
-    cuts, b = [end], end
-    for arg in reversed(args):
-        b = int(arg[b])
-        cuts.append(b)
-    cuts.append(0)
-    return cuts[::-1]
-
-
 def _classes(devices: Sequence[Device]) -> list[list[Device]]:
     """Devices grouped by near-equal capability (fastest first within and across classes): the search
     enumerates how many of each class a stage gets, not which ones (measured GFLOP/s are never equal)."""
@@ -391,7 +356,7 @@ def search(prof: CostProfile, devices: Sequence[Device], cal: Calibration | None
             notes.append(f"{k} stages: {_n_groupings(classes, k)} groupings exceed the search budget; skipped")
             continue
         for groups in _groupings(classes, k):
-            bn, cuts = _minmax_cuts([group_time(g) for g in groups])
+            bn, cuts = minmax_cuts([group_time(g) for g in groups])
             if math.isfinite(bn):
                 add(cuts, groups)
     # latency-first paths: one device per stage (distinct classes' representatives, every order)
@@ -405,7 +370,7 @@ def search(prof: CostProfile, devices: Sequence[Device], cal: Calibration | None
                 if d.id not in l_cache:
                     l_cache[d.id] = _device_latency(prof, d, cal)
                 mats.append(l_cache[d.id])
-            total, cuts = _minsum_cuts(mats)
+            total, cuts = minsum_cuts(mats)
             if not math.isfinite(total):
                 continue
             add(cuts, [[d] for d in seq])
