@@ -129,17 +129,8 @@ on_status on_avgpool2d_f32(const float *x, float *y, size_t planes, int64_t ih, 
     return pool_run(0, x, y, planes, ih, iw, oh, ow, pb, pr, p, nthreads);
 }
 
-typedef struct {
-    int is_max;
-    const float *x;
-    float *y;
-    int64_t ih, iw, oh, ow, pb, pr;
-    const on_pool2d_params *p;
-    const on_ops_table *tab;
-} pool_c8_ctx;
-
 static void pool_c8_work(void *vctx, size_t begin, size_t end) {
-    const pool_c8_ctx *c = vctx;
+    const pool_ctx *c = vctx;
     const size_t oh = (size_t)c->oh;
     for (size_t r = begin; r < end; r++) { /* r = block * oh + oy */
         const size_t b = r / oh;
@@ -157,7 +148,7 @@ on_status on_pool2d_nchwc8_f32(int is_max, const float *x, float *y, size_t bloc
     if (!pool_params_ok(p) || ih < 0 || iw < 0 || oh < 0 || ow < 0 || pb < 0 || pr < 0) return ON_ERR_ARG;
     if (blocks == 0 || oh == 0 || ow == 0) return ON_OK;
     if (!x || !y) return ON_ERR_ARG;
-    pool_c8_ctx c = {is_max, x, y, ih, iw, oh, ow, pb, pr, p, on_kernels_active()->ops};
+    pool_ctx c = {is_max, x, y, ih, iw, oh, ow, pb, pr, p, on_kernels_active()->ops};
     if ((size_t)(oh * ow * p->kh * p->kw) * blocks * ON_C0 < 32768) nthreads = 1;
     on_parallel_for(blocks * (size_t)oh, pool_c8_work, &c, nthreads);
     return ON_OK;
