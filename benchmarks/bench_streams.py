@@ -18,14 +18,13 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.bench_pipeline import pipelined_throughput
 from benchmarks.common import Latency, console, fmt, fmt_ratio, parser, ratio, table, write_json
 from edge_agent import Fleet
 from edge_agent.lab.sim import SimFleet
@@ -85,18 +84,6 @@ def publish_paced(url: str, topic: str, x: np.ndarray, fps: float, seconds: floa
     finally:
         time.sleep(0.2)
         pub.close()
-
-
-def pipelined_throughput(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int, in_flight: int) -> float:
-    window: deque[Future] = deque()
-    t0 = time.perf_counter()
-    sent = 0
-    while sent < n or window:
-        while sent < n and len(window) < in_flight:
-            window.append(fleet.submit(name, inputs, timeout=120))
-            sent += 1
-        window.popleft().result(150)
-    return n / (time.perf_counter() - t0)
 
 
 def run_stream(fleet: Fleet, url: str, name: str, model: str, policy: str, x: np.ndarray, fps: float,
