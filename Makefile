@@ -56,9 +56,14 @@ LOCAL_TESTS := $(sort $(wildcard tests/test_ops_native_*.py tests/test_models_*.
 	tests/test_inspect.py tests/test_lab_device.py
 FLEET_TESTS := $(filter-out $(LOCAL_TESTS),$(sort $(wildcard tests/test_*.py)))
 
+# As root (CI), each fleet-test worker runs in a network namespace of its own (tests/conftest.py), so
+# the fleet tests run side by side too, one test file per worker at a time; otherwise serially.
+FLEET_WORKERS := $(shell [ "$$(id -u)" = 0 ] && unshare --net true 2>/dev/null && echo $(JOBS))
+FLEET_ARGS := $(if $(FLEET_WORKERS),-n $(FLEET_WORKERS) --dist loadfile,)
+
 test-py: install
 	$(PY) -m pytest -q -ra -n $(JOBS) $(PYTEST_ARGS) $(LOCAL_TESTS)
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS) $(FLEET_TESTS)
+	$(if $(FLEET_WORKERS),EDGE_AGENT_TEST_NETNS=1) $(PY) -m pytest -q -ra $(FLEET_ARGS) $(PYTEST_ARGS) $(FLEET_TESTS)
 
 # C kernel tests: native, under ASan+UBSan, and the NEON path under qemu-aarch64.
 test-c:

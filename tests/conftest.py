@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -9,6 +12,31 @@ import numpy as np
 import pytest
 
 from edge_agent.transport.broker import Broker, find_mosquitto
+
+CLONE_NEWNET = 0x40000000
+
+
+def _enter_private_network_namespace() -> None:
+    """Move this process into a network namespace of its own, with only a loopback interface up.
+
+    `make test` sets ``EDGE_AGENT_TEST_NETNS=1`` (as root) to run the fleet tests on several pytest-xdist
+    workers: each worker gets its own loopback, so its brokers, agents and mDNS names cannot meet another
+    worker's. Called before any test opens a socket; the agents, brokers and threads the worker starts
+    afterwards inherit the namespace.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise pytest.UsageError(f"EDGE_AGENT_TEST_NETNS=1 but unshare(CLONE_NEWNET) failed: {os.strerror(err)} "
+                                "(needs root; unset EDGE_AGENT_TEST_NETNS to run the fleet tests serially)")
+    res = subprocess.run(["ip", "link", "set", "lo", "up"], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise pytest.UsageError(f"cannot bring up loopback in the worker's network namespace: {res.stderr.strip()}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.environ.get("EDGE_AGENT_TEST_NETNS") == "1" and os.environ.get("PYTEST_XDIST_WORKER"):
+        _enter_private_network_namespace()
 
 
 def wait_until(cond: Callable[[], object], timeout: float = 20.0, interval: float = 0.05, what: str = "") -> object:
