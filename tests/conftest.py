@@ -97,3 +97,14 @@ def isa(request: pytest.FixtureRequest) -> Iterator[str]:
     _core.set_isa(request.param)
     yield request.param
     _core.set_isa(before)
+
+
+# The slowest fleet-test files (measured, about 60-190 s each), started first so that pytest-xdist's
+# one-file-per-worker scheduling ends with short files on both workers rather than one long file on one.
+SLOW_FILES_FIRST = ("test_fleet_e2e.py", "test_corpus_fleet.py", "test_netlab.py", "test_reliability.py",
+                    "test_import_cycles.py", "test_trust_e2e.py", "test_streams_e2e.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: each file keeps its order
