@@ -159,9 +159,19 @@ class Fleet:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _settle(self, max_wait: float = 2.0) -> None:
-        """Wait until retained states/manifests stop arriving (MQTT has no end-of-retained marker)."""
-        end = time.monotonic() + max_wait
+    def _settle(self, max_wait: float = 10.0) -> None:
+        """Wait until the retained states, manifests and streams the broker holds have all been handled.
+
+        A marker sent through the broker to ourselves comes back after them (:meth:`Transport.sync`). A
+        quiet period alone is not enough: on a busy machine with many devices the first retained states
+        can arrive later than any fixed quiet time, and `fleet ls` then missed devices (45 of 50 seen).
+        If the marker does not come back in time, fall back to waiting for a short quiet period.
+        """
+        if self.transport.sync(max_wait):
+            return
+        log.warning("the broker did not echo a sync marker within %.0f s; the fleet view may be incomplete",
+                    max_wait)
+        end = time.monotonic() + 2.0
         while time.monotonic() < end:
             if time.monotonic() - self.desired.last_update >= SETTLE_S:
                 return
