@@ -278,3 +278,45 @@ def test_a_busy_holder_sends_the_next_requester_to_a_peer_that_has_the_blob(mosq
         for t, _, _, _, serving in peers:
             serving.close()
             t.close()
+
+
+def _blob_node(url: str, tmp_path, name: str):  # noqa: ANN001, ANN202 - test helper
+    t = Transport(url).start()
+    ep = topics.device_endpoint("t", name)
+    store = BlobStore(tmp_path / name)
+    fetcher, serving = BlobFetcher(t, ep, store), BlobServer(t, ep, store)
+    t.subscribe(topics.inbox_filter(ep, "blob"), fetcher.deliver)
+    t.subscribe(topics.inbox_filter(ep, "cmd"), serving.handle)
+    return t, ep, store, fetcher, serving
+
+
+def test_a_seeder_sends_new_requesters_to_peers_that_hold_the_blob(mosquitto, tmp_path) -> None:
+    """The operator has free upload slots, but its fleet view says a live peer holds the blob: a new
+    requester is answered "busy" and fetches from the peer (nothing leaves the operator)."""
+    server_t = Transport(mosquitto.url).start()
+    server_ep = topics.client_endpoint("t", "op")
+    holders: list[str] = []
+    server = BlobServer(server_t, server_ep, max_uploads=2, peer_holders=lambda sha: len(holders))
+    server_t.subscribe(topics.inbox_filter(server_ep, "cmd"), server.handle)
+    nodes = [_blob_node(mosquitto.url, tmp_path, n) for n in ("peer", "new")]
+    try:
+        cs = 64 * 1024
+        data = os.urandom(24 * cs)
+        sha = server.add(data)
+        spec = TransferSpec(sha, len(data), cs, chunk_digests(data, cs))
+        (_, peer_ep, peer_store, peer, peer_server), (_, _, new_store, new, _) = nodes
+        peer.fetch(spec, [server_ep], timeout=60)        # nobody holds it yet: the operator seeds the peer
+        assert server.served_bytes == len(data)
+        holders.append(peer_ep)                          # what the peer's next state tells the operator
+
+        new.fetch(spec, [server_ep], timeout=60, more_sources=lambda: holders)
+        assert new_store.get(sha) == data
+        assert server.served_bytes == len(data), "the second copy came from the peer, not the operator"
+        assert peer_server.served_bytes == len(data) and server.busy_refusals >= 1
+
+    finally:
+        server.close()
+        server_t.close()
+        for t, _, _, _, serving in nodes:
+            serving.close()
+            t.close()

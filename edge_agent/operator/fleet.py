@@ -122,7 +122,8 @@ class Fleet:
         self.transport = Transport(url, client_id=self.client_id if creds is None else creds.username,
                                    clean_session=True, probe_topic=topics.probe(self.endpoint),
                                    **transport_kwargs)
-        self.blob_server = BlobServer(self.transport, self.endpoint, max_uploads=2)   # peers do the rest
+        # the operator seeds: two uploads at a time, and new requesters go to peers that hold the shard by now
+        self.blob_server = BlobServer(self.transport, self.endpoint, max_uploads=2, peer_holders=self._peer_holders)
         self.stream_table = StreamTable(fleet, self.desired.gate, self.view, self._changed,
                                         touch=lambda: setattr(self.desired, "last_update", time.monotonic()))
         t = self.transport
@@ -250,6 +251,10 @@ class Fleet:
         return m is not None and may_answer(self.view, m, sender, final)
 
     # --------------------------------------------------------------------------------- queries
+    def _peer_holders(self, sha: str) -> int:
+        """Live devices whose state says they hold blob ``sha`` (and so serve it to their peers)."""
+        return sum(1 for st in self.view.states() if sha in st.blobs and self.view.online(st.device_id))
+
     def devices(self, include_offline: bool = False) -> list[DeviceStatus]:
         """Devices of the fleet with their capabilities and what they run (live ones by default)."""
         out = [DeviceStatus.from_state(s) for s in self.view.states() if include_offline or s.online]

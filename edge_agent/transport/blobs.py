@@ -10,7 +10,9 @@ Distribution to many devices is a tree, not a star: a holder serves a blob to at
 requesters at a time and answers the others "busy"; a busy source is not a failed one, the requester
 backs off, looks again for peers that hold the blob by now, and asks them. A model replicated to N
 devices thus leaves the operator about ``max_uploads`` times (measured in ``benchmarks/bench_scale.py``),
-and the number of holders roughly multiplies with each round.
+and the number of holders roughly multiplies with each round. A seeding server (the operator) that knows
+live peers hold the blob (``peer_holders``) also sends *new* requesters to them, for up to
+``PEER_PATIENCE_S``, so its slots do not refill as soon as its first requesters finish.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ MAX_UPLOADS = 3          # requesters one holder serves a blob to at a time (the
 UPLOAD_IDLE_S = 3.0      # a requester that asked nothing for this long no longer counts as served
 BUSY = "busy"            # the error text of a chunk refused for that reason (retry later, elsewhere)
 BUSY_BACKOFF_S = 1.0     # how long a requester leaves a busy source alone
+PEER_PATIENCE_S = 10.0   # a seeder sends a new requester to peers for this long, then serves it anyway
 
 
 class TransferCancelled(StoreError):
@@ -53,10 +56,14 @@ class BlobServer:
     """Answers BlobRequests for blobs held in memory (operator) or in a BlobStore (device)."""
 
     def __init__(self, transport: Transport, endpoint: str, store: BlobStore | None = None,
-                 on_reject: Callable[[str], None] | None = None, max_uploads: int | None = MAX_UPLOADS) -> None:
+                 on_reject: Callable[[str], None] | None = None, max_uploads: int | None = MAX_UPLOADS,
+                 peer_holders: Callable[[str], int] | None = None) -> None:
         self.transport = transport
         self.max_uploads = max_uploads                        # None: serve every requester at once
         self._uploads: dict[str, dict[str, float]] = {}      # sha -> requester endpoint -> last request
+        # live peers that hold a blob (a seeder's view of the fleet); None: serve whoever fits
+        self.peer_holders = peer_holders
+        self._deferred: dict[tuple[str, str], float] = {}    # (sha, requester) -> first sent to peers
         self.endpoint = endpoint
         self.store = store
         self._memory: dict[str, bytes] = {}
@@ -130,8 +137,16 @@ class BlobServer:
         served = self._uploads.setdefault(sha, {})
         for who in [w for w, t in served.items() if now - t > UPLOAD_IDLE_S]:
             del served[who]
-        if requester not in served and len(served) >= self.max_uploads:
-            return False
+        if requester not in served:
+            if len(served) >= self.max_uploads:
+                return False
+            if self.peer_holders is not None and self.peer_holders(sha) > 0:
+                # peers can serve it: a new requester goes to them, unless it has tried for a while (it may
+                # not reach them: an ACL, a partition), so nobody waits on the seeder forever
+                for key in [k for k, t in self._deferred.items() if now - t > 5 * PEER_PATIENCE_S]:
+                    del self._deferred[key]
+                if now - self._deferred.setdefault((sha, requester), now) < PEER_PATIENCE_S:
+                    return False
         served[requester] = now
         return True
 
