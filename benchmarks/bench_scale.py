@@ -5,7 +5,8 @@ Measures, for N agents (default 50; ``--quick`` 12):
 * presence: time until the operator sees all N online (retained states), and until every agent lists the
   N - 1 others as mDNS peers (discovery on loopback);
 * ``edge-agent fleet ls --json`` lists all N (the CLI, as a user runs it);
-* memory: resident set size per idle agent (from /proc);
+* memory: resident set size per idle agent, and its CPU use while idle (heartbeats, session probes, the
+  periodic link and GFLOP/s rechecks; both from /proc, over ``--idle`` seconds);
 * a model replicated to all N (``replicas=N``): time until every replica is ready, and how many bytes left
   the operator against the shard size (holders serve a blob to a few requesters at a time, the rest fetch
   it from peers: a tree, not a star);
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,15 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (NaN when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def _until(cond, timeout: float, step: float = 0.5) -> float | None:
     """Seconds until ``cond()`` holds, or None after ``timeout``."""
     t0 = time.monotonic()
@@ -61,6 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--devices", type=int, default=50)
     ap.add_argument("--cpu", type=float, default=0.1, help="CPU quota of each agent, in cores of this machine")
     ap.add_argument("--model", default="transformer")
+    ap.add_argument("--idle", type=float, default=30.0, help="seconds of idle over which agent CPU is measured")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -90,8 +102,15 @@ def main(argv: list[str] | None = None) -> dict:
                                   sim.broker_url], capture_output=True, text=True, timeout=120)
             listed = json.loads(out.stdout) if out.returncode == 0 else []
             res["fleet_ls_listed"] = len(listed)
-            time.sleep(2.0)   # idle
-            rss = [_rss_mb(d.proc.pid) for d in sim.devices.values() if d.proc is not None]
+            pids = [d.proc.pid for d in sim.devices.values() if d.proc is not None]
+            idle_s = min(args.idle, 10.0) if args.quick else args.idle
+            cpu0, t_idle = [_cpu_s(p) for p in pids], time.monotonic()
+            time.sleep(idle_s)   # idle: nothing deployed, nothing asked
+            used = np.array([_cpu_s(p) for p in pids]) - np.array(cpu0)
+            pct = 100.0 * used / (time.monotonic() - t_idle)
+            res["idle_cpu_pct_per_agent"] = round(float(np.nanmedian(pct)), 2)
+            res["idle_cpu_pct_max"] = round(float(np.nanmax(pct)), 2)
+            rss = [_rss_mb(p) for p in pids]
             res["rss_mb_per_idle_agent"] = round(float(np.nanmedian(rss)), 1)
             res["rss_mb_max"] = round(float(np.nanmax(rss)), 1)
 
@@ -136,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     table = [("agents", n), ("online (all states seen), s", res["online_s"]),
              ("mDNS peers converged, s", res["mdns_converged_s"]), ("fleet ls lists", res["fleet_ls_listed"]),
              ("RSS per idle agent, MB (median / max)", f"{res['rss_mb_per_idle_agent']} / {res['rss_mb_max']}"),
+             (f"CPU per idle agent over {idle_s:g} s, % of a core (median / max)",
+              f"{res['idle_cpu_pct_per_agent']} / {res['idle_cpu_pct_max']}"),
              (f"replicate {args.model} ({res['shard_bytes'] / 1e6:.2f} MB) to {res['replicas']}, s",
               res["replicate_s"]),
              ("replicas ready", res["ready_replicas"]),
