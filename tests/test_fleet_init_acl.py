@@ -105,10 +105,10 @@ def fleet(mosquitto_available: str) -> Iterator[Fleet]:
 class Client:
     """A raw paho client that records connection outcome, SUBACK codes and received messages."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, client_id: str | None = None) -> None:
         self.name = name
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{name}-{uuid.uuid4().hex[:6]}",
-                             protocol=mqtt.MQTTv311)
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=client_id or f"t-{name}-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv311)
         self.connected = threading.Event()
         self.ended = threading.Event()
         self.reason = ""
@@ -580,25 +580,34 @@ def test_a_client_cannot_take_over_another_identitys_connection_by_its_client_id
     """MQTT hands a client id to the newest connection and kicks the older one off. The broker replaces every
     client id by the identity (use_username_as_clientid), so a stolen device credential connecting under the
     agent's or the operator's client id kicks off only its own identity's session."""
-    victims = {name: clients(name, via) for name in ("cam-01", "operator")}
-    for name, victim in victims.items():
-        assert victim.subscribe(t(f"dev/{name}/probe" if name != "operator" else "ctl/op/probe")) == 1
-    for victim_id in ("ea-default-cam-01", "cam-01", "operator"):
-        thief = Client("gw-01")
-        thief.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=victim_id, protocol=mqtt.MQTTv311)
-        thief.c.on_connect, thief.c.on_disconnect = thief._on_connect, thief._on_disconnect
-        thief.c.on_publish = lambda c, u, mid, rc, p, th=thief: th._ack(mid).set()
-        cred = fleet.creds["gw-01"]
-        ok = (thief.connect(fleet.tls_port, cred=cred) if via == "tls"
-              else thief.connect(fleet.plain_port, cert=False, username="gw-01", password=cred.password))
-        assert ok, thief.reason
-        thief.publish(t("dev/gw-01/state"), b"connected")   # the thief's session is fully up
-        thief.close()
-    for name, victim in victims.items():
-        assert not victim.ended.is_set(), f"{name} was kicked off: {victim.reason}"
-        topic = t(f"dev/{name}/probe" if name != "operator" else "ctl/op/probe")
-        victim.publish(topic, b"still here")
-        assert victim.wait_for(topic, b"still here")
+    made: list[Client] = []
+
+    def connect(name: str, client_id: str) -> Client:
+        cl = Client(name, client_id)
+        made.append(cl)
+        cred = fleet.creds[name]
+        ok = (cl.connect(fleet.tls_port, cred=cred) if via == "tls"
+              else cl.connect(fleet.plain_port, cert=False, username=name, password=cred.password))
+        assert ok, cl.reason
+        return cl
+
+    try:
+        # the client ids the agent (ea-<fleet>-<name>) and an operator Fleet (its username) connect with
+        victims = {"cam-01": connect("cam-01", "ea-default-cam-01"), "operator": connect("operator", "operator")}
+        probes = {"cam-01": t("dev/cam-01/probe"), "operator": t("ctl/op/probe")}
+        for name, victim in victims.items():
+            assert victim.subscribe(probes[name]) == 1
+        for victim_id in ("ea-default-cam-01", "operator"):
+            thief = connect("gw-01", victim_id)
+            thief.publish(t("dev/gw-01/state"), b"connected")   # the thief's session is fully up
+            thief.close()
+        for name, victim in victims.items():
+            assert not victim.ended.is_set(), f"{name} was kicked off: {victim.reason}"
+            victim.publish(probes[name], b"still here")
+            assert victim.wait_for(probes[name], b"still here")
+    finally:
+        for cl in made:
+            cl.close()
 
 
 def test_a_viewer_reads_the_fleet_state_and_documents_and_writes_nothing(mosquitto_available):
@@ -618,7 +627,8 @@ def test_a_viewer_reads_the_fleet_state_and_documents_and_writes_nothing(mosquit
             dash, cam, op = connect("dash"), connect("cam-01"), connect("operator")
             assert dash.subscribe(t("#")) == 1
             assert cam.subscribe(t("#")) == 1
-            for topic in ("deploy/m", "dev/cam-01/state", "dev/cam-01/in/dash", "dev/cam-01/cmd/dash", "fresh"):
+            for topic in ("deploy/m", "dev/cam-01/state", "dev/cam-01/in/dash", "dev/cam-01/cmd/dash", "fresh",
+                          "dev/dash/state", "dev/dash/load", "src/dash/frames", "dev/cam-01/blob/dash"):
                 dash.publish(t(topic), b"viewer wrote")
             op.publish(t("deploy/m"), b"signed manifest")
             op.publish(t("dev/cam-01/in/op-1"), b"input tensor")

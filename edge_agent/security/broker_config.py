@@ -146,13 +146,22 @@ VIEWER_READS = ("dev/+/state", "dev/+/load", "dev/+/streams", "deploy/#", "canar
                 "fresh")
 
 
+# What the general ``pattern`` lines (which Mosquitto applies to every user) would let a viewer write under its
+# own name; denied per viewer (Mosquitto checks a user's ``deny`` lines before anything else).
+VIEWER_DENIES = ("dev/+/in/+", "dev/+/cmd/+", "dev/+/blob/+", "dev/+/out/+", "ctl/+/out/+", "ctl/+/cmd/+",
+                 "src/#")
+
+
 def viewer_lines(root: str, viewers: list[str] | tuple[str, ...]) -> list[str]:
-    """ACL lines of read-only identities: they see states, loads and signed documents and write nothing
-    (their session probe stays passive; see ``Transport``)."""
+    """ACL lines of read-only identities: they see states, loads and signed documents and write nothing, not
+    even what the patterns grant every identity under its own name (their session probe stays passive)."""
     lines: list[str] = []
     for name in viewers:
+        name = topics.check_segment("viewer name", name)
         lines += ["", "# a read-only viewer (fleet init --viewer): reads the fleet's state, writes nothing",
-                  f"user {topics.check_segment('viewer name', name)}",
+                  f"user {name}",
+                  *[f"topic deny {root}/{p}" for p in VIEWER_DENIES],
+                  *[f"topic deny {root}/dev/{name}/{kind}" for kind in ("state", "load", "streams", "probe")],
                   *[f"topic read {root}/{p}" for p in VIEWER_READS]]
     return lines
 
