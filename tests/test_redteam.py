@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_agent import Fleet
+from edge_agent import DeployError, Fleet
 from edge_agent.lab.sim import SimFleet
 from edge_agent.protocol import topics
 from edge_agent.protocol.messages import InferRequest
@@ -63,7 +63,7 @@ def fleet(tmp_path_factory, mosquitto_available) -> Iterator[TlsFleet]:
     port = free_port()
     # under /tmp, not pytest's 0700 tree: Mosquitto started as root reads its files as user mosquitto
     broker_dir = Path(tempfile.mkdtemp(prefix="ea-redteam-"))
-    res = init_fleet(broker_dir, ["cam-01", "cam-02", "gw-01"], port=port)
+    res = init_fleet(broker_dir, ["cam-01", "cam-02", "gw-01"], port=port, viewers=["dash"])
     proc = subprocess.Popen([mosquitto_available, "-c", str(res.conf_path)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -191,3 +191,16 @@ def test_an_agent_refuses_a_credentials_file_others_can_read(fleet: TlsFleet, tm
         Credentials.from_file(cred).check_private(cred)
     os.chmod(tmp_path / "cam-01.key", 0o600)
     Credentials.from_file(cred).check_private(cred)
+
+
+def test_a_viewer_identity_sees_the_fleet_but_cannot_deploy(fleet: TlsFleet) -> None:
+    """A dashboard's identity (fleet init --viewer): a Fleet client on it lists the devices and the signed
+    deployments; a deploy with it (even holding the fleet key) never reaches the devices."""
+    op = fleet.op
+    op.deploy(zoo.build("mlp", seed=44), "seen", stages=1, devices=["cam-01"], timeout=120)
+    with Fleet(credentials=fleet.broker_dir / "dash.cred", key=str(fleet.keys / "fleet.key")) as dash:
+        dash.wait_for_devices(2, timeout=30)
+        wait_until(lambda: dash.current("seen") is not None, 20, what="the viewer to verify the deployment")
+        with pytest.raises(DeployError):
+            dash.deploy(zoo.build("mlp", seed=45), "viewer-deploy", stages=1, devices=["cam-02"], timeout=5)
+    assert op.current("viewer-deploy") is None and not op.desired.retained("viewer-deploy")
