@@ -119,30 +119,35 @@ def _state_dir(sim: SimFleet, name: str) -> Path:
     return sim.devices[name].data_dir
 
 
+@pytest.mark.parametrize("behaviour", [["--serve-chunks", "1"], ["--serve-chunks", "1", "--trickle", "4"]],
+                         ids=["stops-mid-transfer", "trickles"])
 def test_a_peer_that_stalls_mid_transfer_is_dropped_and_the_shard_comes_from_the_others(fleet: TlsFleet,
-                                                                                      tmp_path) -> None:
+                                                                                      tmp_path, behaviour) -> None:
+    """A stolen identity claims to hold the shard (peers are asked before the operator, so it is asked first)
+    and serves one chunk, then nothing, or one chunk every 4 s (inside the 5 s stall window)."""
     op = fleet.op
-    model = zoo.build("mlp", seed=42)
-    m, _ = op.build_manifest(model, "stalled", stages=1, devices=["cam-02"])
+    model = zoo.build("mlp", seed=42 if behaviour[-1] == "1" else 46)
+    name = "stalled" if behaviour[-1] == "1" else "trickled"
+    m, _ = op.build_manifest(model, name, stages=1, devices=["cam-02"])
     sha = m.stages[0].shard_sha256
     assert m.stages[0].shard_size > m.stages[0].chunk_size, "the shard must take several chunks"
     shard = tmp_path / "shard.onnx"
     shard.write_bytes(op.blob_server._memory[sha])
     count = tmp_path / "requests"
-    # the stolen identity claims to hold the shard; peers are asked before the operator, so it is asked first
     rogue = subprocess.Popen([sys.executable, "-m", "edge_agent.lab.rogue_peer", "--credentials",
-                              str(fleet.broker_dir / "gw-01.cred"), "--blob", f"{sha}={shard}", "--serve-chunks",
-                              "1", "--count", str(count)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                              str(fleet.broker_dir / "gw-01.cred"), "--blob", f"{sha}={shard}", *behaviour,
+                              "--count", str(count)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                              start_new_session=True)
     try:
         wait_until(lambda: (st := op.view.state("gw-01")) is not None and sha in st.blobs, 30,
                    what="the rogue peer to claim the shard")
+        before = _counter(op, "cam-02", "rejected_stalled_source")
         op.publish_manifest(m)
         op.wait_ready(m, 60)
         x = zoo.sample_inputs(model)
-        assert_matches(op.infer("stalled", x), ort_reference(model, x))
+        assert_matches(op.infer(name, x), ort_reference(model, x))
         assert int(count.read_text() or 0) >= 1, "the rogue peer was never asked: the test shows nothing"
-        wait_until(lambda: _counter(op, "cam-02", "rejected_stalled_source") >= 1, 20,
+        wait_until(lambda: _counter(op, "cam-02", "rejected_stalled_source") > before, 20,
                    what="cam-02 to report the stalled source")
     finally:
         rogue.terminate()

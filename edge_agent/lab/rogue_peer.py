@@ -5,13 +5,16 @@ own state, to hold shards, and then serves them badly.
 
 It reports itself online holding every ``--blob`` (the only state the broker lets it publish is its own), answers
 the first ``--serve-chunks`` chunks it is asked for with the real bytes (so it looks like a working source),
-then goes silent: requests are counted (written to ``--count``) and never answered. A fetcher that keeps
-asking it never finishes; one with a stall rule drops it and fetches from the other sources.
+then goes silent (requests are counted, written to ``--count``, never answered), or with ``--trickle S``
+answers one more chunk every S seconds (slow enough to be useless, each chunk inside any stall window shorter
+than S). A fetcher that keeps asking it never finishes; one with a stall/rate rule drops it and fetches from
+the other sources.
 """
 
 from __future__ import annotations
 
 import argparse
+import queue
 import signal
 import threading
 import time
@@ -29,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blob", action="append", default=[], metavar="SHA=PATH")
     ap.add_argument("--serve-chunks", type=int, default=1, help="answer this many chunks, then go silent")
     ap.add_argument("--count", required=True, help="file the number of blob requests received is written to")
+    ap.add_argument("--trickle", type=float, default=0.0, metavar="S",
+                    help="after --serve-chunks, answer one chunk every S seconds (0: never)")
     args = ap.parse_args(argv)
     creds = Credentials.from_file(args.credentials)
     blobs = {sha: Path(path).read_bytes() for sha, path in (b.split("=", 1) for b in args.blob)}
@@ -38,20 +43,38 @@ def main(argv: list[str] | None = None) -> int:
     lock = threading.Lock()
     seen = {"requests": 0, "served": 0}
 
+    later: queue.Queue[tuple[BlobRequest, int]] = queue.Queue()
+
+    def answer(req: BlobRequest, idx: int) -> None:
+        data, cs = blobs[req.sha256], req.chunk_size
+        chunk = BlobChunk(req.sha256, idx, len(data), cs, data[idx * cs:(idx + 1) * cs], sender=endpoint,
+                          nonce=req.nonce)
+        t.publish(topics.inbox(req.reply_to, "blob", name), chunk.to_bytes(), qos=1)
+
     def on_cmd(topic: str, payload: bytes, retained: bool) -> None:
         req = BlobRequest.from_bytes(payload)
         with lock:
             seen["requests"] += 1
             Path(args.count).write_text(str(seen["requests"]))
-            data = blobs.get(req.sha256)
+            if req.sha256 not in blobs:
+                return
             for idx in req.chunks:
-                if data is None or seen["served"] >= args.serve_chunks:
-                    return                      # silent from here on: never an error (that would drop it)
-                seen["served"] += 1
-                cs = req.chunk_size
-                chunk = BlobChunk(req.sha256, idx, len(data), cs, data[idx * cs:(idx + 1) * cs], sender=endpoint,
-                                  nonce=req.nonce)
-                t.publish(topics.inbox(req.reply_to, "blob", name), chunk.to_bytes(), qos=1)
+                if seen["served"] < args.serve_chunks:
+                    seen["served"] += 1
+                    answer(req, idx)
+                elif args.trickle > 0:
+                    later.put((req, idx))
+                # else silent from here on: never an error (that would drop it at once)
+
+    def trickle() -> None:
+        while args.trickle > 0:
+            time.sleep(args.trickle)
+            try:
+                answer(*later.get_nowait())
+            except queue.Empty:
+                pass
+
+    threading.Thread(target=trickle, daemon=True).start()
 
     t.subscribe(topics.inbox_filter(endpoint, "cmd"), on_cmd)
     t.start()

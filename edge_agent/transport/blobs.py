@@ -40,7 +40,9 @@ MAX_UPLOADS = 3          # requesters one holder serves a blob to at a time (the
 UPLOAD_IDLE_S = 3.0      # a requester that asked nothing for this long no longer counts as served
 BUSY = "busy"            # the error text of a chunk refused for that reason (retry later, elsewhere)
 BUSY_BACKOFF_S = 1.0     # how long a requester leaves a busy source alone
-STALL_S = 3.0            # a source with chunks outstanding that delivers none for this long is dropped
+STALL_S = 5.0            # a source with chunks outstanding that delivers none for this long is dropped...
+SLOW_AFTER_S = 10.0      # ...and one that, over this much time owing chunks, delivered below MIN_RATE_BPS
+MIN_RATE_BPS = 128 << 10  # ~1 Mbit/s: far below any link a shard peer should serve from, far above a trickle
 
 
 class TransferCancelled(StoreError):
@@ -199,6 +201,8 @@ class BlobFetcher:
         self._on_reject = on_reject
         self.fetched_bytes = 0
         self.stall_s = STALL_S
+        self.slow_after_s = SLOW_AFTER_S
+        self.min_rate_bps = MIN_RATE_BPS
         self.stalled_sources = 0   # sources dropped because they stopped delivering (slow or silent peers)
 
     def deliver(self, topic: str, payload: bytes, retained: bool) -> None:
@@ -281,6 +285,22 @@ class BlobFetcher:
         # that owes chunks and shows none for ``stall_s`` is dropped (a peer that serves slowly or stops
         # mid-transfer, e.g. a stolen identity claiming to hold the shard) and what it owes goes elsewhere
         progress_at: dict[str, float] = {}
+        # and how long each source has owed chunks in total, and the bytes it delivered: a source that trickles
+        # (a chunk just inside every stall window) is dropped for its rate once it has had a fair chance
+        owing_s: dict[str, float] = {}
+        bytes_from: dict[str, int] = {}
+        last_tick = time.monotonic()
+
+        def drop(src: str, why: str, back: list[int]) -> None:
+            failures[src] = why
+            live.remove(src)
+            self.stalled_sources += 1
+            log.warning("blob %s: dropped source %s (%s); asking the others", spec.sha256[:12], src, why)
+            if self._on_reject:
+                self._on_reject("stalled_source")
+            for i in back:
+                asked.pop(i, None)
+            todo[:0] = [i for i in back if i not in todo and i not in have]
 
         def owed(src: str) -> list[int]:
             return [i for i, s in asked_of.items() if s == src and i in asked]
@@ -325,20 +345,17 @@ class BlobFetcher:
             if now > deadline:
                 raise StoreError(f"blob {spec.sha256[:12]}: transfer timed out with {len(have)}/{n} chunks "
                                  f"(sources {', '.join(sources)})")
-            for src in [s for s in live if now - progress_at.get(s, now) > self.stall_s]:
+            tick, last_tick = now - last_tick, now
+            for src in list(live):
                 back = owed(src)
                 if not back or len(live) < 2:      # the last source is never dropped: the timeout ends that
                     continue
-                failures[src] = f"stalled: no chunk for {self.stall_s:.0f} s with {len(back)} outstanding"
-                live.remove(src)
-                self.stalled_sources += 1
-                log.warning("blob %s: dropped source %s (%s); asking the others", spec.sha256[:12], src,
-                            failures[src])
-                if self._on_reject:
-                    self._on_reject("stalled_source")
-                for i in back:
-                    asked.pop(i, None)
-                todo[:0] = [i for i in back if i not in todo and i not in have]
+                owing_s[src] = owing_s.get(src, 0.0) + tick
+                rate = bytes_from.get(src, 0) / max(owing_s[src], 1e-9)
+                if now - progress_at.get(src, now) > self.stall_s:
+                    drop(src, f"stalled: no chunk for {self.stall_s:.0f} s with {len(back)} outstanding", back)
+                elif owing_s[src] >= self.slow_after_s and rate < self.min_rate_bps:
+                    drop(src, f"too slow: {rate / 1024:.0f} KiB/s over {owing_s[src]:.0f} s", back)
             # re-ask for chunks that went missing, then fill the window
             stale = [i for i, t in asked.items() if now - t > CHUNK_TIMEOUT]
             if stale:
@@ -401,6 +418,7 @@ class BlobFetcher:
             have.add(idx)
             asked.pop(idx, None)
             progress_at[src] = time.monotonic()
+            bytes_from[src] = bytes_from.get(src, 0) + len(chunk.data)
             self.fetched_bytes += len(chunk.data)
             if progress:
                 progress(len(have), n)
