@@ -105,10 +105,10 @@ def fleet(mosquitto_available: str) -> Iterator[Fleet]:
 class Client:
     """A raw paho client that records connection outcome, SUBACK codes and received messages."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, client_id: str | None = None) -> None:
         self.name = name
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"t-{name}-{uuid.uuid4().hex[:6]}",
-                             protocol=mqtt.MQTTv311)
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                             client_id=client_id or f"t-{name}-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv311)
         self.connected = threading.Event()
         self.ended = threading.Event()
         self.reason = ""
@@ -243,7 +243,10 @@ def test_init_writes_every_identity_with_private_files_and_refuses_to_overwrite(
                  f"crlfile {out}/crl.pem"):
         assert line in conf
     acl = (out / "acl").read_text()
-    assert "pattern write ea/v1/lab/dev/%u/state" in acl and "user operator\ntopic readwrite ea/v1/lab/#" in acl
+    assert "pattern write ea/v1/lab/dev/%u/state" in acl and "user operator\ntopic read ea/v1/lab/#" in acl
+    assert "topic readwrite ea/v1/lab/#" not in acl and "topic write ea/v1/lab/dev/+/state" not in acl
+    for line in ("use_username_as_clientid true", "max_packet_size", "max_queued_bytes", "max_connections"):
+        assert line in conf
     assert "deploy/# " not in acl.replace("pattern read ea/v1/lab/deploy/#", "")
     with pytest.raises(FleetInitError, match="already holds"):
         init_fleet(out, ["cam-01"], fleet="lab")
@@ -430,17 +433,26 @@ def test_device_may_forward_tensors_answer_peers_and_results_under_its_own_name(
 
 
 @pytest.mark.parametrize("via", ["tls", "plain"])
-def test_operator_may_deploy_impersonate_and_read_everything(clients, via):
+def test_operator_may_deploy_and_read_everything_but_not_speak_for_a_device(clients, via):
+    """A leaked operator credential (without fleet.key) cannot fake a device's state, load, stream stats or
+    results: the operator's ACL allows only what an operator client publishes."""
     cam1, cam2 = clients("cam-01"), clients("cam-02")
-    for sub in ("deploy/#", "canary/#", "rollout/#", "dev/+/state"):
+    for sub in ("deploy/#", "canary/#", "rollout/#", "dev/+/state", "dev/+/load", "dev/+/streams", "dev/cam-02/#"):
         cam2.subscribe(t(sub))
     op = clients("operator", via)
     assert op.subscribe(t("dev/cam-01/in/+")) == 1 and op.subscribe(t("rollout/#")) == 1
     op.publish(t("deploy/ocr"), b"signed manifest", retain=True)
     op.publish(t("canary/ocr"), b"signed canary", retain=True)
     op.publish(t("rollout/ocr"), b"history")
-    op.publish(t("dev/cam-01/state"), b"operator override")
-    got = cam2.wait_for(t("dev/cam-01/state"), b"operator override")
+    for forged in ("dev/cam-01/state", "dev/cam-01/load", "dev/cam-01/streams", "dev/cam-02/out/cam-01",
+                   "dev/cam-02/probe"):
+        op.publish(t(forged), b"operator override")
+    op.publish(t("dev/cam-02/in/op-1"), b"request")
+    op.publish(t("dev/cam-02/blob/op-1"), b"chunk")
+    op.publish(t("dev/cam-02/cmd/op-1"), b"control")
+    got = cam2.wait_for(t("dev/cam-02/cmd/op-1"), b"control")
+    assert not [m for m in got if m[1] == b"operator override"], got
+    assert (t("dev/cam-02/in/op-1"), b"request") in got and (t("dev/cam-02/blob/op-1"), b"chunk") in got
     assert (t("deploy/ocr"), b"signed manifest") in got and (t("canary/ocr"), b"signed canary") in got
     assert all(not topic.startswith(t("rollout")) for topic, _ in got), "devices may not read rollout/"
     assert op.wait_for(t("rollout/ocr"), b"history")
@@ -561,3 +573,75 @@ def test_stream_topics_of_fleet_init_open_only_those_filters(tmp_path):
     assert "pattern readwrite cams/#" in text and "topic readwrite cams/#" in text
     with pytest.raises(ValueError, match="stream topic filter"):
         init_fleet(tmp_path / "t", ["cam-01"], stream_topics=["#"])
+
+
+@pytest.mark.parametrize("via", ["tls", "plain"])
+def test_a_client_cannot_take_over_another_identitys_connection_by_its_client_id(fleet: Fleet, clients, via):
+    """MQTT hands a client id to the newest connection and kicks the older one off. The broker replaces every
+    client id by the identity (use_username_as_clientid), so a stolen device credential connecting under the
+    agent's or the operator's client id kicks off only its own identity's session."""
+    made: list[Client] = []
+
+    def connect(name: str, client_id: str) -> Client:
+        cl = Client(name, client_id)
+        made.append(cl)
+        cred = fleet.creds[name]
+        ok = (cl.connect(fleet.tls_port, cred=cred) if via == "tls"
+              else cl.connect(fleet.plain_port, cert=False, username=name, password=cred.password))
+        assert ok, cl.reason
+        return cl
+
+    try:
+        # the client ids the agent (ea-<fleet>-<name>) and an operator Fleet (its username) connect with
+        victims = {"cam-01": connect("cam-01", "ea-default-cam-01"), "operator": connect("operator", "operator")}
+        probes = {"cam-01": t("dev/cam-01/probe"), "operator": t("ctl/op/probe")}
+        for name, victim in victims.items():
+            assert victim.subscribe(probes[name]) == 1
+        for victim_id in ("ea-default-cam-01", "operator"):
+            thief = connect("gw-01", victim_id)
+            thief.publish(t("dev/gw-01/state"), b"connected")   # the thief's session is fully up
+            thief.close()
+        for name, victim in victims.items():
+            assert not victim.ended.is_set(), f"{name} was kicked off: {victim.reason}"
+            victim.publish(probes[name], b"still here")
+            assert victim.wait_for(probes[name], b"still here")
+    finally:
+        for cl in made:
+            cl.close()
+
+
+def test_a_viewer_reads_the_fleet_state_and_documents_and_writes_nothing(mosquitto_available):
+    out = Path(tempfile.mkdtemp(prefix="ea-fleet-"))
+    try:
+        port = free_port()
+        res = init_fleet(out, ["cam-01"], port=port, viewers=["dash"])
+        proc = _start_mosquitto(res.conf_path, [port], mosquitto_available)
+        creds = {n: Credentials.from_file(p) for n, p in res.creds.items()}
+        made = []
+        try:
+            def connect(name: str) -> Client:
+                cl = Client(name)
+                made.append(cl)
+                assert cl.connect(port, cred=creds[name]), cl.reason
+                return cl
+            dash, cam, op = connect("dash"), connect("cam-01"), connect("operator")
+            assert dash.subscribe(t("#")) == 1
+            assert cam.subscribe(t("#")) == 1
+            for topic in ("deploy/m", "dev/cam-01/state", "dev/cam-01/in/dash", "dev/cam-01/cmd/dash", "fresh",
+                          "dev/dash/state", "dev/dash/load", "src/dash/frames", "dev/cam-01/blob/dash"):
+                dash.publish(t(topic), b"viewer wrote")
+            op.publish(t("deploy/m"), b"signed manifest")
+            op.publish(t("dev/cam-01/in/op-1"), b"input tensor")
+            cam.publish(t("dev/cam-01/state"), b"ready")
+            seen = dash.wait_for(t("dev/cam-01/state"), b"ready")
+            assert (t("deploy/m"), b"signed manifest") in seen
+            assert (t("dev/cam-01/in/op-1"), b"input tensor") not in seen, "a viewer must not see tensors"
+            assert not [m for m in cam.wait_for(t("dev/cam-01/state"), b"ready") if m[1] == b"viewer wrote"]
+            with pytest.raises(FleetInitError, match="viewer"):
+                init_fleet(out / "again", ["cam-01"], viewers=["cam-01"])
+        finally:
+            for cl in made:
+                cl.close()
+            _stop(proc)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)

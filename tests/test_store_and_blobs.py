@@ -290,21 +290,27 @@ def _blob_node(url: str, tmp_path, name: str):  # noqa: ANN001, ANN202 - test he
     return t, ep, store, fetcher, serving
 
 
-def test_a_seeder_sends_new_requesters_to_peers_that_hold_the_blob(mosquitto, tmp_path) -> None:
+def test_a_seeder_sends_new_requesters_to_peers_that_hold_the_blob_and_serves_them_only_if_peers_fail(
+        mosquitto, tmp_path, monkeypatch) -> None:
     """The operator has free upload slots, but its fleet view says a live peer holds the blob: a new
-    requester is answered "busy" and fetches from the peer (nothing leaves the operator)."""
+    requester is answered "busy" and fetches from the peer (nothing leaves the operator). A requester whose
+    only peer never answers drops it (the stall rule) and is served by the operator once PEER_PATIENCE_S
+    has passed, so nobody waits forever."""
+    import edge_agent.transport.blobs as blobs
+
+    monkeypatch.setattr(blobs, "PEER_PATIENCE_S", 2.0)
     server_t = Transport(mosquitto.url).start()
     server_ep = topics.client_endpoint("t", "op")
     holders: list[str] = []
     server = BlobServer(server_t, server_ep, max_uploads=2, peer_holders=lambda sha: len(holders))
     server_t.subscribe(topics.inbox_filter(server_ep, "cmd"), server.handle)
-    nodes = [_blob_node(mosquitto.url, tmp_path, n) for n in ("peer", "new")]
+    nodes = [_blob_node(mosquitto.url, tmp_path, n) for n in ("peer", "new", "stranded")]
     try:
         cs = 64 * 1024
         data = os.urandom(24 * cs)
         sha = server.add(data)
         spec = TransferSpec(sha, len(data), cs, chunk_digests(data, cs))
-        (_, peer_ep, peer_store, peer, peer_server), (_, _, new_store, new, _) = nodes
+        (_, peer_ep, peer_store, peer, peer_server), (_, _, new_store, new, _), (_, _, lost_store, lost, _) = nodes
         peer.fetch(spec, [server_ep], timeout=60)        # nobody holds it yet: the operator seeds the peer
         assert server.served_bytes == len(data)
         holders.append(peer_ep)                          # what the peer's next state tells the operator
@@ -313,6 +319,11 @@ def test_a_seeder_sends_new_requesters_to_peers_that_hold_the_blob(mosquitto, tm
         assert new_store.get(sha) == data
         assert server.served_bytes == len(data), "the second copy came from the peer, not the operator"
         assert peer_server.served_bytes == len(data) and server.busy_refusals >= 1
+
+        peer_server.budget = 0                           # the peer now answers nothing (unreachable)
+        lost.fetch(spec, [server_ep], timeout=60, more_sources=lambda: holders)
+        assert lost_store.get(sha) == data
+        assert server.served_bytes == 2 * len(data), "after its patience ran out the operator served it"
 
     finally:
         server.close()

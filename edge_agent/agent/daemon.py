@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import queue
 import signal
 import threading
@@ -33,7 +34,7 @@ from edge_agent.agent.backend import Backend
 from edge_agent.agent.capability import cores, cpu_isa, measure_gflops, ram_mb, rechecks_due
 from edge_agent.agent.handlers import AgentHandlers, ManifestNote, StreamNote
 from edge_agent.agent.reconcile import Reconciler
-from edge_agent.agent.server import StageServer
+from edge_agent.agent.server import WORK_QUEUE, StageServer
 from edge_agent.agent.sources import HostedSource, SourceSpec
 from edge_agent.agent.stages import StageTable
 from edge_agent.agent.streams import StreamHost
@@ -56,6 +57,18 @@ DEFAULT_MAX_MESSAGE = 64 * 1024 * 1024
 CONTROL_INBOX = 1024     # manifests waiting for the gate
 
 
+def private_dir(path: Path) -> Path:
+    """The agent's data directory, 0700: shards, persisted manifests, the version ledger and the freshness
+    statement are for this device's user only. A directory others could read or write is tightened, loudly
+    (a local user who could replace a file there could also delete the ledger and replay an old version)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("data directory %s was open to group/others (mode %o); set it to 0700", path, mode)
+        os.chmod(path, 0o700)
+    return path
+
+
 @dataclass
 class AgentConfig:
     """Everything ``edge-agent run`` can set."""
@@ -74,6 +87,7 @@ class AgentConfig:
     heartbeat_s: float = 2.0
     keepalive_s: int = 4                 # the broker publishes the Last Will ~1.5x this after a silent death
     fetch_timeout_s: float = 300.0
+    max_queued_requests: int = WORK_QUEUE   # requests waiting for the stage worker, shared fairly by senders
     # wraps each loaded backend; the lab injects a slow-device emulation here (edge_agent.lab.device)
     wrap_backend: Callable[[Backend], Backend] | None = None
     transport_kwargs: dict = field(default_factory=dict)   # username/password/tls for the broker
@@ -104,7 +118,7 @@ class Agent:
         self.device_id = config.name
         self.source_specs = [SourceSpec.parse(text) for text in config.sources]   # bad options fail here
         self.endpoint = topics.device_endpoint(config.fleet, config.name)
-        self.data_dir = Path(config.data_dir)
+        self.data_dir = private_dir(Path(config.data_dir))
         self.store = BlobStore(self.data_dir / "blobs")
         self.counters: collections.Counter[str] = collections.Counter()
         self.started = time.time()
@@ -139,7 +153,8 @@ class Agent:
         self.fetcher = BlobFetcher(self.transport, self.endpoint, self.store, on_reject=self._reject)
         self.server = StageServer(self.device_id, config.fleet, self.transport, self.view, self.stages,
                                   self.counters, self._reject, config.max_message_bytes,
-                                  manifest_of=lambda model, version: self.reconciler.manifest_of(model, version))
+                                  manifest_of=lambda model, version: self.reconciler.manifest_of(model, version),
+                                  max_queued=config.max_queued_requests)
         self.reconciler = Reconciler(
             self.device_id, self.stages, self.view, self.store, self.fetcher, self.counters,
             threads=config.threads, backend=config.backend, wrap_backend=config.wrap_backend,

@@ -176,4 +176,4 @@ class AgentHandlers:
                         req.request_id, req.model, req.version, req.stage, sender)
             self.on_reject("unexpected_sender")
             return
-        self.server.enqueue(req)
+        self.server.enqueue(req, sender)

@@ -246,7 +246,15 @@ class Reconciler:
             if cancel.is_set():
                 raise TransferCancelled("superseded")
             self._set_status(key, status="loading", progress=1.0, **base)
-            backend = load_backend(self.store.get(sha), threads=self.threads, prefer=self.backend)
+            try:
+                data = self.store.get(sha)     # re-verified by hash: a shard changed on disk is never loaded
+            except StoreError as exc:
+                log.warning("%s; fetching it again", exc)
+                self.counters["corrupt_shard_on_disk"] += 1
+                self.fetcher.fetch(_transfer(st), self.sources_for(m, sha), timeout=self.fetch_timeout_s,
+                                   cancel=cancel, more_sources=lambda: self.sources_for(m, sha))
+                data = self.store.get(sha)
+            backend = load_backend(data, threads=self.threads, prefer=self.backend)
             if self.wrap_backend is not None:
                 backend = self.wrap_backend(backend)
             check_stage_io(backend, st)

@@ -1,14 +1,15 @@
 """The stage server: runs requests in arrival order on the installed stages, forwards each result to the
 next stage's best replica (or answers the caller), and answers retries from a de-duplication cache.
 
-It runs on its own worker thread; the MQTT handlers only put requests on its bounded queue.
+It runs on its own worker thread; the MQTT handlers only put requests on its bounded queue, which serves senders
+in turns and sheds the largest backlog first (:mod:`edge_agent.transport.fairqueue`), so one flooding identity
+cannot starve the others.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -24,13 +25,14 @@ from edge_agent.cluster.view import FleetView
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import InvalidInputError
 from edge_agent.protocol.messages import MAX_LOAD_STAGES, InferRequest, InferResult, LoadReport, Manifest
+from edge_agent.transport.fairqueue import FairQueue, Full, ShedLog
 from edge_agent.transport.mqtt import Transport
 
 log = logging.getLogger("edge_agent.agent")
 
 DEDUP_CACHE = 2048           # (request, stage) answers kept so a retry is resent, not recomputed...
 DEDUP_MAX_BYTES = 64 << 20   # ...bounded in bytes too: 2048 x 1 MiB activations would be 2 GiB
-WORK_QUEUE = 1024            # requests waiting per device before it answers "overloaded"
+WORK_QUEUE = 1024            # requests waiting per device before it answers "overloaded" (shared fairly by senders)
 MAX_REROUTES = 3             # a request passed on more often than this is answered with an error
 LOAD_REPORT_EVERY_S = 0.1
 
@@ -68,7 +70,8 @@ class StageServer:
 
     def __init__(self, device_id: str, fleet: str, transport: Transport, view: FleetView, table: StageTable,
                  counters: collections.Counter, on_reject: Callable[[str], None],
-                 max_message_bytes: int, manifest_of: Callable[[str, int], Manifest | None]) -> None:
+                 max_message_bytes: int, manifest_of: Callable[[str, int], Manifest | None],
+                 max_queued: int = WORK_QUEUE) -> None:
         self.device_id = device_id
         self.fleet = fleet
         self.transport = transport
@@ -83,7 +86,8 @@ class StageServer:
         self.errors_by_stage: collections.Counter[tuple[str, int, int]] = collections.Counter()
         self.run_ms_by_stage: dict[tuple[str, int, int], float] = {}   # EWMA per stage, for the load report
         self.on_run: Callable[[str, int, float], None] | None = None   # (model, stage, seconds): metrics
-        self.work: queue.Queue[InferRequest | None] = queue.Queue(maxsize=WORK_QUEUE)
+        self.work: FairQueue[InferRequest] = FairQueue(max_queued)
+        self._shed_log = ShedLog(log, "requests")
         self.done = DedupCache()
         self.meter = Meter()                  # completions per stage: measured rate and latency for the state
         self._last_load_pub = 0.0
@@ -99,10 +103,7 @@ class StageServer:
         return self._thread
 
     def stop(self) -> None:
-        try:
-            self.work.put_nowait(None)
-        except queue.Full:
-            pass
+        self.work.close()
 
     def queue_depth(self) -> int:
         return self.work.qsize()
@@ -127,8 +128,10 @@ class StageServer:
             return True
         return any(sender in permitted_holders(self.view, spec, k) for k in (req.stage - 1, req.stage))
 
-    def enqueue(self, req: InferRequest) -> None:
-        """Queue a request (from the network thread); answers "overloaded" when the queue is full."""
+    def enqueue(self, req: InferRequest, sender: str = "") -> None:
+        """Queue a request from ``sender`` (the writer's id from the topic; "" for this device itself) on the
+        network thread. When the queue is full, the request shed (this one, or the newest of the sender with
+        the largest backlog) is answered "overloaded"."""
         if not topics.is_endpoint(req.reply_to, self.fleet):
             log.warning("rejected request %s: reply_to %r outside fleet %s", req.request_id, req.reply_to,
                         self.fleet)
@@ -136,11 +139,19 @@ class StageServer:
             return
         self.last_request = time.monotonic()
         try:
-            self.work.put_nowait(req)
-        except queue.Full:
-            self.reply_error(req, "overloaded", f"device {self.device_id} has {WORK_QUEUE} requests queued")
+            shed = self.work.put(sender or self.device_id, req)
+        except Full as exc:
+            self._shed(req, sender, str(exc))
             return
+        if shed is not None:
+            self._shed(shed[1], shed[0], "pushed out for a sender with a smaller backlog")
         self.publish_load()
+
+    def _shed(self, req: InferRequest, sender: str, why: str) -> None:
+        self.counters["overloaded_shed"] += 1
+        self._shed_log.note(sender, why)
+        self.reply_error(req, "overloaded", f"device {self.device_id} has {self.work.qsize()} requests queued "
+                         f"({why})", quiet=True)
 
     def publish_load(self, force: bool = False) -> None:
         """Load telemetry for routing: only when the queue depth changed, at most every 100 ms."""
@@ -296,8 +307,10 @@ class StageServer:
             self.reply_error(req, "wrong_stage", f"device {self.device_id} runs stage(s) {stages} of "
                              f"{req.model}, request is for stage {req.stage}")
 
-    def reply_error(self, req: InferRequest, code: str, message: str, stage: int | None = None) -> None:
-        log.warning("request %s (%s stage %s): %s", req.request_id, req.model, req.stage, message)
+    def reply_error(self, req: InferRequest, code: str, message: str, stage: int | None = None,
+                    quiet: bool = False) -> None:
+        if not quiet:   # shed requests are logged by ShedLog, rate-limited
+            log.warning("request %s (%s stage %s): %s", req.request_id, req.model, req.stage, message)
         self.counters[f"error_{code}"] += 1
         skey = (req.model, req.version, req.stage)
         if skey in self.served_by_stage or self.table.get(skey) is not None:   # only stages it holds: bounded

@@ -39,7 +39,7 @@ def cmd_fleet_init(args: argparse.Namespace) -> int:
     from edge_agent.security.pki import init_fleet
     res = init_fleet(args.out, _csv(args.devices), fleet=args.fleet, operator=args.operator, host=args.host,
                      port=args.port, plain_port=args.plain_port, overwrite=args.overwrite,
-                     stream_topics=_csv(args.stream_topics))
+                     stream_topics=_csv(args.stream_topics), viewers=_csv(args.viewer))
     render.fleet_initialised(res)
     return 0
 

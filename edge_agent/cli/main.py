@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--plain-port", type=int, default=None, help="also a password listener on this port")
     fi.add_argument("--stream-topics", default="", metavar="FILTER,...",
                     help="topic filters outside ea/ devices may use as stream sources and sinks, e.g. cams/#")
+    fi.add_argument("--viewer", default="", metavar="NAME,...",
+                    help="read-only identities (dashboards): read states and documents, write nothing")
     fi.add_argument("--overwrite", action="store_true")
 
     p = sub.add_parser("deploy", help="deploy an ONNX model split into pipeline stages")

@@ -40,6 +40,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-discovery", action="store_true", help="do not advertise/browse mDNS")
     p.add_argument("--advertise-broker", action="store_true", help="advertise the broker URL as its host")
     p.add_argument("--max-message-mb", type=float, default=64.0, help="reject larger messages")
+    p.add_argument("--max-queued-requests", type=int, default=1024, metavar="N",
+                   help="requests waiting for the stage worker before it answers 'overloaded'; shared fairly: "
+                        "when full, the sender with the largest backlog is shed first")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the metrics endpoint (default loopback)")
     p.add_argument("--source", action="append", default=[], dest="sources", metavar="NAME=KIND:OPTIONS",

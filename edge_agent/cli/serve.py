@@ -35,6 +35,7 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
     if args.credentials:
         from edge_agent.security.pki import Credentials
         creds = Credentials.from_file(args.credentials)
+        creds.check_private(args.credentials)     # a device refuses an identity others can read
     ifaces = resolve_interfaces(args.interfaces)
     choice = resolve_broker(args.broker, args.fleet, ifaces, creds, insecure=args.insecure)
     broker, transport_kwargs = choice.url, choice.transport_kwargs
@@ -45,13 +46,17 @@ def agent_config(args: argparse.Namespace) -> AgentConfig:
                        max_message_bytes=int(args.max_message_mb * (1 << 20)), trust=trust, dev_mode=args.dev,
                        transport_kwargs=transport_kwargs, metrics_port=args.metrics_port,
                        metrics_host=args.metrics_host, recheck_every_s=args.recheck_every,
-                       sources=list(getattr(args, "sources", None) or []))
+                       sources=list(getattr(args, "sources", None) or []),
+                       max_queued_requests=getattr(args, "max_queued_requests", 1024))
 
 
 def serve_agent(cfg: AgentConfig, prepare: Callable[[Agent], None] | None = None) -> int:
     """Run an agent until SIGTERM/SIGINT. ``prepare`` sees the agent after construction, before it connects."""
+    import os
+
     from edge_agent.agent.daemon import Agent
 
+    os.umask(0o077)   # everything the daemon writes (shards, manifests, ledger) is for its own user only
     agent = Agent(cfg)
     if prepare is not None:
         prepare(agent)

@@ -9,6 +9,7 @@ as duplicates and dropped.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 import uuid
@@ -59,6 +60,7 @@ class RequestTable:
         self.dispatch = dispatch
         self.lock = threading.RLock()
         self.pending: dict[str, Pending] = {}
+        self.retried_errors: collections.Counter[str] = collections.Counter()   # retriable errors, by code
         self.stats = {"results": 0, "duplicates": 0, "retries": 0, "errors": 0, "failovers": 0,
                       "foreign_results": 0}
         self.log = RequestLog()      # finished requests: latency, errors (dashboard, metrics)
@@ -104,6 +106,7 @@ class RequestTable:
                 self.stats["duplicates"] += 1
                 return
             if not res.ok and code in RETRIABLE and time.monotonic() < p.deadline:
+                self.retried_errors[code] += 1
                 # the pipeline is changing under us (device lost, stage moving): try again shortly
                 p.last_error = f"{code}: {res.error.get('message', '')}"
                 p.next_retry = min(p.next_retry, time.monotonic() + 0.2)

@@ -12,6 +12,11 @@ from pathlib import Path
 from edge_agent.protocol import topics
 
 PBKDF2_ITERATIONS = 1000
+
+# Broker-side limits (Mosquitto 2.0.11 options; see docs/security.md, "resource exhaustion")
+MAX_PACKET_BYTES = (64 << 20) + (1 << 20)   # the agents' --max-message-bytes default plus MQTT/msgpack headers
+MAX_QUEUED_BYTES = 512 << 20                 # per client, on top of max_queued_messages
+MAX_CONNECTIONS = 1024                       # per listener: a fleet is tens to hundreds of identities
 SALT_BYTES = 12  # what mosquitto_passwd uses
 
 
@@ -67,10 +72,11 @@ def check_stream_filter(pattern: str) -> str:
     return pattern
 
 
-def acl_text(fleet: str, operator: str = "operator", stream_topics: list[str] | tuple[str, ...] = ()) -> str:
+def acl_text(fleet: str, operator: str = "operator", stream_topics: list[str] | tuple[str, ...] = (),
+             viewers: list[str] | tuple[str, ...] = ()) -> str:
     """Least-privilege ACLs for one fleet, matching :mod:`edge_agent.topics` (username == device id).
     ``stream_topics``: topic filters outside the fleet tree that devices may read (stream sources) and write
-    (stream sinks), e.g. ``cams/#``; see docs/streams.md."""
+    (stream sinks), e.g. ``cams/#``; see docs/streams.md. ``viewers``: read-only identities (dashboards)."""
     root = topics.fleet_root(topics.check_segment("fleet", fleet))
     dev = f"{root}/dev"
     ctl = f"{root}/ctl"
@@ -115,13 +121,49 @@ def acl_text(fleet: str, operator: str = "operator", stream_topics: list[str] | 
         *(["# stream sources and sinks outside the fleet tree (fleet init --stream-topics)"] + extra
           if extra else []),
         "",
-        "# The operator: everything in the fleet; the only identity that may publish deploy/#, canary/#,",
-        "# stream/# and rollout/# (devices cannot even read rollout records).",
+        "# The operator reads everything in the fleet and is the only identity that may publish deploy/#,",
+        "# canary/#, stream/#, rollout/# and the freshness statement (devices cannot even read rollout records).",
+        "# It writes only what an operator client sends: requests and shard answers into device inboxes, and",
+        "# its own client endpoints. It may NOT write a device's state, load, stream stats or results, so a",
+        "# leaked operator credential (without fleet.key) cannot fake liveness or load to steer routing.",
         f"user {topics.check_segment('operator name', operator)}",
-        f"topic readwrite {root}/#",
+        f"topic read {root}/#",
+        *[f"topic write {root}/{p}" for p in OPERATOR_WRITES],
         *[f"topic readwrite {p}" for p in stream_topics],
+        *(viewer_lines(root, viewers)),
         "",
     ])
+
+
+# What an operator client (``operator.Fleet``, the CLI, spot checks, rollouts) publishes, relative to the fleet
+# root. The sender level of device inboxes is the client's own id (random per client, not the username), so
+# it cannot be pinned to %u; devices take requests of stage 0 from anyone the broker lets write there anyway.
+OPERATOR_WRITES = ("deploy/#", "canary/#", "rollout/#", "stream/#", "fresh", "dev/+/in/+", "dev/+/cmd/+",
+                   "dev/+/blob/+", "ctl/#", "src/#")
+
+# What a read-only viewer (a dashboard) reads: the fleet's state and documents, never tensors or shards.
+VIEWER_READS = ("dev/+/state", "dev/+/load", "dev/+/streams", "deploy/#", "canary/#", "rollout/#", "stream/#",
+                "fresh")
+
+
+# What the general ``pattern`` lines (which Mosquitto applies to every user) would let a viewer write under its
+# own name; denied per viewer (Mosquitto checks a user's ``deny`` lines before anything else).
+VIEWER_DENIES = ("dev/+/in/+", "dev/+/cmd/+", "dev/+/blob/+", "dev/+/out/+", "ctl/+/out/+", "ctl/+/cmd/+",
+                 "src/#")
+
+
+def viewer_lines(root: str, viewers: list[str] | tuple[str, ...]) -> list[str]:
+    """ACL lines of read-only identities: they see states, loads and signed documents and write nothing, not
+    even what the patterns grant every identity under its own name (their session probe stays passive)."""
+    lines: list[str] = []
+    for name in viewers:
+        name = topics.check_segment("viewer name", name)
+        lines += ["", "# a read-only viewer (fleet init --viewer): reads the fleet's state, writes nothing",
+                  f"user {name}",
+                  *[f"topic deny {root}/{p}" for p in VIEWER_DENIES],
+                  *[f"topic deny {root}/dev/{name}/{kind}" for kind in ("state", "load", "streams", "probe")],
+                  *[f"topic read {root}/{p}" for p in VIEWER_READS]]
+    return lines
 
 
 def mosquitto_conf_text(out_dir: Path, *, port: int, bind: str, plain_port: int | None = None,
@@ -135,8 +177,12 @@ def mosquitto_conf_text(out_dir: Path, *, port: int, bind: str, plain_port: int 
         "set_tcp_nodelay true",
         "# the default of 1000 queued messages per client is dropped silently; shards and bursts need more",
         "max_queued_messages 100000",
+        "# ...but bounded in bytes too, so a client that stops reading cannot make the broker hold gigabytes",
+        f"max_queued_bytes {MAX_QUEUED_BYTES}",
         "max_inflight_messages 100",
         "max_keepalive 120",
+        "# no packet above the agents' own message limit (64 MiB tensors + headers); bigger ones are refused",
+        f"max_packet_size {MAX_PACKET_BYTES}",
         "persistence true",
         f"persistence_location {d / 'data'}/",
         "autosave_interval 60",
@@ -156,12 +202,17 @@ def mosquitto_conf_text(out_dir: Path, *, port: int, bind: str, plain_port: int 
               "tls_version tlsv1.2",
               "require_certificate true",
               "use_identity_as_username true",
+              "# the client id is the identity: nobody can connect under another client's id to kick it off",
+              "use_username_as_clientid true",
+              f"max_connections {MAX_CONNECTIONS}",
               "allow_anonymous false",
               f"acl_file {d / 'acl'}"]
     if plain_port is not None:
         lines += ["",
                   "# Username/password over plain TCP (for clients without TLS; see docs/security.md)",
                   f"listener {plain_port} {plain_bind or bind}",
+                  "use_username_as_clientid true",
+                  f"max_connections {MAX_CONNECTIONS}",
                   "allow_anonymous false",
                   f"password_file {d / 'passwd'}",
                   f"acl_file {d / 'acl'}"]

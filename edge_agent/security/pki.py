@@ -103,6 +103,17 @@ class Credentials:
         except TypeError as exc:
             raise FleetInitError(f"credentials file {p} is incomplete: {exc}") from None
 
+    def check_private(self, cred_path: str | os.PathLike) -> None:
+        """Refuse (like ssh) a credentials file or client key that group or others may read or write: the
+        password and the key are the device's broker identity. Raises FleetInitError saying which file."""
+        for path in (Path(cred_path), Path(self.key_file) if self.key_file else None):
+            if path is None or not path.exists():
+                continue
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077:
+                raise FleetInitError(f"{path} is accessible by group/others (mode {mode:o}): it holds the "
+                                     f"identity of '{self.username}'; run `chmod 600 {path}`")
+
     def transport_kwargs(self) -> dict:
         """``username``/``password``/``tls`` for :class:`edge_agent.transport.Transport`.
 
@@ -353,7 +364,8 @@ def init_fleet(out_dir: str | os.PathLike, devices: list[str], fleet: str = "def
                operator: str = "operator", host: str = "127.0.0.1", port: int = 8883,
                plain_port: int | None = None, overwrite: bool = False, *, bind: str | None = None,
                broker_user: str | None = None, log_file: str | os.PathLike | None = None,
-               stream_topics: list[str] | tuple[str, ...] = ()) -> FleetInitResult:
+               stream_topics: list[str] | tuple[str, ...] = (),
+               viewers: list[str] | tuple[str, ...] = ()) -> FleetInitResult:
     """Generate CA, certificates, credentials, ``passwd``, ``acl`` and ``mosquitto.conf`` in ``out_dir``.
 
     ``host`` is the address devices use to reach the broker (an IP or DNS name, put in the server
@@ -363,7 +375,8 @@ def init_fleet(out_dir: str | os.PathLike, devices: list[str], fleet: str = "def
     ``passwd`` are given to that user's group (0750/0640) and ``data/`` to the user, so the broker can
     read them after dropping privileges (``out_dir``'s parents must be traversable by it too).
     Refuses to touch a directory that already holds a fleet unless ``overwrite`` (which replaces the CA:
-    every identity must then be re-issued).
+    every identity must then be re-issued). ``viewers`` are read-only identities (dashboards): they read
+    states, loads and signed documents and may write nothing.
     """
     topics.check_segment("fleet", fleet)
     topics.check_segment("operator name", operator)
@@ -375,6 +388,11 @@ def init_fleet(out_dir: str | os.PathLike, devices: list[str], fleet: str = "def
         raise FleetInitError(f"device names repeat: {', '.join(dupes)}")
     if operator in names:
         raise FleetInitError(f"device '{operator}' has the operator's name; it would get operator rights")
+    viewer_names = [topics.check_segment("viewer name", v) for v in viewers]
+    clash = sorted(set(viewer_names) & ({operator} | set(names)))
+    if clash or len(set(viewer_names)) != len(viewer_names):
+        raise FleetInitError(f"viewer names must be unique and differ from the operator and devices: "
+                             f"{', '.join(clash) or 'repeated'}")
     if not host:
         raise FleetInitError("host (the broker address devices connect to) must not be empty")
     out = Path(out_dir).resolve()
@@ -399,12 +417,12 @@ def init_fleet(out_dir: str | os.PathLike, devices: list[str], fleet: str = "def
     plain_url = f"mqtt://{host}:{plain_port}" if plain_port is not None else ""
     passwords: dict[str, str] = {}
     creds: dict[str, Path] = {}
-    for name in [operator, *names]:
+    for name in [operator, *names, *viewer_names]:
         creds[name], passwords[name] = _issue(out, name, fleet, ca_key, ca_cert, (tls_url, plain_url), now)
     _write_crl(out, ca_key, ca_cert, {})
 
     _write_secret(out / "passwd", passwd_text(passwords).encode())
-    (out / "acl").write_text(acl_text(fleet, operator, stream_topics))
+    (out / "acl").write_text(acl_text(fleet, operator, stream_topics, viewer_names))
     conf = out / "mosquitto.conf"
     conf.write_text(mosquitto_conf_text(out, port=port, bind=bind or host, plain_port=plain_port,
                                         broker_user=broker_user,

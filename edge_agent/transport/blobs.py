@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import ProtocolError, StoreError
 from edge_agent.protocol.messages import BlobChunk, BlobRequest
+from edge_agent.transport.fairqueue import FairQueue, Full, ShedLog
 from edge_agent.transport.mqtt import Transport
 from edge_agent.transport.store import BlobStore, sha256_hex
 
@@ -42,6 +43,9 @@ UPLOAD_IDLE_S = 3.0      # a requester that asked nothing for this long no longe
 BUSY = "busy"            # the error text of a chunk refused for that reason (retry later, elsewhere)
 BUSY_BACKOFF_S = 1.0     # how long a requester leaves a busy source alone
 PEER_PATIENCE_S = 10.0   # a seeder sends a new requester to peers for this long, then serves it anyway
+STALL_S = 5.0            # a source with chunks outstanding that delivers none for this long is dropped...
+SLOW_AFTER_S = 10.0      # ...and one that, over this much time owing chunks, delivered below MIN_RATE_BPS
+MIN_RATE_BPS = 128 << 10  # ~1 Mbit/s: far below any link a shard peer should serve from, far above a trickle
 
 
 class TransferCancelled(StoreError):
@@ -67,7 +71,10 @@ class BlobServer:
         self.endpoint = endpoint
         self.store = store
         self._memory: dict[str, bytes] = {}
-        self._queue: queue.Queue[BlobRequest | None] = queue.Queue(maxsize=1024)
+        # requests wait in turns per requester (the topic's writer id): one requester flooding blob requests
+        # delays another's by one request, and its own backlog is shed first when the queue is full
+        self._queue: FairQueue[BlobRequest] = FairQueue(1024)
+        self._shed_log = ShedLog(log, "blob requests")
         self._on_reject = on_reject
         self.served_chunks = 0
         self.served_bytes = 0
@@ -98,14 +105,22 @@ class BlobServer:
                 raise ProtocolError(f"blob request from {topics.sender_of(topic)!r} for reply_to {req.reply_to!r}")
             if not 0 < req.chunk_size <= (64 << 20):
                 raise ProtocolError(f"blob request chunk size {req.chunk_size} out of range")
-            self._queue.put_nowait(req)
-        except (ProtocolError, queue.Full) as exc:
+            shed = self._queue.put(topics.sender_of(topic), req)
+            if shed is not None:
+                self._shed_log.note(shed[0], "pushed out for a requester with a smaller backlog")
+                if self._on_reject:
+                    self._on_reject("blob_request_shed")
+        except Full as exc:
+            self._shed_log.note(topics.sender_of(topic), str(exc))
+            if self._on_reject:
+                self._on_reject("blob_request_shed")
+        except ProtocolError as exc:
             log.warning("rejected blob request on %s: %s", topic, exc)
             if self._on_reject:
                 self._on_reject("blob_request")
 
     def close(self) -> None:
-        self._queue.put(None)
+        self._queue.close()
 
     def _load(self, sha: str) -> bytes | None:
         if not _is_sha(sha):
@@ -200,6 +215,10 @@ class BlobFetcher:
         self._lock = threading.Lock()
         self._on_reject = on_reject
         self.fetched_bytes = 0
+        self.stall_s = STALL_S
+        self.slow_after_s = SLOW_AFTER_S
+        self.min_rate_bps = MIN_RATE_BPS
+        self.stalled_sources = 0   # sources dropped because they stopped delivering (slow or silent peers)
 
     def deliver(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
@@ -277,6 +296,30 @@ class BlobFetcher:
         if progress:
             progress(len(have), n)
 
+        # when each source last showed progress: a good chunk, or being asked while it owed nothing. A source
+        # that owes chunks and shows none for ``stall_s`` is dropped (a peer that serves slowly or stops
+        # mid-transfer, e.g. a stolen identity claiming to hold the shard) and what it owes goes elsewhere
+        progress_at: dict[str, float] = {}
+        # and how long each source has owed chunks in total, and the bytes it delivered: a source that trickles
+        # (a chunk just inside every stall window) is dropped for its rate once it has had a fair chance
+        owing_s: dict[str, float] = {}
+        bytes_from: dict[str, int] = {}
+        last_tick = time.monotonic()
+
+        def drop(src: str, why: str, back: list[int]) -> None:
+            failures[src] = why
+            live.remove(src)
+            self.stalled_sources += 1
+            log.warning("blob %s: dropped source %s (%s); asking the others", spec.sha256[:12], src, why)
+            if self._on_reject:
+                self._on_reject("stalled_source")
+            for i in back:
+                asked.pop(i, None)
+            todo[:0] = [i for i in back if i not in todo and i not in have]
+
+        def owed(src: str) -> list[int]:
+            return [i for i, s in asked_of.items() if s == src and i in asked]
+
         def ask(indices: list[int]) -> None:
             now = time.monotonic()
             free = [s for s in live if busy_until.get(s, 0.0) <= now]
@@ -288,6 +331,8 @@ class BlobFetcher:
                     asked.pop(i, None)
                 return
             src = free[src_idx % len(free)]
+            if not owed(src):
+                progress_at[src] = now
             req = BlobRequest(spec.sha256, indices, spec.chunk_size, reply_to=self.endpoint,
                               requester=self.endpoint, nonce=nonce_of[src])
             self.transport.publish(topics.inbox(src, "cmd", topics.last_segment(self.endpoint)), req.to_bytes(), qos=1)
@@ -315,6 +360,17 @@ class BlobFetcher:
             if now > deadline:
                 raise StoreError(f"blob {spec.sha256[:12]}: transfer timed out with {len(have)}/{n} chunks "
                                  f"(sources {', '.join(sources)})")
+            tick, last_tick = now - last_tick, now
+            for src in list(live):
+                back = owed(src)
+                if not back or len(live) < 2:      # the last source is never dropped: the timeout ends that
+                    continue
+                owing_s[src] = owing_s.get(src, 0.0) + tick
+                rate = bytes_from.get(src, 0) / max(owing_s[src], 1e-9)
+                if now - progress_at.get(src, now) > self.stall_s:
+                    drop(src, f"stalled: no chunk for {self.stall_s:.0f} s with {len(back)} outstanding", back)
+                elif owing_s[src] >= self.slow_after_s and rate < self.min_rate_bps:
+                    drop(src, f"too slow: {rate / 1024:.0f} KiB/s over {owing_s[src]:.0f} s", back)
             # re-ask for chunks that went missing, then fill the window
             stale = [i for i, t in asked.items() if now - t > CHUNK_TIMEOUT]
             if stale:
@@ -376,6 +432,8 @@ class BlobFetcher:
                 continue
             have.add(idx)
             asked.pop(idx, None)
+            progress_at[src] = time.monotonic()
+            bytes_from[src] = bytes_from.get(src, 0) + len(chunk.data)
             self.fetched_bytes += len(chunk.data)
             if progress:
                 progress(len(have), n)

@@ -44,9 +44,8 @@ class BlobStore:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        (self.root / "sha256").mkdir(parents=True, exist_ok=True)
-        (self.root / "partial").mkdir(parents=True, exist_ok=True)
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        for sub in ("sha256", "partial", "tmp"):   # 0700: shards are checked by hash, but are nobody else's
+            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # ------------------------------------------------------------------ complete blobs
     def path(self, sha: str) -> Path:
@@ -123,7 +122,7 @@ class BlobStore:
             raise StoreError(f"chunk {index} of blob {sha[:12]} is corrupt: sha256 {got[:12]}, "
                              f"expected {expected_chunk_sha[:12]}")
         try:
-            fd = os.open(self._part(sha), os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = os.open(self._part(sha), os.O_WRONLY | os.O_CREAT, 0o600)
             try:
                 os.pwrite(fd, data, index * chunk_size)
             finally:
