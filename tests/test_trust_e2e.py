@@ -233,7 +233,7 @@ def test_whole_stack_over_tls_with_device_certificates_and_acls(tmp_path, keys, 
     port = free_port()
     # under /tmp, not pytest's 0700 tree: Mosquitto started as root reads its files as user mosquitto
     broker_dir = Path(tempfile.mkdtemp(prefix="ea-tls-"))
-    res = init_fleet(broker_dir, ["cam-01", "cam-02"], port=port)
+    res = init_fleet(broker_dir, ["cam-01", "cam-02", "cam-03"], port=port)   # cam-03: a stolen, idle credential
     proc = subprocess.Popen([mosquitto_available, "-c", str(res.conf_path)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.STDOUT)
     try:
@@ -248,9 +248,9 @@ def test_whole_stack_over_tls_with_device_certificates_and_acls(tmp_path, keys, 
                 f.wait_for_devices(2, timeout=60)
                 f.deploy(model, "tls", stages=2, timeout=120)
                 assert close(f.infer("tls", x), ort_run(model, x))
-            # a device identity cannot deploy: the broker drops its publish on deploy/# (ACL)
-            with Fleet(credentials=broker_dir / "cam-01.cred", key=str(keys / "fleet.key"),
-                       client_id="cam-01-op") as rogue:
+            # a device identity cannot deploy: the broker drops its publish on deploy/# (ACL). Not a running
+            # device's: one identity is one connection (the broker's client id), the two would kick each other
+            with Fleet(credentials=broker_dir / "cam-03.cred", key=str(keys / "fleet.key")) as rogue:
                 with pytest.raises(DeployError):
                     rogue.deploy(model, "rogue", stages=1, timeout=8)
     finally:
