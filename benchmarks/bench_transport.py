@@ -27,6 +27,7 @@ from benchmarks.common import (
     Latency,
     RawRelayChain,
     console,
+    cpu_of,
     fmt,
     fmt_ratio,
     parser,
@@ -81,12 +82,17 @@ def hop_latency(broker_kind: str, n_requests: int, workdir: Path, sizes: Sequenc
         with RawRelayChain(sim.broker.url, max(ks)) as raw:
             for size in sizes:
                 n = n_requests if size < (1 << 20) else max(10, n_requests // 2)
-                results.append(_hop_one_size(fleet, raw, broker_kind, size, n, ks))
+                agent_pids = [sim.devices[f"dev-{i}"].proc.pid for i in range(max(ks))]
+                relay_pids = [p.pid for p in raw.procs]
+                results.append(_hop_one_size(fleet, raw, broker_kind, size, n, ks, agent_pids, relay_pids))
     return results
 
 
 def _hop_one_size(fleet: Fleet, raw: RawRelayChain, broker_kind: str, size: int, n_requests: int,
-                  ks: Sequence[int]) -> dict[str, Any]:
+                  ks: Sequence[int], agent_pids: Sequence[int], relay_pids: Sequence[int]) -> dict[str, Any]:
+    """Latencies per K, per-hop slopes, and CPU per hop: the agents' (and the relays') CPU seconds over the
+    timed requests divided by the hops they served (a chain of K stages is K hops). Agent CPU includes their
+    background work (heartbeats, probes, load reports) over the same wall time, so it is an upper bound."""
     n_el = size // 4
     x = np.random.default_rng(size).standard_normal(n_el).astype(np.float32)
     names = {}
@@ -106,7 +112,10 @@ def _hop_one_size(fleet: Fleet, raw: RawRelayChain, broker_kind: str, size: int,
     base: dict[int, list[float]] = {k: [] for k in ks}
     run_ms: dict[int, list[float]] = {k: [] for k in ks}
     warmup = max(3, n_requests // 20)
+    cpu0 = (0.0, 0.0)
     for i in range(warmup + n_requests):
+        if i == warmup:
+            cpu0 = (cpu_of(agent_pids), cpu_of(relay_pids))
         for k in ks:
             t0 = time.perf_counter()
             _, timings = fleet.infer(names[k], {"x": x}, with_timings=True)
@@ -117,6 +126,9 @@ def _hop_one_size(fleet: Fleet, raw: RawRelayChain, broker_kind: str, size: int,
                 ours[k].append((t1 - t0) * 1e3)
                 base[k].append((t2 - t1) * 1e3)
                 run_ms[k].append(sum(t["run_ms"] for t in timings))
+    hops = n_requests * sum(ks)
+    agent_cpu_ms = (cpu_of(agent_pids) - cpu0[0]) * 1e3 / hops
+    relay_cpu_ms = (cpu_of(relay_pids) - cpu0[1]) * 1e3 / hops
     for name in names.values():
         fleet.undeploy(name)
     lo = {k: Latency.of(v) for k, v in ours.items()}
@@ -133,6 +145,8 @@ def _hop_one_size(fleet: Fleet, raw: RawRelayChain, broker_kind: str, size: int,
         "hop_ratio_p50": ratio(ours_hop, raw_hop),
         "ours_hop_p95_ms": round(ours_hop95, 4), "raw_hop_p95_ms": round(raw_hop95, 4),
         "hop_ratio_p95": ratio(ours_hop95, raw_hop95),
+        "agent_cpu_ms_per_hop": round(agent_cpu_ms, 4), "relay_cpu_ms_per_hop": round(relay_cpu_ms, 4),
+        "cpu_ratio": ratio(agent_cpu_ms, relay_cpu_ms),
     }
 
 
@@ -211,6 +225,12 @@ def print_hop(results: list[dict[str, Any]]) -> None:
             fmt_ratio(r["hop_ratio_p50"]), fmt(r["ours_hop_p95_ms"]), fmt(r["raw_hop_p95_ms"]),
             fmt_ratio(r["hop_ratio_p95"])] for r in results],
           caption="raw = paho relay processes, QoS 1, TCP_NODELAY, same broker; ratio = ours / raw")
+    table("Device CPU per pipeline hop (ms of user+system CPU, /proc/<pid>/stat over the timed requests)",
+          ["broker / activation", "agent", "raw relay", "ratio"],
+          [[f"{r['broker']} {size_label(r['payload_bytes'])}", fmt(r["agent_cpu_ms_per_hop"]),
+            fmt(r["relay_cpu_ms_per_hop"]), fmt_ratio(r["cpu_ratio"])] for r in results],
+          caption="agent = edge-agent process serving one stage (incl. its background threads); "
+                  "raw relay = a paho process forwarding the payload; 10 ms clock ticks, so many requests")
 
 
 def print_transfer(results: list[dict[str, Any]]) -> None:
