@@ -165,7 +165,9 @@ class AgentHandlers:
             self.on_reject("oversized")
             return
         try:
-            req = InferRequest.from_bytes(payload)
+            # lazy: every tensor descriptor is checked here, but only the stage's inputs become arrays (in
+            # the server); tensors carried to a later stage are re-framed from the received bytes
+            req = InferRequest.from_bytes(payload, lazy=True)
         except ProtocolError as exc:
             log.warning("rejected malformed request on %s: %s", topic, exc)
             self.on_reject("malformed_request")
@@ -176,4 +178,4 @@ class AgentHandlers:
                         req.request_id, req.model, req.version, req.stage, sender)
             self.on_reject("unexpected_sender")
             return
-        self.server.enqueue(req)
+        self.server.enqueue(req, inline_ok=True)

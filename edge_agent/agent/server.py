@@ -1,7 +1,16 @@
 """The stage server: runs requests in arrival order on the installed stages, forwards each result to the
 next stage's best replica (or answers the caller), and answers retries from a de-duplication cache.
 
-It runs on its own worker thread; the MQTT handlers only put requests on its bounded queue.
+It runs on its own worker thread; the MQTT handlers put requests on its bounded queue. One exception keeps
+the thread hand-off off the hot path: a request for a *cheap* stage (its measured run time under
+``INLINE_MAX_MS``) that arrives while the worker is idle and nothing is queued is served right on the
+network thread. That holds paho's loop for at most about that long (keepalive is seconds, the session
+probe's patience 4 s), and the order of requests is kept: the worker's lock is held for either path, and
+anything queued goes first. Stages that are slow, or not measured yet, always go to the worker.
+
+Requests arrive with their tensors as :class:`~edge_agent.protocol.messages.WireTensor` (checked, not yet
+arrays): only the stage's inputs become (zero-copy) arrays; tensors carried to a later stage are framed
+again from the received bytes. ``counters["tensors_decoded"]`` / ``["tensors_carried"]`` count both.
 """
 
 from __future__ import annotations
@@ -22,8 +31,15 @@ from edge_agent.cluster.meter import Meter
 from edge_agent.cluster.placement import permitted_holders
 from edge_agent.cluster.view import FleetView
 from edge_agent.protocol import topics
-from edge_agent.protocol.errors import InvalidInputError
-from edge_agent.protocol.messages import MAX_LOAD_STAGES, InferRequest, InferResult, LoadReport, Manifest
+from edge_agent.protocol.errors import InvalidInputError, ProtocolError
+from edge_agent.protocol.messages import (
+    MAX_LOAD_STAGES,
+    InferRequest,
+    InferResult,
+    LoadReport,
+    Manifest,
+    WireTensor,
+)
 from edge_agent.transport.mqtt import Transport
 
 log = logging.getLogger("edge_agent.agent")
@@ -33,6 +49,7 @@ DEDUP_MAX_BYTES = 64 << 20   # ...bounded in bytes too: 2048 x 1 MiB activations
 WORK_QUEUE = 1024            # requests waiting per device before it answers "overloaded"
 MAX_REROUTES = 3             # a request passed on more often than this is answered with an error
 LOAD_REPORT_EVERY_S = 0.1
+INLINE_MAX_MS = 2.0          # stages measured faster than this may run on the network thread when idle
 
 Answer = tuple[str, bytes, InferRequest | None]   # ("result" | "forward", payload, forwarded request)
 
@@ -84,6 +101,8 @@ class StageServer:
         self.run_ms_by_stage: dict[tuple[str, int, int], float] = {}   # EWMA per stage, for the load report
         self.on_run: Callable[[str, int, float], None] | None = None   # (model, stage, seconds): metrics
         self.work: queue.Queue[InferRequest | None] = queue.Queue(maxsize=WORK_QUEUE)
+        self._serving = threading.Lock()      # held while a request is served, by the worker or inline
+        self.inline_served = 0                # requests served on the network thread (see the docstring)
         self.done = DedupCache()
         self.meter = Meter()                  # completions per stage: measured rate and latency for the state
         self._last_load_pub = 0.0
@@ -127,14 +146,25 @@ class StageServer:
             return True
         return any(sender in permitted_holders(self.view, spec, k) for k in (req.stage - 1, req.stage))
 
-    def enqueue(self, req: InferRequest) -> None:
-        """Queue a request (from the network thread); answers "overloaded" when the queue is full."""
+    def enqueue(self, req: InferRequest, inline_ok: bool = False) -> None:
+        """Queue a request; answers "overloaded" when the queue is full. ``inline_ok`` (the network thread's
+        handler): serve it right here when that is cheap and nothing waits (see the module docstring)."""
         if not topics.is_endpoint(req.reply_to, self.fleet):
             log.warning("rejected request %s: reply_to %r outside fleet %s", req.request_id, req.reply_to,
                         self.fleet)
             self.on_reject("bad_reply_to")
             return
         self.last_request = time.monotonic()
+        if inline_ok and self._cheap(req) and self.work.empty() and self._serving.acquire(blocking=False):
+            try:
+                if self.work.empty():     # re-checked under the lock: the worker may have queued work meanwhile
+                    self.inline_served += 1
+                    self._serve_guarded(req)
+                    self.last_request = time.monotonic()
+                    self.publish_load()
+                    return
+            finally:
+                self._serving.release()
         try:
             self.work.put_nowait(req)
         except queue.Full:
@@ -185,22 +215,31 @@ class StageServer:
                                payload if payload is not None else req.to_bytes(), qos=1)
         return dest
 
+    def _cheap(self, req: InferRequest) -> bool:
+        """Whether the request's stage is installed here and measured to run under INLINE_MAX_MS."""
+        run_ms = self.run_ms_by_stage.get((req.model, req.version, req.stage))
+        return run_ms is not None and run_ms < INLINE_MAX_MS
+
     # ---------------------------------------------------------------------------------- serving
     def _work_loop(self) -> None:
         while True:
             req = self.work.get()
             if req is None:
                 return
-            try:
-                self.serve(req)
-            except Exception as exc:  # the worker must survive anything a request does
-                log.exception("request %s failed unexpectedly", req.request_id)
-                try:
-                    self.reply_error(req, "internal", f"{type(exc).__name__}: {exc}")
-                except Exception:
-                    log.exception("could not even answer request %s", req.request_id)
+            with self._serving:
+                self._serve_guarded(req)
             self.last_request = time.monotonic()
             self.publish_load()
+
+    def _serve_guarded(self, req: InferRequest) -> None:
+        try:
+            self.serve(req)
+        except Exception as exc:  # the worker (and the network thread) must survive anything a request does
+            log.exception("request %s failed unexpectedly", req.request_id)
+            try:
+                self.reply_error(req, "internal", f"{type(exc).__name__}: {exc}")
+            except Exception:
+                log.exception("could not even answer request %s", req.request_id)
 
     def serve(self, req: InferRequest) -> None:
         """Run one request on its stage (or resend a cached answer, or pass it on, or explain why not)."""
@@ -236,9 +275,9 @@ class StageServer:
         t_recv = time.time()
         where = f"{req.model} stage {inst.index} on {self.device_id}"
         try:
-            feeds = {name: req.tensors[name] for name in inst.stage.inputs if name in req.tensors}
+            feeds = {name: self._array(req.tensors[name]) for name in inst.stage.inputs if name in req.tensors}
             check_inputs(inst.backend.inputs, feeds, where)
-        except InvalidInputError as exc:
+        except (InvalidInputError, ProtocolError) as exc:
             self.reply_error(req, "invalid_input", str(exc))
             return None
         t0 = time.perf_counter()
@@ -262,7 +301,14 @@ class StageServer:
         if missing:
             self.reply_error(req, "run_failed", f"{where}: tensors {missing} to forward are missing")
             return None
-        forward = {n: np.asarray(env[n]) for n in carry}
+        forward = {}
+        for n in carry:
+            value = env[n]
+            if isinstance(value, WireTensor):
+                self.counters["tensors_carried"] += 1   # re-framed from the received bytes, never an array
+                forward[n] = value
+            else:
+                forward[n] = np.asarray(value)
         timings = list(req.timings) + [{"stage": inst.index, "device": self.device_id,
                                         "queue_ms": round(max(0.0, t_recv - req.sent) * 1e3, 3),
                                         "run_ms": round(run_s * 1e3, 3), "backend": inst.backend.name}]
@@ -280,6 +326,13 @@ class StageServer:
             self.reply_error(req, "no_route", f"no live device serves {req.model} v{req.version} "
                              f"stage {inst.index + 1}", stage=inst.index + 1)
         return ("forward", payload, fwd)
+
+    def _array(self, value: object) -> np.ndarray:
+        """A stage input as an array: a received WireTensor becomes a zero-copy view (and is counted)."""
+        if isinstance(value, WireTensor):
+            self.counters["tensors_decoded"] += 1
+            return value.array()
+        return np.asarray(value)
 
     def _not_served(self, req: InferRequest) -> None:
         served = self.table.served()

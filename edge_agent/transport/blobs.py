@@ -60,6 +60,9 @@ class BlobServer:
         self.endpoint = endpoint
         self.store = store
         self._memory: dict[str, bytes] = {}
+        # store blobs verified by this server, by (size, mtime): each is hashed once, not on every request
+        # (a request names up to a window of chunks; re-reading a 100 MiB shard per window was the cost)
+        self._verified: dict[str, tuple[int, int]] = {}
         self._queue: queue.Queue[BlobRequest | None] = queue.Queue(maxsize=1024)
         self._on_reject = on_reject
         self.served_chunks = 0
@@ -100,17 +103,29 @@ class BlobServer:
     def close(self) -> None:
         self._queue.put(None)
 
-    def _load(self, sha: str) -> bytes | None:
+    def _load(self, sha: str) -> _Source | None:
+        """The bytes (memory) or a reader (store, verified once while unchanged) of a blob held here."""
         if not _is_sha(sha):
             return None   # answered with "not held here"
         data = self._memory.get(sha)
-        if data is None and self.store is not None and self.store.has(sha):
-            try:
-                data = self.store.get(sha)
-            except StoreError as exc:
-                log.warning("cannot serve blob: %s", exc)
-                return None
-        return data
+        if data is not None:
+            return _Source(len(data), lambda off, n: memoryview(data)[off:off + n])
+        if self.store is None:
+            return None
+        store = self.store
+        try:
+            st = store.path(sha).stat()
+            stamp = (st.st_size, st.st_mtime_ns)
+            if self._verified.get(sha) != stamp:
+                store.get(sha)              # verifies (a corrupt blob is removed and reported)
+                self._verified[sha] = stamp
+        except FileNotFoundError:
+            return None
+        except StoreError as exc:
+            self._verified.pop(sha, None)
+            log.warning("cannot serve blob: %s", exc)
+            return None
+        return _Source(stamp[0], lambda off, n: store.read_range(sha, off, n))
 
     def _run(self) -> None:
         while True:
@@ -150,16 +165,32 @@ class BlobServer:
                 if self.budget <= 0:
                     continue   # an interrupted source: the request goes unanswered
                 self.budget -= 1
-            if data is None or not isinstance(idx, int) or cs <= 0 or idx < 0 or idx * cs >= max(len(data), 1):
+            if data is None or not isinstance(idx, int) or cs <= 0 or idx < 0 or idx * cs >= max(data.size, 1):
                 msg = BlobChunk(req.sha256, int(idx) if isinstance(idx, int) else -1, 0, cs,
                                 sender=self.endpoint, nonce=req.nonce,
                                 error="not held here" if data is None else f"no chunk {idx}")
             else:
-                msg = BlobChunk(req.sha256, idx, len(data), cs, memoryview(data)[idx * cs:(idx + 1) * cs],
-                                sender=self.endpoint, nonce=req.nonce)
-                self.served_chunks += 1
-                self.served_bytes += len(msg.data)
+                try:
+                    chunk = data.read(idx * cs, cs)
+                except StoreError as exc:   # removed meanwhile (a newer deployment pruned it)
+                    log.warning("cannot serve chunk %d: %s", idx, exc)
+                    chunk, data = None, None
+                if chunk is None:
+                    msg = BlobChunk(req.sha256, idx, 0, cs, sender=self.endpoint, nonce=req.nonce,
+                                    error="not held here")
+                else:
+                    msg = BlobChunk(req.sha256, idx, data.size, cs, chunk, sender=self.endpoint, nonce=req.nonce)
+                    self.served_chunks += 1
+                    self.served_bytes += len(chunk)
             self.transport.publish(dest, msg.to_bytes(), qos=1)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """A blob a server holds: its size and how to read a range of it."""
+
+    size: int
+    read: Callable[[int, int], bytes | memoryview]
 
 
 @dataclass
