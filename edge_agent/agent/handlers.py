@@ -6,6 +6,7 @@ to the control thread's inbox (where the trust gate runs), states and loads into
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from edge_agent.protocol.streams import StreamSpec, validate_stream
 log = logging.getLogger("edge_agent.agent")
 
 Handler = Callable[[str, bytes, bool], None]
+ENV_PROFILE = "EDGE_AGENT_PROFILE"   # a file path: cProfile the request handler (and the inline serving) into it
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class AgentHandlers:
         self.kick = kick
         self.on_reject = on_reject
         self.max_message_bytes = max_message_bytes
+        profile_to = os.environ.get(ENV_PROFILE)
+        if profile_to:
+            self.on_infer = _profiled(self.on_infer, f"{profile_to}.{device_id}")  # type: ignore[method-assign]
 
     def guard(self, handler: Handler) -> Handler:
         """Wrap a handler with the message size limit."""
@@ -179,3 +184,21 @@ class AgentHandlers:
             self.on_reject("unexpected_sender")
             return
         self.server.enqueue(req, inline_ok=True)
+
+
+def _profiled(handler: Handler, path: str) -> Handler:
+    """``handler`` under cProfile (a diagnostic, see ENV_PROFILE): the stats are written to ``path`` at exit
+    (``python -m pstats PATH``). Only the calls of this handler are profiled, on the thread that runs them."""
+    import atexit
+    import cProfile
+
+    prof = cProfile.Profile()
+    atexit.register(prof.dump_stats, path)
+
+    def wrapped(topic: str, payload: bytes, retained: bool) -> None:
+        prof.enable()
+        try:
+            handler(topic, payload, retained)
+        finally:
+            prof.disable()
+    return wrapped

@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -52,6 +53,17 @@ LOAD_REPORT_EVERY_S = 0.1
 INLINE_MAX_MS = 2.0          # stages measured faster than this may run on the network thread when idle
 
 Answer = tuple[str, bytes, InferRequest | None]   # ("result" | "forward", payload, forwarded request)
+
+
+class _Where(NamedTuple):
+    """"<model> stage <i> on <device>" for error messages, formatted only when one is raised."""
+
+    model: str
+    stage: int
+    device: str
+
+    def __str__(self) -> str:
+        return f"{self.model} stage {self.stage} on {self.device}"
 
 
 class DedupCache:
@@ -273,10 +285,10 @@ class StageServer:
 
     def _run(self, req: InferRequest, inst: InstalledStage) -> Answer | None:
         t_recv = time.time()
-        where = f"{req.model} stage {inst.index} on {self.device_id}"
+        where = _Where(req.model, inst.index, self.device_id)   # formatted only into an error message
         try:
             feeds = {name: self._array(req.tensors[name]) for name in inst.stage.inputs if name in req.tensors}
-            check_inputs(inst.backend.inputs, feeds, where)
+            check_inputs(inst.backend.inputs, feeds, where)  # type: ignore[arg-type]
         except (InvalidInputError, ProtocolError) as exc:
             self.reply_error(req, "invalid_input", str(exc))
             return None

@@ -98,11 +98,19 @@ def decode_frame(payload: bytes | bytearray | memoryview, max_bytes: int | None 
 
 # --------------------------------------------------------------------------------------------- tensors
 
-def _tensor_meta(name: str, arr: np.ndarray) -> dict[str, Any]:
-    dt = arr.dtype.name
-    if dt not in WIRE_DTYPES:
-        raise ProtocolError(f"tensor '{name}': dtype {arr.dtype} cannot be sent (supported: {', '.join(WIRE_DTYPES)})")
-    return {"n": name, "d": dt, "s": [int(x) for x in arr.shape], "l": int(arr.nbytes)}
+# wire name by dtype: a dict lookup per tensor, where ``dtype.name`` costs microseconds (Python code in numpy 2)
+_WIRE_NAME: dict[np.dtype, str] = {dt: name for name, dt in WIRE_DTYPES.items()}
+
+
+def _wire_array(name: str, arr: np.ndarray) -> tuple[str, np.ndarray]:
+    """The wire dtype name of ``arr`` and the array to send (native byte order: the wire is little-endian)."""
+    dt = _WIRE_NAME.get(arr.dtype)
+    if dt is None:
+        dt = arr.dtype.name
+        if dt not in WIRE_DTYPES:
+            raise ProtocolError(f"tensor '{name}': dtype {arr.dtype} cannot be sent (supported: {', '.join(WIRE_DTYPES)})")
+        arr = arr.astype(WIRE_DTYPES[dt])   # e.g. a big-endian array: its values, in the wire's byte order
+    return dt, arr
 
 
 class WireTensor:
@@ -247,11 +255,12 @@ class Message:
                 tlist = []
                 for name, arr in (value or {}).items():
                     if isinstance(arr, WireTensor):   # carried as received: its bytes, no array
-                        meta = {"n": name, "d": arr.dtype.name, "s": list(arr.shape), "l": arr.data.nbytes}
+                        meta = {"n": name, "d": _WIRE_NAME[arr.dtype], "s": list(arr.shape), "l": arr.data.nbytes}
                         buf = arr.data
                     else:
                         arr = np.asarray(arr, order="C")   # keeps rank 0 (ascontiguousarray would make it 1-d)
-                        meta = _tensor_meta(name, arr)
+                        dt, arr = _wire_array(name, arr)
+                        meta = {"n": name, "d": dt, "s": [int(x) for x in arr.shape], "l": int(arr.nbytes)}
                         buf = memoryview(arr).cast("B") if arr.nbytes else memoryview(b"")
                     tlist.append(meta)
                     metas.append(meta)

@@ -31,7 +31,8 @@ from edge_agent.transport.store import BlobStore, sha256_hex
 
 log = logging.getLogger("edge_agent.blobs")
 
-WINDOW = 16              # chunks in flight per transfer (16 x 256 KiB = 4 MiB)
+WINDOW = 32              # chunks in flight per transfer (32 x 256 KiB = 8 MiB): 16 left the pipe idle at times
+REFILL = WINDOW // 4     # ask for more once this many slots are free (one request per few chunks, not per chunk)
 CHUNK_TIMEOUT = 5.0      # re-ask for a chunk not seen within this many seconds
 MAX_REQUEST_CHUNKS = 64  # a single request may name at most this many chunks
 MAX_BAD_COPIES = 5       # a chunk that fails verification this many times ends the transfer
@@ -340,7 +341,7 @@ class BlobFetcher:
                 last_look = now
                 look_again()
             room = WINDOW - len(asked)
-            if room > 0 and todo:
+            if room > 0 and todo and (room >= REFILL or len(todo) <= room):
                 batch, todo = todo[:room], todo[room:]
                 ask(batch)
             try:
