@@ -3,10 +3,11 @@ next stage's best replica (or answers the caller), and answers retries from a de
 
 It runs on its own worker thread; the MQTT handlers put requests on its bounded queue. One exception keeps
 the thread hand-off off the hot path: a request for a *cheap* stage (its measured run time under
-``INLINE_MAX_MS``) that arrives while the worker is idle and nothing is queued is served right on the
-network thread. That holds paho's loop for at most about that long (keepalive is seconds, the session
-probe's patience 4 s), and the order of requests is kept: the worker's lock is held for either path, and
-anything queued goes first. Stages that are slow, or not measured yet, always go to the worker.
+``INLINE_MAX_MS``, on requests at least as large) that arrives while the worker is idle and nothing is
+queued is served right on the network thread (``counters["served_inline"]``). That holds paho's loop for
+at most about that long (keepalive is seconds, the session probe's patience 4 s), and the order of
+requests is kept: the worker's lock is held for either path, and anything queued goes first. Stages that
+are slow, or not measured yet, always go to the worker.
 
 Requests arrive with their tensors as :class:`~edge_agent.protocol.messages.WireTensor` (checked, not yet
 arrays): only the stage's inputs become (zero-copy) arrays; tensors carried to a later stage are framed
@@ -66,6 +67,10 @@ class _Where(NamedTuple):
         return f"{self.model} stage {self.stage} on {self.device}"
 
 
+def _tensor_bytes(req: InferRequest) -> int:
+    return sum(getattr(t, "nbytes", 0) for t in req.tensors.values())
+
+
 class DedupCache:
     """Answers already produced, by (request id, stage), bounded in count and in bytes (oldest out first)."""
 
@@ -115,6 +120,7 @@ class StageServer:
         self.work: queue.Queue[InferRequest | None] = queue.Queue(maxsize=WORK_QUEUE)
         self._serving = threading.Lock()      # held while a request is served, by the worker or inline
         self.inline_served = 0                # requests served on the network thread (see the docstring)
+        self._timed_bytes: dict[tuple[str, int, int], int] = {}   # largest request each stage was timed on
         self.done = DedupCache()
         self.meter = Meter()                  # completions per stage: measured rate and latency for the state
         self._last_load_pub = 0.0
@@ -171,6 +177,7 @@ class StageServer:
             try:
                 if self.work.empty():     # re-checked under the lock: the worker may have queued work meanwhile
                     self.inline_served += 1
+                    self.counters["served_inline"] += 1
                     self._serve_guarded(req)
                     self.last_request = time.monotonic()
                     self.publish_load()
@@ -228,9 +235,12 @@ class StageServer:
         return dest
 
     def _cheap(self, req: InferRequest) -> bool:
-        """Whether the request's stage is installed here and measured to run under INLINE_MAX_MS."""
-        run_ms = self.run_ms_by_stage.get((req.model, req.version, req.stage))
-        return run_ms is not None and run_ms < INLINE_MAX_MS
+        """Whether the request's stage is measured to run under INLINE_MAX_MS, on requests at least as large
+        as this one (a stage with dynamic shapes may get a far larger request than those it was timed on)."""
+        key = (req.model, req.version, req.stage)
+        run_ms = self.run_ms_by_stage.get(key)
+        return (run_ms is not None and run_ms < INLINE_MAX_MS
+                and _tensor_bytes(req) <= self._timed_bytes.get(key, -1))
 
     # ---------------------------------------------------------------------------------- serving
     def _work_loop(self) -> None:
@@ -304,6 +314,7 @@ class StageServer:
         self.served_by_stage[skey] += 1
         prev = self.run_ms_by_stage.get(skey)
         self.run_ms_by_stage[skey] = run_s * 1e3 if prev is None else 0.8 * prev + 0.2 * run_s * 1e3
+        self._timed_bytes[skey] = max(self._timed_bytes.get(skey, 0), _tensor_bytes(req))
         if self.on_run is not None:
             self.on_run(req.model, inst.index, run_s)
         env = dict(req.tensors)
