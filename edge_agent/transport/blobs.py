@@ -267,6 +267,7 @@ class BlobFetcher:
             return self._fetch(spec, sources, q, max(0.0, deadline - time.monotonic()), progress, cancel,
                                more_sources)
         finally:
+            self.store.release(spec.sha256)
             with self._lock:
                 self._active.pop(spec.sha256, None)
                 self._done_events.pop(spec.sha256, None)

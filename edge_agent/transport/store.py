@@ -22,6 +22,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from edge_agent.protocol.errors import StoreError
 
@@ -58,11 +59,12 @@ class _PrefixHash:
 
 
 class BlobStore:
-    """Blobs by sha256 under ``root``; safe for one writer process per data dir."""
+    """Blobs by sha256 under ``root``; safe for one writer (one BlobStore object) per data dir."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self._prefix: dict[str, _PrefixHash] = {}
+        self._handles: dict[str, tuple[int, TextIO]] = {}   # open partial file + index per blob being received
         self.full_rehashes = 0     # assembles that had to read the whole partial file again (resumed blobs)
         (self.root / "sha256").mkdir(parents=True, exist_ok=True)
         (self.root / "partial").mkdir(parents=True, exist_ok=True)
@@ -155,16 +157,35 @@ class BlobStore:
             raise StoreError(f"chunk {index} of blob {sha[:12]} is corrupt: sha256 {got[:12]}, "
                              f"expected {expected_chunk_sha[:12]}")
         try:
-            fd = os.open(self._part(sha), os.O_WRONLY | os.O_CREAT, 0o644)
-            try:
-                os.pwrite(fd, data, index * chunk_size)
-            finally:
-                os.close(fd)
-            with open(self._idx(sha), "a") as f:
-                f.write(f"{index}\n")
+            fd, idx = self._open_partial(sha)
+            os.pwrite(fd, data, index * chunk_size)
+            idx.write(f"{index}\n")
+            idx.flush()                # in the page cache: the index survives the process, not a power cut
             self._advance_prefix(sha, index, data, chunk_size)
         except OSError as exc:
             raise StoreError(f"cannot write chunk {index} of blob {sha[:12]}: {exc}") from None
+
+    def _open_partial(self, sha: str) -> tuple[int, TextIO]:
+        """The partial file and index of a blob being received, opened once per transfer (opening both per
+        chunk cost more than writing the chunk on a loaded machine)."""
+        handles = self._handles.get(sha)
+        if handles is None:
+            fd = os.open(self._part(sha), os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                idx = open(self._idx(sha), "a")  # noqa: SIM115 - kept open until assemble/release
+            except OSError:
+                os.close(fd)
+                raise
+            handles = self._handles[sha] = (fd, idx)
+        return handles
+
+    def release(self, sha: str) -> None:
+        """Close the partial file of a blob no longer being received (the fetcher calls it when a transfer
+        ends, finished or not); the received chunks stay on disk for a later resume."""
+        handles = self._handles.pop(sha, None)
+        if handles is not None:
+            os.close(handles[0])
+            handles[1].close()
 
     def _advance_prefix(self, sha: str, index: int, data: bytes | memoryview, chunk_size: int) -> None:
         """Feed a just-written chunk to the running whole-blob hash (see the module docstring)."""
@@ -201,6 +222,7 @@ class BlobStore:
         if missing:
             raise StoreError(f"blob {sha[:12]}: chunks {missing[:8]} missing")
         part = self._part(sha)
+        self.release(sha)
         st = self._prefix.pop(sha, None)
         complete = (st is not None and st.next == n_chunks and not st.ahead
                     and (chunk_size is None or st.chunk_size == chunk_size))
@@ -227,6 +249,7 @@ class BlobStore:
         return sha
 
     def _drop_partial(self, sha: str) -> None:
+        self.release(sha)
         self._prefix.pop(sha, None)
         self._part(sha).unlink(missing_ok=True)
         self._idx(sha).unlink(missing_ok=True)
