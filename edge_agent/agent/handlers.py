@@ -1,6 +1,7 @@
 """MQTT handlers of the agent: decode, check the structure, and hand over. They run on paho's network
-thread, so they never block, write files or run models: requests go to the stage server's queue, manifests
-to the control thread's inbox (where the trust gate runs), states and loads into the fleet view.
+thread, so they never block, write files or run slow models: requests go to the stage server (which
+serves one of a stage measured as cheap right away when it is idle, else queues it), manifests to the
+control thread's inbox (where the trust gate runs), states and loads into the fleet view.
 """
 
 from __future__ import annotations
