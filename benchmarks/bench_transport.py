@@ -6,6 +6,8 @@
    Both are measured interleaved (ours K=1, raw K=1, ours K=2, ...) so background load hits both alike.
 2. Shard transfer: BlobServer -> BlobFetcher (256 KiB chunks, each verified, written to a temp dir, then
    assembled and verified) against a raw one-way bulk publish of the same bytes in 256 KiB QoS 1 messages.
+   On both sides the sender is a separate process (as an operator or peer is to a device), the receiver
+   this one.
 
 ``python -m benchmarks transport [--quick] [--json out.json] [--brokers mosquitto,embedded]``
 """
@@ -13,7 +15,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,9 +28,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.common import (
+    Helper,
     Latency,
     RawRelayChain,
+    bulk_data,
     console,
+    cpu_of,
     fmt,
     fmt_ratio,
     parser,
@@ -43,7 +50,7 @@ from edge_agent.protocol import topics
 from edge_agent.transport.blobs import BlobFetcher, BlobServer, TransferSpec
 from edge_agent.transport.broker import Broker, find_mosquitto
 from edge_agent.transport.mqtt import Transport
-from edge_agent.transport.store import CHUNK_SIZE, BlobStore, chunk_digests
+from edge_agent.transport.store import CHUNK_SIZE, BlobStore, chunk_digests, sha256_hex
 
 HOP_SIZES = (4096, 1 << 20)
 KS = (1, 2, 3)
@@ -81,12 +88,17 @@ def hop_latency(broker_kind: str, n_requests: int, workdir: Path, sizes: Sequenc
         with RawRelayChain(sim.broker.url, max(ks)) as raw:
             for size in sizes:
                 n = n_requests if size < (1 << 20) else max(10, n_requests // 2)
-                results.append(_hop_one_size(fleet, raw, broker_kind, size, n, ks))
+                agent_pids = [sim.devices[f"dev-{i}"].proc.pid for i in range(max(ks))]
+                relay_pids = [p.pid for p in raw.procs]
+                results.append(_hop_one_size(fleet, raw, broker_kind, size, n, ks, agent_pids, relay_pids))
     return results
 
 
 def _hop_one_size(fleet: Fleet, raw: RawRelayChain, broker_kind: str, size: int, n_requests: int,
-                  ks: Sequence[int]) -> dict[str, Any]:
+                  ks: Sequence[int], agent_pids: Sequence[int], relay_pids: Sequence[int]) -> dict[str, Any]:
+    """Latencies per K, per-hop slopes, and CPU per hop: the agents' (and the relays') CPU seconds over the
+    timed requests divided by the hops they served (a chain of K stages is K hops). Agent CPU includes their
+    background work (heartbeats, probes, load reports) over the same wall time, so it is an upper bound."""
     n_el = size // 4
     x = np.random.default_rng(size).standard_normal(n_el).astype(np.float32)
     names = {}
@@ -106,7 +118,10 @@ def _hop_one_size(fleet: Fleet, raw: RawRelayChain, broker_kind: str, size: int,
     base: dict[int, list[float]] = {k: [] for k in ks}
     run_ms: dict[int, list[float]] = {k: [] for k in ks}
     warmup = max(3, n_requests // 20)
+    cpu0 = (0.0, 0.0)
     for i in range(warmup + n_requests):
+        if i == warmup:
+            cpu0 = (cpu_of(agent_pids), cpu_of(relay_pids))
         for k in ks:
             t0 = time.perf_counter()
             _, timings = fleet.infer(names[k], {"x": x}, with_timings=True)
@@ -117,6 +132,9 @@ def _hop_one_size(fleet: Fleet, raw: RawRelayChain, broker_kind: str, size: int,
                 ours[k].append((t1 - t0) * 1e3)
                 base[k].append((t2 - t1) * 1e3)
                 run_ms[k].append(sum(t["run_ms"] for t in timings))
+    hops = n_requests * sum(ks)
+    agent_cpu_ms = (cpu_of(agent_pids) - cpu0[0]) * 1e3 / hops
+    relay_cpu_ms = (cpu_of(relay_pids) - cpu0[1]) * 1e3 / hops
     for name in names.values():
         fleet.undeploy(name)
     lo = {k: Latency.of(v) for k, v in ours.items()}
@@ -133,54 +151,66 @@ def _hop_one_size(fleet: Fleet, raw: RawRelayChain, broker_kind: str, size: int,
         "hop_ratio_p50": ratio(ours_hop, raw_hop),
         "ours_hop_p95_ms": round(ours_hop95, 4), "raw_hop_p95_ms": round(raw_hop95, 4),
         "hop_ratio_p95": ratio(ours_hop95, raw_hop95),
+        "agent_cpu_ms_per_hop": round(agent_cpu_ms, 4), "relay_cpu_ms_per_hop": round(relay_cpu_ms, 4),
+        "cpu_ratio": ratio(agent_cpu_ms, relay_cpu_ms),
     }
 
 
 # ---------------------------------------------------------------------------------------------- transfer
 def shard_transfer(broker_kind: str, workdir: Path, sizes: Sequence[int] = TRANSFER_SIZES,
                    repeats: int = 2) -> list[dict[str, Any]]:
-    """MiB/s of BlobServer -> BlobFetcher and of a raw bulk publish, median of ``repeats`` runs each."""
+    """MiB/s of BlobServer (another process) -> BlobFetcher and of a raw bulk publish (another process),
+    median of ``repeats`` runs each."""
     results = []
     with Broker.start(broker_kind, workdir=str(workdir / f"xfer-{broker_kind}")) as broker:
-        server_t = Transport(broker.url).start()
         client_t = Transport(broker.url).start()
         server_ep = topics.client_endpoint("bench", "server")
         client_ep = topics.device_endpoint("bench", "client")
-        server = BlobServer(server_t, server_ep)
-        server_t.subscribe(topics.inbox_filter(server_ep, "cmd"), server.handle)
         try:
-            for size in sizes:
-                data = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
-                sha = server.add(data)
-                spec = TransferSpec(sha, size, CHUNK_SIZE, chunk_digests(data, CHUNK_SIZE))
-                ours_s, raw_s = [], []
-                for _ in range(repeats):
-                    with tempfile.TemporaryDirectory(prefix="ea-bench-store-", dir=workdir) as tmp:
-                        store = BlobStore(tmp)
-                        fetcher = BlobFetcher(client_t, client_ep, store)
-                        client_t.subscribe(topics.inbox_filter(client_ep, "blob"), fetcher.deliver)
-                        t0 = time.perf_counter()
-                        fetcher.fetch(spec, [server_ep], timeout=300)
-                        ours_s.append(time.perf_counter() - t0)
-                        if store.path(sha).stat().st_size != size:
-                            raise RuntimeError(f"blob transfer of {size} bytes stored the wrong size")
-                        client_t.unsubscribe(topics.inbox_filter(client_ep, "blob"))
-                    raw_s.append(raw_bulk_transfer(broker.url, size, CHUNK_SIZE))
-                store_s = _store_only(data, spec, workdir)
-                mib = size / (1 << 20)
-                ours_mibs = mib / float(np.median(ours_s))
-                raw_mibs = mib / float(np.median(raw_s))
-                results.append({"broker": broker_kind, "bytes": size, "chunk_bytes": CHUNK_SIZE, "repeats": repeats,
-                                "ours_mib_s": round(ours_mibs, 2), "raw_mib_s": round(raw_mibs, 2),
-                                "ratio": ratio(ours_mibs, raw_mibs),
-                                "store_only_mib_s": round(mib / store_s, 2),
-                                "ours_seconds": [round(s, 4) for s in ours_s],
-                                "raw_seconds": [round(s, 4) for s in raw_s]})
+            with Helper(broker.url, "benchmarks.bench_transport", "serve", [server_ep, *map(str, sizes)]):
+                for size in sizes:
+                    data = bulk_data(size)
+                    sha = sha256_hex(data)
+                    spec = TransferSpec(sha, size, CHUNK_SIZE, chunk_digests(data, CHUNK_SIZE))
+                    ours_s, raw_s = [], []
+                    for _ in range(repeats):
+                        with tempfile.TemporaryDirectory(prefix="ea-bench-store-", dir=workdir) as tmp:
+                            store = BlobStore(tmp)
+                            fetcher = BlobFetcher(client_t, client_ep, store)
+                            client_t.subscribe(topics.inbox_filter(client_ep, "blob"), fetcher.deliver)
+                            t0 = time.perf_counter()
+                            fetcher.fetch(spec, [server_ep], timeout=300)
+                            ours_s.append(time.perf_counter() - t0)
+                            if store.path(sha).stat().st_size != size:
+                                raise RuntimeError(f"blob transfer of {size} bytes stored the wrong size")
+                            client_t.unsubscribe(topics.inbox_filter(client_ep, "blob"))
+                        raw_s.append(raw_bulk_transfer(broker.url, size, CHUNK_SIZE))
+                    store_s = _store_only(data, spec, workdir)
+                    mib = size / (1 << 20)
+                    ours_mibs = mib / float(np.median(ours_s))
+                    raw_mibs = mib / float(np.median(raw_s))
+                    results.append({"broker": broker_kind, "bytes": size, "chunk_bytes": CHUNK_SIZE,
+                                    "repeats": repeats, "ours_mib_s": round(ours_mibs, 2),
+                                    "raw_mib_s": round(raw_mibs, 2), "ratio": ratio(ours_mibs, raw_mibs),
+                                    "store_only_mib_s": round(mib / store_s, 2),
+                                    "ours_seconds": [round(x, 4) for x in ours_s],
+                                    "raw_seconds": [round(x, 4) for x in raw_s]})
         finally:
-            server.close()
-            server_t.close()
             client_t.close()
     return results
+
+
+def serve_main(argv: Sequence[str]) -> None:
+    """``serve URL READY ENDPOINT SIZE...``: a BlobServer process holding ``bulk_data(SIZE)`` for each size
+    (the sender of the shard transfer benchmark, as an operator or a peer device is)."""
+    url, ready, endpoint, *sizes = argv
+    t = Transport(url).start()
+    server = BlobServer(t, endpoint, max_uploads=None)
+    for size in sizes:
+        server.add(bulk_data(int(size)))
+    t.subscribe(topics.inbox_filter(endpoint, "cmd"), server.handle)
+    t.publish(ready, b"1").wait_for_publish(10)   # after the SUBSCRIBE on the same connection: in force
+    threading.Event().wait()
 
 
 def _store_only(data: bytes, spec: TransferSpec, workdir: Path) -> float:
@@ -211,6 +241,12 @@ def print_hop(results: list[dict[str, Any]]) -> None:
             fmt_ratio(r["hop_ratio_p50"]), fmt(r["ours_hop_p95_ms"]), fmt(r["raw_hop_p95_ms"]),
             fmt_ratio(r["hop_ratio_p95"])] for r in results],
           caption="raw = paho relay processes, QoS 1, TCP_NODELAY, same broker; ratio = ours / raw")
+    table("Device CPU per pipeline hop (ms of user+system CPU, /proc/<pid>/stat over the timed requests)",
+          ["broker / activation", "agent", "raw relay", "ratio"],
+          [[f"{r['broker']} {size_label(r['payload_bytes'])}", fmt(r["agent_cpu_ms_per_hop"]),
+            fmt(r["relay_cpu_ms_per_hop"]), fmt_ratio(r["cpu_ratio"])] for r in results],
+          caption="agent = edge-agent process serving one stage (incl. its background threads); "
+                  "raw relay = a paho process forwarding the payload; 10 ms clock ticks, so many requests")
 
 
 def print_transfer(results: list[dict[str, Any]]) -> None:
@@ -255,4 +291,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) >= 2 and sys.argv[1] == "serve":
+        serve_main(sys.argv[2:])
+    else:
+        main()

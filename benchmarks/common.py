@@ -123,6 +123,22 @@ def ratio(ours: float, base: float) -> float | None:
     return float(ours / base) if base > 0 else None
 
 
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a live process has used, from /proc/<pid>/stat; 0.0 where
+    there is no /proc. The clock ticks are 10 ms, so use it over many requests, not one."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()   # after "pid (comm) ": state is field 3, utime 14, stime 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pids: Sequence[int]) -> float:
+    """Summed CPU seconds of ``pids`` (see :func:`process_cpu_s`)."""
+    return sum(process_cpu_s(p) for p in pids)
+
+
 def timed(fn: Callable[[], object], n: int, warmup: int = 5) -> list[float]:
     """Call ``fn`` ``warmup`` times, then ``n`` times; the latencies of the timed calls in ms."""
     for _ in range(warmup):
@@ -325,8 +341,73 @@ class RawRelayChain:
         self.close()
 
 
+def bulk_data(nbytes: int) -> bytes:
+    """The deterministic payload of the transfer benchmarks (the same bytes in every process)."""
+    return np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
+
+
+class Helper:
+    """A benchmark helper process (``python -m MODULE CMD URL READY_TOPIC ARGS...``) that announces itself on
+    READY_TOPIC once it is subscribed; ``close`` ends it. Senders and receivers of the transfer benchmarks
+    run in different processes, as they do in a fleet (operator or peer -> device), for ours and raw alike:
+    in one process they would share one GIL, which a real sender and receiver never do."""
+
+    def __init__(self, url: str, module: str, cmd: str, args: Sequence[str], timeout: float = 30.0) -> None:
+        self.ready_topic = f"{RAW_PREFIX}/{uuid.uuid4().hex[:8]}/ready"
+        ready = threading.Event()
+        self._watch = RawClient(url, lambda msg: ready.set()).start()
+        self._watch.subscribe(self.ready_topic)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                            os.environ.get("PYTHONPATH", "")])}
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen([sys.executable, "-m", module, cmd, url, self.ready_topic, *args], env=env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._log)
+        end = time.monotonic() + timeout
+        while not ready.wait(0.1):
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self._log.seek(0)
+                err = self._log.read().decode(errors="replace")[-2000:]
+                self.close()
+                raise RuntimeError(f"benchmark helper {module} {cmd} did not come up: {err}")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._log.close()
+        self._watch.close()
+
+    def __enter__(self) -> Helper:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def bulk_publisher_main(argv: Sequence[str]) -> None:
+    """``bulkpub URL READY TOPIC TOTAL CHUNK``: on each message on ``TOPIC/go``, publish ``bulk_data(TOTAL)``
+    to TOPIC in CHUNK-byte QoS 1 messages (the raw side of the shard transfer benchmark)."""
+    url, ready, topic, total_s, chunk_s = argv
+    total, chunk = int(total_s), int(chunk_s)
+    data = bulk_data(total)
+    go = threading.Event()
+    pub = RawClient(url, lambda msg: go.set()).start()
+    pub.subscribe(f"{topic}/go")
+    pub.publish(ready, b"1").wait_for_publish(10)
+    while True:
+        go.wait()
+        go.clear()
+        for off in range(0, total, chunk):
+            pub.publish(topic, data[off:off + chunk])
+
+
 def raw_bulk_transfer(url: str, total_bytes: int, chunk_bytes: int, timeout: float = 120.0) -> float:
-    """One-way bulk transfer with raw paho (publisher -> subscriber, QoS 1); seconds until the last byte."""
+    """One-way bulk transfer with raw paho (a publisher process -> this process, QoS 1); seconds from the
+    "go" message to the last byte."""
     done = threading.Event()
     got = [0]
 
@@ -337,23 +418,22 @@ def raw_bulk_transfer(url: str, total_bytes: int, chunk_bytes: int, timeout: flo
 
     topic = f"{RAW_PREFIX}/{uuid.uuid4().hex[:8]}/bulk"
     sub = RawClient(url, on_msg).start()
-    pub = RawClient(url).start()
     try:
         sub.subscribe(topic)
-        data = np.random.default_rng(0).integers(0, 256, total_bytes, dtype=np.uint8).tobytes()
-        t0 = time.perf_counter()
-        for off in range(0, total_bytes, chunk_bytes):
-            pub.publish(topic, data[off:off + chunk_bytes])
-        if not done.wait(timeout):
-            raise TimeoutError(f"raw bulk transfer: {got[0]} of {total_bytes} bytes after {timeout} s")
-        return time.perf_counter() - t0
+        with Helper(url, "benchmarks.common", "bulkpub", [topic, str(total_bytes), str(chunk_bytes)]):
+            t0 = time.perf_counter()
+            sub.publish(f"{topic}/go", b"")
+            if not done.wait(timeout):
+                raise TimeoutError(f"raw bulk transfer: {got[0]} of {total_bytes} bytes after {timeout} s")
+            return time.perf_counter() - t0
     finally:
-        pub.close()
         sub.close()
 
 
 if __name__ == "__main__":
     if len(sys.argv) >= 2 and sys.argv[1] == "relay":
         relay_main(sys.argv[2:])
+    elif len(sys.argv) >= 2 and sys.argv[1] == "bulkpub":
+        bulk_publisher_main(sys.argv[2:])
     else:
-        sys.exit("usage: python -m benchmarks.common relay URL STAGE READY_TOPIC")
+        sys.exit("usage: python -m benchmarks.common relay URL STAGE READY_TOPIC | bulkpub URL READY TOPIC TOTAL CHUNK")

@@ -1,11 +1,13 @@
 """MQTT handlers of the agent: decode, check the structure, and hand over. They run on paho's network
-thread, so they never block, write files or run models: requests go to the stage server's queue, manifests
-to the control thread's inbox (where the trust gate runs), states and loads into the fleet view.
+thread, so they never block, write files or run slow models: requests go to the stage server (which
+serves one of a stage measured as cheap right away when it is idle, else queues it), manifests to the
+control thread's inbox (where the trust gate runs), states and loads into the fleet view.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -29,6 +31,7 @@ from edge_agent.protocol.streams import StreamSpec, validate_stream
 log = logging.getLogger("edge_agent.agent")
 
 Handler = Callable[[str, bytes, bool], None]
+ENV_PROFILE = "EDGE_AGENT_PROFILE"   # a file path: cProfile the request handler (and the inline serving) into it
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,9 @@ class AgentHandlers:
         self.kick = kick
         self.on_reject = on_reject
         self.max_message_bytes = max_message_bytes
+        profile_to = os.environ.get(ENV_PROFILE)
+        if profile_to:
+            self.on_infer = _profiled(self.on_infer, f"{profile_to}.{device_id}")  # type: ignore[method-assign]
 
     def guard(self, handler: Handler) -> Handler:
         """Wrap a handler with the message size limit."""
@@ -165,7 +171,9 @@ class AgentHandlers:
             self.on_reject("oversized")
             return
         try:
-            req = InferRequest.from_bytes(payload)
+            # lazy: every tensor descriptor is checked here, but only the stage's inputs become arrays (in
+            # the server); tensors carried to a later stage are re-framed from the received bytes
+            req = InferRequest.from_bytes(payload, lazy=True)
         except ProtocolError as exc:
             log.warning("rejected malformed request on %s: %s", topic, exc)
             self.on_reject("malformed_request")
@@ -176,4 +184,22 @@ class AgentHandlers:
                         req.request_id, req.model, req.version, req.stage, sender)
             self.on_reject("unexpected_sender")
             return
-        self.server.enqueue(req, sender)
+        self.server.enqueue(req, sender, inline_ok=True)
+
+
+def _profiled(handler: Handler, path: str) -> Handler:
+    """``handler`` under cProfile (a diagnostic, see ENV_PROFILE): the stats are written to ``path`` at exit
+    (``python -m pstats PATH``). Only the calls of this handler are profiled, on the thread that runs them."""
+    import atexit
+    import cProfile
+
+    prof = cProfile.Profile()
+    atexit.register(prof.dump_stats, path)
+
+    def wrapped(topic: str, payload: bytes, retained: bool) -> None:
+        prof.enable()
+        try:
+            handler(topic, payload, retained)
+        finally:
+            prof.disable()
+    return wrapped

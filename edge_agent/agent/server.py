@@ -1,9 +1,18 @@
 """The stage server: runs requests in arrival order on the installed stages, forwards each result to the
 next stage's best replica (or answers the caller), and answers retries from a de-duplication cache.
 
-It runs on its own worker thread; the MQTT handlers only put requests on its bounded queue, which serves senders
+It runs on its own worker thread; the MQTT handlers put requests on its bounded queue, which serves senders
 in turns and sheds the largest backlog first (:mod:`edge_agent.transport.fairqueue`), so one flooding identity
-cannot starve the others.
+cannot starve the others. One exception keeps the thread hand-off off the hot path: a request for a *cheap* stage (its measured run time under
+``INLINE_MAX_MS``, on requests at least as large) that arrives while the worker is idle and nothing is
+queued is served right on the network thread (``counters["served_inline"]``). That holds paho's loop for
+at most about that long (keepalive is seconds, the session probe's patience 4 s), and the order of
+requests is kept: the worker's lock is held for either path, and anything queued goes first. Stages that
+are slow, or not measured yet, always go to the worker.
+
+Requests arrive with their tensors as :class:`~edge_agent.protocol.messages.WireTensor` (checked, not yet
+arrays): only the stage's inputs become (zero-copy) arrays; tensors carried to a later stage are framed
+again from the received bytes. ``counters["tensors_decoded"]`` / ``["tensors_carried"]`` count both.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -23,8 +33,15 @@ from edge_agent.cluster.meter import Meter
 from edge_agent.cluster.placement import permitted_holders
 from edge_agent.cluster.view import FleetView
 from edge_agent.protocol import topics
-from edge_agent.protocol.errors import InvalidInputError
-from edge_agent.protocol.messages import MAX_LOAD_STAGES, InferRequest, InferResult, LoadReport, Manifest
+from edge_agent.protocol.errors import InvalidInputError, ProtocolError
+from edge_agent.protocol.messages import (
+    MAX_LOAD_STAGES,
+    InferRequest,
+    InferResult,
+    LoadReport,
+    Manifest,
+    WireTensor,
+)
 from edge_agent.transport.fairqueue import FairQueue, Full, ShedLog
 from edge_agent.transport.mqtt import Transport
 
@@ -35,8 +52,24 @@ DEDUP_MAX_BYTES = 64 << 20   # ...bounded in bytes too: 2048 x 1 MiB activations
 WORK_QUEUE = 1024            # requests waiting per device before it answers "overloaded" (shared fairly by senders)
 MAX_REROUTES = 3             # a request passed on more often than this is answered with an error
 LOAD_REPORT_EVERY_S = 0.1
+INLINE_MAX_MS = 2.0          # stages measured faster than this may run on the network thread when idle
 
 Answer = tuple[str, bytes, InferRequest | None]   # ("result" | "forward", payload, forwarded request)
+
+
+class _Where(NamedTuple):
+    """"<model> stage <i> on <device>" for error messages, formatted only when one is raised."""
+
+    model: str
+    stage: int
+    device: str
+
+    def __str__(self) -> str:
+        return f"{self.model} stage {self.stage} on {self.device}"
+
+
+def _tensor_bytes(req: InferRequest) -> int:
+    return sum(getattr(t, "nbytes", 0) for t in req.tensors.values())
 
 
 class DedupCache:
@@ -88,6 +121,9 @@ class StageServer:
         self.on_run: Callable[[str, int, float], None] | None = None   # (model, stage, seconds): metrics
         self.work: FairQueue[InferRequest] = FairQueue(max_queued)
         self._shed_log = ShedLog(log, "requests")
+        self._serving = threading.Lock()      # held while a request is served, by the worker or inline
+        self.inline_served = 0                # requests served on the network thread (see the docstring)
+        self._timed_bytes: dict[tuple[str, int, int], int] = {}   # largest request each stage was timed on
         self.done = DedupCache()
         self.meter = Meter()                  # completions per stage: measured rate and latency for the state
         self._last_load_pub = 0.0
@@ -128,16 +164,28 @@ class StageServer:
             return True
         return any(sender in permitted_holders(self.view, spec, k) for k in (req.stage - 1, req.stage))
 
-    def enqueue(self, req: InferRequest, sender: str = "") -> None:
+    def enqueue(self, req: InferRequest, sender: str = "", inline_ok: bool = False) -> None:
         """Queue a request from ``sender`` (the writer's id from the topic; "" for this device itself) on the
         network thread. When the queue is full, the request shed (this one, or the newest of the sender with
-        the largest backlog) is answered "overloaded"."""
+        the largest backlog) is answered "overloaded". ``inline_ok`` (the network thread's handler): serve it
+        right here when that is cheap and nothing waits (see the module docstring)."""
         if not topics.is_endpoint(req.reply_to, self.fleet):
             log.warning("rejected request %s: reply_to %r outside fleet %s", req.request_id, req.reply_to,
                         self.fleet)
             self.on_reject("bad_reply_to")
             return
         self.last_request = time.monotonic()
+        if inline_ok and self._cheap(req) and not self.work.qsize() and self._serving.acquire(blocking=False):
+            try:
+                if not self.work.qsize():     # re-checked under the lock: the worker may have queued work meanwhile
+                    self.inline_served += 1
+                    self.counters["served_inline"] += 1
+                    self._serve_guarded(req)
+                    self.last_request = time.monotonic()
+                    self.publish_load()
+                    return
+            finally:
+                self._serving.release()
         try:
             shed = self.work.put(sender or self.device_id, req)
         except Full as exc:
@@ -196,22 +244,34 @@ class StageServer:
                                payload if payload is not None else req.to_bytes(), qos=1)
         return dest
 
+    def _cheap(self, req: InferRequest) -> bool:
+        """Whether the request's stage is measured to run under INLINE_MAX_MS, on requests at least as large
+        as this one (a stage with dynamic shapes may get a far larger request than those it was timed on)."""
+        key = (req.model, req.version, req.stage)
+        run_ms = self.run_ms_by_stage.get(key)
+        return (run_ms is not None and run_ms < INLINE_MAX_MS
+                and _tensor_bytes(req) <= self._timed_bytes.get(key, -1))
+
     # ---------------------------------------------------------------------------------- serving
     def _work_loop(self) -> None:
         while True:
             req = self.work.get()
             if req is None:
                 return
-            try:
-                self.serve(req)
-            except Exception as exc:  # the worker must survive anything a request does
-                log.exception("request %s failed unexpectedly", req.request_id)
-                try:
-                    self.reply_error(req, "internal", f"{type(exc).__name__}: {exc}")
-                except Exception:
-                    log.exception("could not even answer request %s", req.request_id)
+            with self._serving:
+                self._serve_guarded(req)
             self.last_request = time.monotonic()
             self.publish_load()
+
+    def _serve_guarded(self, req: InferRequest) -> None:
+        try:
+            self.serve(req)
+        except Exception as exc:  # the worker (and the network thread) must survive anything a request does
+            log.exception("request %s failed unexpectedly", req.request_id)
+            try:
+                self.reply_error(req, "internal", f"{type(exc).__name__}: {exc}")
+            except Exception:
+                log.exception("could not even answer request %s", req.request_id)
 
     def serve(self, req: InferRequest) -> None:
         """Run one request on its stage (or resend a cached answer, or pass it on, or explain why not)."""
@@ -245,11 +305,11 @@ class StageServer:
 
     def _run(self, req: InferRequest, inst: InstalledStage) -> Answer | None:
         t_recv = time.time()
-        where = f"{req.model} stage {inst.index} on {self.device_id}"
+        where = _Where(req.model, inst.index, self.device_id)   # formatted only into an error message
         try:
-            feeds = {name: req.tensors[name] for name in inst.stage.inputs if name in req.tensors}
-            check_inputs(inst.backend.inputs, feeds, where)
-        except InvalidInputError as exc:
+            feeds = {name: self._array(req.tensors[name]) for name in inst.stage.inputs if name in req.tensors}
+            check_inputs(inst.backend.inputs, feeds, where)  # type: ignore[arg-type]
+        except (InvalidInputError, ProtocolError) as exc:
             self.reply_error(req, "invalid_input", str(exc))
             return None
         t0 = time.perf_counter()
@@ -264,6 +324,7 @@ class StageServer:
         self.served_by_stage[skey] += 1
         prev = self.run_ms_by_stage.get(skey)
         self.run_ms_by_stage[skey] = run_s * 1e3 if prev is None else 0.8 * prev + 0.2 * run_s * 1e3
+        self._timed_bytes[skey] = max(self._timed_bytes.get(skey, 0), _tensor_bytes(req))
         if self.on_run is not None:
             self.on_run(req.model, inst.index, run_s)
         env = dict(req.tensors)
@@ -273,7 +334,14 @@ class StageServer:
         if missing:
             self.reply_error(req, "run_failed", f"{where}: tensors {missing} to forward are missing")
             return None
-        forward = {n: np.asarray(env[n]) for n in carry}
+        forward = {}
+        for n in carry:
+            value = env[n]
+            if isinstance(value, WireTensor):
+                self.counters["tensors_carried"] += 1   # re-framed from the received bytes, never an array
+                forward[n] = value
+            else:
+                forward[n] = np.asarray(value)
         timings = list(req.timings) + [{"stage": inst.index, "device": self.device_id,
                                         "queue_ms": round(max(0.0, t_recv - req.sent) * 1e3, 3),
                                         "run_ms": round(run_s * 1e3, 3), "backend": inst.backend.name}]
@@ -291,6 +359,13 @@ class StageServer:
             self.reply_error(req, "no_route", f"no live device serves {req.model} v{req.version} "
                              f"stage {inst.index + 1}", stage=inst.index + 1)
         return ("forward", payload, fwd)
+
+    def _array(self, value: object) -> np.ndarray:
+        """A stage input as an array: a received WireTensor becomes a zero-copy view (and is counted)."""
+        if isinstance(value, WireTensor):
+            self.counters["tensors_decoded"] += 1
+            return value.array()
+        return np.asarray(value)
 
     def _not_served(self, req: InferRequest) -> None:
         served = self.table.served()

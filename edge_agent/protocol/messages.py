@@ -18,7 +18,7 @@ import math
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import msgpack
 import numpy as np
@@ -98,14 +98,56 @@ def decode_frame(payload: bytes | bytearray | memoryview, max_bytes: int | None 
 
 # --------------------------------------------------------------------------------------------- tensors
 
-def _tensor_meta(name: str, arr: np.ndarray) -> dict[str, Any]:
-    dt = arr.dtype.name
-    if dt not in WIRE_DTYPES:
-        raise ProtocolError(f"tensor '{name}': dtype {arr.dtype} cannot be sent (supported: {', '.join(WIRE_DTYPES)})")
-    return {"n": name, "d": dt, "s": [int(x) for x in arr.shape], "l": int(arr.nbytes)}
+# wire name by dtype: a dict lookup per tensor, where ``dtype.name`` costs microseconds (Python code in numpy 2)
+_WIRE_NAME: dict[np.dtype, str] = {dt: name for name, dt in WIRE_DTYPES.items()}
 
 
-def _tensor_from_meta(meta: Any, view: memoryview) -> tuple[str, np.ndarray]:
+def _wire_array(name: str, arr: np.ndarray) -> tuple[str, np.ndarray]:
+    """The wire dtype name of ``arr`` and the array to send (native byte order: the wire is little-endian)."""
+    dt = _WIRE_NAME.get(arr.dtype)
+    if dt is None:
+        dt = arr.dtype.name
+        if dt not in WIRE_DTYPES:
+            raise ProtocolError(f"tensor '{name}': dtype {arr.dtype} cannot be sent (supported: {', '.join(WIRE_DTYPES)})")
+        arr = arr.astype(WIRE_DTYPES[dt])   # e.g. a big-endian array: its values, in the wire's byte order
+    return dt, arr
+
+
+class WireTensor:
+    """A tensor as received: its descriptor checked (dtype, shape, length, bounds) but no array made yet.
+
+    An agent decodes requests this way so tensors that are only carried through a stage to a later one
+    are re-framed from the received bytes without becoming numpy arrays; :meth:`array` makes the
+    zero-copy view when a stage does read one. ``to_bytes`` of any message accepts it like an ndarray."""
+
+    __slots__ = ("dtype", "shape", "data")
+
+    def __init__(self, dtype: np.dtype, shape: tuple[int, ...], data: memoryview) -> None:
+        self.dtype = dtype
+        self.shape = shape
+        self.data = data
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def array(self) -> np.ndarray:
+        """The tensor as a read-only numpy view over the received payload (no copy)."""
+        try:
+            return np.frombuffer(self.data, dtype=self.dtype).reshape(self.shape)
+        except ValueError as exc:  # a zero-size shape whose other dims numpy cannot index ("array is too big")
+            raise ProtocolError(f"tensor shape {list(self.shape)} cannot be represented: {exc}") from None
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        arr = self.array()
+        return arr if dtype is None else arr.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"WireTensor({self.dtype.name}, {list(self.shape)}, {self.data.nbytes} bytes)"
+
+
+def _wire_tensor(meta: Any, view: memoryview) -> tuple[str, WireTensor]:
+    """Check one tensor descriptor against the message; the tensor stays bytes (see :class:`WireTensor`)."""
     if not isinstance(meta, dict):
         raise ProtocolError("tensor descriptor must be a map")
     name, dt, shape, off, nbytes = meta.get("n"), meta.get("d"), meta.get("s"), meta.get("o"), meta.get("l")
@@ -125,11 +167,15 @@ def _tensor_from_meta(meta: Any, view: memoryview) -> tuple[str, np.ndarray]:
                             f"message carries {nbytes}")
     if off + nbytes > view.nbytes:
         raise ProtocolError(f"tensor '{name}': truncated (needs bytes up to {off + nbytes}, message has {view.nbytes})")
+    return name, WireTensor(dtype, tuple(shape), view[off:off + nbytes])
+
+
+def _tensor_from_meta(meta: Any, view: memoryview) -> tuple[str, np.ndarray]:
+    name, wire = _wire_tensor(meta, view)
     try:
-        arr = np.frombuffer(view, dtype=dtype, count=count, offset=off).reshape(shape)
-    except ValueError as exc:  # a zero-size shape whose other dims numpy cannot index ("array is too big")
-        raise ProtocolError(f"tensor '{name}': shape {shape} cannot be represented: {exc}") from None
-    return name, arr
+        return name, wire.array()
+    except ProtocolError as exc:
+        raise ProtocolError(f"tensor '{name}': {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------- base
@@ -137,17 +183,37 @@ def _tensor_from_meta(meta: Any, view: memoryview) -> tuple[str, np.ndarray]:
 _REGISTRY: dict[str, type[Message]] = {}
 
 
-def _check_type(cls_name: str, fname: str, value: Any, ftype: Any) -> Any:
-    """Light type check of a decoded field; raises ProtocolError naming the field."""
-    expected = {"str": str, "int": int, "float": (int, float), "bool": bool, "list": list, "dict": dict}
-    tname = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
+_EXPECTED: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool,
+                                                 "list": list, "dict": dict}
+_PLAIN, _TENSOR, _BUFFER = 0, 1, 2
+
+
+class _FieldPlan(NamedTuple):
+    """What decoding needs to know of one dataclass field, worked out once per class (not per message)."""
+
+    name: str
+    kind: int                      # _PLAIN, _TENSOR or _BUFFER
+    required: bool
+    base: str                      # "str", "int", ... (the annotation's outer type)
+    want: type | tuple[type, ...] | None
+    nullable: bool
+
+
+def _plan_field(f: dataclasses.Field, tensors: tuple[str, ...], buffers: tuple[str, ...]) -> _FieldPlan:
+    tname = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     base = tname.split("[")[0].split("|")[0].strip()
-    if "None" in tname and value is None:
+    kind = _TENSOR if f.name in tensors else _BUFFER if f.name in buffers else _PLAIN
+    required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+    return _FieldPlan(f.name, kind, required, base, _EXPECTED.get(base), "None" in tname)
+
+
+def _check_type(cls_name: str, plan: _FieldPlan, value: Any) -> Any:
+    """Light type check of a decoded field; raises ProtocolError naming the field."""
+    if plan.nullable and value is None:
         return value
-    want = expected.get(base)
-    if want is not None and not isinstance(value, want):
-        raise ProtocolError(f"{cls_name}.{fname}: expected {base}, got {type(value).__name__}")
-    if base == "float":
+    if plan.want is not None and not isinstance(value, plan.want):
+        raise ProtocolError(f"{cls_name}.{plan.name}: expected {plan.base}, got {type(value).__name__}")
+    if plan.base == "float":
         return float(value)
     return value
 
@@ -166,6 +232,15 @@ class Message:
         if cls.KIND:
             _REGISTRY[cls.KIND] = cls
 
+    @classmethod
+    def _plan(cls) -> tuple[_FieldPlan, ...]:
+        """The class's field plan (built at first use: the dataclass decorator runs after __init_subclass__)."""
+        plan = cls.__dict__.get("_field_plan")
+        if plan is None:
+            plan = tuple(_plan_field(f, cls.TENSORS, cls.BUFFERS) for f in dataclasses.fields(cls))
+            cls._field_plan = plan  # type: ignore[attr-defined]
+        return plan
+
     def _to_wire(self, name: str, value: Any) -> Any:
         """Plain-data form of a field (a subclass with typed fields converts them back here)."""
         return value
@@ -174,18 +249,24 @@ class Message:
         header: dict[str, Any] = {"k": self.KIND, "v": PROTOCOL_VERSION}
         bufs: list[memoryview] = []
         metas: list[dict[str, Any]] = []
-        for f in dataclasses.fields(self):
+        for f in self._plan():
             value = getattr(self, f.name)
-            if f.name in self.TENSORS:
+            if f.kind == _TENSOR:
                 tlist = []
                 for name, arr in (value or {}).items():
-                    arr = np.asarray(arr, order="C")   # keeps rank 0 (ascontiguousarray would make it 1-d)
-                    meta = _tensor_meta(name, arr)
+                    if isinstance(arr, WireTensor):   # carried as received: its bytes, no array
+                        meta = {"n": name, "d": _WIRE_NAME[arr.dtype], "s": list(arr.shape), "l": arr.data.nbytes}
+                        buf = arr.data
+                    else:
+                        arr = np.asarray(arr, order="C")   # keeps rank 0 (ascontiguousarray would make it 1-d)
+                        dt, arr = _wire_array(name, arr)
+                        meta = {"n": name, "d": dt, "s": [int(x) for x in arr.shape], "l": int(arr.nbytes)}
+                        buf = memoryview(arr).cast("B") if arr.nbytes else memoryview(b"")
                     tlist.append(meta)
                     metas.append(meta)
-                    bufs.append(memoryview(arr).cast("B") if arr.nbytes else memoryview(b""))
+                    bufs.append(buf)
                 header[f.name] = tlist
-            elif f.name in self.BUFFERS:
+            elif f.kind == _BUFFER:
                 data = memoryview(value if value is not None else b"").cast("B")
                 meta = {"l": data.nbytes}
                 metas.append(meta)
@@ -198,23 +279,24 @@ class Message:
         return encode_frame(header, bufs)
 
     @classmethod
-    def from_header(cls, header: dict[str, Any], view: memoryview) -> Message:
+    def from_header(cls, header: dict[str, Any], view: memoryview, lazy: bool = False) -> Message:
+        """Build the message from a decoded header; with ``lazy`` tensors stay :class:`WireTensor`."""
         kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
+        for f in cls._plan():
             if f.name not in header:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+                if f.required:
                     raise ProtocolError(f"{cls.__name__}: missing field '{f.name}'")
                 continue
             value = header[f.name]
-            if f.name in cls.TENSORS:
+            if f.kind == _TENSOR:
                 if not isinstance(value, list):
                     raise ProtocolError(f"{cls.__name__}.{f.name}: expected a tensor list")
                 tensors = {}
                 for meta in value:
-                    name, arr = _tensor_from_meta(meta, view)
+                    name, arr = _wire_tensor(meta, view) if lazy else _tensor_from_meta(meta, view)
                     tensors[name] = arr
                 kwargs[f.name] = tensors
-            elif f.name in cls.BUFFERS:
+            elif f.kind == _BUFFER:
                 if not isinstance(value, dict):
                     raise ProtocolError(f"{cls.__name__}.{f.name}: expected a buffer descriptor")
                 off, n = value.get("o"), value.get("l")
@@ -222,11 +304,13 @@ class Message:
                     raise ProtocolError(f"{cls.__name__}.{f.name}: buffer outside the message (truncated?)")
                 kwargs[f.name] = view[off:off + n]
             else:
-                kwargs[f.name] = _check_type(cls.__name__, f.name, value, f.type)
+                kwargs[f.name] = _check_type(cls.__name__, f, value)
         return cls(**kwargs)
 
     @classmethod
-    def from_bytes(cls, payload: bytes | bytearray | memoryview, max_bytes: int | None = None) -> Message:
+    def from_bytes(cls, payload: bytes | bytearray | memoryview, max_bytes: int | None = None,
+                   lazy: bool = False) -> Message:
+        """Decode and check a frame; ``lazy``: tensors as :class:`WireTensor` (checked, not yet arrays)."""
         header, view = decode_frame(payload, max_bytes)
         kind = header.get("k")
         if cls is Message:
@@ -237,7 +321,7 @@ class Message:
             if kind != cls.KIND:
                 raise ProtocolError(f"expected a '{cls.KIND}' message, got {kind!r}")
             target = cls
-        return target.from_header(header, view)
+        return target.from_header(header, view, lazy)
 
 
 def decode(payload: bytes | bytearray | memoryview, max_bytes: int | None = None) -> Message:
