@@ -1,0 +1,258 @@
+"""Pool scaling: throughput of 1, 2, 4 and 6 emulated devices of one profile, and of a heterogeneous mix.
+
+Every device is a real agent under a cgroup CPU quota (``--slow`` cores each, default 0.2: six of them
+use 1.2 cores of this 2-core machine, so the devices' compute is the bottleneck, not the broker or this
+client). For the zoo CNN (MobileNetV2), PP-OCRv4 det (at ``--det-size``) and the zoo transformer:
+
+- scaling: the planner's throughput choice over the first N slow devices (what it chose is printed:
+  replicas / stages), ``--per-device`` requests in flight per device, req/s over a fixed window; the ratio is
+  to N = 1 measured in the same run (goal >= 0.9 x N up to N = 4);
+- mix: one fast device (``--fast`` cores) + three slow ones; each alone, then together; ratio = mix /
+  sum(alone) (goal >= 0.85);
+- for every plan: predicted vs measured throughput and latency (one request alone), and this client's CPU
+  (cores, from its process CPU time over the window: it shares the two cores with everything else).
+
+Needs root (cgroups); run it inside a network namespace (``nsenter --net=/run/netns/NAME``).
+
+``python -m benchmarks pool [--quick] [--json out.json] [--models mobilenetv2,transformer]``
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from benchmarks.common import console, fmt, parser, table, write_json
+from edge_agent import Fleet
+from edge_agent.lab import cgroups
+from edge_agent.lab.profiles import DeviceProfile, FleetEntry
+from edge_agent.lab.sim import SimFleet
+from edge_agent.transport.broker import Broker
+from models import zoo
+
+NS = (1, 2, 4, 6)
+N_SLOW = max(NS)
+MIX_SLOW = 3
+
+
+def load_workload(name: str, det_size: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray], dict]:
+    """(model, one request's inputs, the input shapes planning and deploying fix)."""
+    rng = np.random.default_rng(0)
+    if name == "ppocr_det":
+        from models.ppocr import load_det_model
+        model = load_det_model()
+        inp = model.graph.input[0].name
+        shape = (1, 3, det_size, det_size)
+        return model, {inp: rng.standard_normal(shape).astype(np.float32)}, {inp: shape}
+    model = zoo.build(name)
+    inputs = zoo.sample_inputs(model, seed=0)
+    return model, inputs, {k: tuple(v.shape) for k, v in inputs.items()}
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc; 0 when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def drive(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], in_flight: int, seconds: float,
+          pids: dict[str, int]) -> dict[str, Any]:
+    """Keep ``in_flight`` requests outstanding for ``seconds`` (after a warm-up of as many): req/s, the
+    client's and every watched process's CPU (cores) over the window, and per-stage run time medians."""
+    window: deque[Future] = deque(fleet.submit(name, inputs, timeout=120) for _ in range(in_flight))
+    for _ in range(2 * in_flight):                 # warm-up: fill every replica's queue
+        window.popleft().result(150)
+        window.append(fleet.submit(name, inputs, timeout=120))
+    cpu0 = {k: _proc_cpu_s(p) for k, p in pids.items()}
+    c0, t0 = time.process_time(), time.perf_counter()
+    done, runs = 0, []
+    end = t0 + seconds
+    while time.perf_counter() < end:
+        _, timings = window.popleft().result(150)
+        done += 1
+        runs.append(timings)
+        window.append(fleet.submit(name, inputs, timeout=120))
+    wall = time.perf_counter() - t0
+    client_cores = (time.process_time() - c0) / wall
+    procs = {k: (_proc_cpu_s(p) - cpu0[k]) / wall for k, p in pids.items()}
+    for f in window:                               # drain so the next run starts with empty queues
+        f.result(150)
+    per_dev: dict[str, list[float]] = {}
+    for timings in runs:
+        for t in timings:
+            per_dev.setdefault(t["device"], []).append(float(t["run_ms"]))
+    return {"rps": done / wall, "client_cores": client_cores, "proc_cores": procs,
+            "run_ms": {d: float(np.median(v)) for d, v in per_dev.items()},
+            "served": {d: len(v) for d, v in per_dev.items()}}
+
+
+def alone_latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int) -> tuple[float, float]:
+    """Mean and median latency (ms) of ``n`` requests sent one at a time (after two warm-ups).
+
+    The mean is the one compared with the prediction: under a CPU quota a short request runs at full core
+    speed until the period's quota is spent, then waits for the next period, so the median of back-to-back
+    requests shows the unthrottled burst and the mean shows the sustained rate the quota allows."""
+    lat = []
+    for i in range(n + 2):
+        t = time.perf_counter()
+        fleet.infer(name, inputs, timeout=120)
+        if i >= 2:
+            lat.append((time.perf_counter() - t) * 1e3)
+    return float(np.mean(lat)), float(np.median(lat))
+
+
+def measure_plan(fleet: Fleet, model: onnx.ModelProto, tag: str, inputs: dict[str, np.ndarray],
+                 shapes: dict | None, devices: list[str], per_device: int, seconds: float, n_latency: int,
+                 pids: dict[str, int]) -> dict[str, Any]:
+    """Plan over ``devices`` (throughput objective), deploy the choice, measure it, undeploy."""
+    search = fleet.plan_shapes(model, devices=devices, objective="throughput", input_shapes=shapes)
+    cand = search.best
+    fleet.deploy(model, tag, shape=cand.shape, input_shapes=shapes, timeout=300)
+    try:
+        m = drive(fleet, tag, inputs, per_device * len(devices), seconds, pids)
+        lat, lat_p50 = alone_latency(fleet, tag, inputs, n_latency)
+    finally:
+        fleet.undeploy(tag)
+    p = cand.prediction
+    return {"devices": devices, "shape": cand.shape.label(), "kind": cand.shape.kind,
+            "stages": len(cand.shape.groups), "replicas": [len(g) for g in cand.shape.groups],
+            "pred_rps": p.throughput_rps, "meas_rps": m["rps"], "err_rps": m["rps"] / p.throughput_rps - 1,
+            "pred_ms": p.latency_ms, "meas_ms": lat, "meas_ms_p50": lat_p50, "err_ms": lat / p.latency_ms - 1,
+            "bottleneck": p.bottleneck, "client_cores": m["client_cores"],
+            "broker_cores": m["proc_cores"].get("broker", 0.0),
+            "agent_cores": {k: v for k, v in m["proc_cores"].items() if k != "broker"},
+            "run_ms": m["run_ms"], "served": m["served"],
+            "pred_busy_ms": {k: round(v, 3) for k, v in p.busy_ms.items()}}
+
+
+def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size: int, per_device: int,
+        seconds: float, n_latency: int, ns: Sequence[int]) -> dict[str, Any]:
+    layout = cgroups.detect()
+    slow_names = [f"slow-{i}" for i in range(max(max(ns), MIX_SLOW))]
+    entries = [FleetEntry(n, DeviceProfile("slow", cpu=slow, threads=1)) for n in slow_names]
+    entries.append(FleetEntry("fast", DeviceProfile("fast", cpu=fast, threads=1)))
+    out: dict[str, Any] = {"slow_cores": slow, "fast_cores": fast, "per_device_in_flight": per_device,
+                           "seconds": seconds, "models": {}}
+    with Broker.start("mosquitto", workdir=str(workdir / "broker")) as broker:
+        sim = SimFleet(broker_url=broker.url, workdir=workdir / "sim", discovery=False, devices=[],
+                       cgroup_layout=layout, extra_args=["--recheck-every", "0"])
+        try:
+            with Fleet(broker.url) as fleet:
+                # One at a time: agents started together run their GFLOP/s probes at once, and on two cores
+                # their quotas then add up to more than the machine has (the fast one measured a slow one's
+                # rate). Each starts once the previous one reported its measured link.
+                for e in entries:
+                    sim.add_device(e.name, profile=e.profile)
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline:
+                        d = next((d for d in fleet.devices() if d.device_id == e.name), None)
+                        if d is not None and d.link_mbps:
+                            break
+                        time.sleep(0.2)
+                    else:
+                        raise RuntimeError(f"device {e.name} did not come up within 60 s:\n{sim.log(e.name)[-2000:]}")
+                out["devices"] = {d.device_id: {"gflops": round(d.gflops, 1), "link_mbps": round(d.link_mbps or 0),
+                                                "rtt_ms": round(d.link_rtt_ms or 0, 2)} for d in fleet.devices()}
+                pids = {n: d.proc.pid for n, d in sim.devices.items() if d.proc is not None}
+                pids["broker"] = broker.proc.pid
+                for mi, mname in enumerate(models):
+                    model, inputs, shapes = load_workload(mname, det_size)
+                    console.print(f"[bold]{mname}[/bold] (load {os.getloadavg()[0]:.2f})")
+                    scaling = []
+                    for n in ns:
+                        r = measure_plan(fleet, model, f"p{mi}n{n}", inputs, shapes, slow_names[:n], per_device,
+                                         seconds, n_latency, pids)
+                        r["n"] = n
+                        r["load"] = round(os.getloadavg()[0], 2)
+                        scaling.append(r)
+                        console.print(f"  N={n}: {r['shape']} {r['meas_rps']:.1f} req/s (pred "
+                                      f"{r['pred_rps']:.1f}), client {r['client_cores']:.2f} cores, load {r['load']}")
+                    base = scaling[0]["meas_rps"]
+                    for r in scaling:
+                        r["speedup"] = r["meas_rps"] / base
+                        r["efficiency"] = r["speedup"] / r["n"]
+                    alone = [next(r for r in scaling if r["n"] == 1)]
+                    alone[0] = {**alone[0], "role": "alone"}
+                    for dev in [*slow_names[1:MIX_SLOW], "fast"]:
+                        r = measure_plan(fleet, model, f"p{mi}a{dev}", inputs, shapes, [dev], per_device,
+                                         seconds, n_latency, pids)
+                        alone.append({**r, "role": "alone", "load": round(os.getloadavg()[0], 2)})
+                    mix = measure_plan(fleet, model, f"p{mi}mix", inputs, shapes, ["fast", *slow_names[:MIX_SLOW]],
+                                       per_device, seconds, n_latency, pids)
+                    mix["load"] = round(os.getloadavg()[0], 2)
+                    total = sum(r["meas_rps"] for r in alone)
+                    mix["role"] = "mix"
+                    mix["sum_alone_rps"] = total
+                    mix["ratio"] = mix["meas_rps"] / total
+                    console.print(f"  mix: {mix['shape']} {mix['meas_rps']:.1f} req/s vs sum alone {total:.1f} "
+                                  f"({mix['ratio']:.2f})")
+                    out["models"][mname] = {"input_shapes": {k: list(v.shape) for k, v in inputs.items()},
+                                            "scaling": scaling, "alone": alone, "mix": mix}
+        finally:
+            sim.close()
+    return out
+
+
+def show(res: dict[str, Any]) -> None:
+    console.print(f"ISA {platform.machine()}, {os.cpu_count()} cores; devices (GFLOP/s, link Mbit/s, rtt ms): "
+                  f"{res['devices']}")
+    for mname, m in res["models"].items():
+        rows = [[r["n"], r["shape"], fmt(r["meas_rps"]), f"{r['speedup']:.2f}x", f"{r['efficiency']:.2f}",
+                 fmt(r["client_cores"], 2), fmt(r["broker_cores"], 2), r["load"]] for r in m["scaling"]]
+        table(f"{mname} {m['input_shapes']}: scaling on {res['slow_cores']:g}-core devices "
+              f"({res['per_device_in_flight']} in flight per device)",
+              ["N", "plan", "req/s", "vs N=1", "/ N (goal >= 0.9)", "client cores", "broker cores", "load"], rows)
+        mix = m["mix"]
+        rows = [[r["devices"][0], fmt(r["meas_rps"])] for r in m["alone"]]
+        rows.append([f"mix: {mix['shape']}", fmt(mix["meas_rps"])])
+        table(f"{mname}: heterogeneous mix, ratio mix / sum(alone) = {mix['ratio']:.2f} (goal >= 0.85)",
+              ["devices", "req/s"], rows)
+        plans = [*m["scaling"], *m["alone"][1:], mix]
+        table(f"{mname}: predicted vs measured, every plan",
+              ["plan", "pred req/s", "meas req/s", "err", "pred ms", "meas ms (mean)", "err", "p50 ms", "bottleneck"],
+              [[r["shape"], fmt(r["pred_rps"]), fmt(r["meas_rps"]), f"{r['err_rps']:+.0%}", fmt(r["pred_ms"]),
+                fmt(r["meas_ms"]), f"{r['err_ms']:+.0%}", fmt(r["meas_ms_p50"]), r["bottleneck"]] for r in plans])
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    ap = parser(__doc__.splitlines()[0])
+    ap.add_argument("--models", default="mobilenetv2,ppocr_det,transformer",
+                    help="comma-separated: zoo names or ppocr_det")
+    ap.add_argument("--slow", type=float, default=0.2, help="CPU quota of each device of the profile, cores")
+    ap.add_argument("--fast", type=float, default=0.6, help="CPU quota of the mix's fast device, cores")
+    ap.add_argument("--det-size", type=int, default=320, help="PP-OCRv4 det input side (pixels)")
+    ap.add_argument("--per-device", type=int, default=3, help="requests in flight per device")
+    ap.add_argument("--ns", default=",".join(map(str, NS)), help="device counts to scale over")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        console.print("[yellow]bench_pool skipped: it needs root (cgroup CPU quotas)[/yellow]")
+        return {"skipped": "needs root (cgroup CPU quotas)"}
+    load0 = round(os.getloadavg()[0], 2)
+    with tempfile.TemporaryDirectory(prefix="bench-pool-") as tmp:
+        res = run(Path(tmp), [m for m in args.models.split(",") if m], args.slow, args.fast, args.det_size,
+                  args.per_device, seconds=4.0 if args.quick else 10.0, n_latency=5 if args.quick else 15,
+                  ns=[int(x) for x in args.ns.split(",")])
+    res["isa"] = platform.machine()
+    res["load_avg_1m_at_start"] = load0
+    res["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    show(res)
+    console.print(f"load average at start {load0}, at end {res['load_avg_1m_at_end']}")
+    write_json(args.json, res)
+    return res
+
+
+if __name__ == "__main__":
+    main()
