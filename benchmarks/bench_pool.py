@@ -19,12 +19,14 @@ Needs root (cgroups); run it inside a network namespace (``nsenter --net=/run/ne
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import platform
 import tempfile
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -34,11 +36,15 @@ import onnx
 
 from benchmarks.common import console, fmt, parser, table, write_json
 from edge_agent import Fleet
+from edge_agent.agent.capability import measure_gflops
 from edge_agent.lab import cgroups
 from edge_agent.lab.profiles import DeviceProfile, FleetEntry
 from edge_agent.lab.sim import SimFleet
+from edge_agent.operator.manifests import calibration_for, model_device
 from edge_agent.transport.broker import Broker
 from models import zoo
+from models.partition import CostProfile, profile_model
+from models.planner import Calibration, Observation, Shape, evaluate, fit_agent_costs
 
 NS = (1, 2, 4, 6)
 N_SLOW = max(NS)
@@ -57,6 +63,38 @@ def load_workload(name: str, det_size: int) -> tuple[onnx.ModelProto, dict[str, 
     model = zoo.build(name)
     inputs = zoo.sample_inputs(model, seed=0)
     return model, inputs, {k: tuple(v.shape) for k, v in inputs.items()}
+
+
+@dataclasses.dataclass
+class ModelRun:
+    """The model run alone on one full core of this machine (native core, 1 thread), beside the GEMM probe
+    measured the same way: the model's efficiency is its FLOP/s over the probe's."""
+
+    flops: float
+    nbytes: float        # the request's input plus its answer
+    run_ms: float
+    probe_gflops: float
+
+    @property
+    def efficiency(self) -> float:
+        return self.flops / (self.probe_gflops * 1e9 * self.run_ms / 1e3)
+
+
+def model_run(model: onnx.ModelProto, inputs: dict[str, np.ndarray], prof: CostProfile) -> ModelRun:
+    import ops_native
+    sess = ops_native.InferenceSession(model.SerializeToString(), threads=1)
+    for _ in range(3):
+        sess.run(None, inputs)
+    ts = []
+    for _ in range(10):
+        t = time.perf_counter()
+        sess.run(None, inputs)
+        ts.append((time.perf_counter() - t) * 1e3)
+    probe, _ = measure_gflops(1.0, 1)
+    # the fastest run: other sessions' load on this machine only ever adds to it (the probe takes the median
+    # of windows for the same reason)
+    return ModelRun(float(prof.flops_prefix[-1]), float(prof.carry_bytes[0] + prof.carry_bytes[-1]),
+                    float(np.min(ts)), probe)
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -99,18 +137,22 @@ def drive(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], in_flight: int
             "served": {d: len(v) for d, v in per_dev.items()}}
 
 
-def alone_latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int) -> tuple[float, float]:
-    """Mean and median latency (ms) of ``n`` requests sent one at a time (after two warm-ups).
+def alone_latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int,
+                  min_s: float = 1.0) -> tuple[float, float]:
+    """Mean and median latency (ms) of requests sent one at a time: at least ``n`` and at least ``min_s``
+    seconds of them (after two warm-ups).
 
     The mean is the one compared with the prediction: under a CPU quota a short request runs at full core
-    speed until the period's quota is spent, then waits for the next period, so the median of back-to-back
-    requests shows the unthrottled burst and the mean shows the sustained rate the quota allows."""
-    lat = []
-    for i in range(n + 2):
+    speed until the period's quota is spent, then waits for the next period; a second of back-to-back
+    requests spans ten periods, so the mean includes those waits (the median may not)."""
+    for _ in range(2):
+        fleet.infer(name, inputs, timeout=120)
+    lat: list[float] = []
+    end = time.perf_counter() + min_s
+    while len(lat) < n or time.perf_counter() < end:
         t = time.perf_counter()
         fleet.infer(name, inputs, timeout=120)
-        if i >= 2:
-            lat.append((time.perf_counter() - t) * 1e3)
+        lat.append((time.perf_counter() - t) * 1e3)
     return float(np.mean(lat)), float(np.median(lat))
 
 
@@ -135,7 +177,23 @@ def measure_plan(fleet: Fleet, model: onnx.ModelProto, tag: str, inputs: dict[st
             "broker_cores": m["proc_cores"].get("broker", 0.0),
             "agent_cores": {k: v for k, v in m["proc_cores"].items() if k != "broker"},
             "run_ms": m["run_ms"], "served": m["served"],
-            "pred_busy_ms": {k: round(v, 3) for k, v in p.busy_ms.items()}}
+            "pred_busy_ms": {k: round(v, 3) for k, v in p.busy_ms.items()}, "_shape": cand.shape}
+
+
+@contextlib.contextmanager
+def infrastructure(layout: cgroups.CgroupLayout) -> Iterator[cgroups.DeviceCgroup]:
+    """A lab group without a quota for this client and the broker (the operator's machine and the broker's,
+    which in a real fleet are not the devices): at the lab's weight, so that other work on this shared
+    machine does not starve them into being the bottleneck. This process joins it until the end."""
+    group = cgroups.create("infra", cpu=None, layout=layout)
+    group.add(os.getpid())
+    try:
+        yield group
+    finally:
+        # back to the group this process came from (the groups were made below it), then remove
+        for d in group.dirs:
+            (d.parent.parent / "cgroup.procs").write_text(str(os.getpid()))
+        group.remove()
 
 
 def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size: int, per_device: int,
@@ -146,7 +204,8 @@ def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size
     entries.append(FleetEntry("fast", DeviceProfile("fast", cpu=fast, threads=1)))
     out: dict[str, Any] = {"slow_cores": slow, "fast_cores": fast, "per_device_in_flight": per_device,
                            "seconds": seconds, "models": {}}
-    with Broker.start("mosquitto", workdir=str(workdir / "broker")) as broker:
+    with infrastructure(layout) as infra, Broker.start("mosquitto", workdir=str(workdir / "broker")) as broker:
+        infra.add(broker.proc.pid)
         sim = SimFleet(broker_url=broker.url, workdir=workdir / "sim", discovery=False, devices=[],
                        cgroup_layout=layout, extra_args=["--recheck-every", "0"])
         try:
@@ -168,8 +227,15 @@ def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size
                                                 "rtt_ms": round(d.link_rtt_ms or 0, 2)} for d in fleet.devices()}
                 pids = {n: d.proc.pid for n, d in sim.devices.items() if d.proc is not None}
                 pids["broker"] = broker.proc.pid
+                live = fleet.devices()
+                planner_devices = {d.device_id: model_device(d) for d in live}
+                base_cal = calibration_for(live)
+                obs: list[Observation] = []
+                evals: list[tuple[dict, CostProfile, float]] = []
                 for mi, mname in enumerate(models):
                     model, inputs, shapes = load_workload(mname, det_size)
+                    prof = profile_model(model, shapes, model_name=mname)
+                    mrun = model_run(model, inputs, prof)
                     console.print(f"[bold]{mname}[/bold] (load {os.getloadavg()[0]:.2f})")
                     scaling = []
                     for n in ns:
@@ -199,11 +265,36 @@ def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size
                     mix["ratio"] = mix["meas_rps"] / total
                     console.print(f"  mix: {mix['shape']} {mix['meas_rps']:.1f} req/s vs sum alone {total:.1f} "
                                   f"({mix['ratio']:.2f})")
+                    # the calibration's measurements: every device alone at saturation, its CPU per request
+                    # in full cores, beside the model run alone on one full core
+                    for r in alone:
+                        dev = r["devices"][0]
+                        cores = r["agent_cores"].get(dev, 0.0)
+                        if cores > 0:
+                            obs.append(Observation(cores * 1e3 / r["meas_rps"], mrun.run_ms, mrun.nbytes))
+                    evals += [(r, prof, mrun.efficiency) for r in [*scaling, *alone[1:], mix]]
                     out["models"][mname] = {"input_shapes": {k: list(v.shape) for k, v in inputs.items()},
+                                            "flops": mrun.flops, "run_ms_1core": mrun.run_ms,
+                                            "probe_gflops": mrun.probe_gflops, "efficiency": mrun.efficiency,
                                             "scaling": scaling, "alone": alone, "mix": mix}
+                if obs:
+                    cal = fit_agent_costs(obs, base_cal)
+                    out["calibration"] = {"hop_ms": cal.hop_ms, "byte_ms_per_mb": cal.byte_ms_per_mb,
+                                          "observations": [o._asdict() for o in obs]}
+                    for r, prof, eff in evals:
+                        devs = {k: dataclasses.replace(v, efficiency=eff) for k, v in planner_devices.items()}
+                        recalibrated(r, prof, devs, cal)
         finally:
             sim.close()
     return out
+
+
+def recalibrated(r: dict[str, Any], prof: CostProfile, devices: dict, cal: Calibration) -> None:
+    """Add the prediction of plan ``r`` with the fitted calibration and the model's measured efficiency."""
+    shape: Shape = r.pop("_shape")
+    p = evaluate(prof, devices, shape, cal)
+    r.update({"cal_rps": p.throughput_rps, "cal_ms": p.latency_ms, "cal_err_rps": r["meas_rps"] / p.throughput_rps - 1,
+              "cal_err_ms": r["meas_ms"] / p.latency_ms - 1, "cal_bottleneck": p.bottleneck})
 
 
 def show(res: dict[str, Any]) -> None:
@@ -221,10 +312,20 @@ def show(res: dict[str, Any]) -> None:
         table(f"{mname}: heterogeneous mix, ratio mix / sum(alone) = {mix['ratio']:.2f} (goal >= 0.85)",
               ["devices", "req/s"], rows)
         plans = [*m["scaling"], *m["alone"][1:], mix]
-        table(f"{mname}: predicted vs measured, every plan",
+        table(f"{mname}: predicted (as deployed) vs measured, every plan",
               ["plan", "pred req/s", "meas req/s", "err", "pred ms", "meas ms (mean)", "err", "p50 ms", "bottleneck"],
               [[r["shape"], fmt(r["pred_rps"]), fmt(r["meas_rps"]), f"{r['err_rps']:+.0%}", fmt(r["pred_ms"]),
                 fmt(r["meas_ms"]), f"{r['err_ms']:+.0%}", fmt(r["meas_ms_p50"]), r["bottleneck"]] for r in plans])
+        if "cal_rps" in plans[0]:
+            table(f"{mname}: calibrated prediction (fitted agent costs, efficiency {m['efficiency']:.2f} "
+                  f"measured in-process) vs measured",
+                  ["plan", "cal req/s", "meas req/s", "err", "cal ms", "meas ms", "err", "bottleneck"],
+                  [[r["shape"], fmt(r["cal_rps"]), fmt(r["meas_rps"]), f"{r['cal_err_rps']:+.0%}", fmt(r["cal_ms"]),
+                    fmt(r["meas_ms"]), f"{r['cal_err_ms']:+.0%}", r["cal_bottleneck"]] for r in plans])
+    if "calibration" in res:
+        c = res["calibration"]
+        console.print(f"fitted agent costs (one full core): {c['hop_ms']:.2f} ms per hop, "
+                      f"{c['byte_ms_per_mb']:.2f} ms per MB, from {len(c['observations'])} single-device runs")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

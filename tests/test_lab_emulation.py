@@ -48,6 +48,8 @@ def test_quota_device_measures_less_gflops_reports_its_limits_and_link_and_leave
         assert ratio < 0.75, "a 25 % quota device must measure clearly less than an unlimited one"
         assert group.throttled() > 0
         assert by["quarter"].ram_mb == 512 and by["full"].ram_mb > 512
+        # one GEMM inside a period runs at full speed: the burst rate one request alone meets (planner latency)
+        assert by["quarter"].burst_gflops is not None and by["quarter"].burst_gflops >= by["quarter"].gflops
 
         out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "fleet", "ls", "--json", "--broker",
                               mosquitto.url], capture_output=True, text=True, timeout=60)
@@ -55,6 +57,7 @@ def test_quota_device_measures_less_gflops_reports_its_limits_and_link_and_leave
         rows = {r["device_id"]: r for r in json.loads(out.stdout)}
         for name in ("quarter", "full"):
             assert rows[name]["link_rtt_ms"] > 0 and rows[name]["link_mbps"] > 0, rows[name]
+            assert rows[name]["burst_gflops"] >= rows[name]["gflops"] > 0, rows[name]
     finally:
         sim.close()
     assert not any(d.exists() for d in dirs), "the device's cgroups are removed when the fleet closes"

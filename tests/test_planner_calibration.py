@@ -71,3 +71,23 @@ def test_candidates_in_one_one_percent_bucket_are_ordered_by_their_exact_through
     pipe = next(c for c in found.ranked if c.shape.kind == "pipeline")
     assert found.best.shape.kind == "replicas"
     assert found.best.prediction.throughput_rps > pipe.prediction.throughput_rps
+
+
+def test_a_bursting_device_answers_one_request_at_its_burst_speed_but_not_faster_than_its_quota_allows():
+    cal = Calibration()
+    prof = CostProfile.synthetic([0.25 * GFLOP] * 4, [1e4] * 5)
+    one = Shape((0, 4), (("q",),), ((1.0,),))
+    flat = evaluate(prof, {"q": Device("q", 20)}, one, cal)
+    burst = evaluate(prof, {"q": Device("q", 20, peak_gflops=93)}, one, cal)
+    # alone, the request runs at full speed, but one device serving requests back to back is held to its
+    # quota: latency = its sustained CPU per request; throughput is the sustained rate either way
+    assert burst.throughput_rps == pytest.approx(flat.throughput_rps)
+    assert burst.latency_ms == pytest.approx(flat.busy_ms["cpu:q"])
+    # four such devices as replicas: each sees a quarter of the requests, so its quota lasts and one request
+    # alone takes the burst time, far below the single device's
+    devs = {f"q{i}": Device(f"q{i}", 20, peak_gflops=93) for i in range(4)}
+    four = evaluate(prof, devs, Shape((0, 4), (tuple(devs),), ((0.25,) * 4,)), cal)
+    at_peak = Device("p", 93).compute_ms(GFLOP, cal)
+    assert four.latency_ms < 0.5 * burst.latency_ms and four.latency_ms > at_peak
+    flat4 = evaluate(prof, {k: Device(k, 20) for k in devs}, Shape((0, 4), (tuple(devs),), ((0.25,) * 4,)), cal)
+    assert flat4.latency_ms > 3 * four.latency_ms        # without a burst speed the prediction stays slow

@@ -41,6 +41,9 @@ GROUP_PARENT = "edge-agent-lab"
 # ran 4x slower than N = 4). With this weight the devices receive their quotas while other work competes; the
 # quotas still cap them, so the lab never takes more than its devices' quotas add up to.
 PARENT_WEIGHT_TASKS = 32
+# A device group weighs this many ordinary tasks per core of its quota: devices inside the parent split it by
+# their quotas, and a device still gets its quota beside groups left at the default weight (one task).
+DEVICE_WEIGHT_TASKS_PER_CORE = 8
 
 
 class CgroupUnavailable(RuntimeError):
@@ -231,11 +234,12 @@ def _set_weights(group_dir: Path, version: int, cpu: float | None) -> None:
     """The parent's weight (see PARENT_WEIGHT_TASKS) and the device group's, proportional to its quota so
     that devices competing inside the parent split what it gets by their quotas. Best effort: a weight that
     cannot be written leaves the default (the quota still applies), and says so."""
+    tasks = DEVICE_WEIGHT_TASKS_PER_CORE * (cpu or 1)    # no quota: weighs like a one-core device
     if version == 1:
-        parent, own = ("cpu.shares", 1024 * PARENT_WEIGHT_TASKS), ("cpu.shares", max(2, round(1024 * (cpu or 1))))
+        parent, own = ("cpu.shares", 1024 * PARENT_WEIGHT_TASKS), ("cpu.shares", max(2, round(1024 * tasks)))
     else:
         parent, own = ("cpu.weight", min(10_000, 100 * PARENT_WEIGHT_TASKS)), \
-            ("cpu.weight", max(1, min(10_000, round(100 * (cpu or 1)))))
+            ("cpu.weight", max(1, min(10_000, round(100 * tasks))))
     for d, (fname, value) in ((group_dir.parent, parent), (group_dir, own)):
         try:
             _write(d / fname, str(value))

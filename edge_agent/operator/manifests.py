@@ -38,8 +38,9 @@ def model_device(d: Any) -> Any:
 
     spec = device_spec(d)
     rtt = getattr(d, "link_rtt_ms", None)
+    burst = getattr(d, "burst_gflops", None)
     return Device(spec.id, spec.gflops, link_bytes_per_s=spec.link_bytes_per_s, ram_bytes=spec.ram_bytes,
-                  rtt_ms=float(rtt) if rtt else 1.0)
+                  rtt_ms=float(rtt) if rtt else 1.0, peak_gflops=float(burst) if burst else None)
 
 
 def calibration_for(devices: Sequence[Any]) -> Any:
