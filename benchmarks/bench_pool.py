@@ -9,8 +9,15 @@ client). For the zoo CNN (MobileNetV2), PP-OCRv4 det (at ``--det-size``) and the
   to N = 1 measured in the same run (goal >= 0.9 x N up to N = 4);
 - mix: one fast device (``--fast`` cores) + three slow ones; each alone, then together; ratio = mix /
   sum(alone) (goal >= 0.85);
-- for every plan: predicted vs measured throughput and latency (one request alone), and this client's CPU
-  (cores, from its process CPU time over the window: it shares the two cores with everything else).
+- for every plan: predicted vs measured throughput and latency (one request alone on the idle fleet, a
+  quota period after the previous answer), and this client's CPU (cores, from its process CPU time over the
+  window: it shares the two cores with everything else);
+- a calibration from the same run: the agents' per-hop and per-byte CPU fitted to the single-device runs
+  (their CPU per request beside the model run alone in this process), the model's efficiency measured
+  in-process (its FLOP/s over the GEMM probe's), and every plan predicted again with them.
+
+Client and broker run in a lab cgroup of their own without a quota (the operator's machine and the broker's
+are not the devices), weighted like the devices so that other work on the machine does not starve them.
 
 Needs root (cgroups); run it inside a network namespace (``nsenter --net=/run/netns/NAME``).
 
@@ -138,21 +145,19 @@ def drive(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], in_flight: int
 
 
 def alone_latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int,
-                  min_s: float = 1.0) -> tuple[float, float]:
-    """Mean and median latency (ms) of requests sent one at a time: at least ``n`` and at least ``min_s``
-    seconds of them (after two warm-ups).
+                  gap_s: float = 0.1) -> tuple[float, float]:
+    """Mean and median latency (ms) of ``n`` requests, each alone on an idle fleet (after two warm-ups).
 
-    The mean is the one compared with the prediction: under a CPU quota a short request runs at full core
-    speed until the period's quota is spent, then waits for the next period; a second of back-to-back
-    requests spans ten periods, so the mean includes those waits (the median may not)."""
-    for _ in range(2):
-        fleet.infer(name, inputs, timeout=120)
+    Each is sent ``gap_s`` (one CPU-quota period) after the previous answer: a device under a quota spends
+    its quota at full speed and then waits for the next period, so back-to-back requests would measure how
+    much quota the previous ones left, not one request alone."""
     lat: list[float] = []
-    end = time.perf_counter() + min_s
-    while len(lat) < n or time.perf_counter() < end:
+    for i in range(n + 2):
+        time.sleep(gap_s)
         t = time.perf_counter()
         fleet.infer(name, inputs, timeout=120)
-        lat.append((time.perf_counter() - t) * 1e3)
+        if i >= 2:
+            lat.append((time.perf_counter() - t) * 1e3)
     return float(np.mean(lat)), float(np.median(lat))
 
 
@@ -196,6 +201,22 @@ def infrastructure(layout: cgroups.CgroupLayout) -> Iterator[cgroups.DeviceCgrou
         group.remove()
 
 
+def start_one_by_one(sim: SimFleet, fleet: Fleet, entries: Sequence[FleetEntry], timeout: float = 60.0) -> None:
+    """Start the devices one at a time, each once the previous one reported its measured link: agents
+    started together run their GFLOP/s probes at once, and on two cores their quotas then add up to more
+    than the machine has (a 0.6-core device measured a 0.2-core one's rate)."""
+    for e in entries:
+        sim.add_device(e.name, profile=e.profile)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            d = next((d for d in fleet.devices() if d.device_id == e.name), None)
+            if d is not None and d.link_mbps:
+                break
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"device {e.name} did not come up within {timeout:g} s:\n{sim.log(e.name)[-2000:]}")
+
+
 def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size: int, per_device: int,
         seconds: float, n_latency: int, ns: Sequence[int]) -> dict[str, Any]:
     layout = cgroups.detect()
@@ -210,19 +231,7 @@ def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size
                        cgroup_layout=layout, extra_args=["--recheck-every", "0"])
         try:
             with Fleet(broker.url) as fleet:
-                # One at a time: agents started together run their GFLOP/s probes at once, and on two cores
-                # their quotas then add up to more than the machine has (the fast one measured a slow one's
-                # rate). Each starts once the previous one reported its measured link.
-                for e in entries:
-                    sim.add_device(e.name, profile=e.profile)
-                    deadline = time.monotonic() + 60
-                    while time.monotonic() < deadline:
-                        d = next((d for d in fleet.devices() if d.device_id == e.name), None)
-                        if d is not None and d.link_mbps:
-                            break
-                        time.sleep(0.2)
-                    else:
-                        raise RuntimeError(f"device {e.name} did not come up within 60 s:\n{sim.log(e.name)[-2000:]}")
+                start_one_by_one(sim, fleet, entries)
                 out["devices"] = {d.device_id: {"gflops": round(d.gflops, 1), "link_mbps": round(d.link_mbps or 0),
                                                 "rtt_ms": round(d.link_rtt_ms or 0, 2)} for d in fleet.devices()}
                 pids = {n: d.proc.pid for n, d in sim.devices.items() if d.proc is not None}
@@ -286,12 +295,15 @@ def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size
                         recalibrated(r, prof, devs, cal)
         finally:
             sim.close()
+    for m in out["models"].values():          # the shapes were for re-evaluation only, not for JSON
+        for r in [*m["scaling"], *m["alone"], m["mix"]]:
+            r.pop("_shape", None)
     return out
 
 
 def recalibrated(r: dict[str, Any], prof: CostProfile, devices: dict, cal: Calibration) -> None:
     """Add the prediction of plan ``r`` with the fitted calibration and the model's measured efficiency."""
-    shape: Shape = r.pop("_shape")
+    shape: Shape = r["_shape"]
     p = evaluate(prof, devices, shape, cal)
     r.update({"cal_rps": p.throughput_rps, "cal_ms": p.latency_ms, "cal_err_rps": r["meas_rps"] / p.throughput_rps - 1,
               "cal_err_ms": r["meas_ms"] / p.latency_ms - 1, "cal_bottleneck": p.bottleneck})
@@ -335,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--slow", type=float, default=0.2, help="CPU quota of each device of the profile, cores")
     ap.add_argument("--fast", type=float, default=0.6, help="CPU quota of the mix's fast device, cores")
     ap.add_argument("--det-size", type=int, default=320, help="PP-OCRv4 det input side (pixels)")
-    ap.add_argument("--per-device", type=int, default=3, help="requests in flight per device")
+    ap.add_argument("--per-device", type=int, default=6, help="requests in flight per device")
     ap.add_argument("--ns", default=",".join(map(str, NS)), help="device counts to scale over")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:

@@ -18,9 +18,8 @@ Per request, every *resource* is busy for some time (ms):
 
 Throughput = 1 / max over resources of busy time; latency (one request alone) = the sum along the path
 (expected over the replica weights): each hop's round trip halves, bytes over both links and the broker,
-each stage's CPU time at the device's burst speed (``peak_gflops``: a CPU quota is spent at full speed),
-but never less than the busiest device's sustained CPU per request (requests one after another cannot
-outrun a quota).
+each stage's CPU time on the idle device (:meth:`Device.alone_ms`: under a CPU quota, at full speed while
+the period's quota lasts, then waiting for the next period).
 
 A device's link rate is measured by its agent with a burst echoed through the broker, so the burst's time
 includes the agent's own CPU to send and receive every byte, which the model already counts under
@@ -67,6 +66,7 @@ class Calibration:
     client_hop_ms: float = 0.5        # caller's CPU per request (send + receive), one full core
     client_rtt_ms: float = 1.0        # caller's round trip to the broker
     client_link_bytes_per_s: float = 300e6
+    quota_period_ms: float = 100.0    # a CPU quota's period (the CFS default): see Device.alone_ms
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,23 @@ class Device:
     peak_gflops: float | None = None  # speed of one run on the idle device (a CPU quota's full speed); None: gflops
 
     def at_peak(self) -> Device:
-        """The device as one request alone meets it: at its burst speed (a CPU quota is spent at full speed,
-        then the device waits for the next period; without a quota this is the device itself)."""
+        """The device running at its burst speed (without a quota: the device itself)."""
         if self.peak_gflops is None or self.peak_gflops <= self.gflops:
             return self
         return dataclasses.replace(self, gflops=self.peak_gflops, peak_gflops=None)
+
+    def alone_ms(self, flops: float, nbytes: float, cal: Calibration) -> float:
+        """CPU time of one request alone on the idle device: at the burst speed while the quota of the period
+        lasts (``q`` = sustained / burst of each ``quota_period_ms``), plus a wait of the rest of the period
+        for every further period it needs; without a quota simply its CPU time."""
+        p = self.at_peak()
+        c = p.compute_ms(flops, cal) + p.hop_cost_ms(cal) + nbytes * p.byte_cost_ms(cal)
+        if p is self:
+            return c
+        q = self.gflops / p.gflops
+        budget = q * cal.quota_period_ms
+        waits = np.maximum(np.ceil(c / budget) - 1, 0)
+        return c + waits * (1 - q) * cal.quota_period_ms
 
     def cpu_share(self, cal: Calibration) -> float:
         return min(1.0, self.gflops / cal.ref_core_gflops)
@@ -226,8 +238,7 @@ def evaluate(prof: CostProfile, devices: dict[str, Device], shape: Shape, cal: C
             add(f"cpu:{dev_id}", w * cpu)
             add(f"in:{dev_id}", w * t_in)
             add(f"out:{dev_id}", w * t_out)
-            p = d.at_peak()
-            cpu_alone = p.compute_ms(flops, cal) + p.hop_cost_ms(cal) + (b_in + b_out) * p.byte_cost_ms(cal)
+            cpu_alone = float(d.alone_ms(flops, b_in + b_out, cal))
             latency += w * (cpu_alone + t_in + t_out + d.rtt_ms)   # half a round trip to receive, half to send
     boundary_bytes = [float(cb[c]) for c in cuts]            # request, each stage boundary, answer
     broker = sum(2 * x / cal.broker_bytes_per_s * 1e3 + 2 * cal.broker_msg_ms for x in boundary_bytes)
@@ -236,9 +247,6 @@ def evaluate(prof: CostProfile, devices: dict[str, Device], shape: Shape, cal: C
     client = cal.client_hop_ms + client_bytes * cal.byte_ms_per_mb / 1e6
     add("client", client)
     latency += broker + client + client_bytes / cal.client_link_bytes_per_s * 1e3 + cal.client_rtt_ms
-    # requests one after the other still cannot come faster than a device's sustained CPU allows: a device
-    # that bursts (a CPU quota) serves them at full speed only while its quota lasts
-    latency = max(latency, max(v for r, v in busy.items() if r.startswith("cpu:")))
     res, worst = max(busy.items(), key=lambda kv: kv[1])
     return Prediction(1e3 / worst if worst > 0 else math.inf, latency, res, busy)
 
@@ -264,9 +272,7 @@ def _device_latency(prof: CostProfile, d: Device, cal: Calibration) -> np.ndarra
     the broker's store-and-forward of the stage's input."""
     fp, cb = prof.flops_prefix, prof.carry_bytes
     n1 = len(fp)
-    p = d.at_peak()
-    cpu = (p.compute_ms(fp[None, :] - fp[:, None], cal) + p.hop_cost_ms(cal)
-           + (cb[:, None] + cb[None, :]) * p.byte_cost_ms(cal))
+    cpu = d.alone_ms(fp[None, :] - fp[:, None], cb[:, None] + cb[None, :], cal)
     t = (cpu + d.wire_ms(cb[:, None], cal) + d.wire_ms(cb[None, :], cal) + d.rtt_ms
          + (2 * cb[:, None] / cal.broker_bytes_per_s * 1e3 + 2 * cal.broker_msg_ms))
     valid = (np.arange(n1)[None, :] > np.arange(n1)[:, None]) & (prof.mem_bytes <= d.ram_bytes)

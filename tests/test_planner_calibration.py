@@ -73,21 +73,19 @@ def test_candidates_in_one_one_percent_bucket_are_ordered_by_their_exact_through
     assert found.best.prediction.throughput_rps > pipe.prediction.throughput_rps
 
 
-def test_a_bursting_device_answers_one_request_at_its_burst_speed_but_not_faster_than_its_quota_allows():
-    cal = Calibration()
-    prof = CostProfile.synthetic([0.25 * GFLOP] * 4, [1e4] * 5)
-    one = Shape((0, 4), (("q",),), ((1.0,),))
-    flat = evaluate(prof, {"q": Device("q", 20)}, one, cal)
-    burst = evaluate(prof, {"q": Device("q", 20, peak_gflops=93)}, one, cal)
-    # alone, the request runs at full speed, but one device serving requests back to back is held to its
-    # quota: latency = its sustained CPU per request; throughput is the sustained rate either way
-    assert burst.throughput_rps == pytest.approx(flat.throughput_rps)
-    assert burst.latency_ms == pytest.approx(flat.busy_ms["cpu:q"])
-    # four such devices as replicas: each sees a quarter of the requests, so its quota lasts and one request
-    # alone takes the burst time, far below the single device's
-    devs = {f"q{i}": Device(f"q{i}", 20, peak_gflops=93) for i in range(4)}
-    four = evaluate(prof, devs, Shape((0, 4), (tuple(devs),), ((0.25,) * 4,)), cal)
-    at_peak = Device("p", 93).compute_ms(GFLOP, cal)
-    assert four.latency_ms < 0.5 * burst.latency_ms and four.latency_ms > at_peak
-    flat4 = evaluate(prof, {k: Device(k, 20) for k in devs}, Shape((0, 4), (tuple(devs),), ((0.25,) * 4,)), cal)
-    assert flat4.latency_ms > 3 * four.latency_ms        # without a burst speed the prediction stays slow
+def test_one_request_alone_on_a_quota_device_runs_at_full_speed_while_the_periods_quota_lasts():
+    cal = Calibration(quota_period_ms=100.0)
+    one = Shape((0, 1), (("q",),), ((1.0,),))
+    quota = Device("q", 20, peak_gflops=100)          # a fifth of a core: 20 ms of every 100 ms period
+    full = quota.at_peak()
+    for gflop, periods in ((0.5, 1), (2.0, 2), (5.0, 4)):
+        prof = CostProfile.synthetic([gflop * GFLOP], [1e3, 1e3])
+        c = full.compute_ms(gflop * GFLOP, cal) + full.hop_cost_ms(cal) + 2e3 * full.byte_cost_ms(cal)
+        assert quota.alone_ms(gflop * GFLOP, 2e3, cal) == pytest.approx(c + (periods - 1) * 80.0)
+        burst = evaluate(prof, {"q": quota}, one, cal)
+        flat = evaluate(prof, {"q": Device("q", 20)}, one, cal)
+        # the same sustained throughput; alone, the request is faster than at the sustained speed
+        assert burst.throughput_rps == pytest.approx(flat.throughput_rps)
+        assert burst.latency_ms < flat.latency_ms
+    assert Device("d", 20).alone_ms(GFLOP, 0.0, cal) == pytest.approx(
+        Device("d", 20).compute_ms(GFLOP, cal) + Device("d", 20).hop_cost_ms(cal))
