@@ -244,7 +244,8 @@ def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size
         try:
             with Fleet(broker.url) as fleet:
                 start_one_by_one(sim, fleet, entries)
-                out["devices"] = {d.device_id: {"gflops": round(d.gflops, 1), "link_mbps": round(d.link_mbps or 0),
+                out["devices"] = {d.device_id: {"gflops": round(d.gflops, 1), "burst_gflops": d.burst_gflops,
+                                                "link_mbps": round(d.link_mbps or 0),
                                                 "rtt_ms": round(d.link_rtt_ms or 0, 2)} for d in fleet.devices()}
                 pids = {n: d.proc.pid for n, d in sim.devices.items() if d.proc is not None}
                 pids["broker"] = broker.proc.pid

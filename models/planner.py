@@ -57,7 +57,7 @@ class Calibration:
     The agent CPU costs are for one full core of the reference machine (``ref_core_gflops``); a device
     measuring a fraction of that GFLOP/s (a CPU quota, a slower board) pays them divided by that fraction."""
 
-    efficiency: float = 0.7           # model FLOP/s achieved over the GEMM probe's GFLOP/s (measured 0.60-0.83)
+    efficiency: float = 0.63          # model FLOP/s over the GEMM probe's: measured 0.58-0.65 CNNs, 0.62-0.88 GEMMs
     hop_ms: float = 0.7               # agent CPU per request per hop (decode, check, encode, publish): fitted
     byte_ms_per_mb: float = 2.5       # agent CPU per MB received plus sent (msgpack, copies, socket): fitted
     ref_core_gflops: float = 93.0     # GFLOP/s of one reference core (the quota reference of lab profiles)

@@ -74,11 +74,11 @@ def test_candidates_in_one_one_percent_bucket_are_ordered_by_their_exact_through
 
 
 def test_one_request_alone_on_a_quota_device_runs_at_full_speed_while_the_periods_quota_lasts():
-    cal = Calibration(quota_period_ms=100.0)
+    cal = Calibration(efficiency=0.5, quota_period_ms=100.0)
     one = Shape((0, 1), (("q",),), ((1.0,),))
     quota = Device("q", 20, peak_gflops=100)          # a fifth of a core: 20 ms of every 100 ms period
     full = quota.at_peak()
-    for gflop, periods in ((0.5, 1), (2.0, 2), (5.0, 4)):
+    for gflop, periods in ((0.5, 1), (1.5, 2), (3.5, 4)):   # ~11, ~31 and ~71 ms at full speed
         prof = CostProfile.synthetic([gflop * GFLOP], [1e3, 1e3])
         c = full.compute_ms(gflop * GFLOP, cal) + full.hop_cost_ms(cal) + 2e3 * full.byte_cost_ms(cal)
         assert quota.alone_ms(gflop * GFLOP, 2e3, cal) == pytest.approx(c + (periods - 1) * 80.0)
