@@ -158,14 +158,15 @@ def alone_latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int
                   gap_s: float = 0.1) -> tuple[float, float]:
     """Median and mean latency (ms) of ``n`` requests, each alone on an idle fleet (after two warm-ups).
 
-    Each is sent ``gap_s`` (one CPU-quota period) after the previous answer: a device under a quota spends
+    Each is sent 1-2 ``gap_s`` (a CPU-quota period) after the previous answer: a device under a quota spends
     its quota at full speed and then waits for the next period, so back-to-back requests would measure how
     much quota the previous ones left, not one request alone. The median is the figure compared with the
     prediction: the agent's own background work (state, load reports) sometimes leaves a request a
     period's wait, which moves the mean of 15 by several ms."""
     lat: list[float] = []
+    rng = np.random.default_rng(1)
     for i in range(n + 2):
-        time.sleep(gap_s)
+        time.sleep(gap_s * (1 + rng.random()))   # arrivals at random points of the quota's period
         t = time.perf_counter()
         fleet.infer(name, inputs, timeout=120)
         if i >= 2:

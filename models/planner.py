@@ -34,7 +34,7 @@ import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -48,6 +48,7 @@ _ENUM_BUDGET = 4000      # groupings tried per stage count (beyond it that count
 _MAX_STAGES = 4
 _CLASS_TOL = 0.08        # devices within 8 % of each other (GFLOP/s, link) are interchangeable in the search
 _TIE = 0.01              # predictions within 1 % count as equal; the other objective breaks the tie
+_PHASES = 32             # arrival phases within a CPU-quota period averaged over (Device.alone_ms)
 
 
 @dataclass(frozen=True)
@@ -88,18 +89,24 @@ class Device:
             return self
         return dataclasses.replace(self, gflops=self.peak_gflops, peak_gflops=None)
 
-    def alone_ms(self, flops: float, nbytes: float, cal: Calibration) -> float:
-        """CPU time of one request alone on the idle device: at the burst speed while the quota of the period
-        lasts (``q`` = sustained / burst of each ``quota_period_ms``), plus a wait of the rest of the period
-        for every further period it needs; without a quota simply its CPU time."""
+    def alone_ms(self, flops: Any, nbytes: Any, cal: Calibration) -> Any:
+        """CPU time of one request alone on the idle device (arrays broadcast). Without a quota, its CPU
+        time. Under a quota (``q`` = sustained / burst of each ``quota_period_ms`` ``P``) it runs at the burst
+        speed until the period's ``q P`` is spent, waits for the next period, and so on; a request arrives at
+        a random point of a period, so this is the mean over arrival phases (a grid of 32)."""
         p = self.at_peak()
-        c = p.compute_ms(flops, cal) + p.hop_cost_ms(cal) + nbytes * p.byte_cost_ms(cal)
+        c = np.asarray(p.compute_ms(flops, cal) + p.hop_cost_ms(cal) + nbytes * p.byte_cost_ms(cal), np.float64)
         if p is self:
             return c
-        q = self.gflops / p.gflops
-        budget = q * cal.quota_period_ms
-        waits = np.maximum(np.ceil(c / budget) - 1, 0)
-        return c + waits * (1 - q) * cal.quota_period_ms
+        q, period = self.gflops / p.gflops, cal.quota_period_ms
+        budget = q * period
+        phase = (np.arange(_PHASES) + 0.5) / _PHASES * period           # time into the period at arrival
+        cc = c[..., None]
+        first = np.minimum(budget, period - phase)                        # what the current period still allows
+        rest = np.maximum(cc - first, 0.0)
+        more = np.maximum(np.ceil(rest / budget) - 1, 0)                  # further periods it waits through
+        t = np.where(cc <= first, cc, (period - phase) + more * period + (rest - more * budget))
+        return t.mean(axis=-1)
 
     def cpu_share(self, cal: Calibration) -> float:
         return min(1.0, self.gflops / cal.ref_core_gflops)

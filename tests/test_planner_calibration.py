@@ -78,14 +78,23 @@ def test_one_request_alone_on_a_quota_device_runs_at_full_speed_while_the_period
     one = Shape((0, 1), (("q",),), ((1.0,),))
     quota = Device("q", 20, peak_gflops=100)          # a fifth of a core: 20 ms of every 100 ms period
     full = quota.at_peak()
-    for gflop, periods in ((0.5, 1), (1.5, 2), (3.5, 4)):   # ~11, ~31 and ~71 ms at full speed
+
+    def cpu(gflop: float) -> float:
+        return full.compute_ms(gflop * GFLOP, cal) + full.hop_cost_ms(cal) + 2e3 * full.byte_cost_ms(cal)
+
+    # ~11 ms fits in a period's 20 ms: arriving late in a period, it runs on into the next one's fresh quota
+    assert quota.alone_ms(0.5 * GFLOP, 2e3, cal) == pytest.approx(cpu(0.5))
+    # ~31 ms: more than a period's 20 ms, so nearly every arrival waits once; ~71 ms: three or four times
+    mid, big = quota.alone_ms(1.5 * GFLOP, 2e3, cal), quota.alone_ms(3.5 * GFLOP, 2e3, cal)
+    assert cpu(1.5) + 30 < mid < cpu(1.5) + 80
+    assert cpu(3.5) + 3 * 60 < big < cpu(3.5) + 4 * 80
+    # a device without a quota: its CPU time
+    assert Device("d", 20).alone_ms(GFLOP, 0.0, cal) == pytest.approx(
+        Device("d", 20).compute_ms(GFLOP, cal) + Device("d", 20).hop_cost_ms(cal))
+    for gflop in (0.5, 1.5, 3.5):
         prof = CostProfile.synthetic([gflop * GFLOP], [1e3, 1e3])
-        c = full.compute_ms(gflop * GFLOP, cal) + full.hop_cost_ms(cal) + 2e3 * full.byte_cost_ms(cal)
-        assert quota.alone_ms(gflop * GFLOP, 2e3, cal) == pytest.approx(c + (periods - 1) * 80.0)
         burst = evaluate(prof, {"q": quota}, one, cal)
         flat = evaluate(prof, {"q": Device("q", 20)}, one, cal)
         # the same sustained throughput; alone, the request is faster than at the sustained speed
         assert burst.throughput_rps == pytest.approx(flat.throughput_rps)
         assert burst.latency_ms < flat.latency_ms
-    assert Device("d", 20).alone_ms(GFLOP, 0.0, cal) == pytest.approx(
-        Device("d", 20).compute_ms(GFLOP, cal) + Device("d", 20).hop_cost_ms(cal))
