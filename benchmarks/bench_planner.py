@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.bench_pool import alone_latency, infrastructure, start_one_by_one
 from benchmarks.common import console, fmt, parser, table, write_json
 from edge_agent import Fleet
 from edge_agent.lab import cgroups
@@ -52,13 +53,9 @@ def throughput(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], seconds: 
 
 
 def latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int) -> float:
-    """Median latency (ms) of ``n`` requests sent one at a time."""
-    lat = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fleet.infer(name, inputs, timeout=60)
-        lat.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(lat))
+    """Median latency (ms) of ``n`` requests, each alone on the idle fleet
+    (:func:`benchmarks.bench_pool.alone_latency`: one quota period between them)."""
+    return alone_latency(fleet, name, inputs, n)[0]
 
 
 def run(workdir: Path, fast: float, slow: float, seconds: float, n_latency: int) -> dict[str, Any]:
@@ -71,17 +68,13 @@ def run(workdir: Path, fast: float, slow: float, seconds: float, n_latency: int)
     inputs = {i.name: rng.standard_normal([d.dim_value or 1 for d in i.type.tensor_type.shape.dim])
               .astype(np.float32) for i in model.graph.input}
     rows: list[dict[str, Any]] = []
-    with Broker.start("mosquitto", workdir=str(workdir / "broker")) as broker:
-        sim = SimFleet(broker_url=broker.url, workdir=workdir / "sim", discovery=False, devices=devices,
+    with infrastructure(layout) as infra, Broker.start("mosquitto", workdir=str(workdir / "broker")) as broker:
+        infra.add(broker.proc.pid)
+        sim = SimFleet(broker_url=broker.url, workdir=workdir / "sim", discovery=False, devices=[],
                        cgroup_layout=layout, extra_args=["--recheck-every", "0"])
         try:
             with Fleet(broker.url) as fleet:
-                deadline = time.monotonic() + 90
-                while time.monotonic() < deadline:
-                    devs = fleet.devices()
-                    if len(devs) == 3 and all(d.link_mbps for d in devs):
-                        break
-                    time.sleep(0.5)
+                start_one_by_one(sim, fleet, devices)
                 caps = {d.device_id: (round(d.gflops, 1), round(d.link_mbps or 0), round(d.link_rtt_ms or 0, 2))
                         for d in fleet.devices()}
                 tp_search = fleet.plan_shapes(model, objective="throughput")

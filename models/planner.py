@@ -18,28 +18,37 @@ Per request, every *resource* is busy for some time (ms):
 
 Throughput = 1 / max over resources of busy time; latency (one request alone) = the sum along the path
 (expected over the replica weights): each hop's round trip halves, bytes over both links and the broker,
-each stage's CPU time.
+each stage's CPU time on the idle device (:meth:`Device.alone_ms`: under a CPU quota, at full speed while
+the period's quota lasts, then waiting for the next period).
+
+A device's link rate is measured by its agent with a burst echoed through the broker, so the burst's time
+includes the agent's own CPU to send and receive every byte, which the model already counts under
+``cpu:<dev>``; the link's time is what remains (:meth:`Device.wire_ms`), never less than the broker's.
+:func:`fit_agent_costs` fits the per-hop and per-byte agent costs from measured runs (docs/planner.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from models.partition import CostProfile, minmax_cuts, minsum_cuts
 
 __all__ = ["Calibration", "Device", "Shape", "Prediction", "Candidate", "Search", "evaluate", "search",
-           "OBJECTIVES"]
+           "OBJECTIVES", "Observation", "fit_agent_costs"]
 
 OBJECTIVES = ("throughput", "latency")
 _ENUM_BUDGET = 4000      # groupings tried per stage count (beyond it that count is skipped, and said so)
 _MAX_STAGES = 4
 _CLASS_TOL = 0.08        # devices within 8 % of each other (GFLOP/s, link) are interchangeable in the search
 _TIE = 0.01              # predictions within 1 % count as equal; the other objective breaks the tie
+_PHASES = 32             # arrival phases within a CPU-quota period averaged over (Device.alone_ms)
 
 
 @dataclass(frozen=True)
@@ -49,15 +58,16 @@ class Calibration:
     The agent CPU costs are for one full core of the reference machine (``ref_core_gflops``); a device
     measuring a fraction of that GFLOP/s (a CPU quota, a slower board) pays them divided by that fraction."""
 
-    efficiency: float = 0.7           # model FLOP/s achieved over the GEMM probe's GFLOP/s
-    hop_ms: float = 1.0               # agent CPU per request per hop (decode, check, encode, publish)
-    byte_ms_per_mb: float = 1.0       # agent CPU per MB received plus sent (msgpack, copies, socket)
+    efficiency: float = 0.63          # model FLOP/s over the GEMM probe's: measured 0.58-0.65 CNNs, 0.62-0.88 GEMMs
+    hop_ms: float = 0.7               # agent CPU per request per hop (decode, check, encode, publish): fitted
+    byte_ms_per_mb: float = 2.5       # agent CPU per MB received plus sent (msgpack, copies, socket): fitted
     ref_core_gflops: float = 93.0     # GFLOP/s of one reference core (the quota reference of lab profiles)
     broker_bytes_per_s: float = 600e6 # bytes/s the broker receives plus sends, when not measured
     broker_msg_ms: float = 0.05       # broker time per message crossing (in or out)
     client_hop_ms: float = 0.5        # caller's CPU per request (send + receive), one full core
     client_rtt_ms: float = 1.0        # caller's round trip to the broker
     client_link_bytes_per_s: float = 300e6
+    quota_period_ms: float = 100.0    # a CPU quota's period (the CFS default): see Device.alone_ms
 
 
 @dataclass(frozen=True)
@@ -70,9 +80,47 @@ class Device:
     rtt_ms: float = 1.0
     ram_bytes: int = 2**34
     hop_ms: float | None = None       # measured agent CPU per hop on this device; None: from the calibration
+    efficiency: float | None = None   # measured model FLOP/s over this device's GFLOP/s; None: the calibration's
+    peak_gflops: float | None = None  # speed of one run on the idle device (a CPU quota's full speed); None: gflops
+
+    def at_peak(self) -> Device:
+        """The device running at its burst speed (without a quota: the device itself)."""
+        if self.peak_gflops is None or self.peak_gflops <= self.gflops:
+            return self
+        return dataclasses.replace(self, gflops=self.peak_gflops, peak_gflops=None)
+
+    def alone_ms(self, flops: Any, nbytes: Any, cal: Calibration) -> Any:
+        """CPU time of one request alone on the idle device (arrays broadcast). Without a quota, its CPU
+        time. Under a quota (``q`` = sustained / burst of each ``quota_period_ms`` ``P``) it runs at the burst
+        speed until the period's ``q P`` is spent, waits for the next period, and so on; a request arrives at
+        a random point of a period, so this is the mean over arrival phases (a grid of 32)."""
+        p = self.at_peak()
+        c = np.asarray(p.compute_ms(flops, cal) + p.hop_cost_ms(cal) + nbytes * p.byte_cost_ms(cal), np.float64)
+        if p is self:
+            return c
+        q, period = self.gflops / p.gflops, cal.quota_period_ms
+        budget = q * period
+        phase = (np.arange(_PHASES) + 0.5) / _PHASES * period           # time into the period at arrival
+        cc = c[..., None]
+        first = np.minimum(budget, period - phase)                        # what the current period still allows
+        rest = np.maximum(cc - first, 0.0)
+        more = np.maximum(np.ceil(rest / budget) - 1, 0)                  # further periods it waits through
+        t = np.where(cc <= first, cc, (period - phase) + more * period + (rest - more * budget))
+        return t.mean(axis=-1)
 
     def cpu_share(self, cal: Calibration) -> float:
         return min(1.0, self.gflops / cal.ref_core_gflops)
+
+    def compute_ms(self, flops: float, cal: Calibration) -> float:
+        eff = self.efficiency if self.efficiency is not None else cal.efficiency
+        return flops / (self.gflops * eff * 1e9) * 1e3
+
+    def wire_ms(self, nbytes: float, cal: Calibration) -> float:
+        """Link time of ``nbytes`` beside the agent's CPU: the measured burst rate's time less the agent's
+        CPU to send and receive those bytes (the probe's burst went through the agent's process both ways),
+        never less than the broker's transfer of them."""
+        probe = nbytes / self.link_bytes_per_s * 1e3
+        return np.maximum(probe - 2 * nbytes * self.byte_cost_ms(cal), nbytes / cal.broker_bytes_per_s * 1e3)
 
     def hop_cost_ms(self, cal: Calibration) -> float:
         return self.hop_ms if self.hop_ms is not None else cal.hop_ms / self.cpu_share(cal)
@@ -192,13 +240,13 @@ def evaluate(prof: CostProfile, devices: dict[str, Device], shape: Shape, cal: C
         b_in, b_out = float(cb[a]), float(cb[b])
         for dev_id, w in zip(group, weights):
             d = devices[dev_id]
-            cpu = (flops / (d.gflops * cal.efficiency * 1e9) * 1e3 + d.hop_cost_ms(cal)
-                   + (b_in + b_out) * d.byte_cost_ms(cal))
-            t_in, t_out = b_in / d.link_bytes_per_s * 1e3, b_out / d.link_bytes_per_s * 1e3
+            cpu = d.compute_ms(flops, cal) + d.hop_cost_ms(cal) + (b_in + b_out) * d.byte_cost_ms(cal)
+            t_in, t_out = d.wire_ms(b_in, cal), d.wire_ms(b_out, cal)
             add(f"cpu:{dev_id}", w * cpu)
             add(f"in:{dev_id}", w * t_in)
             add(f"out:{dev_id}", w * t_out)
-            latency += w * (cpu + t_in + t_out + d.rtt_ms)   # half a round trip to receive, half to send
+            cpu_alone = float(d.alone_ms(flops, b_in + b_out, cal))
+            latency += w * (cpu_alone + t_in + t_out + d.rtt_ms)   # half a round trip to receive, half to send
     boundary_bytes = [float(cb[c]) for c in cuts]            # request, each stage boundary, answer
     broker = sum(2 * x / cal.broker_bytes_per_s * 1e3 + 2 * cal.broker_msg_ms for x in boundary_bytes)
     add("broker", broker)
@@ -218,9 +266,9 @@ def _device_time(prof: CostProfile, d: Device, cal: Calibration) -> np.ndarray:
     a >= b or the range does not fit in its RAM."""
     fp, cb = prof.flops_prefix, prof.carry_bytes
     n1 = len(fp)
-    cpu = ((fp[None, :] - fp[:, None]) / (d.gflops * cal.efficiency * 1e9) * 1e3 + d.hop_cost_ms(cal)
+    cpu = (d.compute_ms(fp[None, :] - fp[:, None], cal) + d.hop_cost_ms(cal)
            + (cb[:, None] + cb[None, :]) * d.byte_cost_ms(cal))
-    link = np.maximum(cb[:, None], cb[None, :]) / d.link_bytes_per_s * 1e3
+    link = d.wire_ms(np.maximum(cb[:, None], cb[None, :]), cal)
     t = np.maximum(cpu, link)
     valid = (np.arange(n1)[None, :] > np.arange(n1)[:, None]) & (prof.mem_bytes <= d.ram_bytes)
     return np.where(valid, t, np.inf)
@@ -231,9 +279,8 @@ def _device_latency(prof: CostProfile, d: Device, cal: Calibration) -> np.ndarra
     the broker's store-and-forward of the stage's input."""
     fp, cb = prof.flops_prefix, prof.carry_bytes
     n1 = len(fp)
-    cpu = ((fp[None, :] - fp[:, None]) / (d.gflops * cal.efficiency * 1e9) * 1e3 + d.hop_cost_ms(cal)
-           + (cb[:, None] + cb[None, :]) * d.byte_cost_ms(cal))
-    t = (cpu + (cb[:, None] + cb[None, :]) / d.link_bytes_per_s * 1e3 + d.rtt_ms
+    cpu = d.alone_ms(fp[None, :] - fp[:, None], cb[:, None] + cb[None, :], cal)
+    t = (cpu + d.wire_ms(cb[:, None], cal) + d.wire_ms(cb[None, :], cal) + d.rtt_ms
          + (2 * cb[:, None] / cal.broker_bytes_per_s * 1e3 + 2 * cal.broker_msg_ms))
     valid = (np.arange(n1)[None, :] > np.arange(n1)[:, None]) & (prof.mem_bytes <= d.ram_bytes)
     return np.where(valid, t, np.inf)
@@ -296,9 +343,10 @@ def _rank_key(c: Candidate, objective: str) -> tuple:
     tp = -math.floor(math.log(max(p.throughput_rps, 1e-9)) / math.log1p(_TIE))
     lat = math.floor(math.log(max(p.latency_ms, 1e-9)) / math.log1p(_TIE))
     n_dev = len(c.shape.devices)
+    # within one bucket (1 %) the exact figures still order the candidates, before the label does
     if objective == "throughput":
-        return (tp, lat, n_dev, c.shape.label())
-    return (lat, tp, n_dev, c.shape.label())
+        return (tp, lat, n_dev, -p.throughput_rps, p.latency_ms, c.shape.label())
+    return (lat, tp, n_dev, p.latency_ms, -p.throughput_rps, c.shape.label())
 
 
 def search(prof: CostProfile, devices: Sequence[Device], cal: Calibration | None = None,
@@ -384,3 +432,41 @@ def search(prof: CostProfile, devices: Sequence[Device], cal: Calibration | None
     cands = [Candidate(s, evaluate(prof, by_id, s, cal)) for s in shapes.values()]
     cands.sort(key=lambda c: _rank_key(c, objective))
     return Search(objective, cands, notes)
+
+
+# ------------------------------------------------------------------------------------------- calibration
+
+
+class Observation(NamedTuple):
+    """One measured deployment stage on one device, for :func:`fit_agent_costs`.
+
+    ``cpu_ms``: the device's CPU per request in ms of one full reference core (its CPU time over the
+    requests it served, at saturation); ``run_ms``: the backend's run of the stage per request on one full
+    core (the model run alone, without the agent); ``nbytes``: bytes it received plus sent per request."""
+
+    cpu_ms: float
+    run_ms: float
+    nbytes: float
+
+
+def fit_agent_costs(obs: Sequence[Observation], base: Calibration | None = None) -> Calibration:
+    """``base`` with ``hop_ms`` and ``byte_ms_per_mb`` fitted to measured runs: the agent's overhead per
+    request (``cpu_ms - run_ms``) = hop + bytes x per-byte cost, least squares, both kept >= 0. With fewer
+    than two distinct byte counts only the per-hop cost is fitted (the per-byte one keeps ``base``'s)."""
+    base = base or Calibration()
+    if not obs:
+        raise ValueError("fit_agent_costs: no observations")
+    for o in obs:
+        if not (o.cpu_ms > 0 and o.run_ms >= 0 and o.nbytes >= 0):
+            raise ValueError(f"fit_agent_costs: an observation needs cpu_ms > 0, run_ms >= 0, nbytes >= 0: {o}")
+    over = np.array([o.cpu_ms - o.run_ms for o in obs], np.float64)
+    mb = np.array([o.nbytes / 1e6 for o in obs], np.float64)
+    if len(set(np.round(mb, 6))) < 2:
+        hop, per_mb = float(np.mean(over - mb * base.byte_ms_per_mb)), base.byte_ms_per_mb
+    else:
+        per_mb, hop = (float(v) for v in np.polyfit(mb, over, 1))
+        if per_mb < 0:   # noise: the overhead does not grow with bytes here; a constant fits best
+            hop, per_mb = float(np.mean(over)), 0.0
+        elif hop < 0:    # the line through zero
+            hop, per_mb = 0.0, float(np.dot(mb, over) / np.dot(mb, mb))
+    return Calibration(**{**base.__dict__, "hop_ms": max(hop, 0.0), "byte_ms_per_mb": max(per_mb, 0.0)})

@@ -28,35 +28,38 @@ def cgroup_layout() -> cgroups.CgroupLayout:
 
 def test_quota_device_measures_less_gflops_reports_its_limits_and_link_and_leaves_no_cgroup(
         cgroup_layout, mosquitto, tmp_path):
-    # A tenth of a core, not a quarter: the unlimited device shares the 2 cores with the other test worker
-    # and whatever else runs, and must still get clearly more than the quota device.
-    tenth = DeviceProfile("tenth", cpu=0.1, threads=1, memory_mb=512)
+    quarter = DeviceProfile("quarter", cpu=0.25, threads=1, memory_mb=512)
     full = DeviceProfile("full", threads=1)
     sim = SimFleet(broker_url=mosquitto.url, workdir=tmp_path, discovery=False, cgroup_layout=cgroup_layout,
-                   devices=[FleetEntry("tenth", tenth), FleetEntry("full", full)],
+                   devices=[FleetEntry("quarter", quarter), FleetEntry("full", full)],
                    extra_args=["--recheck-every", "0"])
     try:
-        group = sim.devices["tenth"].cgroup
+        group = sim.devices["quarter"].cgroup
         assert group is not None and sim.devices["full"].cgroup is None
         dirs = list(group.dirs)
-        wait_until(lambda: sim.devices["tenth"].proc.pid in group.pids(), 10, what="the agent in its cgroup")
+        wait_until(lambda: sim.devices["quarter"].proc.pid in group.pids(), 10, what="the agent in its cgroup")
         with Fleet(mosquitto.url) as fleet:
             devs = wait_until(lambda: (lambda d: d if len(d) == 2 and all(x.link_rtt_ms is not None for x in d)
                                        else None)(fleet.devices()), 60, what="both devices with a measured link")
         by = {d.device_id: d for d in devs}
-        ratio = by["tenth"].gflops / by["full"].gflops
-        print(f"GFLOP/s tenth {by['tenth'].gflops:.1f}, full {by['full'].gflops:.1f}, ratio {ratio:.2f}; "
-              f"throttled periods {group.throttled()}")
-        assert ratio < 0.75, "a 10 % quota device must measure clearly less than an unlimited one"
+        q = by["quarter"]
+        ratio = q.gflops / (q.burst_gflops or 0.0)
+        print(f"GFLOP/s quarter {q.gflops:.1f} (burst {q.burst_gflops}), full {by['full'].gflops:.1f}; "
+              f"sustained / burst {ratio:.2f}; throttled periods {group.throttled()}")
+        # the quota shows in the measured GFLOP/s: over whole periods the device gets a quarter of the speed one
+        # GEMM runs at inside a period. (Compared with the unlimited device instead, the ratio depends on the
+        # machine's other load: the lab's groups are weighted to get their quotas, an unlimited device is not.)
+        assert ratio < 0.75, "a 25 % quota device must measure clearly less than its own full speed"
         assert group.throttled() > 0
-        assert by["tenth"].ram_mb == 512 and by["full"].ram_mb > 512
+        assert q.ram_mb == 512 and by["full"].ram_mb > 512
 
         out = subprocess.run([sys.executable, "-m", "edge_agent.cli", "fleet", "ls", "--json", "--broker",
                               mosquitto.url], capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         rows = {r["device_id"]: r for r in json.loads(out.stdout)}
-        for name in ("tenth", "full"):
+        for name in ("quarter", "full"):
             assert rows[name]["link_rtt_ms"] > 0 and rows[name]["link_mbps"] > 0, rows[name]
+            assert rows[name]["burst_gflops"] >= rows[name]["gflops"] > 0, rows[name]
     finally:
         sim.close()
     assert not any(d.exists() for d in dirs), "the device's cgroups are removed when the fleet closes"

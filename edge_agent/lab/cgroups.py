@@ -34,6 +34,16 @@ log = logging.getLogger("edge_agent.lab.cgroups")
 PERIOD_US = 100_000          # the CFS default: the quota is enforced per 100 ms period
 MIN_QUOTA_US = 1_000         # the kernel refuses less than 1 ms a period
 GROUP_PARENT = "edge-agent-lab"
+# CPU weight of the edge-agent-lab parent group, in units of one ordinary task's weight. The parent is ONE
+# scheduling entity beside every other process of the machine: at the default weight, all emulated devices
+# together got one task's share, so on a machine busy with k other tasks a fleet whose quotas add up to 1.2
+# cores received 2/(k+1) cores and stopped scaling beyond two devices (measured: bench_pool, N = 6 at load 6
+# ran 4x slower than N = 4). With this weight the devices receive their quotas while other work competes; the
+# quotas still cap them, so the lab never takes more than its devices' quotas add up to.
+PARENT_WEIGHT_TASKS = 32
+# A device group weighs this many ordinary tasks per core of its quota: devices inside the parent split it by
+# their quotas, and a device still gets its quota beside groups left at the default weight (one task).
+DEVICE_WEIGHT_TASKS_PER_CORE = 8
 
 
 class CgroupUnavailable(RuntimeError):
@@ -220,6 +230,23 @@ def _make_group(base: Path, name: str, version: int = 1) -> Path:
     return d
 
 
+def _set_weights(group_dir: Path, version: int, cpu: float | None) -> None:
+    """The parent's weight (see PARENT_WEIGHT_TASKS) and the device group's, proportional to its quota so
+    that devices competing inside the parent split what it gets by their quotas. Best effort: a weight that
+    cannot be written leaves the default (the quota still applies), and says so."""
+    tasks = DEVICE_WEIGHT_TASKS_PER_CORE * (cpu or 1)    # no quota: weighs like a one-core device
+    if version == 1:
+        parent, own = ("cpu.shares", 1024 * PARENT_WEIGHT_TASKS), ("cpu.shares", max(2, round(1024 * tasks)))
+    else:
+        parent, own = ("cpu.weight", min(10_000, 100 * PARENT_WEIGHT_TASKS)), \
+            ("cpu.weight", max(1, min(10_000, round(100 * tasks))))
+    for d, (fname, value) in ((group_dir.parent, parent), (group_dir, own)):
+        try:
+            _write(d / fname, str(value))
+        except CgroupUnavailable as exc:
+            log.warning("cannot set the CPU weight of %s (%s); the default weight applies", d, exc)
+
+
 def create(name: str, *, cpu: float | None, memory_mb: int | None = None,
            layout: CgroupLayout | None = None) -> DeviceCgroup:
     """Groups for device ``name`` with a CPU quota of ``cpu`` cores (None: unlimited) and a memory limit.
@@ -237,6 +264,7 @@ def create(name: str, *, cpu: float | None, memory_mb: int | None = None,
             _write(cpu_dir / "cpu.cfs_quota_us", str(quota))
         else:
             _write(cpu_dir / "cpu.max", f"{'max' if quota < 0 else quota} {PERIOD_US}")
+        _set_weights(cpu_dir, layout.version, cpu)
         if memory_mb is not None:
             if layout.memory_dir is None:
                 log.warning("%s: no memory controller here; memory limit %d MB not applied", name, memory_mb)

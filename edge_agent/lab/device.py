@@ -110,12 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         def scale_gflops(agent: Agent) -> None:
             if args.gflops is None:
                 agent.gflops /= factor
+                if agent.burst_gflops is not None:   # every run is slowed, the first one too
+                    agent.burst_gflops /= factor
                 agent.gflops_source = f"{agent.gflops_source} / {factor:g} (lab slowdown)"
                 probe = agent.gflops_probe
 
-                def slowed(seconds: float, threads: int) -> tuple[float, str]:   # idle re-measurements
-                    value, source = probe(seconds, threads)
-                    return value / factor, f"{source} / {factor:g} (lab slowdown)"
+                def slowed(seconds: float, threads: int) -> tuple:   # idle re-measurements
+                    *values, source = probe(seconds, threads)
+                    return (*(v / factor for v in values), f"{source} / {factor:g} (lab slowdown)")
 
                 agent.gflops_probe = slowed  # type: ignore[method-assign]
 

@@ -38,8 +38,9 @@ def model_device(d: Any) -> Any:
 
     spec = device_spec(d)
     rtt = getattr(d, "link_rtt_ms", None)
+    burst = getattr(d, "burst_gflops", None)
     return Device(spec.id, spec.gflops, link_bytes_per_s=spec.link_bytes_per_s, ram_bytes=spec.ram_bytes,
-                  rtt_ms=float(rtt) if rtt else 1.0)
+                  rtt_ms=float(rtt) if rtt else 1.0, peak_gflops=float(burst) if burst else None)
 
 
 def calibration_for(devices: Sequence[Any]) -> Any:
@@ -53,7 +54,9 @@ def calibration_for(devices: Sequence[Any]) -> Any:
     cal = Calibration()
     rates = [float(d.link_mbps) * 1e6 / 8 for d in devices if getattr(d, "link_mbps", None)]
     if rates:
-        cal = dataclasses.replace(cal, broker_bytes_per_s=2 * max(rates))
+        # a probe through an agent under a CPU quota measures that agent's CPU, not the broker: never below
+        # the default (600 MB/s, this machine's loopback Mosquitto in and out)
+        cal = dataclasses.replace(cal, broker_bytes_per_s=max(cal.broker_bytes_per_s, 2 * max(rates)))
     return cal
 
 

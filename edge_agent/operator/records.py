@@ -29,12 +29,13 @@ class DeviceStatus:
     events: list[dict] = field(default_factory=list)
     link_rtt_ms: float | None = None     # measured by the device: round trip to the broker
     link_mbps: float | None = None       # and burst throughput, Mbit/s
+    burst_gflops: float | None = None    # GFLOP/s of one GEMM on the idle device (a CPU quota's full speed)
 
     @classmethod
     def from_state(cls, st: DeviceState) -> DeviceStatus:
         return cls(st.device_id, st.online, st.isa, st.cores, st.ram_mb, st.gflops, st.version,
                    list(st.stages), list(st.peers), dict(st.counters), st.queue_depth, st.ts, list(st.blobs),
-                   st.dev_mode, list(st.events), st.link_rtt_ms, st.link_mbps)
+                   st.dev_mode, list(st.events), st.link_rtt_ms, st.link_mbps, st.burst_gflops)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

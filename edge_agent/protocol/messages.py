@@ -357,6 +357,8 @@ class DeviceState(Message):
     events: list = field(default_factory=list)      # last rejections: [{ts, kind, model, version, reason}]
     link_rtt_ms: float | None = None                # measured QoS 1 round trip to the broker (None: not yet)
     link_mbps: float | None = None                  # measured burst throughput to the broker, Mbit/s
+    burst_gflops: float | None = None               # one GEMM's speed on the idle device (above gflops under
+                                                    # a CPU quota, which it spends at full speed); None: unknown
     fresh: dict = field(default_factory=dict)       # the freshness statement it holds: created, expires,
                                                     # expired, behind (slots it has an older version of)
 
