@@ -66,8 +66,9 @@ def test_quota_device_measures_less_gflops_reports_its_limits_and_link_and_leave
 
 
 def test_netlab_host_link_rate_shows_in_the_measured_link(mosquitto_available, tmp_path):
-    """Broker on h0; one agent on an htb-shaped host (20 Mbit/s), one on an unshaped host: the shaped one
-    measures a clearly slower link (a ratio in the same run)."""
+    """Broker on h0; one agent on an htb-shaped host (4 Mbit/s), one on an unshaped host: the shaped one
+    measures a clearly slower link (a ratio in the same run). 4 Mbit/s, not faster: on a loaded machine an
+    agent's 1 MiB burst through Python has measured as little as 19 Mbit/s on an unshaped link."""
     from edge_agent.lab.netlab import LabFleet, NetLab, netns_supported
 
     ok, reason = netns_supported()
@@ -76,15 +77,15 @@ def test_netlab_host_link_rate_shows_in_the_measured_link(mosquitto_available, t
     with NetLab(3) as lab:
         lf = LabFleet(lab, 0, workdir=tmp_path, discovery=False, extra_args=["--recheck-every", "0"])
         try:
-            lf.add_device("slow-link", 1, profile=DeviceProfile("wifi", link_mbit=20))
+            lf.add_device("slow-link", 1, profile=DeviceProfile("wifi", link_mbit=4))
             lf.add_device("fast-link", 2)
-            assert "20 Mbit/s (htb)" in lf.devices["slow-link"].emulation
+            assert "4 Mbit/s (htb)" in lf.devices["slow-link"].emulation
             with Fleet(lf.broker_url) as fleet:
                 devs = wait_until(lambda: (lambda d: d if len(d) == 2 and all(x.link_mbps for x in d) else None)(
                     fleet.devices()), 60, what="both devices with a measured link")
             by = {d.device_id: d.link_mbps for d in devs}
             print(f"link Mbit/s: shaped {by['slow-link']:.1f}, unshaped {by['fast-link']:.1f}")
             assert by["slow-link"] / by["fast-link"] < 0.5
-            assert by["slow-link"] < 40
+            assert by["slow-link"] < 6
         finally:
             lf.close()
