@@ -83,6 +83,9 @@ on_status on_layernorm_f32(const float *x, const float *scale, const float *bias
 /* y[n, c, i] = x[n, c, i] * scale[c] + shift[c]: inference BatchNormalization after folding. */
 on_status on_channel_affine_f32(const float *x, const float *scale, const float *shift, float *y, size_t n,
                                 size_t c, size_t inner, int nthreads);
+/* The same on the NCHWc8 layout: x, y [n][cblocks][pixels][ON_C0]; scale, shift [cblocks * ON_C0]. */
+on_status on_channel_affine_nchwc8_f32(const float *x, const float *scale, const float *shift, float *y, size_t n,
+                                       size_t cblocks, size_t pixels, int nthreads);
 
 /* ---- pooling ---------------------------------------------------------------------------------- */
 typedef struct {
