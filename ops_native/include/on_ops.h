@@ -161,6 +161,8 @@ typedef struct {
     /* output row oy of one 8-channel block of NCHWc8 pooling: x [ih][iw][8] -> y [ow][8] */
     int (*pool2d_c8_row)(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oy, int64_t ow,
                          int64_t pb, int64_t pr, const on_pool2d_params *p);
+    /* y[i][l] = x[i][l] * a[l] + b[l] for i < pixels, l < ON_C0 (a per-channel affine on one NCHWc8 block) */
+    int (*affine_c8_rows)(const float *x, float *y, size_t pixels, const float *a, const float *b);
 } on_ops_table;
 
 extern const on_ops_table on_ops_table_scalar;

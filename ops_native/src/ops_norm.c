@@ -115,6 +115,7 @@ typedef struct {
     const float *x, *scale, *shift;
     float *y;
     size_t cblocks, pixels;
+    const on_ops_table *tab;
 } affine_blocked_ctx;
 
 static void affine_blocked_work(void *vctx, size_t begin, size_t end) {
@@ -123,15 +124,14 @@ static void affine_blocked_work(void *vctx, size_t begin, size_t end) {
         const float *a = c->scale + (p % c->cblocks) * ON_C0, *b = c->shift + (p % c->cblocks) * ON_C0;
         const float *x = c->x + p * c->pixels * ON_C0;
         float *y = c->y + p * c->pixels * ON_C0;
-        for (size_t i = 0; i < c->pixels; i++) /* one pixel = ON_C0 lanes: the compiler keeps a and b in registers */
-            for (size_t l = 0; l < ON_C0; l++) y[i * ON_C0 + l] = x[i * ON_C0 + l] * a[l] + b[l];
+        c->tab->affine_c8_rows(x, y, c->pixels, a, b);
     }
 }
 
 on_status on_channel_affine_nchwc8_f32(const float *x, const float *scale, const float *shift, float *y, size_t n,
                                        size_t cblocks, size_t pixels, int nthreads) {
     if (n * cblocks * pixels > 0 && (!x || !y || !scale || !shift)) return ON_ERR_ARG;
-    affine_blocked_ctx ctx = {x, scale, shift, y, cblocks, pixels};
+    affine_blocked_ctx ctx = {x, scale, shift, y, cblocks, pixels, on_kernels_active()->ops};
     if (n * cblocks * pixels * ON_C0 < 32768) nthreads = 1;
     on_parallel_for(n * cblocks, affine_blocked_work, &ctx, nthreads);
     return ON_OK;

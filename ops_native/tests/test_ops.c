@@ -225,6 +225,18 @@ static void test_channel_affine_nchwc8_matches_naive(void) {
         free(x), free(sc), free(sh), free(want), free(got);
     }
     CHECK_EQ_INT(on_channel_affine_nchwc8_f32(NULL, NULL, NULL, NULL, 1, 1, 1, 1), ON_ERR_ARG);
+    /* the row kernels themselves: the reference and the active ISA's, odd pixel counts (vector tails) */
+    const on_ops_table *tabs[2] = {&on_ops_table_scalar, fast_table()};
+    for (size_t px = 1; px <= 9; px++) {
+        float *x = rnd(px * ON_C0, 3.0f), *a = rnd(ON_C0, 2.0f), *b = rnd(ON_C0, 2.0f), *got = rnd(px * ON_C0, 1);
+        float want[9 * ON_C0];
+        for (size_t i = 0; i < px * ON_C0; i++) want[i] = x[i] * a[i % ON_C0] + b[i % ON_C0];
+        for (int t = 0; t < 2; t++) {
+            CHECK_EQ_INT(tabs[t]->affine_c8_rows(x, got, px, a, b), 1);
+            CHECK_ALLCLOSE(got, want, px * ON_C0, 1e-6f, 1e-6f, tabs[t]->name);
+        }
+        free(x), free(a), free(b), free(got);
+    }
 }
 
 static void test_large_elementwise_is_split_across_threads_identically(void) {
