@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -224,7 +225,8 @@ def assign_blocked_layouts(nodes: list[Node], consts: dict[str, np.ndarray], gra
 
 
 def _insert_conversions(nodes: list[Node], blocked: set[str], consumers: dict[str, list[tuple[Node, int]]],
-                        channels: dict[str, int], graph_outputs: set[str], reads_blocked) -> None:
+                        channels: dict[str, int], graph_outputs: set[str],
+                        reads_blocked: Callable[[Node, int], bool]) -> None:
     """For every blocked tensor v that something reads as NCHW (a consumer, or the caller as a graph output):
     the producer and the blocked readers use the new name ``v + BLOCKED_SUFFIX``, and a ``_FromBlocked`` node
     right after the producer writes v itself in NCHW, so every NCHW reader and the graph output keep v's name."""
