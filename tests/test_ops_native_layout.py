@@ -384,3 +384,30 @@ def test_from_blocked_conversion_drops_the_padding_lanes() -> None:
         xb = np.ascontiguousarray(xb.reshape(2, blocks, 8, *hw).transpose(0, 1, 3, 4, 2))
         fn = build(Node("t", "_FromBlocked", ["xb"], ["y"], {"channels": c}), BuildContext(consts={}, opset=17, threads=1))
         np.testing.assert_array_equal(fn([xb])[0], x)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_strided_pointwise_conv_on_blocks_subsamples_first_and_matches_onnxruntime(isa: str, threads: int) -> None:
+    """A 1x1 conv with strides (2, 2) or (2, 3) reading a blocked tensor runs as a _Subsample copy and the same
+    conv at stride 1, on odd plane sizes (the last row / column is sampled), with a fused residual Add."""
+    rng = np.random.default_rng(9)
+    parts = [_conv(rng, "a", "x", "t", 3, 24, 3, pads=[1, 1, 1, 1]),
+             _conv(rng, "d", "t", "d", 24, 40, 1, strides=[2, 2]),
+             _conv(rng, "e", "t", "e", 24, 40, 1, strides=[2, 3]),
+             _conv(rng, "f", "t", "f", 24, 40, 3, strides=[2, 2], pads=[1, 1, 1, 1])]
+    nodes = [p[0] for p in parts] + [helper.make_node("Add", ["d", "f"], ["y"]),
+                                     helper.make_node("Relu", ["e"], ["y2"])]
+    graph = helper.make_graph(nodes, "strided", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 40, "a", "b"]),
+                               helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["n", 40, "c", "d"])],
+                              [i for p in parts for i in p[1]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = ops_native.InferenceSession(model, threads=threads, blocked_layout=True)
+    subs = {n.outputs[0]: n.attrs["strides"] for n in sess._plan.nodes if n.op_type == "_Subsample"}
+    assert sorted(subs.values()) == [[2, 2], [2, 3]]
+    for shape in [(2, 3, 13, 11), (1, 3, 8, 9)]:
+        feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
+        for got, ref in zip(sess.run(None, feeds), _ort(model, feeds)):
+            assert got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)

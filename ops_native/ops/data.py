@@ -62,6 +62,19 @@ def _build_from_blocked(node: Node, ctx: BuildContext) -> Fn:
     return fn
 
 
+@register("_Subsample")
+def _build_subsample(node: Node, ctx: BuildContext) -> Fn:
+    """Internal op of passes.layout.subsample_strided_pointwise: x[:, :, ::sh, ::sw] of an NCHWc8 tensor, copied."""
+    sh, sw = (int(v) for v in node.attrs["strides"])
+    threads = ctx.threads
+
+    def fn(args: list) -> list:
+        v = args[0][:, :, ::sh, ::sw]
+        return [_core.ops_copy(v, ctx.pool.empty(v.shape, v.dtype), threads)]
+
+    return fn
+
+
 @register("Concat")
 def _build_concat(node: Node, ctx: BuildContext) -> Fn:
     axis_attr = int(node.attrs["axis"])

@@ -286,6 +286,31 @@ def fuse_conv_residual(nodes: list[Node], consts: dict[str, np.ndarray], graph_o
 
 
 
+def subsample_strided_pointwise(nodes: list[Node], consts: dict[str, np.ndarray]) -> list[Node]:
+    """A 1x1 Conv with strides (sh, sw) > 1 and no padding reading a blocked tensor ==> an internal ``_Subsample``
+    step (x[:, :, ::sh, ::sw] copied, a quarter of the input at stride 2) and the same Conv at stride 1.
+
+    The conv then reads the compact copy in place on the pointwise kernel (whole register tiles over the
+    flattened plane) instead of packing the whole input and running rows of every other pixel: ResNet's
+    downsampling shortcuts, 1024 -> 2048 at 14x14 measured 1.38x ORT's time before."""
+    out: list[Node] = []
+    for n in nodes:
+        a = n.attrs
+        w = consts.get(n.inputs[1]) if n.op_type == "Conv" and len(n.inputs) > 1 else None
+        strides = tuple(int(v) for v in a.get("strides", (1, 1)))
+        if w is None or w.ndim != 4 or w.shape[2:] != (1, 1) or a.get("_in_layout") != BLOCKED or \
+                strides == (1, 1) or len(strides) != 2 or int(a.get("group", 1)) != 1 or \
+                auto_pad(a) not in ("NOTSET", "VALID") or any(int(v) for v in a.get("pads", (0, 0, 0, 0))):
+            out.append(n)
+            continue
+        sub = n.inputs[0] + f"::sub{strides[0]}x{strides[1]}"
+        out.append(Node(n.name + "_subsample", "_Subsample", [n.inputs[0]], [sub], {"strides": list(strides)}))
+        n.inputs = [sub] + n.inputs[1:]
+        n.attrs["strides"] = [1, 1]
+        out.append(n)
+    return out
+
+
 def blocked_layout_default() -> bool:
     """Blocked tensors by default where the ISA has the channel-blocked kernels that make them pay
     (AVX2 / AVX-512); ``OPS_NATIVE_LAYOUT=nchw`` or ``=nchwc8`` overrides (tests, comparisons)."""
