@@ -411,3 +411,23 @@ def test_strided_pointwise_conv_on_blocks_subsamples_first_and_matches_onnxrunti
         for got, ref in zip(sess.run(None, feeds), _ort(model, feeds)):
             assert got.shape == ref.shape
             np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_with_an_unread_mask_output_stays_in_the_blocked_region() -> None:
+    """Old exports name Dropout's mask output even when nothing reads it (SqueezeNet before its classifier conv):
+    the mask is not made, and Concat -> Dropout -> Conv stays blocked."""
+    rng = np.random.default_rng(12)
+    parts = [_conv(rng, "a", "x", "a", 3, 8, 3, pads=[1, 1, 1, 1]), _conv(rng, "b", "x", "b", 3, 16, 1),
+             _conv(rng, "c", "d", "y", 24, 10, 1)]
+    nodes = [parts[0][0], parts[1][0], helper.make_node("Concat", ["a", "b"], ["cat"], axis=1),
+             helper.make_node("Dropout", ["cat"], ["d", "mask"], ratio=0.5), parts[2][0]]
+    graph = helper.make_graph(nodes, "drop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10, 9, 7])],
+                              [i for p in parts for i in p[1]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 4
+    sess = ops_native.InferenceSession(model, blocked_layout=True)
+    drop = next(n for n in sess._plan.nodes if n.op_type == "Dropout")
+    assert drop.outputs == ["d", ""] and drop.attrs.get("_in_layout") == "nchwc8"
+    feeds = {"x": rng.standard_normal((1, 3, 9, 7)).astype(np.float32)}
+    np.testing.assert_allclose(sess.run(None, feeds)[0], _ort(model, feeds)[0], rtol=1e-4, atol=1e-4)

@@ -162,6 +162,10 @@ def assign_blocked_layouts(nodes: list[Node], consts: dict[str, np.ndarray], gra
         for k, i in enumerate(n.inputs):
             if i:
                 consumers[i].append((n, k))
+    for n in nodes:   # an inference Dropout's mask that nobody reads (old exports name it) is not made at all
+        if n.op_type == "Dropout" and len(n.outputs) > 1 and n.outputs[1] and \
+                n.outputs[1] not in consumers and n.outputs[1] not in graph_outputs:
+            n.outputs[1] = ""
     channels = _channel_counts(nodes, consts)
     preserving = [n for n in nodes if n.op_type != "Conv" and _preserves_layout(n, channels, consts)]
     keep = {id(n) for n in preserving}
