@@ -105,6 +105,7 @@ def compile_graph(graph: onnx.GraphProto, ctx: BuildContext, inputs: list[Tensor
         layout.blocked_layout_default() if blocked is None else blocked) else 0
     if fuse and n_blocked:
         nodes = layout.fuse_conv_residual(nodes, consts, graph_outputs)
+        nodes = layout.subsample_strided_pointwise(nodes, consts)
     for o in outputs:
         if o.name not in consts and o.name not in {i.name for i in inputs} and \
                 not any(o.name in n.outputs for n in nodes):

@@ -28,6 +28,8 @@ cdef extern from "on_ops.h" nogil:
                          size_t cols, float eps, int nthreads)
     int on_channel_affine_f32(const float *x, const float *scale, const float *shift, float *y, size_t n,
                               size_t c, size_t inner, int nthreads)
+    int on_channel_affine_nchwc8_f32(const float *x, const float *scale, const float *shift, float *y, size_t n,
+                                     size_t cblocks, size_t pixels, int nthreads)
     ctypedef struct on_pool2d_params:
         int64_t kh, kw, sh, sw, dh, dw, pt, pl
         int count_include_pad
@@ -312,6 +314,27 @@ def ops_channel_affine(x, scale, shift, int threads=1, out=None):
     with nogil:
         st = on_channel_affine_f32(px, ps, ph, py, n, c, inner, threads)
     _ops_check(st, "channel affine")
+    return ya
+
+
+def ops_channel_affine_nchwc8(x, scale, shift, int threads=1, out=None):
+    """ops_channel_affine on the NCHWc8 layout: x [N, C/8, H, W, 8], scale / shift [C/8 * 8] (block order)."""
+    cdef cnp.ndarray xa = _np.ascontiguousarray(x, dtype=_np.float32)
+    cdef cnp.ndarray sa = _np.ascontiguousarray(scale, dtype=_np.float32).reshape(-1)
+    cdef cnp.ndarray ha = _np.ascontiguousarray(shift, dtype=_np.float32).reshape(-1)
+    if xa.ndim != 5 or xa.shape[4] != 8 or sa.size != xa.shape[1] * 8 or ha.size != xa.shape[1] * 8:
+        raise ValueError(f"channel affine NCHWc8: x must be [N, CB, H, W, 8] and scale / shift CB * 8 long, got "
+                         f"{list(x.shape)}, {sa.size}, {ha.size}")
+    cdef cnp.ndarray ya = _ops_out(out, (<object>xa).shape, _F32)
+    cdef size_t n = xa.shape[0], cb = xa.shape[1], pixels = xa.shape[2] * xa.shape[3]
+    cdef const float *px = <const float *>_ops_ptr(xa)
+    cdef const float *ps = <const float *>_ops_ptr(sa)
+    cdef const float *ph = <const float *>_ops_ptr(ha)
+    cdef float *py = <float *>_ops_ptr(ya)
+    cdef int st
+    with nogil:
+        st = on_channel_affine_nchwc8_f32(px, ps, ph, py, n, cb, pixels, threads)
+    _ops_check(st, "channel affine NCHWc8")
     return ya
 
 

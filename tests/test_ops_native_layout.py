@@ -30,9 +30,10 @@ def chain_model(seed: int = 0) -> onnx.ModelProto:
     """Convolutions whose tensors may and may not be blocked, with dynamic batch and image size.
 
     Blocked: t0 (stem -> depthwise), t1 (depthwise -> 1x1 with 13 input channels), t4 (-> two convs),
-    t5 / t6 / t7 (an Add of two blocked 16-channel tensors, read by a conv).
+    t5 / t6 / t7 (an Add of two blocked 16-channel tensors, read by a conv), t8 (a graph output that a conv
+    reads: the conv reads it blocked, the caller gets an NCHW copy).
     Not blocked: t2 (read by a group-2 conv with 10 channels per group), t3 (written by a group-2 conv
-    with 12 output channels per group), t8 (a graph output that a conv reads).
+    with 12 output channels per group).
     """
     rng = np.random.default_rng(seed)
     parts = [
@@ -74,7 +75,7 @@ def _ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
 def test_conv_chain_matches_onnxruntime_in_both_layouts(isa: str, threads: int, blocked: bool) -> None:
     model = chain_model()
     sess = ops_native.InferenceSession(model, threads=threads, blocked_layout=blocked)
-    assert sess._plan.blocked_values == (6 if blocked else 0)
+    assert sess._plan.blocked_values == (7 if blocked else 0)
     rng = np.random.default_rng(1)
     for shape in [(2, 3, 15, 17), (1, 3, 9, 12), (2, 3, 15, 17)]:   # new sizes re-plan; a seen one is cached
         feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
@@ -89,7 +90,10 @@ def test_which_tensors_are_blocked() -> None:
                for n in sess._plan.nodes if n.op_type == "Conv"}
     assert layouts == {"c0": ("nchw", "nchwc8"), "c1": ("nchwc8", "nchwc8"), "c2": ("nchwc8", "nchw"),
                        "c3": ("nchw", "nchw"), "c4": ("nchw", "nchwc8"), "c5": ("nchwc8", "nchwc8"),
-                       "c6": ("nchwc8", "nchwc8"), "c8": ("nchwc8", "nchw"), "c9": ("nchw", "nchw")}
+                       "c6": ("nchwc8", "nchwc8"), "c8": ("nchwc8", "nchwc8"), "c9": ("nchwc8", "nchw")}
+    # the graph output t8 keeps its name: written in NCHW from c8's blocked output by one conversion step
+    conv = [n for n in sess._plan.nodes if n.op_type == "_FromBlocked"]
+    assert [(n.inputs, n.outputs) for n in conv] == [(["t8::nchwc8"], ["t8"])]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -113,7 +117,7 @@ def test_layout_default_follows_the_isa_and_the_environment(monkeypatch: pytest.
         assert blocked_layout_default() is False       # no channel-blocked vector kernels: stay NCHW
         monkeypatch.setenv("OPS_NATIVE_LAYOUT", "nchwc8")
         assert blocked_layout_default() is True
-        assert ops_native.InferenceSession(chain_model())._plan.blocked_values == 6
+        assert ops_native.InferenceSession(chain_model())._plan.blocked_values == 7
         monkeypatch.setenv("OPS_NATIVE_LAYOUT", "nchw")
         _core.set_isa(before)
         assert blocked_layout_default() is False
@@ -222,8 +226,7 @@ def through_model(seed: int = 3) -> onnx.ModelProto:
     """Convs joined by the layout-preserving ops: MaxPool (padded, ceil mode), two branches concatenated on
     channels, AveragePool (count_include_pad), LeakyRelu, Clip, an old-opset Sum residual followed by Relu,
     and ops that end the blocked region: a Concat of 12 + 1 channels (not whole blocks), a Mul of different
-    channel counts (C broadcast). A blocked value is never converted back: one consumer that cannot read it
-    keeps its whole layout-preserving region in NCHW (a GlobalAveragePool of u would)."""
+    channel counts (C broadcast)."""
     rng = np.random.default_rng(seed)
     parts = [
         _conv(rng, "stem", "x", "s", 3, 16, 3, pads=[1, 1, 1, 1]),
@@ -284,3 +287,147 @@ def test_blocked_layout_runs_through_pools_concat_activations_and_residual_sum(i
             for got, ref in zip(s.run(None, feeds), want):
                 assert got.shape == ref.shape
                 np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def edges_model(seed: int = 7) -> onnx.ModelProto:
+    """A blocked region with ends that cannot read NCHWc8 and the per-channel ops that stay inside it.
+
+    Inside: an unfolded BatchNormalization on 12 channels (a partly filled block) and on a Concat (DenseNet's
+    order), Mul / Add / Sub with per-channel and scalar constants (the constant first for Sub), a
+    squeeze-and-excitation Mul of the map by its own [N, C, 1, 1] gate, GlobalAveragePool / GlobalMaxPool.
+    Ends: Flatten of a global pool (the classifier), Shape of a blocked map, a blocked map that is also a graph
+    output. Each end reads an NCHW copy made once after its producer; the region itself stays blocked.
+    """
+    rng = np.random.default_rng(seed)
+    parts = [
+        _conv(rng, "stem", "x", "s0", 3, 12, 3, pads=[1, 1, 1, 1]),
+        _conv(rng, "b", "bn1", "b", 12, 16, 3, pads=[1, 1, 1, 1]),
+        _conv(rng, "se1", "g", "se1", 32, 8, 1),
+        _conv(rng, "se2", "se1r", "se2", 8, 32, 1),
+        _conv(rng, "head", "e", "h", 32, 24, 3, pads=[1, 1, 1, 1]),
+    ]
+    conv = {p[0].name: p[0] for p in parts}
+    inits = [i for p in parts for i in p[1]]
+
+    def bn(name: str, c: int) -> list[onnx.TensorProto]:
+        return [numpy_helper.from_array(v.astype(np.float32), f"{name}_{k}") for k, v in
+                (("g", rng.uniform(0.5, 1.5, c)), ("b", rng.standard_normal(c)), ("m", rng.standard_normal(c)),
+                 ("v", rng.uniform(0.5, 2.0, c)))]
+
+    inits += bn("bn1", 12) + bn("bn2", 32)
+    inits += [numpy_helper.from_array(rng.standard_normal((32, 1, 1)).astype(np.float32), "pc"),
+              numpy_helper.from_array(rng.standard_normal((1, 32, 1, 1)).astype(np.float32), "pc4"),
+              numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    nodes = [conv["stem"], helper.make_node("Relu", ["s0"], ["s"]),   # keeps BN out of the conv (fused into it)
+             helper.make_node("BatchNormalization", ["s", "bn1_g", "bn1_b", "bn1_m", "bn1_v"], ["bn1"]),
+             conv["b"],
+             helper.make_node("Concat", ["b", "s16"], ["cat"], axis=1),
+             helper.make_node("BatchNormalization", ["cat", "bn2_g", "bn2_b", "bn2_m", "bn2_v"], ["bn2"]),
+             helper.make_node("Mul", ["bn2", "pc"], ["m1"]),
+             helper.make_node("Sub", ["pc4", "m1"], ["m2"]),
+             helper.make_node("Add", ["m2", "half"], ["m3"]),
+             helper.make_node("Relu", ["m3"], ["r"]),
+             helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             conv["se1"], helper.make_node("Relu", ["se1"], ["se1r"]), conv["se2"],
+             helper.make_node("Sigmoid", ["se2"], ["gate"]),
+             helper.make_node("Mul", ["r", "gate"], ["e"]),
+             conv["head"],
+             helper.make_node("GlobalMaxPool", ["h"], ["gm"]),
+             helper.make_node("Flatten", ["gm"], ["logits"]),
+             helper.make_node("Shape", ["e"], ["e_shape"])]
+    # s16: a second stem, so that the Concat joins whole 8-channel blocks
+    extra = _conv(rng, "s16", "x", "s16", 3, 16, 3, pads=[1, 1, 1, 1])
+    nodes.insert(1, extra[0])
+    inits += extra[1]
+    graph = helper.make_graph(
+        nodes, "edges", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 24]),
+         helper.make_tensor_value_info("e", TensorProto.FLOAT, ["n", 32, "h", "w"]),
+         helper.make_tensor_value_info("e_shape", TensorProto.INT64, [4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    return model
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_blocked_region_edges_convert_once_and_per_channel_ops_stay_blocked(isa: str, threads: int) -> None:
+    model = edges_model()
+    sess = ops_native.InferenceSession(model, threads=threads, blocked_layout=True)
+    blocked_ops = sorted(n.op_type for n in sess._plan.nodes
+                         if n.op_type != "Conv" and n.attrs.get("_in_layout") == "nchwc8")
+    assert blocked_ops == ["Add", "BatchNormalization", "BatchNormalization", "Concat", "GlobalAveragePool",
+                           "GlobalMaxPool", "Mul", "Mul", "Relu", "Sub"]
+    # one NCHW copy for the classifier's Flatten and one for the map that is a graph output and has a Shape
+    conversions = sorted(n.outputs[0] for n in sess._plan.nodes if n.op_type == "_FromBlocked")
+    assert conversions == ["e", "gm"]
+    rng = np.random.default_rng(8)
+    for shape in [(2, 3, 11, 10), (1, 3, 6, 9)]:
+        feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
+        want = _ort(model, feeds)
+        for layout in (True, False):
+            s = sess if layout else ops_native.InferenceSession(model, threads=threads, blocked_layout=False)
+            for got, ref in zip(s.run(None, feeds), want):
+                assert got.shape == ref.shape
+                np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_from_blocked_conversion_drops_the_padding_lanes() -> None:
+    """_FromBlocked on a partly filled last block (13 channels), and the [N, C/8, 1, 1, 8] case that is a copy."""
+    from ops_native.ops import BuildContext, Node, build
+    rng = np.random.default_rng(2)
+    for c, hw in ((13, (5, 3)), (16, (1, 1)), (8, (4, 4))):
+        x = rng.standard_normal((2, c, *hw)).astype(np.float32)
+        blocks = -(-c // 8)
+        xb = np.full((2, blocks * 8, *hw), np.nan, np.float32)   # padding lanes must never reach the output
+        xb[:, :c] = x
+        xb = np.ascontiguousarray(xb.reshape(2, blocks, 8, *hw).transpose(0, 1, 3, 4, 2))
+        fn = build(Node("t", "_FromBlocked", ["xb"], ["y"], {"channels": c}), BuildContext(consts={}, opset=17, threads=1))
+        np.testing.assert_array_equal(fn([xb])[0], x)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_strided_pointwise_conv_on_blocks_subsamples_first_and_matches_onnxruntime(isa: str, threads: int) -> None:
+    """A 1x1 conv with strides (2, 2) or (2, 3) reading a blocked tensor runs as a _Subsample copy and the same
+    conv at stride 1, on odd plane sizes (the last row / column is sampled), with a fused residual Add."""
+    rng = np.random.default_rng(9)
+    parts = [_conv(rng, "a", "x", "t", 3, 24, 3, pads=[1, 1, 1, 1]),
+             _conv(rng, "d", "t", "d", 24, 40, 1, strides=[2, 2]),
+             _conv(rng, "e", "t", "e", 24, 40, 1, strides=[2, 3]),
+             _conv(rng, "f", "t", "f", 24, 40, 3, strides=[2, 2], pads=[1, 1, 1, 1])]
+    nodes = [p[0] for p in parts] + [helper.make_node("Add", ["d", "f"], ["y"]),
+                                     helper.make_node("Relu", ["e"], ["y2"])]
+    graph = helper.make_graph(nodes, "strided", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 40, "a", "b"]),
+                               helper.make_tensor_value_info("y2", TensorProto.FLOAT, ["n", 40, "c", "d"])],
+                              [i for p in parts for i in p[1]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = ops_native.InferenceSession(model, threads=threads, blocked_layout=True)
+    subs = {n.outputs[0]: n.attrs["strides"] for n in sess._plan.nodes if n.op_type == "_Subsample"}
+    assert sorted(subs.values()) == [[2, 2], [2, 3]]
+    for shape in [(2, 3, 13, 11), (1, 3, 8, 9)]:
+        feeds = {"x": rng.standard_normal(shape).astype(np.float32)}
+        for got, ref in zip(sess.run(None, feeds), _ort(model, feeds)):
+            assert got.shape == ref.shape
+            np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_dropout_with_an_unread_mask_output_stays_in_the_blocked_region() -> None:
+    """Old exports name Dropout's mask output even when nothing reads it (SqueezeNet before its classifier conv):
+    the mask is not made, and Concat -> Dropout -> Conv stays blocked."""
+    rng = np.random.default_rng(12)
+    parts = [_conv(rng, "a", "x", "a", 3, 8, 3, pads=[1, 1, 1, 1]), _conv(rng, "b", "x", "b", 3, 16, 1),
+             _conv(rng, "c", "d", "y", 24, 10, 1)]
+    nodes = [parts[0][0], parts[1][0], helper.make_node("Concat", ["a", "b"], ["cat"], axis=1),
+             helper.make_node("Dropout", ["cat"], ["d", "mask"], ratio=0.5), parts[2][0]]
+    graph = helper.make_graph(nodes, "drop", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 9, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10, 9, 7])],
+                              [i for p in parts for i in p[1]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 9)])
+    model.ir_version = 4
+    sess = ops_native.InferenceSession(model, blocked_layout=True)
+    drop = next(n for n in sess._plan.nodes if n.op_type == "Dropout")
+    assert drop.outputs == ["d", ""] and drop.attrs.get("_in_layout") == "nchwc8"
+    feeds = {"x": rng.standard_normal((1, 3, 9, 7)).astype(np.float32)}
+    np.testing.assert_allclose(sess.run(None, feeds)[0], _ort(model, feeds)[0], rtol=1e-4, atol=1e-4)

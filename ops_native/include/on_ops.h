@@ -83,6 +83,9 @@ on_status on_layernorm_f32(const float *x, const float *scale, const float *bias
 /* y[n, c, i] = x[n, c, i] * scale[c] + shift[c]: inference BatchNormalization after folding. */
 on_status on_channel_affine_f32(const float *x, const float *scale, const float *shift, float *y, size_t n,
                                 size_t c, size_t inner, int nthreads);
+/* The same on the NCHWc8 layout: x, y [n][cblocks][pixels][ON_C0]; scale, shift [cblocks * ON_C0]. */
+on_status on_channel_affine_nchwc8_f32(const float *x, const float *scale, const float *shift, float *y, size_t n,
+                                       size_t cblocks, size_t pixels, int nthreads);
 
 /* ---- pooling ---------------------------------------------------------------------------------- */
 typedef struct {
@@ -158,6 +161,8 @@ typedef struct {
     /* output row oy of one 8-channel block of NCHWc8 pooling: x [ih][iw][8] -> y [ow][8] */
     int (*pool2d_c8_row)(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oy, int64_t ow,
                          int64_t pb, int64_t pr, const on_pool2d_params *p);
+    /* y[i][l] = x[i][l] * a[l] + b[l] for i < pixels, l < ON_C0 (a per-channel affine on one NCHWc8 block) */
+    int (*affine_c8_rows)(const float *x, float *y, size_t pixels, const float *a, const float *b);
 } on_ops_table;
 
 extern const on_ops_table on_ops_table_scalar;

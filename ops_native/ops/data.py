@@ -38,6 +38,43 @@ def _build_transpose(node: Node, ctx: BuildContext) -> Fn:
     return fn
 
 
+@register("_FromBlocked")
+def _build_from_blocked(node: Node, ctx: BuildContext) -> Fn:
+    """Internal op of passes.layout: an NCHWc8 tensor [N, ceil(C/8), H, W, 8] -> NCHW [N, C, H, W], for the
+    consumers of a blocked region's edge that read NCHW (channel c is lane c % 8 of block c // 8)."""
+    channels = int(node.attrs["channels"])
+    threads = ctx.threads
+
+    def fn(args: list) -> list:
+        x = args[0]
+        n, cb, h, w, c0 = x.shape
+        y = ctx.pool.empty((n, channels, h, w), x.dtype)
+        whole = channels // c0
+        if h * w == 1 and whole == cb:   # [N, C/8, 1, 1, 8] already is NCHW's order
+            _core.ops_copy(x.reshape(n, channels, 1, 1), y, threads)
+            return [y]
+        if whole:
+            _core.ops_copy(x[:, :whole].transpose(0, 1, 4, 2, 3), y[:, :whole * c0].reshape(n, whole, c0, h, w), threads)
+        if whole < cb:   # the last, partly filled block
+            _core.ops_copy(x[:, whole, :, :, :channels - whole * c0].transpose(0, 3, 1, 2), y[:, whole * c0:], threads)
+        return [y]
+
+    return fn
+
+
+@register("_Subsample")
+def _build_subsample(node: Node, ctx: BuildContext) -> Fn:
+    """Internal op of passes.layout.subsample_strided_pointwise: x[:, :, ::sh, ::sw] of an NCHWc8 tensor, copied."""
+    sh, sw = (int(v) for v in node.attrs["strides"])
+    threads = ctx.threads
+
+    def fn(args: list) -> list:
+        v = args[0][:, :, ::sh, ::sw]
+        return [_core.ops_copy(v, ctx.pool.empty(v.shape, v.dtype), threads)]
+
+    return fn
+
+
 @register("Concat")
 def _build_concat(node: Node, ctx: BuildContext) -> Fn:
     axis_attr = int(node.attrs["axis"])

@@ -48,8 +48,60 @@ def _binary_fn(op_type: str, threads: int, pool: BufferPool | None = None
 
 @register("Add", "Sub", "Mul", "Div", "Pow")
 def _build_binary(node: Node, ctx: BuildContext) -> Fn:
+    blocked = _blocked_channel_affine(node, ctx)
+    if blocked is not None:
+        return blocked
     run = _binary_fn(node.op_type, ctx.threads, ctx.pool)
+    if node.attrs.get("_in_layout") == "nchwc8" and node.op_type in ("Add", "Mul"):
+        return _blocked_broadcast_pixel(node.op_type, run, ctx)
     return lambda args: [run(args[0], args[1])]
+
+
+def _blocked_broadcast_pixel(op_type: str, run: Callable, ctx: BuildContext) -> Fn:
+    """Add / Mul of two NCHWc8 tensors where one is a single pixel per channel (a squeeze-and-excitation
+    scale [N, C/8, 1, 1, 8]): a scale-and-shift pass per image instead of the general broadcasting loop."""
+    threads = ctx.threads
+    filler: dict[int, np.ndarray] = {}
+
+    def fn(args: list) -> list:
+        a, b = args[0], args[1]
+        if a.shape[2:4] == (1, 1) and b.shape[2:4] != (1, 1):
+            a, b = b, a
+        if a.ndim != 5 or b.ndim != 5 or b.shape[2:4] != (1, 1) or a.shape[2:4] == (1, 1) or \
+                b.shape[0] not in (1, a.shape[0]) or b.shape[1] != a.shape[1]:
+            return [run(args[0], args[1])]
+        y = ctx.pool.empty(a.shape)
+        fill = filler.get(b.shape[1])
+        if fill is None:   # the other operand of the scale-and-shift: zeros for Mul, ones for Add
+            fill = filler[b.shape[1]] = np.full(b.shape[1] * 8, 0.0 if op_type == "Mul" else 1.0, np.float32)
+        if a.shape[0] == 1:
+            v = b.reshape(-1)
+            _core.ops_channel_affine_nchwc8(a, *((v, fill) if op_type == "Mul" else (fill, v)), threads, y)
+            return [y]
+        for n in range(a.shape[0]):
+            v = b[n if b.shape[0] > 1 else 0].reshape(-1)
+            _core.ops_channel_affine_nchwc8(a[n:n + 1], *((v, fill) if op_type == "Mul" else (fill, v)), threads,
+                                            y[n:n + 1])
+        return [y]
+
+    return fn
+
+
+def _blocked_channel_affine(node: Node, ctx: BuildContext) -> Fn | None:
+    """Add / Sub / Mul of an NCHWc8 tensor and its per-channel constant (passes.layout lays the constant out
+    as [1, C/8, 1, 1, 8]) as one scale-and-shift pass; None for any other node."""
+    if node.attrs.get("_in_layout") != "nchwc8" or node.op_type not in ("Add", "Sub", "Mul"):
+        return None
+    k = next((k for k, i in enumerate(node.inputs[:2]) if ctx.const(i) is not None), None)
+    if k is None:
+        return None
+    c = ctx.const(node.inputs[k]).reshape(-1).astype(np.float32)
+    one, zero = np.ones_like(c), np.zeros_like(c)
+    scale, shift = {"Mul": (c, zero), "Add": (one, c),
+                    "Sub": (one, -c) if k == 1 else (-one, c)}[node.op_type]
+    x_at, threads = 1 - k, ctx.threads
+    return lambda args: [_core.ops_channel_affine_nchwc8(args[x_at], scale, shift, threads,
+                                                         ctx.pool.empty(args[x_at].shape))]
 
 
 @register("Min", "Max", "Sum", "Mean")

@@ -106,6 +106,11 @@ def _build_batchnorm(node: Node, ctx: BuildContext) -> Fn:
     threads = ctx.threads
     consts = [ctx.const(n) for n in node.inputs[1:5]]
     pre = batchnorm_scale_shift(node.attrs, *consts) if all(c is not None for c in consts) else None
+    if node.attrs.get("_in_layout") == "nchwc8" and pre is not None:   # passes.layout: x is [N, C/8, H, W, 8]
+        blocks = -(-pre[0].size // 8)
+        scale8, shift8 = (np.pad(v, (0, blocks * 8 - v.size)) for v in pre)
+        return lambda args: [_core.ops_channel_affine_nchwc8(args[0], scale8, shift8, threads,
+                                                             ctx.pool.empty(args[0].shape))]
 
     def fn(args: list) -> list:
         x = args[0]

@@ -133,4 +133,13 @@ def _build_pool(node: Node, ctx: BuildContext) -> Fn:
 def _build_global_pool(node: Node, ctx: BuildContext) -> Fn:
     is_max = node.op_type == "GlobalMaxPool"
     threads = ctx.threads
+    if node.attrs.get("_in_layout") == "nchwc8":   # passes.layout: [N, C/8, H, W, 8] -> [N, C/8, 1, 1, 8]
+        def fn_blocked(args: list) -> list:
+            x = args[0]
+            if x.dtype != F32 or x.ndim != 5:
+                raise OpNotSupported(f"{node.op_type} expected a float32 NCHWc8 input, got {x.dtype} {list(x.shape)}")
+            hw = (int(x.shape[2]), int(x.shape[3]))
+            return [_core.ops_pool2d_nchwc8(x, is_max, hw, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), False, threads,
+                                            ctx.pool.empty((x.shape[0], x.shape[1], 1, 1, 8)))]
+        return fn_blocked
     return lambda args: [_core.ops_global_pool(args[0], is_max, threads)]

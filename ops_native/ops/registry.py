@@ -124,7 +124,7 @@ def is_internal(op_type: str) -> bool:
 
 
 # what each internal op stands for, in the user's terms (error messages, profiles)
-_INTERNAL_OP_NAMES = {"_Affine": "Mul+Add"}
+_INTERNAL_OP_NAMES = {"_Affine": "Mul+Add", "_FromBlocked": "NCHWc8->NCHW", "_Subsample": "Conv(stride)"}
 
 
 def display_op(op_type: str) -> str:

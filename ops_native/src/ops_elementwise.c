@@ -165,9 +165,15 @@ int on_row_reduce_ref(int is_max, const float *x, size_t n, float *out);
 int on_pool2d_c8_row_ref(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oy, int64_t ow,
                          int64_t pb, int64_t pr, const on_pool2d_params *p);
 
+int on_affine_c8_rows_ref(const float *x, float *y, size_t pixels, const float *a, const float *b) {
+    for (size_t i = 0; i < pixels; i++)
+        for (size_t l = 0; l < ON_C0; l++) y[i * ON_C0 + l] = x[i * ON_C0 + l] * a[l] + b[l];
+    return 1;
+}
+
 const on_ops_table on_ops_table_scalar = {
     "scalar", binary_row_ref, unary_ref, on_softmax_row_ref, on_layernorm_row_ref, on_pool2d_plane_ref,
-    on_row_reduce_ref, on_pool2d_c8_row_ref,
+    on_row_reduce_ref, on_pool2d_c8_row_ref, on_affine_c8_rows_ref,
 };
 
 /* ---- binary ----------------------------------------------------------------------------------------- */

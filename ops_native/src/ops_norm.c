@@ -110,3 +110,29 @@ on_status on_channel_affine_f32(const float *x, const float *scale, const float 
     on_parallel_for(n * c, affine_work, &ctx, nthreads);
     return ON_OK;
 }
+
+typedef struct {
+    const float *x, *scale, *shift;
+    float *y;
+    size_t cblocks, pixels;
+    const on_ops_table *tab;
+} affine_blocked_ctx;
+
+static void affine_blocked_work(void *vctx, size_t begin, size_t end) {
+    const affine_blocked_ctx *c = vctx;
+    for (size_t p = begin; p < end; p++) {
+        const float *a = c->scale + (p % c->cblocks) * ON_C0, *b = c->shift + (p % c->cblocks) * ON_C0;
+        const float *x = c->x + p * c->pixels * ON_C0;
+        float *y = c->y + p * c->pixels * ON_C0;
+        c->tab->affine_c8_rows(x, y, c->pixels, a, b);
+    }
+}
+
+on_status on_channel_affine_nchwc8_f32(const float *x, const float *scale, const float *shift, float *y, size_t n,
+                                       size_t cblocks, size_t pixels, int nthreads) {
+    if (n * cblocks * pixels > 0 && (!x || !y || !scale || !shift)) return ON_ERR_ARG;
+    affine_blocked_ctx ctx = {x, scale, shift, y, cblocks, pixels, on_kernels_active()->ops};
+    if (n * cblocks * pixels * ON_C0 < 32768) nthreads = 1;
+    on_parallel_for(n * cblocks, affine_blocked_work, &ctx, nthreads);
+    return ON_OK;
+}

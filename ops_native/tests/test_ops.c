@@ -206,6 +206,39 @@ static void test_binary_broadcast_channel_scale_matches_naive(void) {
     free(x), free(s), free(b), free(y), free(want);
 }
 
+/* BatchNormalization / per-channel constants on the NCHWc8 layout: x * scale[c] + shift[c] with c = block * 8
+ * + lane, for 1 and 2 images, 1 and 2 threads, planes small (one thread) and large (split). */
+static void test_channel_affine_nchwc8_matches_naive(void) {
+    static const size_t dims[][3] = {{1, 1, 1}, {2, 3, 7}, {1, 5, 1000}, {2, 2, 4099}};
+    for (size_t d = 0; d < sizeof dims / sizeof dims[0]; d++) {
+        size_t n = dims[d][0], cb = dims[d][1], px = dims[d][2], total = n * cb * px * ON_C0;
+        float *x = rnd(total, 4.0f), *sc = rnd(cb * ON_C0, 2.0f), *sh = rnd(cb * ON_C0, 2.0f);
+        float *want = rnd(total, 1), *got = rnd(total, 1);
+        for (size_t i = 0; i < total; i++) {
+            size_t c = (i / (px * ON_C0)) % cb * ON_C0 + i % ON_C0;
+            want[i] = x[i] * sc[c] + sh[c];
+        }
+        for (int th = 1; th <= 2; th++) {
+            CHECK_EQ_INT(on_channel_affine_nchwc8_f32(x, sc, sh, got, n, cb, px, th), ON_OK);
+            CHECK_ALLCLOSE(got, want, total, 1e-6f, 1e-6f, "channel affine nchwc8");
+        }
+        free(x), free(sc), free(sh), free(want), free(got);
+    }
+    CHECK_EQ_INT(on_channel_affine_nchwc8_f32(NULL, NULL, NULL, NULL, 1, 1, 1, 1), ON_ERR_ARG);
+    /* the row kernels themselves: the reference and the active ISA's, odd pixel counts (vector tails) */
+    const on_ops_table *tabs[2] = {&on_ops_table_scalar, fast_table()};
+    for (size_t px = 1; px <= 9; px++) {
+        float *x = rnd(px * ON_C0, 3.0f), *a = rnd(ON_C0, 2.0f), *b = rnd(ON_C0, 2.0f), *got = rnd(px * ON_C0, 1);
+        float want[9 * ON_C0];
+        for (size_t i = 0; i < px * ON_C0; i++) want[i] = x[i] * a[i % ON_C0] + b[i % ON_C0];
+        for (int t = 0; t < 2; t++) {
+            CHECK_EQ_INT(tabs[t]->affine_c8_rows(x, got, px, a, b), 1);
+            CHECK_ALLCLOSE(got, want, px * ON_C0, 1e-6f, 1e-6f, tabs[t]->name);
+        }
+        free(x), free(a), free(b), free(got);
+    }
+}
+
 static void test_large_elementwise_is_split_across_threads_identically(void) {
     size_t n = 300001;
     float *x = rnd(n, 3), *y1 = rnd(n, 1), *y2 = rnd(n, 1);
@@ -289,6 +322,7 @@ int main(void) {
     on_set_isa(best);
     printf("ops tests: ISA %s (table %s)\n", on_isa_name(on_active_isa()), on_kernels_active()->ops->name);
     RUN(test_binary_broadcast_channel_scale_matches_naive);
+    RUN(test_channel_affine_nchwc8_matches_naive);
     RUN(test_large_elementwise_is_split_across_threads_identically);
     RUN(test_copy_strided_transposes);
     RUN(test_concat_and_gather);

@@ -162,8 +162,10 @@ static int row_reduce_neon(int is_max, const float *x, size_t n, float *out) {
 
 int on_pool2d_c8_row_ref(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oy, int64_t ow,
                          int64_t pb, int64_t pr, const on_pool2d_params *p);
+int on_affine_c8_rows_ref(const float *x, float *y, size_t pixels, const float *a, const float *b);
 
 const on_ops_table on_ops_table_neon = {
     "neon", binary_row_neon, unary_neon, softmax_row_neon, layernorm_row_neon, pool2d_plane_neon,
     row_reduce_neon, on_pool2d_c8_row_ref, /* blocked tensors are an x86 choice (passes/layout.py) */
+    on_affine_c8_rows_ref,
 };

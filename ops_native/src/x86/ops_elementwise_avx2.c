@@ -191,9 +191,21 @@ int on_row_reduce_avx2(int is_max, const float *x, size_t n, float *out);
 int on_pool2d_c8_row_avx2(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oy, int64_t ow,
                           int64_t pb, int64_t pr, const on_pool2d_params *p);
 
+/* one ymm = the 8 lanes of a block: a and b stay in registers, two pixels per iteration */
+static int affine_c8_rows_avx2(const float *x, float *y, size_t pixels, const float *a, const float *b) {
+    const __m256 va = _mm256_loadu_ps(a), vb = _mm256_loadu_ps(b);
+    size_t i = 0;
+    for (; i + 2 <= pixels; i += 2) {
+        _mm256_storeu_ps(y + i * 8, _mm256_fmadd_ps(_mm256_loadu_ps(x + i * 8), va, vb));
+        _mm256_storeu_ps(y + i * 8 + 8, _mm256_fmadd_ps(_mm256_loadu_ps(x + i * 8 + 8), va, vb));
+    }
+    if (i < pixels) _mm256_storeu_ps(y + i * 8, _mm256_fmadd_ps(_mm256_loadu_ps(x + i * 8), va, vb));
+    return 1;
+}
+
 const on_ops_table on_ops_table_avx2 = {
     "avx2-fma", binary_row_avx2, unary_avx2, softmax_row_avx2, layernorm_row_avx2, on_pool2d_plane_avx2,
-    on_row_reduce_avx2, on_pool2d_c8_row_avx2,
+    on_row_reduce_avx2, on_pool2d_c8_row_avx2, affine_c8_rows_avx2,
 };
 
 /* defined in ops_elementwise_avx512.c: the transcendental unary ops, 16 lanes wide */
@@ -211,5 +223,5 @@ static int softmax_row_avx512_then_avx2(const float *x, float *y, size_t cols, i
 /* AVX-512: the AVX2 table with the 16-lane transcendental ops and softmax. */
 const on_ops_table on_ops_table_avx512 = {
     "avx512f", binary_row_avx2, unary_avx512_then_avx2, softmax_row_avx512_then_avx2, layernorm_row_avx2,
-    on_pool2d_plane_avx2, on_row_reduce_avx2, on_pool2d_c8_row_avx2,
+    on_pool2d_plane_avx2, on_row_reduce_avx2, on_pool2d_c8_row_avx2, affine_c8_rows_avx2,
 };
