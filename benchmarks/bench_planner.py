@@ -22,13 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_pool import alone_latency, infrastructure, start_one_by_one
+from benchmarks.bench_pool import alone_latency, quota_lab, start_one_by_one
 from benchmarks.common import console, fmt, parser, table, write_json
 from edge_agent import Fleet
-from edge_agent.lab import cgroups
 from edge_agent.lab.profiles import DeviceProfile, FleetEntry
-from edge_agent.lab.sim import SimFleet
-from edge_agent.transport.broker import Broker
 from models import zoo
 
 MODEL = "mobilenetv2"
@@ -59,7 +56,6 @@ def latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int) -> f
 
 
 def run(workdir: Path, fast: float, slow: float, seconds: float, n_latency: int) -> dict[str, Any]:
-    layout = cgroups.detect()
     devices = [FleetEntry("fast", DeviceProfile("fast", cpu=fast, threads=1)),
                FleetEntry("slow-0", DeviceProfile("slow", cpu=slow, threads=1)),
                FleetEntry("slow-1", DeviceProfile("slow", cpu=slow, threads=1))]
@@ -68,34 +64,27 @@ def run(workdir: Path, fast: float, slow: float, seconds: float, n_latency: int)
     inputs = {i.name: rng.standard_normal([d.dim_value or 1 for d in i.type.tensor_type.shape.dim])
               .astype(np.float32) for i in model.graph.input}
     rows: list[dict[str, Any]] = []
-    with infrastructure(layout) as infra, Broker.start("mosquitto", workdir=str(workdir / "broker")) as broker:
-        infra.add(broker.proc.pid)
-        sim = SimFleet(broker_url=broker.url, workdir=workdir / "sim", discovery=False, devices=[],
-                       cgroup_layout=layout, extra_args=["--recheck-every", "0"])
-        try:
-            with Fleet(broker.url) as fleet:
-                start_one_by_one(sim, fleet, devices)
-                caps = {d.device_id: (round(d.gflops, 1), round(d.link_mbps or 0), round(d.link_rtt_ms or 0, 2))
-                        for d in fleet.devices()}
-                tp_search = fleet.plan_shapes(model, objective="throughput")
-                lat_search = fleet.plan_shapes(model, objective="latency")
-                picks: dict[str, Any] = {"throughput choice": tp_search.best, "latency choice": lat_search.best}
-                for c in tp_search.ranked:   # the best of every other kind
-                    if not any(p.shape.label() == c.shape.label() for p in picks.values()):
-                        picks.setdefault(f"best {c.shape.kind}", c)
-                for i, (role, cand) in enumerate(picks.items()):
-                    name = f"pl{i}"
-                    fleet.deploy(model, name, shape=cand.shape, timeout=180)
-                    tp = throughput(fleet, name, inputs, seconds)
-                    lat = latency(fleet, name, inputs, n_latency)
-                    fleet.undeploy(name)
-                    p = cand.prediction
-                    rows.append({"role": role, "shape": cand.shape.label(), "kind": cand.shape.kind,
-                                 "pred_rps": p.throughput_rps, "meas_rps": tp, "pred_ms": p.latency_ms,
-                                 "meas_ms": lat, "bottleneck": p.bottleneck,
-                                 "err_rps": tp / p.throughput_rps - 1, "err_ms": lat / p.latency_ms - 1})
-        finally:
-            sim.close()
+    with quota_lab(workdir) as (sim, fleet, broker):
+        start_one_by_one(sim, fleet, devices)
+        caps = {d.device_id: (round(d.gflops, 1), round(d.link_mbps or 0), round(d.link_rtt_ms or 0, 2))
+                for d in fleet.devices()}
+        tp_search = fleet.plan_shapes(model, objective="throughput")
+        lat_search = fleet.plan_shapes(model, objective="latency")
+        picks: dict[str, Any] = {"throughput choice": tp_search.best, "latency choice": lat_search.best}
+        for c in tp_search.ranked:   # the best of every other kind
+            if not any(p.shape.label() == c.shape.label() for p in picks.values()):
+                picks.setdefault(f"best {c.shape.kind}", c)
+        for i, (role, cand) in enumerate(picks.items()):
+            name = f"pl{i}"
+            fleet.deploy(model, name, shape=cand.shape, timeout=180)
+            tp = throughput(fleet, name, inputs, seconds)
+            lat = latency(fleet, name, inputs, n_latency)
+            fleet.undeploy(name)
+            p = cand.prediction
+            rows.append({"role": role, "shape": cand.shape.label(), "kind": cand.shape.kind,
+                         "pred_rps": p.throughput_rps, "meas_rps": tp, "pred_ms": p.latency_ms,
+                         "meas_ms": lat, "bottleneck": p.bottleneck,
+                         "err_rps": tp / p.throughput_rps - 1, "err_ms": lat / p.latency_ms - 1})
     best_tp = max(rows, key=lambda r: r["meas_rps"])
     best_lat = min(rows, key=lambda r: r["meas_ms"])
     return {"model": MODEL, "fast_cores": fast, "slow_cores": slow, "in_flight": IN_FLIGHT, "devices": caps,

@@ -214,6 +214,22 @@ def infrastructure(layout: cgroups.CgroupLayout) -> Iterator[cgroups.DeviceCgrou
         group.remove()
 
 
+@contextlib.contextmanager
+def quota_lab(workdir: Path) -> Iterator[tuple[SimFleet, Fleet, Broker]]:
+    """A Mosquitto broker and this client in the :func:`infrastructure` group, an empty simulated fleet whose
+    devices get cgroup quotas (add them with :func:`start_one_by_one`), and an operator client on it."""
+    layout = cgroups.detect()
+    with infrastructure(layout) as infra, Broker.start("mosquitto", workdir=str(workdir / "broker")) as broker:
+        infra.add(broker.proc.pid)
+        sim = SimFleet(broker_url=broker.url, workdir=workdir / "sim", discovery=False, devices=[],
+                       cgroup_layout=layout, extra_args=["--recheck-every", "0"])
+        try:
+            with Fleet(broker.url) as fleet:
+                yield sim, fleet, broker
+        finally:
+            sim.close()
+
+
 def start_one_by_one(sim: SimFleet, fleet: Fleet, entries: Sequence[FleetEntry], timeout: float = 60.0) -> None:
     """Start the devices one at a time, each once the previous one reported its measured link: agents
     started together run their GFLOP/s probes at once, and on two cores their quotas then add up to more
@@ -232,85 +248,77 @@ def start_one_by_one(sim: SimFleet, fleet: Fleet, entries: Sequence[FleetEntry],
 
 def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size: int, per_device: int,
         seconds: float, n_latency: int, ns: Sequence[int]) -> dict[str, Any]:
-    layout = cgroups.detect()
     slow_names = [f"slow-{i}" for i in range(max(max(ns), MIX_SLOW))]
     entries = [FleetEntry(n, DeviceProfile("slow", cpu=slow, threads=1)) for n in slow_names]
     entries.append(FleetEntry("fast", DeviceProfile("fast", cpu=fast, threads=1)))
     out: dict[str, Any] = {"slow_cores": slow, "fast_cores": fast, "per_device_in_flight": per_device,
                            "seconds": seconds, "models": {}}
-    with infrastructure(layout) as infra, Broker.start("mosquitto", workdir=str(workdir / "broker")) as broker:
-        infra.add(broker.proc.pid)
-        sim = SimFleet(broker_url=broker.url, workdir=workdir / "sim", discovery=False, devices=[],
-                       cgroup_layout=layout, extra_args=["--recheck-every", "0"])
-        try:
-            with Fleet(broker.url) as fleet:
-                start_one_by_one(sim, fleet, entries)
-                out["devices"] = {d.device_id: {"gflops": round(d.gflops, 1), "burst_gflops": d.burst_gflops,
-                                                "link_mbps": round(d.link_mbps or 0),
-                                                "rtt_ms": round(d.link_rtt_ms or 0, 2)} for d in fleet.devices()}
-                pids = {n: d.proc.pid for n, d in sim.devices.items() if d.proc is not None}
-                pids["broker"] = broker.proc.pid
-                live = fleet.devices()
-                planner_devices = {d.device_id: model_device(d) for d in live}
-                base_cal = calibration_for(live)
-                obs: list[Observation] = []
-                evals: list[tuple[dict, CostProfile, float]] = []
-                for mi, mname in enumerate(models):
-                    model, inputs, shapes = load_workload(mname, det_size)
-                    prof = profile_model(model, shapes, model_name=mname)
-                    mrun = model_run(model, inputs, prof)
-                    console.print(f"[bold]{mname}[/bold] (load {os.getloadavg()[0]:.2f})")
-                    scaling = []
-                    # N = 1 first and again last: the baseline is their mean, so that a change of the
-                    # machine's background load during the sequence does not tilt every ratio one way
-                    for i, n in enumerate([*ns, 1]):
-                        r = measure_plan(fleet, model, f"p{mi}n{n}r{i}", inputs, shapes, slow_names[:n],
-                                         per_device, seconds, n_latency, pids)
-                        r["n"] = n
-                        r["load"] = round(os.getloadavg()[0], 2)
-                        scaling.append(r)
-                        console.print(f"  N={n}: {r['shape']} {r['meas_rps']:.1f} req/s (pred "
-                                      f"{r['pred_rps']:.1f}), client {r['client_cores']:.2f} cores, load {r['load']}")
-                    base = float(np.mean([r["meas_rps"] for r in scaling if r["n"] == 1]))
-                    for r in scaling:
-                        r["speedup"] = r["meas_rps"] / base
-                        r["efficiency"] = r["speedup"] / r["n"]
-                    alone = [next(r for r in scaling if r["n"] == 1)]
-                    alone[0] = {**alone[0], "role": "alone"}
-                    for dev in [*slow_names[1:MIX_SLOW], "fast"]:
-                        r = measure_plan(fleet, model, f"p{mi}a{dev}", inputs, shapes, [dev], per_device,
-                                         seconds, n_latency, pids)
-                        alone.append({**r, "role": "alone", "load": round(os.getloadavg()[0], 2)})
-                    mix = measure_plan(fleet, model, f"p{mi}mix", inputs, shapes, ["fast", *slow_names[:MIX_SLOW]],
-                                       per_device, seconds, n_latency, pids)
-                    mix["load"] = round(os.getloadavg()[0], 2)
-                    total = sum(r["meas_rps"] for r in alone)
-                    mix["role"] = "mix"
-                    mix["sum_alone_rps"] = total
-                    mix["ratio"] = mix["meas_rps"] / total
-                    console.print(f"  mix: {mix['shape']} {mix['meas_rps']:.1f} req/s vs sum alone {total:.1f} "
-                                  f"({mix['ratio']:.2f})")
-                    # the calibration's measurements: every device alone at saturation, its CPU per request
-                    # in full cores, beside the model run alone on one full core
-                    for r in alone:
-                        dev = r["devices"][0]
-                        cores = r["agent_cores"].get(dev, 0.0)
-                        if cores > 0:
-                            obs.append(Observation(cores * 1e3 / r["meas_rps"], mrun.run_ms, mrun.nbytes))
-                    evals += [(r, prof, mrun.efficiency) for r in [*scaling, *alone[1:], mix]]
-                    out["models"][mname] = {"input_shapes": {k: list(v.shape) for k, v in inputs.items()},
-                                            "flops": mrun.flops, "run_ms_1core": mrun.run_ms,
-                                            "probe_gflops": mrun.probe_gflops, "efficiency": mrun.efficiency,
-                                            "scaling": scaling, "alone": alone, "mix": mix}
-                if obs:
-                    cal = fit_agent_costs(obs, base_cal)
-                    out["calibration"] = {"hop_ms": cal.hop_ms, "byte_ms_per_mb": cal.byte_ms_per_mb,
-                                          "observations": [o._asdict() for o in obs]}
-                    for r, prof, eff in evals:
-                        devs = {k: dataclasses.replace(v, efficiency=eff) for k, v in planner_devices.items()}
-                        recalibrated(r, prof, devs, cal)
-        finally:
-            sim.close()
+    with quota_lab(workdir) as (sim, fleet, broker):
+        start_one_by_one(sim, fleet, entries)
+        out["devices"] = {d.device_id: {"gflops": round(d.gflops, 1), "burst_gflops": d.burst_gflops,
+                                        "link_mbps": round(d.link_mbps or 0),
+                                        "rtt_ms": round(d.link_rtt_ms or 0, 2)} for d in fleet.devices()}
+        pids = {n: d.proc.pid for n, d in sim.devices.items() if d.proc is not None}
+        pids["broker"] = broker.proc.pid
+        live = fleet.devices()
+        planner_devices = {d.device_id: model_device(d) for d in live}
+        base_cal = calibration_for(live)
+        obs: list[Observation] = []
+        evals: list[tuple[dict, CostProfile, float]] = []
+        for mi, mname in enumerate(models):
+            model, inputs, shapes = load_workload(mname, det_size)
+            prof = profile_model(model, shapes, model_name=mname)
+            mrun = model_run(model, inputs, prof)
+            console.print(f"[bold]{mname}[/bold] (load {os.getloadavg()[0]:.2f})")
+            scaling = []
+            # N = 1 first and again last: the baseline is their mean, so that a change of the
+            # machine's background load during the sequence does not tilt every ratio one way
+            for i, n in enumerate([*ns, 1]):
+                r = measure_plan(fleet, model, f"p{mi}n{n}r{i}", inputs, shapes, slow_names[:n],
+                                 per_device, seconds, n_latency, pids)
+                r["n"] = n
+                r["load"] = round(os.getloadavg()[0], 2)
+                scaling.append(r)
+                console.print(f"  N={n}: {r['shape']} {r['meas_rps']:.1f} req/s (pred "
+                              f"{r['pred_rps']:.1f}), client {r['client_cores']:.2f} cores, load {r['load']}")
+            base = float(np.mean([r["meas_rps"] for r in scaling if r["n"] == 1]))
+            for r in scaling:
+                r["speedup"] = r["meas_rps"] / base
+                r["efficiency"] = r["speedup"] / r["n"]
+            alone = [next(r for r in scaling if r["n"] == 1)]
+            alone[0] = {**alone[0], "role": "alone"}
+            for dev in [*slow_names[1:MIX_SLOW], "fast"]:
+                r = measure_plan(fleet, model, f"p{mi}a{dev}", inputs, shapes, [dev], per_device,
+                                 seconds, n_latency, pids)
+                alone.append({**r, "role": "alone", "load": round(os.getloadavg()[0], 2)})
+            mix = measure_plan(fleet, model, f"p{mi}mix", inputs, shapes, ["fast", *slow_names[:MIX_SLOW]],
+                               per_device, seconds, n_latency, pids)
+            mix["load"] = round(os.getloadavg()[0], 2)
+            total = sum(r["meas_rps"] for r in alone)
+            mix["role"] = "mix"
+            mix["sum_alone_rps"] = total
+            mix["ratio"] = mix["meas_rps"] / total
+            console.print(f"  mix: {mix['shape']} {mix['meas_rps']:.1f} req/s vs sum alone {total:.1f} "
+                          f"({mix['ratio']:.2f})")
+            # the calibration's measurements: every device alone at saturation, its CPU per request
+            # in full cores, beside the model run alone on one full core
+            for r in alone:
+                dev = r["devices"][0]
+                cores = r["agent_cores"].get(dev, 0.0)
+                if cores > 0:
+                    obs.append(Observation(cores * 1e3 / r["meas_rps"], mrun.run_ms, mrun.nbytes))
+            evals += [(r, prof, mrun.efficiency) for r in [*scaling, *alone[1:], mix]]
+            out["models"][mname] = {"input_shapes": {k: list(v.shape) for k, v in inputs.items()},
+                                    "flops": mrun.flops, "run_ms_1core": mrun.run_ms,
+                                    "probe_gflops": mrun.probe_gflops, "efficiency": mrun.efficiency,
+                                    "scaling": scaling, "alone": alone, "mix": mix}
+        if obs:
+            cal = fit_agent_costs(obs, base_cal)
+            out["calibration"] = {"hop_ms": cal.hop_ms, "byte_ms_per_mb": cal.byte_ms_per_mb,
+                                  "observations": [o._asdict() for o in obs]}
+            for r, prof, eff in evals:
+                devs = {k: dataclasses.replace(v, efficiency=eff) for k, v in planner_devices.items()}
+                recalibrated(r, prof, devs, cal)
     for m in out["models"].values():          # the shapes were for re-evaluation only, not for JSON
         for r in [*m["scaling"], *m["alone"], m["mix"]]:
             r.pop("_shape", None)
