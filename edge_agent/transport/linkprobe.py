@@ -59,6 +59,26 @@ class LinkProbe:
                 self._cond.notify_all()
         return True
 
+    def round_trip(self, timeout_s: float = 5.0) -> float | None:
+        """One small message to the probe topic and back: its round trip in seconds, None if it did not come
+        back within ``timeout_s`` (waiting for a measurement under way counts). The echo arrives at QoS 1
+        behind every QoS 1 message the broker queued for this client before it (``Transport.sync``)."""
+        deadline = self._clock() + timeout_s
+        if not self._busy.acquire(timeout=max(timeout_s, 0.0)):
+            return None
+        try:
+            self._new_run()
+            t = self._send(0, 64)
+            return self._arrived[0] - t if self._wait(range(1), deadline) else None
+        finally:
+            self._busy.release()
+
+    def _new_run(self) -> None:
+        """Echoes of earlier runs no longer count."""
+        with self._cond:
+            self._run = (self._run + 1) & 0xFFFFFFFF
+            self._arrived = {}
+
     def _send(self, seq: int, size: int) -> float:
         payload = _HEAD.pack(MAGIC, self._run, seq)
         if size > len(payload):
@@ -80,9 +100,7 @@ class LinkProbe:
                 timeout_s: float = 5.0) -> LinkStats:
         """Round trip, then throughput; raises TimeoutError naming what did not come back in time."""
         with self._busy:
-            with self._cond:
-                self._run = (self._run + 1) & 0xFFFFFFFF
-                self._arrived = {}
+            self._new_run()
             deadline = self._clock() + timeout_s
             rtts = []
             for seq in range(rtt_count):

@@ -26,7 +26,6 @@ log = logging.getLogger("edge_agent.transport")
 
 Handler = Callable[[str, bytes, bool], None]
 ENV_BROKER = "EDGE_AGENT_BROKER"
-SYNC_MAGIC = b"EA-SYNC\x00"   # probe payloads that mark "everything before this was handled" (sync())
 PROBE_MISSES = 4   # probe periods without an echo before a session that echoed is declared dead
 
 
@@ -104,8 +103,6 @@ class Transport:
         self.stalls = 0                      # sessions found dead by the probe (and re-established)
         self._probe_seen = 0.0               # monotonic time of the last echo on this connection (0: none)
         self.link: LinkProbe | None = None
-        self._sync_cond = threading.Condition()
-        self._synced: set[bytes] = set()     # tokens of sync() that came back
         if probe_topic is not None:
             self.link = LinkProbe(lambda payload: self.publish(probe_topic, payload, qos=1))
             # QoS 1: a sync() marker must queue behind the QoS 1 messages the broker holds for us (a broker
@@ -178,38 +175,25 @@ class Transport:
     # ------------------------------------------------------------------------------ session probe
     def _on_probe(self, topic: str, payload: bytes, retained: bool) -> None:
         self._probe_seen = time.monotonic()
-        if payload.startswith(SYNC_MAGIC):
-            with self._sync_cond:
-                self._synced.add(payload[len(SYNC_MAGIC):])
-                self._sync_cond.notify_all()
-        elif payload and self.link is not None:
+        if payload and self.link is not None:
             self.link.on_echo(payload)
 
     def sync(self, timeout: float = 5.0) -> bool:
         """Wait until this client has handled every message the broker queued for it before now, e.g. the
         retained messages of its subscriptions; False if that could not be seen within ``timeout``.
 
-        MQTT has no end-of-retained marker, so we make one: a token published to our own probe topic.
+        MQTT has no end-of-retained marker, so we make one: a link-probe round trip to our own probe topic.
         Our SUBSCRIBEs went out before it on the same connection, the broker queues a subscription's
         retained messages when it handles the SUBSCRIBE, and it delivers QoS 1 messages to one client in
-        order (handlers run in arrival order on the network thread): when the token comes back at QoS 1,
+        order (handlers run in arrival order on the network thread): when the echo comes back at QoS 1,
         everything queued before it at QoS 1 has been handled (QoS 0 messages are not waited for).
         """
-        if self.probe_topic is None:
+        if self.link is None:
             raise BrokerError(f"client {self.client_id} has no probe topic: cannot sync")
         end = time.monotonic() + timeout
         if not self.connected.wait(timeout):
             return False
-        token = uuid.uuid4().bytes
-        self.publish(self.probe_topic, SYNC_MAGIC + token, qos=1)
-        with self._sync_cond:
-            while token not in self._synced:
-                left = end - time.monotonic()
-                if left <= 0:
-                    return False
-                self._sync_cond.wait(left)
-            self._synced.discard(token)
-        return True
+        return self.link.round_trip(end - time.monotonic()) is not None
 
     def measure_link(self, **kw: object) -> LinkStats:
         """Round trip and throughput to the broker through the probe topic (``LinkProbe.measure``'s
