@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from benchmarks.common import console, fmt, parser, table, write_json
+from benchmarks.common import console, fmt, parser, process_cpu_s, table, write_json
 from edge_agent import Fleet
 from edge_agent.agent.capability import measure_gflops
 from edge_agent.lab import cgroups
@@ -104,15 +104,6 @@ def model_run(model: onnx.ModelProto, inputs: dict[str, np.ndarray], prof: CostP
                     float(np.min(ts)), probe)
 
 
-def _proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (all its threads), from /proc; 0 when it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def drive(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], in_flight: int, seconds: float,
           pids: dict[str, int]) -> dict[str, Any]:
     """Keep ``in_flight`` requests outstanding for ``seconds`` (after a warm-up of twice as many): req/s, the
@@ -131,7 +122,7 @@ def drive(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], in_flight: int
     for _ in range(2 * in_flight):                 # warm-up: fill every replica's queue
         done.get(timeout=150).result()
         submit()
-    cpu0 = {k: _proc_cpu_s(p) for k, p in pids.items()}
+    cpu0 = {k: process_cpu_s(p) for k, p in pids.items()}
     c0, t0 = time.process_time(), time.perf_counter()
     n, runs = 0, []
     end = t0 + seconds
@@ -142,7 +133,7 @@ def drive(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], in_flight: int
         submit()
     wall = time.perf_counter() - t0
     client_cores = (time.process_time() - c0) / wall
-    procs = {k: (_proc_cpu_s(p) - cpu0[k]) / wall for k, p in pids.items()}
+    procs = {k: (process_cpu_s(p) - cpu0[k]) / wall for k, p in pids.items()}
     for _ in range(in_flight):                     # drain so the next run starts with empty queues
         done.get(timeout=150).result()
     per_dev: dict[str, list[float]] = {}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.common import console, machine_info, write_json
+from benchmarks.common import console, machine_info, process_cpu_s, write_json
 from edge_agent import Fleet
 from edge_agent.lab.profiles import DeviceProfile, FleetEntry
 from edge_agent.lab.sim import SimFleet
@@ -46,15 +45,6 @@ def _rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far (NaN when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
 
 
 def _until(cond, timeout: float, step: float = 0.5) -> float | None:
@@ -104,9 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
             res["fleet_ls_listed"] = len(listed)
             pids = [d.proc.pid for d in sim.devices.values() if d.proc is not None]
             idle_s = min(args.idle, 10.0) if args.quick else args.idle
-            cpu0, t_idle = [_cpu_s(p) for p in pids], time.monotonic()
+            cpu0, t_idle = [process_cpu_s(p) for p in pids], time.monotonic()
             time.sleep(idle_s)   # idle: nothing deployed, nothing asked
-            used = np.array([_cpu_s(p) for p in pids]) - np.array(cpu0)
+            used = np.array([process_cpu_s(p) for p in pids]) - np.array(cpu0)
             pct = 100.0 * used / (time.monotonic() - t_idle)
             res["idle_cpu_pct_per_agent"] = round(float(np.nanmedian(pct)), 2)
             res["idle_cpu_pct_max"] = round(float(np.nanmax(pct)), 2)
