@@ -222,6 +222,16 @@ def test_kx1_convs_on_a_width_one_input_run_as_rows_and_match_onnxruntime(blocke
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+def _image_model(nodes: list, name: str, outputs: list, inits: list) -> onnx.ModelProto:
+    """An opset-13 model of ``nodes`` on a dynamic ``x`` of N x 3 x H x W, checked."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    return model
+
+
 def through_model(seed: int = 3) -> onnx.ModelProto:
     """Convs joined by the layout-preserving ops: MaxPool (padded, ceil mode), two branches concatenated on
     channels, AveragePool (count_include_pad), LeakyRelu, Clip, an old-opset Sum residual followed by Relu,
@@ -255,14 +265,8 @@ def through_model(seed: int = 3) -> onnx.ModelProto:
              conv["odd"], conv["one"],
              helper.make_node("Concat", ["o12", "o1"], ["y1"], axis=1),
              helper.make_node("Mul", ["o12", "o1"], ["y2"])]
-    graph = helper.make_graph(
-        nodes, "through", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", c, f"{n}h", f"{n}w"])
-         for n, c in (("y1", 13), ("y2", 12))], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
-    onnx.checker.check_model(model)
-    return model
+    return _image_model(nodes, "through", [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["n", c, f"{n}h", f"{n}w"])
+                                          for n, c in (("y1", 13), ("y2", 12))], inits)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -339,15 +343,9 @@ def edges_model(seed: int = 7) -> onnx.ModelProto:
     extra = _conv(rng, "s16", "x", "s16", 3, 16, 3, pads=[1, 1, 1, 1])
     nodes.insert(1, extra[0])
     inits += extra[1]
-    graph = helper.make_graph(
-        nodes, "edges", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, "h", "w"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 24]),
-         helper.make_tensor_value_info("e", TensorProto.FLOAT, ["n", 32, "h", "w"]),
-         helper.make_tensor_value_info("e_shape", TensorProto.INT64, [4])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 7
-    onnx.checker.check_model(model)
-    return model
+    return _image_model(nodes, "edges", [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 24]),
+                                        helper.make_tensor_value_info("e", TensorProto.FLOAT, ["n", 32, "h", "w"]),
+                                        helper.make_tensor_value_info("e_shape", TensorProto.INT64, [4])], inits)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
