@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import multiprocessing as mp
 import os
 import platform
 import queue
@@ -104,10 +106,12 @@ def model_run(model: onnx.ModelProto, inputs: dict[str, np.ndarray], prof: CostP
                     float(np.min(ts)), probe)
 
 
-def drive(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], in_flight: int, seconds: float,
-          pids: dict[str, int]) -> dict[str, Any]:
-    """Keep ``in_flight`` requests outstanding for ``seconds`` (after a warm-up of twice as many): req/s, the
-    client's and every watched process's CPU (cores) over the window, and per-device run time medians.
+def _window(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], in_flight: int, start_at: float,
+            end_at: float) -> dict[str, Any]:
+    """One client's share of :func:`drive`: keep ``in_flight`` requests outstanding, count the answers that
+    arrive between the wall-clock instants ``start_at`` and ``end_at`` (the requests before are the warm-up,
+    at least twice the window), then drain. Returns the count, this process's CPU seconds over the window
+    and the per-request device timings.
 
     A new request goes out as soon as *any* request completes. (Refilling in submission order instead waits
     for the oldest request: behind one on a slow device, the fast device's finished requests are not
@@ -119,28 +123,77 @@ def drive(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], in_flight: int
 
     for _ in range(in_flight):
         submit()
-    for _ in range(2 * in_flight):                 # warm-up: fill every replica's queue
+    warm = 0
+    while warm < 2 * in_flight or time.time() < start_at:     # warm-up: fill every replica's queue
         done.get(timeout=150).result()
+        warm += 1
         submit()
-    cpu0 = {k: process_cpu_s(p) for k, p in pids.items()}
-    c0, t0 = time.process_time(), time.perf_counter()
+    c0 = time.process_time()
     n, runs = 0, []
-    end = t0 + seconds
-    while time.perf_counter() < end:
+    while time.time() < end_at:
         _, timings = done.get(timeout=150).result()
         n += 1
         runs.append(timings)
         submit()
-    wall = time.perf_counter() - t0
-    client_cores = (time.process_time() - c0) / wall
-    procs = {k: (process_cpu_s(p) - cpu0[k]) / wall for k, p in pids.items()}
+    cpu = time.process_time() - c0
     for _ in range(in_flight):                     # drain so the next run starts with empty queues
         done.get(timeout=150).result()
+    return {"n": n, "cpu_s": cpu, "runs": runs}
+
+
+def _client_process(broker_url: str, name: str, inputs: dict[str, np.ndarray], in_flight: int, start_at: float,
+                    end_at: float, conn: Any) -> None:
+    """A further operator client (its own process, Fleet and broker connection) for :func:`drive`."""
+    try:
+        with Fleet(broker_url) as fleet:
+            conn.send(_window(fleet, name, inputs, in_flight, start_at, end_at))
+    except BaseException as e:                     # noqa: BLE001 - reported to the parent
+        conn.send({"error": repr(e)})
+    finally:
+        conn.close()
+
+
+def drive(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], in_flight: int, seconds: float,
+          pids: dict[str, int], clients: int = 1, broker_url: str | None = None) -> dict[str, Any]:
+    """Keep ``in_flight`` requests outstanding for ``seconds`` (after a warm-up): req/s, the clients' and every
+    watched process's CPU (cores) over the window, and per-device run time medians.
+
+    ``clients`` > 1 spreads the window over that many operator processes (this one and ``clients - 1``
+    spawned, each with its own Fleet on ``broker_url``), all counting over the same wall-clock window. A pool
+    serves many clients; one Python client tops out at a few hundred requests a second (0.4-0.5 ms of CPU per
+    request, all under one GIL), which is below what six devices answer for a small model."""
+    clients = max(1, min(clients, in_flight))
+    shares = [in_flight // clients + (1 if i < in_flight % clients else 0) for i in range(clients)]
+    warmup = 3.0 if clients > 1 else 0.0           # the spawned clients import, connect and warm up meanwhile
+    start_at = time.time() + warmup
+    end_at = start_at + seconds
+    ctx = mp.get_context("spawn")                  # not fork: this process runs paho and zeroconf threads
+    children = []
+    for share in shares[1:]:
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_client_process, args=(broker_url, name, inputs, share, start_at, end_at, child_end),
+                           daemon=True)
+        proc.start()
+        child_end.close()
+        children.append((proc, parent_end))
+    cpu0 = {k: process_cpu_s(p) for k, p in pids.items()}
+    t0 = time.time()
+    mine = _window(fleet, name, inputs, shares[0], start_at, end_at)
+    procs = {k: (process_cpu_s(p) - cpu0[k]) / (time.time() - t0) for k, p in pids.items()}
+    results = [mine]
+    for proc, conn in children:
+        results.append(conn.recv() if conn.poll(180) else {"error": "no answer from a client process"})
+        proc.join(30)
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise RuntimeError(f"client process failed: {errors[0]}")
     per_dev: dict[str, list[float]] = {}
-    for timings in runs:
-        for t in timings:
-            per_dev.setdefault(t["device"], []).append(float(t["run_ms"]))
-    return {"rps": n / wall, "client_cores": client_cores, "proc_cores": procs,
+    for r in results:
+        for timings in r["runs"]:
+            for t in timings:
+                per_dev.setdefault(t["device"], []).append(float(t["run_ms"]))
+    return {"rps": sum(r["n"] for r in results) / seconds, "clients": clients,
+            "client_cores": sum(r["cpu_s"] for r in results) / seconds, "proc_cores": procs,
             "run_ms": {d: float(np.median(v)) for d, v in per_dev.items()},
             "served": {d: len(v) for d, v in per_dev.items()}}
 
@@ -167,22 +220,24 @@ def alone_latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int
 
 def measure_plan(fleet: Fleet, model: onnx.ModelProto, tag: str, inputs: dict[str, np.ndarray],
                  shapes: dict | None, devices: list[str], per_device: int, seconds: float, n_latency: int,
-                 pids: dict[str, int]) -> dict[str, Any]:
-    """Plan over ``devices`` (throughput objective), deploy the choice, measure it, undeploy."""
+                 pids: dict[str, int], broker_url: str, client_rps: float) -> dict[str, Any]:
+    """Plan over ``devices`` (throughput objective), deploy the choice, measure it, undeploy. The load comes
+    from one client process per ``client_rps`` of predicted throughput (at least one; 0: always one)."""
     search = fleet.plan_shapes(model, devices=devices, objective="throughput", input_shapes=shapes)
     cand = search.best
+    p = cand.prediction
+    clients = max(1, math.ceil(p.throughput_rps / client_rps)) if client_rps > 0 else 1
     fleet.deploy(model, tag, shape=cand.shape, input_shapes=shapes, timeout=300)
     try:
-        m = drive(fleet, tag, inputs, per_device * len(devices), seconds, pids)
+        m = drive(fleet, tag, inputs, per_device * len(devices), seconds, pids, clients, broker_url)
         lat, lat_mean = alone_latency(fleet, tag, inputs, n_latency)
     finally:
         fleet.undeploy(tag)
-    p = cand.prediction
     return {"devices": devices, "shape": cand.shape.label(), "kind": cand.shape.kind,
             "stages": len(cand.shape.groups), "replicas": [len(g) for g in cand.shape.groups],
             "pred_rps": p.throughput_rps, "meas_rps": m["rps"], "err_rps": m["rps"] / p.throughput_rps - 1,
             "pred_ms": p.latency_ms, "meas_ms": lat, "meas_ms_mean": lat_mean, "err_ms": lat / p.latency_ms - 1,
-            "bottleneck": p.bottleneck, "client_cores": m["client_cores"],
+            "bottleneck": p.bottleneck, "clients": m["clients"], "client_cores": m["client_cores"],
             "broker_cores": m["proc_cores"].get("broker", 0.0),
             "agent_cores": {k: v for k, v in m["proc_cores"].items() if k != "broker"},
             "run_ms": m["run_ms"], "served": m["served"],
@@ -238,12 +293,12 @@ def start_one_by_one(sim: SimFleet, fleet: Fleet, entries: Sequence[FleetEntry],
 
 
 def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size: int, per_device: int,
-        seconds: float, n_latency: int, ns: Sequence[int]) -> dict[str, Any]:
+        seconds: float, n_latency: int, ns: Sequence[int], client_rps: float = 0.0) -> dict[str, Any]:
     slow_names = [f"slow-{i}" for i in range(max(max(ns), MIX_SLOW))]
     entries = [FleetEntry(n, DeviceProfile("slow", cpu=slow, threads=1)) for n in slow_names]
     entries.append(FleetEntry("fast", DeviceProfile("fast", cpu=fast, threads=1)))
     out: dict[str, Any] = {"slow_cores": slow, "fast_cores": fast, "per_device_in_flight": per_device,
-                           "seconds": seconds, "models": {}}
+                           "seconds": seconds, "client_rps": client_rps, "models": {}}
     with quota_lab(workdir) as (sim, fleet, broker):
         start_one_by_one(sim, fleet, entries)
         out["devices"] = {d.device_id: {"gflops": round(d.gflops, 1), "burst_gflops": d.burst_gflops,
@@ -266,12 +321,12 @@ def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size
             # machine's background load during the sequence does not tilt every ratio one way
             for i, n in enumerate([*ns, 1]):
                 r = measure_plan(fleet, model, f"p{mi}n{n}r{i}", inputs, shapes, slow_names[:n],
-                                 per_device, seconds, n_latency, pids)
+                                 per_device, seconds, n_latency, pids, broker.url, client_rps)
                 r["n"] = n
                 r["load"] = round(os.getloadavg()[0], 2)
                 scaling.append(r)
                 console.print(f"  N={n}: {r['shape']} {r['meas_rps']:.1f} req/s (pred "
-                              f"{r['pred_rps']:.1f}), client {r['client_cores']:.2f} cores, load {r['load']}")
+                              f"{r['pred_rps']:.1f}), {r['clients']} client(s) {r['client_cores']:.2f} cores, load {r['load']}")
             base = float(np.mean([r["meas_rps"] for r in scaling if r["n"] == 1]))
             for r in scaling:
                 r["speedup"] = r["meas_rps"] / base
@@ -280,10 +335,10 @@ def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size
             alone[0] = {**alone[0], "role": "alone"}
             for dev in [*slow_names[1:MIX_SLOW], "fast"]:
                 r = measure_plan(fleet, model, f"p{mi}a{dev}", inputs, shapes, [dev], per_device,
-                                 seconds, n_latency, pids)
+                                 seconds, n_latency, pids, broker.url, client_rps)
                 alone.append({**r, "role": "alone", "load": round(os.getloadavg()[0], 2)})
             mix = measure_plan(fleet, model, f"p{mi}mix", inputs, shapes, ["fast", *slow_names[:MIX_SLOW]],
-                               per_device, seconds, n_latency, pids)
+                               per_device, seconds, n_latency, pids, broker.url, client_rps)
             mix["load"] = round(os.getloadavg()[0], 2)
             total = sum(r["meas_rps"] for r in alone)
             mix["role"] = "mix"
@@ -329,10 +384,12 @@ def show(res: dict[str, Any]) -> None:
                   f"{res['devices']}")
     for mname, m in res["models"].items():
         rows = [[r["n"], r["shape"], fmt(r["meas_rps"]), f"{r['speedup']:.2f}x", f"{r['efficiency']:.2f}",
-                 fmt(r["client_cores"], 2), fmt(r["broker_cores"], 2), r["load"]] for r in m["scaling"]]
+                 r.get("clients", 1), fmt(r["client_cores"], 2), fmt(r["broker_cores"], 2), r["load"]]
+                for r in m["scaling"]]
         table(f"{mname} {m['input_shapes']}: scaling on {res['slow_cores']:g}-core devices "
               f"({res['per_device_in_flight']} in flight per device)",
-              ["N", "plan", "req/s", "vs N=1 (mean of both)", "/ N (goal >= 0.9)", "client cores", "broker cores", "load"], rows)
+              ["N", "plan", "req/s", "vs N=1 (mean of both)", "/ N (goal >= 0.9)", "clients", "client cores",
+               "broker cores", "load"], rows)
         mix = m["mix"]
         rows = [[r["devices"][0], fmt(r["meas_rps"])] for r in m["alone"]]
         rows.append([f"mix: {mix['shape']}", fmt(mix["meas_rps"])])
@@ -364,6 +421,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--det-size", type=int, default=320, help="PP-OCRv4 det input side (pixels)")
     ap.add_argument("--per-device", type=int, default=6, help="requests in flight per device")
     ap.add_argument("--ns", default=",".join(map(str, NS)), help="device counts to scale over")
+    ap.add_argument("--client-rps", type=float, default=200.0,
+                    help="one operator client process per this many predicted req/s (0: always one client)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         console.print("[yellow]bench_pool skipped: it needs root (cgroup CPU quotas)[/yellow]")
@@ -372,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-pool-") as tmp:
         res = run(Path(tmp), [m for m in args.models.split(",") if m], args.slow, args.fast, args.det_size,
                   args.per_device, seconds=4.0 if args.quick else 10.0, n_latency=5 if args.quick else 15,
-                  ns=[int(x) for x in args.ns.split(",")])
+                  ns=[int(x) for x in args.ns.split(",")], client_rps=args.client_rps)
     res["isa"] = platform.machine()
     res["load_avg_1m_at_start"] = load0
     res["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
