@@ -3,7 +3,8 @@ branch or a Loop / Scan body, run by ops/control.py).
 
 Steps, in order: convert nodes (loader), refuse unsupported ops (ops.is_supported), topological order,
 constant folding (passes.folding, with the executor's own kernels), fusions (passes.fusions), blocked
-layouts and the conv + residual fusion (passes.layout), binding of every node to a callable (weights packed
+layouts and the conv + residual fusion (passes.layout), channel Concats written in place by their convolutions
+(passes.concat), binding of every node to a callable (weights packed
 once; ops.build), and the memory plan (memory.plan_memory) that turns each node into a Step.
 """
 
@@ -27,7 +28,7 @@ from ops_native.loader import (
 )
 from ops_native.memory import plan_memory
 from ops_native.ops import DEFAULT_DOMAINS, BufferPool, BuildContext, Node, build, is_supported, supported_ops
-from ops_native.passes import fusions, layout, prelu
+from ops_native.passes import concat, fusions, layout, prelu
 from ops_native.passes.folding import fold_constants
 from ops_native.steps import Step
 
@@ -106,6 +107,8 @@ def compile_graph(graph: onnx.GraphProto, ctx: BuildContext, inputs: list[Tensor
     if fuse and n_blocked:
         nodes = layout.fuse_conv_residual(nodes, consts, graph_outputs)
         nodes = layout.subsample_strided_pointwise(nodes, consts)
+    if fuse:
+        nodes = concat.write_concats_in_place(nodes, consts, graph_outputs)
     for o in outputs:
         if o.name not in consts and o.name not in {i.name for i in inputs} and \
                 not any(o.name in n.outputs for n in nodes):

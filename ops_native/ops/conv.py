@@ -31,6 +31,16 @@ def _conv_geometry(node: Node, w_shape: tuple, x_spatial: tuple) -> dict:
     return {"nd": nd, "strides": strides, "dilations": dil, "pads": pads, "out": out}
 
 
+def conv_output_shape(node: Node, w_shape: tuple, x_spatial: tuple) -> tuple[int, ...] | None:
+    """Output spatial sizes of Conv ``node`` (weights of ``w_shape``) on an input of ``x_spatial``; None when
+    the geometry is invalid (the conv itself then reports why when it runs)."""
+    try:
+        out = _conv_geometry(node, w_shape, x_spatial)["out"]
+    except Exception:  # noqa: BLE001 - an invalid geometry: the conv step raises the real error
+        return None
+    return tuple(int(o) for o in out) if all(int(o) > 0 for o in out) else None
+
+
 @register("Conv")
 def _build_conv(node: Node, ctx: BuildContext) -> Fn:
     if not hasattr(_core, "Conv2d"):
@@ -151,7 +161,24 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
 
     # constant weights: seen shapes run natively from run_steps (the dict is shared with fn)
     fn = sum_fn if has_sum else conv_fn
+    if node.attrs.get("_into") and w_const is not None and not has_sum:
+        return _into_concat(conv_fn, shapes, x_ndim)
     return _core.ConvStep(shapes, ctx.pool, fn, has_sum) if w_const is not None else fn
+
+
+def _into_concat(conv_fn: Fn, shapes: dict, x_ndim: int) -> Fn:
+    """A Conv whose last argument is a view of its Concat's output (passes.concat) or None: the result is
+    stored there when the run's shapes allow, else computed into a buffer of its own (the Concat copies it)."""
+
+    def fn(args: list) -> list:
+        x, view = args[0], args[-1]
+        hit = shapes.get(x.shape) if isinstance(x, np.ndarray) and x.dtype == F32 and x.ndim == x_ndim else None
+        if view is None or hit is None or view.shape != hit[1] or not view.flags.c_contiguous:
+            return conv_fn(args[:-1])      # the first run with a shape fills `shapes`
+        conv, _, n_thr = hit
+        return [conv.run(x if x.flags.c_contiguous else np.ascontiguousarray(x), out=view, threads=n_thr)]
+
+    return fn
 
 
 @register("ConvTranspose")

@@ -88,6 +88,75 @@ def _build_concat(node: Node, ctx: BuildContext) -> Fn:
         shape[axis] = sum(a.shape[axis] for a in arrays)
         return [_core.ops_concat(arrays, axis, threads, ctx.pool.empty(tuple(shape), arrays[0].dtype))]
 
+    if not node.attrs.get("_in_place"):
+        return fn
+
+    placed: list[int] = node.attrs["_in_place"]
+    n_in = len(node.inputs) - 1 - len(placed)
+
+    def in_place(args: list) -> list:
+        """passes.concat: after the inputs come the output buffer (or None) and the views of it that some
+        producers were given; an input that *is* its view was written in place, the others are copied."""
+        arrays, buf, views = args[:n_in], args[n_in], args[n_in + 1:]
+        if buf is None or any(a is None or a.dtype != buf.dtype or a.ndim != buf.ndim for a in arrays) or \
+                sum(a.shape[1] for a in arrays) != buf.shape[1]:
+            return fn(arrays)
+        done = {k for k, v in zip(placed, views) if arrays[k] is v}
+        off = 0
+        for k, a in enumerate(arrays):
+            size = a.shape[1]
+            if k not in done:
+                part = buf[:, off:off + size]
+                if a.shape != part.shape:
+                    return fn(arrays)
+                np.copyto(part, a)        # not written in place (another producer, or a fallback)
+            off += size
+        return [buf]
+
+    return in_place
+
+
+@register("_ConcatBuffer")
+def _build_concat_buffer(node: Node, ctx: BuildContext) -> Fn:
+    """passes.concat: the output of a channel Concat, allocated before its in-place producers run, and the
+    views of it each of them writes. None for all when this run cannot be done in place (N != 1, shapes)."""
+    from ops_native.ops.conv import conv_output_shape
+
+    plan: list = node.attrs["_plan"]
+    first, w_shape = node.attrs["_first"], node.attrs["_w_shape"]
+    blocked = node.attrs["_layout"] == "nchwc8"
+    n_views = len(node.outputs) - 1
+    nothing = [None] * (n_views + 1)
+
+    tails: dict[tuple, tuple | None] = {}   # first producer's input shape -> its output's trailing dims
+
+    def fn(args: list) -> list:
+        x, others = args[0], args[1:]
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != (5 if blocked else 4) or x.shape[0] != 1:
+            return nothing
+        tail = tails.get(x.shape, False)
+        if tail is False:
+            spatial = conv_output_shape(first, w_shape, tuple(x.shape[2:4]))
+            tail = tails[x.shape] = None if spatial is None else (*spatial, 8) if blocked else tuple(spatial)
+        if tail is None:
+            return nothing
+        sizes, k = [], 0
+        for units in plan:
+            if units is None:
+                a = others[k]
+                k += 1
+                if not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.shape[0] != 1 or a.shape[2:] != tail:
+                    return nothing
+                units = a.shape[1]
+            sizes.append(units)
+        buf = ctx.pool.empty((1, sum(sizes), *tail))
+        views, off = [], 0
+        for units, size in zip(plan, sizes):
+            if units is not None:
+                views.append(buf[:, off:off + size])
+            off += size
+        return [buf, *views]
+
     return fn
 
 
