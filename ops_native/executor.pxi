@@ -158,6 +158,11 @@ def run_steps(list steps, list values, BufferPool pool=None):
     After a step, its `recycle` slots hand their value back to `pool` (buffer recycling, a C call) and are
     cleared; its `clear` slots (the caller's arrays) are only cleared.
     """
+    _run_steps(steps, values, pool)
+    return values
+
+
+cdef int _run_steps(list steps, list values, BufferPool pool) except -1:
     cdef Py_ssize_t i, k, s, n = len(steps)
     cdef tuple step, ins, outs, recycle, clear
     cdef list args
@@ -191,4 +196,62 @@ def run_steps(list steps, list values, BufferPool pool=None):
         clear = <tuple>step[4]
         for k in range(len(clear)):
             values[<Py_ssize_t>clear[k]] = None
-    return values
+    return 0
+
+
+cdef class PlanRun:
+    """The run of a compiled sub-plan (an If branch, a Loop / Scan body): its steps over a fresh copy of
+    its slot template, inputs placed, outputs read back, all in C calls. `on_error(StepError)` returns
+    the exception to raise (naming the branch and the inner node)."""
+
+    cdef list steps, template
+    cdef tuple input_slots, outer_index, output_slots
+    cdef BufferPool pool
+    cdef object on_error
+
+    def __init__(self, list steps, list template, tuple input_slots, tuple outer_index, tuple output_slots,
+                 BufferPool pool, on_error):
+        self.steps = steps
+        self.template = template
+        self.input_slots = input_slots     # formal inputs first, then the outer reads
+        self.outer_index = outer_index     # for each outer read: its index among the node's outer values
+        self.output_slots = output_slots
+        self.pool = pool
+        self.on_error = on_error
+
+    cdef list call(self, list formal, list outer, Py_ssize_t outer_at):
+        """Outputs of the plan for these formal inputs; outer values are outer[outer_at + k]."""
+        cdef list values = list(self.template)
+        cdef Py_ssize_t k, nf = len(formal), n_outer = len(self.outer_index)
+        for k in range(nf):
+            values[<Py_ssize_t>self.input_slots[k]] = formal[k]
+        for k in range(n_outer):
+            values[<Py_ssize_t>self.input_slots[nf + k]] = outer[outer_at + <Py_ssize_t>self.outer_index[k]]
+        try:
+            _run_steps(self.steps, values, self.pool)
+        except StepError as e:
+            raise self.on_error(e) from e.error
+        return [values[<Py_ssize_t>s] for s in self.output_slots]
+
+    def run(self, list formal, list outer):
+        return self.call(formal, outer, 0)
+
+
+cdef class IfStep(NativeStep):
+    """An If node: picks a branch by its one-value condition and runs its PlanRun, without a Python frame.
+    Outer values read by the branches follow the node's own `n_own` inputs."""
+
+    cdef PlanRun then_run, else_run
+    cdef Py_ssize_t n_own
+
+    def __init__(self, PlanRun then_run not None, PlanRun else_run not None, Py_ssize_t n_own):
+        self.then_run = then_run
+        self.else_run = else_run
+        self.n_own = n_own
+
+    cdef list run(self, list args):
+        cond = args[0]
+        if type(cond) is not _on_np.ndarray or cnp.PyArray_SIZE(<cnp.ndarray>cond) != 1:
+            raise ValueError(f"If condition of shape {_on_np.shape(cond)}: expected one value")
+        cdef PlanRun branch = self.then_run if cond else self.else_run
+        return branch.call([], args, self.n_own)

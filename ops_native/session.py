@@ -41,6 +41,14 @@ class InferenceSession:
         except Exception as e:  # noqa: BLE001 - a damaged model must raise, never escape as a random error
             raise InvalidModelError(f"cannot compile the model: {type(e).__name__}: {e}") from e
         self._profile: dict[str, float] | None = None
+        plan = self._plan
+        # what every run checks, worked out once: (name, slot, dtype, rank or -1, ((axis, dim), ...) fixed dims)
+        self._feed_checks = [(i.name, plan.input_slots[i.name], i.dtype, len(i.shape) if i.shape else -1,
+                              tuple((a, d) for a, d in enumerate(i.shape) if isinstance(d, int) and d > 0))
+                             for i in plan.inputs]
+        # per output name: (slot, whether the value must be copied: a constant or one of the caller's inputs)
+        self._out_slots = {n: (s, s in plan.const_slots or n in plan.input_slots) for n, s in plan.output_slots.items()}
+        self._all_outputs = [o.name for o in plan.outputs]
 
     def get_inputs(self) -> list[TensorInfo]:
         """The graph inputs (initializers excluded), like onnxruntime's NodeArg list."""
@@ -51,6 +59,24 @@ class InferenceSession:
         return list(self._plan.outputs)
 
     # -- input checking ------------------------------------------------------------------------------
+    def _place_inputs(self, feeds: Any, values: list) -> None:
+        """Put the feeds into their slots. The usual call (a dict of C-contiguous arrays of the right dtype
+        and shape) is checked inline; anything else goes through _check_inputs, which converts or explains."""
+        if type(feeds) is dict and len(feeds) == len(self._feed_checks):
+            for name, slot, dtype, rank, fixed in self._feed_checks:
+                x = feeds.get(name)
+                if type(x) is not np.ndarray or x.dtype != dtype or (rank >= 0 and x.ndim != rank) or \
+                        not (x.flags.c_contiguous and x.flags.aligned) or x.nbytes > MAX_TENSOR_BYTES:
+                    break
+                shape = x.shape
+                if any(shape[a] != d for a, d in fixed):
+                    break
+                values[slot] = x
+            else:
+                return
+        for name, x in self._check_inputs(feeds).items():
+            values[self._plan.input_slots[name]] = x
+
     def _check_inputs(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(feeds, dict):
             raise InvalidInputError(f"inputs: expected a dict name -> array, got {type(feeds).__name__}")
@@ -86,14 +112,13 @@ class InferenceSession:
             run_options: Any = None) -> list[np.ndarray]:
         """Run the model; returns the requested outputs (all when output_names is None) in order."""
         plan = self._plan
-        names = [o.name for o in plan.outputs] if output_names is None else list(output_names)
-        bad = [n for n in names if n not in plan.output_slots]
+        names = self._all_outputs if output_names is None else list(output_names)
+        out_slots = self._out_slots
+        bad = [n for n in names if n not in out_slots]
         if bad:
             raise InvalidInputError(f"unknown output name(s) {bad}; model outputs: {list(plan.output_slots)}")
-        feeds = self._check_inputs(input_feed)
         values = list(plan.template)
-        for name, x in feeds.items():
-            values[plan.input_slots[name]] = x
+        self._place_inputs(input_feed, values)
         if self.threads > 1:
             _core.pool_warm(self.threads)   # workers start spinning while Python sets up the first node
         if self._profile is not None:
@@ -105,9 +130,9 @@ class InferenceSession:
                 raise self._wrap(e.index, e.error) from e.error
         result = []
         for n in names:
-            s = plan.output_slots[n]
+            s, copy = out_slots[n]
             v = values[s]
-            if s in plan.const_slots or n in plan.input_slots:
+            if copy:
                 v = np.array(v, copy=True)
             result.append(v if v.flags.c_contiguous else np.ascontiguousarray(v))
         return result

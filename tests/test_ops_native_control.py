@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import ops_native
 from models import corpus
+from ops_native import _core
 from ops_native.ops import registry
 
 F = TensorProto.FLOAT
@@ -218,3 +219,93 @@ def test_scan_runs_reversed_along_axis_one_with_an_outer_value_and_matches_onnxr
              "g": np.array([2.0, -1.0], np.float32)}
     for got, want in zip(ops_native.InferenceSession(model).run(None, feeds), _ort(model, feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def _const_if_model(cond: bool, inner_runtime: bool = False, clash: bool = False) -> onnx.ModelProto:
+    """y = If(flag) on a condition computed from initializers only (flag = Greater(a, b)): then x * 2 + b_then
+    (b_then its own initializer), else relu(x) - 1; inner_runtime: the else branch holds a second If on a
+    runtime condition c2. clash: a second If with the same branches (sibling scopes may reuse names; only the
+    first can be inlined, the second stays an If)."""
+    then_g = _branch("then", [helper.make_node("Mul", ["x", "two"], ["t0"]),
+                              helper.make_node("Add", ["t0", "b_then"], ["t_out"])], "t_out",
+                     {"b_then": np.array([0.5, -0.5, 1.0], np.float32)})
+    else_nodes = [helper.make_node("Relu", ["x"], ["e0"]), helper.make_node("Sub", ["e0", "one"], ["e_out"])]
+    if inner_runtime:
+        inner_then = _branch("inner_then", [helper.make_node("Neg", ["e0"], ["it"])], "it", {})
+        inner_else = _branch("inner_else", [helper.make_node("Add", ["e0", "one"], ["ie"])], "ie", {})
+        else_nodes = [else_nodes[0], helper.make_node("If", ["c2"], ["e_out"], name="inner_if",
+                                                      then_branch=inner_then, else_branch=inner_else)]
+    else_g = _branch("else", else_nodes, "e_out", {})
+    nodes = [helper.make_node("Greater", ["a", "b"], ["flag"]),
+             helper.make_node("Mul", ["x", "one"], ["z"]),
+             helper.make_node("If", ["flag"], ["y"], name="outer_if", then_branch=then_g, else_branch=else_g),
+             helper.make_node("Add", ["y", "z"], ["out"])]
+    if clash:
+        nodes[-1:] = [helper.make_node("If", ["flag"], ["y2"], name="twin_if", then_branch=then_g, else_branch=else_g),
+                      helper.make_node("Sum", ["y", "z", "y2"], ["out"])]
+    inputs = [helper.make_tensor_value_info("x", F, [3])]
+    if inner_runtime:
+        inputs.append(helper.make_tensor_value_info("c2", TensorProto.BOOL, []))
+    inits = {"a": np.array(1.0 if cond else -1.0, np.float32), "b": np.array(0.0, np.float32),
+             "two": np.array(2.0, np.float32), "one": np.array(1.0, np.float32)}
+    g = helper.make_graph(nodes, "const_if", inputs, [helper.make_tensor_value_info("out", F, [3])],
+                          [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _if_steps(sess: ops_native.InferenceSession) -> list:
+    return [s.fn for s, n in zip(sess._plan.steps, sess._plan.nodes) if n.op_type == "If"]
+
+
+@pytest.mark.parametrize("cond", [True, False], ids=["then", "else"])
+def test_if_on_a_constant_condition_is_replaced_by_its_branch_at_load(cond: bool) -> None:
+    model = _const_if_model(cond)
+    feeds = {"x": np.array([1.0, -2.0, 0.5], np.float32)}
+    for threads in (1, 2):
+        sess = ops_native.InferenceSession(model, threads=threads)
+        assert _if_steps(sess) == []   # inlined: no If left to dispatch at run time
+        np.testing.assert_allclose(sess.run(None, feeds)[0], _ort(model, feeds)[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("c2", [True, False])
+def test_constant_if_inlined_keeps_a_nested_runtime_if_as_a_native_step(c2: bool) -> None:
+    model = _const_if_model(False, inner_runtime=True)
+    sess = ops_native.InferenceSession(model)
+    steps = _if_steps(sess)
+    assert [n.name for n in sess._plan.nodes if n.op_type == "If"] == ["inner_if"]
+    assert all(isinstance(f, _core.IfStep) for f in steps) and len(steps) == 1
+    for x in ([1.0, -2.0, 0.5], [-1.0, 3.0, 0.0]):
+        feeds = {"x": np.array(x, np.float32), "c2": np.array(c2)}
+        np.testing.assert_allclose(sess.run(None, feeds)[0], _ort(model, feeds)[0], rtol=1e-6)
+
+
+def test_constant_if_whose_branch_reuses_a_name_already_inlined_is_kept_and_still_correct() -> None:
+    model = _const_if_model(True, clash=True)
+    sess = ops_native.InferenceSession(model)
+    assert [n.name for n in sess._plan.nodes if n.op_type == "If"] == ["twin_if"]
+    feeds = {"x": np.array([1.0, -2.0, 0.5], np.float32)}
+    np.testing.assert_allclose(sess.run(None, feeds)[0], _ort(model, feeds)[0], rtol=1e-6)
+
+
+def test_if_on_a_runtime_condition_is_not_folded_and_takes_both_branches() -> None:
+    model = _if_model(nested=True)
+    sess = ops_native.InferenceSession(model)
+    (step,) = _if_steps(sess)
+    assert isinstance(step, _core.IfStep)
+    for x in ([1.0, 2.0, -0.5], [-1.0, -2.0, 0.5]):
+        for c2 in (True, False):
+            feeds = {"x": np.array(x, np.float32), "c2": np.array(c2)}
+            np.testing.assert_allclose(sess.run(None, feeds)[0], _ort(model, feeds)[0], rtol=1e-6)
+
+
+def test_if_condition_with_more_than_one_value_fails_naming_the_node() -> None:
+    then_g = _branch("then", [helper.make_node("Identity", ["x"], ["t_out"])], "t_out", {})
+    else_g = _branch("else", [helper.make_node("Neg", ["x"], ["e_out"])], "e_out", {})
+    g = helper.make_graph([helper.make_node("If", ["c"], ["y"], name="the_if", then_branch=then_g, else_branch=else_g)],
+                          "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, [None]),
+                                helper.make_tensor_value_info("x", F, [3])],
+                          [helper.make_tensor_value_info("y", F, [3])])
+    sess = ops_native.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    np.testing.assert_array_equal(sess.run(None, {"c": np.array([False]), "x": np.ones(3, np.float32)})[0], -1.0)
+    with pytest.raises(ops_native.OpsNativeError, match=r"the_if.*one value"):
+        sess.run(None, {"c": np.array([True, False]), "x": np.ones(3, np.float32)})

@@ -37,19 +37,17 @@ class SubPlan:
         self.input_slots = [self.plan.input_slots[i.name] for i in self.plan.inputs]
         self.output_slots = [self.plan.output_slots[o.name] for o in self.plan.outputs]
         self.output_dtypes = [o.dtype for o in self.plan.outputs]
+        self.runner = _core.PlanRun(self.plan.steps, self.plan.template, tuple(self.input_slots),
+                                    tuple(self.outer_index), tuple(self.output_slots), self.plan.pool, self._error)
+
+    def _error(self, e: _core.StepError) -> OpsNativeError:
+        inner = self.plan.nodes[e.index]
+        return OpsNativeError(f"{self.what}: node '{inner.name}' (op {display_op(inner.op_type)}) failed: "
+                              f"{type(e.error).__name__}: {e.error}")
 
     def run(self, formal: list, outer: list) -> list:
-        plan = self.plan
-        values = list(plan.template)
-        for s, v in zip(self.input_slots, list(formal) + [outer[k] for k in self.outer_index]):
-            values[s] = v
-        try:
-            _core.run_steps(plan.steps, values, plan.pool)
-        except _core.StepError as e:
-            inner = plan.nodes[e.index]
-            raise OpsNativeError(f"{self.what}: node '{inner.name}' (op {display_op(inner.op_type)}) failed: "
-                                 f"{type(e.error).__name__}: {e.error}") from e.error
-        return [values[s] for s in self.output_slots]
+        """The plan's outputs for these formal inputs and the node's outer values."""
+        return self.runner.run(list(formal), list(outer))
 
 
 @register("If")
@@ -60,16 +58,8 @@ def _build_if(node: Node, ctx: BuildContext) -> Fn:
     for p in (then_p, else_p):
         if len(p.output_slots) != n_out:
             raise OpBuildError(f"{p.what} has {len(p.output_slots)} outputs, the node {n_out}")
-    n_own = int(node.attrs.get("_n_inputs", 1))
-
-    def fn(args: list) -> list:
-        cond = args[0]
-        if cond is None or np.size(cond) != 1:
-            raise OpBuildError(f"If condition of shape {np.shape(cond)}: expected one value")
-        branch = then_p if bool(np.asarray(cond).reshape(-1)[0]) else else_p
-        return branch.run([], args[n_own:])
-
-    return fn
+    # a NativeStep: entering a branch is a few C calls, not a Python frame and a re-check per level
+    return _core.IfStep(then_p.runner, else_p.runner, int(node.attrs.get("_n_inputs", 1)))
 
 
 @register("Loop")

@@ -4,6 +4,7 @@ Flatten, (Un)Squeeze, Shape, Size, Constant(OfShape), Cast, Range."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,9 @@ def _build_subsample(node: Node, ctx: BuildContext) -> Fn:
     return fn
 
 
+SMALL_CONCAT = 1024   # elements in all inputs together
+
+
 @register("Concat")
 def _build_concat(node: Node, ctx: BuildContext) -> Fn:
     axis_attr = int(node.attrs["axis"])
@@ -84,6 +88,12 @@ def _build_concat(node: Node, ctx: BuildContext) -> Fn:
     def fn(args: list) -> list:
         arrays = [a for a in args if a is not None]
         axis = 1 if blocked else normalize_axis(axis_attr, arrays[0].ndim)
+        if sum(a.size for a in arrays) <= SMALL_CONCAT:
+            # shape arithmetic (dims of a target shape): numpy's concatenate checks and joins in ~1 us,
+            # less than the native call's argument set-up
+            if any(a.dtype != arrays[0].dtype for a in arrays):
+                raise ValueError(f"concat: inputs of types {[str(a.dtype) for a in arrays]}")
+            return [np.concatenate(arrays, axis)]
         shape = list(arrays[0].shape)
         shape[axis] = sum(a.shape[axis] for a in arrays)
         return [_core.ops_concat(arrays, axis, threads, ctx.pool.empty(tuple(shape), arrays[0].dtype))]
@@ -191,39 +201,69 @@ def _build_split(node: Node, ctx: BuildContext) -> Fn:
     return fn
 
 
+def _ints(v: Any) -> list[int] | None:
+    return None if v is None else [int(i) for i in np.asarray(v).reshape(-1)]
+
+
+def _slices(shape: tuple, starts: list[int], ends: list[int], axes: list[int] | None,
+            steps: list[int] | None) -> tuple:
+    """The numpy index of ONNX Slice(starts, ends, axes, steps) on a tensor of this shape."""
+    nd = len(shape)
+    axes = list(range(len(starts))) if axes is None else axes
+    steps = [1] * len(starts) if steps is None else steps
+    sl = [slice(None)] * nd
+    for s, e, ax, st in zip(starts, ends, axes, steps):
+        if st == 0:
+            raise OpBuildError("Slice step 0")
+        ax = normalize_axis(ax, nd)
+        dim = shape[ax]
+        # clamp like ONNX (Python slicing treats huge negatives differently for negative steps)
+        s = max(-dim - 1, min(s, dim))
+        e = max(-dim - 1, min(e, dim))
+        sl[ax] = slice(s, None if st < 0 and e < -dim else e, st)
+    return tuple(sl)
+
+
 @register("Slice")
 def _build_slice(node: Node, ctx: BuildContext) -> Fn:
     legacy = ctx.opset < 10
     threads = ctx.threads
+    if legacy:
+        params = (list(node.attrs["starts"]), list(node.attrs["ends"]), node.attrs.get("axes"), None)
+    else:
+        consts = [ctx.const(i) if k < len(node.inputs) else None for k, i in enumerate(node.inputs[1:5], 1)]
+        given = [k < len(node.inputs) and node.inputs[k] != "" for k in range(1, 5)]
+        params = None
+        if all(c is not None or not g for c, g in zip(consts, given)):
+            params = tuple(_ints(c) for c in consts) + (None,) * (4 - len(consts))
+    if params is not None:
+        # constant starts / ends / axes / steps (the usual case): the numpy index once per input shape
+        seen: dict[tuple, tuple] = {}
+        p_starts, p_ends, p_axes, p_steps = (list(v) if v is not None else None for v in params)
+
+        def fn_const(args: list) -> list:
+            x = args[0]
+            sl = seen.get(x.shape)
+            if sl is None:
+                sl = seen[x.shape] = _slices(x.shape, p_starts, p_ends, p_axes, p_steps)
+            return [_core.ops_contiguous(x[sl], threads)]
+
+        return fn_const
 
     def fn(args: list) -> list:
         x = args[0]
-        if legacy:
-            starts, ends = node.attrs["starts"], node.attrs["ends"]
-            axes, steps = node.attrs.get("axes"), None
-        else:
-            starts, ends = args[1], args[2]
-            axes = args[3] if len(args) > 3 and args[3] is not None else None
-            steps = args[4] if len(args) > 4 and args[4] is not None else None
-        starts = [int(v) for v in np.asarray(starts).reshape(-1)]
-        ends = [int(v) for v in np.asarray(ends).reshape(-1)]
-        axes = list(range(len(starts))) if axes is None else [int(v) for v in np.asarray(axes).reshape(-1)]
-        steps = [1] * len(starts) if steps is None else [int(v) for v in np.asarray(steps).reshape(-1)]
-        sl = [slice(None)] * x.ndim
-        for s, e, ax, st in zip(starts, ends, axes, steps):
-            if st == 0:
-                raise OpBuildError("Slice step 0")
-            ax = normalize_axis(ax, x.ndim)
-            dim = x.shape[ax]
-            # clamp like ONNX (Python slicing treats huge negatives differently for negative steps)
-            s = max(-dim - 1, min(s, dim))
-            e = max(-dim - 1, min(e, dim))
-            if st < 0 and e < -dim:
-                e = None
-            sl[ax] = slice(s, e, st)
-        return [_core.ops_contiguous(x[tuple(sl)], threads)]
+        starts, ends = _ints(args[1]), _ints(args[2])
+        axes = _ints(args[3]) if len(args) > 3 else None
+        steps = _ints(args[4]) if len(args) > 4 else None
+        return [_core.ops_contiguous(x[_slices(x.shape, starts, ends, axes, steps)], threads)]
 
     return fn
+
+
+# Gathers from tensors up to this many elements go through numpy's take (~1 us); the native kernel's
+# argument checks and index normalisation cost ~10 us, worth it only where its threads pay. Shape
+# arithmetic (Shape -> Gather of one dimension) is the usual small case.
+SMALL_GATHER = 4096
 
 
 @register("Gather")
@@ -233,7 +273,11 @@ def _build_gather(node: Node, ctx: BuildContext) -> Fn:
 
     def fn(args: list) -> list:
         x, idx = args
-        return [_core.ops_gather(x, idx, normalize_axis(axis_attr, x.ndim), threads)]
+        axis = normalize_axis(axis_attr, x.ndim)
+        if x.size <= SMALL_GATHER and idx.dtype.kind in "iu":
+            # numpy take: same output shape as ONNX Gather, negative indices wrap, out of range raises
+            return [np.asarray(np.take(x, idx, axis=axis))]
+        return [_core.ops_gather(x, idx, axis, threads)]
 
     return fn
 
@@ -361,23 +405,39 @@ def _build_squeeze(node: Node, ctx: BuildContext) -> Fn:
     from_input = ctx.opset >= 13
     attr_axes = node.attrs.get("axes")
 
-    def fn(args: list) -> list:
-        x = args[0]
-        if from_input:
-            axes = None if len(args) < 2 or args[1] is None else [int(v) for v in args[1].reshape(-1)]
-        else:
-            axes = None if attr_axes is None else list(attr_axes)
+    def out_shape(shape: tuple, axes: list[int] | None) -> tuple:
+        nd = len(shape)
         if squeeze:
             if axes is None:
-                return [x.reshape([d for d in x.shape if d != 1])]
-            ax = {normalize_axis(a_, x.ndim) for a_ in axes}
-            return [x.reshape([d for i, d in enumerate(x.shape) if i not in ax])]
-        rank = x.ndim + len(axes)
-        ax = sorted(normalize_axis(a_, rank) for a_ in axes)
-        shape = list(x.shape)
-        for a_ in ax:
-            shape.insert(a_, 1)
-        return [x.reshape(shape)]
+                return tuple(d for d in shape if d != 1)
+            ax = {normalize_axis(a_, nd) for a_ in axes}
+            return tuple(d for i, d in enumerate(shape) if i not in ax)
+        rank = nd + len(axes)
+        out = list(shape)
+        for a_ in sorted(normalize_axis(a_, rank) for a_ in axes):
+            out.insert(a_, 1)
+        return tuple(out)
+
+    const_axes = not from_input or len(node.inputs) < 2 or not node.inputs[1] or ctx.const(node.inputs[1]) is not None
+    if const_axes:
+        # axes fixed at load: the output shape once per input shape, then a reshape (a view)
+        axes = (None if attr_axes is None else list(attr_axes)) if not from_input else _ints(
+            ctx.const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None)
+        seen: dict[tuple, tuple] = {}
+
+        def fn_const(args: list) -> list:
+            x = args[0]
+            shape = seen.get(x.shape)
+            if shape is None:
+                shape = seen[x.shape] = out_shape(x.shape, axes)
+            return [x.reshape(shape)]
+
+        return fn_const
+
+    def fn(args: list) -> list:
+        x = args[0]
+        axes = None if len(args) < 2 or args[1] is None else _ints(args[1])
+        return [x.reshape(out_shape(x.shape, axes))]
 
     return fn
 
@@ -446,6 +506,8 @@ def _build_cast(node: Node, ctx: BuildContext) -> Fn:
 
     def fn(args: list) -> list:
         x = args[0]
+        if x.dtype == dtype:
+            return [x]   # values are never written in place, so the input itself is the cast
         if not is_native_dtype(x.dtype):
             raise OpNotSupported(f"Cast from {x.dtype} is not supported")
         return [x.astype(dtype)]

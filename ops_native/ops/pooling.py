@@ -97,14 +97,18 @@ def _build_pool(node: Node, ctx: BuildContext) -> Fn:
     ceil_mode = bool(a.get("ceil_mode", 0))
     cip = bool(a.get("count_include_pad", 0))
     threads = ctx.threads
+    seen: dict[tuple, tuple] = {}   # input shape -> its padding and output size
     if a.get("_in_layout") == "nchwc8":   # passes.layout: x is [N, C/8, H, W, 8], and so is the output
         def fn_blocked(args: list) -> list:
             x = args[0]
             if x.dtype != F32 or x.ndim != 5:   # only this executor makes blocked tensors: anything else is a bug
                 raise OpNotSupported(f"{node.op_type} expected a float32 NCHWc8 input, got {x.dtype} {list(x.shape)}")
-            pads, out = resolve_pads(a, x.shape[2:4], kernel, strides, dilations, ceil_mode)
-            return [_core.ops_pool2d_nchwc8(x, is_max, kernel, strides, dilations, tuple(pads), tuple(out), cip,
-                                            threads, ctx.pool.empty((x.shape[0], x.shape[1], out[0], out[1], 8)))]
+            hit = seen.get(x.shape)
+            if hit is None:
+                pads, out = resolve_pads(a, x.shape[2:4], kernel, strides, dilations, ceil_mode)
+                hit = seen[x.shape] = (tuple(pads), tuple(out), (x.shape[0], x.shape[1], out[0], out[1], 8))
+            return [_core.ops_pool2d_nchwc8(x, is_max, kernel, strides, dilations, hit[0], hit[1], cip,
+                                            threads, ctx.pool.empty(hit[2]))]
         return fn_blocked
 
     def fn(args: list) -> list:
@@ -115,7 +119,10 @@ def _build_pool(node: Node, ctx: BuildContext) -> Fn:
             raise OpNotSupported(f"{node.op_type} on {x.dtype}: expected float32")
         if x.ndim != nd + 2:
             raise OpBuildError(f"input rank {x.ndim}: expected {nd + 2}")
-        pads, out = resolve_pads(a, x.shape[2:], kernel, strides, dilations, ceil_mode)
+        hit = seen.get(x.shape)
+        if hit is None:   # padding and output size: once per input shape
+            hit = seen[x.shape] = resolve_pads(a, x.shape[2:], kernel, strides, dilations, ceil_mode)
+        pads, out = hit
         if nd > 2:  # 3-D pooling: numpy slow path (rare in the models we serve)
             check_alloc(x.shape[:2] + tuple(out), x.dtype, node.op_type)
             return [pool_nd_numpy(x, is_max, kernel, strides, dilations, pads, out, cip)]
