@@ -129,3 +129,14 @@ def test_concat_of_shape_vectors_and_of_tensors_matches_onnxruntime_on_both_path
     rng = np.random.default_rng(3)
     _same_as_ort(model, [{"x": rng.standard_normal((2, n, 1)).astype(np.float32)},
                          {"x": rng.standard_normal((1, 3, n)).astype(np.float32)}])
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge", "wrap"])
+@pytest.mark.parametrize("pads", [[0, 0, 3, 0, 1, 2], [1, 2, 0, 2, 0, 1], [0, 0, 0, 0, 0, 0]], ids=["last", "two_axes", "none"])
+def test_pad_reflect_edge_wrap_match_onnxruntime_at_several_shapes(mode: str, pads: list) -> None:
+    g = helper.make_graph([helper.make_node("Pad", ["x", "pads"], ["y"], mode=mode)], "g",
+                          [helper.make_tensor_value_info("x", F, ["A", "B", "C"])], [_out("y", 3)],
+                          [numpy_helper.from_array(np.array(pads, np.int64), "pads")])
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)])
+    rng = np.random.default_rng(4)
+    _same_as_ort(model, [{"x": rng.standard_normal(s).astype(np.float32)} for s in ((3, 4, 5), (4, 3, 9), (3, 6, 4))])

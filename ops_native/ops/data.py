@@ -289,6 +289,7 @@ def _build_pad(node: Node, ctx: BuildContext) -> Fn:
         raise OpBuildError(f"Pad mode={mode!r}: expected constant, reflect, edge or wrap")
     legacy = ctx.opset < 11
     threads = ctx.threads
+    pad_index: dict[tuple, np.ndarray] = {}   # (size, pad before, pad after) -> source position of each output
 
     def fn(args: list) -> list:
         x = args[0]
@@ -312,9 +313,19 @@ def _build_pad(node: Node, ctx: BuildContext) -> Fn:
             raise OpBuildError(f"Pad: {len(pads)} pads for rank {nd}: expected {2 * nd}")
         if mode != "constant":
             check_alloc([x.shape[i] + pads[i] + pads[i + nd] for i in range(nd)], x.dtype, "Pad")
+            if min(pads) >= 0:
+                # reflect / edge / wrap read every output element from one input position: a gather along
+                # each padded axis, its positions taken once per (size, pads) from numpy's own np.pad
+                for ax in range(nd):
+                    if pads[ax] or pads[ax + nd]:
+                        key = (x.shape[ax], pads[ax], pads[ax + nd])
+                        idx = pad_index.get(key)
+                        if idx is None:
+                            idx = pad_index[key] = np.pad(np.arange(key[0]), key[1:], mode=mode)
+                        x = np.take(x, idx, axis=ax)
+                return [x if x is args[0] else np.ascontiguousarray(x)]
             width = [(pads[i], pads[i + nd]) for i in range(nd)]
-            np_mode = {"reflect": "reflect", "edge": "edge", "wrap": "wrap"}[mode]
-            return [np.pad(x, width, mode=np_mode)]
+            return [np.pad(x, width, mode=mode)]
         out_shape = check_alloc([x.shape[i] + pads[i] + pads[i + nd] for i in range(nd)], x.dtype, "Pad")
         y = np.full(out_shape, value, dtype=x.dtype)
         src = tuple(slice(max(0, -pads[i]), x.shape[i] - max(0, -pads[i + nd])) for i in range(nd))

@@ -52,9 +52,30 @@ def _build_binary(node: Node, ctx: BuildContext) -> Fn:
     if blocked is not None:
         return blocked
     run = _binary_fn(node.op_type, ctx.threads, ctx.pool)
+    square = _pow_square(node, ctx)
+    if square is not None:
+        return square
     if node.attrs.get("_in_layout") == "nchwc8" and node.op_type in ("Add", "Mul"):
         return _blocked_broadcast_pixel(node.op_type, run, ctx)
     return lambda args: [run(args[0], args[1])]
+
+
+def _pow_square(node: Node, ctx: BuildContext) -> Fn | None:
+    """Pow(x, 2) with a constant scalar exponent as x * x (a multiply instead of the general power
+    function; what the magnitude of a spectrum or a variance computes); None for any other node."""
+    e = ctx.const(node.inputs[1]) if node.op_type == "Pow" else None
+    if e is None or e.size != 1 or float(e.reshape(-1)[0]) != 2.0:
+        return None
+    mul = _binary_fn("Mul", ctx.threads, ctx.pool)
+    general = _binary_fn("Pow", ctx.threads, ctx.pool)
+
+    def fn(args: list) -> list:
+        x = args[0]
+        if x.dtype != F32 or x.ndim < e.ndim:   # other types, or an exponent that broadcasts x up
+            return [general(x, args[1])]
+        return [mul(x, x)]
+
+    return fn
 
 
 def _blocked_broadcast_pixel(op_type: str, run: Callable, ctx: BuildContext) -> Fn:
