@@ -109,6 +109,7 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
     # per input shape: (plan, output shape, threads worth using); a run with a seen shape does no
     # geometry work in Python (this wrapper cost ~30 us per node before, more than a small conv)
     shapes: dict[tuple, tuple] = {}
+    shapes_1d: dict[tuple, tuple] = {}   # the same for 3-D inputs [N, C, L] (1-D convolutions), run as [N, C, 1, L]
 
     def sum_fn(args: list) -> list:
         """The fused Add, with its broadcasting, where the native step could not take the residual."""
@@ -126,6 +127,12 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
                 if x.ndim == x_ndim:
                     return [conv.run(x if x.flags.c_contiguous else np.ascontiguousarray(x), out=empty(oshape),
                                      threads=n_thr)]
+        if x.ndim == 3:
+            hit = shapes_1d.get(x.shape)
+            if hit is not None:   # a seen 1-D shape: the 2-D plan on the [N, C, 1, L] view of x
+                conv, oshape, n_thr = hit
+                x4 = (x if x.flags.c_contiguous else np.ascontiguousarray(x)).reshape(x.shape[0], x.shape[1], 1, x.shape[2])
+                return [conv.run(x4, out=empty(oshape), threads=n_thr).reshape(oshape[0], oshape[1], oshape[3])]
         if swap_ok and x.ndim == x_ndim and x.shape[3] == 1 and x.shape[2] > 1:
             return [run_swapped(np.ascontiguousarray(x))]
         if x_ndim == 5:
@@ -148,8 +155,11 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
         per_out = math.prod(wshape[1:])
         if x.ndim == 3 and x_ndim == 4:
             x4 = np.ascontiguousarray(x[:, :, None, :])
-            n_thr = threads_for(2.0 * per_out * math.prod(conv.output_shape(x4.shape)), threads)
-            y = conv.run(x4, threads=n_thr)
+            oshape = conv.output_shape(x4.shape)
+            n_thr = threads_for(2.0 * per_out * math.prod(oshape), threads)
+            if w_const is not None and len(shapes_1d) < 64:
+                shapes_1d[x.shape] = (conv, oshape, n_thr)
+            y = conv.run(x4, out=empty(oshape), threads=n_thr)
             return [y.reshape(y.shape[0], y.shape[1], y.shape[3])]
         oshape = conv.output_shape(x.shape)
         # depthwise runs at ~1/5 of the GEMM's FLOP rate (memory-bound), so the same FLOPs are 5x the time
