@@ -99,8 +99,9 @@ cdef class ConvStep(NativeStep):
     """A Conv step with constant weights, run by run_steps without a Python call.
 
     `shapes` maps an input shape to (Conv2d plan, output shape, threads); the Python step `fallback`
-    fills it on the first run with a shape (and handles everything else: other dtypes, 1-D convs, a
-    non-ndarray input), so a run with a seen shape is a dict lookup and the C call.
+    fills it on the first run with a shape (and handles everything else: other dtypes, a non-ndarray
+    input), so a run with a seen shape is a dict lookup and the C call. A 3-D input [N, C, L] (a 1-D
+    convolution, its plan made for [N, C, 1, L]) runs as H = 1.
     """
 
     cdef dict shapes
@@ -125,7 +126,10 @@ cdef class ConvStep(NativeStep):
         if hit is None:
             return self.fallback(args)
         cdef Conv2d conv = <Conv2d>(<tuple>hit)[0]
-        if cnp.PyArray_NDIM(xa) != (4 if conv.xl == ON_LAYOUT_NCHW else 5):
+        cdef int nd = cnp.PyArray_NDIM(xa)
+        # a 3-D [N, C, L] input is a 1-D convolution: the same memory as [N, C, 1, L]
+        cdef bint one_d = nd == 3 and conv.xl == ON_LAYOUT_NCHW
+        if nd != (4 if conv.xl == ON_LAYOUT_NCHW else 5) and not one_d:
             return self.fallback(args)
         cdef const float *sp = NULL
         cdef cnp.ndarray ra
@@ -141,7 +145,7 @@ cdef class ConvStep(NativeStep):
         cdef cnp.ndarray y = self.pool.take_f32((<tuple>hit)[1])
         cdef int nt = (<tuple>hit)[2]
         cdef cnp.npy_intp *d = cnp.PyArray_DIMS(xa)
-        cdef size_t N = <size_t>d[0], H = <size_t>d[2], W = <size_t>d[3]
+        cdef size_t N = <size_t>d[0], H = 1 if one_d else <size_t>d[2], W = <size_t>d[2] if one_d else <size_t>d[3]
         cdef const float *xp = _on_fptr(xa)
         cdef float *yp = _on_fptr(y)
         cdef on_status st

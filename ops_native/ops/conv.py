@@ -159,6 +159,7 @@ def _build_conv(node: Node, ctx: BuildContext) -> Fn:
             n_thr = threads_for(2.0 * per_out * math.prod(oshape), threads)
             if w_const is not None and len(shapes_1d) < 64:
                 shapes_1d[x.shape] = (conv, oshape, n_thr)
+                shapes[x.shape] = (conv, (oshape[0], oshape[1], oshape[3]), n_thr)   # the native step: H = 1
             y = conv.run(x4, out=empty(oshape), threads=n_thr)
             return [y.reshape(y.shape[0], y.shape[1], y.shape[3])]
         oshape = conv.output_shape(x.shape)
