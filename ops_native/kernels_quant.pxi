@@ -2,6 +2,8 @@
 # kernels_ops.pxi, whose helpers (_ops_check, _ops_ptr) they share. The callers (ops_native/ops/quant.py)
 # hand over arrays of the right dtype and layout; these check it, since a wrong one would be read as bytes.
 
+from libc.stdint cimport int16_t, int32_t
+
 cdef extern from "on_quant.h" nogil:
     ctypedef enum on_qtype:
         ON_Q_U8
@@ -60,10 +62,13 @@ def quant_quantize(x, cnp.ndarray y, size_t outer, size_t c, size_t inner, scale
             sa.size != c or za.size != c:
         raise ValueError("QuantizeLinear: sizes do not agree")
     cdef on_qtype t = _qtype(y, "QuantizeLinear output")
+    cdef const float *px = <const float *>_ops_ptr(xa)
+    cdef void *py = _ops_ptr(y)
+    cdef const float *ps = <const float *>_ops_ptr(sa)
+    cdef const int32_t *pz = <const int32_t *>_ops_ptr(za)
     cdef int st
     with nogil:
-        st = on_quantize_f32(<const float *>_ops_ptr(xa), _ops_ptr(y), t, outer, c, inner,
-                             <const float *>_ops_ptr(sa), <const int32_t *>_ops_ptr(za), threads)
+        st = on_quantize_f32(px, py, t, outer, c, inner, ps, pz, threads)
     _ops_check(st, "QuantizeLinear")
     return y
 
@@ -77,10 +82,13 @@ def quant_dequantize(cnp.ndarray x, cnp.ndarray y, size_t outer, size_t c, size_
             sa.size != c or za.size != c:
         raise ValueError("DequantizeLinear: sizes do not agree")
     cdef on_qtype t = _qtype(x, "DequantizeLinear input")
+    cdef const void *px = _ops_ptr(x)
+    cdef float *py = <float *>_ops_ptr(y)
+    cdef const float *ps = <const float *>_ops_ptr(sa)
+    cdef const int32_t *pz = <const int32_t *>_ops_ptr(za)
     cdef int st
     with nogil:
-        st = on_dequantize_f32(_ops_ptr(x), t, <float *>_ops_ptr(y), outer, c, inner,
-                               <const float *>_ops_ptr(sa), <const int32_t *>_ops_ptr(za), threads)
+        st = on_dequantize_f32(px, t, py, outer, c, inner, ps, pz, threads)
     _ops_check(st, "DequantizeLinear")
     return y
 
@@ -90,8 +98,10 @@ def quant_dynamic_params(x):
     cdef cnp.ndarray xa = _ops_c32(x)
     cdef float s = 1.0
     cdef int32_t z = 0
+    cdef const float *px = <const float *>_ops_ptr(xa)
+    cdef size_t n = xa.size
     with nogil:
-        on_dynamic_qparams_f32(<const float *>_ops_ptr(xa), <size_t>xa.size, &s, &z)
+        on_dynamic_qparams_f32(px, n, &s, &z)
     return s, z
 
 
@@ -101,10 +111,12 @@ def quant_centered_s16(x, float scale, int32_t zp, cnp.ndarray y, int threads=1)
     _need(y, _I16, "quantize (int16)")
     if y.size != xa.size:
         raise ValueError("quantize (int16): sizes do not agree")
+    cdef const float *px = <const float *>_ops_ptr(xa)
+    cdef int16_t *py = <int16_t *>_ops_ptr(y)
+    cdef size_t n = xa.size
     cdef int st
     with nogil:
-        st = on_quantize_centered_s16(<const float *>_ops_ptr(xa), <int16_t *>_ops_ptr(y), <size_t>xa.size, scale,
-                                      zp, threads)
+        st = on_quantize_centered_s16(px, py, n, scale, zp, threads)
     _ops_check(st, "quantize (int16)")
     return y
 
@@ -119,10 +131,12 @@ def quant_q8_to_s16(cnp.ndarray x, zp, size_t zp_stride, cnp.ndarray y):
         raise ValueError("quant_q8_to_s16: zero points too short")
     cdef on_qtype t = _qtype(x, "quant_q8_to_s16")
     cdef size_t rows = x.shape[0], cols = x.shape[1]
+    cdef const void *px = _ops_ptr(x)
+    cdef const int32_t *pz = <const int32_t *>_ops_ptr(za)
+    cdef int16_t *py = <int16_t *>_ops_ptr(y)
     cdef int st
     with nogil:
-        st = on_q8_to_s16(_ops_ptr(x), t, rows, cols, ldx, <const int32_t *>_ops_ptr(za), zp_stride,
-                          <int16_t *>_ops_ptr(y), ldy)
+        st = on_q8_to_s16(px, t, rows, cols, ldx, pz, zp_stride, py, ldy)
     _ops_check(st, "quant_q8_to_s16")
     return y
 
@@ -135,8 +149,8 @@ def quant_gemm(cnp.ndarray a, cnp.ndarray bt, size_t kk, cnp.ndarray out, scale=
     if a.dtype != _I16 or bt.dtype != _I16 or a.shape[1] < kk or bt.shape[1] < kk:
         raise ValueError("quant_gemm: A and B must be int16 with at least K columns")
     cdef size_t m = a.shape[0], n = bt.shape[0]
-    if out.shape[0] != m or out.shape[1] != n:
-        raise ValueError(f"quant_gemm: out {out.shape} is not [{m}, {n}]")
+    if <size_t>out.shape[0] != m or <size_t>out.shape[1] != n:
+        raise ValueError(f"quant_gemm: out {(<object>out).shape} is not [{m}, {n}]")
     cdef cnp.ndarray sa = None, ba = None
     cdef const float *ps = NULL
     cdef const float *pb = NULL
@@ -188,9 +202,11 @@ def quant_lstm_gates(cnp.ndarray g, bias, peep, cnp.ndarray c, cnp.ndarray h, fl
     if peep is not None:
         pa = _ops_c32(peep)
         pp = <const float *>_ops_ptr(pa)
+    cdef float *pg = <float *>_ops_ptr(g)
+    cdef float *pc = <float *>_ops_ptr(c)
+    cdef float *ph = <float *>_ops_ptr(h)
     cdef int st
     with nogil:
-        st = on_lstm_gates_f32(<float *>_ops_ptr(g), pb, pp, <float *>_ops_ptr(c), <float *>_ops_ptr(h), ldh,
-                               batch, hidden, clip, input_forget)
+        st = on_lstm_gates_f32(pg, pb, pp, pc, ph, ldh, batch, hidden, clip, input_forget)
     _ops_check(st, "LSTM gates")
     return h

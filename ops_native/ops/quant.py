@@ -1,5 +1,5 @@
 """8-bit quantised ops on the integer kernels (on_quant.h): QuantizeLinear, DequantizeLinear,
-DynamicQuantizeLinear, MatMulInteger, ConvInteger, and ONNX Runtime's contrib ops
+DynamicQuantizeLinear, MatMulInteger, QLinearMatMul, ConvInteger, and ONNX Runtime's contrib ops
 com.microsoft.DynamicQuantizeMatMul and com.microsoft.DynamicQuantizeLSTM.
 
 These are the ops ``onnxruntime.quantization.quantize_dynamic`` emits (weights stored as uint8 / int8 with a
@@ -106,6 +106,10 @@ def _build_dequantize(node: Node, ctx: BuildContext) -> Fn:
     threads, pool, attrs = ctx.threads, ctx.pool, node.attrs
     has_zp = len(node.inputs) > 2 and bool(node.inputs[2])
 
+    out_attr = int(attrs.get("output_dtype", 0))
+    if out_attr not in (0, 1):
+        raise OpNotSupported(f"DequantizeLinear to TensorProto type {out_attr}: only float32 is supported")
+
     def fn(args: list) -> list:
         x, scale = np.ascontiguousarray(args[0]), _scale_f32(args[1], "DequantizeLinear x_scale")
         zp = args[2] if has_zp else None
@@ -166,53 +170,85 @@ def _centered_rows(a: np.ndarray, zp: np.ndarray | None, what: str) -> np.ndarra
     return out
 
 
+def _matmul_int32(a: np.ndarray, b: np.ndarray, a_zp: np.ndarray | None, b_zp: np.ndarray | None,
+                  packed: np.ndarray | None, threads: int, pool) -> np.ndarray:
+    """(a - a_zp) @ (b - b_zp) in int32, numpy's matmul broadcasting; packed: B already as centered B^T."""
+    if a.ndim == 0 or b.ndim == 0:
+        raise OpBuildError("MatMulInteger: scalar operands")
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    k = a2.shape[-1]
+    if b2.shape[-2] != k:
+        raise OpBuildError(f"MatMulInteger: A {list(a.shape)} and B {list(b.shape)} do not agree on K")
+    _check_k(k, "MatMulInteger")
+    if a_zp is not None and a_zp.size > 1 and a_zp.size != a2.shape[-2]:
+        raise OpBuildError(f"MatMulInteger: a_zero_point has {a_zp.size} values for {a2.shape[-2]} rows")
+
+    def product(a_mk: np.ndarray, zp: np.ndarray | None, bt: np.ndarray) -> np.ndarray:
+        a16 = _centered_rows(a_mk, zp, "A")
+        y = pool.empty((a_mk.shape[0], bt.shape[0]), np.int32)
+        _core.quant_gemm(a16, bt, k, y, threads=threads)
+        return y
+
+    if b2.ndim == 2 and (a_zp is None or a_zp.size <= 1):   # B shared by every row of A: one GEMM
+        bt = packed if packed is not None else _centered_t(b2, b_zp, "B")
+        y = product(a2.reshape(-1, k), a_zp, bt).reshape(a2.shape[:-1] + (bt.shape[0],))
+    else:
+        batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+        ab = np.broadcast_to(a2, batch + a2.shape[-2:])
+        bb = np.broadcast_to(b2, batch + b2.shape[-2:])
+        y = np.empty(batch + (a2.shape[-2], b2.shape[-1]), np.int32)
+        for idx in np.ndindex(*batch):
+            y[idx] = product(np.ascontiguousarray(ab[idx]), a_zp, _centered_t(bb[idx], b_zp, "B"))
+    if a.ndim == 1:
+        y = y[..., 0, :]
+    if b.ndim == 1:
+        y = y[..., 0]
+    return y
+
+
+def _const_b(node: Node, ctx: BuildContext, b_index: int, zp_index: int) -> np.ndarray | None:
+    """A constant 2-D B (with a constant or absent zero point) as centered B^T, packed once; else None."""
+    ins = list(node.inputs) + [""] * (zp_index + 1 - len(node.inputs))
+    b, zp = ctx.const(ins[b_index]), ctx.const(ins[zp_index]) if ins[zp_index] else None
+    if b is None or b.ndim != 2 or (ins[zp_index] and zp is None):
+        return None
+    _check_k(b.shape[0], node.op_type)
+    return _centered_t(b, zp, f"{node.op_type} B")
+
+
 @register("MatMulInteger")
 def _build_matmul_integer(node: Node, ctx: BuildContext) -> Fn:
     threads, pool = ctx.threads, ctx.pool
-    ins = list(node.inputs) + [""] * (4 - len(node.inputs))
-    b_const, bz_const = ctx.const(ins[1]), ctx.const(ins[3]) if ins[3] else None
-    packed = None
-    if b_const is not None and b_const.ndim == 2 and (not ins[3] or bz_const is not None):
-        _check_k(b_const.shape[0], "MatMulInteger")
-        packed = _centered_t(b_const, bz_const, "MatMulInteger B")
-
-    def product(a: np.ndarray, a_zp: np.ndarray | None, bt: np.ndarray) -> np.ndarray:
-        """a [M, K] uint8/int8 x B given as centered B^T [N, K] -> int32 [M, N]."""
-        if a_zp is not None and a_zp.size > 1:   # per-row zero points of A: [M]
-            if a_zp.size != a.shape[0]:
-                raise OpBuildError(f"MatMulInteger: a_zero_point has {a_zp.size} values for {a.shape[0]} rows")
-        a16 = _centered_rows(a, a_zp, "MatMulInteger A")
-        y = pool.empty((a.shape[0], bt.shape[0]), np.int32)
-        _core.quant_gemm(a16, bt, a.shape[1], y, threads=threads)
-        return y
+    has = [bool(n) for n in list(node.inputs) + [""] * (4 - len(node.inputs))]
+    packed = _const_b(node, ctx, 1, 3)
 
     def fn(args: list) -> list:
-        a, b = args[0], args[1]
-        a_zp = args[2] if ins[2] else None
-        b_zp = args[3] if ins[3] else None
-        if a.ndim == 0 or b.ndim == 0:
-            raise OpBuildError("MatMulInteger: scalar operands")
-        a2 = a[None, :] if a.ndim == 1 else a
-        b2 = b[:, None] if b.ndim == 1 else b
-        k = a2.shape[-1]
-        if b2.shape[-2] != k:
-            raise OpBuildError(f"MatMulInteger: A {list(a.shape)} and B {list(b.shape)} do not agree on K")
-        _check_k(k, "MatMulInteger")
-        if b2.ndim == 2 and (a_zp is None or a_zp.size <= 1):   # B shared by every row of A: one GEMM
-            bt = packed if packed is not None else _centered_t(b2, b_zp, "MatMulInteger B")
-            y = product(a2.reshape(-1, k), a_zp, bt).reshape(a2.shape[:-1] + (bt.shape[0],))
-        else:
-            batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-            ab = np.broadcast_to(a2, batch + a2.shape[-2:])
-            bb = np.broadcast_to(b2, batch + b2.shape[-2:])
-            y = np.empty(batch + (a2.shape[-2], b2.shape[-1]), np.int32)
-            for idx in np.ndindex(*batch):
-                y[idx] = product(ab[idx], a_zp, _centered_t(bb[idx], b_zp, "MatMulInteger B"))
-        if a.ndim == 1:
-            y = y[..., 0, :]
-        if b.ndim == 1:
-            y = y[..., 0]
-        return [y]
+        a_zp = args[2] if has[2] else None
+        b_zp = args[3] if has[3] else None
+        return [_matmul_int32(args[0], args[1], a_zp, b_zp, packed, threads, pool)]
+
+    return fn
+
+
+@register("QLinearMatMul")
+def _build_qlinear_matmul(node: Node, ctx: BuildContext) -> Fn:
+    """y = saturate(round((a - a_zp) @ (b - b_zp) * a_scale * b_scale / y_scale) + y_zp): the exact int32 product,
+    then one float rescale (as the ONNX definition: a_scale * b_scale / y_scale in float32, applied in double)."""
+    threads, pool = ctx.threads, ctx.pool
+    packed = _const_b(node, ctx, 3, 5)
+
+    def fn(args: list) -> list:
+        a, a_s, a_zp, b, b_s, b_zp, y_s, y_zp = args[:8]
+        for s, what in ((a_s, "a_scale"), (b_s, "b_scale"), (y_s, "y_scale")):
+            _scale_f32(s, f"QLinearMatMul {what}")
+        ydt = _q8(y_zp, "QLinearMatMul y_zero_point").dtype
+        acc = _matmul_int32(a, b, a_zp, b_zp, packed, threads, pool)
+        a_s = a_s.reshape(-1, 1) if a_s.size > 1 else a_s.reshape(())
+        mult = a_s * b_s.reshape(-1) / y_s.reshape(())
+        lo, hi = (0, 255) if ydt == np.uint8 else (-128, 127)
+        y = np.clip(np.rint(acc * mult.astype(np.float64)) + int(y_zp.reshape(-1)[0]), lo, hi)
+        return [y.astype(ydt)]
 
     return fn
 
