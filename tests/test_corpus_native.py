@@ -25,8 +25,9 @@ import pytest
 import ops_native
 from models import corpus, quantized, zoo_extra
 
+from .conftest import assert_model_output_close, is_dynamically_quantized
+
 KNOWN_GAPS: dict[str, str] = {}
-_DYNAMIC_QUANT_OPS = {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"}
 
 CASES = [e.name for e in corpus.entries()] + [f"zoo/{n}" for n in zoo_extra.names()]
 
@@ -62,7 +63,7 @@ def test_corpus_model_runs_natively_and_matches_onnxruntime(name: str) -> None:
     missing = ops_native.unsupported_ops(model)
     assert not missing, f"{name}: the native core lacks {missing}"
     wants = [_ort_outputs(model, feeds) for feeds in feeds_list]
-    dynamic_quant = any(n.op_type in _DYNAMIC_QUANT_OPS for n in model.graph.node)
+    dynamic_quant = is_dynamically_quantized(model)
     for threads in (1, 2):
         sess = ops_native.InferenceSession(model, threads=threads)
         for feeds, want in zip(feeds_list, wants):
@@ -70,17 +71,7 @@ def test_corpus_model_runs_natively_and_matches_onnxruntime(name: str) -> None:
             shapes = {k: v.shape for k, v in feeds.items()}
             for g, w, out in zip(got, want, sess.get_outputs()):
                 where = f"{name} output {out.name} at {shapes}, {threads} thread(s)"
-                assert g.shape == w.shape and g.dtype == w.dtype, where
-                if w.dtype.kind == "f" and dynamic_quant:
-                    scale = max(1.0, float(np.abs(w).max())) if w.size else 1.0
-                    np.testing.assert_allclose(g, w, rtol=0, atol=5e-2 * scale, err_msg=where)
-                    if w.ndim and w.shape[-1] > 1:
-                        assert (g.argmax(-1) == w.argmax(-1)).mean() >= 0.98, where
-                elif w.dtype.kind == "f":
-                    scale = max(1.0, float(np.abs(w).max())) if w.size else 1.0
-                    np.testing.assert_allclose(g, w, rtol=1e-3, atol=1e-4 * scale, err_msg=where)
-                else:
-                    np.testing.assert_array_equal(g, w, err_msg=where)
+                assert_model_output_close(g, w, where, dynamic_quant)
 
 
 def test_known_gaps_name_corpus_models() -> None:

@@ -138,7 +138,7 @@ def _build_dynamic_quantize(node: Node, ctx: BuildContext) -> Fn:
             raise OpNotSupported(f"DynamicQuantizeLinear of {x.dtype}: only float32 is supported")
         scale, zp = _core.quant_dynamic_params(x)
         y = pool.empty(x.shape, np.uint8)
-        _core.quant_quantize(x, y, x.size, 1, 1, np.array([scale], F32), np.array([zp], np.int32), threads)
+        _core.quant_quantize(x, y, 1, 1, x.size, np.array([scale], F32), np.array([zp], np.int32), threads)
         return [y, np.array(scale, F32), np.array(zp, np.uint8)]
 
     return fn

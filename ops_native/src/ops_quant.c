@@ -19,6 +19,9 @@ static inline int32_t quantize_one(float x, float scale, int32_t zp, int32_t lo,
     return (int32_t)v;
 }
 
+/* Values one task of a per-tensor op covers. */
+#define ON_Q_CHUNK 4096
+
 typedef struct {
     const float *x;
     void *y;
@@ -57,6 +60,19 @@ on_status on_quantize_f32(const float *x, void *y, on_qtype yt, size_t outer, si
     if (!x || !y) return ON_ERR_ARG;
     for (size_t ch = 0; ch < c; ch++)
         if (!(scale[ch] != 0.0f) || zp[ch] < q_lo(yt) || zp[ch] > q_hi(yt)) return ON_ERR_ARG;
+    size_t n = outer * c * inner;
+    if (c == 1) {   /* per tensor: split the flat tensor into chunks, whatever its rows */
+        size_t rows = (n + ON_Q_CHUNK - 1) / ON_Q_CHUNK;
+        quant_ctx q = {x, y, yt, 1, ON_Q_CHUNK, scale, zp};
+        size_t full = n / ON_Q_CHUNK;
+        on_parallel_for(full, quantize_rows, &q, rows_threads(full, ON_Q_CHUNK, nthreads));
+        if (rows > full) {   /* the tail */
+            size_t at = full * ON_Q_CHUNK;
+            quant_ctx t = {x + at, (char *)y + at, yt, 1, n - at, scale, zp};
+            quantize_rows(&t, 0, 1);
+        }
+        return ON_OK;
+    }
     quant_ctx q = {x, y, yt, c, inner, scale, zp};
     on_parallel_for(outer * c, quantize_rows, &q, rows_threads(outer * c, inner, nthreads));
     return ON_OK;
@@ -122,8 +138,6 @@ typedef struct {
     float scale;
     int32_t zp;
 } centered_ctx;
-
-#define ON_Q_CHUNK 4096
 
 static void centered_work(void *vctx, size_t begin, size_t end) {
     centered_ctx *q = vctx;

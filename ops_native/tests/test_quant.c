@@ -112,6 +112,28 @@ static void test_quantize_per_axis_and_dequantize_roundtrip(void) {
     free(x), free(y), free(q);
 }
 
+/* the per-tensor path splits the flat tensor into chunks: full chunks on the threads, then the tail */
+static void test_quantize_per_tensor_chunks_and_tail(void) {
+    size_t n = 3 * 4096 + 77;
+    float *x = malloc(n * sizeof(float));
+    uint8_t *y = malloc(n);
+    float s = 0.05f;
+    int32_t z = 100;
+    for (size_t i = 0; i < n; i++) x[i] = on_test_randf() * 8.0f;
+    for (int threads = 1; threads <= 2; threads++) {
+        memset(y, 0, n);
+        CHECK(on_quantize_f32(x, y, ON_Q_U8, 1, 1, n, &s, &z, threads) == ON_OK);
+        int bad = 0;
+        for (size_t i = 0; i < n; i++) {
+            float v = rintf(x[i] / s) + 100.0f;
+            v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+            bad += y[i] != (uint8_t)v;
+        }
+        CHECK_MSG(bad == 0, "per-tensor quantize, %d threads: %d values differ", threads, bad);
+    }
+    free(x), free(y);
+}
+
 static void test_dynamic_qparams_cover_zero(void) {
     const float pos[] = {1.0f, 2.0f, 3.0f}, neg[] = {-2.0f, -1.0f}, mixed[] = {-1.0f, 3.0f}, zeros[] = {0.0f, 0.0f};
     float s;
@@ -155,6 +177,7 @@ int main(void) {
     RUN(test_qgemm_refuses_k_beyond_exact_range);
     RUN(test_quantize_rounds_half_to_even_and_saturates);
     RUN(test_quantize_per_axis_and_dequantize_roundtrip);
+    RUN(test_quantize_per_tensor_chunks_and_tail);
     RUN(test_dynamic_qparams_cover_zero);
     RUN(test_lstm_gates_match_double_cell);
     return on_test_summary();
