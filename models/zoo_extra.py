@@ -18,6 +18,11 @@ Each model mimics the structure of a well-known architecture with small, seeded 
   grid, pre-norm ``LayerNormalization`` attention blocks with Erf-based Gelu. H and W are dynamic
   (multiples of 16).
 
+- ``crnn_bilstm_int8``, ``vit_int8``: the CRNN and the ViT through ONNX Runtime's
+  ``quantize_dynamic`` (int8 weights, activations quantised at run time), as users shrink a model:
+  ``DynamicQuantizeLinear`` + ``ConvInteger`` / ``MatMulInteger`` with float rescaling, and the CRNN's
+  LSTMs as ``com.microsoft.DynamicQuantizeLSTM``. The quantisation runs in code, in a temporary folder.
+
 All use opset 17 and IR version 9 and pass the ONNX checker with ``full_check=True``.
 :data:`SHAPES` gives two representative input shapes per model.
 """
@@ -25,6 +30,8 @@ All use opset 17 and IR version 9 and pass the ONNX checker with ``full_check=Tr
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -43,6 +50,9 @@ SHAPES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
     "unet": ((1, 3, 128, 128), (1, 3, 96, 160)),
     "vit": ((1, 3, 224, 224), (2, 3, 160, 256)),
 }
+# quantised variant -> the float model it is made from (same inputs and shapes)
+_QUANTIZED = {"crnn_bilstm_int8": "crnn_bilstm", "vit_int8": "vit"}
+SHAPES.update({q: SHAPES[f] for q, f in _QUANTIZED.items()})
 
 
 class _Net(_Builder):
@@ -293,12 +303,27 @@ def _vit(seed: int) -> onnx.ModelProto:
     return b.model("vit", [_io("pixel_values", ["N", 3, "H", "W"])], [_io("logits", ["N", _VIT_CLASSES])])
 
 
+def _quantize_dynamic(float_model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model through onnxruntime.quantization.quantize_dynamic with its defaults (int8 weights per tensor,
+    uint8 activations): the ops it emits are whatever that tool emits for these layers."""
+    # imported here: it is heavy, and only a quantised model needs it
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = os.path.join(d, "float.onnx"), os.path.join(d, "int8.onnx")
+        onnx.save(float_model, src)
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8)
+        return onnx.load(dst)
+
+
 _BUILDERS: dict[str, Callable[[int], onnx.ModelProto]] = {
     "yolo_silu": _yolo_silu,
     "crnn_bilstm": _crnn_bilstm,
     "gru_kws": _gru_kws,
     "unet": _unet,
     "vit": _vit,
+    "crnn_bilstm_int8": lambda seed: _quantize_dynamic(_crnn_bilstm(seed)),
+    "vit_int8": lambda seed: _quantize_dynamic(_vit(seed)),
 }
 
 
@@ -323,6 +348,7 @@ def sample_inputs(name: str, shape_index: int = 0, seed: int = 0) -> dict[str, n
     preprocessing gives), and log-mel features are around -4 with unit spread.
     """
     shape = SHAPES[name][shape_index]
+    name = _QUANTIZED.get(name, name)
     rng = np.random.default_rng(seed)
     if name == "gru_kws":
         data = rng.normal(-4.0, 1.0, shape)

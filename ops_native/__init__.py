@@ -24,7 +24,7 @@ __all__ = [
 
 
 def supported_ops() -> list[str]:
-    """The ONNX op types (default domain) the executor runs."""
+    """The ops the executor runs: ONNX op types, and ``domain.op_type`` for the few contrib ops it has."""
     return _ops.supported_ops()
 
 

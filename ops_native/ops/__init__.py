@@ -14,6 +14,7 @@
     control.py      If, Loop, Scan (subgraphs compiled into their own plans)
     channel.py      LRN, PRelu, InstanceNormalization, GroupNormalization (over the channel axis)
     recurrent.py    LSTM, GRU, RNN (the whole sequence in one native call)
+    quant.py        (Dynamic)QuantizeLinear, DequantizeLinear, MatMulInteger, ConvInteger, com.microsoft.DynamicQuantize*
 
 Each op has a *builder* ``build(node, ctx) -> fn``, run once at load time (attributes parsed, constant
 weights packed); ``fn(args: list) -> list`` runs the node. Importing this package registers every op.
@@ -32,6 +33,7 @@ from ops_native.ops import (  # noqa: F401 - registers the ops
     linalg,
     norm,
     pooling,
+    quant,
     recurrent,
     reduce,
     resize,

@@ -104,7 +104,8 @@ REGISTRY: dict[str, Callable[[Node, BuildContext], Fn]] = {}
 
 
 def register(*op_types: str) -> Callable:
-    """Decorator: register a builder for the given op types."""
+    """Decorator: register a builder for the given op types (an op outside the default domain by its op key,
+    ``com.microsoft.DynamicQuantizeLSTM``)."""
 
     def deco(fn: Callable[[Node, BuildContext], Fn]) -> Callable[[Node, BuildContext], Fn]:
         for op in op_types:
@@ -133,12 +134,12 @@ def display_op(op_type: str) -> str:
 
 
 def is_supported(node: Node) -> bool:
-    """Whether the executor has an implementation for this node's op (default domain, registered, public).
+    """Whether the executor has an implementation for this node's op (registered under its op key, public).
 
     The one support check: ``ops_native.supported_ops()`` / ``unsupported_ops()`` and the compiler use it.
     (A supported op may still refuse a variant of itself when it is built: OpNotSupported.)
     """
-    return node.domain in DEFAULT_DOMAINS and node.op_type in REGISTRY and not is_internal(node.op_type)
+    return op_key(node) in REGISTRY and not is_internal(node.op_type)
 
 
 def op_key(node: Node) -> str:
@@ -151,7 +152,7 @@ def build(node: Node, ctx: BuildContext) -> Fn:
     attributes or inputs InvalidModelError, both naming the node."""
     op = display_op(node.op_type)
     try:
-        return REGISTRY[node.op_type](node, ctx)
+        return REGISTRY[op_key(node)](node, ctx)
     except OpNotSupported as e:
         raise UnsupportedOpError(f"node '{node.name}' (op {op}): {e}") from e
     except (OpBuildError, KeyError, TypeError, ValueError, IndexError) as e:
@@ -160,7 +161,8 @@ def build(node: Node, ctx: BuildContext) -> Fn:
 
 
 def supported_ops() -> list[str]:
-    """The ONNX op types (default domain) the executor runs, sorted; internal ops excluded."""
+    """The op keys (see op_key: ONNX op types, ``domain.op_type`` outside the default domain) the executor runs,
+    sorted; internal ops excluded."""
     return sorted(op for op in REGISTRY if not is_internal(op))
 
 

@@ -37,6 +37,7 @@ static const on_kernel_table k_scalar = {
     .ops = &on_ops_table_scalar,
     .chan = &on_chan_table_scalar,
     .rnn = &on_rnn_kernels_scalar,
+    .quant = &on_quant_table_scalar,
 };
 #ifdef ON_HAVE_X86
 static const on_kernel_table k_avx2 = {
@@ -51,6 +52,7 @@ static const on_kernel_table k_avx2 = {
     .ops = &on_ops_table_avx2,
     .chan = &on_chan_table_avx2,
     .rnn = &on_rnn_kernels_avx2,
+    .quant = &on_quant_table_avx2,
 };
 /* AVX-512F: its own GEMM tile, 16-channel NCHWc rows and ops table; the AVX2 kernels everywhere else */
 static const on_kernel_table k_avx512 = {
@@ -65,6 +67,7 @@ static const on_kernel_table k_avx512 = {
     .ops = &on_ops_table_avx512,
     .chan = &on_chan_table_avx512,
     .rnn = &on_rnn_kernels_avx512,
+    .quant = &on_quant_table_avx2,
 };
 #endif
 #if defined(__aarch64__)
@@ -80,6 +83,7 @@ static const on_kernel_table k_neon = {
     .ops = &on_ops_table_neon,
     .chan = &on_chan_table_neon,
     .rnn = &on_rnn_kernels_neon,
+    .quant = &on_quant_table_neon,
 };
 #endif
 

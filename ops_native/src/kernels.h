@@ -13,6 +13,7 @@
 #include "gemm_internal.h"
 #include "on_chanops.h"
 #include "on_ops.h"
+#include "on_quant.h"
 #include "on_rnn.h"
 
 typedef struct {
@@ -27,6 +28,7 @@ typedef struct {
     const on_ops_table *ops;       /* row kernels of the elementwise / norm / pool / reduce ops */
     const on_chan_table *chan;     /* row kernels of LRN and PRelu (on_chanops.h) */
     const on_rnn_kernels *rnn;     /* fused LSTM / GRU / RNN cells, one batch row per call */
+    const on_quant_table *quant;   /* integer GEMM dot tile (on_quant.h) */
 } on_kernel_table;
 
 /* The table of the active ISA (never NULL). */

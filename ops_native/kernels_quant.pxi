@@ -1,0 +1,212 @@
+# Bindings of the 8-bit quantisation kernels (on_quant.h). Included into ops_native/_core.pyx after
+# kernels_ops.pxi, whose helpers (_ops_check, _ops_ptr) they share. The callers (ops_native/ops/quant.py)
+# hand over arrays of the right dtype and layout; these check it, since a wrong one would be read as bytes.
+
+from libc.stdint cimport int16_t, int32_t
+
+cdef extern from "on_quant.h" nogil:
+    ctypedef enum on_qtype:
+        ON_Q_U8
+        ON_Q_S8
+        ON_Q_S32
+    int on_quantize_f32(const float *x, void *y, on_qtype yt, size_t outer, size_t c, size_t inner,
+                        const float *scale, const int32_t *zp, int nthreads)
+    int on_dequantize_f32(const void *x, on_qtype xt, float *y, size_t outer, size_t c, size_t inner,
+                          const float *scale, const int32_t *zp, int nthreads)
+    void on_dynamic_qparams_f32(const float *x, size_t n, float *scale, int32_t *zp)
+    int on_quantize_centered_s16(const float *x, int16_t *y, size_t n, float scale, int32_t zp, int nthreads)
+    int on_q8_to_s16(const void *x, on_qtype xt, size_t rows, size_t cols, size_t ldx, const int32_t *zp,
+                     size_t zp_stride, int16_t *y, size_t ldy)
+    int on_qgemm_s16(size_t m, size_t n, size_t kk, const int16_t *a, size_t lda, const int16_t *bt, size_t ldb,
+                     int32_t *c_i32, float *out_f32, size_t ldc, const float *scale, size_t scale_stride,
+                     const float *bias, int accumulate, int nthreads)
+    int on_lstm_gates_f32(float *g, const float *bias, const float *peep, float *c, float *h, size_t ldh,
+                          size_t batch, size_t hidden, float clip, int input_forget)
+
+QGEMM_MAX_K = 33025
+
+_I16 = _np.dtype(_np.int16)
+_I32 = _np.dtype(_np.int32)
+_U8 = _np.dtype(_np.uint8)
+_S8 = _np.dtype(_np.int8)
+
+
+cdef on_qtype _qtype(cnp.ndarray a, str what) except *:
+    if a.dtype == _U8:
+        return ON_Q_U8
+    if a.dtype == _S8:
+        return ON_Q_S8
+    if a.dtype == _I32:
+        return ON_Q_S32
+    raise ValueError(f"{what}: {a.dtype} is not uint8, int8 or int32")
+
+
+cdef void _need(cnp.ndarray a, object dtype, str what) except *:
+    if a.dtype != dtype or not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError(f"{what}: expected a C-contiguous {_np.dtype(dtype).name} array, got {a.dtype}")
+
+
+cdef size_t _rows_ld(cnp.ndarray a, str what) except? 0:
+    """Row stride (elements) of a 2-D array whose rows are contiguous."""
+    if a.ndim != 2 or a.strides[1] != a.itemsize or a.strides[0] % a.itemsize or a.strides[0] < 0:
+        raise ValueError(f"{what}: expected a 2-D array with contiguous rows")
+    return <size_t>(a.strides[0] // a.itemsize)
+
+
+def quant_quantize(x, cnp.ndarray y, size_t outer, size_t c, size_t inner, scale, zp, int threads=1):
+    """y (uint8 / int8, preallocated) = saturate(round(x / scale[ch]) + zp[ch]) over x viewed [outer, c, inner]."""
+    cdef cnp.ndarray xa = _ops_c32(x)
+    cdef cnp.ndarray sa = _ops_c32(scale)
+    cdef cnp.ndarray za = _np.ascontiguousarray(zp, dtype=_np.int32)
+    if not cnp.PyArray_IS_C_CONTIGUOUS(y) or xa.size != y.size or xa.size != outer * c * inner or \
+            sa.size != c or za.size != c:
+        raise ValueError("QuantizeLinear: sizes do not agree")
+    cdef on_qtype t = _qtype(y, "QuantizeLinear output")
+    cdef const float *px = <const float *>_ops_ptr(xa)
+    cdef void *py = _ops_ptr(y)
+    cdef const float *ps = <const float *>_ops_ptr(sa)
+    cdef const int32_t *pz = <const int32_t *>_ops_ptr(za)
+    cdef int st
+    with nogil:
+        st = on_quantize_f32(px, py, t, outer, c, inner, ps, pz, threads)
+    _ops_check(st, "QuantizeLinear")
+    return y
+
+
+def quant_dequantize(cnp.ndarray x, cnp.ndarray y, size_t outer, size_t c, size_t inner, scale, zp, int threads=1):
+    """y (float32, preallocated) = (x - zp[ch]) * scale[ch] over x (uint8 / int8 / int32) viewed [outer, c, inner]."""
+    cdef cnp.ndarray sa = _ops_c32(scale)
+    cdef cnp.ndarray za = _np.ascontiguousarray(zp, dtype=_np.int32)
+    _need(y, _F32, "DequantizeLinear output")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(x) or x.size != y.size or x.size != outer * c * inner or \
+            sa.size != c or za.size != c:
+        raise ValueError("DequantizeLinear: sizes do not agree")
+    cdef on_qtype t = _qtype(x, "DequantizeLinear input")
+    cdef const void *px = _ops_ptr(x)
+    cdef float *py = <float *>_ops_ptr(y)
+    cdef const float *ps = <const float *>_ops_ptr(sa)
+    cdef const int32_t *pz = <const int32_t *>_ops_ptr(za)
+    cdef int st
+    with nogil:
+        st = on_dequantize_f32(px, t, py, outer, c, inner, ps, pz, threads)
+    _ops_check(st, "DequantizeLinear")
+    return y
+
+
+def quant_dynamic_params(x):
+    """(scale, zero_point) of ONNX DynamicQuantizeLinear for float32 x (ONNX Runtime's arithmetic)."""
+    cdef cnp.ndarray xa = _ops_c32(x)
+    cdef float s = 1.0
+    cdef int32_t z = 0
+    cdef const float *px = <const float *>_ops_ptr(xa)
+    cdef size_t n = xa.size
+    with nogil:
+        on_dynamic_qparams_f32(px, n, &s, &z)
+    return s, z
+
+
+def quant_centered_s16(x, float scale, int32_t zp, cnp.ndarray y, int threads=1):
+    """y (int16, x's size) = quantize_u8(x; scale, zp) - zp: the integer GEMM's operand."""
+    cdef cnp.ndarray xa = _ops_c32(x)
+    _need(y, _I16, "quantize (int16)")
+    if y.size != xa.size:
+        raise ValueError("quantize (int16): sizes do not agree")
+    cdef const float *px = <const float *>_ops_ptr(xa)
+    cdef int16_t *py = <int16_t *>_ops_ptr(y)
+    cdef size_t n = xa.size
+    cdef int st
+    with nogil:
+        st = on_quantize_centered_s16(px, py, n, scale, zp, threads)
+    _ops_check(st, "quantize (int16)")
+    return y
+
+
+def quant_q8_to_s16(cnp.ndarray x, zp, size_t zp_stride, cnp.ndarray y):
+    """y[r, :cols] = x[r] - zp[r * zp_stride] (int16), y[r, cols:] = 0: x 2-D uint8 / int8, y 2-D int16."""
+    cdef cnp.ndarray za = _np.ascontiguousarray(zp, dtype=_np.int32)
+    cdef size_t ldx = _rows_ld(x, "x"), ldy = _rows_ld(y, "y")
+    if y.dtype != _I16 or y.shape[0] != x.shape[0] or y.shape[1] < x.shape[1]:
+        raise ValueError("quant_q8_to_s16: y must be int16 [rows, >= cols]")
+    if x.shape[0] and (x.shape[0] - 1) * zp_stride >= <size_t>za.size:
+        raise ValueError("quant_q8_to_s16: zero points too short")
+    cdef on_qtype t = _qtype(x, "quant_q8_to_s16")
+    cdef size_t rows = x.shape[0], cols = x.shape[1]
+    cdef const void *px = _ops_ptr(x)
+    cdef const int32_t *pz = <const int32_t *>_ops_ptr(za)
+    cdef int16_t *py = <int16_t *>_ops_ptr(y)
+    cdef int st
+    with nogil:
+        st = on_q8_to_s16(px, t, rows, cols, ldx, pz, zp_stride, py, ldy)
+    _ops_check(st, "quant_q8_to_s16")
+    return y
+
+
+def quant_gemm(cnp.ndarray a, cnp.ndarray bt, size_t kk, cnp.ndarray out, scale=None, bias=None,
+               bint accumulate=False, int threads=1):
+    """Integer GEMM of int16 a [m, >= kk] and bt [n, >= kk] (B transposed), K = kk. out int32 [m, n]: the exact
+    sums; out float32 [m, n]: (out if accumulate) + sum * scale[j] (scale of size 1 or n) (+ bias[j])."""
+    cdef size_t lda = _rows_ld(a, "A"), ldb = _rows_ld(bt, "B"), ldc = _rows_ld(out, "out")
+    if a.dtype != _I16 or bt.dtype != _I16 or a.shape[1] < kk or bt.shape[1] < kk:
+        raise ValueError("quant_gemm: A and B must be int16 with at least K columns")
+    cdef size_t m = a.shape[0], n = bt.shape[0]
+    if <size_t>out.shape[0] != m or <size_t>out.shape[1] != n:
+        raise ValueError(f"quant_gemm: out {(<object>out).shape} is not [{m}, {n}]")
+    cdef cnp.ndarray sa = None, ba = None
+    cdef const float *ps = NULL
+    cdef const float *pb = NULL
+    cdef size_t sstride = 0
+    cdef int32_t *pci = NULL
+    cdef float *pcf = NULL
+    if out.dtype == _I32:
+        pci = <int32_t *>_ops_ptr(out)
+    elif out.dtype == _F32:
+        if scale is None:
+            raise ValueError("quant_gemm: a float32 output needs a scale")
+        sa = _ops_c32(scale)
+        if sa.size != 1 and <size_t>sa.size != n:
+            raise ValueError(f"quant_gemm: {sa.size} scales for {n} columns")
+        sstride = 0 if sa.size == 1 else 1
+        ps = <const float *>_ops_ptr(sa)
+        if bias is not None:
+            ba = _ops_c32(bias)
+            if <size_t>ba.size != n:
+                raise ValueError(f"quant_gemm: bias of {ba.size} for {n} columns")
+            pb = <const float *>_ops_ptr(ba)
+        pcf = <float *>_ops_ptr(out)
+    else:
+        raise ValueError(f"quant_gemm: output {out.dtype}")
+    cdef const int16_t *pa = <const int16_t *>_ops_ptr(a)
+    cdef const int16_t *pbt = <const int16_t *>_ops_ptr(bt)
+    cdef int st
+    with nogil:
+        st = on_qgemm_s16(m, n, kk, pa, lda, pbt, ldb, pci, pcf, ldc, ps, sstride, pb, accumulate, threads)
+    _ops_check(st, "integer GEMM")
+    return out
+
+
+def quant_lstm_gates(cnp.ndarray g, bias, peep, cnp.ndarray c, cnp.ndarray h, float clip, bint input_forget):
+    """LSTM gates (sigmoid, tanh, tanh) on g [batch, 4H] (i, o, f, c; updated), c [batch, H] in place, h [batch, H]
+    (rows may be strided: one direction of Y) written."""
+    _need(g, _F32, "LSTM gates")
+    _need(c, _F32, "LSTM cell")
+    cdef size_t ldh = _rows_ld(h, "LSTM h")
+    cdef size_t batch = c.shape[0], hidden = c.shape[1]
+    if h.dtype != _F32 or g.size != batch * 4 * hidden or h.shape[0] != batch or h.shape[1] != hidden:
+        raise ValueError("LSTM gates: shapes do not agree")
+    cdef cnp.ndarray ba = None, pa = None
+    cdef const float *pb = NULL
+    cdef const float *pp = NULL
+    if bias is not None:
+        ba = _ops_c32(bias)
+        pb = <const float *>_ops_ptr(ba)
+    if peep is not None:
+        pa = _ops_c32(peep)
+        pp = <const float *>_ops_ptr(pa)
+    cdef float *pg = <float *>_ops_ptr(g)
+    cdef float *pc = <float *>_ops_ptr(c)
+    cdef float *ph = <float *>_ops_ptr(h)
+    cdef int st
+    with nogil:
+        st = on_lstm_gates_f32(pg, pb, pp, pc, ph, ldh, batch, hidden, clip, input_forget)
+    _ops_check(st, "LSTM gates")
+    return h
