@@ -27,7 +27,7 @@ from ops_native.loader import (
 )
 from ops_native.memory import plan_memory
 from ops_native.ops import DEFAULT_DOMAINS, BufferPool, BuildContext, Node, build, is_supported, supported_ops
-from ops_native.passes import fusions, layout, prelu
+from ops_native.passes import fusions, layout, prelu, shapes
 from ops_native.passes.folding import fold_constants
 from ops_native.steps import Step
 
@@ -106,6 +106,8 @@ def compile_graph(graph: onnx.GraphProto, ctx: BuildContext, inputs: list[Tensor
     if fuse and n_blocked:
         nodes = layout.fuse_conv_residual(nodes, consts, graph_outputs)
         nodes = layout.subsample_strided_pointwise(nodes, consts)
+    if fuse:
+        nodes = shapes.memoize_shape_subgraphs(nodes, consts, graph_outputs)
     for o in outputs:
         if o.name not in consts and o.name not in {i.name for i in inputs} and \
                 not any(o.name in n.outputs for n in nodes):

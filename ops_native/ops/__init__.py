@@ -30,6 +30,7 @@ from ops_native.ops import (  # noqa: F401 - registers the ops
     elementwise,
     indexing,
     linalg,
+    memo,
     norm,
     pooling,
     recurrent,
