@@ -5,6 +5,8 @@ consumer and is not a graph output):
   * Conv -> Mul/Add by a per-channel const : folded into the Conv weights and bias
   * Add(x,3) -> Clip(0,6) -> Mul(x,.) -> Div(6) : HardSwish
   * x / sqrt2 -> Erf -> +1 -> * x -> * 0.5   : Gelu
+  * mean over the last axes, x - mean, mean of its square, + eps, sqrt, divide (then * gamma + beta)
+                                            : LayerNormalization (the pre-opset-17 / TF export of it)
   * Mul(x, scalar) -> Add(., scalar)        : one affine pass (internal op _Affine), folded into a
                                               following 1x1 Conv
   * ConvTranspose -> BatchNormalization / Add(per-channel const) : folded into its weights and bias
@@ -36,6 +38,7 @@ def fuse(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[st
     f.fold_conv_transpose_affine()
     f.fuse_hardswish()
     f.fuse_gelu()
+    f.fuse_layernorm()
     f.fuse_affine()
     f.fuse_bias_add()
     f.fuse_matmul_scale()
@@ -299,6 +302,110 @@ class Fuser:
             dead += chain[:-1]
             dead_ids |= {id(n) for n in chain}
         self._remove(dead)
+
+    def _trailing_axes(self, red: Node) -> tuple[int, ...] | None:
+        """The axes of a keepdims ReduceMean if they are the last k axes counted from the end (-k..-1), else
+        None (positive axes need the rank, which a dynamic graph does not give)."""
+        if red.op_type != "ReduceMean" or not int(red.attrs.get("keepdims", 1)):
+            return None
+        axes = red.attrs.get("axes")
+        if axes is None and len(red.inputs) > 1 and red.inputs[1]:
+            c = self.consts.get(red.inputs[1])
+            axes = None if c is None else [int(v) for v in c.reshape(-1)]
+        if not axes:
+            return None
+        ax = tuple(sorted(int(a) for a in axes))
+        return ax if ax == tuple(range(-len(ax), 0)) else None
+
+    def fuse_layernorm(self) -> None:
+        """Layer normalisation written out (PyTorch before opset 17, TF, Keras), matched by what it computes:
+
+            m = ReduceMean(x, last k axes); d = x - m; v = ReduceMean(d * d | Pow(d, 2)); s = Sqrt(v + eps)
+            y = d / s | d * Reciprocal(s) | d * Pow(v + eps, -0.5);  then optionally y * gamma, + beta
+
+        ==> LayerNormalization(x, gamma, beta, axis=-k, epsilon=eps). gamma / beta must be constants over the
+        normalised axes only (so they cannot broadcast the output to a bigger shape)."""
+        changed = True
+        while changed:
+            changed = False
+            cons = self._consumers()
+            producer = {o: n for n in self.nodes for o in n.outputs if o}
+            for m in self.nodes:
+                axes = self._trailing_axes(m)
+                if axes is None:
+                    continue
+                x = m.inputs[0]
+                sub = self._sole_consumer(cons, m.outputs[0])
+                if sub is None or sub.op_type != "Sub" or sub.inputs != [x, m.outputs[0]]:
+                    continue
+                d = sub.outputs[0]
+                if d in self.outputs:
+                    continue
+                d_users = cons.get(d, [])
+                sq = next((u for u in d_users if (u.op_type == "Mul" and u.inputs == [d, d]) or
+                           (u.op_type == "Pow" and u.inputs[0] == d and self._scalar(u.inputs[1]) == 2.0)), None)
+                if sq is None:
+                    continue
+                var = self._sole_consumer(cons, sq.outputs[0])
+                if var is None or self._trailing_axes(var) != axes:
+                    continue
+                add = self._sole_consumer(cons, var.outputs[0])
+                if add is None or add.op_type != "Add" or len(add.inputs) != 2:
+                    continue
+                eps = self._scalar(add.inputs[1] if add.inputs[0] == var.outputs[0] else add.inputs[0])
+                if eps is None or eps < 0:
+                    continue
+                chain = [m, sub, sq, var, add]
+                nxt = self._sole_consumer(cons, add.outputs[0])
+                if nxt is not None and nxt.op_type == "Sqrt":
+                    chain.append(nxt)
+                    den = nxt.outputs[0]
+                    nxt = self._sole_consumer(cons, den)
+                    if nxt is not None and nxt.op_type == "Div" and nxt.inputs == [d, den]:
+                        norm = nxt
+                    elif nxt is not None and nxt.op_type == "Reciprocal":
+                        chain.append(nxt)
+                        norm = self._sole_consumer(cons, nxt.outputs[0])
+                        if norm is None or norm.op_type != "Mul" or sorted(norm.inputs) != sorted([d, nxt.outputs[0]]):
+                            continue
+                    else:
+                        continue
+                elif nxt is not None and nxt.op_type == "Pow" and nxt.inputs[0] == add.outputs[0] and \
+                        self._scalar(nxt.inputs[1]) == -0.5:
+                    chain.append(nxt)
+                    norm = self._sole_consumer(cons, nxt.outputs[0])
+                    if norm is None or norm.op_type != "Mul" or sorted(norm.inputs) != sorted([d, nxt.outputs[0]]):
+                        continue
+                else:
+                    continue
+                if {id(u) for u in d_users} != {id(sq), id(norm)}:
+                    continue   # d is used elsewhere too: it must stay
+                chain.append(norm)
+                out = norm.outputs[0]
+                gamma = beta = ""
+                for op in ("Mul", "Add"):
+                    nxt = self._sole_consumer(cons, out)
+                    if nxt is None or nxt.op_type != op or len(nxt.inputs) != 2:
+                        break
+                    c_name = nxt.inputs[1] if nxt.inputs[0] == out else nxt.inputs[0]
+                    c = self.consts.get(c_name)
+                    if c is None or c.dtype != np.float32 or c.ndim > len(axes) or c_name == out:
+                        break
+                    if op == "Mul":
+                        gamma = c_name
+                    else:
+                        beta = c_name
+                    chain.append(nxt)
+                    out = nxt.outputs[0]
+                if not gamma:
+                    gamma = self._new_const(m.name + "_ln_gamma", np.ones((), np.float32))
+                ln = Node(m.name + "_layernorm", "LayerNormalization", [x, gamma] + ([beta] if beta else []), [out],
+                          {"axis": -len(axes), "epsilon": eps})
+                idx = next(i for i, n in enumerate(self.nodes) if n is chain[-1])
+                self.nodes[idx] = ln
+                self._remove(chain[:-1])
+                changed = True
+                break
 
     def fuse_affine(self) -> None:
         """Mul(x, scalar) -> Add(., scalar) ==> one affine pass."""
