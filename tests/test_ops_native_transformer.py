@@ -157,3 +157,61 @@ def test_shape_values_that_are_graph_outputs_are_computed_every_run() -> None:
     first = sess.run(None, {"x": x})[1]
     first[:] = -7
     np.testing.assert_array_equal(sess.run(None, {"x": x})[1], [2, 3, 4, -1])
+
+
+def _gelu_model(form: str, order: str) -> object:
+    """GELU as exporters write it: erf form, or the tanh approximation with x^3 as Pow or x*x*x; the
+    0.5 and the x applied in one of three orders; fed by MatMul + bias like a transformer's FFN."""
+    rng = np.random.default_rng(len(form) + len(order))
+    f = lambda name, v: numpy_helper.from_array(np.array(v, np.float32), name)  # noqa: E731
+    inits = [numpy_helper.from_array((rng.standard_normal((32, 40)) * 0.4).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(40).astype(np.float32), "bias"),
+             f("half", 0.5), f("one", 1.0), f("sqrt2", 2 ** 0.5), f("three", 3.0), f("k", 0.044715),
+             f("c", (2 / np.pi) ** 0.5)]
+    nodes = [helper.make_node("MatMul", ["a", "w"], ["mm"]), helper.make_node("Add", ["mm", "bias"], ["x"])]
+    if form == "erf":
+        nodes += [helper.make_node("Div", ["x", "sqrt2"], ["u"]), helper.make_node("Erf", ["u"], ["t"])]
+    else:
+        if form == "tanh_pow":
+            nodes.append(helper.make_node("Pow", ["x", "three"], ["cube"]))
+        else:
+            nodes += [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Mul", ["sq", "x"], ["cube"])]
+        nodes += [helper.make_node("Mul", ["k", "cube"], ["kc"]), helper.make_node("Add", ["x", "kc"], ["in"]),
+                  helper.make_node("Mul", ["in", "c"], ["u"]), helper.make_node("Tanh", ["u"], ["t"])]
+    nodes.append(helper.make_node("Add", ["one", "t"], ["p"]))
+    if order == "half_x_first":
+        nodes += [helper.make_node("Mul", ["x", "half"], ["hx"]), helper.make_node("Mul", ["hx", "p"], ["y"])]
+    elif order == "half_last":
+        nodes += [helper.make_node("Mul", ["x", "p"], ["xp"]), helper.make_node("Mul", ["xp", "half"], ["y"])]
+    else:
+        nodes += [helper.make_node("Mul", ["p", "half"], ["hp"]), helper.make_node("Mul", ["x", "hp"], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["n", 32])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 40])], inits, 17)
+
+
+@pytest.mark.parametrize("form", ["erf", "tanh_pow", "tanh_mul"])
+@pytest.mark.parametrize("order", ["half_x_first", "half_last", "half_with_p"])
+def test_written_out_gelu_becomes_one_gelu(form: str, order: str) -> None:
+    """Every written-out GELU is one Gelu: the erf form in the GEMM's epilogue (the plan is one MatMul),
+    the tanh form as Gelu(approximate="tanh") after it."""
+    model = _gelu_model(form, order)
+    sess = ops_native.InferenceSession(model, threads=1)
+    got_ops = [(n.op_type, n.attrs.get("_act"), n.attrs.get("approximate")) for n in sess._plan.nodes]
+    if form == "erf":
+        assert got_ops == [("MatMul", "gelu", None)]
+    else:
+        assert got_ops == [("MatMul", None, None), ("Gelu", None, "tanh")]
+    a = (np.random.default_rng(1).standard_normal((7, 32)) * 2).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"a": a})[0], _ort(model).run(None, {"a": a})[0], rtol=RTOL, atol=ATOL)
+
+
+def test_tanh_gelu_with_another_cubic_coefficient_is_left_alone() -> None:
+    """0.05 x^3 instead of 0.044715 x^3 is not GELU: the nodes stay and the result is still ORT's."""
+    model = _gelu_model("tanh_pow", "half_last")
+    for init in model.graph.initializer:
+        if init.name == "k":
+            init.CopyFrom(numpy_helper.from_array(np.array(0.05, np.float32), "k"))
+    sess = ops_native.InferenceSession(model, threads=1)
+    assert "Gelu" not in [n.op_type for n in sess._plan.nodes]
+    a = np.random.default_rng(2).standard_normal((5, 32)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"a": a})[0], _ort(model).run(None, {"a": a})[0], rtol=RTOL, atol=ATOL)

@@ -5,6 +5,7 @@ consumer and is not a graph output):
   * Conv -> Mul/Add by a per-channel const : folded into the Conv weights and bias
   * Add(x,3) -> Clip(0,6) -> Mul(x,.) -> Div(6) : HardSwish
   * x / sqrt2 -> Erf -> +1 -> * x -> * 0.5   : Gelu
+  * tanh(sqrt(2/pi)(x + 0.044715 x^3)) -> +1 -> * x -> * 0.5 : Gelu(approximate="tanh")
   * mean over the last axes, x - mean, mean of its square, + eps, sqrt, divide (then * gamma + beta)
                                             : LayerNormalization (the pre-opset-17 / TF export of it)
   * Mul(x, scalar) -> Add(., scalar)        : one affine pass (internal op _Affine), folded into a
@@ -257,46 +258,98 @@ class Fuser:
             dead += [add, clip, mul]
         self._remove(dead)
 
+    def _gelu_tail(self, cons: dict, add: Node, x: str) -> tuple[str, list[Node]] | None:
+        """After p = 1 + f(x): (x * 0.5) * p, (x * p) * 0.5 or x * (p * 0.5) -> (output, the nodes after add)."""
+        def other(n: Node, name: str) -> str:
+            return n.inputs[1] if n.inputs[0] == name else n.inputs[0]
+
+        mul = self._sole_consumer(cons, add.outputs[0])
+        if mul is None or mul.op_type != "Mul" or len(mul.inputs) != 2:
+            return None
+        partner = other(mul, add.outputs[0])
+        half = next((n for n in self.nodes if partner in n.outputs), None)
+        if half is not None and half.op_type == "Mul" and x in half.inputs and \
+                self._scalar(other(half, x)) == 0.5 and self._sole_consumer(cons, partner) is mul:
+            return mul.outputs[0], [half, mul]                          # (x * 0.5) * p
+        if partner == x:
+            last = self._sole_consumer(cons, mul.outputs[0])
+            if last is None or last.op_type != "Mul" or self._scalar(other(last, mul.outputs[0])) != 0.5:
+                return None
+            return last.outputs[0], [mul, last]                         # (x * p) * 0.5
+        if self._scalar(partner) == 0.5:
+            last = self._sole_consumer(cons, mul.outputs[0])
+            if last is None or last.op_type != "Mul" or other(last, mul.outputs[0]) != x:
+                return None
+            return last.outputs[0], [mul, last]                         # x * (p * 0.5)
+        return None
+
     def fuse_gelu(self) -> None:
-        """x/sqrt2 (or x*(1/sqrt2)) -> Erf -> +1 -> times x and 0.5 (either order) ==> Gelu(x)."""
+        """x/sqrt2 (or x*(1/sqrt2)) -> Erf -> +1 -> times x and 0.5 (either order) ==> Gelu(x);
+        tanh(sqrt(2/pi) * (x + 0.044715 x^3)) -> +1 -> times x and 0.5 ==> Gelu(x, approximate="tanh")
+        (x^3 as Pow(x, 3) or x*x*x; the constants to 1e-4, which covers every exporter's rounding)."""
         cons = self._consumers()
+        producer = {o: n for n in self.nodes for o in n.outputs if o}
         dead: list[Node] = []
         dead_ids: set[int] = set()
 
         def other(n: Node, name: str) -> str:
             return n.inputs[1] if n.inputs[0] == name else n.inputs[0]
 
-        for erf in list(self.nodes):
-            if erf.op_type != "Erf" or id(erf) in dead_ids:
+        def near(name: str, value: float) -> bool:
+            c = self._scalar(name)
+            return c is not None and abs(c - value) <= 1e-4 * abs(value)
+
+        for f in list(self.nodes):
+            if f.op_type not in ("Erf", "Tanh") or id(f) in dead_ids:
                 continue
-            scale = next((n for n in self.nodes if erf.inputs[0] in n.outputs), None)
-            if scale is None or self._sole_consumer(cons, scale.outputs[0]) is not erf or len(scale.inputs) != 2:
+            scale = producer.get(f.inputs[0])
+            if scale is None or self._sole_consumer(cons, scale.outputs[0]) is not f or len(scale.inputs) != 2:
                 continue
-            c = self._scalar(scale.inputs[1])
-            if not ((scale.op_type == "Div" and c is not None and abs(c - 2 ** 0.5) < 1e-5) or
-                    (scale.op_type == "Mul" and c is not None and abs(c - 2 ** -0.5) < 1e-5)):
-                continue
-            x = scale.inputs[0]
-            add = self._sole_consumer(cons, erf.outputs[0])
-            if add is None or add.op_type != "Add" or self._scalar(other(add, erf.outputs[0])) != 1.0:
-                continue
-            mul = self._sole_consumer(cons, add.outputs[0])
-            if mul is None or mul.op_type != "Mul":
-                continue
-            partner = other(mul, add.outputs[0])
-            half = next((n for n in self.nodes if partner in n.outputs), None)
-            chain: list[Node]
-            if half is not None and half.op_type == "Mul" and x in half.inputs and \
-                    self._scalar(other(half, x)) == 0.5 and self._sole_consumer(cons, partner) is mul:
-                out, chain = mul.outputs[0], [scale, erf, add, half, mul]  # (x * 0.5) * (1 + erf)
-            elif partner == x:
-                last = self._sole_consumer(cons, mul.outputs[0])
-                if last is None or last.op_type != "Mul" or self._scalar(other(last, mul.outputs[0])) != 0.5:
+            head: list[Node]
+            if f.op_type == "Erf":
+                c = self._scalar(scale.inputs[1])
+                if not ((scale.op_type == "Div" and c is not None and abs(c - 2 ** 0.5) < 1e-5) or
+                        (scale.op_type == "Mul" and c is not None and abs(c - 2 ** -0.5) < 1e-5)):
                     continue
-                out, chain = last.outputs[0], [scale, erf, add, mul, last]  # (x * (1 + erf)) * 0.5
+                x, head, approx = scale.inputs[0], [scale], "none"
             else:
+                # scale = sqrt(2/pi) * inner; inner = x + 0.044715 * cube
+                inner_name = next((i for i in scale.inputs if near(other(scale, i), (2 / np.pi) ** 0.5)), None)
+                if scale.op_type != "Mul" or inner_name is None or inner_name == other(scale, inner_name):
+                    continue
+                inner = producer.get(inner_name)
+                if inner is None or inner.op_type != "Add" or self._sole_consumer(cons, inner_name) is not scale:
+                    continue
+                found = None
+                for x in inner.inputs:
+                    cm = producer.get(other(inner, x))
+                    if cm is None or cm.op_type != "Mul" or self._sole_consumer(cons, cm.outputs[0]) is not inner:
+                        continue
+                    cube_name = next((i for i in cm.inputs if near(other(cm, i), 0.044715)), None)
+                    cube = producer.get(cube_name) if cube_name else None
+                    if cube is None or self._sole_consumer(cons, cube_name) is not cm:
+                        continue
+                    if cube.op_type == "Pow" and cube.inputs[0] == x and self._scalar(cube.inputs[1]) == 3.0:
+                        found = (x, [cube, cm, inner])
+                    elif cube.op_type == "Mul" and x in cube.inputs:
+                        sq = producer.get(other(cube, x))
+                        if sq is not None and sq.op_type == "Mul" and sq.inputs == [x, x] and \
+                                self._sole_consumer(cons, sq.outputs[0]) is cube:
+                            found = (x, [sq, cube, cm, inner])
+                    if found:
+                        break
+                if found is None:
+                    continue
+                x, head, approx = found[0], found[1] + [scale], "tanh"
+            add = self._sole_consumer(cons, f.outputs[0])
+            if add is None or add.op_type != "Add" or self._scalar(other(add, f.outputs[0])) != 1.0:
                 continue
-            gelu = Node(erf.name + "_gelu", "Gelu", [x], [out])
+            tail = self._gelu_tail(cons, add, x)
+            if tail is None:
+                continue
+            out, rest = tail
+            chain = head + [f, add] + rest
+            gelu = Node(f.name + "_gelu", "Gelu", [x], [out], {"approximate": approx})
             idx = next(i for i, n in enumerate(self.nodes) if n is chain[-1])
             self.nodes[idx] = gelu
             dead += chain[:-1]
