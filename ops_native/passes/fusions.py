@@ -382,7 +382,6 @@ class Fuser:
         while changed:
             changed = False
             cons = self._consumers()
-            producer = {o: n for n in self.nodes for o in n.outputs if o}
             for m in self.nodes:
                 axes = self._trailing_axes(m)
                 if axes is None:

@@ -64,7 +64,7 @@ def memoize_shape_subgraphs(nodes: list[Node], consts: dict[str, np.ndarray], gr
                 consumers[i].append(k)
     placed: dict[int, list[Node]] = defaultdict(list)   # original index -> _ShapeMemo nodes run before it
     dead: set[int] = set()
-    for root, ks in groups.items():
+    for ks in groups.values():
         if len(ks) < 2:
             continue
         inner = set(ks)
