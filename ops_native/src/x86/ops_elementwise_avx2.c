@@ -108,6 +108,7 @@ static int unary_avx2(on_unary_op op, const float *x, float *y, size_t n, float 
     case ON_UN_TANH: UN_BODY4(tanh256_ps); return 1;
     case ON_UN_ERF: UN_BODY4(erf256_ps); return 1;
     case ON_UN_GELU: UN_BODY4(gelu256_ps); return 1;
+    case ON_UN_GELU_TANH: UN_BODY4(gelu_tanh256_ps); return 1;
     case ON_UN_EXP: UN_BODY4(exp256_ps); return 1;
     case ON_UN_NEG: UN_BODY(_mm256_sub_ps(zero, v), 0); return 1;
     case ON_UN_ABS: UN_BODY(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), 0); return 1;
