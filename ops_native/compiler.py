@@ -28,7 +28,7 @@ from ops_native.loader import (
 )
 from ops_native.memory import plan_memory
 from ops_native.ops import DEFAULT_DOMAINS, BufferPool, BuildContext, Node, build, is_supported, supported_ops
-from ops_native.passes import concat, fusions, layout, prelu
+from ops_native.passes import concat, fusions, layout, prelu, shapes
 from ops_native.passes.folding import fold_constants
 from ops_native.steps import Step
 
@@ -109,6 +109,7 @@ def compile_graph(graph: onnx.GraphProto, ctx: BuildContext, inputs: list[Tensor
         nodes = layout.subsample_strided_pointwise(nodes, consts)
     if fuse:
         nodes = concat.write_concats_in_place(nodes, consts, graph_outputs)
+        nodes = shapes.memoize_shape_subgraphs(nodes, consts, graph_outputs)
     for o in outputs:
         if o.name not in consts and o.name not in {i.name for i in inputs} and \
                 not any(o.name in n.outputs for n in nodes):

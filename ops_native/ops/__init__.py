@@ -31,6 +31,7 @@ from ops_native.ops import (  # noqa: F401 - registers the ops
     elementwise,
     indexing,
     linalg,
+    memo,
     norm,
     pooling,
     quant,

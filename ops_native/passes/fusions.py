@@ -5,6 +5,9 @@ consumer and is not a graph output):
   * Conv -> Mul/Add by a per-channel const : folded into the Conv weights and bias
   * Add(x,3) -> Clip(0,6) -> Mul(x,.) -> Div(6) : HardSwish
   * x / sqrt2 -> Erf -> +1 -> * x -> * 0.5   : Gelu
+  * tanh(sqrt(2/pi)(x + 0.044715 x^3)) -> +1 -> * x -> * 0.5 : Gelu(approximate="tanh")
+  * mean over the last axes, x - mean, mean of its square, + eps, sqrt, divide (then * gamma + beta)
+                                            : LayerNormalization (the pre-opset-17 / TF export of it)
   * Mul(x, scalar) -> Add(., scalar)        : one affine pass (internal op _Affine), folded into a
                                               following 1x1 Conv
   * ConvTranspose -> BatchNormalization / Add(per-channel const) : folded into its weights and bias
@@ -36,6 +39,7 @@ def fuse(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[st
     f.fold_conv_transpose_affine()
     f.fuse_hardswish()
     f.fuse_gelu()
+    f.fuse_layernorm()
     f.fuse_affine()
     f.fuse_bias_add()
     f.fuse_matmul_scale()
@@ -254,51 +258,206 @@ class Fuser:
             dead += [add, clip, mul]
         self._remove(dead)
 
+    def _gelu_tail(self, cons: dict, add: Node, x: str) -> tuple[str, list[Node]] | None:
+        """After p = 1 + f(x): (x * 0.5) * p, (x * p) * 0.5 or x * (p * 0.5) -> (output, the nodes after add)."""
+        def other(n: Node, name: str) -> str:
+            return n.inputs[1] if n.inputs[0] == name else n.inputs[0]
+
+        mul = self._sole_consumer(cons, add.outputs[0])
+        if mul is None or mul.op_type != "Mul" or len(mul.inputs) != 2:
+            return None
+        partner = other(mul, add.outputs[0])
+        half = next((n for n in self.nodes if partner in n.outputs), None)
+        if half is not None and half.op_type == "Mul" and x in half.inputs and \
+                self._scalar(other(half, x)) == 0.5 and self._sole_consumer(cons, partner) is mul:
+            return mul.outputs[0], [half, mul]                          # (x * 0.5) * p
+        if partner == x:
+            last = self._sole_consumer(cons, mul.outputs[0])
+            if last is None or last.op_type != "Mul" or self._scalar(other(last, mul.outputs[0])) != 0.5:
+                return None
+            return last.outputs[0], [mul, last]                         # (x * p) * 0.5
+        if self._scalar(partner) == 0.5:
+            last = self._sole_consumer(cons, mul.outputs[0])
+            if last is None or last.op_type != "Mul" or other(last, mul.outputs[0]) != x:
+                return None
+            return last.outputs[0], [mul, last]                         # x * (p * 0.5)
+        return None
+
     def fuse_gelu(self) -> None:
-        """x/sqrt2 (or x*(1/sqrt2)) -> Erf -> +1 -> times x and 0.5 (either order) ==> Gelu(x)."""
+        """x/sqrt2 (or x*(1/sqrt2)) -> Erf -> +1 -> times x and 0.5 (either order) ==> Gelu(x);
+        tanh(sqrt(2/pi) * (x + 0.044715 x^3)) -> +1 -> times x and 0.5 ==> Gelu(x, approximate="tanh")
+        (x^3 as Pow(x, 3) or x*x*x; the constants to 1e-4, which covers every exporter's rounding)."""
         cons = self._consumers()
+        producer = {o: n for n in self.nodes for o in n.outputs if o}
         dead: list[Node] = []
         dead_ids: set[int] = set()
 
         def other(n: Node, name: str) -> str:
             return n.inputs[1] if n.inputs[0] == name else n.inputs[0]
 
-        for erf in list(self.nodes):
-            if erf.op_type != "Erf" or id(erf) in dead_ids:
+        def near(name: str, value: float) -> bool:
+            c = self._scalar(name)
+            return c is not None and abs(c - value) <= 1e-4 * abs(value)
+
+        for f in list(self.nodes):
+            if f.op_type not in ("Erf", "Tanh") or id(f) in dead_ids:
                 continue
-            scale = next((n for n in self.nodes if erf.inputs[0] in n.outputs), None)
-            if scale is None or self._sole_consumer(cons, scale.outputs[0]) is not erf or len(scale.inputs) != 2:
+            scale = producer.get(f.inputs[0])
+            if scale is None or self._sole_consumer(cons, scale.outputs[0]) is not f or len(scale.inputs) != 2:
                 continue
-            c = self._scalar(scale.inputs[1])
-            if not ((scale.op_type == "Div" and c is not None and abs(c - 2 ** 0.5) < 1e-5) or
-                    (scale.op_type == "Mul" and c is not None and abs(c - 2 ** -0.5) < 1e-5)):
-                continue
-            x = scale.inputs[0]
-            add = self._sole_consumer(cons, erf.outputs[0])
-            if add is None or add.op_type != "Add" or self._scalar(other(add, erf.outputs[0])) != 1.0:
-                continue
-            mul = self._sole_consumer(cons, add.outputs[0])
-            if mul is None or mul.op_type != "Mul":
-                continue
-            partner = other(mul, add.outputs[0])
-            half = next((n for n in self.nodes if partner in n.outputs), None)
-            chain: list[Node]
-            if half is not None and half.op_type == "Mul" and x in half.inputs and \
-                    self._scalar(other(half, x)) == 0.5 and self._sole_consumer(cons, partner) is mul:
-                out, chain = mul.outputs[0], [scale, erf, add, half, mul]  # (x * 0.5) * (1 + erf)
-            elif partner == x:
-                last = self._sole_consumer(cons, mul.outputs[0])
-                if last is None or last.op_type != "Mul" or self._scalar(other(last, mul.outputs[0])) != 0.5:
+            head: list[Node]
+            if f.op_type == "Erf":
+                c = self._scalar(scale.inputs[1])
+                if not ((scale.op_type == "Div" and c is not None and abs(c - 2 ** 0.5) < 1e-5) or
+                        (scale.op_type == "Mul" and c is not None and abs(c - 2 ** -0.5) < 1e-5)):
                     continue
-                out, chain = last.outputs[0], [scale, erf, add, mul, last]  # (x * (1 + erf)) * 0.5
+                x, head, approx = scale.inputs[0], [scale], "none"
             else:
+                # scale = sqrt(2/pi) * inner; inner = x + 0.044715 * cube
+                inner_name = next((i for i in scale.inputs if near(other(scale, i), (2 / np.pi) ** 0.5)), None)
+                if scale.op_type != "Mul" or inner_name is None or inner_name == other(scale, inner_name):
+                    continue
+                inner = producer.get(inner_name)
+                if inner is None or inner.op_type != "Add" or self._sole_consumer(cons, inner_name) is not scale:
+                    continue
+                found = None
+                for x in inner.inputs:
+                    cm = producer.get(other(inner, x))
+                    if cm is None or cm.op_type != "Mul" or self._sole_consumer(cons, cm.outputs[0]) is not inner:
+                        continue
+                    cube_name = next((i for i in cm.inputs if near(other(cm, i), 0.044715)), None)
+                    cube = producer.get(cube_name) if cube_name else None
+                    if cube is None or self._sole_consumer(cons, cube_name) is not cm:
+                        continue
+                    if cube.op_type == "Pow" and cube.inputs[0] == x and self._scalar(cube.inputs[1]) == 3.0:
+                        found = (x, [cube, cm, inner])
+                    elif cube.op_type == "Mul" and x in cube.inputs:
+                        sq = producer.get(other(cube, x))
+                        if sq is not None and sq.op_type == "Mul" and sq.inputs == [x, x] and \
+                                self._sole_consumer(cons, sq.outputs[0]) is cube:
+                            found = (x, [sq, cube, cm, inner])
+                    if found:
+                        break
+                if found is None:
+                    continue
+                x, head, approx = found[0], found[1] + [scale], "tanh"
+            add = self._sole_consumer(cons, f.outputs[0])
+            if add is None or add.op_type != "Add" or self._scalar(other(add, f.outputs[0])) != 1.0:
                 continue
-            gelu = Node(erf.name + "_gelu", "Gelu", [x], [out])
+            tail = self._gelu_tail(cons, add, x)
+            if tail is None:
+                continue
+            out, rest = tail
+            chain = head + [f, add] + rest
+            gelu = Node(f.name + "_gelu", "Gelu", [x], [out], {"approximate": approx})
             idx = next(i for i, n in enumerate(self.nodes) if n is chain[-1])
             self.nodes[idx] = gelu
             dead += chain[:-1]
             dead_ids |= {id(n) for n in chain}
         self._remove(dead)
+
+    def _trailing_axes(self, red: Node) -> tuple[int, ...] | None:
+        """The axes of a keepdims ReduceMean if they are the last k axes counted from the end (-k..-1), else
+        None (positive axes need the rank, which a dynamic graph does not give)."""
+        if red.op_type != "ReduceMean" or not int(red.attrs.get("keepdims", 1)):
+            return None
+        axes = red.attrs.get("axes")
+        if axes is None and len(red.inputs) > 1 and red.inputs[1]:
+            c = self.consts.get(red.inputs[1])
+            axes = None if c is None else [int(v) for v in c.reshape(-1)]
+        if not axes:
+            return None
+        ax = tuple(sorted(int(a) for a in axes))
+        return ax if ax == tuple(range(-len(ax), 0)) else None
+
+    def fuse_layernorm(self) -> None:
+        """Layer normalisation written out (PyTorch before opset 17, TF, Keras), matched by what it computes:
+
+            m = ReduceMean(x, last k axes); d = x - m; v = ReduceMean(d * d | Pow(d, 2)); s = Sqrt(v + eps)
+            y = d / s | d * Reciprocal(s) | d * Pow(v + eps, -0.5);  then optionally y * gamma, + beta
+
+        ==> LayerNormalization(x, gamma, beta, axis=-k, epsilon=eps). gamma / beta must be constants over the
+        normalised axes only (so they cannot broadcast the output to a bigger shape)."""
+        changed = True
+        while changed:
+            changed = False
+            cons = self._consumers()
+            for m in self.nodes:
+                axes = self._trailing_axes(m)
+                if axes is None:
+                    continue
+                x = m.inputs[0]
+                sub = self._sole_consumer(cons, m.outputs[0])
+                if sub is None or sub.op_type != "Sub" or sub.inputs != [x, m.outputs[0]]:
+                    continue
+                d = sub.outputs[0]
+                if d in self.outputs:
+                    continue
+                d_users = cons.get(d, [])
+                sq = next((u for u in d_users if (u.op_type == "Mul" and u.inputs == [d, d]) or
+                           (u.op_type == "Pow" and u.inputs[0] == d and self._scalar(u.inputs[1]) == 2.0)), None)
+                if sq is None:
+                    continue
+                var = self._sole_consumer(cons, sq.outputs[0])
+                if var is None or self._trailing_axes(var) != axes:
+                    continue
+                add = self._sole_consumer(cons, var.outputs[0])
+                if add is None or add.op_type != "Add" or len(add.inputs) != 2:
+                    continue
+                eps = self._scalar(add.inputs[1] if add.inputs[0] == var.outputs[0] else add.inputs[0])
+                if eps is None or eps < 0:
+                    continue
+                chain = [m, sub, sq, var, add]
+                nxt = self._sole_consumer(cons, add.outputs[0])
+                if nxt is not None and nxt.op_type == "Sqrt":
+                    chain.append(nxt)
+                    den = nxt.outputs[0]
+                    nxt = self._sole_consumer(cons, den)
+                    if nxt is not None and nxt.op_type == "Div" and nxt.inputs == [d, den]:
+                        norm = nxt
+                    elif nxt is not None and nxt.op_type == "Reciprocal":
+                        chain.append(nxt)
+                        norm = self._sole_consumer(cons, nxt.outputs[0])
+                        if norm is None or norm.op_type != "Mul" or sorted(norm.inputs) != sorted([d, nxt.outputs[0]]):
+                            continue
+                    else:
+                        continue
+                elif nxt is not None and nxt.op_type == "Pow" and nxt.inputs[0] == add.outputs[0] and \
+                        self._scalar(nxt.inputs[1]) == -0.5:
+                    chain.append(nxt)
+                    norm = self._sole_consumer(cons, nxt.outputs[0])
+                    if norm is None or norm.op_type != "Mul" or sorted(norm.inputs) != sorted([d, nxt.outputs[0]]):
+                        continue
+                else:
+                    continue
+                if {id(u) for u in d_users} != {id(sq), id(norm)}:
+                    continue   # d is used elsewhere too: it must stay
+                chain.append(norm)
+                out = norm.outputs[0]
+                gamma = beta = ""
+                for op in ("Mul", "Add"):
+                    nxt = self._sole_consumer(cons, out)
+                    if nxt is None or nxt.op_type != op or len(nxt.inputs) != 2:
+                        break
+                    c_name = nxt.inputs[1] if nxt.inputs[0] == out else nxt.inputs[0]
+                    c = self.consts.get(c_name)
+                    if c is None or c.dtype != np.float32 or c.ndim > len(axes) or c_name == out:
+                        break
+                    if op == "Mul":
+                        gamma = c_name
+                    else:
+                        beta = c_name
+                    chain.append(nxt)
+                    out = nxt.outputs[0]
+                if not gamma:
+                    gamma = self._new_const(m.name + "_ln_gamma", np.ones((), np.float32))
+                ln = Node(m.name + "_layernorm", "LayerNormalization", [x, gamma] + ([beta] if beta else []), [out],
+                          {"axis": -len(axes), "epsilon": eps})
+                idx = next(i for i, n in enumerate(self.nodes) if n is chain[-1])
+                self.nodes[idx] = ln
+                self._remove(chain[:-1])
+                changed = True
+                break
 
     def fuse_affine(self) -> None:
         """Mul(x, scalar) -> Add(., scalar) ==> one affine pass."""

@@ -81,10 +81,27 @@ static void test_softmax_and_layernorm_rows_match_reference(void) {
         float sum = 0;
         for (size_t i = 0; i < cols; i++) sum += y2[i];
         CHECK_NEAR(sum, 1.0f, 1e-5f, 1e-5f);
+        ref->softmax_row(x, y1, cols, 1);
+        if (!fast->softmax_row(x, y2, cols, 1)) memcpy(y2, y1, cols * sizeof(float));
+        CHECK_ALLCLOSE(y2, y1, cols, 1e-5f, 1e-5f, "log-softmax row");
         ref->layernorm_row(x, s, b, y1, cols, 1e-5f);
         if (!fast->layernorm_row(x, s, b, y2, cols, 1e-5f)) memcpy(y2, y1, cols * sizeof(float));
         CHECK_ALLCLOSE(y2, y1, cols, 1e-4f, 1e-5f, "layernorm row");
         free(x), free(s), free(b), free(y1), free(y2);
+    }
+    /* attention-length rows with a partial last vector: the masked tail must not write past the row */
+    const size_t lens[] = {197, 203, 256, 13};
+    for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+        size_t cols = lens[k];
+        float *x = rnd(cols, 8.0f), *y1 = rnd(cols + 8, 1), *y2 = rnd(cols + 8, 1);
+        for (int log = 0; log < 2; log++) {
+            for (size_t i = cols; i < cols + 8; i++) y2[i] = 12345.0f;
+            ref->softmax_row(x, y1, cols, log);
+            if (!fast->softmax_row(x, y2, cols, log)) memcpy(y2, y1, cols * sizeof(float));
+            CHECK_ALLCLOSE(y2, y1, cols, 1e-5f, 1e-6f, log ? "log-softmax long row" : "softmax long row");
+            for (size_t i = cols; i < cols + 8; i++) CHECK(y2[i] == 12345.0f);
+        }
+        free(x), free(y1), free(y2);
     }
 }
 

@@ -68,6 +68,14 @@ static inline __m256 erf256_ps(__m256 x) {
     return _mm256_blendv_ps(large, erf_small256_ps(x), _mm256_cmp_ps(ax, one, _CMP_LT_OQ));
 }
 
+/* GELU's tanh approximation 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), computed as the equal
+ * x sigmoid(2u): no cancellation in 1 + tanh(u) for negative x. */
+static inline __m256 gelu_tanh256_ps(__m256 x) {
+    __m256 t = _mm256_fmadd_ps(_mm256_mul_ps(x, x), _mm256_set1_ps(0.044715f), _mm256_set1_ps(1.0f));
+    __m256 z = _mm256_mul_ps(_mm256_mul_ps(x, t), _mm256_set1_ps(2.0f * 0.7978845608028654f));
+    return _mm256_mul_ps(x, sigmoid256_ps(z));
+}
+
 /* 0.5 x (1 + erf(x / sqrt 2)) with 1 + erf(u) = 2 - erfc(|u|) for u >= 0 and erfc(|u|) for u < 0: one
  * erfc evaluation (relative error < 1.2e-7, so tiny outputs for large negative x stay accurate). Near
  * u = 0 the absolute error of 1 + erf is ~1e-7 of a value close to 1, so no series branch is needed. */

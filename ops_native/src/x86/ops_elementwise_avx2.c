@@ -108,6 +108,7 @@ static int unary_avx2(on_unary_op op, const float *x, float *y, size_t n, float 
     case ON_UN_TANH: UN_BODY4(tanh256_ps); return 1;
     case ON_UN_ERF: UN_BODY4(erf256_ps); return 1;
     case ON_UN_GELU: UN_BODY4(gelu256_ps); return 1;
+    case ON_UN_GELU_TANH: UN_BODY4(gelu_tanh256_ps); return 1;
     case ON_UN_EXP: UN_BODY4(exp256_ps); return 1;
     case ON_UN_NEG: UN_BODY(_mm256_sub_ps(zero, v), 0); return 1;
     case ON_UN_ABS: UN_BODY(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), v), 0); return 1;
@@ -132,28 +133,61 @@ static inline float hmax256(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
+/* lanes [0, rem) of a vector: the row's last partial vector, read and written with masked moves
+ * (masked-off lanes are never touched), so no column falls back to scalar expf */
+static inline __m256i tail_mask256(size_t rem) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rem), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* Softmax and log-softmax of one row. Two accumulators per pass: an attention row (a few hundred
+ * columns) is otherwise bound by the latency of one max / add chain. */
 static int softmax_row_avx2(const float *x, float *y, size_t cols, int log) {
-    if (log) return 0;
     size_t i = 0;
-    __m256 vm = _mm256_set1_ps(-INFINITY);
-    for (; i + 8 <= cols; i += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(x + i));
-    float mx = hmax256(vm);
-    for (; i < cols; i++) mx = x[i] > mx ? x[i] : mx;
-    const __m256 m = _mm256_set1_ps(mx);
-    __m256 vs = _mm256_setzero_ps();
-    for (i = 0; i + 8 <= cols; i += 8) {
-        __m256 e = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
-        _mm256_storeu_ps(y + i, e);
-        vs = _mm256_add_ps(vs, e);
+    const size_t full = cols & ~(size_t)7, rem = cols - full;
+    const __m256i mask = tail_mask256(rem);
+    const __m256 fmask = _mm256_castsi256_ps(mask), ninf = _mm256_set1_ps(-INFINITY);
+    __m256 vm0 = ninf, vm1 = ninf;
+    for (; i + 16 <= full; i += 16) {
+        vm0 = _mm256_max_ps(vm0, _mm256_loadu_ps(x + i));
+        vm1 = _mm256_max_ps(vm1, _mm256_loadu_ps(x + i + 8));
     }
-    float sum = hsum256(vs);
-    for (; i < cols; i++) {
-        y[i] = expf(x[i] - mx);
-        sum += y[i];
+    if (i < full) vm0 = _mm256_max_ps(vm0, _mm256_loadu_ps(x + i));
+    if (rem) vm1 = _mm256_max_ps(vm1, _mm256_blendv_ps(ninf, _mm256_maskload_ps(x + full, mask), fmask));
+    const float mx = hmax256(_mm256_max_ps(vm0, vm1));
+    const __m256 m = _mm256_set1_ps(mx);
+    __m256 vs0 = _mm256_setzero_ps(), vs1 = _mm256_setzero_ps();
+    for (i = 0; i + 16 <= full; i += 16) {
+        __m256 e0 = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+        __m256 e1 = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), m));
+        if (!log) {
+            _mm256_storeu_ps(y + i, e0);
+            _mm256_storeu_ps(y + i + 8, e1);
+        }
+        vs0 = _mm256_add_ps(vs0, e0);
+        vs1 = _mm256_add_ps(vs1, e1);
+    }
+    if (i < full) {
+        __m256 e = exp256_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m));
+        if (!log) _mm256_storeu_ps(y + i, e);
+        vs0 = _mm256_add_ps(vs0, e);
+    }
+    if (rem) {
+        __m256 e = _mm256_and_ps(exp256_ps(_mm256_sub_ps(_mm256_maskload_ps(x + full, mask), m)), fmask);
+        if (!log) _mm256_maskstore_ps(y + full, mask, e);
+        vs1 = _mm256_add_ps(vs1, e);
+    }
+    const float sum = hsum256(_mm256_add_ps(vs0, vs1));
+    if (log) {
+        const __m256 lse = _mm256_set1_ps(logf(sum));
+        for (i = 0; i < full; i += 8)
+            _mm256_storeu_ps(y + i, _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), m), lse));
+        if (rem)
+            _mm256_maskstore_ps(y + full, mask, _mm256_sub_ps(_mm256_sub_ps(_mm256_maskload_ps(x + full, mask), m), lse));
+        return 1;
     }
     const __m256 inv = _mm256_set1_ps(1.0f / sum);
-    for (i = 0; i + 8 <= cols; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), inv));
-    for (; i < cols; i++) y[i] *= 1.0f / sum;
+    for (i = 0; i < full; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(y + i), inv));
+    if (rem) _mm256_maskstore_ps(y + full, mask, _mm256_mul_ps(_mm256_maskload_ps(y + full, mask), inv));
     return 1;
 }
 
