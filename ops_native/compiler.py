@@ -4,8 +4,9 @@ branch or a Loop / Scan body, run by ops/control.py).
 Steps, in order: convert nodes (loader), refuse unsupported ops (ops.is_supported), topological order,
 constant folding (passes.folding, with the executor's own kernels), fusions (passes.fusions), blocked
 layouts and the conv + residual fusion (passes.layout), channel Concats written in place by their convolutions
-(passes.concat), binding of every node to a callable (weights packed
-once; ops.build), and the memory plan (memory.plan_memory) that turns each node into a Step.
+(passes.concat), shape-only subgraphs run once per input shape (passes.shapes), binding of every node to a
+callable (weights packed once; ops.build), and the memory plan (memory.plan_memory) that turns each node into
+a Step.
 """
 
 from __future__ import annotations
