@@ -239,6 +239,9 @@ class RawClient:
 
 def relay_topic(run: str, k: int, stage: int) -> str:
     """Inbox of raw relay ``stage`` (1-based) in a chain of ``k`` relays; stage k+1 is the caller."""
+    if stage == k + 1:
+        # not "s<k+1>": relay k+1 subscribes to that for longer chains and would forward every reply too
+        return f"{RAW_PREFIX}/{run}/k{k}/reply"
     return f"{RAW_PREFIX}/{run}/k{k}/s{stage}"
 
 
@@ -257,7 +260,8 @@ def relay_main(argv: Sequence[str]) -> None:
         if not (msg.topic.startswith(prefix) and msg.topic.endswith(suffix)):
             print(f"relay {stage}: ignored message on {msg.topic}", file=sys.stderr)
             return
-        relay.publish(msg.topic[:-len(suffix)] + f"/s{stage + 1}", msg.payload, qos=1)
+        k = int(msg.topic[len(prefix):-len(suffix)].lstrip("k"))
+        relay.publish(relay_topic(run, k, stage + 1), msg.payload, qos=1)
 
     relay = RawClient(url, forward, client_id=f"relay-{run}-{stage}")
     relay.start()
