@@ -80,6 +80,9 @@ static const conv_case CASES[] = {
     {"nchwc spans chunks 72ch", 1, 72, 12, 13, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_NONE},
     {"nchwc spans groups 2 OCg16", 1, 32, 11, 13, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, ON_ACT_CLIP},
     {"nchwc spans rgb 5x5 s2", 1, 3, 41, 37, 16, 5, 5, 2, 2, 1, 1, 2, 2, 2, 2, 1, ON_ACT_RELU},
+    /* rows over NCHWC_SPAN / 2 pixels: a span is one row, or an equal piece of one over 128 pixels */
+    {"nchwc spans one row 9x61", 1, 16, 9, 61, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_LEAKY_RELU},
+    {"nchwc spans row pieces 3x150", 2, 8, 3, 150, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_NONE},
     /* pointwise sizes for the blocked path's flattened rows: one row, rows that tile the plane
      * exactly (16x16 = 4 x 64), and a prime-sized plane (no exact tiling: copied, last row short) */
     {"1x1 16x16 deep", 2, 40, 16, 16, 24, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_NONE},
