@@ -1,7 +1,7 @@
 """Direct convolutions into a blocked (NCHWc8) output, against ONNX Runtime (rtol 1e-4, atol 1e-4) on
-every ISA at 1 and 2 threads. On AVX2 these run as pixel spans (conv_nchwc.c): a whole small plane, spans
-across the row ends of narrow rows, one span per wide row or equal pieces of a row over 128 pixels; the
-tiles store into y (bias, activation and residual in registers, partial sums of the channel chunks in y).
+every ISA at 1 and 2 threads. On AVX2, rows under 24 pixels run as pixel spans (conv_nchwc.c): a whole
+small plane, or spans across the row ends; the tiles store into y (bias, activation and residual in
+registers, partial sums of the channel chunks in y). Wider rows and 1x1 planes take the row kernel.
 The geometry grid covers every border case of the padded input (pads on one side, both, none; stride 2;
 dilation 2), odd widths, remainders of every tile width and a channel count that leaves pad lanes."""
 
@@ -17,7 +17,7 @@ from ops_native import _core
 ISAS = _core.available_isas()
 
 # (name, C, OC, H, W, K, stride, dilation, pads t/l/b/r): output planes from 1 pixel to past 128, rows
-# of 1..49 pixels (spans across rows), 61 and 150 pixels (one span a row, two pieces a row)
+# of 1..23 pixels (spans across rows), 24 pixels and more (the row kernel)
 GEOMETRIES = [
     ("one-pixel", 16, 24, 3, 3, 3, 1, 1, (0, 0, 0, 0)),
     ("7x7 plane", 32, 40, 7, 7, 3, 1, 1, (1, 1, 1, 1)),

@@ -248,7 +248,6 @@ typedef struct {
     on_nchwc_row_fn row;
     on_nchwc_span_fn span; /* non-NULL: units are pixel spans into the blocked y, not rows */
     size_t span_len, nspan; /* pixels per span (the last one shorter), spans per plane */
-    size_t row_pieces;      /* 0: spans run across rows; else spans are pieces of one row, this many a row */
     on_nchwc_pack_fn pack;
     const nchwc_blocking *bl; /* the output blocking the row kernel uses */
     size_t row_units, grab; /* rows are handed out `grab` units at a time from next_unit */
@@ -320,15 +319,7 @@ static void spans_range(nchwc_job *j, size_t begin, size_t end) {
         size_t yo = (g * pl->OCg + oc0) / C0 * r.ystride; /* groups start at a block (on_nchwc_layout_ok) */
         r.y = j->y + yo;
         r.sum = j->sum ? j->sum + yo : NULL;
-        size_t p0, p1;
-        if (j->row_pieces) {
-            size_t oh = s / j->row_pieces, q = s % j->row_pieces;
-            p0 = oh * j->OW + q * j->span_len;
-            p1 = oh * j->OW + (j->OW - q * j->span_len < j->span_len ? j->OW : (q + 1) * j->span_len);
-        } else {
-            p0 = s * j->span_len;
-            p1 = j->out_plane - p0 < j->span_len ? j->out_plane : p0 + j->span_len;
-        }
+        size_t p0 = s * j->span_len, p1 = j->out_plane - p0 < j->span_len ? j->out_plane : p0 + j->span_len;
         j->span(&r, p0, p1);
     }
 }
@@ -402,10 +393,13 @@ int on_nchwc_layout_ok(const on_nchwc_plan *pl, on_layout xl, on_layout yl) {
 #define NCHWC_FLAT_ROW 96
 /* Pixels per span of the span kernels: a whole plane up to ON_NCHWC_SPAN_MAX (7x7, 8x8, 11x11), else
  * about this many, a multiple of every 8-channel pixel tile (4, 6, 8), so only the plane's last span
- * has a partial tile; input rows + output tiles of a span stay in L1 next to the weight chunk.
- * Rows longer than NCHWC_SPAN / 2 already fill tiles: there a span is one row (or an equal piece of a
- * row over ON_NCHWC_SPAN_MAX), since a span across a row end would read the input rows of two. */
+ * has a partial tile; input rows + output tiles of a span stay in L1 next to the weight chunk. */
 #define NCHWC_SPAN 96
+/* Spans only for output rows shorter than this: a 7- or 14-pixel row leaves a 3- or 2-pixel tile per
+ * row and pulls each weight chunk into L1 for a few tiles (3x3 512 @7 and 256 @14 measured 8-16% faster
+ * as spans); rows of 28 and more already fill their tiles, and there (and on flattened 1x1 planes) the
+ * row kernel's rowbuf measured equal or up to ~10% faster than accumulating in the strided y blocks. */
+#define NCHWC_SPAN_MAX_OW 24
 
 on_status on_nchwc_run(const on_nchwc_plan *pl, size_t N, size_t H, size_t W, size_t OH, size_t OW,
                        const float *x, float *y, int nthreads) {
@@ -465,20 +459,17 @@ on_status on_nchwc_run_layout(const on_nchwc_plan *pl, size_t N, size_t H, size_
     const int sum_overlaps = sum && sa < ya + ybytes && ya < sa + ybytes;
     j.span = NULL;
     j.span_len = j.nspan = 1;
-    j.row_pieces = 0;
-    if (k->nchwc_span && j.bl == &pl->b8 && yl == ON_LAYOUT_NCHWC8 && !sum_overlaps) {
+    if (k->nchwc_span && j.bl == &pl->b8 && yl == ON_LAYOUT_NCHWC8 && !sum_overlaps && !pointwise &&
+        OW < NCHWC_SPAN_MAX_OW) {
         j.span = k->nchwc_span;
         const size_t P = j.out_plane, tile = 24; /* lcm of the tile widths 4, 6, 8 */
         if (P <= ON_NCHWC_SPAN_MAX) {
             j.span_len = P;
-        } else if (OW > NCHWC_SPAN / 2 && !pointwise) { /* (a flattened 1x1 plane has no row ends) */
-            j.row_pieces = (OW + ON_NCHWC_SPAN_MAX - 1) / ON_NCHWC_SPAN_MAX;
-            j.span_len = (OW + j.row_pieces - 1) / j.row_pieces;
         } else {
             size_t n = (P + NCHWC_SPAN - 1) / NCHWC_SPAN, len = (P + n - 1) / n;
             j.span_len = (len + tile - 1) / tile * tile;
         }
-        j.nspan = j.row_pieces ? OH * j.row_pieces : (P + j.span_len - 1) / j.span_len;
+        j.nspan = (P + j.span_len - 1) / j.span_len;
     }
     /* a blocked input of a pointwise group-1 conv already is the copy the kernels read */
     const int in_place = pointwise && xl == ON_LAYOUT_NCHWC8 && p->group == 1 && j.PH * j.PW == j.in_plane;

@@ -319,7 +319,7 @@ static inline __attribute__((always_inline)) void tile_px(const int NB, const in
 }
 
 #define SPAN_TAIL(NB, CB8, PMAX)                                                                    \
-    switch (p1 - p) {                                                                               \
+    switch (n) {                                                                                    \
     case 1: tile_px(NB, 1, CB8, r, xo + (p - p0), y, sm, i0, i1, b0, b1, b2, lanes, first, last, act); break; \
     case 2: tile_px(NB, 2, CB8, r, xo + (p - p0), y, sm, i0, i1, b0, b1, b2, lanes, first, last, act); break; \
     case 3: if (PMAX > 3) tile_px(NB, 3, CB8, r, xo + (p - p0), y, sm, i0, i1, b0, b1, b2, lanes, first, last, act); break; \
@@ -351,16 +351,17 @@ static inline __attribute__((always_inline)) void span_nb(const int NB, const in
     for (size_t i0 = 0; i0 < r->ncb; i0 += chunk) {
         size_t i1 = r->ncb - i0 < chunk ? r->ncb : i0 + chunk;
         int first = i0 == 0, last = i1 == r->ncb, act = has_act && last;
-        size_t p = p0;
-        for (; p + (size_t)P <= p1; p += (size_t)P) {
+        for (size_t p = p0, n; p < p1; p += n) {
+            /* full tiles; a remainder of up to P/2 pixels joins the last full tile and the two are
+             * split evenly (4 + 1 -> 3 + 2 pixels): a 1- or 2-pixel tile has too few accumulators to
+             * hide the FMA latency */
+            const size_t left = p1 - p;
+            n = left < (size_t)P ? left : (size_t)P;
+            if (left > (size_t)P && left - (size_t)P <= (size_t)P / 2) n = (left + 1) / 2;
             float *y = r->y + p * C0;
             const float *sm = r->sum ? r->sum + p * C0 : NULL;
-            tile_px(NB, P, CB8, r, xo + (p - p0), y, sm, i0, i1, b0, b1, b2, lanes, first, last, act);
-        }
-        if (p < p1) {
-            float *y = r->y + p * C0;
-            const float *sm = r->sum ? r->sum + p * C0 : NULL;
-            SPAN_TAIL(NB, CB8, P)
+            if (n == (size_t)P) tile_px(NB, P, CB8, r, xo + (p - p0), y, sm, i0, i1, b0, b1, b2, lanes, first, last, act);
+            else SPAN_TAIL(NB, CB8, P)
         }
     }
 }
