@@ -1,10 +1,12 @@
 """Convolution layers of MobileNetV2 and ResNet: the native core vs ONNX Runtime, 1 and 2 threads.
 
-    python -m benchmarks.bench_conv [--quick] [--json out.json]
+    python -m benchmarks.bench_conv [--quick] [--blocked] [--json out.json]
 
 Each layer is one Conv (+ its activation, which both sides fuse: Clip(0, 6) for MobileNetV2, Relu for
 ResNet) with constant weights. Timing as in bench_gemm: best run of alternating blocks. "speed" =
 ORT ms / ours ms (> 1: we are faster); "%peak" is per core against the measured FMA peak (bench_gemm).
+--blocked runs ours with NCHWc8 input and output where the plan allows it (as inside a model after the
+layout pass); ORT still gets the NCHW model, so its time includes its own reorders to and from NCHWc.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ LAYERS = [
     ("resnet 3x3 128 @28", (128, 28, 28), 128, 3, 1, 1, "relu"),
     ("resnet 3x3 256 @14", (256, 14, 14), 256, 3, 1, 1, "relu"),
     ("resnet 3x3 s2 128->256 @28", (128, 28, 28), 256, 3, 2, 1, "relu"),
+    ("resnet 3x3 512 @7", (512, 7, 7), 512, 3, 1, 1, "relu"),
+    ("resnet 1x1 2048->512 @7", (2048, 7, 7), 512, 1, 1, 1, "relu"),
     # PP-OCRv4 det (1x3x640x640): the two 96->24 3x3 layers at 160x160 are ~half of its FLOPs
     ("ppocr stem 3x3 s2 3->16 @640", (3, 640, 640), 16, 3, 2, 1, "none"),
     ("ppocr 3x3 96->24 @160", (96, 160, 160), 24, 3, 1, 1, "none"),
@@ -72,11 +76,27 @@ def conv_model(w: np.ndarray, b: np.ndarray, x_shape: tuple, stride: int, pad: i
     return model.SerializeToString()
 
 
+def to_nchwc8(x: np.ndarray) -> np.ndarray:
+    """[N, C, H, W] -> [N, ceil(C/8), H, W, 8], pad channels zero."""
+    n, c, h, w = x.shape
+    cb = -(-c // 8)
+    xp = np.zeros((n, cb * 8, h, w), np.float32)
+    xp[:, :c] = x
+    return np.ascontiguousarray(xp.reshape(n, cb, 8, h, w).transpose(0, 1, 3, 4, 2))
+
+
+def from_nchwc8(y: np.ndarray, c: int) -> np.ndarray:
+    """[N, C/8, H, W, 8] -> [N, c, H, W]."""
+    n, cb, h, w, _ = y.shape
+    return y.transpose(0, 1, 4, 2, 3).reshape(n, cb * 8, h, w)[:, :c]
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the conv-layer comparison and print the table; returns the rows."""
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=None, help="seconds per measurement (default 1.0, quick 0.3)")
     p.add_argument("--only", default="", help="run only the layers whose name contains this text")
+    p.add_argument("--blocked", action="store_true", help="ours reads and writes NCHWc8 where the plan allows")
     args = p.parse_args(argv)
     budget = args.budget or (0.3 if args.quick else 1.0)
     rng = np.random.default_rng(0)
@@ -90,30 +110,39 @@ def main(argv: Sequence[str] | None = None) -> dict:
         w = rng.standard_normal((oc, c // group, k, k), dtype=np.float32) / np.float32(np.sqrt(c // group * k * k))
         b = rng.standard_normal(oc, dtype=np.float32)
         ours_act = {"relu6": "clip", "relu": "relu"}.get(act, "none")
-        conv = core.Conv2d(w, b, strides=(stride, stride), pads=(pad,) * 4, group=group, act=ours_act,
-                           act_alpha=0.0, act_beta=6.0)
+        geo = {"strides": (stride, stride), "pads": (pad,) * 4, "group": group}
+        lay = {"in_layout": "nchw", "out_layout": "nchw"}
+        if args.blocked:
+            for il in ("nchwc8", "nchw"):
+                if core.conv_layout_ok(w.shape, in_layout=il, out_layout="nchwc8", **geo):
+                    lay = {"in_layout": il, "out_layout": "nchwc8"}
+                    break
+        conv = core.Conv2d(w, b, act=ours_act, act_alpha=0.0, act_beta=6.0, **geo, **lay)
         model = conv_model(w, b, x.shape, stride, pad, group, act)
-        out = np.empty(conv.output_shape(x.shape), np.float32)
-        _, _, oh, ow = out.shape
+        xo = to_nchwc8(x) if lay["in_layout"] == "nchwc8" else x
+        out = np.empty(conv.output_shape(xo.shape), np.float32)
+        oh, ow = out.shape[2:4]
         flops = 2.0 * oc * oh * ow * (c // group) * k * k
         for threads in (1, 2):
             sess = ort_session(model, threads)
             feed = {"x": x}
             ref = sess.run(None, feed)[0]
-            np.testing.assert_allclose(conv.run(x, out=out, threads=threads), ref, rtol=1e-3, atol=1e-3)
-            ours_ms, ort_ms = best_pair_ms(partial(conv.run, x, out=out, threads=threads),
+            got = conv.run(xo, out=out, threads=threads)
+            got = from_nchwc8(got, oc) if lay["out_layout"] == "nchwc8" else got
+            np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-3)
+            ours_ms, ort_ms = best_pair_ms(partial(conv.run, xo, out=out, threads=threads),
                                            partial(sess.run, None, feed), budget)
             gflops = flops / (ours_ms * 1e-3) / 1e9
             pct = 100.0 * gflops / (peak * threads)
             speed = ort_ms / ours_ms
-            rows.append([name, conv.path, threads, fmt(ours_ms), fmt(ort_ms), fmt_ratio(speed), fmt(gflops),
+            rows.append([name, conv.path + (" c8" if lay["out_layout"] == "nchwc8" else ""), threads, fmt(ours_ms), fmt(ort_ms), fmt_ratio(speed), fmt(gflops),
                          f"{pct:.0f}%"])
             records.append({"layer": name, "path": conv.path, "threads": threads, "ours_ms": ours_ms,
                             "ort_ms": ort_ms, "speed_vs_ort": speed, "gflops": gflops, "pct_peak": pct})
     table(f"Conv layers ops_native ({core.isa()}) vs ONNX Runtime {ort.__version__}",
           ["layer", "path", "threads", "ours ms", "ORT ms", "speed (ORT/ours)", "GFLOP/s", "%peak"], rows,
           caption=f"best run of alternating blocks; %peak vs {peak:.0f} GFLOP/s per core ({core.isa()} FMA loop)")
-    result = {"isa": core.isa(), "peak_gflops_per_core": peak, "conv": records}
+    result = {"isa": core.isa(), "peak_gflops_per_core": peak, "blocked": args.blocked, "conv": records}
     write_json(args.json, result)
     return result
 

@@ -119,6 +119,19 @@ void on_conv_nchwc_row16__avx512(const on_nchwc_row *r, size_t oh);
 void on_conv_nchwc_row__neon(const on_nchwc_row *r, size_t oh);
 #endif
 
+/* Output pixels [p0, p1) of the plane (pixel p = oh * OW + ow, p1 - p0 <= ON_NCHWC_SPAN_MAX) of one block
+ * group, written straight into the NCHWc8 output: r->y / r->sum point at pixel 0 of the group's first
+ * 8-channel block (blocks r->ystride apart), r->OW is the output row width, r->x the group's padded copy
+ * as for a row; rowbuf, ow_pad and y_blocked are unused. Partial sums of the input-channel chunks live
+ * in y itself; bias, activation and the residual are applied in registers on the last chunk, lanes
+ * past oc_valid are stored as zeros. Only 8-channel blocks with an ISA kernel for them (AVX2 today);
+ * NULL in a table means the driver runs rows. */
+#define ON_NCHWC_SPAN_MAX 128
+typedef void (*on_nchwc_span_fn)(const on_nchwc_row *r, size_t p0, size_t p1);
+#if defined(__x86_64__)
+void on_conv_nchwc_span__avx2(const on_nchwc_row *r, size_t p0, size_t p1);
+#endif
+
 /* Transpose rowbuf [nb][ow_pad][ON_C0] into the NCHW row r->y, applying sigmoid if that is the
  * activation (the kernels apply the others in registers). Portable; hands a y_blocked row to
  * on_nchwc_store_blocked. */

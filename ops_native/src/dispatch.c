@@ -48,6 +48,7 @@ static const on_kernel_table k_avx2 = {
     .transpose = on_transpose_f32__avx2,
     .nchwc_row = on_conv_nchwc_row__avx2,
     .nchwc_row16 = NULL,
+    .nchwc_span = on_conv_nchwc_span__avx2,
     .nchwc_pack = on_conv_nchwc_pack__avx2,
     .ops = &on_ops_table_avx2,
     .chan = &on_chan_table_avx2,

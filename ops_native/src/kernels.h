@@ -24,6 +24,7 @@ typedef struct {
     on_transpose_fn transpose;     /* f32 matrix transpose (1x1 conv on a small image) */
     on_nchwc_row_fn nchwc_row;     /* direct NCHWc conv: one output row of 8-channel blocks */
     on_nchwc_row_fn nchwc_row16;   /* the same with 16-channel blocks (AVX-512F), NULL elsewhere */
+    on_nchwc_span_fn nchwc_span;   /* direct NCHWc conv into a blocked output, pixel spans across rows; or NULL */
     on_nchwc_pack_fn nchwc_pack;   /* gather an NCHW input row into channel-interleaved form */
     const on_ops_table *ops;       /* row kernels of the elementwise / norm / pool / reduce ops */
     const on_chan_table *chan;     /* row kernels of LRN and PRelu (on_chanops.h) */

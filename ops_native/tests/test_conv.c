@@ -71,6 +71,19 @@ static const conv_case CASES[] = {
     /* 14- and 28-wide output rows: the AVX-512 2x14 tiles (stride 1 and 2, a partial 16-channel group) */
     {"nchwc 14-wide rows", 2, 16, 14, 14, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_RELU},
     {"nchwc s2 to 28-wide rows", 1, 24, 56, 56, 32, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, ON_ACT_NONE},
+    /* blocked outputs past ON_NCHWC_SPAN_MAX pixels with rows under 24: several pixel spans (AVX2), tiles
+     * across row ends,
+     * odd widths, stride / dilation / asymmetric pads, partial sums over channel chunks kept in y, and a
+     * sigmoid (act(0) != 0) whose pad lanes must still be stored as zeros */
+    {"nchwc spans odd width 13x19", 1, 24, 13, 19, 40, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_RELU},
+    {"nchwc spans s2 dil2 asym", 1, 16, 31, 29, 24, 3, 3, 2, 2, 2, 2, 2, 1, 0, 2, 1, ON_ACT_HARDSWISH},
+    {"nchwc spans sigmoid OC13", 2, 16, 12, 12, 13, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_SIGMOID},
+    {"nchwc spans chunks 72ch", 1, 72, 12, 13, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_NONE},
+    {"nchwc spans groups 2 OCg16", 1, 32, 11, 13, 32, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, ON_ACT_CLIP},
+    {"nchwc spans rgb 5x5 s2", 1, 3, 41, 37, 16, 5, 5, 2, 2, 1, 1, 2, 2, 2, 2, 1, ON_ACT_RELU},
+    /* blocked outputs with rows of 24 pixels or more: the row kernel (rowbuf), beside the spans above */
+    {"nchwc spans one row 9x61", 1, 16, 9, 61, 24, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_LEAKY_RELU},
+    {"nchwc spans row pieces 3x150", 2, 8, 3, 150, 16, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_NONE},
     /* pointwise sizes for the blocked path's flattened rows: one row, rows that tile the plane
      * exactly (16x16 = 4 x 64), and a prime-sized plane (no exact tiling: copied, last row short) */
     {"1x1 16x16 deep", 2, 40, 16, 16, 24, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_NONE},

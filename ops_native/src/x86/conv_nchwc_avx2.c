@@ -240,3 +240,146 @@ void on_conv_nchwc_pack__avx2(const float *src, size_t plane_stride, size_t nch,
     for (; iw < W; iw++)
         for (size_t c = 0; c < C0; c++) dst[iw * C0 + c] = src[c * plane_stride + iw];
 }
+
+/* ---- pixel spans into a blocked output (on_nchwc_span_fn) -------------------------------------- */
+
+/* One tile of NB blocks x P pixels whose windows start at x + xo[0..P-1] (any rows: a span runs across
+ * row ends, so a 7x7 or 14x14 map fills whole tiles and each weight chunk pulled into L1 serves the
+ * whole span instead of one short row). y / sm: pixel 0 of the tile in block 0. */
+#define FMA_PX(q)                                                                                   \
+    if (P > q) {                                                                                    \
+        const __m256 xv = _mm256_broadcast_ss(t##q + ci);                                           \
+        a0##q = _mm256_fmadd_ps(xv, w0, a0##q);                                                     \
+        if (NB > 1) a1##q = _mm256_fmadd_ps(xv, w1, a1##q);                                         \
+        if (NB > 2) a2##q = _mm256_fmadd_ps(xv, w2, a2##q);                                         \
+    }
+#define ACC_INIT(q)                                                                                 \
+    __m256 a0##q = z, a1##q = z, a2##q = z;                                                         \
+    if (P > q && !first) {                                                                          \
+        a0##q = _mm256_loadu_ps(y + (q) * C0);                                                      \
+        if (NB > 1) a1##q = _mm256_loadu_ps(y + ys + (q) * C0);                                     \
+        if (NB > 2) a2##q = _mm256_loadu_ps(y + 2 * ys + (q) * C0);                                 \
+    }
+#define PX_PTR(q) const float *x##q = P > q ? x + xo[q] : x;
+#define TAP_PTR(q) const float *t##q = x##q + o;
+#define OUT_ONE(b, q, bb)                                                                           \
+    {                                                                                               \
+        __m256 v = a##b##q;                                                                         \
+        if (last) {                                                                                 \
+            v = _mm256_add_ps(v, bb);                                                               \
+            if (act) v = act_avx2(v, &r->act);                                                      \
+            if (sm) v = _mm256_add_ps(v, _mm256_loadu_ps(sm + (b) * ys + (q) * C0));                \
+            if ((b) == NB - 1) v = _mm256_and_ps(v, lanes);                                         \
+        }                                                                                           \
+        _mm256_storeu_ps(y + (b) * ys + (q) * C0, v);                                               \
+    }
+#define OUT_PX(q)                                                                                   \
+    if (P > q) {                                                                                    \
+        OUT_ONE(0, q, bb0)                                                                          \
+        if (NB > 1) OUT_ONE(1, q, bb1)                                                              \
+        if (NB > 2) OUT_ONE(2, q, bb2)                                                              \
+    }
+
+static inline __attribute__((always_inline)) void tile_px(const int NB, const int P, const int CB8,
+                                                          const on_nchwc_row *r, const size_t *xo, float *y,
+                                                          const float *sm, size_t icb0, size_t icb1, __m256 bb0,
+                                                          __m256 bb1, __m256 bb2, __m256 lanes, int first,
+                                                          int last, int act) {
+    const __m256 z = _mm256_setzero_ps();
+    const size_t CB = CB8 ? C0 : r->CB, rs = r->PW * CB, cs = r->PH * rs;
+    const size_t KH = r->KH, KW = r->KW, dhs = r->dh * rs, dws = r->dw * CB, wst = r->wstride;
+    const size_t ys = r->ystride;
+    const float *x = r->x;
+    ACC_INIT(0) ACC_INIT(1) ACC_INIT(2) ACC_INIT(3) ACC_INIT(4) ACC_INIT(5) ACC_INIT(6) ACC_INIT(7)
+    PX_PTR(0) PX_PTR(1) PX_PTR(2) PX_PTR(3) PX_PTR(4) PX_PTR(5) PX_PTR(6) PX_PTR(7)
+    const float *wp = r->w + icb0 * KH * KW * CB * C0;
+    for (size_t icb = icb0; icb < icb1; icb++)
+        for (size_t kh = 0; kh < KH; kh++)
+            for (size_t kw = 0; kw < KW; kw++) {
+                const size_t o = icb * cs + kh * dhs + kw * dws;
+                TAP_PTR(0) TAP_PTR(1) TAP_PTR(2) TAP_PTR(3) TAP_PTR(4) TAP_PTR(5) TAP_PTR(6) TAP_PTR(7)
+                if (CB8) {
+#pragma GCC unroll 8
+                    for (size_t ci = 0; ci < C0; ci++, wp += C0) {
+                        const __m256 w0 = _mm256_loadu_ps(wp);
+                        const __m256 w1 = NB > 1 ? _mm256_loadu_ps(wp + wst) : w0;
+                        const __m256 w2 = NB > 2 ? _mm256_loadu_ps(wp + 2 * wst) : w0;
+                        FMA_PX(0) FMA_PX(1) FMA_PX(2) FMA_PX(3) FMA_PX(4) FMA_PX(5) FMA_PX(6) FMA_PX(7)
+                    }
+                } else {
+                    for (size_t ci = 0; ci < CB; ci++, wp += C0) {
+                        const __m256 w0 = _mm256_loadu_ps(wp);
+                        const __m256 w1 = NB > 1 ? _mm256_loadu_ps(wp + wst) : w0;
+                        const __m256 w2 = NB > 2 ? _mm256_loadu_ps(wp + 2 * wst) : w0;
+                        FMA_PX(0) FMA_PX(1) FMA_PX(2) FMA_PX(3) FMA_PX(4) FMA_PX(5) FMA_PX(6) FMA_PX(7)
+                    }
+                }
+            }
+    OUT_PX(0) OUT_PX(1) OUT_PX(2) OUT_PX(3) OUT_PX(4) OUT_PX(5) OUT_PX(6) OUT_PX(7)
+}
+
+#define SPAN_TAIL(NB, CB8, PMAX)                                                                    \
+    switch (n) {                                                                                    \
+    case 1: tile_px(NB, 1, CB8, r, xo + (p - p0), y, sm, i0, i1, b0, b1, b2, lanes, first, last, act); break; \
+    case 2: tile_px(NB, 2, CB8, r, xo + (p - p0), y, sm, i0, i1, b0, b1, b2, lanes, first, last, act); break; \
+    case 3: if (PMAX > 3) tile_px(NB, 3, CB8, r, xo + (p - p0), y, sm, i0, i1, b0, b1, b2, lanes, first, last, act); break; \
+    case 4: if (PMAX > 4) tile_px(NB, 4, CB8, r, xo + (p - p0), y, sm, i0, i1, b0, b1, b2, lanes, first, last, act); break; \
+    case 5: if (PMAX > 5) tile_px(NB, 5, CB8, r, xo + (p - p0), y, sm, i0, i1, b0, b1, b2, lanes, first, last, act); break; \
+    case 6: if (PMAX > 6) tile_px(NB, 6, CB8, r, xo + (p - p0), y, sm, i0, i1, b0, b1, b2, lanes, first, last, act); break; \
+    case 7: if (PMAX > 7) tile_px(NB, 7, CB8, r, xo + (p - p0), y, sm, i0, i1, b0, b1, b2, lanes, first, last, act); break; \
+    default: break;                                                                                 \
+    }
+
+static inline __attribute__((always_inline)) void span_nb(const int NB, const int CB8, const on_nchwc_row *r,
+                                                          size_t p0, size_t p1) {
+    const int P = NB == 1 ? 8 : (NB == 2 ? 6 : 4);
+    /* each pixel's window origin in the padded copy, computed once for all chunks */
+    size_t xo[ON_NCHWC_SPAN_MAX];
+    const size_t rs = r->PW * r->CB;
+    for (size_t p = p0, oh = p0 / r->OW, ow = p0 % r->OW; p < p1; p++) {
+        xo[p - p0] = oh * r->sh * rs + ow * r->sw * r->CB;
+        if (++ow == r->OW) ow = 0, oh++;
+    }
+    const __m256 b0 = _mm256_loadu_ps(r->bias);
+    const __m256 b1 = NB > 1 ? _mm256_loadu_ps(r->bias + C0) : b0;
+    const __m256 b2 = NB > 2 ? _mm256_loadu_ps(r->bias + 2 * C0) : b0;
+    const __m256 lanes = _mm256_castsi256_ps(tail_mask(r->oc_valid - (size_t)(NB - 1) * C0));
+    const int has_act = r->act.kind != ON_ACT_NONE;
+    size_t per_icb = (size_t)NB * r->KH * r->KW * r->CB * C0 * sizeof(float);
+    size_t chunk = NCHWC_L1_WEIGHTS / per_icb;
+    if (chunk < 1) chunk = 1;
+    for (size_t i0 = 0; i0 < r->ncb; i0 += chunk) {
+        size_t i1 = r->ncb - i0 < chunk ? r->ncb : i0 + chunk;
+        int first = i0 == 0, last = i1 == r->ncb, act = has_act && last;
+        for (size_t p = p0, n; p < p1; p += n) {
+            /* full tiles; a remainder of up to P/2 pixels joins the last full tile and the two are
+             * split evenly (4 + 1 -> 3 + 2 pixels): a 1- or 2-pixel tile has too few accumulators to
+             * hide the FMA latency */
+            const size_t left = p1 - p;
+            n = left < (size_t)P ? left : (size_t)P;
+            if (left > (size_t)P && left - (size_t)P <= (size_t)P / 2) n = (left + 1) / 2;
+            float *y = r->y + p * C0;
+            const float *sm = r->sum ? r->sum + p * C0 : NULL;
+            if (n == (size_t)P) tile_px(NB, P, CB8, r, xo + (p - p0), y, sm, i0, i1, b0, b1, b2, lanes, first, last, act);
+            else SPAN_TAIL(NB, CB8, P)
+        }
+    }
+}
+
+void on_conv_nchwc_span__avx2(const on_nchwc_row *r, size_t p0, size_t p1) {
+    const int cb8 = r->CB == C0;
+    switch (r->nb) {
+    case 1:
+        if (cb8) span_nb(1, 1, r, p0, p1);
+        else span_nb(1, 0, r, p0, p1);
+        break;
+    case 2:
+        if (cb8) span_nb(2, 1, r, p0, p1);
+        else span_nb(2, 0, r, p0, p1);
+        break;
+    default:
+        if (cb8) span_nb(3, 1, r, p0, p1);
+        else span_nb(3, 0, r, p0, p1);
+        break;
+    }
+}
