@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import pytest
 
@@ -332,62 +331,3 @@ def test_a_seeder_sends_new_requesters_to_peers_that_hold_the_blob_and_serves_th
         for t, _, _, _, serving in nodes:
             serving.close()
             t.close()
-
-
-class _SlowFirstChunkStore(BlobStore):
-    """A store whose first two chunk writes wait (a slow disk): the first until the whole first window has
-    been delivered to the fetcher, the second until the holder has served more than one window."""
-
-    def __init__(self, root, delivered, server: BlobServer, window: int) -> None:
-        super().__init__(root)
-        self.delivered, self.server, self.window = delivered, server, window
-        self.writes = 0
-        self.served_past_window = False
-
-    def put_chunk(self, sha, index, data, expected_chunk_sha, chunk_size) -> None:
-        self.writes += 1
-        if self.writes == 1:
-            end = time.monotonic() + 20
-            while len(self.delivered) < self.window and time.monotonic() < end:
-                time.sleep(0.01)
-        elif self.writes == 2:
-            end = time.monotonic() + 20
-            while self.server.served_chunks <= self.window and time.monotonic() < end:
-                time.sleep(0.01)
-            self.served_past_window = self.server.served_chunks > self.window
-        super().put_chunk(sha, index, data, expected_chunk_sha, chunk_size)
-
-
-def test_received_chunks_free_their_window_slots_before_the_store_has_written_them(mosquitto, tmp_path) -> None:
-    """The transfer window bounds chunks on the way, not chunks waiting for a slow disk: while the store
-    is still busy with the first chunks, the fetcher already asks for the next window (bounded: at most one
-    window more waits in memory)."""
-    from edge_agent.transport.blobs import WINDOW
-
-    server_t = Transport(mosquitto.url).start()
-    client_t = Transport(mosquitto.url).start()
-    server_ep = topics.client_endpoint("t", "server")
-    client_ep = topics.device_endpoint("t", "client")
-    server = BlobServer(server_t, server_ep)
-    server_t.subscribe(topics.inbox_filter(server_ep, "cmd"), server.handle)
-    delivered: list[int] = []
-    store = _SlowFirstChunkStore(tmp_path / "client", delivered, server, WINDOW)
-    fetcher = BlobFetcher(client_t, client_ep, store)
-
-    def deliver(topic: str, payload: bytes, retained: bool) -> None:
-        fetcher.deliver(topic, payload, retained)
-        delivered.append(1)
-
-    client_t.subscribe(topics.inbox_filter(client_ep, "blob"), deliver)
-    try:
-        cs = 64 * 1024
-        data = os.urandom((3 * WINDOW + 5) * cs)
-        sha = server.add(data)
-        fetcher.fetch(TransferSpec(sha, len(data), cs, chunk_digests(data, cs)), [server_ep], timeout=60)
-        assert store.get(sha) == data
-        assert store.served_past_window          # the next window was asked for while the disk was busy
-        assert WINDOW - 1 <= fetcher.arrived_ahead <= 2 * WINDOW   # a window ahead of the disk, not more
-    finally:
-        server.close()
-        server_t.close()
-        client_t.close()

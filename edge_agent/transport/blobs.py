@@ -17,7 +17,6 @@ live peers hold the blob (``peer_holders``) also sends *new* requesters to them,
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import secrets
@@ -252,7 +251,6 @@ class BlobFetcher:
         self.slow_after_s = SLOW_AFTER_S
         self.min_rate_bps = MIN_RATE_BPS
         self.stalled_sources = 0   # sources dropped because they stopped delivering (slow or silent peers)
-        self.arrived_ahead = 0     # most chunks received and waiting for the store at once (the window moved on)
 
     def deliver(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
@@ -387,16 +385,6 @@ class BlobFetcher:
                     live.insert(0, src)
 
         last_look = time.monotonic()
-        arrived: collections.deque[tuple[BlobChunk, str]] = collections.deque()   # received, not yet stored
-
-        def take(chunk: BlobChunk, sender: str) -> None:
-            """A chunk off the network: an answer of a source it was asked of frees its window slot now."""
-            arrived.append((chunk, sender))
-            src = source_of.get(chunk.nonce)
-            if (src is not None and topics.last_segment(src) == sender and not chunk.error
-                    and asked_of.get(chunk.index) == src and asked.pop(chunk.index, None) is not None):
-                progress_at[src] = time.monotonic()
-                self.arrived_ahead = max(self.arrived_ahead, len(arrived))
 
         while len(have) < n:
             if cancel is not None and cancel.is_set():
@@ -424,25 +412,14 @@ class BlobFetcher:
             if busy_until and now - last_look > BUSY_BACKOFF_S / 2:
                 last_look = now
                 look_again()
-            # the window counts chunks on the way, not chunks waiting here for the store: what arrived frees its
-            # slot before it is verified and written, so the link stays busy while the disk works. What waits
-            # here is bounded too (one more window at most)
-            try:
-                while True:
-                    take(*q.get_nowait())
-            except queue.Empty:
-                pass
-            room = WINDOW - len(asked) - max(0, len(arrived) - WINDOW)
+            room = WINDOW - len(asked)
             if room > 0 and todo and (room >= REFILL or len(todo) <= room):
                 batch, todo = todo[:room], todo[room:]
                 ask(batch)
-            if not arrived:
-                try:
-                    take(*q.get(timeout=0.5))
-                except queue.Empty:
-                    pass
-                continue   # refill for what just arrived before storing it
-            chunk, sender = arrived.popleft()
+            try:
+                chunk, sender = q.get(timeout=0.5)
+            except queue.Empty:
+                continue
             idx = chunk.index
             src = source_of.get(chunk.nonce)
             if src is None or topics.last_segment(src) != sender:
