@@ -201,30 +201,3 @@ def test_a_store_blob_is_verified_once_and_a_changed_one_is_no_longer_served(mos
             fetcher.fetch(TransferSpec(sha, len(data), cs, shas), [server_ep], timeout=30)
         assert not holder.has(sha)                 # found corrupt when it changed, and removed
         server.close()
-
-
-# ------------------------------------------------------------------------------------------- transport
-def test_a_publish_from_a_handler_is_written_before_the_handler_returns(mosquitto) -> None:
-    """A stage served inline forwards on paho's network thread: the message goes to the socket during the
-    publish call, not one loop turn later; a publish from any other thread is still left to the loop."""
-    got: list[bytes] = []
-    left_queued: list[bool] = []
-    with Transport(mosquitto.url, probe_topic="t/probe/relay") as relay, \
-            Transport(mosquitto.url, probe_topic="t/probe/caller") as caller:
-
-        def forward(topic: str, payload: bytes, retained: bool) -> None:
-            relay.publish("t/out", bytes(payload), qos=1)
-            left_queued.append(relay._client.want_write())   # paho's own queue: empty once written
-
-        relay.subscribe("t/in", forward)
-        caller.subscribe("t/out", lambda topic, payload, retained: got.append(bytes(payload)))
-        relay.start()
-        caller.start()
-        assert relay.sync() and caller.sync()      # both SUBSCRIBEs are in force
-        for i in range(5):
-            before = caller.flushed_inline
-            caller.publish("t/in", b"x%d" % i, qos=1)   # the test's thread: handed to caller's loop
-            assert caller.flushed_inline == before
-            wait_until(lambda n=i + 1: len(got) == n, what=f"message {i} relayed")
-        assert got == [b"x%d" % i for i in range(5)]
-        assert relay.flushed_inline == 5 and left_queued == [False] * 5

@@ -94,8 +94,6 @@ class Transport:
         self.connected = threading.Event()
         self.connect_count = 0
         self._closing = False
-        self._net_thread = 0                 # ident of paho's network thread (set in on_connect, which it runs)
-        self.flushed_inline = 0              # publishes written to the socket at once by the network thread
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_socket_open = self._on_socket_open
@@ -167,20 +165,9 @@ class Transport:
             self._client.unsubscribe(pattern)
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        """Queue a message; QoS 1 messages survive reconnects (paho re-sends them).
-
-        On paho's network thread (a handler answering or forwarding inline) the message is written to the
-        socket right away. paho's threaded loop only queues it and writes it after the handler returns, the
-        loop goes round and select() reports the wake-up byte: one more turn (select + recv) per pipeline hop.
-        Other threads still hand the write to the network thread: paho's writer is not thread-safe."""
+        """Queue a message; QoS 1 messages survive reconnects (paho re-sends them)."""
         with self._pub_lock:
-            info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        if self._net_thread == threading.get_ident() and info.rc == mqtt.MQTT_ERR_SUCCESS:
-            # the thread that owns the socket writes: no second writer. A partial write (a full socket
-            # buffer) leaves the rest queued for the loop, as any write would.
-            self._client.loop_write()
-            self.flushed_inline += 1
-        return info
+            return self._client.publish(topic, payload, qos=qos, retain=retain)
 
     def add_connect_hook(self, hook: Callable[[], None]) -> None:
         self._hooks.append(hook)
@@ -268,7 +255,6 @@ class Transport:
         if getattr(reason, "is_failure", False):
             log.warning("broker %s refused connection: %s", self.url, reason)
             return
-        self._net_thread = threading.get_ident()
         with self._lock:
             subs = list(self._handlers.items())
         for pattern, (_, qos) in subs:
