@@ -215,3 +215,27 @@ def test_tanh_gelu_with_another_cubic_coefficient_is_left_alone() -> None:
     assert "Gelu" not in [n.op_type for n in sess._plan.nodes]
     a = np.random.default_rng(2).standard_normal((5, 32)).astype(np.float32)
     np.testing.assert_allclose(sess.run(None, {"a": a})[0], _ort(model).run(None, {"a": a})[0], rtol=RTOL, atol=ATOL)
+
+
+def test_layernorm_over_several_axes_after_an_add_follows_the_spec() -> None:
+    """Add -> LayerNormalization(axis=-3) normalises over all three axes. ORT's default graph fusion (into its
+    SkipLayerNormalization) normalises over the last axis only; unfused ORT and numpy agree with us."""
+    rng = np.random.default_rng(7)
+    g = rng.standard_normal(16).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    r = rng.standard_normal((1, 8, 16)).astype(np.float32)
+    nodes = [helper.make_node("Add", ["x", "r"], ["s"]),
+             helper.make_node("LayerNormalization", ["s", "g", "b"], ["y"], axis=-3, epsilon=1e-5)]
+    graph = helper.make_graph(nodes, "ln3", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 16])],
+                              [numpy_helper.from_array(a, n) for a, n in ((g, "g"), (b, "b"), (r, "r"))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, 8, 16)).astype(np.float32)
+    s = x + r
+    spec = (s - s.mean()) / np.sqrt(s.var() + 1e-5) * g + b
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    unfused = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ours = ops_native.InferenceSession(model.SerializeToString(), threads=1).run(None, {"x": x})[0]
+    np.testing.assert_allclose(ours, spec, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours, unfused, rtol=1e-4, atol=1e-5)
