@@ -22,23 +22,24 @@ static inline int32_t quantize_one(float x, float scale, int32_t zp, int32_t lo,
 /* Values one task of a per-tensor op covers. */
 #define ON_Q_CHUNK 4096
 
+/* One (de)quantisation over rows of `inner` values, row r in channel r % c; t is the integer side's type. */
 typedef struct {
-    const float *x;
+    const void *x;
     void *y;
     on_qtype t;
     size_t c, inner;
     const float *scale;
     const int32_t *zp;
-} quant_ctx;
+} qrows_ctx;
 
 static void quantize_rows(void *vctx, size_t begin, size_t end) {
-    quant_ctx *q = vctx;
+    qrows_ctx *q = vctx;
     int32_t lo = q_lo(q->t), hi = q_hi(q->t);
     for (size_t r = begin; r < end; r++) {   /* r: one (outer, channel) row of `inner` values */
         size_t ch = r % q->c;
         float s = q->scale[ch];
         int32_t z = q->zp[ch];
-        const float *x = q->x + r * q->inner;
+        const float *x = (const float *)q->x + r * q->inner;
         if (q->t == ON_Q_U8) {
             uint8_t *y = (uint8_t *)q->y + r * q->inner;
             for (size_t i = 0; i < q->inner; i++) y[i] = (uint8_t)quantize_one(x[i], s, z, lo, hi);
@@ -63,37 +64,28 @@ on_status on_quantize_f32(const float *x, void *y, on_qtype yt, size_t outer, si
     size_t n = outer * c * inner;
     if (c == 1) {   /* per tensor: split the flat tensor into chunks, whatever its rows */
         size_t rows = (n + ON_Q_CHUNK - 1) / ON_Q_CHUNK;
-        quant_ctx q = {x, y, yt, 1, ON_Q_CHUNK, scale, zp};
+        qrows_ctx q = {x, y, yt, 1, ON_Q_CHUNK, scale, zp};
         size_t full = n / ON_Q_CHUNK;
         on_parallel_for(full, quantize_rows, &q, rows_threads(full, ON_Q_CHUNK, nthreads));
         if (rows > full) {   /* the tail */
             size_t at = full * ON_Q_CHUNK;
-            quant_ctx t = {x + at, (char *)y + at, yt, 1, n - at, scale, zp};
+            qrows_ctx t = {x + at, (char *)y + at, yt, 1, n - at, scale, zp};
             quantize_rows(&t, 0, 1);
         }
         return ON_OK;
     }
-    quant_ctx q = {x, y, yt, c, inner, scale, zp};
+    qrows_ctx q = {x, y, yt, c, inner, scale, zp};
     on_parallel_for(outer * c, quantize_rows, &q, rows_threads(outer * c, inner, nthreads));
     return ON_OK;
 }
 
-typedef struct {
-    const void *x;
-    float *y;
-    on_qtype t;
-    size_t c, inner;
-    const float *scale;
-    const int32_t *zp;
-} dequant_ctx;
-
 static void dequantize_rows(void *vctx, size_t begin, size_t end) {
-    dequant_ctx *q = vctx;
+    qrows_ctx *q = vctx;
     for (size_t r = begin; r < end; r++) {
         size_t ch = r % q->c;
         float s = q->scale[ch];
         int32_t z = q->zp[ch];
-        float *y = q->y + r * q->inner;
+        float *y = (float *)q->y + r * q->inner;
         size_t at = r * q->inner;
         if (q->t == ON_Q_U8) {
             const uint8_t *x = (const uint8_t *)q->x + at;
@@ -113,7 +105,7 @@ on_status on_dequantize_f32(const void *x, on_qtype xt, float *y, size_t outer, 
     if (c == 0 || !scale || !zp || (xt != ON_Q_U8 && xt != ON_Q_S8 && xt != ON_Q_S32)) return ON_ERR_ARG;
     if (outer * c * inner == 0) return ON_OK;
     if (!x || !y) return ON_ERR_ARG;
-    dequant_ctx q = {x, y, xt, c, inner, scale, zp};
+    qrows_ctx q = {x, y, xt, c, inner, scale, zp};
     on_parallel_for(outer * c, dequantize_rows, &q, rows_threads(outer * c, inner, nthreads));
     return ON_OK;
 }
