@@ -119,3 +119,28 @@ def test_link_probe_measures_an_echo_path_and_ignores_stale_runs():
     stats = probe.measure(rtt_count=3, burst_bytes=256 << 10, chunk_bytes=64 << 10, timeout_s=5)
     assert stats.rtt_ms == pytest.approx(2.0, rel=0.05)
     assert stats.mbps > 0
+
+
+def test_link_probe_does_not_time_making_its_payload(monkeypatch):
+    """Making a burst's random bytes is the probe's own work, not the link's: with a generator that takes a
+    second per message, the rate is still the echo path's (10 MB/s plus 2 ms per message here)."""
+    import edge_agent.transport.linkprobe as linkprobe
+
+    clock = {"t": 0.0}
+    real_urandom = linkprobe.os.urandom
+
+    def slow_urandom(n: int) -> bytes:
+        clock["t"] += 1.0
+        return real_urandom(n)
+
+    probe: LinkProbe
+
+    def publish(payload: bytes) -> None:
+        clock["t"] += 0.002 + len(payload) / 10e6
+        probe.on_echo(payload)
+
+    monkeypatch.setattr(linkprobe.os, "urandom", slow_urandom)
+    probe = LinkProbe(publish, clock=lambda: clock["t"])
+    stats = probe.measure(rtt_count=3, burst_bytes=256 << 10, chunk_bytes=64 << 10, timeout_s=30)
+    # 4 x (2 ms + 6.55 ms) less one round trip: 262144 B in 32.2 ms = 65 Mbit/s; timing the generator: < 1
+    assert stats.mbps == pytest.approx(65.1, rel=0.05)

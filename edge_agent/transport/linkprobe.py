@@ -79,10 +79,14 @@ class LinkProbe:
             self._run = (self._run + 1) & 0xFFFFFFFF
             self._arrived = {}
 
-    def _send(self, seq: int, size: int) -> float:
+    def _payload(self, seq: int, size: int) -> bytes:
         payload = _HEAD.pack(MAGIC, self._run, seq)
         if size > len(payload):
             payload += os.urandom(size - len(payload))   # incompressible, should any hop compress
+        return payload
+
+    def _send(self, seq: int, size: int, payload: bytes | None = None) -> float:
+        payload = payload if payload is not None else self._payload(seq, size)
         t = self._clock()
         self._publish(payload)
         return t
@@ -112,9 +116,12 @@ class LinkProbe:
             rtt = statistics.median(rtts)
             n = max(1, -(-burst_bytes // chunk_bytes))
             first = rtt_count
+            # made before the clock starts: generating 1 MiB of random bytes takes milliseconds, which the
+            # rate would otherwise count as the link's
+            burst = [self._payload(first + i, chunk_bytes) for i in range(n)]
             t0 = self._clock()
-            for i in range(n):
-                self._send(first + i, chunk_bytes)
+            for i, payload in enumerate(burst):
+                self._send(first + i, chunk_bytes, payload)
             if not self._wait(range(first, first + n), deadline):
                 with self._cond:
                     got = sum(1 for s in range(first, first + n) if s in self._arrived)
