@@ -72,9 +72,12 @@ def run(workdir: Path, sizes_kib: Sequence[int], slow: float, n_latency: int, n_
         start_one_by_one(sim, fleet, entries)
         live = {d.device_id: d for d in fleet.devices()}
         devices = {k: model_device(d) for k, d in live.items()}
-        cal = calibration_for(list(live.values()))
+        client = fleet.client_link()
+        cal = calibration_for(list(live.values()), client)
         caps = {k: {"gflops": round(d.gflops, 1), "burst_gflops": d.burst_gflops, "link_mbps": d.link_mbps,
                     "rtt_ms": d.link_rtt_ms} for k, d in live.items()}
+        if client is not None:
+            caps["client"] = {"link_mbps": round(client.mbps, 1), "rtt_ms": round(client.rtt_ms, 3)}
         pids = {n: d.proc.pid for n, d in sim.devices.items() if d.proc is not None}
         pids["broker"] = broker.proc.pid
         plans = [("full-0", Shape((0, 2), (("full-0",),), ((1.0,),))),
@@ -101,7 +104,26 @@ def run(workdir: Path, sizes_kib: Sequence[int], slow: float, n_latency: int, n_
                 console.print(f"  {kib} KiB {label}: {lat:.2f} ms (pred {p.latency_ms:.2f}), CPU ms/request "
                               + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items() if v > 0.005)
                               + f", load {rows[-1]['load']}")
-    return {"devices": caps, "slow_cores": slow, "rows": rows}
+    return {"devices": caps, "slow_cores": slow, "rows": rows, "fit": fit_costs(rows), "calibration": {
+        "hop_ms": cal.hop_ms, "byte_ms_per_mb": cal.byte_ms_per_mb, "client_hop_ms": cal.client_hop_ms,
+        "client_byte_ms_per_mb": cal.client_byte_ms_per_mb, "broker_ms_per_mb": 1e9 / cal.broker_bytes_per_s}}
+
+
+def fit_costs(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per-request and per-MB CPU of the agent, the client and the broker, least squares (relative) over the sizes of the
+    one-stage full-core plan (request in and answer out, same size): the agent and the client each receive
+    and send ``2 x size`` bytes; the broker takes in and passes on ``4 x size``."""
+    single = [r for r in rows if r["plan"] == "full-0"]
+    out: dict[str, dict[str, float]] = {}
+    if len(single) < 2:
+        return out
+    for proc, key, times in (("agent", "full-0", 2), ("client", "client", 2), ("broker", "broker", 4)):
+        mb = np.array([times * r["kib"] * 1024 / 1e6 for r in single])
+        cpu = np.array([r["cpu_ms"].get(key, 0.0) for r in single])
+        # relative residuals: the 4 MiB point would otherwise decide the per-request term alone
+        per_mb, fixed = np.polyfit(mb, cpu, 1, w=1.0 / np.maximum(cpu, 0.1))
+        out[proc] = {"ms_per_request": round(float(fixed), 3), "ms_per_mb": round(float(per_mb), 3)}
+    return out
 
 
 def show(res: dict[str, Any]) -> None:
@@ -111,6 +133,13 @@ def show(res: dict[str, Any]) -> None:
                         ["KiB", "plan", "meas ms", "pred ms", "err", *[f"{k} CPU ms" for k in procs], "load"],
                         [[r["kib"], r["plan"], fmt(r["meas_ms"]), fmt(r["pred_ms"]), f"{r['err_ms']:+.0%}",
                           *[fmt(r["cpu_ms"].get(k, 0.0)) for k in procs], r["load"]] for r in res["rows"]]))
+    cal = res["calibration"]
+    for proc, f in res["fit"].items():
+        model = {"agent": (cal["hop_ms"], cal["byte_ms_per_mb"]),
+                 "client": (cal["client_hop_ms"], cal["client_byte_ms_per_mb"]),
+                 "broker": (2 * 0.05, cal["broker_ms_per_mb"])}[proc]
+        console.print(f"{proc}: CPU {f['ms_per_request']:.2f} ms per request + {f['ms_per_mb']:.2f} ms per MB "
+                      f"(the model's calibration: {model[0]:.2f} + {model[1]:.2f})")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

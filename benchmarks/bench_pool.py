@@ -308,7 +308,7 @@ def run(workdir: Path, models: Sequence[str], slow: float, fast: float, det_size
         pids["broker"] = broker.proc.pid
         live = fleet.devices()
         planner_devices = {d.device_id: model_device(d) for d in live}
-        base_cal = calibration_for(live)
+        base_cal = calibration_for(live, fleet.client_link())
         obs: list[Observation] = []
         evals: list[tuple[dict, CostProfile, float]] = []
         for mi, mname in enumerate(models):

@@ -22,8 +22,10 @@ each stage's CPU time on the idle device (:meth:`Device.alone_ms`: under a CPU q
 the period's quota lasts, then waiting for the next period).
 
 A device's link rate is measured by its agent with a burst echoed through the broker, so the burst's time
-includes the agent's own CPU to send and receive every byte, which the model already counts under
-``cpu:<dev>``; the link's time is what remains (:meth:`Device.wire_ms`), never less than the broker's.
+includes the agent's own CPU to send and receive every byte and the broker's to pass them on, which the
+model already counts under ``cpu:<dev>`` and ``broker``; the link's time is what remains
+(:meth:`Device.wire_ms`): ~0 on loopback, nearly all of it on a slow network. The caller's link likewise,
+when the operator measured it (``Calibration.client_link_bytes_per_s``).
 :func:`fit_agent_costs` fits the per-hop and per-byte agent costs from measured runs (docs/planner.md).
 """
 
@@ -41,7 +43,7 @@ import numpy as np
 from models.partition import CostProfile, minmax_cuts, minsum_cuts
 
 __all__ = ["Calibration", "Device", "Shape", "Prediction", "Candidate", "Search", "evaluate", "search",
-           "OBJECTIVES", "Observation", "fit_agent_costs"]
+           "OBJECTIVES", "Observation", "fit_agent_costs", "link_excess_ms", "client_wire_ms"]
 
 OBJECTIVES = ("throughput", "latency")
 _ENUM_BUDGET = 4000      # groupings tried per stage count (beyond it that count is skipped, and said so)
@@ -59,14 +61,15 @@ class Calibration:
     measuring a fraction of that GFLOP/s (a CPU quota, a slower board) pays them divided by that fraction."""
 
     efficiency: float = 0.63          # model FLOP/s over the GEMM probe's: measured 0.58-0.65 CNNs, 0.62-0.88 GEMMs
-    hop_ms: float = 0.7               # agent CPU per request per hop (decode, check, encode, publish): fitted
-    byte_ms_per_mb: float = 2.5       # agent CPU per MB received plus sent (msgpack, copies, socket): fitted
+    hop_ms: float = 0.6               # agent CPU per request per hop (decode, check, encode, publish): fitted
+    byte_ms_per_mb: float = 1.1       # agent CPU per MB received plus sent (copies, socket): bench_bytes
     ref_core_gflops: float = 93.0     # GFLOP/s of one reference core (the quota reference of lab profiles)
-    broker_bytes_per_s: float = 600e6 # bytes/s the broker receives plus sends, when not measured
+    broker_bytes_per_s: float = 1.25e9  # bytes/s the broker receives plus sends (its CPU): bench_bytes
     broker_msg_ms: float = 0.05       # broker time per message crossing (in or out)
     client_hop_ms: float = 0.5        # caller's CPU per request (send + receive), one full core
-    client_rtt_ms: float = 1.0        # caller's round trip to the broker
-    client_link_bytes_per_s: float = 300e6
+    client_byte_ms_per_mb: float = 1.1  # caller's CPU per MB sent plus received: bench_bytes
+    client_rtt_ms: float = 0.5        # caller's round trip to the broker (the operator measures its own)
+    client_link_bytes_per_s: float | None = None   # caller's burst echo rate; None: not measured, no wire time
     quota_period_ms: float = 100.0    # a CPU quota's period (the CFS default): see Device.alone_ms
 
 
@@ -116,11 +119,11 @@ class Device:
         return flops / (self.gflops * eff * 1e9) * 1e3
 
     def wire_ms(self, nbytes: float, cal: Calibration) -> float:
-        """Link time of ``nbytes`` beside the agent's CPU: the measured burst rate's time less the agent's
-        CPU to send and receive those bytes (the probe's burst went through the agent's process both ways),
-        never less than the broker's transfer of them."""
-        probe = nbytes / self.link_bytes_per_s * 1e3
-        return np.maximum(probe - 2 * nbytes * self.byte_cost_ms(cal), nbytes / cal.broker_bytes_per_s * 1e3)
+        """Time ``nbytes`` spend on the device's link beyond the CPU that moves them (:func:`link_excess_ms`:
+        the probe's echo went through this agent both ways and through the broker, whose CPU the model counts
+        under ``cpu:<dev>`` and ``broker``). About 0 on loopback or a fast LAN; nearly all of the burst's time
+        on a slow network."""
+        return link_excess_ms(nbytes, self.link_bytes_per_s, 2 * self.byte_cost_ms(cal), cal)
 
     def hop_cost_ms(self, cal: Calibration) -> float:
         return self.hop_ms if self.hop_ms is not None else cal.hop_ms / self.cpu_share(cal)
@@ -128,6 +131,15 @@ class Device:
     def byte_cost_ms(self, cal: Calibration) -> float:
         """Agent CPU ms per byte received or sent."""
         return cal.byte_ms_per_mb / 1e6 / self.cpu_share(cal)
+
+
+def link_excess_ms(nbytes: Any, rate: float, cpu_ms_per_byte: float, cal: Calibration) -> Any:
+    """Link time of ``nbytes`` beyond the CPU that moved them, from a burst echo (client -> broker -> client)
+    measured at ``rate`` bytes/s: the echo's time less the endpoint's CPU to send and receive each byte
+    (``cpu_ms_per_byte``) and the broker's to take it in and pass it on, never below 0 (the echo pipelines
+    these, so on a CPU-bound loopback path the remainder is ~0; a slow network leaves nearly all of it)."""
+    probe = nbytes / rate * 1e3
+    return np.maximum(probe - nbytes * (cpu_ms_per_byte + 2e3 / cal.broker_bytes_per_s), 0.0)
 
 
 @dataclass(frozen=True)
@@ -251,11 +263,19 @@ def evaluate(prof: CostProfile, devices: dict[str, Device], shape: Shape, cal: C
     broker = sum(2 * x / cal.broker_bytes_per_s * 1e3 + 2 * cal.broker_msg_ms for x in boundary_bytes)
     add("broker", broker)
     client_bytes = boundary_bytes[0] + boundary_bytes[-1]
-    client = cal.client_hop_ms + client_bytes * cal.byte_ms_per_mb / 1e6
+    client = cal.client_hop_ms + client_bytes * cal.client_byte_ms_per_mb / 1e6
     add("client", client)
-    latency += broker + client + client_bytes / cal.client_link_bytes_per_s * 1e3 + cal.client_rtt_ms
+    latency += broker + client + client_wire_ms(client_bytes, cal) + cal.client_rtt_ms
     res, worst = max(busy.items(), key=lambda kv: kv[1])
     return Prediction(1e3 / worst if worst > 0 else math.inf, latency, res, busy)
+
+
+def client_wire_ms(nbytes: float, cal: Calibration) -> float:
+    """The caller's link time for ``nbytes`` beyond its CPU (:func:`link_excess_ms`); 0 when its link was not
+    measured."""
+    if not cal.client_link_bytes_per_s:
+        return 0.0
+    return float(link_excess_ms(nbytes, cal.client_link_bytes_per_s, 2 * cal.client_byte_ms_per_mb / 1e6, cal))
 
 
 # ------------------------------------------------------------------------------------------- search

@@ -3,6 +3,8 @@ the agent's CPU, a device's measured efficiency, and exact tie-breaks."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from models.partition import CostProfile
@@ -37,17 +39,19 @@ def test_a_probe_rate_that_is_the_agents_cpu_is_not_counted_twice_but_a_slow_net
     cal = Calibration()
     prof = CostProfile.synthetic([0.1 * GFLOP] * 4, [2e6, 1e5, 1e5, 1e5, 4e3])
     share = 20 / cal.ref_core_gflops
-    # the burst echo took exactly the agent's CPU to send and receive every byte: no link time is left but
-    # the broker's
-    cpu_bound = 1e9 / (2 * cal.byte_ms_per_mb / share)   # bytes/s: 1 MB takes 2 x the per-MB CPU
+    # the burst echo took exactly the agent's CPU to send and receive every byte and the broker's to pass
+    # them on: no link time is left (cpu:q and broker count those)
+    per_mb = 2 * cal.byte_ms_per_mb / share + 2e9 / cal.broker_bytes_per_s
+    cpu_bound = 1e9 / per_mb                              # bytes/s
     quota = Device("q", 20, link_bytes_per_s=cpu_bound)
-    assert quota.wire_ms(2e6, cal) == pytest.approx(2e6 / cal.broker_bytes_per_s * 1e3)
+    assert quota.wire_ms(2e6, cal) == pytest.approx(0.0, abs=1e-9)
     slow_net = Device("n", 20, link_bytes_per_s=1e6)        # 1 MB/s: 2 s for the input
     one = Shape((0, 4), (("q",),), ((1.0,),))
     p_quota = evaluate(prof, {"q": quota}, one, cal)
     p_net = evaluate(prof, {"n": slow_net}, Shape((0, 4), (("n",),), ((1.0,),)), cal)
     assert p_quota.bottleneck == "cpu:q" and p_net.bottleneck == "in:n"
-    assert p_net.busy_ms["in:n"] == pytest.approx(2e3 - 2 * 2e6 * slow_net.byte_cost_ms(cal), rel=1e-6)
+    assert p_net.busy_ms["in:n"] == pytest.approx(
+        2e3 - 2e6 * (2 * slow_net.byte_cost_ms(cal) + 2e3 / cal.broker_bytes_per_s), rel=1e-6)
     # latency alone: CPU + what the link adds, so the CPU-bound probe adds only the broker's transfer
     assert p_quota.latency_ms < p_quota.busy_ms["cpu:q"] + 2e6 / quota.link_bytes_per_s * 1e3
 
@@ -98,3 +102,27 @@ def test_one_request_alone_on_a_quota_device_runs_at_full_speed_while_the_period
         # the same sustained throughput; alone, the request is faster than at the sustained speed
         assert burst.throughput_rps == pytest.approx(flat.throughput_rps)
         assert burst.latency_ms < flat.latency_ms
+
+
+def test_latency_counts_each_byte_once_along_its_path():
+    """One request alone on a loopback-fast fleet: the device's CPU (compute, per hop, per byte), the broker's
+    per byte and per message, the caller's, the round trips: and no link time on top of the CPU that the
+    link probe's echo already was (the sum the earlier model made counted the bytes three times over)."""
+    cal = Calibration()
+    mb = 1e6
+    prof = CostProfile.synthetic([0.0, 0.0], [mb, mb, mb])     # no compute: bytes only
+    # the device's echo went exactly as fast as its CPU and the broker's allow: a CPU-bound loopback link
+    per_mb = 2 * cal.byte_ms_per_mb + 2e9 / cal.broker_bytes_per_s
+    d = Device("d", cal.ref_core_gflops, link_bytes_per_s=1e9 / per_mb, rtt_ms=0.3)
+    p = evaluate(prof, {"d": d}, Shape((0, 2), (("d",),), ((1.0,),)), cal)
+    device = cal.hop_ms + 2 * cal.byte_ms_per_mb + 0.3                     # 1 MB in, 1 MB out
+    broker = 2 * (2 * mb / cal.broker_bytes_per_s * 1e3 + 2 * cal.broker_msg_ms)   # request and answer
+    client = cal.client_hop_ms + 2 * cal.client_byte_ms_per_mb + cal.client_rtt_ms
+    assert p.latency_ms == pytest.approx(device + broker + client, rel=1e-6)
+    # a caller whose measured link is a slow network pays its wire time; a fast one adds nothing
+    slow = dataclasses.replace(cal, client_link_bytes_per_s=10e6)             # 10 MB/s: 100 ms per MB
+    q = evaluate(prof, {"d": d}, Shape((0, 2), (("d",),), ((1.0,),)), slow)
+    wire = 2 * (100.0 - (2 * cal.client_byte_ms_per_mb + 2e9 / cal.broker_bytes_per_s))
+    assert q.latency_ms == pytest.approx(p.latency_ms + wire, rel=1e-6)
+    fast = dataclasses.replace(cal, client_link_bytes_per_s=1e10)
+    assert evaluate(prof, {"d": d}, Shape((0, 2), (("d",),), ((1.0,),)), fast).latency_ms == pytest.approx(p.latency_ms)

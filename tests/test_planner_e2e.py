@@ -58,6 +58,13 @@ def test_throughput_and_latency_objectives_deploy_the_predicted_different_shapes
                        interval=0.2, what="three devices with a measured link")
             tp_search = fleet.plan_shapes(model, objective="throughput")
             lat_search = fleet.plan_shapes(model, objective="latency")
+            # the caller's terms come from this client's own measured link (round trip and burst echo)
+            mine = fleet.client_link()
+            assert mine is not None and mine.rtt_ms > 0 and mine.mbps > 0
+            assert fleet.client_link() is mine                      # measured once, not per plan
+            from edge_agent.operator.manifests import calibration_for
+            cal = calibration_for(fleet.devices(), mine)
+            assert cal.client_rtt_ms == mine.rtt_ms and cal.client_link_bytes_per_s == mine.mbps * 1e6 / 8
             tp_shape, lat_shape = tp_search.best.shape, lat_search.best.shape
             # what the model predicts: more devices for throughput, the fast one alone for latency
             assert lat_shape.label() == "fast"

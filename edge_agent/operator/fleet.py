@@ -310,6 +310,24 @@ class Fleet:
                             weights=spec.weight_of())
 
     # --------------------------------------------------------------------------------- deploy
+    CLIENT_LINK_TTL_S = 300.0
+
+    def client_link(self) -> Any:
+        """This operator's link to the broker (:class:`LinkStats`: QoS 1 round trip and a 1 MiB burst echo,
+        as the agents measure theirs), for the caller's terms of the planner's prediction; measured at the
+        first plan and again after ``CLIENT_LINK_TTL_S``. None when it cannot be measured (then the model
+        uses its defaults)."""
+        cached = getattr(self, "_client_link", None)
+        if cached is not None and time.monotonic() - cached[0] < self.CLIENT_LINK_TTL_S:
+            return cached[1]
+        try:
+            stats = self.transport.measure_link(burst_bytes=1 << 20, timeout_s=3.0)
+        except BrokerError as exc:
+            log.info("could not measure this client's link to the broker (%s): the planner uses its defaults", exc)
+            stats = None
+        self._client_link = (time.monotonic(), stats)
+        return stats
+
     def next_version(self, name: str) -> int:
         """One above every version of ``name`` seen on any channel or in its rollout history."""
         return self.desired.next_version(name)
@@ -339,7 +357,7 @@ class Fleet:
             input_shapes=input_shapes, replicas=replicas, failover=failover, channel=channel,
             expires=(time.time() + self.manifest_ttl_s) if self.keys is not None else 0.0,
             sample=load_sample(sample_input), objective=objective, shape=shape,
-            standby=sorted(d.device_id for d in self.devices()))
+            standby=sorted(d.device_id for d in self.devices()), client_link=self.client_link())
 
     def plan_shapes(self, model: Any, *, devices: Sequence[str] | None = None, objective: str = "throughput",
                     input_shapes: dict[str, Sequence[int]] | None = None, sample_input: Any = None) -> Any:
@@ -353,7 +371,7 @@ class Fleet:
         chosen = [live[d] for d in devices] if devices else list(live.values())
         shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()} or None
         prof = profile_model(load_model(model), shapes, load_sample(sample_input))
-        return search(prof, [model_device(d) for d in chosen], calibration_for(chosen), objective)
+        return search(prof, [model_device(d) for d in chosen], calibration_for(chosen, self.client_link()), objective)
 
     def publish_manifest(self, m: Manifest) -> Manifest:
         """Sign (when this Fleet has the fleet key) and publish a manifest as the retained desired state."""

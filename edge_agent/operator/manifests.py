@@ -43,10 +43,11 @@ def model_device(d: Any) -> Any:
                   rtt_ms=float(rtt) if rtt else 1.0, peak_gflops=float(burst) if burst else None)
 
 
-def calibration_for(devices: Sequence[Any]) -> Any:
+def calibration_for(devices: Sequence[Any], client: Any = None) -> Any:
     """The model's constants for this fleet: the broker's rate is estimated from the fastest link a device
     measured through it (a link probe's burst crosses the broker in and out at once: twice its rate), when
-    that is above the default's floor."""
+    that is above the default's floor; ``client`` (the operator's own :class:`LinkStats`, or None) gives the
+    caller's round trip and link rate."""
     import dataclasses
 
     from models.planner import Calibration
@@ -55,14 +56,17 @@ def calibration_for(devices: Sequence[Any]) -> Any:
     rates = [float(d.link_mbps) * 1e6 / 8 for d in devices if getattr(d, "link_mbps", None)]
     if rates:
         # a probe through an agent under a CPU quota measures that agent's CPU, not the broker: never below
-        # the default (600 MB/s, this machine's loopback Mosquitto in and out)
+        # the default (bench_bytes: this machine's loopback Mosquitto in and out)
         cal = dataclasses.replace(cal, broker_bytes_per_s=max(cal.broker_bytes_per_s, 2 * max(rates)))
+    if client is not None and client.rtt_ms > 0:
+        cal = dataclasses.replace(cal, client_rtt_ms=float(client.rtt_ms),
+                                  client_link_bytes_per_s=float(client.mbps) * 1e6 / 8 if client.mbps > 0 else None)
     return cal
 
 
 def _planned(proto: Any, name: str, devices: Sequence[Any], objective: str,
              shapes: dict[str, tuple[int, ...]] | None, sample: dict[str, Any] | None,
-             shape: Any = None) -> Any:
+             shape: Any = None, client: Any = None) -> Any:
     """The best shape for ``objective`` as a Plan (cuts, replicas, weights, prediction and alternatives);
     or, given ``shape`` (a :class:`models.planner.Shape`, e.g. an alternative the search listed), that one."""
     from models.partition import plan_from_cuts, profile_model
@@ -76,10 +80,10 @@ def _planned(proto: Any, name: str, devices: Sequence[Any], objective: str,
             raise DeployError(f"cannot deploy '{name}': shape {shape.label()!r} names devices {unknown} "
                               f"that are not online")
         by_id = {d.device_id: model_device(d) for d in devices}
-        found = Search("given", [Candidate(shape, evaluate(prof, by_id, shape, calibration_for(devices)))])
+        found = Search("given", [Candidate(shape, evaluate(prof, by_id, shape, calibration_for(devices, client)))])
         objective = "given"
     else:
-        found = search(prof, [model_device(d) for d in devices], calibration_for(devices), objective)
+        found = search(prof, [model_device(d) for d in devices], calibration_for(devices, client), objective)
     best = found.best
     plan = plan_from_cuts(prof, list(best.shape.cuts), [specs[g[0]] for g in best.shape.groups],
                           reason=f"Objective {objective}: {found.why()}")
@@ -100,7 +104,8 @@ def prediction_summary(objective: str, chosen: Any, alternatives: Sequence[Any],
 
 
 def _predict_given(proto: Any, name: str, plan: Any, placement: list[list[str]], devices: Sequence[Any],
-                   shapes: dict[str, tuple[int, ...]] | None, sample: dict[str, Any] | None) -> dict:
+                   shapes: dict[str, tuple[int, ...]] | None, sample: dict[str, Any] | None,
+                   client: Any = None) -> dict:
     """The model's prediction for a shape the operator fixed (``--stages``/``--replicas``)."""
     from models.partition import profile_model
     from models.planner import Candidate, Shape, evaluate
@@ -111,7 +116,7 @@ def _predict_given(proto: Any, name: str, plan: Any, placement: list[list[str]],
     weights = tuple(tuple(1.0 / len(g) for g in group) for group in [placement[i] for i in range(len(placement))])
     shape = Shape(tuple(cuts), tuple(tuple(g) for g in placement), weights)
     by_id = {d.device_id: model_device(d) for d in devices}
-    cand = Candidate(shape, evaluate(prof, by_id, shape, calibration_for(devices)))
+    cand = Candidate(shape, evaluate(prof, by_id, shape, calibration_for(devices, client)))
     return prediction_summary("given", cand, [cand])
 
 
@@ -120,7 +125,8 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
                    input_shapes: dict[str, Sequence[int]] | None = None, replicas: int | None = None,
                    failover: bool = True, channel: str = "stable", expires: float = 0.0,
                    sample: dict[str, Any] | None = None, objective: str = "throughput",
-                   shape: Any = None, standby: Sequence[str] | None = None) -> tuple[Manifest, Any]:
+                   shape: Any = None, standby: Sequence[str] | None = None,
+                   client_link: Any = None) -> tuple[Manifest, Any]:
     """Plan ``model`` (path, bytes or ModelProto) onto ``devices`` (objects with ``device_id``, ``gflops``,
     ``ram_mb``), cut it into shards (each handed to ``add_shard``, which returns its sha256) and return the
     unsigned manifest and the plan. Dynamic input dimensions are planned on ``input_shapes``, else the shapes
@@ -132,7 +138,8 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
     With neither ``stages`` nor ``replicas`` the performance model (:mod:`models.planner`) picks the shape
     (replicas, stages or a hybrid) best for ``objective`` ("throughput" or "latency") among ``devices``;
     otherwise the min-max partitioner cuts ``stages`` and replicas are added (the model still predicts).
-    ``shape`` (a :class:`models.planner.Shape`) deploys exactly that shape, with the model's prediction."""
+    ``shape`` (a :class:`models.planner.Shape`) deploys exactly that shape, with the model's prediction.
+    ``client_link`` (the operator's measured :class:`LinkStats`) gives the caller's terms of the prediction."""
     from models.extract import split_model
     from models.graph import input_specs, load_model, output_specs
     from models.partition import plan_pipeline
@@ -154,14 +161,14 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
     shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()} or None
     try:
         if shape is not None or (stages is None and replicas is None):
-            plan = _planned(proto, name, devices, objective, shapes, sample, shape)
+            plan = _planned(proto, name, devices, objective, shapes, sample, shape, client_link)
             placement = plan.replicas
         else:
             plan = plan_pipeline(proto, specs, stages=stages, input_shapes=shapes, model_name=name, sample=sample)
             placement = assign_replicas([st.device_id for st in plan.stages], [st.est_ms for st in plan.stages],
                                         specs, replicas or 1)
             plan.replicas = placement
-            plan.prediction = _predict_given(proto, name, plan, placement, devices, shapes, sample)
+            plan.prediction = _predict_given(proto, name, plan, placement, devices, shapes, sample, client_link)
         shards = [s.SerializeToString() for s in split_model(proto, plan)]
     except ValueError as exc:
         raise DeployError(f"cannot plan '{name}': {exc}") from None
