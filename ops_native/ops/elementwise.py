@@ -225,7 +225,8 @@ def _build_unary(node: Node, ctx: BuildContext) -> Fn:
             raise OpNotSupported(f"{node.op_type} on {x.dtype}: expected float32")
         return [np.asarray(np_fn(x), dtype=x.dtype)]
 
-    return fn
+    # float32 runs without a Python frame; fn handles the rest (and gives the same results)
+    return _core.UnaryStep(code, alpha, beta, threads, ctx.pool, fn)
 
 
 @register("Clip")
@@ -252,7 +253,24 @@ def _build_clip(node: Node, ctx: BuildContext) -> Fn:
             y = np.minimum(y, np.asarray(hi, dtype=x.dtype))
         return [np.array(y, dtype=x.dtype)]
 
+    if ctx.opset < 11 or all(len(node.inputs) <= k or not node.inputs[k] or ctx.const(node.inputs[k]) is not None
+                             for k in (1, 2)):
+        # constant bounds (attributes, or constant inputs: the usual ReLU6 / hard clamp): a native step
+        lo_c = attr_min if ctx.opset < 11 else _const_bound(node, ctx, 1, -np.inf)
+        hi_c = attr_max if ctx.opset < 11 else _const_bound(node, ctx, 2, np.inf)
+        if lo_c is not None and hi_c is not None:
+            return _core.UnaryStep(code, lo_c, hi_c, threads, ctx.pool, fn)
     return fn
+
+
+def _const_bound(node: Node, ctx: BuildContext, k: int, default: float) -> float | None:
+    """Clip's bound input ``k`` as a float when it is absent or a one-value constant; None otherwise."""
+    if len(node.inputs) <= k or not node.inputs[k]:
+        return default
+    v = ctx.const(node.inputs[k])
+    if v is None or v.size != 1:
+        return None
+    return float(np.asarray(v, dtype=np.float64).reshape(()))
 
 
 @register("Identity", "Dropout")
@@ -282,4 +300,8 @@ def _build_affine(node: Node, ctx: BuildContext) -> Fn:
             return [np.asarray(y, dtype=x.dtype)]
         return [_core.ops_unary(code, x, alpha, beta, ctx.pool.empty(x.shape), threads)]
 
+    consts = [ctx.const(node.inputs[k]) for k in (1, 2)]
+    if all(c is not None and c.ndim == 0 for c in consts):
+        # scalar constants (as fuse_affine makes them): a native step for float32
+        return _core.UnaryStep(code, alpha, beta, threads, ctx.pool, fn)
     return fn
