@@ -221,7 +221,7 @@ def _store_only(data: bytes, spec: TransferSpec, workdir: Path) -> float:
         t0 = time.perf_counter()
         for i, digest in enumerate(spec.chunk_sha256):
             store.put_chunk(spec.sha256, i, data[i * cs:(i + 1) * cs], digest, cs)
-        store.assemble(spec.sha256, len(spec.chunk_sha256), spec.chunk_sha256, cs)
+        store.assemble(spec.sha256, len(spec.chunk_sha256), spec.chunk_sha256, cs, spec.size)
         return time.perf_counter() - t0
 
 

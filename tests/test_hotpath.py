@@ -110,7 +110,7 @@ def _chunks(data: bytes, cs: int) -> list[bytes]:
 
 
 @pytest.mark.parametrize("order", ["in order", "shuffled"])
-def test_chunks_received_in_one_process_are_hashed_once(tmp_path, order: str) -> None:
+def test_chunks_verified_against_the_signed_list_are_not_hashed_again_at_assembly(tmp_path, order: str) -> None:
     store = BlobStore(tmp_path)
     data = os.urandom(5 * 4096 + 100)
     sha, shas = sha256_hex(data), chunk_digests(data, 4096)
@@ -119,35 +119,86 @@ def test_chunks_received_in_one_process_are_hashed_once(tmp_path, order: str) ->
         idx = [3, 0, 5, 1, 4, 2]
     for i in idx:
         store.put_chunk(sha, i, _chunks(data, 4096)[i], shas[i], 4096)
-    store.assemble(sha, len(shas), shas, 4096)
+    store.assemble(sha, len(shas), shas, 4096, len(data))
     assert store.full_rehashes == 0
     assert store.get(sha) == data
 
 
-def test_a_resumed_blob_is_verified_by_reading_it_again(tmp_path) -> None:
+def test_a_resumed_blob_is_assembled_from_chunks_verified_again_on_disk(tmp_path) -> None:
     data = os.urandom(4 * 4096)
     sha, shas = sha256_hex(data), chunk_digests(data, 4096)
     first = BlobStore(tmp_path)
     for i in (0, 1):
         first.put_chunk(sha, i, _chunks(data, 4096)[i], shas[i], 4096)
-    second = BlobStore(tmp_path)              # a restart: the running hash is gone
+    second = BlobStore(tmp_path)              # a restart: what this object verified is gone...
+    assert second.have_chunks(sha, shas, 4096) == {0, 1}   # ...until the fetcher's resume checks the disk
     for i in (2, 3):
         second.put_chunk(sha, i, _chunks(data, 4096)[i], shas[i], 4096)
-    second.assemble(sha, 4, shas, 4096)
+    second.assemble(sha, 4, shas, 4096, len(data))
+    assert second.full_rehashes == 0 and second.get(sha) == data
+
+
+def test_a_blob_whose_chunks_were_not_all_verified_here_is_hashed_whole_at_assembly(tmp_path) -> None:
+    data = os.urandom(4 * 4096)
+    sha, shas = sha256_hex(data), chunk_digests(data, 4096)
+    first = BlobStore(tmp_path)
+    for i in (0, 1):
+        first.put_chunk(sha, i, _chunks(data, 4096)[i], shas[i], 4096)
+    second = BlobStore(tmp_path)              # a restart, and nobody re-verified chunks 0 and 1
+    for i in (2, 3):
+        second.put_chunk(sha, i, _chunks(data, 4096)[i], shas[i], 4096)
+    second.assemble(sha, 4, shas, 4096, len(data))
     assert second.full_rehashes == 1 and second.get(sha) == data
+    other = os.urandom(4 * 4096)
+    osha = sha256_hex(other)
+    for i in range(4):                        # no chunk list at assembly: the whole blob is checked
+        second.put_chunk(osha, i, _chunks(other, 4096)[i], chunk_digests(other, 4096)[i], 4096)
+    second.assemble(osha, 4)
+    assert second.full_rehashes == 2
 
 
-def test_a_partial_file_changed_behind_the_store_is_caught_at_assembly(tmp_path) -> None:
+def test_bytes_appended_to_a_partial_file_behind_the_store_are_caught_at_assembly(tmp_path) -> None:
     store = BlobStore(tmp_path)
     data = os.urandom(3 * 4096)
     sha, shas = sha256_hex(data), chunk_digests(data, 4096)
     for i in range(3):
         store.put_chunk(sha, i, _chunks(data, 4096)[i], shas[i], 4096)
-    with open(store._part(sha), "ab") as f:    # bytes the running hash never saw
+    with open(store._part(sha), "ab") as f:    # bytes no chunk check saw
         f.write(b"junk")
-    with pytest.raises(StoreError, match="does not match"):
-        store.assemble(sha, 3, shas, 4096)
+    with pytest.raises(StoreError, match="the manifest says"):
+        store.assemble(sha, 3, shas, 4096, len(data))
     assert not store.has(sha) and store.have_chunks(sha) == set()
+
+
+def test_a_partial_file_changed_after_its_chunks_were_verified_is_caught_before_use(tmp_path) -> None:
+    store = BlobStore(tmp_path)
+    data = os.urandom(3 * 4096)
+    sha, shas = sha256_hex(data), chunk_digests(data, 4096)
+    for i in range(3):
+        store.put_chunk(sha, i, _chunks(data, 4096)[i], shas[i], 4096)
+    with open(store._part(sha), "r+b") as f:   # a byte flipped in place after chunk 1 was verified
+        f.seek(4096 + 7)
+        b = f.read(1)
+        f.seek(4096 + 7)
+        f.write(bytes([b[0] ^ 1]))
+    store.assemble(sha, 3, shas, 4096, len(data))
+    with pytest.raises(StoreError, match="corrupt"):   # what loading a shard (and serving it) calls
+        store.get(sha)
+    assert not store.has(sha)
+
+
+def test_a_chunk_list_that_does_not_add_up_to_the_signed_blob_is_refused_before_use(tmp_path) -> None:
+    """A manifest whose chunk list describes other bytes than its shard sha256 (a signer's bug): the chunks
+    pass their checks, but the blob's own sha256 is checked before anything loads or serves it."""
+    store = BlobStore(tmp_path)
+    data, other = os.urandom(3 * 4096), os.urandom(3 * 4096)
+    sha, wrong = sha256_hex(data), chunk_digests(other, 4096)
+    for i in range(3):
+        store.put_chunk(sha, i, _chunks(other, 4096)[i], wrong[i], 4096)
+    store.assemble(sha, 3, wrong, 4096, len(other))
+    with pytest.raises(StoreError, match="corrupt"):
+        store.get(sha)
+    assert not store.has(sha)
 
 
 def _endpoints():

@@ -470,4 +470,4 @@ class BlobFetcher:
             self.fetched_bytes += len(chunk.data)
             if progress:
                 progress(len(have), n)
-        return self.store.assemble(spec.sha256, n, spec.chunk_sha256, spec.chunk_size)
+        return self.store.assemble(spec.sha256, n, spec.chunk_sha256, spec.chunk_size, spec.size)
