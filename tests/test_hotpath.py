@@ -1,8 +1,10 @@
 """The agent's per-request path: tensors carried through a stage stay bytes, decoding stays lazy but every
-descriptor is still checked, and the store hashes each received byte once yet still catches a bad partial."""
+descriptor is still checked, routing plans are cached yet follow every change of the view and manifests, and
+the store hashes each received byte once (against the signed chunk list) yet nothing unverified is used."""
 
 from __future__ import annotations
 
+import collections
 import os
 
 import numpy as np
@@ -11,10 +13,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edge_agent import Fleet
+from edge_agent.agent.server import StageServer
+from edge_agent.agent.stages import StageTable
+from edge_agent.cluster.view import FleetView
 from edge_agent.lab.sim import SimFleet
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import ProtocolError, StoreError
-from edge_agent.protocol.messages import InferRequest, WireTensor, encode_frame
+from edge_agent.protocol.messages import DeviceState, InferRequest, Manifest, WireTensor, encode_frame
 from edge_agent.transport.blobs import BlobFetcher, BlobServer, TransferSpec
 from edge_agent.transport.mqtt import Transport
 from edge_agent.transport.store import BlobStore, chunk_digests, sha256_hex
@@ -102,6 +107,47 @@ def test_a_tensor_carried_through_a_stage_is_never_decoded_there(tmp_path, mosqu
         # every request: x made into an array (the stage reads it), z re-framed from the received bytes
         assert d["tensors_carried"] == d["served"]
         assert d["tensors_decoded"] == d["served"]
+
+
+# ------------------------------------------------------------------------------------------- routing plans
+def _two_stage_manifest(stage1: list[str], version: int = 1) -> Manifest:
+    def stage(i: int, devices: list[str]) -> dict:
+        return {"index": i, "shard_sha256": "0" * 64, "shard_size": 1, "chunk_size": 1, "chunk_sha256": ["0" * 64],
+                "inputs": ["x"], "outputs": ["y"], "devices": devices}
+    return Manifest("m", version, 0.0, "0" * 64, [], [], [stage(0, ["me"]), stage(1, stage1)], failover=False)
+
+
+def _ready(device: str, online: bool = True) -> DeviceState:
+    return DeviceState(device, "f", online, stages=[{"model": "m", "version": 1, "stage": 1, "status": "ready"}])
+
+
+def test_cached_routing_plans_follow_view_and_manifest_changes() -> None:
+    """Routing and the sender check of a stage are worked out once and reused, but a device going offline or
+    coming back, and a manifest replaced, change them at the next request, as if nothing were cached."""
+    view = FleetView()
+    for d in ("a", "b", "c"):
+        view.update_state(_ready(d))
+    manifests = {("m", 1): _two_stage_manifest(["a", "b"])}
+    server = StageServer("me", "f", transport=None, view=view, table=StageTable(),  # type: ignore[arg-type]
+                         counters=collections.Counter(), on_reject=lambda why: None, max_message_bytes=1 << 20,
+                         manifest_of=lambda model, version: manifests.get((model, version)))
+    from_a = InferRequest("r", "m", 1, 1, "ea/v1/f/ctl/op")
+    assert {server.route("m", 1, 1) for _ in range(50)} == {"a", "b"}
+    assert server.may_send(from_a, "me") and server.may_send(from_a, "a") and not server.may_send(from_a, "c")
+    generation = view.generation
+    view.update_state(_ready("a"))                 # a heartbeat that changes nothing keeps the plans
+    assert view.generation == generation
+    view.update_state(_ready("a", online=False))
+    assert {server.route("m", 1, 1) for _ in range(20)} == {"b"}
+    view.update_state(_ready("b", online=False))
+    assert server.route("m", 1, 1) is None
+    view.update_state(_ready("b"))
+    assert {server.route("m", 1, 1) for _ in range(20)} == {"b"}
+    manifests[("m", 1)] = _two_stage_manifest(["c"])   # a new manifest object: the plan is rebuilt from it
+    assert {server.route("m", 1, 1) for _ in range(20)} == {"c"}
+    assert server.may_send(from_a, "c") and not server.may_send(from_a, "b")
+    del manifests[("m", 1)]                        # no verified manifest: nothing cached decides
+    assert server.route("m", 1, 1) is None and server.may_send(from_a, "anyone")
 
 
 # ------------------------------------------------------------------------------------------- the store

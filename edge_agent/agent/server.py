@@ -80,6 +80,23 @@ class _StagePlan(NamedTuple):
     senders: frozenset[str]            # who may hand this device the stage's tensors (see may_send)
 
 
+def _inputs_match(checks: tuple, feeds: dict[str, np.ndarray]) -> bool:
+    """The usual request, checked against the stage's precomputed input checks: exactly its inputs, each an
+    array of the right dtype, rank and fixed dims. False for anything else (``check_inputs`` then decides and
+    explains): the same rule as ``check_inputs``, without working the specs out again per request."""
+    if len(feeds) != len(checks):
+        return False
+    for name, dtype, rank, fixed in checks:
+        arr = feeds.get(name)
+        if type(arr) is not np.ndarray or arr.dtype != dtype or arr.ndim != rank:
+            return False
+        shape = arr.shape
+        for axis, size in fixed:
+            if shape[axis] != size:
+                return False
+    return True
+
+
 def _tensor_bytes(req: InferRequest) -> int:
     return sum(getattr(t, "nbytes", 0) for t in req.tensors.values())
 
@@ -338,7 +355,8 @@ class StageServer:
         where = _Where(req.model, inst.index, self.device_id)   # formatted only into an error message
         try:
             feeds = {name: self._array(req.tensors[name]) for name in inst.stage.inputs if name in req.tensors}
-            check_inputs(inst.backend.inputs, feeds, where)  # type: ignore[arg-type]
+            if not _inputs_match(inst.input_checks, feeds):
+                check_inputs(inst.backend.inputs, feeds, where)  # type: ignore[arg-type]  # raises, explaining
         except (InvalidInputError, ProtocolError) as exc:
             self.reply_error(req, "invalid_input", str(exc))
             return None
