@@ -19,7 +19,14 @@ from edge_agent.cluster.view import FleetView
 from edge_agent.lab.sim import SimFleet
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import ProtocolError, StoreError
-from edge_agent.protocol.messages import DeviceState, InferRequest, Manifest, WireTensor, encode_frame
+from edge_agent.protocol.messages import (
+    DeviceState,
+    InferRequest,
+    InferResult,
+    Manifest,
+    WireTensor,
+    encode_frame,
+)
 from edge_agent.transport.blobs import BlobFetcher, BlobServer, TransferSpec
 from edge_agent.transport.mqtt import Transport
 from edge_agent.transport.store import BlobStore, chunk_digests, sha256_hex
@@ -107,6 +114,80 @@ def test_a_tensor_carried_through_a_stage_is_never_decoded_there(tmp_path, mosqu
         # every request: x made into an array (the stage reads it), z re-framed from the received bytes
         assert d["tensors_carried"] == d["served"]
         assert d["tensors_decoded"] == d["served"]
+
+
+def _add_one(n: int) -> onnx.ModelProto:
+    graph = helper.make_graph([helper.make_node("Add", ["x", "one"], ["y"], name="add")], "add1",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])],
+                              [numpy_helper.from_array(np.ones((1,), np.float32), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model
+
+
+def test_the_inline_hot_path_keeps_every_check(mosquitto, tmp_path) -> None:
+    """Requests served on the network thread (the fast path): the result matches ONNX Runtime, a duplicate is
+    answered from the cache and not run again, an input of the wrong dtype or shape, or missing, gets an error
+    that says what was expected, an oversized message is refused unread."""
+    import onnxruntime as ort
+
+    from edge_agent.agent.daemon import Agent, AgentConfig
+    n = 1024
+    model = _add_one(n)
+    agent = Agent(AgentConfig(name="hp", broker=mosquitto.url, data_dir=tmp_path / "agent", dev_mode=True,
+                              discovery=False, gflops=10.0, recheck_every_s=0, max_message_bytes=64 * 1024)).start()
+    answers: dict[str, list] = collections.defaultdict(list)
+    raw: dict[str, list[bytes]] = collections.defaultdict(list)
+
+    def on_answer(topic: str, payload: bytes, retained: bool) -> None:
+        res = InferResult.from_bytes(payload)
+        answers[res.request_id].append(res)
+        raw[res.request_id].append(bytes(payload))
+
+    me = topics.client_endpoint("default", "hp-probe")
+    probe = Transport(mosquitto.url, client_id="hp-probe")
+    probe.subscribe(topics.inbox_filter(me, "out"), on_answer)
+    try:
+        probe.start(wait=10)
+        with Fleet(mosquitto.url) as fleet:
+            fleet.wait_for_devices(1, timeout=30)
+            ver = fleet.deploy(model, "add1", stages=1, timeout=60).manifest.version
+            x = np.random.default_rng(5).standard_normal(n).astype(np.float32)
+            for _ in range(5):     # the stage is timed: from now on it is cheap enough to serve inline
+                fleet.infer("add1", {"x": x})
+        topic = topics.inbox(agent.endpoint, "in", "hp-probe")
+
+        def send(rid: str, **tensors: np.ndarray) -> None:
+            agent.handlers.on_infer(topic, InferRequest(rid, "add1", ver, 0, me, tensors=tensors).to_bytes(), False)
+
+        inline0, dup0 = agent.counters["served_inline"], agent.counters["duplicates"]
+        send("ok", x=x)
+        send("ok", x=x)                                   # a retry: resent from the cache, not run again
+        send("dtype", x=x[: n // 2].astype(np.float64))   # the same bytes: inline like the others
+        send("shape", x=x[: n // 2])
+        send("name", z=x)
+        before = agent.counters["rejected_oversized"]
+        agent.handlers.on_infer(topic, InferRequest("big", "add1", ver, 0, me,
+                                                    tensors={"x": np.zeros(32 * 1024, np.float32)}).to_bytes(), False)
+        assert agent.counters["rejected_oversized"] == before + 1
+        wait_until(lambda: {"ok", "dtype", "shape", "name"} <= set(answers) and len(answers["ok"]) == 2,
+                   30, what="an answer to every request")
+        assert agent.counters["served_inline"] - inline0 >= 5
+        # the retry got the first answer again, byte for byte (a second run would carry new timings)
+        assert agent.counters["duplicates"] - dup0 == 1 and raw["ok"][0] == raw["ok"][1]
+        want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for res in answers["ok"]:
+            assert res.ok
+            np.testing.assert_allclose(res.tensors["y"], want, rtol=0, atol=1e-6)
+        for rid, words in (("dtype", "expected dtype float32"), ("shape", "expected shape [1024]"),
+                           ("name", "missing input 'x'")):
+            (res,) = answers[rid]
+            assert not res.ok and res.error["code"] == "invalid_input" and words in res.error["message"], res.error
+        assert "big" not in answers
+    finally:
+        probe.close()
+        agent.stop()
 
 
 # ------------------------------------------------------------------------------------------- routing plans
