@@ -249,6 +249,7 @@ def test_chunks_verified_against_the_signed_list_are_not_hashed_again_at_assembl
     store.assemble(sha, len(shas), shas, 4096, len(data))
     assert store.full_rehashes == 0
     assert store.get(sha) == data
+    assert store.wait_synced(10)                  # made durable right after, off the transfer's path
 
 
 def test_a_resumed_blob_is_assembled_from_chunks_verified_again_on_disk(tmp_path) -> None:
