@@ -37,6 +37,7 @@ from benchmarks.common import (
     fmt,
     fmt_ratio,
     parser,
+    process_cpu_s,
     ratio,
     raw_bulk_transfer,
     size_label,
@@ -167,24 +168,29 @@ def shard_transfer(broker_kind: str, workdir: Path, sizes: Sequence[int] = TRANS
         server_ep = topics.client_endpoint("bench", "server")
         client_ep = topics.device_endpoint("bench", "client")
         try:
-            with Helper(broker.url, "benchmarks.bench_transport", "serve", [server_ep, *map(str, sizes)]):
+            with Helper(broker.url, "benchmarks.bench_transport", "serve", [server_ep, *map(str, sizes)]) as sender:
                 for size in sizes:
                     data = bulk_data(size)
                     sha = sha256_hex(data)
                     spec = TransferSpec(sha, size, CHUNK_SIZE, chunk_digests(data, CHUNK_SIZE))
                     ours_s, raw_s = [], []
+                    ours_cpu: dict[str, list[float]] = {}
+                    raw_cpu: dict[str, list[float]] = {}
                     for _ in range(repeats):
                         with tempfile.TemporaryDirectory(prefix="ea-bench-store-", dir=workdir) as tmp:
                             store = BlobStore(tmp)
                             fetcher = BlobFetcher(client_t, client_ep, store)
                             client_t.subscribe(topics.inbox_filter(client_ep, "blob"), fetcher.deliver)
+                            c0, s0 = time.process_time(), process_cpu_s(sender.proc.pid)
                             t0 = time.perf_counter()
                             fetcher.fetch(spec, [server_ep], timeout=300)
                             ours_s.append(time.perf_counter() - t0)
+                            ours_cpu.setdefault("recv", []).append(time.process_time() - c0)
+                            ours_cpu.setdefault("send", []).append(process_cpu_s(sender.proc.pid) - s0)
                             if store.path(sha).stat().st_size != size:
                                 raise RuntimeError(f"blob transfer of {size} bytes stored the wrong size")
                             client_t.unsubscribe(topics.inbox_filter(client_ep, "blob"))
-                        raw_s.append(raw_bulk_transfer(broker.url, size, CHUNK_SIZE))
+                        raw_s.append(raw_bulk_transfer(broker.url, size, CHUNK_SIZE, cpu=raw_cpu))
                     store_s = _store_only(data, spec, workdir)
                     mib = size / (1 << 20)
                     ours_mibs = mib / float(np.median(ours_s))
@@ -194,7 +200,13 @@ def shard_transfer(broker_kind: str, workdir: Path, sizes: Sequence[int] = TRANS
                                     "raw_mib_s": round(raw_mibs, 2), "ratio": ratio(ours_mibs, raw_mibs),
                                     "store_only_mib_s": round(mib / store_s, 2),
                                     "ours_seconds": [round(x, 4) for x in ours_s],
-                                    "raw_seconds": [round(x, 4) for x in raw_s]})
+                                    "raw_seconds": [round(x, 4) for x in raw_s],
+                                    # CPU seconds over the transfer (median): receiver = this process,
+                                    # sender = the serving process (10 ms clock ticks)
+                                    "ours_recv_cpu_s": round(float(np.median(ours_cpu["recv"])), 3),
+                                    "ours_send_cpu_s": round(float(np.median(ours_cpu["send"])), 3),
+                                    "raw_recv_cpu_s": round(float(np.median(raw_cpu["recv"])), 3),
+                                    "raw_send_cpu_s": round(float(np.median(raw_cpu["send"])), 3)})
         finally:
             client_t.close()
     return results
@@ -221,7 +233,7 @@ def _store_only(data: bytes, spec: TransferSpec, workdir: Path) -> float:
         t0 = time.perf_counter()
         for i, digest in enumerate(spec.chunk_sha256):
             store.put_chunk(spec.sha256, i, data[i * cs:(i + 1) * cs], digest, cs)
-        store.assemble(spec.sha256, len(spec.chunk_sha256), spec.chunk_sha256, cs)
+        store.assemble(spec.sha256, len(spec.chunk_sha256), spec.chunk_sha256, cs, spec.size)
         return time.perf_counter() - t0
 
 
@@ -251,9 +263,12 @@ def print_hop(results: list[dict[str, Any]]) -> None:
 
 def print_transfer(results: list[dict[str, Any]]) -> None:
     table("Shard transfer throughput (MiB/s, 256 KiB chunks, QoS 1)",
-          ["broker / blob", "ours (verified, on disk)", "raw paho one-way", "ratio", "store alone (no MQTT)"],
+          ["broker / blob", "ours (verified, on disk)", "raw paho one-way", "ratio", "store alone (no MQTT)",
+           "CPU s recv / send: ours", "raw"],
           [[f"{r['broker']} {size_label(r['bytes'])}", fmt(r["ours_mib_s"]), fmt(r["raw_mib_s"]),
-            fmt_ratio(r["ratio"]), fmt(r["store_only_mib_s"])] for r in results],
+            fmt_ratio(r["ratio"]), fmt(r["store_only_mib_s"]),
+            f"{fmt(r['ours_recv_cpu_s'])} / {fmt(r['ours_send_cpu_s'])}",
+            f"{fmt(r['raw_recv_cpu_s'])} / {fmt(r['raw_send_cpu_s'])}"] for r in results],
           caption="ratio = ours / raw (1.00x = as fast as raw MQTT); store alone = BlobStore.put_chunk for every "
                   "chunk + assemble, the disk and hashing share of 'ours'")
 

@@ -409,9 +409,11 @@ def bulk_publisher_main(argv: Sequence[str]) -> None:
             pub.publish(topic, data[off:off + chunk])
 
 
-def raw_bulk_transfer(url: str, total_bytes: int, chunk_bytes: int, timeout: float = 120.0) -> float:
+def raw_bulk_transfer(url: str, total_bytes: int, chunk_bytes: int, timeout: float = 120.0,
+                      cpu: dict[str, list[float]] | None = None) -> float:
     """One-way bulk transfer with raw paho (a publisher process -> this process, QoS 1); seconds from the
-    "go" message to the last byte."""
+    "go" message to the last byte. ``cpu``: appends the CPU seconds of the receiver (this process) and of the
+    sender (the publisher process) over the transfer to its "recv" and "send" lists."""
     done = threading.Event()
     got = [0]
 
@@ -424,12 +426,17 @@ def raw_bulk_transfer(url: str, total_bytes: int, chunk_bytes: int, timeout: flo
     sub = RawClient(url, on_msg).start()
     try:
         sub.subscribe(topic)
-        with Helper(url, "benchmarks.common", "bulkpub", [topic, str(total_bytes), str(chunk_bytes)]):
+        with Helper(url, "benchmarks.common", "bulkpub", [topic, str(total_bytes), str(chunk_bytes)]) as pub:
+            c0, s0 = time.process_time(), process_cpu_s(pub.proc.pid)
             t0 = time.perf_counter()
             sub.publish(f"{topic}/go", b"")
             if not done.wait(timeout):
                 raise TimeoutError(f"raw bulk transfer: {got[0]} of {total_bytes} bytes after {timeout} s")
-            return time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            if cpu is not None:
+                cpu.setdefault("recv", []).append(time.process_time() - c0)
+                cpu.setdefault("send", []).append(process_cpu_s(pub.proc.pid) - s0)
+            return seconds
     finally:
         sub.close()
 

@@ -259,6 +259,7 @@ class Agent:
         self.streams.stop_all()
         self.reconciler.cancel_all()
         self.server.stop()
+        self.store.wait_synced(5.0)   # shards received just now: durable before an orderly exit
         if self.discovery is not None:
             try:
                 self.discovery.close()

@@ -128,6 +128,9 @@ class Reconciler:
         self.on_ready = on_ready        # a stage became ready: publish load at once
         self.kick = kick
         self.manifests: dict[ManifestSlot, Manifest] = {}
+        # (model, version) -> manifest, rebuilt (never mutated) when a manifest changes: every request looks
+        # its manifest up here, without the table lock
+        self._by_version: dict[tuple[str, int], Manifest] = {}
         self.adopted: set[StageKey] = set()
         self.connected_at = float("inf")
         self._jobs: dict[StageKey, _Job] = {}
@@ -142,12 +145,14 @@ class Reconciler:
                 self.manifests[slot] = m
             else:
                 self.manifests.pop(slot, None)
+            by_version: dict[tuple[str, int], Manifest] = {}
+            for (_, name), mm in self.manifests.items():
+                by_version.setdefault((name, mm.version), mm)   # the first slot wins, as a scan would find
+            self._by_version = by_version
 
     def manifest_of(self, model: str, version: int) -> Manifest | None:
         """The accepted manifest (any channel) of ``model`` at ``version``."""
-        with self.table.lock:
-            return next((m for (_, name), m in self.manifests.items() if name == model and m.version == version),
-                        None)
+        return self._by_version.get((model, version))
 
     def cancel_all(self) -> None:
         with self.table.lock:

@@ -53,6 +53,7 @@ WORK_QUEUE = 1024            # requests waiting per device before it answers "ov
 MAX_REROUTES = 3             # a request passed on more often than this is answered with an error
 LOAD_REPORT_EVERY_S = 0.1
 INLINE_MAX_MS = 2.0          # stages measured faster than this may run on the network thread when idle
+MAX_PLANS = 1024             # cached stage routing plans before those of replaced manifests are dropped
 
 Answer = tuple[str, bytes, InferRequest | None]   # ("result" | "forward", payload, forwarded request)
 
@@ -66,6 +67,34 @@ class _Where(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.model} stage {self.stage} on {self.device}"
+
+
+class _StagePlan(NamedTuple):
+    """What routing and the sender check derive from the fleet view and a stage's verified manifest, kept
+    until either changes (the view's ``generation``, another manifest object): not recomputed per request."""
+
+    generation: int
+    spec: Manifest
+    holders: tuple[str, ...]           # other devices that report the stage ready and may serve it
+    weights: dict[str, float] | None   # the planned share of each replica (routing.pick)
+    senders: frozenset[str]            # who may hand this device the stage's tensors (see may_send)
+
+
+def _inputs_match(checks: tuple, feeds: dict[str, np.ndarray]) -> bool:
+    """The usual request, checked against the stage's precomputed input checks: exactly its inputs, each an
+    array of the right dtype, rank and fixed dims. False for anything else (``check_inputs`` then decides and
+    explains): the same rule as ``check_inputs``, without working the specs out again per request."""
+    if len(feeds) != len(checks):
+        return False
+    for name, dtype, rank, fixed in checks:
+        arr = feeds.get(name)
+        if type(arr) is not np.ndarray or arr.dtype != dtype or arr.ndim != rank:
+            return False
+        shape = arr.shape
+        for axis, size in fixed:
+            if shape[axis] != size:
+                return False
+    return True
 
 
 def _tensor_bytes(req: InferRequest) -> int:
@@ -130,6 +159,7 @@ class StageServer:
         self._last_load_depth = -1
         self.last_request = time.monotonic()  # when a request last arrived or finished (idleness)
         self._thread: threading.Thread | None = None
+        self._plans: dict[tuple[str, int, int], _StagePlan] = {}   # only stages of verified manifests: bounded
 
     # ---------------------------------------------------------------------------------- lifecycle
     def start(self) -> threading.Thread:
@@ -159,10 +189,28 @@ class StageServer:
             return False
         if req.stage == 0:
             return True
-        spec = self.manifest_of(req.model, req.version)
-        if spec is None or not 0 < req.stage < len(spec.stages):
-            return True
-        return any(sender in permitted_holders(self.view, spec, k) for k in (req.stage - 1, req.stage))
+        plan = self._plan(req.model, req.version, req.stage)
+        return plan is None or sender in plan.senders
+
+    def _plan(self, model: str, version: int, stage: int) -> _StagePlan | None:
+        """The stage's routing plan, recomputed only when the view or the manifest changed; None when there is
+        no verified manifest of (model, version) or it has no such stage."""
+        spec = self.manifest_of(model, version)
+        if spec is None or not 0 <= stage < len(spec.stages):
+            return None
+        key = (model, version, stage)
+        generation = self.view.generation
+        plan = self._plans.get(key)
+        if plan is not None and plan.generation == generation and plan.spec is spec:
+            return plan
+        allowed = permitted_holders(self.view, spec, stage)
+        senders = allowed | permitted_holders(self.view, spec, stage - 1) if stage > 0 else frozenset()
+        plan = _StagePlan(generation, spec, tuple(routing.ready_candidates(self.view, key, allowed, self.device_id)),
+                          spec.stages[stage].weight_of(), frozenset(senders))
+        if len(self._plans) >= MAX_PLANS:   # manifests come and go: drop the plans of replaced ones
+            self._plans = {k: p for k, p in self._plans.items() if self.manifest_of(k[0], k[1]) is p.spec}
+        self._plans[key] = plan
+        return plan
 
     def enqueue(self, req: InferRequest, sender: str = "", inline_ok: bool = False) -> None:
         """Queue a request from ``sender`` (the writer's id from the topic; "" for this device itself) on the
@@ -225,11 +273,10 @@ class StageServer:
         local = None
         if self.table.get(key) is not None:
             local = routing.Local(self.device_id, self.work.qsize(), self.service_ms)
-        spec = self.manifest_of(model, version)
-        if spec is None or not 0 <= stage < len(spec.stages):
+        plan = self._plan(model, version, stage)
+        if plan is None:
             return self.device_id if local is not None else None
-        allowed = permitted_holders(self.view, spec, stage)
-        return routing.pick(self.view, key, local, allowed=allowed, weights=spec.stages[stage].weight_of())
+        return routing.pick(self.view, key, local, weights=plan.weights, holders=plan.holders)
 
     def send(self, req: InferRequest, payload: bytes | None = None) -> str | None:
         """Forward a request to the best device for its stage; returns the device or None (no route)."""
@@ -308,7 +355,8 @@ class StageServer:
         where = _Where(req.model, inst.index, self.device_id)   # formatted only into an error message
         try:
             feeds = {name: self._array(req.tensors[name]) for name in inst.stage.inputs if name in req.tensors}
-            check_inputs(inst.backend.inputs, feeds, where)  # type: ignore[arg-type]
+            if not _inputs_match(inst.input_checks, feeds):
+                check_inputs(inst.backend.inputs, feeds, where)  # type: ignore[arg-type]  # raises, explaining
         except (InvalidInputError, ProtocolError) as exc:
             self.reply_error(req, "invalid_input", str(exc))
             return None

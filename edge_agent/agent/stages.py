@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
 
 from edge_agent.agent.backend import Backend
 from edge_agent.cluster.view import StageKey
@@ -32,6 +35,12 @@ class InstalledStage:
     @property
     def last(self) -> bool:
         return self.index == len(self.manifest.stages) - 1
+
+    @cached_property
+    def input_checks(self) -> tuple[tuple[str, np.dtype, int, tuple[tuple[int, int], ...]], ...]:
+        """What every request's inputs are checked against, worked out once per installed stage: (name, dtype,
+        rank, fixed (axis, size) pairs) of each backend input (see ``server._inputs_match``)."""
+        return tuple((s.name, np.dtype(s.dtype), len(s.shape), tuple(s.fixed_dims())) for s in self.backend.inputs)
 
 
 class StageTable:

@@ -14,7 +14,7 @@ weight (an adopter after every replica died) fall back to the service-time rule 
 from __future__ import annotations
 
 import random
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from edge_agent.cluster.view import FleetView, PeerLoad, StageKey
@@ -31,6 +31,12 @@ class Local:
     service_ms: float
 
 
+def ready_candidates(view: FleetView, key: StageKey, allowed: Collection[str] | None = None,
+                     me: str | None = None) -> list[str]:
+    """The devices other than ``me`` that report stage ``key`` ready and may serve it (``allowed``)."""
+    return [d for d in view.ready_holders(key) if d != me and (allowed is None or d in allowed)]
+
+
 def score(load: PeerLoad) -> float:
     """Expected completion of one more request on a device with this load (ms)."""
     return (load.queue + load.sent_since + 1) * max(load.service_ms, MIN_SERVICE_MS)
@@ -43,16 +49,21 @@ def weighted_score(load: PeerLoad, weight: float) -> float:
 
 def pick(view: FleetView, key: StageKey, local: Local | None = None, rng: random.Random | None = None,
          exclude: frozenset[str] = frozenset(), allowed: Collection[str] | None = None,
-         weights: Mapping[str, float] | None = None) -> str | None:
+         weights: Mapping[str, float] | None = None, holders: Sequence[str] | None = None) -> str | None:
     """The device to send stage ``key`` to, or None when no live device has it ready. ``allowed``: the only
     devices that may serve it (see :func:`edge_agent.cluster.placement.permitted_holders`); a device that
     merely reports the stage ready in its own state is not enough. ``weights``: the planned share of each
-    replica (see the module docstring); zero-weight replicas get requests only when nothing else can."""
+    replica (see the module docstring); zero-weight replicas get requests only when nothing else can.
+    ``holders``: the candidates other than ``local`` when the caller already knows them (the ready holders
+    of ``key`` within ``allowed``, minus ``exclude``), e.g. cached while the view is unchanged."""
     rng = rng or random
     best: list[str] = []
     best_score = float("inf")
-    holders = [d for d in view.ready_holders(key)
-               if d not in exclude and (local is None or d != local.device_id) and (allowed is None or d in allowed)]
+    if holders is None:
+        holders = [d for d in ready_candidates(view, key, allowed, local.device_id if local is not None else None)
+                   if d not in exclude]
+    else:
+        holders = list(holders)
     everyone = holders + ([local.device_id] if local is not None else [])
     if weights and everyone and all(d in weights for d in everyone):
         # a replica planned at weight 0 is a last resort: its score is finite only when every weight is 0

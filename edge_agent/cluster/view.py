@@ -59,6 +59,10 @@ class FleetView:
     state changes, so routing a request reads the few holders of one stage instead of scanning every
     device's stage list (that scan was ~30 us per hop on a small fleet, and grows with it). States are
     never mutated in place: each one comes decoded from a message.
+
+    ``generation`` grows whenever what a routing decision reads of the states changes (a device's stages or
+    liveness, a device going stale or forgotten); loads do not change it. Callers cache what they derive
+    from the states (a stage's permitted holders) and recompute it only when the generation moved.
     """
 
     def __init__(self, stale_after_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
@@ -70,12 +74,16 @@ class FleetView:
         self._holders: dict[StageKey, dict[str, dict]] = {}   # stage -> device -> its entry in that state
         self.stale_after_s = stale_after_s
         self.clock = clock
+        self.generation = 0
 
     # ------------------------------------------------------------------------------------ updates
     def update_state(self, st: DeviceState) -> DeviceState | None:
         """Record a device's state; returns the previous one."""
         with self._lock:
             old = self._states.get(st.device_id)
+            if (old is None or old.online != st.online or old.stages != st.stages
+                    or st.device_id in self._stale):
+                self.generation += 1   # a heartbeat that changes nothing leaves caches valid
             self._states[st.device_id] = st
             self._seen[st.device_id] = self.clock()
             self._stale.discard(st.device_id)
@@ -96,6 +104,7 @@ class FleetView:
 
     def forget(self, device: str) -> None:
         with self._lock:
+            self.generation += 1
             self._unindex(device, self._states.get(device))
             self._states.pop(device, None)
             self._loads.pop(device, None)
@@ -120,6 +129,8 @@ class FleetView:
             silent = [(d, st) for d, st in self._states.items() if st.online and d not in self._stale
                       and now - self._seen.get(d, now) > self.stale_after_s]
             self._stale.update(d for d, _ in silent)
+            if silent:
+                self.generation += 1
         return silent
 
     # ------------------------------------------------------------------------------------ queries

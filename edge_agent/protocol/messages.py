@@ -249,9 +249,12 @@ class Message:
         header: dict[str, Any] = {"k": self.KIND, "v": PROTOCOL_VERSION}
         bufs: list[memoryview] = []
         metas: list[dict[str, Any]] = []
+        plain = type(self)._to_wire is Message._to_wire   # no field to convert: skip the call per field
         for f in self._plan():
             value = getattr(self, f.name)
-            if f.kind == _TENSOR:
+            if f.kind == _PLAIN:
+                header[f.name] = value if plain else self._to_wire(f.name, value)
+            elif f.kind == _TENSOR:
                 tlist = []
                 for name, arr in (value or {}).items():
                     if isinstance(arr, WireTensor):   # carried as received: its bytes, no array
@@ -266,14 +269,12 @@ class Message:
                     metas.append(meta)
                     bufs.append(buf)
                 header[f.name] = tlist
-            elif f.kind == _BUFFER:
+            else:
                 data = memoryview(value if value is not None else b"").cast("B")
                 meta = {"l": data.nbytes}
                 metas.append(meta)
                 bufs.append(data)
                 header[f.name] = meta
-            else:
-                header[f.name] = self._to_wire(f.name, value)
         for meta, off in zip(metas, _relative_offsets([b.nbytes for b in bufs])):
             meta["o"] = off
         return encode_frame(header, bufs)
@@ -288,7 +289,12 @@ class Message:
                     raise ProtocolError(f"{cls.__name__}: missing field '{f.name}'")
                 continue
             value = header[f.name]
-            if f.kind == _TENSOR:
+            if f.kind == _PLAIN:
+                # _check_type inlined: this runs for every field of every request an agent forwards
+                if f.want is not None and not isinstance(value, f.want) and not (f.nullable and value is None):
+                    _check_type(cls.__name__, f, value)   # raises, naming the field
+                kwargs[f.name] = float(value) if f.base == "float" and value is not None else value
+            elif f.kind == _TENSOR:
                 if not isinstance(value, list):
                     raise ProtocolError(f"{cls.__name__}.{f.name}: expected a tensor list")
                 tensors = {}
@@ -296,15 +302,13 @@ class Message:
                     name, arr = _wire_tensor(meta, view) if lazy else _tensor_from_meta(meta, view)
                     tensors[name] = arr
                 kwargs[f.name] = tensors
-            elif f.kind == _BUFFER:
+            else:
                 if not isinstance(value, dict):
                     raise ProtocolError(f"{cls.__name__}.{f.name}: expected a buffer descriptor")
                 off, n = value.get("o"), value.get("l")
                 if not isinstance(off, int) or not isinstance(n, int) or off < 0 or n < 0 or off + n > view.nbytes:
                     raise ProtocolError(f"{cls.__name__}.{f.name}: buffer outside the message (truncated?)")
                 kwargs[f.name] = view[off:off + n]
-            else:
-                kwargs[f.name] = _check_type(cls.__name__, f, value)
         return cls(**kwargs)
 
     @classmethod

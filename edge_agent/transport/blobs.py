@@ -351,7 +351,8 @@ class BlobFetcher:
             todo[:0] = [i for i in back if i not in todo and i not in have]
 
         def owed(src: str) -> list[int]:
-            return [i for i, s in asked_of.items() if s == src and i in asked]
+            # over the chunks in flight (at most a window), not every chunk ever asked for: this runs per chunk
+            return [i for i in asked if asked_of.get(i) == src]
 
         def ask(indices: list[int]) -> None:
             now = time.monotonic()
@@ -395,8 +396,10 @@ class BlobFetcher:
                                  f"(sources {', '.join(sources)})")
             tick, last_tick = now - last_tick, now
             for src in list(live):
+                if len(live) < 2:                  # the last source is never dropped: the timeout ends that
+                    break
                 back = owed(src)
-                if not back or len(live) < 2:      # the last source is never dropped: the timeout ends that
+                if not back:
                     continue
                 owing_s[src] = owing_s.get(src, 0.0) + tick
                 rate = bytes_from.get(src, 0) / max(owing_s[src], 1e-9)
@@ -430,7 +433,7 @@ class BlobFetcher:
                 # not a failure: that holder serves others right now. Everything asked of it goes back
                 # in the queue for another source, or for it again after the back-off
                 busy_until[src] = time.monotonic() + BUSY_BACKOFF_S
-                back = [i for i, s in asked_of.items() if s == src and i in asked]
+                back = owed(src)
                 for i in back:
                     asked.pop(i, None)
                 todo[:0] = [i for i in back if i not in todo and i not in have]
@@ -470,4 +473,4 @@ class BlobFetcher:
             self.fetched_bytes += len(chunk.data)
             if progress:
                 progress(len(have), n)
-        return self.store.assemble(spec.sha256, n, spec.chunk_sha256, spec.chunk_size)
+        return self.store.assemble(spec.sha256, n, spec.chunk_sha256, spec.chunk_size, spec.size)
