@@ -289,7 +289,8 @@ class Fuser:
     def fuse_gelu(self) -> None:
         """x/sqrt2 (or x*(1/sqrt2)) -> Erf -> +1 -> times x and 0.5 (either order) ==> Gelu(x);
         tanh(sqrt(2/pi) * (x + 0.044715 x^3)) -> +1 -> times x and 0.5 ==> Gelu(x, approximate="tanh")
-        (x^3 as Pow(x, 3) or x*x*x; the constants to 1e-4, which covers every exporter's rounding)."""
+        (0.044715 x^3 as any product of Muls / Pow(x, 2 | 3) with that constant; the constants to 1e-4,
+        which covers every exporter's rounding)."""
         cons = self._consumers()
         producer = {o: n for n in self.nodes for o in n.outputs if o}
         dead: list[Node] = []
@@ -325,21 +326,10 @@ class Fuser:
                     continue
                 found = None
                 for x in inner.inputs:
-                    cm = producer.get(other(inner, x))
-                    if cm is None or cm.op_type != "Mul" or self._sole_consumer(cons, cm.outputs[0]) is not inner:
-                        continue
-                    cube_name = next((i for i in cm.inputs if near(other(cm, i), 0.044715)), None)
-                    cube = producer.get(cube_name) if cube_name else None
-                    if cube is None or self._sole_consumer(cons, cube_name) is not cm:
-                        continue
-                    if cube.op_type == "Pow" and cube.inputs[0] == x and self._scalar(cube.inputs[1]) == 3.0:
-                        found = (x, [cube, cm, inner])
-                    elif cube.op_type == "Mul" and x in cube.inputs:
-                        sq = producer.get(other(cube, x))
-                        if sq is not None and sq.op_type == "Mul" and sq.inputs == [x, x] and \
-                                self._sole_consumer(cons, sq.outputs[0]) is cube:
-                            found = (x, [sq, cube, cm, inner])
-                    if found:
+                    # 0.044715 x^3 in any association: c * x*x*x, x * (x * (c * x)) (JAX), c * Pow(x, 3)
+                    mono = self._monomial(producer, cons, other(inner, x), x, inner)
+                    if mono is not None and mono[0] == 3 and abs(mono[1] - 0.044715) <= 1e-4 * 0.044715:
+                        found = (x, mono[2] + [inner])
                         break
                 if found is None:
                     continue
@@ -358,6 +348,32 @@ class Fuser:
             dead += chain[:-1]
             dead_ids |= {id(n) for n in chain}
         self._remove(dead)
+
+    def _monomial(self, producer: dict[str, Node], cons: dict, name: str, x: str,
+                  user: Node) -> tuple[int, float, list[Node]] | None:
+        """Value `name` (read by `user` only) as c * x^k built from Mul nodes and Pow(x, 2 | 3): (k, c, nodes).
+        Every intermediate product must have that single reader, so the nodes can be removed."""
+        if name == x:
+            return 1, 1.0, []
+        c = self._scalar(name)
+        if c is not None:
+            return 0, c, []
+        p = producer.get(name)
+        if p is None or self._sole_consumer(cons, name) is not user or len(p.inputs) != 2:
+            return None
+        if p.op_type == "Pow" and p.inputs[0] == x and self._scalar(p.inputs[1]) in (2.0, 3.0):
+            return int(self._scalar(p.inputs[1])), 1.0, [p]
+        if p.op_type != "Mul":
+            return None
+        if p.inputs[0] == p.inputs[1]:   # Mul(v, v): v is read twice by p, so not a "sole" reader
+            if p.inputs[0] != x:
+                return None
+            return 2, 1.0, [p]
+        left = self._monomial(producer, cons, p.inputs[0], x, p)
+        right = self._monomial(producer, cons, p.inputs[1], x, p) if left is not None else None
+        if right is None:
+            return None
+        return left[0] + right[0], left[1] * right[1], left[2] + right[2] + [p]
 
     def _trailing_axes(self, red: Node) -> tuple[int, ...] | None:
         """The axes of a keepdims ReduceMean if they are the last k axes counted from the end (-k..-1), else
