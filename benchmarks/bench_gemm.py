@@ -1,6 +1,6 @@
 """SGEMM of the native core vs ONNX Runtime's MatMul (MLAS), 1 and 2 threads.
 
-    python -m benchmarks.bench_gemm [--quick] [--json out.json]
+    python -m benchmarks.bench_gemm [--quick] [--attention] [--json out.json]
 
 Weights are constant on both sides (our PackedB; an ORT initializer, which MLAS prepacks). Each
 measurement alternates blocks of ours and ORT calls and keeps the best run, which on a shared 2-core
@@ -8,6 +8,10 @@ machine is the figure least disturbed by other processes. "speed" = ORT ms / our
 faster); "%peak" is per core against the FMA peak of the active ISA, measured at the start of the
 run by a register-only FMA loop (``ops_native._core.fma_peak_gflops``): e.g. ~125 GFLOP/s/core for
 AVX2 and ~250 for AVX-512 on a Zen 5 core, 93 for AVX2 on Zen 3.
+
+--attention adds the batched products of attention (Q.K^T with K read transposed in place, P.V) at
+the head counts and sequence lengths of the corpus transformers, against ORT's MatMul (it fuses the
+Transpose into the product) on the same operands.
 """
 
 from __future__ import annotations
@@ -84,10 +88,47 @@ def shapes(quick: bool) -> list[tuple[int, int, int]]:
     return [(s, s, s) for s in sq] + [(m, s, s) for m in (1, 8) for s in sk]
 
 
+def attention_model(sa: list[int], sb: list[int], perm_b: list[int] | None) -> bytes:
+    """y = a @ Transpose(b, perm_b) (or a @ b) with both operands inputs, as attention computes them."""
+    nodes = [helper.make_node("MatMul", ["a", "bt" if perm_b else "b"], ["y"])]
+    if perm_b:
+        nodes.insert(0, helper.make_node("Transpose", ["b"], ["bt"], perm=perm_b))
+    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("a", TensorProto.FLOAT, sa),
+                                              helper.make_tensor_value_info("b", TensorProto.FLOAT, sb)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def attention_rows(budget: float) -> list[dict]:
+    """Q.K^T and P.V per (heads, tokens, head dim): ViT-S/16 at 3 and 12 heads, MiniLM-like 12 x 64 x 32."""
+    rng = np.random.default_rng(0)
+    records = []
+    for heads, t, hd in ((3, 197, 64), (12, 197, 64), (12, 64, 32), (6, 128, 64)):
+        q = rng.standard_normal((1, heads, t, hd), dtype=np.float32)
+        k = rng.standard_normal((1, heads, t, hd), dtype=np.float32)
+        p = rng.standard_normal((1, heads, t, t), dtype=np.float32)
+        for name, a, b, perm in ((f"QK^T {heads}x{t}x{t}x{hd}", q, k, [0, 1, 3, 2]),
+                                 (f"PV {heads}x{t}x{hd}x{t}", p, k, None)):
+            bv = b.transpose(perm) if perm else b
+            for threads in (1, 2):
+                sess = ort_session(attention_model(list(a.shape), list(b.shape), perm), threads)
+                feed = {"a": a, "b": b}
+                np.testing.assert_allclose(core.matmul(a, bv, threads=threads), sess.run(None, feed)[0],
+                                           rtol=1e-4, atol=1e-3)
+                ours_ms, ort_ms = best_pair_ms(partial(core.matmul, a, bv, threads=threads),
+                                               partial(sess.run, None, feed), budget)
+                records.append({"product": name, "threads": threads, "ours_ms": ours_ms, "ort_ms": ort_ms,
+                                "speed_vs_ort": ort_ms / ours_ms})
+    return records
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     """Run the SGEMM comparison and print the table; returns the rows."""
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=None, help="seconds per measurement (default 1.0, quick 0.3)")
+    p.add_argument("--attention", action="store_true", help="also the batched attention products")
     args = p.parse_args(argv)
     budget = args.budget or (0.3 if args.quick else 1.0)
     rng = np.random.default_rng(0)
@@ -118,6 +159,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
           ["MxNxK", "threads", "ours ms", "ORT ms", "speed (ORT/ours)", "GFLOP/s", "%peak"], rows,
           caption=f"best run of alternating blocks; %peak vs {peak:.0f} GFLOP/s per core ({core.isa()} FMA loop)")
     result = {"isa": core.isa(), "peak_gflops_per_core": peak, "gemm": records}
+    if args.attention:
+        att = attention_rows(budget)
+        table(f"Batched attention products, ops_native ({core.isa()}) vs ONNX Runtime {ort.__version__} MatMul",
+              ["product (heads x M x N x K)", "threads", "ours ms", "ORT ms", "speed (ORT/ours)"],
+              [[r["product"], r["threads"], fmt(r["ours_ms"]), fmt(r["ort_ms"]), fmt_ratio(r["speed_vs_ort"])]
+               for r in att], caption="best run of alternating blocks")
+        result["attention"] = att
     write_json(args.json, result)
     return result
 

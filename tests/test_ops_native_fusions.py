@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -145,3 +146,128 @@ def test_gelu_after_matmul_bias_is_fused_into_the_epilogue(approximate: str) -> 
     sess, got, want = _run_both(model, {"x": rng.standard_normal((1, 10, 64)).astype(np.float32)})
     assert [n.op_type for n in sess._plan.nodes] == (["MatMul"] if approximate == "none" else ["MatMul", "Gelu"])
     np.testing.assert_allclose(got[0], want[0], rtol=1e-4, atol=1e-5)
+
+
+def _moments_layernorm_model(axes: list[int], dims: list, keepdims: bool, clamp: bool, gamma_first: bool,
+                             inv_n: float, var_output: bool) -> onnx.ModelProto:
+    """A layer norm written from the raw moments, as JAX / Flax exports it through tf2onnx:
+    E[x], E[x*x] - E[x]^2 [clamped at 0], 1/sqrt(var + eps), (x - E[x]) * (r * gamma) + beta.
+    keepdims False: ReduceSum(keepdims=0) * inv_n, then Reshape + Expand back to a keepdims shape computed
+    from Shape(x) (Magika's form); True: ReduceMean(keepdims=1), Pow(-0.5), gamma applied after."""
+    rank = len(dims)
+    norm = sorted(a % rank for a in axes)
+    gshape = [dims[i] if i in norm else 1 for i in range(rank)]
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(np.array(axes, np.int64), "axes"),
+             numpy_helper.from_array(np.array(inv_n, np.float32), "inv_n"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+             numpy_helper.from_array(np.array(1e-6, np.float32), "eps"),
+             numpy_helper.from_array(np.array(-0.5, np.float32), "mhalf"),
+             numpy_helper.from_array((1.0 + 0.2 * rng.standard_normal(gshape)).astype(np.float32), "gamma"),
+             numpy_helper.from_array((0.1 * rng.standard_normal(gshape)).astype(np.float32), "beta")]
+    mk = helper.make_node
+    nodes = [mk("Mul", ["x", "x"], ["sq"])]
+    if keepdims:
+        nodes += [mk("ReduceMean", ["x"], ["ex"], axes=axes, keepdims=1),   # opset 17: axes an attribute
+                  mk("ReduceMean", ["sq"], ["ex2"], axes=axes, keepdims=1)]
+    else:
+        nodes += [mk("ReduceSum", ["x", "axes"], ["s1"], keepdims=0), mk("ReduceSum", ["sq", "axes"], ["s2"], keepdims=0),
+                  mk("Mul", ["s1", "inv_n"], ["ex"]), mk("Mul", ["s2", "inv_n"], ["ex2"])]
+    nodes += [mk("Mul", ["ex", "ex"], ["m2"]), mk("Sub", ["ex2", "m2"], ["var"])]
+    v = "var"
+    if clamp:
+        nodes.append(mk("Max", ["zero", v], ["varc"]))
+        v = "varc"
+    m = "ex"
+    if not keepdims:
+        # the keepdims shape from Shape(x): 1 over the normalised axes
+        inits += [numpy_helper.from_array(np.array([i], np.int64), f"i{i}") for i in range(rank + 1)]
+        inits.append(numpy_helper.from_array(np.array([1], np.int64), "one"))
+        nodes.append(mk("Shape", ["x"], ["xs"]))
+        parts = []
+        for i in range(rank):
+            if i in norm:
+                parts.append("one")
+            else:
+                nodes.append(mk("Slice", ["xs", f"i{i}", f"i{i + 1}"], [f"d{i}"]))
+                parts.append(f"d{i}")
+        nodes.append(mk("Concat", parts, ["kshape"], axis=0))
+        nodes += [mk("Reshape", [v, "kshape"], ["var_r"]), mk("Expand", ["var_r", "kshape"], ["var_b"]),
+                  mk("Reshape", ["ex", "kshape"], ["m_r"]), mk("Expand", ["m_r", "kshape"], ["m_b"])]
+        v, m = "var_b", "m_b"
+    nodes += [mk("Add", [v, "eps"], ["ve"])]
+    if keepdims:
+        nodes.append(mk("Pow", ["ve", "mhalf"], ["r"]))
+    else:
+        nodes += [mk("Sqrt", ["ve"], ["sd"]), mk("Reciprocal", ["sd"], ["r"])]
+    nodes.append(mk("Sub", ["x", m], ["d"]))
+    if gamma_first:
+        nodes += [mk("Mul", ["r", "gamma"], ["rg"]), mk("Mul", ["d", "rg"], ["yn"])]
+    else:
+        nodes += [mk("Mul", ["d", "r"], ["dn"]), mk("Mul", ["dn", "gamma"], ["yn"])]
+    nodes.append(mk("Add", ["yn", "beta"], ["y"]))
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)]
+    if var_output:
+        outs.append(helper.make_tensor_value_info("var", TensorProto.FLOAT, [d for i, d in enumerate(dims) if i not in norm]))
+    graph = helper.make_graph(nodes, "moments_ln", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+                              outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("axes, dims, keepdims, clamp, gamma_first", [
+    ([2], ["b", 6, 32], False, True, True),           # Flax over the last axis, positive axis, clamped
+    ([1], ["b", 16, 24], False, True, True),          # Magika's LayerNorm_0: a middle axis
+    ([-2, -1], ["b", 5, 4, 8], True, False, False),   # ReduceMean keepdims, Pow(-0.5), two axes, no clamp
+    ([1, 2], ["b", 3, 4, 5], False, False, True),     # a middle block of two axes
+])
+def test_moments_layernorm_becomes_one_layernorm_pass(monkeypatch: pytest.MonkeyPatch, axes: list[int], dims: list,
+                                                      keepdims: bool, clamp: bool, gamma_first: bool) -> None:
+    """Var = E[x^2] - E[x]^2 layer norms (JAX / Flax exports) are one _MomentNorm node that takes the
+    LayerNormalization kernel; outputs match ORT running the unfused graph to 1e-4."""
+    from ops_native.ops import norm
+    plans = []
+    real = norm._moment_norm_plan
+    monkeypatch.setattr(norm, "_moment_norm_plan", lambda *a: plans.append(real(*a)) or plans[-1])
+    n = int(np.prod([d for i, d in enumerate(dims) if i in [a % len(dims) for a in axes]]))
+    model = _moments_layernorm_model(axes, dims, keepdims, clamp, gamma_first, 1.0 / n, False)
+    sess = ops_native.InferenceSession(model, threads=2)
+    assert "_MomentNorm" in [nd.op_type for nd in sess._plan.nodes]
+    assert not {"ReduceSum", "ReduceMean", "Sqrt", "Reciprocal", "Pow", "Max"} & {nd.op_type for nd in sess._plan.nodes}
+    ref = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(1)
+    for batch in (1, 3):
+        shape = [batch] + dims[1:]
+        x = (0.5 + rng.standard_normal(shape)).astype(np.float32)
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], ref.run(None, {"x": x})[0], rtol=1e-4, atol=1e-4)
+    assert plans and all(p is not None for p in plans)   # the kernel ran, not the fallback
+
+
+def test_moments_layernorm_with_a_wrong_count_runs_the_original_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sum scaled by something other than 1/n is not a mean: the fused node runs the graph's own nodes
+    (checked at run time, since n depends on the input shape), and the result is still ORT's."""
+    from ops_native.ops import norm
+    plans = []
+    real = norm._moment_norm_plan
+    monkeypatch.setattr(norm, "_moment_norm_plan", lambda *a: plans.append(real(*a)) or plans[-1])
+    model = _moments_layernorm_model([2], ["b", 6, 32], False, True, True, 1.0 / 30, False)
+    sess = ops_native.InferenceSession(model, threads=1)
+    assert "_MomentNorm" in [nd.op_type for nd in sess._plan.nodes]
+    x = np.random.default_rng(2).standard_normal((2, 6, 32)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], want, rtol=1e-4, atol=1e-4)
+    assert plans == [None]
+
+
+def test_moments_layernorm_is_not_fused_when_the_variance_is_used_elsewhere() -> None:
+    """The variance is also a graph output: it must stay, so nothing is fused (the result is still ORT's)."""
+    model = _moments_layernorm_model([2], ["b", 6, 32], False, True, True, 1.0 / 32, True)
+    sess = ops_native.InferenceSession(model, threads=1)
+    ops = [nd.op_type for nd in sess._plan.nodes]
+    assert "_MomentNorm" not in ops and "LayerNormalization" not in ops and "ReduceSum" in ops
+    x = np.random.default_rng(3).standard_normal((2, 6, 32)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    got = sess.run(None, {"x": x})
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)

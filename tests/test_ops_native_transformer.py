@@ -160,7 +160,8 @@ def test_shape_values_that_are_graph_outputs_are_computed_every_run() -> None:
 
 
 def _gelu_model(form: str, order: str) -> object:
-    """GELU as exporters write it: erf form, or the tanh approximation with x^3 as Pow or x*x*x; the
+    """GELU as exporters write it: erf form, or the tanh approximation with 0.044715 x^3 as k * Pow(x, 3),
+    k * (x*x*x) or x * (x * (k * x)); the
     0.5 and the x applied in one of three orders; fed by MatMul + bias like a transformer's FFN."""
     rng = np.random.default_rng(len(form) + len(order))
     f = lambda name, v: numpy_helper.from_array(np.array(v, np.float32), name)  # noqa: E731
@@ -173,10 +174,14 @@ def _gelu_model(form: str, order: str) -> object:
         nodes += [helper.make_node("Div", ["x", "sqrt2"], ["u"]), helper.make_node("Erf", ["u"], ["t"])]
     else:
         if form == "tanh_pow":
-            nodes.append(helper.make_node("Pow", ["x", "three"], ["cube"]))
-        else:
-            nodes += [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Mul", ["sq", "x"], ["cube"])]
-        nodes += [helper.make_node("Mul", ["k", "cube"], ["kc"]), helper.make_node("Add", ["x", "kc"], ["in"]),
+            nodes += [helper.make_node("Pow", ["x", "three"], ["cube"]), helper.make_node("Mul", ["k", "cube"], ["kc"])]
+        elif form == "tanh_mul":
+            nodes += [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Mul", ["sq", "x"], ["cube"]),
+                      helper.make_node("Mul", ["k", "cube"], ["kc"])]
+        else:   # tanh_jax: the coefficient innermost, x * (x * (k * x)) (JAX via tf2onnx, Magika)
+            nodes += [helper.make_node("Mul", ["k", "x"], ["k1"]), helper.make_node("Mul", ["x", "k1"], ["k2"]),
+                      helper.make_node("Mul", ["x", "k2"], ["kc"])]
+        nodes += [helper.make_node("Add", ["x", "kc"], ["in"]),
                   helper.make_node("Mul", ["in", "c"], ["u"]), helper.make_node("Tanh", ["u"], ["t"])]
     nodes.append(helper.make_node("Add", ["one", "t"], ["p"]))
     if order == "half_x_first":
@@ -189,7 +194,7 @@ def _gelu_model(form: str, order: str) -> object:
                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 40])], inits, 17)
 
 
-@pytest.mark.parametrize("form", ["erf", "tanh_pow", "tanh_mul"])
+@pytest.mark.parametrize("form", ["erf", "tanh_pow", "tanh_mul", "tanh_jax"])
 @pytest.mark.parametrize("order", ["half_x_first", "half_last", "half_with_p"])
 def test_written_out_gelu_becomes_one_gelu(form: str, order: str) -> None:
     """Every written-out GELU is one Gelu: the erf form in the GEMM's epilogue (the plan is one MatMul),
@@ -215,6 +220,17 @@ def test_tanh_gelu_with_another_cubic_coefficient_is_left_alone() -> None:
     assert "Gelu" not in [n.op_type for n in sess._plan.nodes]
     a = np.random.default_rng(2).standard_normal((5, 32)).astype(np.float32)
     np.testing.assert_allclose(sess.run(None, {"a": a})[0], _ort(model).run(None, {"a": a})[0], rtol=RTOL, atol=ATOL)
+
+
+def test_tanh_gelu_whose_cube_is_also_read_elsewhere_is_left_alone() -> None:
+    """x * (x * (k * x)) where k * x is also a graph output: those nodes must stay, so nothing is fused."""
+    model = _gelu_model("tanh_jax", "half_last")
+    model.graph.output.append(helper.make_tensor_value_info("k1", TensorProto.FLOAT, ["n", 40]))
+    sess = ops_native.InferenceSession(model, threads=1)
+    assert "Gelu" not in [n.op_type for n in sess._plan.nodes]
+    a = np.random.default_rng(4).standard_normal((5, 32)).astype(np.float32)
+    for got, want in zip(sess.run(None, {"a": a}), _ort(model).run(None, {"a": a})):
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
 def test_layernorm_over_several_axes_after_an_add_follows_the_spec() -> None:

@@ -53,8 +53,8 @@ on_status on_gemm_packed(int trans_a, size_t M, size_t N, size_t K, const float 
 on_status on_gemm(int trans_a, int trans_b, size_t M, size_t N, size_t K, const float *A, size_t lda,
                   const float *B, size_t ldb, const on_gemm_epilogue *ep, float *C, size_t ldc, int nthreads);
 /* nbatch independent products C_i = op(A_i) op(B_i) (+ epilogue), A_i = A + i * stride_a, likewise B and
- * C. Products too small to split (attention heads) are spread over the threads whole, one per
- * thread at a time; larger ones run one after another, each on all threads. */
+ * C. Products too small to split (attention heads at short sequences) are spread over the threads
+ * whole; larger ones are cut into 16-column panels, all products' panels shared out as one list. */
 on_status on_gemm_batch(int trans_a, int trans_b, size_t M, size_t N, size_t K, const float *A, size_t lda,
                         size_t stride_a, const float *B, size_t ldb, size_t stride_b, const on_gemm_epilogue *ep,
                         float *C, size_t ldc, size_t stride_c, size_t nbatch, int nthreads);

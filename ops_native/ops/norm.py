@@ -13,6 +13,7 @@ from ops_native.ops.registry import (
     Fn,
     Node,
     OpNotSupported,
+    build,
     normalize_axis,
     register,
 )
@@ -55,6 +56,82 @@ def _build_softmax(node: Node, ctx: BuildContext) -> Fn:
             return [_core.ops_softmax(x, log, threads)]
         y = _core.ops_softmax(_move_axis_last(x, axis, threads), log, threads)
         return [_core.ops_contiguous(np.moveaxis(y, -1, axis), threads)]
+
+    return fn
+
+
+def _moment_norm_plan(x: np.ndarray, axes: list[int], factor: float | None, shapes: list[np.ndarray],
+                      params: list[np.ndarray | None]) -> tuple | None:
+    """Whether the graph _MomentNorm replaced (passes.fusions.fuse_layernorm_moments) is a layer norm for this
+    x: (first axis, end axis, scale, bias) with scale / bias over x.shape[first:end], else None."""
+    if x.dtype != F32 or x.ndim == 0:
+        return None
+    ax = sorted(a + x.ndim if a < 0 else a for a in axes)
+    if ax[0] < 0 or ax[-1] >= x.ndim or ax != list(range(ax[0], ax[-1] + 1)):
+        return None
+    a, b = ax[0], ax[-1] + 1
+    block = x.shape[a:b]
+    n = math.prod(block)
+    if n == 0 or (factor is not None and abs(factor * n - 1.0) > 1e-6):
+        return None
+    kept = x.shape[:a] + (1,) * (b - a) + x.shape[b:]
+    for s in shapes:   # Reshape / Expand targets: the keepdims shape, or (Expand) x's own
+        if s.dtype.kind != "i" or s.ndim != 1 or tuple(int(v) for v in s) not in (kept, x.shape):
+            return None
+    out = []
+    for p in params:
+        if p is None:
+            out.append(None)
+            continue
+        if p.ndim > x.ndim:
+            return None
+        full = (1,) * (x.ndim - p.ndim) + p.shape
+        if any(full[i] != 1 for i in range(x.ndim) if not a <= i < b) or \
+                any(full[i] not in (1, x.shape[i]) for i in range(a, b)):
+            return None
+        out.append(np.ascontiguousarray(np.broadcast_to(p.reshape(full[a:b]), block), dtype=np.float32).reshape(n))
+    return a, b, out[0] if out[0] is not None else np.ones(n, np.float32), out[1]
+
+
+@register("_MomentNorm")
+def _build_moment_norm(node: Node, ctx: BuildContext) -> Fn:
+    """A layer norm the graph wrote from its moments (see passes.fusions.fuse_layernorm_moments): one pass of
+    the LayerNormalization kernel when the checks of _moment_norm_plan hold (over axes that are not the
+    last ones, on a copy with them moved last), else the original nodes."""
+    at = node.attrs
+    eps, factor, axes = float(at["epsilon"]), at["factor"], list(at["axes"])
+    params = [ctx.const(at["gamma"]) if at["gamma"] else None, ctx.const(at["beta"]) if at["beta"] else None]
+    shape_idx = [node.inputs.index(s) for s in at["_shape_values"]]
+    inner: list[Node] = at["_nodes"]
+    fns = [build(n, ctx) for n in inner]
+    consts, sources, threads = ctx.consts, list(node.inputs), ctx.threads
+    plans: dict[tuple, tuple | None] = {}
+
+    def original(args: list) -> list:
+        env = dict(zip(sources, args))
+        for n, f in zip(inner, fns):
+            res = f([env[i] if i in env else consts.get(i) if i else None for i in n.inputs])
+            env.update((o, v) for o, v in zip(n.outputs, res) if o)
+        return [env[node.outputs[0]]]
+
+    def fn(args: list) -> list:
+        x = args[0]
+        shapes = [args[i] for i in shape_idx]
+        key = (x.shape, x.dtype) + tuple(tuple(s.tolist()) for s in shapes)
+        if key not in plans:
+            plans[key] = _moment_norm_plan(x, axes, factor, shapes, params)
+        plan = plans[key]
+        if plan is None:
+            return original(args)
+        a, b, scale, bias = plan
+        n = scale.size
+        if b == x.ndim:
+            return [_core.ops_layernorm(x, scale, bias, n, eps, threads, ctx.pool.empty(x.shape))]
+        # normalised axes inside: move them last, normalise rows, move them back
+        outer, rest = math.prod(x.shape[:a]), math.prod(x.shape[b:])
+        xt = _core.ops_contiguous(x.reshape(outer, n, rest).transpose(0, 2, 1), threads)
+        yt = _core.ops_layernorm(xt, scale, bias, n, eps, threads, np.empty(xt.shape, np.float32))
+        return [_core.ops_contiguous(yt.transpose(0, 2, 1), threads).reshape(x.shape)]
 
     return fn
 

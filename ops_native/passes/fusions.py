@@ -8,6 +8,8 @@ consumer and is not a graph output):
   * tanh(sqrt(2/pi)(x + 0.044715 x^3)) -> +1 -> * x -> * 0.5 : Gelu(approximate="tanh")
   * mean over the last axes, x - mean, mean of its square, + eps, sqrt, divide (then * gamma + beta)
                                             : LayerNormalization (the pre-opset-17 / TF export of it)
+  * E[x], E[x*x] - E[x]^2 (clamped at 0), (x - E[x]) / sqrt(var + eps) (then * gamma + beta), over any
+    block of axes, the means as ReduceSum * 1/n with a Reshape back : _MomentNorm (JAX / Flax exports)
   * Mul(x, scalar) -> Add(., scalar)        : one affine pass (internal op _Affine), folded into a
                                               following 1x1 Conv
   * ConvTranspose -> BatchNormalization / Add(per-channel const) : folded into its weights and bias
@@ -40,6 +42,7 @@ def fuse(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[st
     f.fuse_hardswish()
     f.fuse_gelu()
     f.fuse_layernorm()
+    f.fuse_layernorm_moments()
     f.fuse_affine()
     f.fuse_bias_add()
     f.fuse_matmul_scale()
@@ -286,7 +289,8 @@ class Fuser:
     def fuse_gelu(self) -> None:
         """x/sqrt2 (or x*(1/sqrt2)) -> Erf -> +1 -> times x and 0.5 (either order) ==> Gelu(x);
         tanh(sqrt(2/pi) * (x + 0.044715 x^3)) -> +1 -> times x and 0.5 ==> Gelu(x, approximate="tanh")
-        (x^3 as Pow(x, 3) or x*x*x; the constants to 1e-4, which covers every exporter's rounding)."""
+        (0.044715 x^3 as any product of Muls / Pow(x, 2 | 3) with that constant; the constants to 1e-4,
+        which covers every exporter's rounding)."""
         cons = self._consumers()
         producer = {o: n for n in self.nodes for o in n.outputs if o}
         dead: list[Node] = []
@@ -322,21 +326,10 @@ class Fuser:
                     continue
                 found = None
                 for x in inner.inputs:
-                    cm = producer.get(other(inner, x))
-                    if cm is None or cm.op_type != "Mul" or self._sole_consumer(cons, cm.outputs[0]) is not inner:
-                        continue
-                    cube_name = next((i for i in cm.inputs if near(other(cm, i), 0.044715)), None)
-                    cube = producer.get(cube_name) if cube_name else None
-                    if cube is None or self._sole_consumer(cons, cube_name) is not cm:
-                        continue
-                    if cube.op_type == "Pow" and cube.inputs[0] == x and self._scalar(cube.inputs[1]) == 3.0:
-                        found = (x, [cube, cm, inner])
-                    elif cube.op_type == "Mul" and x in cube.inputs:
-                        sq = producer.get(other(cube, x))
-                        if sq is not None and sq.op_type == "Mul" and sq.inputs == [x, x] and \
-                                self._sole_consumer(cons, sq.outputs[0]) is cube:
-                            found = (x, [sq, cube, cm, inner])
-                    if found:
+                    # 0.044715 x^3 in any association: c * x*x*x, x * (x * (c * x)) (JAX), c * Pow(x, 3)
+                    mono = self._monomial(producer, cons, other(inner, x), x, inner)
+                    if mono is not None and mono[0] == 3 and abs(mono[1] - 0.044715) <= 1e-4 * 0.044715:
+                        found = (x, mono[2] + [inner])
                         break
                 if found is None:
                     continue
@@ -355,6 +348,32 @@ class Fuser:
             dead += chain[:-1]
             dead_ids |= {id(n) for n in chain}
         self._remove(dead)
+
+    def _monomial(self, producer: dict[str, Node], cons: dict, name: str, x: str,
+                  user: Node) -> tuple[int, float, list[Node]] | None:
+        """Value `name` (read by `user` only) as c * x^k built from Mul nodes and Pow(x, 2 | 3): (k, c, nodes).
+        Every intermediate product must have that single reader, so the nodes can be removed."""
+        if name == x:
+            return 1, 1.0, []
+        c = self._scalar(name)
+        if c is not None:
+            return 0, c, []
+        p = producer.get(name)
+        if p is None or self._sole_consumer(cons, name) is not user or len(p.inputs) != 2:
+            return None
+        if p.op_type == "Pow" and p.inputs[0] == x and self._scalar(p.inputs[1]) in (2.0, 3.0):
+            return int(self._scalar(p.inputs[1])), 1.0, [p]
+        if p.op_type != "Mul":
+            return None
+        if p.inputs[0] == p.inputs[1]:   # Mul(v, v): v is read twice by p, so not a "sole" reader
+            if p.inputs[0] != x:
+                return None
+            return 2, 1.0, [p]
+        left = self._monomial(producer, cons, p.inputs[0], x, p)
+        right = self._monomial(producer, cons, p.inputs[1], x, p) if left is not None else None
+        if right is None:
+            return None
+        return left[0] + right[0], left[1] * right[1], left[2] + right[2] + [p]
 
     def _trailing_axes(self, red: Node) -> tuple[int, ...] | None:
         """The axes of a keepdims ReduceMean if they are the last k axes counted from the end (-k..-1), else
@@ -458,6 +477,210 @@ class Fuser:
                 self._remove(chain[:-1])
                 changed = True
                 break
+
+    def _mean_of(self, prod: dict[str, Node], cons: dict, v: str) -> tuple | None:
+        """If value v is a mean over some axes: (input, axes, keepdims, factor, nodes), where the mean is
+        ReduceMean (factor None) or ReduceSum times a scalar / divided by one (factor: what the sum is
+        multiplied by; _MomentNorm checks at run time that it is 1/n). The nodes' inner values must have
+        no other consumer."""
+        p = prod.get(v)
+        if p is None:
+            return None
+        nodes, factor = [p], None
+        if p.op_type in ("Mul", "Div") and len(p.inputs) == 2:
+            if p.op_type == "Mul":
+                k = [i for i, name in enumerate(p.inputs) if self._scalar(name) is not None]
+                if len(k) != 1:
+                    return None
+                factor, red_v = self._scalar(p.inputs[k[0]]), p.inputs[1 - k[0]]
+            else:
+                c = self._scalar(p.inputs[1])
+                if c is None or c == 0.0:
+                    return None
+                factor, red_v = 1.0 / c, p.inputs[0]
+            red = prod.get(red_v)
+            if red is None or red.op_type != "ReduceSum" or self._sole_consumer(cons, red_v) is not p:
+                return None
+            nodes = [red, p]
+        elif p.op_type == "ReduceMean":
+            red = p
+        else:
+            return None
+        axes = red.attrs.get("axes")
+        if axes is None and len(red.inputs) > 1 and red.inputs[1]:
+            c = self.consts.get(red.inputs[1])
+            axes = None if c is None else [int(a) for a in c.reshape(-1)]
+        if not axes:
+            return None
+        return red.inputs[0], tuple(int(a) for a in axes), int(red.attrs.get("keepdims", 1)), factor, nodes
+
+    def _to_keepdims(self, cons: dict, v: str, keepdims: int,
+                     rs: Node | None = None) -> tuple[str, list[str], list[Node]] | None:
+        """A reduced value brought back to the keepdims shape before it broadcasts against x: nothing when
+        the reduction kept its dims, else a Reshape (rs, or v's sole consumer) [then an Expand] whose shape
+        values _MomentNorm checks at run time. Returns (value, shape values, nodes)."""
+        if keepdims:
+            return v, [], []
+        rs = rs or self._sole_consumer(cons, v)
+        if rs is None or rs.op_type != "Reshape" or rs.inputs[0] != v or int(rs.attrs.get("allowzero", 0)):
+            return None
+        out, shapes, nodes = rs.outputs[0], [rs.inputs[1]], [rs]
+        ex = self._sole_consumer(cons, out)
+        if ex is not None and ex.op_type == "Expand" and ex.inputs[0] == out:
+            out, nodes = ex.outputs[0], nodes + [ex]
+            shapes.append(ex.inputs[1])
+        return out, shapes, nodes
+
+    def fuse_layernorm_moments(self) -> None:
+        """Layer normalisation from the raw moments, as JAX / Flax (via tf2onnx) writes it:
+
+            m = E[x]; v = E[x * x] - m * m, optionally Max(v, 0) | Relu; r = 1 / sqrt(v + eps) | (v + eps)^-0.5
+            y = (x - m) * (r [* gamma]) [* gamma] [+ beta]
+
+        E[.] over any block of axes (Flax reduces over the axes it is told, not only the last), as ReduceMean
+        or ReduceSum * 1/n, with keepdims or a Reshape [+ Expand] back to the keepdims shape.
+        ==> _MomentNorm (ops/norm.py): one LayerNormalization over those axes. What the graph alone does not
+        prove (the axes form one block, 1/n is the true count, the Reshapes restore the keepdims shape,
+        gamma / beta vary over the normalised axes only) is checked at run time; the original nodes run
+        when it does not hold. Not fused when an intermediate (the variance, the mean, x - m) is used
+        elsewhere or is a graph output."""
+        changed = True
+        while changed:
+            changed = False
+            cons = self._consumers()
+            prod = {o: n for n in self.nodes for o in n.outputs if o}
+            for vs in self.nodes:
+                if vs.op_type != "Sub" or len(vs.inputs) != 2:
+                    continue
+                found = self._match_moments(prod, cons, vs)
+                if found is None:
+                    continue
+                chain, x, out, attrs = found
+                ids = {id(n) for n in chain}
+                inner = {o for n in chain for o in n.outputs if o}
+                externals = []
+                for n in chain:
+                    for i in n.inputs:
+                        if i and i not in inner and i not in self.consts and i not in externals:
+                            externals.append(i)
+                if x not in externals or any(o in self.outputs for o in inner - {out}) or \
+                        any(id(u) not in ids for o in inner - {out} for u in cons.get(o, [])):
+                    continue
+                externals.remove(x)
+                attrs["_nodes"] = [n for n in self.nodes if id(n) in ids]   # graph order: the fallback
+                fused = Node(vs.name + "_momentnorm", "_MomentNorm", [x] + externals, [out], attrs)
+                idx = max(i for i, n in enumerate(self.nodes) if id(n) in ids)
+                self.nodes[idx] = fused
+                self._remove(chain)
+                changed = True
+                break
+
+    def _match_moments(self, prod: dict[str, Node], cons: dict, vs: Node) -> tuple | None:
+        """The nodes of one moments layer norm around its variance node vs (see fuse_layernorm_moments):
+        (nodes, x, output value, _MomentNorm attributes), or None."""
+        ex2_v, msq_v = vs.inputs
+        msq = prod.get(msq_v)
+        if msq is None or not ((msq.op_type == "Mul" and msq.inputs[0] == msq.inputs[1]) or
+                               (msq.op_type == "Pow" and self._scalar(msq.inputs[1]) == 2.0)):
+            return None
+        m_v = msq.inputs[0]
+        mean = self._mean_of(prod, cons, m_v)
+        msq_mean = self._mean_of(prod, cons, ex2_v)
+        if mean is None or msq_mean is None:
+            return None
+        x, axes, keepdims, factor, m_nodes = mean
+        sq = prod.get(msq_mean[0])
+        if sq is None or msq_mean[1:4] != (axes, keepdims, factor) or \
+                not ((sq.op_type == "Mul" and sq.inputs == [x, x]) or
+                     (sq.op_type == "Pow" and sq.inputs[0] == x and self._scalar(sq.inputs[1]) == 2.0)):
+            return None
+        chain = [sq] + msq_mean[4] + m_nodes + [msq, vs]
+        # the variance: optional clamp at 0, back to the keepdims shape, + eps, 1/sqrt
+        v = vs.outputs[0]
+        clamp = self._sole_consumer(cons, v)
+        if clamp is not None and ((clamp.op_type == "Max" and len(clamp.inputs) == 2 and
+                                   self._scalar(clamp.inputs[1] if clamp.inputs[0] == v else clamp.inputs[0]) == 0.0)
+                                  or clamp.op_type == "Relu"):
+            chain.append(clamp)
+            v = clamp.outputs[0]
+        kd = self._to_keepdims(cons, v, keepdims)
+        if kd is None:
+            return None
+        v, shapes, nodes = kd
+        chain += nodes
+        add = self._sole_consumer(cons, v)
+        if add is None or add.op_type != "Add" or len(add.inputs) != 2:
+            return None
+        eps = self._scalar(add.inputs[1] if add.inputs[0] == v else add.inputs[0])
+        if eps is None or eps < 0:
+            return None
+        chain.append(add)
+        nxt = self._sole_consumer(cons, add.outputs[0])
+        if nxt is not None and nxt.op_type == "Sqrt":
+            inv = self._sole_consumer(cons, nxt.outputs[0])
+            if inv is None or not (inv.op_type == "Reciprocal" or
+                                   (inv.op_type == "Div" and self._scalar(inv.inputs[0]) == 1.0 and
+                                    inv.inputs[1] == nxt.outputs[0])):
+                return None
+            chain += [nxt, inv]
+        elif nxt is not None and nxt.op_type == "Pow" and nxt.inputs[0] == add.outputs[0] and \
+                self._scalar(nxt.inputs[1]) == -0.5:
+            inv = nxt
+            chain.append(inv)
+        else:
+            return None
+        r = inv.outputs[0]
+        gamma = beta = ""
+        mul = self._sole_consumer(cons, r)
+        if mul is not None and mul.op_type == "Mul" and len(mul.inputs) == 2:
+            other = mul.inputs[1] if mul.inputs[0] == r else mul.inputs[0]
+            c = self.consts.get(other)
+            if c is not None and c.dtype == np.float32 and other != r:   # r * gamma first (Flax)
+                gamma = other
+                chain.append(mul)
+                r = mul.outputs[0]
+                mul = self._sole_consumer(cons, r)
+        # the mean, back to the keepdims shape, subtracted from x; then times r
+        m_users = [u for u in cons.get(m_v, []) if u is not msq]
+        if len(m_users) != 1 or m_v in self.outputs:
+            return None
+        if keepdims:
+            sub = m_users[0]
+            m_b, m_shapes = m_v, []
+        else:
+            kd = self._to_keepdims(cons, m_v, keepdims, m_users[0])
+            if kd is None:
+                return None
+            m_b, m_shapes, nodes = kd
+            chain += nodes
+            sub = self._sole_consumer(cons, m_b)
+        if sub is None or sub.op_type != "Sub" or sub.inputs != [x, m_b]:
+            return None
+        d = sub.outputs[0]
+        if mul is None or mul.op_type != "Mul" or sorted(mul.inputs) != sorted([d, r]) or \
+                self._sole_consumer(cons, d) is not mul:
+            return None
+        chain += [sub, mul]
+        out = mul.outputs[0]
+        for op in ("Mul", "Add"):
+            if op == "Mul" and gamma:
+                continue
+            nxt = self._sole_consumer(cons, out)
+            if nxt is None or nxt.op_type != op or len(nxt.inputs) != 2:
+                break
+            c_name = nxt.inputs[1] if nxt.inputs[0] == out else nxt.inputs[0]
+            c = self.consts.get(c_name)
+            if c is None or c.dtype != np.float32 or c_name == out:
+                break
+            if op == "Mul":
+                gamma = c_name
+            else:
+                beta = c_name
+            chain.append(nxt)
+            out = nxt.outputs[0]
+        attrs = {"axes": list(axes), "epsilon": eps, "factor": factor, "gamma": gamma, "beta": beta,
+                 "n_shapes": len(shapes + m_shapes), "_shape_values": shapes + m_shapes}
+        return chain, x, out, attrs
 
     def fuse_affine(self) -> None:
         """Mul(x, scalar) -> Add(., scalar) ==> one affine pass."""

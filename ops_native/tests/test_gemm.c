@@ -99,6 +99,49 @@ static void test_gemm_large_threads_match_single(void) {
     free(ref);
 }
 
+/* on_gemm_batch against the reference per product, for each way the driver can split: products
+ * small enough to share out whole, large ones that divide evenly over the threads (whole products)
+ * and ones that do not (each product split), with transposed operands read through their strides. */
+static void gemm_batch_case(size_t nbatch, size_t M, size_t N, size_t K, int ta, int tb, on_bias_kind bk) {
+    size_t lda = (ta ? M : K) + 1, ldb = (tb ? K : N) + 2, ldc = N + 1;
+    size_t sa = (ta ? K : M) * lda + 5, sb = (tb ? N : K) * ldb + 3, sc = M * ldc + 4;
+    float *A = alloc_rand(nbatch * sa), *B = alloc_rand(nbatch * sb);
+    float *ref = alloc_rand(nbatch * sc), *got = alloc_rand(nbatch * sc);
+    float *bias = alloc_rand(M > N ? M : N);
+    on_gemm_epilogue ep = {0.125f, bk, bk == ON_BIAS_NONE ? NULL : bias, {ON_ACT_NONE, 0.0f, 0.0f}};
+    for (size_t i = 0; i < nbatch; i++)
+        CHECK_EQ_INT(on_gemm_ref(ta, tb, M, N, K, A + i * sa, lda, B + i * sb, ldb, &ep, ref + i * sc, ldc), ON_OK);
+    char what[128];
+    for (int threads = 1; threads <= 3; threads++) {
+        snprintf(what, sizeof(what), "on_gemm_batch b%zu M%zu N%zu K%zu ta%d tb%d thr%d", nbatch, M, N, K, ta, tb,
+                 threads);
+        CHECK_EQ_INT(on_gemm_batch(ta, tb, M, N, K, A, lda, sa, B, ldb, sb, &ep, got, ldc, sc, nbatch, threads),
+                     ON_OK);
+        for (size_t i = 0; i < nbatch; i++)
+            for (size_t m = 0; m < M; m++)
+                if (!CHECK_ALLCLOSE(got + i * sc + m * ldc, ref + i * sc + m * ldc, N, 1e-4f, 1e-5f * (float)(K + 1),
+                                    what)) {
+                    i = nbatch;
+                    break;
+                }
+    }
+    free(A);
+    free(B);
+    free(bias);
+    free(ref);
+    free(got);
+}
+
+static void test_gemm_batch_every_split_matches_reference(void) {
+    gemm_batch_case(12, 7, 9, 5, 0, 1, ON_BIAS_NONE);      /* tiny heads: shared out whole */
+    gemm_batch_case(12, 67, 67, 64, 0, 1, ON_BIAS_NONE);   /* attention scores (Q.K^T): panel units */
+    gemm_batch_case(12, 67, 64, 67, 0, 0, ON_BIAS_NONE);   /* P.V */
+    gemm_batch_case(3, 67, 67, 64, 0, 1, ON_BIAS_COL);     /* 3 x 5 panels: ranges cut products */
+    gemm_batch_case(3, 50, 100, 80, 0, 0, ON_BIAS_ROW);
+    gemm_batch_case(3, 67, 67, 64, 1, 0, ON_BIAS_NONE);    /* A transposed: products one by one */
+    gemm_batch_case(5, 40, 70, 100, 1, 1, ON_BIAS_COL);
+}
+
 static void test_gemm_k_zero_gives_bias_activation(void) {
     float bias[3] = {1.0f, -2.0f, 3.0f}, C[6];
     on_gemm_epilogue ep = {1.0f, ON_BIAS_COL, bias, {ON_ACT_RELU, 0.0f, 0.0f}};
@@ -246,5 +289,6 @@ int main(void) {
     RUN(test_gemm_k_zero_gives_bias_activation);
     RUN(test_gemm_shapes_all_isas);
     RUN(test_gemm_large_threads_match_single);
+    RUN(test_gemm_batch_every_split_matches_reference);
     return on_test_summary();
 }
