@@ -110,11 +110,51 @@ on_status on_dequantize_f32(const void *x, on_qtype xt, float *y, size_t outer, 
     return ON_OK;
 }
 
-void on_dynamic_qparams_f32(const float *x, size_t n, float *scale, int32_t *zp) {
+static void range__scalar(const float *x, size_t n, float *lo_out, float *hi_out) {
     float lo = 0.0f, hi = 0.0f;   /* the range always holds 0, so that 0 is exact (padding, ReLU zeros) */
     for (size_t i = 0; i < n; i++) {
         lo = x[i] < lo ? x[i] : lo;
         hi = x[i] > hi ? x[i] : hi;
+    }
+    *lo_out = lo;
+    *hi_out = hi;
+}
+
+static void quantize_u8__scalar(const float *x, size_t n, float scale, int32_t zp, uint8_t *y) {
+    for (size_t i = 0; i < n; i++) y[i] = (uint8_t)quantize_one(x[i], scale, zp, 0, 255);
+}
+
+static void quantize_centered_s16__scalar(const float *x, size_t n, float scale, int32_t zp, int16_t *y) {
+    for (size_t i = 0; i < n; i++) y[i] = (int16_t)(quantize_one(x[i], scale, zp, 0, 255) - zp);
+}
+
+/* The range over chunks of the tensor, one task a chunk (at most ON_Q_RANGE_TASKS), merged after. */
+#define ON_Q_RANGE_TASKS 64
+
+typedef struct {
+    const float *x;
+    size_t n, chunk;
+    float lo[ON_Q_RANGE_TASKS], hi[ON_Q_RANGE_TASKS];
+    const on_quant_table *tab;
+} range_ctx;
+
+static void range_work(void *vctx, size_t begin, size_t end) {
+    range_ctx *r = vctx;
+    for (size_t t = begin; t < end; t++) {
+        size_t i0 = t * r->chunk, i1 = i0 + r->chunk < r->n ? i0 + r->chunk : r->n;
+        r->tab->range(r->x + i0, i1 - i0, &r->lo[t], &r->hi[t]);
+    }
+}
+
+void on_dynamic_qparams_f32(const float *x, size_t n, float *scale, int32_t *zp, int nthreads) {
+    range_ctx r = {x, n, 1u << 16, {0}, {0}, on_kernels_active()->quant};
+    float lo = 0.0f, hi = 0.0f;
+    if (r.chunk * ON_Q_RANGE_TASKS < n) r.chunk = (n + ON_Q_RANGE_TASKS - 1) / ON_Q_RANGE_TASKS;
+    size_t tasks = (n + r.chunk - 1) / r.chunk;
+    on_parallel_for(tasks, range_work, &r, nthreads);
+    for (size_t t = 0; t < tasks; t++) {   /* min / max are exact: the split does not change the result */
+        lo = r.lo[t] < lo ? r.lo[t] : lo;
+        hi = r.hi[t] > hi ? r.hi[t] : hi;
     }
     float s = hi == lo ? 1.0f : (hi - lo) / 255.0f;
     float z = 0.0f - lo / s;
@@ -125,28 +165,42 @@ void on_dynamic_qparams_f32(const float *x, size_t n, float *scale, int32_t *zp)
 
 typedef struct {
     const float *x;
-    int16_t *y;
+    void *y;
     size_t n;
     float scale;
     int32_t zp;
+    int centered;
+    const on_quant_table *tab;
 } centered_ctx;
 
 static void centered_work(void *vctx, size_t begin, size_t end) {
     centered_ctx *q = vctx;
     for (size_t t = begin; t < end; t++) {
         size_t i0 = t * ON_Q_CHUNK, i1 = i0 + ON_Q_CHUNK < q->n ? i0 + ON_Q_CHUNK : q->n;
-        for (size_t i = i0; i < i1; i++) q->y[i] = (int16_t)(quantize_one(q->x[i], q->scale, q->zp, 0, 255) - q->zp);
+        if (q->centered)
+            q->tab->quantize_centered_s16(q->x + i0, i1 - i0, q->scale, q->zp, (int16_t *)q->y + i0);
+        else
+            q->tab->quantize_u8(q->x + i0, i1 - i0, q->scale, q->zp, (uint8_t *)q->y + i0);
     }
 }
 
-on_status on_quantize_centered_s16(const float *x, int16_t *y, size_t n, float scale, int32_t zp, int nthreads) {
+static on_status quantize_pt_u8(const float *x, void *y, size_t n, float scale, int32_t zp, int centered,
+                                int nthreads) {
     if (!(scale != 0.0f) || zp < 0 || zp > 255) return ON_ERR_ARG;
     if (n == 0) return ON_OK;
     if (!x || !y) return ON_ERR_ARG;
-    centered_ctx q = {x, y, n, scale, zp};
+    centered_ctx q = {x, y, n, scale, zp, centered, on_kernels_active()->quant};
     size_t tasks = (n + ON_Q_CHUNK - 1) / ON_Q_CHUNK;
     on_parallel_for(tasks, centered_work, &q, n < (1u << 16) ? 1 : nthreads);
     return ON_OK;
+}
+
+on_status on_quantize_centered_s16(const float *x, int16_t *y, size_t n, float scale, int32_t zp, int nthreads) {
+    return quantize_pt_u8(x, y, n, scale, zp, 1, nthreads);
+}
+
+on_status on_quantize_u8_pt(const float *x, uint8_t *y, size_t n, float scale, int32_t zp, int nthreads) {
+    return quantize_pt_u8(x, y, n, scale, zp, 0, nthreads);
 }
 
 on_status on_q8_to_s16(const void *x, on_qtype xt, size_t rows, size_t cols, size_t ldx, const int32_t *zp,
@@ -191,7 +245,19 @@ static void dot_1x4__scalar(const int16_t *a, const int16_t *bt, size_t ldb, siz
     for (int j = 0; j < 4; j++) acc[j] = dot_s16(a, bt + (size_t)j * ldb, kk);
 }
 
-const on_quant_table on_quant_table_scalar = {"scalar", dot_1x4__scalar};
+static void tile_packed__scalar(size_t mr, size_t kk, const int16_t *a, size_t lda, const int16_t *panel,
+                                int32_t *acc) {
+    for (size_t r = 0; r < mr; r++)
+        for (size_t j = 0; j < ON_QGEMM_NR; j++) {
+            int32_t sum = 0;
+            for (size_t k = 0; k < kk; k++)
+                sum += (int32_t)a[r * lda + k] * (int32_t)panel[(k / 2) * 2 * ON_QGEMM_NR + j * 2 + (k & 1)];
+            acc[r * ON_QGEMM_NR + j] = sum;
+        }
+}
+
+const on_quant_table on_quant_table_scalar = {"scalar", dot_1x4__scalar, tile_packed__scalar, range__scalar,
+                                              quantize_u8__scalar, quantize_centered_s16__scalar};
 
 typedef struct {
     size_t m, n, kk, lda, ldb, ldc, scale_stride;
@@ -248,6 +314,182 @@ on_status on_qgemm_s16(size_t m, size_t n, size_t kk, const int16_t *a, size_t l
     size_t tasks = (n + 3) / 4;
     /* below ~1M multiply-adds (tens of microseconds) the split costs more than it saves */
     on_parallel_for(tasks, qgemm_work, &g, (double)m * (double)n * (double)kk < 1e6 ? 1 : nthreads);
+    return ON_OK;
+}
+
+/* ---- packed integer GEMM ------------------------------------------------------------------------- */
+
+static size_t kpairs(size_t kk) { return (kk + 1) / 2; }
+static size_t npanels(size_t n) { return (n + ON_QGEMM_NR - 1) / ON_QGEMM_NR; }
+
+size_t on_qgemm_packed_size(size_t kk, size_t n) { return npanels(n) * kpairs(kk) * 2 * ON_QGEMM_NR; }
+
+typedef struct {
+    const void *b;
+    on_qtype t;
+    size_t kk, n, sk, sj, zp_stride;
+    const int32_t *zp;
+    int16_t *bp;
+} pack_ctx;
+
+static void pack_work(void *vctx, size_t begin, size_t end) {
+    const pack_ctx *p = vctx;
+    size_t kp = kpairs(p->kk);
+    for (size_t q = begin; q < end; q++) {
+        int16_t *dst = p->bp + q * kp * 2 * ON_QGEMM_NR;
+        for (size_t jj = 0; jj < ON_QGEMM_NR; jj++) {
+            size_t j = q * ON_QGEMM_NR + jj;
+            if (j >= p->n) {
+                for (size_t k = 0; k < 2 * kp; k++) dst[(k / 2) * 2 * ON_QGEMM_NR + jj * 2 + (k & 1)] = 0;
+                continue;
+            }
+            int32_t z = p->zp[j * p->zp_stride];
+            for (size_t k = 0; k < 2 * kp; k++) {
+                int32_t v = 0;
+                if (k < p->kk) {
+                    size_t at = k * p->sk + j * p->sj;
+                    v = (p->t == ON_Q_U8 ? (int32_t)((const uint8_t *)p->b)[at] : (int32_t)((const int8_t *)p->b)[at]) - z;
+                }
+                dst[(k / 2) * 2 * ON_QGEMM_NR + jj * 2 + (k & 1)] = (int16_t)v;
+            }
+        }
+    }
+}
+
+on_status on_qgemm_pack_b_q8(const void *b, on_qtype bt, size_t kk, size_t n, size_t sk, size_t sj, const int32_t *zp,
+                             size_t zp_stride, int16_t *bp, int nthreads) {
+    if ((bt != ON_Q_U8 && bt != ON_Q_S8) || !zp || kk > ON_QGEMM_MAX_K) return ON_ERR_ARG;
+    if (kk * n == 0) return ON_OK;
+    if (!b || !bp) return ON_ERR_ARG;
+    pack_ctx p = {b, bt, kk, n, sk, sj, zp_stride, zp, bp};
+    on_parallel_for(npanels(n), pack_work, &p, kk * n < (1u << 16) ? 1 : nthreads);
+    return ON_OK;
+}
+
+typedef struct {
+    size_t m, n, kk, lda, ldc, scale_stride, mblocks;
+    const int16_t *a, *bp;
+    int32_t *c_i32;
+    float *out;
+    const float *scale, *bias;
+    int accumulate;
+    const on_quant_table *tab;
+} qgemm_packed_ctx;
+
+/* Rows of A one task covers: a block of A (MB x K int16) stays in L2 while the task's panel streams once. */
+#define ON_QGEMM_MB (ON_QGEMM_MR * 16)
+
+/* One task: one panel of B against one block of rows of A, tile by tile, with the epilogue per tile. */
+static void qgemm_packed_work(void *vctx, size_t begin, size_t end) {
+    const qgemm_packed_ctx *g = vctx;
+    size_t kp = kpairs(g->kk);
+    int32_t acc[ON_QGEMM_MR * ON_QGEMM_NR];
+    for (size_t t = begin; t < end; t++) {
+        size_t q = t / g->mblocks, mb = t % g->mblocks;
+        size_t j0 = q * ON_QGEMM_NR, nj = g->n - j0 < ON_QGEMM_NR ? g->n - j0 : ON_QGEMM_NR;
+        const int16_t *panel = g->bp + q * kp * 2 * ON_QGEMM_NR;
+        size_t i_end = (mb + 1) * ON_QGEMM_MB < g->m ? (mb + 1) * ON_QGEMM_MB : g->m;
+        for (size_t i0 = mb * ON_QGEMM_MB; i0 < i_end; i0 += ON_QGEMM_MR) {
+            size_t mr = i_end - i0 < ON_QGEMM_MR ? i_end - i0 : ON_QGEMM_MR;
+            g->tab->tile_packed(mr, g->kk, g->a + i0 * g->lda, g->lda, panel, acc);
+            for (size_t r = 0; r < mr; r++) {
+                const int32_t *ar = acc + r * ON_QGEMM_NR;
+                size_t at = (i0 + r) * g->ldc + j0;
+                if (!g->out) {
+                    for (size_t j = 0; j < nj; j++) g->c_i32[at + j] = ar[j];
+                    continue;
+                }
+                float *o = g->out + at;
+                const float *sc = g->scale + j0 * g->scale_stride;
+                for (size_t j = 0; j < nj; j++) {
+                    float v = (float)ar[j] * sc[j * g->scale_stride];
+                    if (g->accumulate) v = o[j] + v;
+                    if (g->bias) v += g->bias[j0 + j];
+                    o[j] = v;
+                }
+            }
+        }
+    }
+}
+
+on_status on_qgemm_s16_packed(size_t m, size_t n, size_t kk, const int16_t *a, size_t lda, const int16_t *bp,
+                              int32_t *c_i32, float *out_f32, size_t ldc, const float *scale, size_t scale_stride,
+                              const float *bias, int accumulate, int nthreads) {
+    if (kk > ON_QGEMM_MAX_K || lda < kk || ldc < n) return ON_ERR_ARG;
+    if (m * n == 0) return ON_OK;
+    if (!a || !bp || (!c_i32 && !out_f32) || (out_f32 && !scale)) return ON_ERR_ARG;
+    size_t mblocks = (m + ON_QGEMM_MB - 1) / ON_QGEMM_MB;
+    qgemm_packed_ctx g = {m, n, kk, lda, ldc, scale_stride, mblocks, a, bp, c_i32, out_f32, scale, bias, accumulate,
+                          on_kernels_active()->quant};
+    /* below ~1M multiply-adds (tens of microseconds) the split costs more than it saves */
+    on_parallel_for(npanels(n) * mblocks, qgemm_packed_work, &g,
+                    (double)m * (double)n * (double)kk < 1e6 ? 1 : nthreads);
+    return ON_OK;
+}
+
+/* ---- ConvInteger's im2col, packed ------------------------------------------------------------------ */
+
+typedef struct {
+    const void *x;
+    on_qtype t;
+    size_t c, h, w;
+    size_t g[10];
+    int32_t zp;
+    int16_t *bp;
+} im2col_ctx;
+
+static void im2col_work(void *vctx, size_t begin, size_t end) {
+    const im2col_ctx *p = vctx;
+    size_t kh = p->g[0], kw = p->g[1], sh = p->g[2], sw = p->g[3], dh = p->g[4], dw = p->g[5];
+    size_t pt = p->g[6], pl = p->g[7], oh = p->g[8], ow = p->g[9];
+    size_t kk = p->c * kh * kw, kp = kpairs(kk), npix = oh * ow;
+    const uint8_t *xu = p->x;
+    const int8_t *xs = p->x;
+    for (size_t q = begin; q < end; q++) {
+        int16_t *dst = p->bp + q * kp * 2 * ON_QGEMM_NR;
+        /* the panel's pixels: their top-left input corner (may be negative: padding) */
+        ptrdiff_t iy0[ON_QGEMM_NR], ix0[ON_QGEMM_NR];
+        size_t np = 0;
+        for (size_t jj = 0; jj < ON_QGEMM_NR && q * ON_QGEMM_NR + jj < npix; jj++, np++) {
+            size_t pix = q * ON_QGEMM_NR + jj;
+            iy0[jj] = (ptrdiff_t)((pix / ow) * sh) - (ptrdiff_t)pt;
+            ix0[jj] = (ptrdiff_t)((pix % ow) * sw) - (ptrdiff_t)pl;
+        }
+        size_t k = 0;
+        for (size_t ch = 0; ch < p->c; ch++)
+            for (size_t ky = 0; ky < kh; ky++)
+                for (size_t kx = 0; kx < kw; kx++, k++) {
+                    int16_t *d = dst + (k / 2) * 2 * ON_QGEMM_NR + (k & 1);
+                    size_t base = ch * p->h * p->w;
+                    for (size_t jj = 0; jj < ON_QGEMM_NR; jj++) {
+                        int32_t v = 0;
+                        if (jj < np) {
+                            ptrdiff_t iy = iy0[jj] + (ptrdiff_t)(ky * dh), ix = ix0[jj] + (ptrdiff_t)(kx * dw);
+                            if (iy >= 0 && ix >= 0 && (size_t)iy < p->h && (size_t)ix < p->w) {
+                                size_t at = base + (size_t)iy * p->w + (size_t)ix;
+                                v = (p->t == ON_Q_U8 ? (int32_t)xu[at] : (int32_t)xs[at]) - p->zp;
+                            }
+                        }
+                        d[jj * 2] = (int16_t)v;
+                    }
+                }
+        if (kk & 1)   /* the odd K's zero partner */
+            for (size_t jj = 0; jj < ON_QGEMM_NR; jj++) dst[(kk / 2) * 2 * ON_QGEMM_NR + jj * 2 + 1] = 0;
+    }
+}
+
+on_status on_qconv_pack_im2col_q8(const void *x, on_qtype xt, size_t c, size_t h, size_t w, const size_t geom[10],
+                                  int32_t zp, int16_t *bp, int nthreads) {
+    if ((xt != ON_Q_U8 && xt != ON_Q_S8) || !geom) return ON_ERR_ARG;
+    for (int i = 0; i < 6; i++)
+        if (geom[i] == 0) return ON_ERR_ARG;
+    size_t kk = c * geom[0] * geom[1], npix = geom[8] * geom[9];
+    if (kk > ON_QGEMM_MAX_K) return ON_ERR_ARG;
+    if (kk * npix == 0) return ON_OK;
+    if (!x || !bp) return ON_ERR_ARG;
+    im2col_ctx p = {x, xt, c, h, w, {0}, zp, bp};
+    for (int i = 0; i < 10; i++) p.g[i] = geom[i];
+    on_parallel_for(npanels(npix), im2col_work, &p, kk * npix < (1u << 16) ? 1 : nthreads);
     return ON_OK;
 }
 

@@ -2,6 +2,8 @@
  * _mm256_madd_epi16 (operands are 8-bit values minus their zero points, |v| <= 255, so a pair sums to at
  * most 2 * 255 * 255 and never saturates; on_quant.h). */
 #include <immintrin.h>
+#include <math.h>
+#include <string.h>
 
 #include "on_quant.h"
 
@@ -28,4 +30,126 @@ static void dot_1x4__avx2(const int16_t *a, const int16_t *bt, size_t ldb, size_
     acc[3] = hsum_epi32(s3);
 }
 
-const on_quant_table on_quant_table_avx2 = {"avx2", dot_1x4__avx2};
+/* A's pair (a[k], a[k + 1]) as one int32, broadcast to every lane: the other operand of madd against a panel
+ * row of 8 columns x 2 values. */
+static inline __m256i pair_bcast(const int16_t *a) {
+    int32_t v;
+    memcpy(&v, a, sizeof v);
+    return _mm256_set1_epi32(v);
+}
+
+/* MR x 16 tile: 2 * MR ymm accumulators (12 at MR = 6), 2 panel loads and one broadcast per pair of k. Each
+ * madd sums two int16 products into int32 (exact, on_quant.h), then one add into the accumulator. */
+static inline __attribute__((always_inline)) void tile_mr(size_t mr, size_t kk, const int16_t *a, size_t lda,
+                                                          const int16_t *panel, int32_t *acc) {
+    __m256i c0[ON_QGEMM_MR], c1[ON_QGEMM_MR];
+    for (size_t r = 0; r < mr; r++) c0[r] = c1[r] = _mm256_setzero_si256();
+    size_t kp = kk / 2;
+    for (size_t p = 0; p < kp; p++) {
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + p * 32));
+        __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + p * 32 + 16));
+        for (size_t r = 0; r < mr; r++) {
+            __m256i va = pair_bcast(a + r * lda + 2 * p);
+            c0[r] = _mm256_add_epi32(c0[r], _mm256_madd_epi16(va, b0));
+            c1[r] = _mm256_add_epi32(c1[r], _mm256_madd_epi16(va, b1));
+        }
+    }
+    if (kk & 1) {   /* the last k alone: its partner in the panel is 0, so pair it with 0 (no read past a row) */
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + kp * 32));
+        __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + kp * 32 + 16));
+        for (size_t r = 0; r < mr; r++) {
+            __m256i va = _mm256_set1_epi32((int32_t)(uint16_t)a[r * lda + kk - 1]);
+            c0[r] = _mm256_add_epi32(c0[r], _mm256_madd_epi16(va, b0));
+            c1[r] = _mm256_add_epi32(c1[r], _mm256_madd_epi16(va, b1));
+        }
+    }
+    for (size_t r = 0; r < mr; r++) {
+        _mm256_storeu_si256((__m256i *)(acc + r * 16), c0[r]);
+        _mm256_storeu_si256((__m256i *)(acc + r * 16 + 8), c1[r]);
+    }
+}
+
+/* One specialisation per row count, so the accumulators stay in registers (the loops over r unroll). */
+static void tile_packed__avx2(size_t mr, size_t kk, const int16_t *a, size_t lda, const int16_t *panel, int32_t *acc) {
+    switch (mr) {
+    case 6: tile_mr(6, kk, a, lda, panel, acc); break;
+    case 5: tile_mr(5, kk, a, lda, panel, acc); break;
+    case 4: tile_mr(4, kk, a, lda, panel, acc); break;
+    case 3: tile_mr(3, kk, a, lda, panel, acc); break;
+    case 2: tile_mr(2, kk, a, lda, panel, acc); break;
+    default: tile_mr(1, kk, a, lda, panel, acc); break;
+    }
+}
+
+static void range__avx2(const float *x, size_t n, float *lo_out, float *hi_out) {
+    __m256 lo = _mm256_setzero_ps(), hi = lo, lo1 = lo, hi1 = lo;
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
+        lo = _mm256_min_ps(lo, v0);
+        hi = _mm256_max_ps(hi, v0);
+        lo1 = _mm256_min_ps(lo1, v1);
+        hi1 = _mm256_max_ps(hi1, v1);
+    }
+    lo = _mm256_min_ps(lo, lo1);
+    hi = _mm256_max_ps(hi, hi1);
+    float l[8], h[8];
+    _mm256_storeu_ps(l, lo);
+    _mm256_storeu_ps(h, hi);
+    float mn = 0.0f, mx = 0.0f;
+    for (int j = 0; j < 8; j++) {
+        mn = l[j] < mn ? l[j] : mn;
+        mx = h[j] > mx ? h[j] : mx;
+    }
+    for (; i < n; i++) {
+        mn = x[i] < mn ? x[i] : mn;
+        mx = x[i] > mx ? x[i] : mx;
+    }
+    *lo_out = mn;
+    *hi_out = mx;
+}
+
+/* 8 values: saturate(round_half_even(x / scale) + zp) to 0..255 as int32 lanes. The division, as the scalar
+ * reference and ONNX Runtime; _mm256_round_ps(nearest) rounds half to even like rintf. */
+static inline __m256i quant8(const float *x, __m256 vs, __m256 vz) {
+    __m256 v = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v = _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, vz), _mm256_setzero_ps()), _mm256_set1_ps(255.0f));
+    return _mm256_cvtps_epi32(v);
+}
+
+static inline __m256i quant16_s16(const float *x, __m256 vs, __m256 vz) {
+    /* packs_epi32 interleaves the two 128-bit halves; the permute puts the 16 values back in order */
+    __m256i p = _mm256_packs_epi32(quant8(x, vs, vz), quant8(x + 8, vs, vz));
+    return _mm256_permute4x64_epi64(p, 0xd8);
+}
+
+static void quantize_u8__avx2(const float *x, size_t n, float scale, int32_t zp, uint8_t *y) {
+    __m256 vs = _mm256_set1_ps(scale), vz = _mm256_set1_ps((float)zp);
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m256i a = quant16_s16(x + i, vs, vz), b = quant16_s16(x + i + 16, vs, vz);
+        __m256i p = _mm256_permute4x64_epi64(_mm256_packus_epi16(a, b), 0xd8);
+        _mm256_storeu_si256((__m256i *)(y + i), p);
+    }
+    for (; i < n; i++) {
+        float v = rintf(x[i] / scale) + (float)zp;
+        v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+        y[i] = (uint8_t)v;
+    }
+}
+
+static void quantize_centered_s16__avx2(const float *x, size_t n, float scale, int32_t zp, int16_t *y) {
+    __m256 vs = _mm256_set1_ps(scale), vz = _mm256_set1_ps((float)zp);
+    __m256i vzi = _mm256_set1_epi16((int16_t)zp);
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i *)(y + i), _mm256_sub_epi16(quant16_s16(x + i, vs, vz), vzi));
+    for (; i < n; i++) {
+        float v = rintf(x[i] / scale) + (float)zp;
+        v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+        y[i] = (int16_t)((int32_t)v - zp);
+    }
+}
+
+const on_quant_table on_quant_table_avx2 = {"avx2", dot_1x4__avx2, tile_packed__avx2, range__avx2, quantize_u8__avx2,
+                                            quantize_centered_s16__avx2};
