@@ -39,34 +39,44 @@ static inline __m256i pair_bcast(const int16_t *a) {
 }
 
 /* MR x 16 tile: 2 * MR ymm accumulators (12 at MR = 6), 2 panel loads and one broadcast per pair of k. Each
- * madd sums two int16 products into int32 (exact, on_quant.h), then one add into the accumulator. */
+ * madd sums two int16 products into int32 (exact, on_quant.h), then one add into the accumulator. Named
+ * accumulators, not an array: GCC kept an array of 12 ymm on the stack (a store and a load per madd). */
+#define QROW(r)                                                                                              \
+    if (mr > r) {                                                                                            \
+        __m256i va = pair_bcast(a + r * lda + 2 * p);                                                        \
+        c##r##0 = _mm256_add_epi32(c##r##0, _mm256_madd_epi16(va, b0));                                      \
+        c##r##1 = _mm256_add_epi32(c##r##1, _mm256_madd_epi16(va, b1));                                      \
+    }
+#define QROW_ODD(r)                                                                                          \
+    if (mr > r) {                                                                                            \
+        __m256i va = _mm256_set1_epi32((int32_t)(uint16_t)a[r * lda + kk - 1]);                              \
+        c##r##0 = _mm256_add_epi32(c##r##0, _mm256_madd_epi16(va, b0));                                      \
+        c##r##1 = _mm256_add_epi32(c##r##1, _mm256_madd_epi16(va, b1));                                      \
+    }
+#define QSTORE(r)                                                                                            \
+    if (mr > r) {                                                                                            \
+        _mm256_storeu_si256((__m256i *)(acc + r * 16), c##r##0);                                             \
+        _mm256_storeu_si256((__m256i *)(acc + r * 16 + 8), c##r##1);                                         \
+    }
+
 static inline __attribute__((always_inline)) void tile_mr(size_t mr, size_t kk, const int16_t *a, size_t lda,
                                                           const int16_t *panel, int32_t *acc) {
-    __m256i c0[ON_QGEMM_MR], c1[ON_QGEMM_MR];
-    for (size_t r = 0; r < mr; r++) c0[r] = c1[r] = _mm256_setzero_si256();
+    __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+    __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     size_t kp = kk / 2;
+    /* the last k of an odd K first: its partner in the panel is 0, so pair it with 0 (no read past a row);
+     * done before the loop, GCC keeps the accumulators in registers through it (after, it spilled them) */
+    if (kk & 1) {
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + kp * 32));
+        __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + kp * 32 + 16));
+        QROW_ODD(0) QROW_ODD(1) QROW_ODD(2) QROW_ODD(3) QROW_ODD(4) QROW_ODD(5)
+    }
     for (size_t p = 0; p < kp; p++) {
         __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + p * 32));
         __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + p * 32 + 16));
-        for (size_t r = 0; r < mr; r++) {
-            __m256i va = pair_bcast(a + r * lda + 2 * p);
-            c0[r] = _mm256_add_epi32(c0[r], _mm256_madd_epi16(va, b0));
-            c1[r] = _mm256_add_epi32(c1[r], _mm256_madd_epi16(va, b1));
-        }
+        QROW(0) QROW(1) QROW(2) QROW(3) QROW(4) QROW(5)
     }
-    if (kk & 1) {   /* the last k alone: its partner in the panel is 0, so pair it with 0 (no read past a row) */
-        __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + kp * 32));
-        __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + kp * 32 + 16));
-        for (size_t r = 0; r < mr; r++) {
-            __m256i va = _mm256_set1_epi32((int32_t)(uint16_t)a[r * lda + kk - 1]);
-            c0[r] = _mm256_add_epi32(c0[r], _mm256_madd_epi16(va, b0));
-            c1[r] = _mm256_add_epi32(c1[r], _mm256_madd_epi16(va, b1));
-        }
-    }
-    for (size_t r = 0; r < mr; r++) {
-        _mm256_storeu_si256((__m256i *)(acc + r * 16), c0[r]);
-        _mm256_storeu_si256((__m256i *)(acc + r * 16 + 8), c1[r]);
-    }
+    QSTORE(0) QSTORE(1) QSTORE(2) QSTORE(3) QSTORE(4) QSTORE(5)
 }
 
 /* One specialisation per row count, so the accumulators stay in registers (the loops over r unroll). */
