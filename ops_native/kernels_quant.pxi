@@ -22,7 +22,7 @@ cdef extern from "on_quant.h" nogil:
                             int32_t *c_i32, float *out_f32, size_t ldc, const float *scale, size_t scale_stride,
                             const float *bias, int accumulate, int nthreads)
     int on_qconv_pack_im2col_q8(const void *x, on_qtype xt, size_t c, size_t h, size_t w, const size_t geom[10],
-                                int32_t zp, int16_t *bp, int nthreads)
+                                int32_t zp, uint8_t *cols, int16_t *bp, int nthreads)
     int on_quantize_centered_s16(const float *x, int16_t *y, size_t n, float scale, int32_t zp, int nthreads)
     int on_q8_to_s16(const void *x, on_qtype xt, size_t rows, size_t cols, size_t ldx, const int32_t *zp,
                      size_t zp_stride, int16_t *y, size_t ldy)
@@ -162,9 +162,10 @@ def quant_pack_b(cnp.ndarray b, zp, bint transposed=False, int threads=1):
     return out
 
 
-def quant_conv_pack(cnp.ndarray x, geom, int32_t zp, cnp.ndarray out, int threads=1):
+def quant_conv_pack(cnp.ndarray x, geom, int32_t zp, cnp.ndarray out, cnp.ndarray cols, int threads=1):
     """The im2col of x [c, h, w] (uint8 / int8, C-contiguous) minus zp, packed as the GEMM's B into out (int16 of
-    quant_packed_size(c * kh * kw, oh * ow)); geom = (kh, kw, sh, sw, dh, dw, pad_top, pad_left, oh, ow)."""
+    quant_packed_size(c * kh * kw, oh * ow)); geom = (kh, kw, sh, sw, dh, dw, pad_top, pad_left, oh, ow); cols:
+    uint8 scratch of c * kh * kw * oh * ow bytes."""
     cdef size_t g[10]
     if x.ndim != 3 or not cnp.PyArray_IS_C_CONTIGUOUS(x) or len(geom) != 10:
         raise ValueError("quant_conv_pack: x must be a C-contiguous [c, h, w] and geom 10 sizes")
@@ -174,12 +175,16 @@ def quant_conv_pack(cnp.ndarray x, geom, int32_t zp, cnp.ndarray out, int thread
     _need(out, _I16, "quant_conv_pack output")
     if <size_t>out.size != on_qgemm_packed_size(c * g[0] * g[1], g[8] * g[9]):
         raise ValueError("quant_conv_pack: output size does not agree")
+    _need(cols, _U8, "quant_conv_pack scratch")
+    if <size_t>cols.size < c * g[0] * g[1] * g[8] * g[9]:
+        raise ValueError("quant_conv_pack: scratch too small")
     cdef on_qtype t = _qtype(x, "quant_conv_pack")
     cdef const void *px = _ops_ptr(x)
     cdef int16_t *po = <int16_t *>_ops_ptr(out)
+    cdef uint8_t *pc = <uint8_t *>_ops_ptr(cols)
     cdef int st
     with nogil:
-        st = on_qconv_pack_im2col_q8(px, t, c, h, w, g, zp, po, threads)
+        st = on_qconv_pack_im2col_q8(px, t, c, h, w, g, zp, pc, po, threads)
     _ops_check(st, "quant_conv_pack")
     return out
 

@@ -77,10 +77,11 @@ on_status on_qgemm_s16_packed(size_t m, size_t n, size_t kk, const int16_t *a, s
 
 /* ---- ConvInteger's packing ------------------------------------------------------------------------ */
 /* The im2col of one image's channels x [c, h, w] (uint8 / int8, minus the scalar zero point zp; a padded
- * pixel is 0) written straight into the packed B of the convolution's GEMM: B [c * kh * kw, oh * ow], row
- * (ch, ky, kx), column (oy, ox). geom = {kh, kw, sh, sw, dh, dw, pad_top, pad_left, oh, ow}. */
+ * pixel is 0) as the packed B of the convolution's GEMM: B [c * kh * kw, oh * ow], row (ch, ky, kx), column
+ * (oy, ox). geom = {kh, kw, sh, sw, dh, dw, pad_top, pad_left, oh, ow}; cols: scratch of c * kh * kw * oh * ow
+ * bytes (the unpacked im2col). */
 on_status on_qconv_pack_im2col_q8(const void *x, on_qtype xt, size_t c, size_t h, size_t w, const size_t geom[10],
-                                  int32_t zp, int16_t *bp, int nthreads);
+                                  int32_t zp, uint8_t *cols, int16_t *bp, int nthreads);
 
 /* The definition, one dot product at a time: what the tests compare with. */
 on_status on_qgemm_s16_ref(size_t m, size_t n, size_t kk, const int16_t *a, size_t lda, const int16_t *bt,

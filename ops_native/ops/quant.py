@@ -301,13 +301,14 @@ def _build_conv_integer(node: Node, ctx: BuildContext) -> Fn:
         x = np.ascontiguousarray(x)
         y = pool.empty((n, m, oh, ow), np.int32)
         bp = np.empty(_core.quant_packed_size(kg, oh * ow), I16)
+        cols = None if pointwise else np.empty(kg * oh * ow, np.uint8)
         for b in range(n):
             for g in range(group):
                 xs = x[b, g * cg:(g + 1) * cg]
                 if pointwise:
                     bp = _core.quant_pack_b(xs.reshape(cg, -1), np.array([zp], np.int32), False, threads)
                 else:
-                    _core.quant_conv_pack(xs, geom, zp, bp, threads)
+                    _core.quant_conv_pack(xs, geom, zp, bp, cols, threads)
                 yg = y[b, g * mg:(g + 1) * mg].reshape(mg, oh * ow)
                 _core.quant_gemm_packed(w16[g * mg:(g + 1) * mg], bp, kg, yg, threads=threads)
         return [y[:, :, 0, :] if one_d else y]

@@ -1,6 +1,7 @@
 /* ops_quant.c - 8-bit quantisation (on_quant.h): the definitions, the portable dot-product tile (the scalar
  * table) and the drivers that split the work over threads and pick the active ISA's tile (kernels.h). */
 #include <math.h>
+#include <string.h>
 
 #include "kernels.h"
 #include "on_quant.h"
@@ -332,13 +333,47 @@ typedef struct {
     int16_t *bp;
 } pack_ctx;
 
+/* Row-major B (sj == 1): two rows of 16 bytes make one panel row. One loop per type and zero-point kind,
+ * with no branch inside, so the compiler vectorises it (this packs every ConvInteger input at run time). */
+#define PACK_ROWS(T, ZJ)                                                                                       \
+    for (size_t pp = 0; pp < kp; pp++) {                                                                       \
+        const T *r0 = (const T *)p->b + (2 * pp) * p->sk + j0;                                                 \
+        const T *r1 = 2 * pp + 1 < p->kk ? r0 + p->sk : NULL;                                                  \
+        int16_t *d = dst + pp * 2 * ON_QGEMM_NR;                                                               \
+        if (r1)                                                                                                \
+            for (size_t jj = 0; jj < ON_QGEMM_NR; jj++) {                                                      \
+                d[jj * 2] = (int16_t)((int32_t)r0[jj] - (ZJ));                                                 \
+                d[jj * 2 + 1] = (int16_t)((int32_t)r1[jj] - (ZJ));                                             \
+            }                                                                                                  \
+        else                                                                                                   \
+            for (size_t jj = 0; jj < ON_QGEMM_NR; jj++) {                                                      \
+                d[jj * 2] = (int16_t)((int32_t)r0[jj] - (ZJ));                                                 \
+                d[jj * 2 + 1] = 0;                                                                             \
+            }                                                                                                  \
+    }
+
 static void pack_work(void *vctx, size_t begin, size_t end) {
     const pack_ctx *p = vctx;
     size_t kp = kpairs(p->kk);
     for (size_t q = begin; q < end; q++) {
         int16_t *dst = p->bp + q * kp * 2 * ON_QGEMM_NR;
-        for (size_t jj = 0; jj < ON_QGEMM_NR; jj++) {
-            size_t j = q * ON_QGEMM_NR + jj;
+        size_t j0 = q * ON_QGEMM_NR;
+        if (p->sj == 1 && j0 + ON_QGEMM_NR <= p->n) {   /* a full panel of row-major B */
+            const int32_t *zp = p->zp + j0 * p->zp_stride;
+            int32_t z = p->zp[0];
+            if (p->t == ON_Q_U8 && !p->zp_stride) {
+                PACK_ROWS(uint8_t, z)
+            } else if (p->t == ON_Q_U8) {
+                PACK_ROWS(uint8_t, zp[jj])
+            } else if (!p->zp_stride) {
+                PACK_ROWS(int8_t, z)
+            } else {
+                PACK_ROWS(int8_t, zp[jj])
+            }
+            continue;
+        }
+        for (size_t jj = 0; jj < ON_QGEMM_NR; jj++) {   /* any strides, a partial panel */
+            size_t j = j0 + jj;
             if (j >= p->n) {
                 for (size_t k = 0; k < 2 * kp; k++) dst[(k / 2) * 2 * ON_QGEMM_NR + jj * 2 + (k & 1)] = 0;
                 continue;
@@ -428,69 +463,63 @@ on_status on_qgemm_s16_packed(size_t m, size_t n, size_t kk, const int16_t *a, s
 }
 
 /* ---- ConvInteger's im2col, packed ------------------------------------------------------------------ */
+/* Two steps: the im2col in bytes (row (ch, ky, kx) of oh * ow pixels: contiguous copies of input rows at
+ * stride 1, the zero point where the window leaves the image), then the row-major pack, which takes the zero
+ * point off. The byte matrix is 1/2 of the packed size and is written at memcpy speed. */
 
 typedef struct {
-    const void *x;
-    on_qtype t;
+    const uint8_t *x;
     size_t c, h, w;
     size_t g[10];
-    int32_t zp;
-    int16_t *bp;
+    uint8_t zp;
+    uint8_t *cols;
 } im2col_ctx;
 
 static void im2col_work(void *vctx, size_t begin, size_t end) {
     const im2col_ctx *p = vctx;
     size_t kh = p->g[0], kw = p->g[1], sh = p->g[2], sw = p->g[3], dh = p->g[4], dw = p->g[5];
     size_t pt = p->g[6], pl = p->g[7], oh = p->g[8], ow = p->g[9];
-    size_t kk = p->c * kh * kw, kp = kpairs(kk), npix = oh * ow;
-    const uint8_t *xu = p->x;
-    const int8_t *xs = p->x;
-    for (size_t q = begin; q < end; q++) {
-        int16_t *dst = p->bp + q * kp * 2 * ON_QGEMM_NR;
-        /* the panel's pixels: their top-left input corner (may be negative: padding) */
-        ptrdiff_t iy0[ON_QGEMM_NR], ix0[ON_QGEMM_NR];
-        size_t np = 0;
-        for (size_t jj = 0; jj < ON_QGEMM_NR && q * ON_QGEMM_NR + jj < npix; jj++, np++) {
-            size_t pix = q * ON_QGEMM_NR + jj;
-            iy0[jj] = (ptrdiff_t)((pix / ow) * sh) - (ptrdiff_t)pt;
-            ix0[jj] = (ptrdiff_t)((pix % ow) * sw) - (ptrdiff_t)pl;
+    for (size_t row = begin; row < end; row++) {   /* row = (ch * kh + ky) * kw + kx */
+        size_t ch = row / (kh * kw), ky = row / kw % kh, kx = row % kw;
+        uint8_t *dst = p->cols + row * oh * ow;
+        /* the outputs whose input column is inside the image: ox in [lo, hi) */
+        ptrdiff_t off = (ptrdiff_t)(kx * dw) - (ptrdiff_t)pl;
+        size_t lo = off >= 0 ? 0 : ((size_t)(-off) + sw - 1) / sw;
+        size_t hi = off >= (ptrdiff_t)p->w ? 0 : ((size_t)((ptrdiff_t)p->w - off) + sw - 1) / sw;
+        hi = hi < ow ? hi : ow;
+        lo = lo < hi ? lo : hi;
+        for (size_t oy = 0; oy < oh; oy++, dst += ow) {
+            ptrdiff_t iy = (ptrdiff_t)(oy * sh + ky * dh) - (ptrdiff_t)pt;
+            if (iy < 0 || iy >= (ptrdiff_t)p->h) {
+                memset(dst, p->zp, ow);
+                continue;
+            }
+            const uint8_t *src = p->x + (ch * p->h + (size_t)iy) * p->w;
+            memset(dst, p->zp, lo);
+            if (sw == 1)
+                memcpy(dst + lo, src + (ptrdiff_t)lo + off, hi - lo);
+            else
+                for (size_t ox = lo; ox < hi; ox++) dst[ox] = src[(ptrdiff_t)(ox * sw) + off];
+            memset(dst + hi, p->zp, ow - hi);
         }
-        size_t k = 0;
-        for (size_t ch = 0; ch < p->c; ch++)
-            for (size_t ky = 0; ky < kh; ky++)
-                for (size_t kx = 0; kx < kw; kx++, k++) {
-                    int16_t *d = dst + (k / 2) * 2 * ON_QGEMM_NR + (k & 1);
-                    size_t base = ch * p->h * p->w;
-                    for (size_t jj = 0; jj < ON_QGEMM_NR; jj++) {
-                        int32_t v = 0;
-                        if (jj < np) {
-                            ptrdiff_t iy = iy0[jj] + (ptrdiff_t)(ky * dh), ix = ix0[jj] + (ptrdiff_t)(kx * dw);
-                            if (iy >= 0 && ix >= 0 && (size_t)iy < p->h && (size_t)ix < p->w) {
-                                size_t at = base + (size_t)iy * p->w + (size_t)ix;
-                                v = (p->t == ON_Q_U8 ? (int32_t)xu[at] : (int32_t)xs[at]) - p->zp;
-                            }
-                        }
-                        d[jj * 2] = (int16_t)v;
-                    }
-                }
-        if (kk & 1)   /* the odd K's zero partner */
-            for (size_t jj = 0; jj < ON_QGEMM_NR; jj++) dst[(kk / 2) * 2 * ON_QGEMM_NR + jj * 2 + 1] = 0;
     }
 }
 
 on_status on_qconv_pack_im2col_q8(const void *x, on_qtype xt, size_t c, size_t h, size_t w, const size_t geom[10],
-                                  int32_t zp, int16_t *bp, int nthreads) {
-    if ((xt != ON_Q_U8 && xt != ON_Q_S8) || !geom) return ON_ERR_ARG;
+                                  int32_t zp, uint8_t *cols, int16_t *bp, int nthreads) {
+    if ((xt != ON_Q_U8 && xt != ON_Q_S8) || !geom || zp < q_lo(xt) || zp > q_hi(xt)) return ON_ERR_ARG;
     for (int i = 0; i < 6; i++)
         if (geom[i] == 0) return ON_ERR_ARG;
     size_t kk = c * geom[0] * geom[1], npix = geom[8] * geom[9];
     if (kk > ON_QGEMM_MAX_K) return ON_ERR_ARG;
     if (kk * npix == 0) return ON_OK;
-    if (!x || !bp) return ON_ERR_ARG;
-    im2col_ctx p = {x, xt, c, h, w, {0}, zp, bp};
+    if (!x || !bp || !cols) return ON_ERR_ARG;
+    /* bytes: an int8 value and its zero point keep their bit patterns, so the copy is type-blind */
+    im2col_ctx p = {x, c, h, w, {0}, (uint8_t)zp, cols};
     for (int i = 0; i < 10; i++) p.g[i] = geom[i];
-    on_parallel_for(npanels(npix), im2col_work, &p, kk * npix < (1u << 16) ? 1 : nthreads);
-    return ON_OK;
+    int threads = kk * npix < (1u << 16) ? 1 : nthreads;
+    on_parallel_for(kk, im2col_work, &p, threads);
+    return on_qgemm_pack_b_q8(cols, xt, kk, npix, npix, 1, &zp, 0, bp, threads);
 }
 
 /* ---- LSTM gates ---------------------------------------------------------------------------------- */

@@ -241,9 +241,10 @@ static void test_qconv_im2col_pack_matches_direct_convolution(void) {
         int16_t *wt = rnd_s16(m * k);
         size_t geom[10] = {kh, kw, sh, sw, dh, dw, pt, pl, oh, ow};
         int16_t *bp = malloc(on_qgemm_packed_size(k, np_) * sizeof(int16_t));
+        uint8_t *cols = malloc(k * np_);
         int32_t *got = malloc(m * np_ * sizeof(int32_t));
         for (int threads = 1; threads <= 2; threads++) {
-            CHECK(on_qconv_pack_im2col_q8(x, t, c, h, w, geom, zp, bp, threads) == ON_OK);
+            CHECK(on_qconv_pack_im2col_q8(x, t, c, h, w, geom, zp, cols, bp, threads) == ON_OK);
             CHECK(on_qgemm_s16_packed(m, np_, k, wt, k, bp, got, NULL, np_, NULL, 0, NULL, 0, threads) == ON_OK);
             int bad = 0;
             for (size_t o = 0; o < m; o++)
@@ -265,7 +266,7 @@ static void test_qconv_im2col_pack_matches_direct_convolution(void) {
                     }
             CHECK_MSG(bad == 0, "qconv case %zu threads %d: %d wrong", cs, threads, bad);
         }
-        free(x), free(wt), free(bp), free(got);
+        free(x), free(wt), free(bp), free(cols), free(got);
     }
 }
 
