@@ -2,7 +2,7 @@
 # kernels_ops.pxi, whose helpers (_ops_check, _ops_ptr) they share. The callers (ops_native/ops/quant.py)
 # hand over arrays of the right dtype and layout; these check it, since a wrong one would be read as bytes.
 
-from libc.stdint cimport int16_t, int32_t, uint8_t
+from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t
 
 cdef extern from "on_quant.h" nogil:
     ctypedef enum on_qtype:
@@ -19,8 +19,9 @@ cdef extern from "on_quant.h" nogil:
     int on_qgemm_pack_b_q8(const void *b, on_qtype bt, size_t kk, size_t n, size_t sk, size_t sj, const int32_t *zp,
                            size_t zp_stride, int16_t *bp, int nthreads)
     int on_qgemm_s16_packed(size_t m, size_t n, size_t kk, const int16_t *a, size_t lda, const int16_t *bp,
-                            int32_t *c_i32, float *out_f32, size_t ldc, const float *scale, size_t scale_stride,
-                            const float *bias, int accumulate, int nthreads)
+                            const int8_t *bp8, int32_t *c_i32, float *out_f32, size_t ldc, const float *scale,
+                            size_t scale_stride, const float *bias, int accumulate, int nthreads)
+    int on_qgemm_narrow_s8(const int16_t *bp, size_t count, int8_t *out)
     int on_qconv_pack_im2col_q8(const void *x, on_qtype xt, size_t c, size_t h, size_t w, const size_t geom[10],
                                 int32_t zp, uint8_t *cols, int16_t *bp, int nthreads)
     int on_quantize_centered_s16(const float *x, int16_t *y, size_t n, float scale, int32_t zp, int nthreads)
@@ -189,14 +190,29 @@ def quant_conv_pack(cnp.ndarray x, geom, int32_t zp, cnp.ndarray out, cnp.ndarra
     return out
 
 
+def quant_narrow_s8(cnp.ndarray bp):
+    """The packed B (int16, quant_pack_b) as int8 panels, or None when a value does not fit int8."""
+    _need(bp, _I16, "quant_narrow_s8")
+    cdef cnp.ndarray out = _np.empty(bp.size, _S8)
+    cdef const int16_t *pb = <const int16_t *>_ops_ptr(bp)
+    cdef int8_t *po = <int8_t *>_ops_ptr(out)
+    cdef size_t n = bp.size
+    cdef int st
+    with nogil:
+        st = on_qgemm_narrow_s8(pb, n, po)
+    return out if st == 0 else None
+
+
 def quant_gemm_packed(cnp.ndarray a, cnp.ndarray bp, size_t kk, cnp.ndarray out, scale=None, bias=None,
                       bint accumulate=False, int threads=1):
-    """quant_gemm with B packed by quant_pack_b / quant_conv_pack (n = out's columns)."""
+    """quant_gemm with B packed by quant_pack_b / quant_conv_pack (int16) or narrowed by quant_narrow_s8 (int8);
+    n = out's columns."""
     cdef size_t lda = _rows_ld(a, "A"), ldc = _rows_ld(out, "out")
     if a.dtype != _I16 or a.shape[1] < kk:
         raise ValueError("quant_gemm_packed: A must be int16 with at least K columns")
     cdef size_t m = a.shape[0], n = out.shape[1]
-    _need(bp, _I16, "quant_gemm_packed B")
+    if bp.dtype != _I16 and bp.dtype != _S8 or not cnp.PyArray_IS_C_CONTIGUOUS(bp):
+        raise ValueError(f"quant_gemm_packed: packed B must be a contiguous int16 or int8 array, got {bp.dtype}")
     if <size_t>out.shape[0] != m or <size_t>bp.size != on_qgemm_packed_size(kk, n):
         raise ValueError(f"quant_gemm_packed: out {(<object>out).shape} / packed B {bp.size} do not agree with "
                          f"A {(<object>a).shape}, K {kk}")
@@ -225,10 +241,15 @@ def quant_gemm_packed(cnp.ndarray a, cnp.ndarray bp, size_t kk, cnp.ndarray out,
     else:
         raise ValueError(f"quant_gemm_packed: output {out.dtype}")
     cdef const int16_t *pa = <const int16_t *>_ops_ptr(a)
-    cdef const int16_t *pbp = <const int16_t *>_ops_ptr(bp)
+    cdef const int16_t *pbp = NULL
+    cdef const int8_t *pbp8 = NULL
+    if bp.dtype == _I16:
+        pbp = <const int16_t *>_ops_ptr(bp)
+    else:
+        pbp8 = <const int8_t *>_ops_ptr(bp)
     cdef int st
     with nogil:
-        st = on_qgemm_s16_packed(m, n, kk, pa, lda, pbp, pci, pcf, ldc, ps, sstride, pb, accumulate, threads)
+        st = on_qgemm_s16_packed(m, n, kk, pa, lda, pbp, pbp8, pci, pcf, ldc, ps, sstride, pb, accumulate, threads)
     _ops_check(st, "integer GEMM (packed)")
     return out
 

@@ -70,10 +70,15 @@ size_t on_qgemm_packed_size(size_t kk, size_t n);
  * point), into bp (on_qgemm_packed_size(kk, n) int16). sk = ldb, sj = 1: B row-major; sk = 1, sj = ldb: B^T. */
 on_status on_qgemm_pack_b_q8(const void *b, on_qtype bt, size_t kk, size_t n, size_t sk, size_t sj, const int32_t *zp,
                              size_t zp_stride, int16_t *bp, int nthreads);
-/* The same product and epilogue as on_qgemm_s16 with B packed by on_qgemm_pack_b_q8 (A int16 rows, lda >= kk). */
+/* The same product and epilogue as on_qgemm_s16 with B packed by on_qgemm_pack_b_q8 (A int16 rows, lda >= kk).
+ * bp8 instead of bp (bp NULL): the packed B narrowed to int8 by on_qgemm_narrow_s8, half the bytes to stream
+ * where B is read from memory (a GEMV: one LSTM step, a few rows of A against a large weight). */
 on_status on_qgemm_s16_packed(size_t m, size_t n, size_t kk, const int16_t *a, size_t lda, const int16_t *bp,
-                              int32_t *c_i32, float *out_f32, size_t ldc, const float *scale, size_t scale_stride,
-                              const float *bias, int accumulate, int nthreads);
+                              const int8_t *bp8, int32_t *c_i32, float *out_f32, size_t ldc, const float *scale,
+                              size_t scale_stride, const float *bias, int accumulate, int nthreads);
+/* out = bp as int8 (count values) when every value fits int8 (symmetric int8 weights, uint8 weights with zero
+ * point 128: the centered values of most quantised weights); ON_ERR_ARG, out unspecified, when one does not. */
+on_status on_qgemm_narrow_s8(const int16_t *bp, size_t count, int8_t *out);
 
 /* ---- ConvInteger's packing ------------------------------------------------------------------------ */
 /* The im2col of one image's channels x [c, h, w] (uint8 / int8, minus the scalar zero point zp; a padded
@@ -103,6 +108,8 @@ typedef struct {
     /* acc[r * ON_QGEMM_NR + j] = sum_{k < kk} a[r * lda + k] * panel(k, j) for r < mr (mr <= ON_QGEMM_MR),
      * j < ON_QGEMM_NR: one register tile against one packed panel of B (on_qgemm_pack_b_q8). */
     void (*tile_packed)(size_t mr, size_t kk, const int16_t *a, size_t lda, const int16_t *panel, int32_t *acc);
+    /* the same on a panel narrowed to int8 (on_qgemm_narrow_s8), widened in registers */
+    void (*tile_packed_s8)(size_t mr, size_t kk, const int16_t *a, size_t lda, const int8_t *panel, int32_t *acc);
     /* lo = min(0, x), hi = max(0, x) over n floats (DynamicQuantizeLinear's range). */
     void (*range)(const float *x, size_t n, float *lo, float *hi);
     /* y[i] = saturate_u8(round_half_even(x[i] / scale) + zp) - sub, as uint8 (sub = 0) or int16 (y16). */

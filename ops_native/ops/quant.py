@@ -152,11 +152,18 @@ def _check_k(k: int, what: str) -> None:
                              f"({_core.QGEMM_MAX_K})")
 
 
-def _packed_b(b: np.ndarray, zp: np.ndarray | None, what: str, threads: int = 1) -> np.ndarray:
-    """B [K, N] (uint8 / int8) minus its zero point (scalar or per column) in the integer GEMM's packed panels."""
+def _packed_b(b: np.ndarray, zp: np.ndarray | None, what: str, threads: int = 1, narrow: bool = False) -> np.ndarray:
+    """B [K, N] (uint8 / int8) minus its zero point (scalar or per column) in the integer GEMM's packed panels.
+    narrow (constant weights, packed once): int8 panels when every centered value fits (symmetric int8 weights,
+    uint8 weights around 128), half the bytes the GEMM streams; else int16."""
     b = np.ascontiguousarray(_q8(b, what))
     z = _zp_array(zp, b.shape[1] if zp is not None and zp.size > 1 else 1, f"{what} zero point")
-    return _core.quant_pack_b(b, z, False, threads)
+    bp = _core.quant_pack_b(b, z, False, threads)
+    if narrow:
+        bp8 = _core.quant_narrow_s8(bp)
+        if bp8 is not None:
+            return bp8
+    return bp
 
 
 def _centered_rows(a: np.ndarray, zp: np.ndarray | None, what: str) -> np.ndarray:
@@ -214,7 +221,7 @@ def _const_b(node: Node, ctx: BuildContext, b_index: int, zp_index: int) -> np.n
     if b is None or b.ndim != 2 or (ins[zp_index] and zp is None):
         return None
     _check_k(b.shape[0], node.op_type)
-    return _packed_b(b, zp, f"{node.op_type} B")
+    return _packed_b(b, zp, f"{node.op_type} B", narrow=True)
 
 
 @register("MatMulInteger")
@@ -340,7 +347,7 @@ def _build_dynamic_quantize_matmul(node: Node, ctx: BuildContext) -> Fn:
         raise OpNotSupported(f"DynamicQuantizeMatMul: B of rank {b.ndim} (only 2-D)")
     k, n = b.shape
     _check_k(k, "DynamicQuantizeMatMul")
-    bp = _packed_b(b, b_zp, "DynamicQuantizeMatMul B")
+    bp = _packed_b(b, b_zp, "DynamicQuantizeMatMul B", narrow=True)
     b_scale = _scale_f32(b_scale, "b_scale").reshape(-1)
     if b_scale.size not in (1, n):
         raise OpBuildError(f"DynamicQuantizeMatMul: {b_scale.size} scales for {n} columns")
@@ -409,8 +416,8 @@ def _build_dynamic_quantize_lstm(node: Node, ctx: BuildContext) -> Fn:
     r_scale = per_dir(_scale_f32(consts["R_scale"], "R_scale"), "R_scale")
     w_zp = per_dir(consts["W_zero_point"], "W_zero_point")
     r_zp = per_dir(consts["R_zero_point"], "R_zero_point")
-    wt = [_packed_b(w[d], w_zp[d], "W") for d in range(ndir)]   # [I, 4H] packed
-    rt = [_packed_b(r[d], r_zp[d], "R") for d in range(ndir)]
+    wt = [_packed_b(w[d], w_zp[d], "W", narrow=True) for d in range(ndir)]   # [I, 4H] packed
+    rt = [_packed_b(r[d], r_zp[d], "R", narrow=True) for d in range(ndir)]
     bias = None
     if consts["B"] is not None:   # Wb + Rb, added after both products (as ONNX Runtime fuses it)
         b = np.asarray(consts["B"], F32).reshape(ndir, 2 * g4)

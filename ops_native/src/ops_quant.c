@@ -257,7 +257,19 @@ static void tile_packed__scalar(size_t mr, size_t kk, const int16_t *a, size_t l
         }
 }
 
-const on_quant_table on_quant_table_scalar = {"scalar", dot_1x4__scalar, tile_packed__scalar, range__scalar,
+static void tile_packed_s8__scalar(size_t mr, size_t kk, const int16_t *a, size_t lda, const int8_t *panel,
+                                   int32_t *acc) {
+    for (size_t r = 0; r < mr; r++)
+        for (size_t j = 0; j < ON_QGEMM_NR; j++) {
+            int32_t sum = 0;
+            for (size_t k = 0; k < kk; k++)
+                sum += (int32_t)a[r * lda + k] * (int32_t)panel[(k / 2) * 2 * ON_QGEMM_NR + j * 2 + (k & 1)];
+            acc[r * ON_QGEMM_NR + j] = sum;
+        }
+}
+
+const on_quant_table on_quant_table_scalar = {"scalar", dot_1x4__scalar, tile_packed__scalar, tile_packed_s8__scalar,
+                                              range__scalar,
                                               quantize_u8__scalar, quantize_centered_s16__scalar};
 
 typedef struct {
@@ -404,6 +416,7 @@ on_status on_qgemm_pack_b_q8(const void *b, on_qtype bt, size_t kk, size_t n, si
 typedef struct {
     size_t m, n, kk, lda, ldc, scale_stride, mblocks;
     const int16_t *a, *bp;
+    const int8_t *bp8;
     int32_t *c_i32;
     float *out;
     const float *scale, *bias;
@@ -422,11 +435,14 @@ static void qgemm_packed_work(void *vctx, size_t begin, size_t end) {
     for (size_t t = begin; t < end; t++) {
         size_t q = t / g->mblocks, mb = t % g->mblocks;
         size_t j0 = q * ON_QGEMM_NR, nj = g->n - j0 < ON_QGEMM_NR ? g->n - j0 : ON_QGEMM_NR;
-        const int16_t *panel = g->bp + q * kp * 2 * ON_QGEMM_NR;
+        size_t panel_at = q * kp * 2 * ON_QGEMM_NR;
         size_t i_end = (mb + 1) * ON_QGEMM_MB < g->m ? (mb + 1) * ON_QGEMM_MB : g->m;
         for (size_t i0 = mb * ON_QGEMM_MB; i0 < i_end; i0 += ON_QGEMM_MR) {
             size_t mr = i_end - i0 < ON_QGEMM_MR ? i_end - i0 : ON_QGEMM_MR;
-            g->tab->tile_packed(mr, g->kk, g->a + i0 * g->lda, g->lda, panel, acc);
+            if (g->bp8)
+                g->tab->tile_packed_s8(mr, g->kk, g->a + i0 * g->lda, g->lda, g->bp8 + panel_at, acc);
+            else
+                g->tab->tile_packed(mr, g->kk, g->a + i0 * g->lda, g->lda, g->bp + panel_at, acc);
             for (size_t r = 0; r < mr; r++) {
                 const int32_t *ar = acc + r * ON_QGEMM_NR;
                 size_t at = (i0 + r) * g->ldc + j0;
@@ -447,15 +463,25 @@ static void qgemm_packed_work(void *vctx, size_t begin, size_t end) {
     }
 }
 
+on_status on_qgemm_narrow_s8(const int16_t *bp, size_t count, int8_t *out) {
+    if (count && (!bp || !out)) return ON_ERR_ARG;
+    for (size_t i = 0; i < count; i++) {
+        if (bp[i] < -128 || bp[i] > 127) return ON_ERR_ARG;
+        out[i] = (int8_t)bp[i];
+    }
+    return ON_OK;
+}
+
 on_status on_qgemm_s16_packed(size_t m, size_t n, size_t kk, const int16_t *a, size_t lda, const int16_t *bp,
-                              int32_t *c_i32, float *out_f32, size_t ldc, const float *scale, size_t scale_stride,
-                              const float *bias, int accumulate, int nthreads) {
+                              const int8_t *bp8, int32_t *c_i32, float *out_f32, size_t ldc, const float *scale,
+                              size_t scale_stride, const float *bias, int accumulate, int nthreads) {
     if (kk > ON_QGEMM_MAX_K || lda < kk || ldc < n) return ON_ERR_ARG;
     if (m * n == 0) return ON_OK;
-    if (!a || !bp || (!c_i32 && !out_f32) || (out_f32 && !scale)) return ON_ERR_ARG;
+    if (!a || (!bp && !bp8) || (!c_i32 && !out_f32) || (out_f32 && !scale)) return ON_ERR_ARG;
     size_t mblocks = (m + ON_QGEMM_MB - 1) / ON_QGEMM_MB;
-    qgemm_packed_ctx g = {m, n, kk, lda, ldc, scale_stride, mblocks, a, bp, c_i32, out_f32, scale, bias, accumulate,
-                          on_kernels_active()->quant};
+    qgemm_packed_ctx g = {.m = m, .n = n, .kk = kk, .lda = lda, .ldc = ldc, .scale_stride = scale_stride,
+                          .mblocks = mblocks, .a = a, .bp = bp, .bp8 = bp ? NULL : bp8, .c_i32 = c_i32, .out = out_f32,
+                          .scale = scale, .bias = bias, .accumulate = accumulate, .tab = on_kernels_active()->quant};
     /* below ~1M multiply-adds (tens of microseconds) the split costs more than it saves */
     on_parallel_for(npanels(n) * mblocks, qgemm_packed_work, &g,
                     (double)m * (double)n * (double)kk < 1e6 ? 1 : nthreads);

@@ -167,6 +167,7 @@ static int32_t q8_at(const uint8_t *b, on_qtype t, size_t at) {
 static void test_qgemm_packed_matches_definition_every_isa(void) {
     const size_t shapes[][3] = {{1, 1, 1}, {1, 16, 2}, {6, 16, 16}, {7, 17, 3}, {5, 9, 101}, {13, 33, 64},
                                 {97, 40, 75}, {2, 1024, 256}, {200, 20, 9}, {1, 3, 33025}};
+    int narrowed = 0;
     for (int isa = 0; isa < ON_ISA_COUNT; isa++) {
         if (!on_kernels_for_isa((on_isa_t)isa)) continue;
         on_set_isa((on_isa_t)isa);
@@ -176,8 +177,10 @@ static void test_qgemm_packed_matches_definition_every_isa(void) {
             int16_t *a = rnd_s16(m * lda);
             uint8_t *b = rnd_u8(k * ldb);
             int32_t *zp = malloc(n * sizeof(int32_t));
-            for (size_t j = 0; j < n; j++) zp[j] = (int32_t)(next_u32() % 256) - (t == ON_Q_S8 ? 128 : 0);
             int per_col = (int)(s % 3 != 0);
+            for (size_t j = 0; j < n; j++) zp[j] = (int32_t)(next_u32() % 256) - (t == ON_Q_S8 ? 128 : 0);
+            if (s % 4 == 1)   /* int8 data, zero point 0: fits the int8 panels */
+                for (size_t j = 0; j < n; j++) zp[j] = 0;
             /* the definition: B^T centered, dot by dot */
             int16_t *bt = malloc(n * k * sizeof(int16_t));
             for (size_t j = 0; j < n; j++)
@@ -201,11 +204,11 @@ static void test_qgemm_packed_matches_definition_every_isa(void) {
                 CHECK(on_qgemm_pack_b_q8(btq, t, k, n, 1, k, zp, per_col, bp2, threads) == ON_OK);
                 CHECK_MSG(memcmp(bp, bp2, psz * sizeof(int16_t)) == 0, "pack row-major = pack transposed s%zu", s);
                 memset(got, 0, m * n * sizeof(int32_t));
-                CHECK(on_qgemm_s16_packed(m, n, k, a, lda, bp, got, NULL, n, NULL, 0, NULL, 0, threads) == ON_OK);
+                CHECK(on_qgemm_s16_packed(m, n, k, a, lda, bp, NULL, got, NULL, n, NULL, 0, NULL, 0, threads) == ON_OK);
                 CHECK_MSG(memcmp(got, want, m * n * sizeof(int32_t)) == 0, "qgemm packed %s m%zu n%zu k%zu t%d",
                           on_isa_name((on_isa_t)isa), m, n, k, threads);
-                CHECK(on_qgemm_s16_packed(m, n, k, a, lda, bp, NULL, f, n, scale, 1, bias, 0, threads) == ON_OK);
-                CHECK(on_qgemm_s16_packed(m, n, k, a, lda, bp, NULL, f, n, scale, 1, NULL, 1, threads) == ON_OK);
+                CHECK(on_qgemm_s16_packed(m, n, k, a, lda, bp, NULL, NULL, f, n, scale, 1, bias, 0, threads) == ON_OK);
+                CHECK(on_qgemm_s16_packed(m, n, k, a, lda, bp, NULL, NULL, f, n, scale, 1, NULL, 1, threads) == ON_OK);
                 int bad = 0;
                 for (size_t i = 0; i < m * n; i++) {
                     float v = (float)want[i] * scale[i % n] + bias[i % n];
@@ -213,11 +216,27 @@ static void test_qgemm_packed_matches_definition_every_isa(void) {
                     bad += f[i] != v;
                 }
                 CHECK_MSG(bad == 0, "qgemm packed float epilogue %s s%zu t%d", on_isa_name((on_isa_t)isa), s, threads);
+                /* the int8 panels where B fits them (int8 data with zero point 0: always), else refused */
+                int8_t *bp8 = malloc(psz ? psz : 1);
+                int fits = 1;
+                for (size_t i = 0; i < psz; i++) fits &= bp[i] >= -128 && bp[i] <= 127;
+                on_status st = on_qgemm_narrow_s8(bp, psz, bp8);
+                CHECK(st == (fits ? ON_OK : ON_ERR_ARG));
+                if (fits) {
+                    memset(got, 0, m * n * sizeof(int32_t));
+                    CHECK(on_qgemm_s16_packed(m, n, k, a, lda, NULL, bp8, got, NULL, n, NULL, 0, NULL, 0, threads) ==
+                          ON_OK);
+                    CHECK_MSG(memcmp(got, want, m * n * sizeof(int32_t)) == 0, "qgemm int8 panels %s s%zu t%d",
+                              on_isa_name((on_isa_t)isa), s, threads);
+                    narrowed++;
+                }
+                free(bp8);
             }
             free(a), free(b), free(zp), free(bt), free(want), free(got), free(bp), free(bp2), free(f), free(scale),
                 free(bias), free(btq);
         }
     }
+    CHECK(narrowed > 0);
     on_set_isa(on_kernels_for_isa(ON_ISA_AVX2) ? ON_ISA_AVX2 : on_kernels_for_isa(ON_ISA_NEON) ? ON_ISA_NEON
                                                                                                 : ON_ISA_SCALAR);
 }
@@ -245,7 +264,7 @@ static void test_qconv_im2col_pack_matches_direct_convolution(void) {
         int32_t *got = malloc(m * np_ * sizeof(int32_t));
         for (int threads = 1; threads <= 2; threads++) {
             CHECK(on_qconv_pack_im2col_q8(x, t, c, h, w, geom, zp, cols, bp, threads) == ON_OK);
-            CHECK(on_qgemm_s16_packed(m, np_, k, wt, k, bp, got, NULL, np_, NULL, 0, NULL, 0, threads) == ON_OK);
+            CHECK(on_qgemm_s16_packed(m, np_, k, wt, k, bp, NULL, got, NULL, np_, NULL, 0, NULL, 0, threads) == ON_OK);
             int bad = 0;
             for (size_t o = 0; o < m; o++)
                 for (size_t oy = 0; oy < oh; oy++)

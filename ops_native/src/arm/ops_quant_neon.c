@@ -20,14 +20,23 @@ static void dot_1x4__neon(const int16_t *a, const int16_t *bt, size_t ldb, size_
 
 /* MR x 16 tile on the packed panels: a panel row (16 columns x a pair of k) is 4 int16x8 vectors; each times
  * A's pair repeated (a0 a1 a0 a1 ...) widens into int32 products that a pairwise add turns into 4 column sums. */
-static void tile_packed__neon(size_t mr, size_t kk, const int16_t *a, size_t lda, const int16_t *panel, int32_t *acc) {
+static inline __attribute__((always_inline)) void tile_neon(size_t mr, int s8, size_t kk, const int16_t *a, size_t lda,
+                                                            const void *panel, int32_t *acc) {
     int32x4_t c[ON_QGEMM_MR][4];
     for (size_t r = 0; r < mr; r++)
         for (int q = 0; q < 4; q++) c[r][q] = vdupq_n_s32(0);
     size_t kp = (kk + 1) / 2;
     for (size_t p = 0; p < kp; p++) {
         int16x8_t b[4];
-        for (int q = 0; q < 4; q++) b[q] = vld1q_s16(panel + p * 32 + q * 8);
+        if (s8) {   /* the int8 panel widened */
+            int8x16_t lo = vld1q_s8((const int8_t *)panel + p * 32), hi = vld1q_s8((const int8_t *)panel + p * 32 + 16);
+            b[0] = vmovl_s8(vget_low_s8(lo));
+            b[1] = vmovl_s8(vget_high_s8(lo));
+            b[2] = vmovl_s8(vget_low_s8(hi));
+            b[3] = vmovl_s8(vget_high_s8(hi));
+        } else {
+            for (int q = 0; q < 4; q++) b[q] = vld1q_s16((const int16_t *)panel + p * 32 + q * 8);
+        }
         for (size_t r = 0; r < mr; r++) {
             int16_t lo = a[r * lda + 2 * p], hi = 2 * p + 1 < kk ? a[r * lda + 2 * p + 1] : 0;
             int16x4_t va = vreinterpret_s16_s32(vdup_n_s32((int32_t)(((uint32_t)(uint16_t)hi << 16) | (uint16_t)lo)));
@@ -39,6 +48,15 @@ static void tile_packed__neon(size_t mr, size_t kk, const int16_t *a, size_t lda
     }
     for (size_t r = 0; r < mr; r++)
         for (int q = 0; q < 4; q++) vst1q_s32(acc + r * 16 + q * 4, c[r][q]);
+}
+
+static void tile_packed__neon(size_t mr, size_t kk, const int16_t *a, size_t lda, const int16_t *panel, int32_t *acc) {
+    tile_neon(mr, 0, kk, a, lda, panel, acc);
+}
+
+static void tile_packed_s8__neon(size_t mr, size_t kk, const int16_t *a, size_t lda, const int8_t *panel,
+                                 int32_t *acc) {
+    tile_neon(mr, 1, kk, a, lda, panel, acc);
 }
 
 static void range__neon(const float *x, size_t n, float *lo_out, float *hi_out) {
@@ -89,5 +107,6 @@ static void quantize_centered_s16__neon(const float *x, size_t n, float scale, i
     for (; i < n; i++) y[i] = (int16_t)(quant1(x[i], scale, zp) - zp);
 }
 
-const on_quant_table on_quant_table_neon = {"neon", dot_1x4__neon, tile_packed__neon, range__neon, quantize_u8__neon,
+const on_quant_table on_quant_table_neon = {"neon",           dot_1x4__neon,     tile_packed__neon,
+                                            tile_packed_s8__neon, range__neon,     quantize_u8__neon,
                                             quantize_centered_s16__neon};

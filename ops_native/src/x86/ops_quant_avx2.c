@@ -59,21 +59,35 @@ static inline __m256i pair_bcast(const int16_t *a) {
         _mm256_storeu_si256((__m256i *)(acc + r * 16 + 8), c##r##1);                                         \
     }
 
-static inline __attribute__((always_inline)) void tile_mr(size_t mr, size_t kk, const int16_t *a, size_t lda,
-                                                          const int16_t *panel, int32_t *acc) {
+/* A panel row (16 columns x a pair of k) as two ymm of int16: loaded, or widened from the int8 panel. */
+static inline __attribute__((always_inline)) void panel_row(const void *panel, int s8, size_t p, __m256i *b0,
+                                                            __m256i *b1) {
+    if (s8) {
+        const int8_t *q = (const int8_t *)panel + p * 32;
+        *b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)q));
+        *b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + 16)));
+    } else {
+        const int16_t *q = (const int16_t *)panel + p * 32;
+        *b0 = _mm256_loadu_si256((const __m256i *)q);
+        *b1 = _mm256_loadu_si256((const __m256i *)(q + 16));
+    }
+}
+
+static inline __attribute__((always_inline)) void tile_mr(size_t mr, int s8, size_t kk, const int16_t *a, size_t lda,
+                                                          const void *panel, int32_t *acc) {
     __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
     __m256i c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
     size_t kp = kk / 2;
     /* the last k of an odd K first: its partner in the panel is 0, so pair it with 0 (no read past a row);
      * done before the loop, GCC keeps the accumulators in registers through it (after, it spilled them) */
     if (kk & 1) {
-        __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + kp * 32));
-        __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + kp * 32 + 16));
+        __m256i b0, b1;
+        panel_row(panel, s8, kp, &b0, &b1);
         QROW_ODD(0) QROW_ODD(1) QROW_ODD(2) QROW_ODD(3) QROW_ODD(4) QROW_ODD(5)
     }
     for (size_t p = 0; p < kp; p++) {
-        __m256i b0 = _mm256_loadu_si256((const __m256i *)(panel + p * 32));
-        __m256i b1 = _mm256_loadu_si256((const __m256i *)(panel + p * 32 + 16));
+        __m256i b0, b1;
+        panel_row(panel, s8, p, &b0, &b1);
         QROW(0) QROW(1) QROW(2) QROW(3) QROW(4) QROW(5)
     }
     QSTORE(0) QSTORE(1) QSTORE(2) QSTORE(3) QSTORE(4) QSTORE(5)
@@ -82,12 +96,24 @@ static inline __attribute__((always_inline)) void tile_mr(size_t mr, size_t kk, 
 /* One specialisation per row count, so the accumulators stay in registers (the loops over r unroll). */
 static void tile_packed__avx2(size_t mr, size_t kk, const int16_t *a, size_t lda, const int16_t *panel, int32_t *acc) {
     switch (mr) {
-    case 6: tile_mr(6, kk, a, lda, panel, acc); break;
-    case 5: tile_mr(5, kk, a, lda, panel, acc); break;
-    case 4: tile_mr(4, kk, a, lda, panel, acc); break;
-    case 3: tile_mr(3, kk, a, lda, panel, acc); break;
-    case 2: tile_mr(2, kk, a, lda, panel, acc); break;
-    default: tile_mr(1, kk, a, lda, panel, acc); break;
+    case 6: tile_mr(6, 0, kk, a, lda, panel, acc); break;
+    case 5: tile_mr(5, 0, kk, a, lda, panel, acc); break;
+    case 4: tile_mr(4, 0, kk, a, lda, panel, acc); break;
+    case 3: tile_mr(3, 0, kk, a, lda, panel, acc); break;
+    case 2: tile_mr(2, 0, kk, a, lda, panel, acc); break;
+    default: tile_mr(1, 0, kk, a, lda, panel, acc); break;
+    }
+}
+
+static void tile_packed_s8__avx2(size_t mr, size_t kk, const int16_t *a, size_t lda, const int8_t *panel,
+                                 int32_t *acc) {
+    switch (mr) {
+    case 6: tile_mr(6, 1, kk, a, lda, panel, acc); break;
+    case 5: tile_mr(5, 1, kk, a, lda, panel, acc); break;
+    case 4: tile_mr(4, 1, kk, a, lda, panel, acc); break;
+    case 3: tile_mr(3, 1, kk, a, lda, panel, acc); break;
+    case 2: tile_mr(2, 1, kk, a, lda, panel, acc); break;
+    default: tile_mr(1, 1, kk, a, lda, panel, acc); break;
     }
 }
 
@@ -161,5 +187,6 @@ static void quantize_centered_s16__avx2(const float *x, size_t n, float scale, i
     }
 }
 
-const on_quant_table on_quant_table_avx2 = {"avx2", dot_1x4__avx2, tile_packed__avx2, range__avx2, quantize_u8__avx2,
+const on_quant_table on_quant_table_avx2 = {"avx2",           dot_1x4__avx2,     tile_packed__avx2,
+                                            tile_packed_s8__avx2, range__avx2,     quantize_u8__avx2,
                                             quantize_centered_s16__avx2};
