@@ -2,7 +2,7 @@
 # kernels_ops.pxi, whose helpers (_ops_check, _ops_ptr) they share. The callers (ops_native/ops/quant.py)
 # hand over arrays of the right dtype and layout; these check it, since a wrong one would be read as bytes.
 
-from libc.stdint cimport int16_t, int32_t
+from libc.stdint cimport int8_t, int16_t, int32_t, uint8_t
 
 cdef extern from "on_quant.h" nogil:
     ctypedef enum on_qtype:
@@ -13,7 +13,17 @@ cdef extern from "on_quant.h" nogil:
                         const float *scale, const int32_t *zp, int nthreads)
     int on_dequantize_f32(const void *x, on_qtype xt, float *y, size_t outer, size_t c, size_t inner,
                           const float *scale, const int32_t *zp, int nthreads)
-    void on_dynamic_qparams_f32(const float *x, size_t n, float *scale, int32_t *zp)
+    void on_dynamic_qparams_f32(const float *x, size_t n, float *scale, int32_t *zp, int nthreads)
+    int on_quantize_u8_pt(const float *x, uint8_t *y, size_t n, float scale, int32_t zp, int nthreads)
+    size_t on_qgemm_packed_size(size_t kk, size_t n)
+    int on_qgemm_pack_b_q8(const void *b, on_qtype bt, size_t kk, size_t n, size_t sk, size_t sj, const int32_t *zp,
+                           size_t zp_stride, int16_t *bp, int nthreads)
+    int on_qgemm_s16_packed(size_t m, size_t n, size_t kk, const int16_t *a, size_t lda, const int16_t *bp,
+                            const int8_t *bp8, int32_t *c_i32, float *out_f32, size_t ldc, const float *scale,
+                            size_t scale_stride, const float *bias, int accumulate, int nthreads)
+    int on_qgemm_narrow_s8(const int16_t *bp, size_t count, int8_t *out)
+    int on_qconv_pack_im2col_q8(const void *x, on_qtype xt, size_t c, size_t h, size_t w, const size_t geom[10],
+                                int32_t zp, uint8_t *cols, int16_t *bp, int nthreads)
     int on_quantize_centered_s16(const float *x, int16_t *y, size_t n, float scale, int32_t zp, int nthreads)
     int on_q8_to_s16(const void *x, on_qtype xt, size_t rows, size_t cols, size_t ldx, const int32_t *zp,
                      size_t zp_stride, int16_t *y, size_t ldy)
@@ -93,7 +103,7 @@ def quant_dequantize(cnp.ndarray x, cnp.ndarray y, size_t outer, size_t c, size_
     return y
 
 
-def quant_dynamic_params(x):
+def quant_dynamic_params(x, int threads=1):
     """(scale, zero_point) of ONNX DynamicQuantizeLinear for float32 x (ONNX Runtime's arithmetic)."""
     cdef cnp.ndarray xa = _ops_c32(x)
     cdef float s = 1.0
@@ -101,8 +111,147 @@ def quant_dynamic_params(x):
     cdef const float *px = <const float *>_ops_ptr(xa)
     cdef size_t n = xa.size
     with nogil:
-        on_dynamic_qparams_f32(px, n, &s, &z)
+        on_dynamic_qparams_f32(px, n, &s, &z, threads)
     return s, z
+
+
+def quant_quantize_u8(x, float scale, int32_t zp, cnp.ndarray y, int threads=1):
+    """y (uint8, x's size, preallocated) = saturate(round(x / scale) + zp): per-tensor QuantizeLinear to uint8."""
+    cdef cnp.ndarray xa = _ops_c32(x)
+    _need(y, _U8, "quantize (uint8)")
+    if y.size != xa.size:
+        raise ValueError("quantize (uint8): sizes do not agree")
+    cdef const float *px = <const float *>_ops_ptr(xa)
+    cdef uint8_t *py = <uint8_t *>_ops_ptr(y)
+    cdef size_t n = xa.size
+    cdef int st
+    with nogil:
+        st = on_quantize_u8_pt(px, py, n, scale, zp, threads)
+    _ops_check(st, "quantize (uint8)")
+    return y
+
+
+def quant_packed_size(size_t kk, size_t n):
+    """int16 elements of the packed form of a [kk, n] B (on_qgemm_pack_b_q8)."""
+    return on_qgemm_packed_size(kk, n)
+
+
+def quant_pack_b(cnp.ndarray b, zp, bint transposed=False, int threads=1):
+    """B (uint8 / int8, 2-D with one unit stride: [K, N], or B^T [N, K] when transposed) minus its zero point
+    (one, or one per column of B) packed into the integer GEMM's panels (1-D int16)."""
+    if b.ndim != 2:
+        raise ValueError("quant_pack_b: B must be 2-D")
+    cdef size_t kk = b.shape[1] if transposed else b.shape[0]
+    cdef size_t n = b.shape[0] if transposed else b.shape[1]
+    cdef size_t ld = _rows_ld(b, "B")
+    cdef size_t sk = 1 if transposed else ld, sj = ld if transposed else 1
+    cdef cnp.ndarray za = _np.ascontiguousarray(zp, dtype=_np.int32).reshape(-1)
+    if za.size != 1 and <size_t>za.size != n:
+        raise ValueError(f"quant_pack_b: {za.size} zero points for {n} columns")
+    cdef size_t zs = 0 if za.size == 1 else 1
+    cdef on_qtype t = _qtype(b, "quant_pack_b")
+    if t == ON_Q_S32:
+        raise ValueError("quant_pack_b: B must be uint8 / int8")
+    cdef cnp.ndarray out = _np.empty(on_qgemm_packed_size(kk, n), _I16)
+    cdef const void *pb = _ops_ptr(b)
+    cdef const int32_t *pz = <const int32_t *>_ops_ptr(za)
+    cdef int16_t *po = <int16_t *>_ops_ptr(out)
+    cdef int st
+    with nogil:
+        st = on_qgemm_pack_b_q8(pb, t, kk, n, sk, sj, pz, zs, po, threads)
+    _ops_check(st, "quant_pack_b")
+    return out
+
+
+def quant_conv_pack(cnp.ndarray x, geom, int32_t zp, cnp.ndarray out, cnp.ndarray cols, int threads=1):
+    """The im2col of x [c, h, w] (uint8 / int8, C-contiguous) minus zp, packed as the GEMM's B into out (int16 of
+    quant_packed_size(c * kh * kw, oh * ow)); geom = (kh, kw, sh, sw, dh, dw, pad_top, pad_left, oh, ow); cols:
+    uint8 scratch of c * kh * kw * oh * ow bytes."""
+    cdef size_t g[10]
+    if x.ndim != 3 or not cnp.PyArray_IS_C_CONTIGUOUS(x) or len(geom) != 10:
+        raise ValueError("quant_conv_pack: x must be a C-contiguous [c, h, w] and geom 10 sizes")
+    for i in range(10):
+        g[i] = geom[i]
+    cdef size_t c = x.shape[0], h = x.shape[1], w = x.shape[2]
+    _need(out, _I16, "quant_conv_pack output")
+    if <size_t>out.size != on_qgemm_packed_size(c * g[0] * g[1], g[8] * g[9]):
+        raise ValueError("quant_conv_pack: output size does not agree")
+    _need(cols, _U8, "quant_conv_pack scratch")
+    if <size_t>cols.size < c * g[0] * g[1] * g[8] * g[9]:
+        raise ValueError("quant_conv_pack: scratch too small")
+    cdef on_qtype t = _qtype(x, "quant_conv_pack")
+    cdef const void *px = _ops_ptr(x)
+    cdef int16_t *po = <int16_t *>_ops_ptr(out)
+    cdef uint8_t *pc = <uint8_t *>_ops_ptr(cols)
+    cdef int st
+    with nogil:
+        st = on_qconv_pack_im2col_q8(px, t, c, h, w, g, zp, pc, po, threads)
+    _ops_check(st, "quant_conv_pack")
+    return out
+
+
+def quant_narrow_s8(cnp.ndarray bp):
+    """The packed B (int16, quant_pack_b) as int8 panels, or None when a value does not fit int8."""
+    _need(bp, _I16, "quant_narrow_s8")
+    cdef cnp.ndarray out = _np.empty(bp.size, _S8)
+    cdef const int16_t *pb = <const int16_t *>_ops_ptr(bp)
+    cdef int8_t *po = <int8_t *>_ops_ptr(out)
+    cdef size_t n = bp.size
+    cdef int st
+    with nogil:
+        st = on_qgemm_narrow_s8(pb, n, po)
+    return out if st == 0 else None
+
+
+def quant_gemm_packed(cnp.ndarray a, cnp.ndarray bp, size_t kk, cnp.ndarray out, scale=None, bias=None,
+                      bint accumulate=False, int threads=1):
+    """quant_gemm with B packed by quant_pack_b / quant_conv_pack (int16) or narrowed by quant_narrow_s8 (int8);
+    n = out's columns."""
+    cdef size_t lda = _rows_ld(a, "A"), ldc = _rows_ld(out, "out")
+    if a.dtype != _I16 or a.shape[1] < kk:
+        raise ValueError("quant_gemm_packed: A must be int16 with at least K columns")
+    cdef size_t m = a.shape[0], n = out.shape[1]
+    if bp.dtype != _I16 and bp.dtype != _S8 or not cnp.PyArray_IS_C_CONTIGUOUS(bp):
+        raise ValueError(f"quant_gemm_packed: packed B must be a contiguous int16 or int8 array, got {bp.dtype}")
+    if <size_t>out.shape[0] != m or <size_t>bp.size != on_qgemm_packed_size(kk, n):
+        raise ValueError(f"quant_gemm_packed: out {(<object>out).shape} / packed B {bp.size} do not agree with "
+                         f"A {(<object>a).shape}, K {kk}")
+    cdef cnp.ndarray sa = None, ba = None
+    cdef const float *ps = NULL
+    cdef const float *pb = NULL
+    cdef size_t sstride = 0
+    cdef int32_t *pci = NULL
+    cdef float *pcf = NULL
+    if out.dtype == _I32:
+        pci = <int32_t *>_ops_ptr(out)
+    elif out.dtype == _F32:
+        if scale is None:
+            raise ValueError("quant_gemm_packed: a float32 output needs a scale")
+        sa = _ops_c32(scale)
+        if sa.size != 1 and <size_t>sa.size != n:
+            raise ValueError(f"quant_gemm_packed: {sa.size} scales for {n} columns")
+        sstride = 0 if sa.size == 1 else 1
+        ps = <const float *>_ops_ptr(sa)
+        if bias is not None:
+            ba = _ops_c32(bias)
+            if <size_t>ba.size != n:
+                raise ValueError(f"quant_gemm_packed: bias of {ba.size} for {n} columns")
+            pb = <const float *>_ops_ptr(ba)
+        pcf = <float *>_ops_ptr(out)
+    else:
+        raise ValueError(f"quant_gemm_packed: output {out.dtype}")
+    cdef const int16_t *pa = <const int16_t *>_ops_ptr(a)
+    cdef const int16_t *pbp = NULL
+    cdef const int8_t *pbp8 = NULL
+    if bp.dtype == _I16:
+        pbp = <const int16_t *>_ops_ptr(bp)
+    else:
+        pbp8 = <const int8_t *>_ops_ptr(bp)
+    cdef int st
+    with nogil:
+        st = on_qgemm_s16_packed(m, n, kk, pa, lda, pbp, pbp8, pci, pcf, ldc, ps, sstride, pb, accumulate, threads)
+    _ops_check(st, "integer GEMM (packed)")
+    return out
 
 
 def quant_centered_s16(x, float scale, int32_t zp, cnp.ndarray y, int threads=1):

@@ -79,6 +79,70 @@ def test_matmul_integer_equals_onnxruntime_exactly(a_t: type, b_t: type, threads
             np.testing.assert_array_equal(got[0], want[0], err_msg=f"{a_shape} x {b_shape}")
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_matmul_integer_weights_that_fit_int8_panels_equal_onnxruntime_exactly(threads: int) -> None:
+    """Constant weights whose centered values fit int8 (int8 with zero point 0, uint8 with zero point 128, as
+    quantize_dynamic and models/quantized.py store them) run on int8 panels; still exact, any M, N, odd K."""
+    rng = np.random.default_rng(7)
+    for b_t, zp in [(np.int8, 0), (np.uint8, 128)]:
+        for a_shape, b_shape in [((7, 33), (33, 21)), ((13, 300), (300, 130)), ((1, 515), (515, 40))]:
+            a, b = _q(rng, np.uint8, a_shape), _q(rng, b_t, b_shape)
+            azp, bzp = np.array(np.uint8(rng.integers(0, 256))), np.array(b_t(zp))
+            node = helper.make_node("MatMulInteger", ["a", "b", "azp", "bzp"], ["y"])
+            feeds = {"a": a, "azp": azp}
+            got, want = _both(_model(node, feeds, {"b": b, "bzp": bzp}, [("y", TensorProto.INT32)], opset=10), feeds,
+                              threads)
+            exact = (a.astype(np.int64) - azp.astype(np.int64)) @ (b.astype(np.int64) - zp)
+            np.testing.assert_array_equal(got[0], exact, err_msg=f"{b_t.__name__} {a_shape} x {b_shape}")
+            np.testing.assert_array_equal(got[0], want[0], err_msg=f"{b_t.__name__} {a_shape} x {b_shape}")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_conv_integer_pointwise_and_int8_input_equal_onnxruntime_exactly(threads: int) -> None:
+    """The 1x1 stride-1 convolution (its input packed without im2col), an int8 input, and an image wide enough that
+    a 16-pixel panel spans output rows."""
+    rng = np.random.default_rng(5)
+    cases = [((1, 24, 9, 21), (10, 24, 1, 1), {}, np.uint8), ((2, 6, 8, 8), (10, 3, 1, 1), {"group": 2}, np.uint8),
+             ((1, 5, 13, 37), (11, 5, 3, 3), {"pads": [1, 1, 1, 1]}, np.int8),
+             ((1, 4, 10, 11), (7, 4, 1, 1), {"strides": [2, 2]}, np.int8)]
+    for x_shape, w_shape, attrs, x_t in cases:
+        x, w = _q(rng, x_t, x_shape), _q(rng, np.uint8, w_shape)
+        feeds = {"x": x, "xzp": np.array(_q(rng, x_t, ()))}
+        consts = {"w": w, "wzp": np.array(np.uint8(rng.integers(0, 256)))}
+        node = helper.make_node("ConvInteger", ["x", "w", "xzp", "wzp"], ["y"], **attrs)
+        model = _model(node, feeds, consts, [("y", TensorProto.INT32)], opset=10)
+        if x_t is np.uint8:
+            got, want = _both(model, feeds, threads)
+            np.testing.assert_array_equal(got[0], want[0], err_msg=f"{x_shape} {w_shape} {attrs}")
+        # the definition (ORT has no int8-input ConvInteger): the float convolution of the centered values, exact
+        # in float64 at these sizes
+        xs = x.astype(np.float64) - float(feeds["xzp"])
+        ws = w.astype(np.float64) - float(consts["wzp"])
+        ref = _conv_ref(xs, ws, attrs)
+        got = _native(model, feeds, [ref.shape], threads)[0]
+        np.testing.assert_array_equal(got, ref.astype(np.int64), err_msg=f"{x_shape} {w_shape} {attrs} {x_t}")
+
+
+def _conv_ref(x: np.ndarray, w: np.ndarray, attrs: dict) -> np.ndarray:
+    """Direct 2-D convolution (NCHW, groups, symmetric-or-not pads, strides) in float64."""
+    group = attrs.get("group", 1)
+    pads = attrs.get("pads", [0, 0, 0, 0])
+    sh, sw = attrs.get("strides", [1, 1])
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    n, c, h, wd = xp.shape
+    m, cg, kh, kw = w.shape
+    oh, ow = (h - kh) // sh + 1, (wd - kw) // sw + 1
+    y = np.zeros((n, m, oh, ow))
+    mg = m // group
+    for g in range(group):
+        xs = xp[:, g * cg:(g + 1) * cg]
+        for i in range(oh):
+            for j in range(ow):
+                win = xs[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                y[:, g * mg:(g + 1) * mg, i, j] = np.tensordot(win, w[g * mg:(g + 1) * mg], axes=([1, 2, 3], [1, 2, 3]))
+    return y
+
+
 def test_matmul_integer_uint8_by_int8_is_exact_where_pair_sums_pass_int16() -> None:
     """255 * 127 * 2 > 32767: a u8 x s8 kernel built on _mm256_maddubs_epi16 saturates here; ours may not."""
     a = np.full((3, 64), 255, np.uint8)

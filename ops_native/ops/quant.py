@@ -136,9 +136,9 @@ def _build_dynamic_quantize(node: Node, ctx: BuildContext) -> Fn:
         x = args[0]
         if x.dtype != F32:
             raise OpNotSupported(f"DynamicQuantizeLinear of {x.dtype}: only float32 is supported")
-        scale, zp = _core.quant_dynamic_params(x)
+        scale, zp = _core.quant_dynamic_params(x, threads)
         y = pool.empty(x.shape, np.uint8)
-        _core.quant_quantize(x, y, 1, 1, x.size, np.array([scale], F32), np.array([zp], np.int32), threads)
+        _core.quant_quantize_u8(x, scale, zp, y, threads)
         return [y, np.array(scale, F32), np.array(zp, np.uint8)]
 
     return fn
@@ -152,13 +152,18 @@ def _check_k(k: int, what: str) -> None:
                              f"({_core.QGEMM_MAX_K})")
 
 
-def _centered_t(b: np.ndarray, zp: np.ndarray | None, what: str) -> np.ndarray:
-    """B [K, N] (uint8 / int8) as int16 B^T [N, K] minus its zero point (scalar or per column)."""
-    k, n = b.shape
-    bt = np.ascontiguousarray(_q8(b, what).T)
-    out = np.empty((n, k), I16)
-    _core.quant_q8_to_s16(bt, _zp_array(zp, n, f"{what} zero point"), 1, out)
-    return out
+def _packed_b(b: np.ndarray, zp: np.ndarray | None, what: str, threads: int = 1, narrow: bool = False) -> np.ndarray:
+    """B [K, N] (uint8 / int8) minus its zero point (scalar or per column) in the integer GEMM's packed panels.
+    narrow (constant weights, packed once): int8 panels when every centered value fits (symmetric int8 weights,
+    uint8 weights around 128), half the bytes the GEMM streams; else int16."""
+    b = np.ascontiguousarray(_q8(b, what))
+    z = _zp_array(zp, b.shape[1] if zp is not None and zp.size > 1 else 1, f"{what} zero point")
+    bp = _core.quant_pack_b(b, z, False, threads)
+    if narrow:
+        bp8 = _core.quant_narrow_s8(bp)
+        if bp8 is not None:
+            return bp8
+    return bp
 
 
 def _centered_rows(a: np.ndarray, zp: np.ndarray | None, what: str) -> np.ndarray:
@@ -184,22 +189,24 @@ def _matmul_int32(a: np.ndarray, b: np.ndarray, a_zp: np.ndarray | None, b_zp: n
     if a_zp is not None and a_zp.size > 1 and a_zp.size != a2.shape[-2]:
         raise OpBuildError(f"MatMulInteger: a_zero_point has {a_zp.size} values for {a2.shape[-2]} rows")
 
-    def product(a_mk: np.ndarray, zp: np.ndarray | None, bt: np.ndarray) -> np.ndarray:
+    n = b2.shape[-1]
+
+    def product(a_mk: np.ndarray, zp: np.ndarray | None, bp: np.ndarray) -> np.ndarray:
         a16 = _centered_rows(a_mk, zp, "A")
-        y = pool.empty((a_mk.shape[0], bt.shape[0]), np.int32)
-        _core.quant_gemm(a16, bt, k, y, threads=threads)
+        y = pool.empty((a_mk.shape[0], n), np.int32)
+        _core.quant_gemm_packed(a16, bp, k, y, threads=threads)
         return y
 
     if b2.ndim == 2 and (a_zp is None or a_zp.size <= 1):   # B shared by every row of A: one GEMM
-        bt = packed if packed is not None else _centered_t(b2, b_zp, "B")
-        y = product(a2.reshape(-1, k), a_zp, bt).reshape(a2.shape[:-1] + (bt.shape[0],))
+        bp = packed if packed is not None else _packed_b(b2, b_zp, "B", threads)
+        y = product(a2.reshape(-1, k), a_zp, bp).reshape(a2.shape[:-1] + (n,))
     else:
         batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
         ab = np.broadcast_to(a2, batch + a2.shape[-2:])
         bb = np.broadcast_to(b2, batch + b2.shape[-2:])
         y = np.empty(batch + (a2.shape[-2], b2.shape[-1]), np.int32)
         for idx in np.ndindex(*batch):
-            y[idx] = product(np.ascontiguousarray(ab[idx]), a_zp, _centered_t(bb[idx], b_zp, "B"))
+            y[idx] = product(np.ascontiguousarray(ab[idx]), a_zp, _packed_b(bb[idx], b_zp, "B", threads))
     if a.ndim == 1:
         y = y[..., 0, :]
     if b.ndim == 1:
@@ -208,13 +215,13 @@ def _matmul_int32(a: np.ndarray, b: np.ndarray, a_zp: np.ndarray | None, b_zp: n
 
 
 def _const_b(node: Node, ctx: BuildContext, b_index: int, zp_index: int) -> np.ndarray | None:
-    """A constant 2-D B (with a constant or absent zero point) as centered B^T, packed once; else None."""
+    """A constant 2-D B (with a constant or absent zero point) minus its zero point, packed once; else None."""
     ins = list(node.inputs) + [""] * (zp_index + 1 - len(node.inputs))
     b, zp = ctx.const(ins[b_index]), ctx.const(ins[zp_index]) if ins[zp_index] else None
     if b is None or b.ndim != 2 or (ins[zp_index] and zp is None):
         return None
     _check_k(b.shape[0], node.op_type)
-    return _centered_t(b, zp, f"{node.op_type} B")
+    return _packed_b(b, zp, f"{node.op_type} B", narrow=True)
 
 
 @register("MatMulInteger")
@@ -293,19 +300,24 @@ def _build_conv_integer(node: Node, ctx: BuildContext) -> Fn:
             pads, out = [0, pads[0], 0, pads[1]], [1, out[0]]
         cg, mg, kg = c // group, m // group, w16.shape[1]
         _check_k(kg, "ConvInteger")
-        # the input minus its zero point, zero-padded: a padded pixel is the zero point, so it adds nothing
-        x16 = _centered_rows(x.reshape(n * c, -1), x_zp, "ConvInteger x").reshape(x.shape)
-        xp = np.pad(x16, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        zp = 0 if x_zp is None else int(x_zp.reshape(-1)[0])
         (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, strides, dil, out
+        # a 1x1, stride-1, unpadded convolution's B is the input itself ([C, H * W]): packed without im2col
+        pointwise = (kh, kw, sh, sw) == (1, 1, 1, 1) and not any(pads)
+        geom = (kh, kw, sh, sw, dh, dw, pads[0], pads[1], oh, ow)
+        x = np.ascontiguousarray(x)
         y = pool.empty((n, m, oh, ow), np.int32)
+        bp = np.empty(_core.quant_packed_size(kg, oh * ow), I16)
+        cols = None if pointwise else np.empty(kg * oh * ow, np.uint8)
         for b in range(n):
             for g in range(group):
-                xs = xp[b, g * cg:(g + 1) * cg]
-                win = np.lib.stride_tricks.sliding_window_view(xs, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), (1, 2))
-                win = win[:, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw, ::dh, ::dw]   # [cg, oh, ow, kh, kw]
-                cols = np.ascontiguousarray(win.transpose(1, 2, 0, 3, 4)).reshape(oh * ow, kg)
+                xs = x[b, g * cg:(g + 1) * cg]
+                if pointwise:
+                    bp = _core.quant_pack_b(xs.reshape(cg, -1), np.array([zp], np.int32), False, threads)
+                else:
+                    _core.quant_conv_pack(xs, geom, zp, bp, cols, threads)
                 yg = y[b, g * mg:(g + 1) * mg].reshape(mg, oh * ow)
-                _core.quant_gemm(w16[g * mg:(g + 1) * mg], cols, kg, yg, threads=threads)
+                _core.quant_gemm_packed(w16[g * mg:(g + 1) * mg], bp, kg, yg, threads=threads)
         return [y[:, :, 0, :] if one_d else y]
 
     return fn
@@ -315,7 +327,7 @@ def _build_conv_integer(node: Node, ctx: BuildContext) -> Fn:
 
 def _dynamic_centered(x: np.ndarray, threads: int) -> tuple[np.ndarray, float]:
     """x (float32) quantised to uint8 with ONNX Runtime's dynamic parameters, minus the zero point (int16)."""
-    scale, zp = _core.quant_dynamic_params(x)
+    scale, zp = _core.quant_dynamic_params(x, threads)
     q = np.empty(x.shape, I16)
     _core.quant_centered_s16(x, scale, zp, q, threads)
     return q, scale
@@ -335,7 +347,7 @@ def _build_dynamic_quantize_matmul(node: Node, ctx: BuildContext) -> Fn:
         raise OpNotSupported(f"DynamicQuantizeMatMul: B of rank {b.ndim} (only 2-D)")
     k, n = b.shape
     _check_k(k, "DynamicQuantizeMatMul")
-    bt = _centered_t(b, b_zp, "DynamicQuantizeMatMul B")
+    bp = _packed_b(b, b_zp, "DynamicQuantizeMatMul B", narrow=True)
     b_scale = _scale_f32(b_scale, "b_scale").reshape(-1)
     if b_scale.size not in (1, n):
         raise OpBuildError(f"DynamicQuantizeMatMul: {b_scale.size} scales for {n} columns")
@@ -348,7 +360,7 @@ def _build_dynamic_quantize_matmul(node: Node, ctx: BuildContext) -> Fn:
         a2 = np.ascontiguousarray(a).reshape(-1, k)
         a16, a_scale = _dynamic_centered(a2, threads)
         y = pool.empty(a.shape[:-1] + (n,))
-        _core.quant_gemm(a16, bt, k, y.reshape(-1, n), np.float32(a_scale) * b_scale, bias, False, threads)
+        _core.quant_gemm_packed(a16, bp, k, y.reshape(-1, n), np.float32(a_scale) * b_scale, bias, False, threads)
         return [y]
 
     return fn
@@ -404,8 +416,8 @@ def _build_dynamic_quantize_lstm(node: Node, ctx: BuildContext) -> Fn:
     r_scale = per_dir(_scale_f32(consts["R_scale"], "R_scale"), "R_scale")
     w_zp = per_dir(consts["W_zero_point"], "W_zero_point")
     r_zp = per_dir(consts["R_zero_point"], "R_zero_point")
-    wt = [_centered_t(w[d], w_zp[d], "W") for d in range(ndir)]   # [4H, I]: a gate column is contiguous
-    rt = [_centered_t(r[d], r_zp[d], "R") for d in range(ndir)]
+    wt = [_packed_b(w[d], w_zp[d], "W", narrow=True) for d in range(ndir)]   # [I, 4H] packed
+    rt = [_packed_b(r[d], r_zp[d], "R", narrow=True) for d in range(ndir)]
     bias = None
     if consts["B"] is not None:   # Wb + Rb, added after both products (as ONNX Runtime fuses it)
         b = np.asarray(consts["B"], F32).reshape(ndir, 2 * g4)
@@ -433,7 +445,7 @@ def _build_dynamic_quantize_lstm(node: Node, ctx: BuildContext) -> Fn:
         g = np.empty((steps * batch, g4), F32)
         for d in range(ndir):
             reverse = direction == "reverse" or d == 1
-            _core.quant_gemm(xq, wt[d], isize, g, np.float32(x_scale) * w_scale[d], None, False, threads)
+            _core.quant_gemm_packed(xq, wt[d], isize, g, np.float32(x_scale) * w_scale[d], None, False, threads)
             g3 = g.reshape(steps, batch, g4)
             h = yh[d]
             if args[5] is not None:
@@ -449,7 +461,7 @@ def _build_dynamic_quantize_lstm(node: Node, ctx: BuildContext) -> Fn:
                 t = steps - 1 - s if reverse else s
                 hq, h_scale = _dynamic_centered(h, threads)
                 gt = g3[t]
-                _core.quant_gemm(hq, rt[d], hidden, gt, np.float32(h_scale) * r_scale[d], None, True, threads)
+                _core.quant_gemm_packed(hq, rt[d], hidden, gt, np.float32(h_scale) * r_scale[d], None, True, threads)
                 h_out = y[t, d] if y is not None else h_scratch
                 _core.quant_lstm_gates(gt, None if bias is None else bias[d], None if peep is None else peep[d],
                                        c, h_out, clip, input_forget)

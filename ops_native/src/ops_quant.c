@@ -1,6 +1,7 @@
 /* ops_quant.c - 8-bit quantisation (on_quant.h): the definitions, the portable dot-product tile (the scalar
  * table) and the drivers that split the work over threads and pick the active ISA's tile (kernels.h). */
 #include <math.h>
+#include <string.h>
 
 #include "kernels.h"
 #include "on_quant.h"
@@ -110,11 +111,51 @@ on_status on_dequantize_f32(const void *x, on_qtype xt, float *y, size_t outer, 
     return ON_OK;
 }
 
-void on_dynamic_qparams_f32(const float *x, size_t n, float *scale, int32_t *zp) {
+static void range__scalar(const float *x, size_t n, float *lo_out, float *hi_out) {
     float lo = 0.0f, hi = 0.0f;   /* the range always holds 0, so that 0 is exact (padding, ReLU zeros) */
     for (size_t i = 0; i < n; i++) {
         lo = x[i] < lo ? x[i] : lo;
         hi = x[i] > hi ? x[i] : hi;
+    }
+    *lo_out = lo;
+    *hi_out = hi;
+}
+
+static void quantize_u8__scalar(const float *x, size_t n, float scale, int32_t zp, uint8_t *y) {
+    for (size_t i = 0; i < n; i++) y[i] = (uint8_t)quantize_one(x[i], scale, zp, 0, 255);
+}
+
+static void quantize_centered_s16__scalar(const float *x, size_t n, float scale, int32_t zp, int16_t *y) {
+    for (size_t i = 0; i < n; i++) y[i] = (int16_t)(quantize_one(x[i], scale, zp, 0, 255) - zp);
+}
+
+/* The range over chunks of the tensor, one task a chunk (at most ON_Q_RANGE_TASKS), merged after. */
+#define ON_Q_RANGE_TASKS 64
+
+typedef struct {
+    const float *x;
+    size_t n, chunk;
+    float lo[ON_Q_RANGE_TASKS], hi[ON_Q_RANGE_TASKS];
+    const on_quant_table *tab;
+} range_ctx;
+
+static void range_work(void *vctx, size_t begin, size_t end) {
+    range_ctx *r = vctx;
+    for (size_t t = begin; t < end; t++) {
+        size_t i0 = t * r->chunk, i1 = i0 + r->chunk < r->n ? i0 + r->chunk : r->n;
+        r->tab->range(r->x + i0, i1 - i0, &r->lo[t], &r->hi[t]);
+    }
+}
+
+void on_dynamic_qparams_f32(const float *x, size_t n, float *scale, int32_t *zp, int nthreads) {
+    range_ctx r = {x, n, 1u << 16, {0}, {0}, on_kernels_active()->quant};
+    float lo = 0.0f, hi = 0.0f;
+    if (r.chunk * ON_Q_RANGE_TASKS < n) r.chunk = (n + ON_Q_RANGE_TASKS - 1) / ON_Q_RANGE_TASKS;
+    size_t tasks = (n + r.chunk - 1) / r.chunk;
+    on_parallel_for(tasks, range_work, &r, nthreads);
+    for (size_t t = 0; t < tasks; t++) {   /* min / max are exact: the split does not change the result */
+        lo = r.lo[t] < lo ? r.lo[t] : lo;
+        hi = r.hi[t] > hi ? r.hi[t] : hi;
     }
     float s = hi == lo ? 1.0f : (hi - lo) / 255.0f;
     float z = 0.0f - lo / s;
@@ -125,28 +166,42 @@ void on_dynamic_qparams_f32(const float *x, size_t n, float *scale, int32_t *zp)
 
 typedef struct {
     const float *x;
-    int16_t *y;
+    void *y;
     size_t n;
     float scale;
     int32_t zp;
+    int centered;
+    const on_quant_table *tab;
 } centered_ctx;
 
 static void centered_work(void *vctx, size_t begin, size_t end) {
     centered_ctx *q = vctx;
     for (size_t t = begin; t < end; t++) {
         size_t i0 = t * ON_Q_CHUNK, i1 = i0 + ON_Q_CHUNK < q->n ? i0 + ON_Q_CHUNK : q->n;
-        for (size_t i = i0; i < i1; i++) q->y[i] = (int16_t)(quantize_one(q->x[i], q->scale, q->zp, 0, 255) - q->zp);
+        if (q->centered)
+            q->tab->quantize_centered_s16(q->x + i0, i1 - i0, q->scale, q->zp, (int16_t *)q->y + i0);
+        else
+            q->tab->quantize_u8(q->x + i0, i1 - i0, q->scale, q->zp, (uint8_t *)q->y + i0);
     }
 }
 
-on_status on_quantize_centered_s16(const float *x, int16_t *y, size_t n, float scale, int32_t zp, int nthreads) {
+static on_status quantize_pt_u8(const float *x, void *y, size_t n, float scale, int32_t zp, int centered,
+                                int nthreads) {
     if (!(scale != 0.0f) || zp < 0 || zp > 255) return ON_ERR_ARG;
     if (n == 0) return ON_OK;
     if (!x || !y) return ON_ERR_ARG;
-    centered_ctx q = {x, y, n, scale, zp};
+    centered_ctx q = {x, y, n, scale, zp, centered, on_kernels_active()->quant};
     size_t tasks = (n + ON_Q_CHUNK - 1) / ON_Q_CHUNK;
     on_parallel_for(tasks, centered_work, &q, n < (1u << 16) ? 1 : nthreads);
     return ON_OK;
+}
+
+on_status on_quantize_centered_s16(const float *x, int16_t *y, size_t n, float scale, int32_t zp, int nthreads) {
+    return quantize_pt_u8(x, y, n, scale, zp, 1, nthreads);
+}
+
+on_status on_quantize_u8_pt(const float *x, uint8_t *y, size_t n, float scale, int32_t zp, int nthreads) {
+    return quantize_pt_u8(x, y, n, scale, zp, 0, nthreads);
 }
 
 on_status on_q8_to_s16(const void *x, on_qtype xt, size_t rows, size_t cols, size_t ldx, const int32_t *zp,
@@ -191,7 +246,31 @@ static void dot_1x4__scalar(const int16_t *a, const int16_t *bt, size_t ldb, siz
     for (int j = 0; j < 4; j++) acc[j] = dot_s16(a, bt + (size_t)j * ldb, kk);
 }
 
-const on_quant_table on_quant_table_scalar = {"scalar", dot_1x4__scalar};
+static void tile_packed__scalar(size_t mr, size_t kk, const int16_t *a, size_t lda, const int16_t *panel,
+                                int32_t *acc) {
+    for (size_t r = 0; r < mr; r++)
+        for (size_t j = 0; j < ON_QGEMM_NR; j++) {
+            int32_t sum = 0;
+            for (size_t k = 0; k < kk; k++)
+                sum += (int32_t)a[r * lda + k] * (int32_t)panel[(k / 2) * 2 * ON_QGEMM_NR + j * 2 + (k & 1)];
+            acc[r * ON_QGEMM_NR + j] = sum;
+        }
+}
+
+static void tile_packed_s8__scalar(size_t mr, size_t kk, const int16_t *a, size_t lda, const int8_t *panel,
+                                   int32_t *acc) {
+    for (size_t r = 0; r < mr; r++)
+        for (size_t j = 0; j < ON_QGEMM_NR; j++) {
+            int32_t sum = 0;
+            for (size_t k = 0; k < kk; k++)
+                sum += (int32_t)a[r * lda + k] * (int32_t)panel[(k / 2) * 2 * ON_QGEMM_NR + j * 2 + (k & 1)];
+            acc[r * ON_QGEMM_NR + j] = sum;
+        }
+}
+
+const on_quant_table on_quant_table_scalar = {"scalar", dot_1x4__scalar, tile_packed__scalar, tile_packed_s8__scalar,
+                                              range__scalar,
+                                              quantize_u8__scalar, quantize_centered_s16__scalar};
 
 typedef struct {
     size_t m, n, kk, lda, ldb, ldc, scale_stride;
@@ -249,6 +328,224 @@ on_status on_qgemm_s16(size_t m, size_t n, size_t kk, const int16_t *a, size_t l
     /* below ~1M multiply-adds (tens of microseconds) the split costs more than it saves */
     on_parallel_for(tasks, qgemm_work, &g, (double)m * (double)n * (double)kk < 1e6 ? 1 : nthreads);
     return ON_OK;
+}
+
+/* ---- packed integer GEMM ------------------------------------------------------------------------- */
+
+static size_t kpairs(size_t kk) { return (kk + 1) / 2; }
+static size_t npanels(size_t n) { return (n + ON_QGEMM_NR - 1) / ON_QGEMM_NR; }
+
+size_t on_qgemm_packed_size(size_t kk, size_t n) { return npanels(n) * kpairs(kk) * 2 * ON_QGEMM_NR; }
+
+typedef struct {
+    const void *b;
+    on_qtype t;
+    size_t kk, n, sk, sj, zp_stride;
+    const int32_t *zp;
+    int16_t *bp;
+} pack_ctx;
+
+/* Row-major B (sj == 1): two rows of 16 bytes make one panel row. One loop per type and zero-point kind,
+ * with no branch inside, so the compiler vectorises it (this packs every ConvInteger input at run time). */
+#define PACK_ROWS(T, ZJ)                                                                                       \
+    for (size_t pp = 0; pp < kp; pp++) {                                                                       \
+        const T *r0 = (const T *)p->b + (2 * pp) * p->sk + j0;                                                 \
+        const T *r1 = 2 * pp + 1 < p->kk ? r0 + p->sk : NULL;                                                  \
+        int16_t *d = dst + pp * 2 * ON_QGEMM_NR;                                                               \
+        if (r1)                                                                                                \
+            for (size_t jj = 0; jj < ON_QGEMM_NR; jj++) {                                                      \
+                d[jj * 2] = (int16_t)((int32_t)r0[jj] - (ZJ));                                                 \
+                d[jj * 2 + 1] = (int16_t)((int32_t)r1[jj] - (ZJ));                                             \
+            }                                                                                                  \
+        else                                                                                                   \
+            for (size_t jj = 0; jj < ON_QGEMM_NR; jj++) {                                                      \
+                d[jj * 2] = (int16_t)((int32_t)r0[jj] - (ZJ));                                                 \
+                d[jj * 2 + 1] = 0;                                                                             \
+            }                                                                                                  \
+    }
+
+static void pack_work(void *vctx, size_t begin, size_t end) {
+    const pack_ctx *p = vctx;
+    size_t kp = kpairs(p->kk);
+    for (size_t q = begin; q < end; q++) {
+        int16_t *dst = p->bp + q * kp * 2 * ON_QGEMM_NR;
+        size_t j0 = q * ON_QGEMM_NR;
+        if (p->sj == 1 && j0 + ON_QGEMM_NR <= p->n) {   /* a full panel of row-major B */
+            const int32_t *zp = p->zp + j0 * p->zp_stride;
+            int32_t z = p->zp[0];
+            if (p->t == ON_Q_U8 && !p->zp_stride) {
+                PACK_ROWS(uint8_t, z)
+            } else if (p->t == ON_Q_U8) {
+                PACK_ROWS(uint8_t, zp[jj])
+            } else if (!p->zp_stride) {
+                PACK_ROWS(int8_t, z)
+            } else {
+                PACK_ROWS(int8_t, zp[jj])
+            }
+            continue;
+        }
+        for (size_t jj = 0; jj < ON_QGEMM_NR; jj++) {   /* any strides, a partial panel */
+            size_t j = j0 + jj;
+            if (j >= p->n) {
+                for (size_t k = 0; k < 2 * kp; k++) dst[(k / 2) * 2 * ON_QGEMM_NR + jj * 2 + (k & 1)] = 0;
+                continue;
+            }
+            int32_t z = p->zp[j * p->zp_stride];
+            for (size_t k = 0; k < 2 * kp; k++) {
+                int32_t v = 0;
+                if (k < p->kk) {
+                    size_t at = k * p->sk + j * p->sj;
+                    v = (p->t == ON_Q_U8 ? (int32_t)((const uint8_t *)p->b)[at] : (int32_t)((const int8_t *)p->b)[at]) - z;
+                }
+                dst[(k / 2) * 2 * ON_QGEMM_NR + jj * 2 + (k & 1)] = (int16_t)v;
+            }
+        }
+    }
+}
+
+on_status on_qgemm_pack_b_q8(const void *b, on_qtype bt, size_t kk, size_t n, size_t sk, size_t sj, const int32_t *zp,
+                             size_t zp_stride, int16_t *bp, int nthreads) {
+    if ((bt != ON_Q_U8 && bt != ON_Q_S8) || !zp || kk > ON_QGEMM_MAX_K) return ON_ERR_ARG;
+    if (kk * n == 0) return ON_OK;
+    if (!b || !bp) return ON_ERR_ARG;
+    pack_ctx p = {b, bt, kk, n, sk, sj, zp_stride, zp, bp};
+    on_parallel_for(npanels(n), pack_work, &p, kk * n < (1u << 16) ? 1 : nthreads);
+    return ON_OK;
+}
+
+typedef struct {
+    size_t m, n, kk, lda, ldc, scale_stride, mblocks;
+    const int16_t *a, *bp;
+    const int8_t *bp8;
+    int32_t *c_i32;
+    float *out;
+    const float *scale, *bias;
+    int accumulate;
+    const on_quant_table *tab;
+} qgemm_packed_ctx;
+
+/* Rows of A one task covers: a block of A (MB x K int16) stays in L2 while the task's panel streams once. */
+#define ON_QGEMM_MB (ON_QGEMM_MR * 16)
+
+/* One task: one panel of B against one block of rows of A, tile by tile, with the epilogue per tile. */
+static void qgemm_packed_work(void *vctx, size_t begin, size_t end) {
+    const qgemm_packed_ctx *g = vctx;
+    size_t kp = kpairs(g->kk);
+    int32_t acc[ON_QGEMM_MR * ON_QGEMM_NR];
+    for (size_t t = begin; t < end; t++) {
+        size_t q = t / g->mblocks, mb = t % g->mblocks;
+        size_t j0 = q * ON_QGEMM_NR, nj = g->n - j0 < ON_QGEMM_NR ? g->n - j0 : ON_QGEMM_NR;
+        size_t panel_at = q * kp * 2 * ON_QGEMM_NR;
+        size_t i_end = (mb + 1) * ON_QGEMM_MB < g->m ? (mb + 1) * ON_QGEMM_MB : g->m;
+        for (size_t i0 = mb * ON_QGEMM_MB; i0 < i_end; i0 += ON_QGEMM_MR) {
+            size_t mr = i_end - i0 < ON_QGEMM_MR ? i_end - i0 : ON_QGEMM_MR;
+            if (g->bp8)
+                g->tab->tile_packed_s8(mr, g->kk, g->a + i0 * g->lda, g->lda, g->bp8 + panel_at, acc);
+            else
+                g->tab->tile_packed(mr, g->kk, g->a + i0 * g->lda, g->lda, g->bp + panel_at, acc);
+            for (size_t r = 0; r < mr; r++) {
+                const int32_t *ar = acc + r * ON_QGEMM_NR;
+                size_t at = (i0 + r) * g->ldc + j0;
+                if (!g->out) {
+                    for (size_t j = 0; j < nj; j++) g->c_i32[at + j] = ar[j];
+                    continue;
+                }
+                float *o = g->out + at;
+                const float *sc = g->scale + j0 * g->scale_stride;
+                for (size_t j = 0; j < nj; j++) {
+                    float v = (float)ar[j] * sc[j * g->scale_stride];
+                    if (g->accumulate) v = o[j] + v;
+                    if (g->bias) v += g->bias[j0 + j];
+                    o[j] = v;
+                }
+            }
+        }
+    }
+}
+
+on_status on_qgemm_narrow_s8(const int16_t *bp, size_t count, int8_t *out) {
+    if (count && (!bp || !out)) return ON_ERR_ARG;
+    for (size_t i = 0; i < count; i++) {
+        if (bp[i] < -128 || bp[i] > 127) return ON_ERR_ARG;
+        out[i] = (int8_t)bp[i];
+    }
+    return ON_OK;
+}
+
+on_status on_qgemm_s16_packed(size_t m, size_t n, size_t kk, const int16_t *a, size_t lda, const int16_t *bp,
+                              const int8_t *bp8, int32_t *c_i32, float *out_f32, size_t ldc, const float *scale,
+                              size_t scale_stride, const float *bias, int accumulate, int nthreads) {
+    if (kk > ON_QGEMM_MAX_K || lda < kk || ldc < n) return ON_ERR_ARG;
+    if (m * n == 0) return ON_OK;
+    if (!a || (!bp && !bp8) || (!c_i32 && !out_f32) || (out_f32 && !scale)) return ON_ERR_ARG;
+    size_t mblocks = (m + ON_QGEMM_MB - 1) / ON_QGEMM_MB;
+    qgemm_packed_ctx g = {.m = m, .n = n, .kk = kk, .lda = lda, .ldc = ldc, .scale_stride = scale_stride,
+                          .mblocks = mblocks, .a = a, .bp = bp, .bp8 = bp ? NULL : bp8, .c_i32 = c_i32, .out = out_f32,
+                          .scale = scale, .bias = bias, .accumulate = accumulate, .tab = on_kernels_active()->quant};
+    /* below ~1M multiply-adds (tens of microseconds) the split costs more than it saves */
+    on_parallel_for(npanels(n) * mblocks, qgemm_packed_work, &g,
+                    (double)m * (double)n * (double)kk < 1e6 ? 1 : nthreads);
+    return ON_OK;
+}
+
+/* ---- ConvInteger's im2col, packed ------------------------------------------------------------------ */
+/* Two steps: the im2col in bytes (row (ch, ky, kx) of oh * ow pixels: contiguous copies of input rows at
+ * stride 1, the zero point where the window leaves the image), then the row-major pack, which takes the zero
+ * point off. The byte matrix is 1/2 of the packed size and is written at memcpy speed. */
+
+typedef struct {
+    const uint8_t *x;
+    size_t c, h, w;
+    size_t g[10];
+    uint8_t zp;
+    uint8_t *cols;
+} im2col_ctx;
+
+static void im2col_work(void *vctx, size_t begin, size_t end) {
+    const im2col_ctx *p = vctx;
+    size_t kh = p->g[0], kw = p->g[1], sh = p->g[2], sw = p->g[3], dh = p->g[4], dw = p->g[5];
+    size_t pt = p->g[6], pl = p->g[7], oh = p->g[8], ow = p->g[9];
+    for (size_t row = begin; row < end; row++) {   /* row = (ch * kh + ky) * kw + kx */
+        size_t ch = row / (kh * kw), ky = row / kw % kh, kx = row % kw;
+        uint8_t *dst = p->cols + row * oh * ow;
+        /* the outputs whose input column is inside the image: ox in [lo, hi) */
+        ptrdiff_t off = (ptrdiff_t)(kx * dw) - (ptrdiff_t)pl;
+        size_t lo = off >= 0 ? 0 : ((size_t)(-off) + sw - 1) / sw;
+        size_t hi = off >= (ptrdiff_t)p->w ? 0 : ((size_t)((ptrdiff_t)p->w - off) + sw - 1) / sw;
+        hi = hi < ow ? hi : ow;
+        lo = lo < hi ? lo : hi;
+        for (size_t oy = 0; oy < oh; oy++, dst += ow) {
+            ptrdiff_t iy = (ptrdiff_t)(oy * sh + ky * dh) - (ptrdiff_t)pt;
+            if (iy < 0 || iy >= (ptrdiff_t)p->h) {
+                memset(dst, p->zp, ow);
+                continue;
+            }
+            const uint8_t *src = p->x + (ch * p->h + (size_t)iy) * p->w;
+            memset(dst, p->zp, lo);
+            if (sw == 1)
+                memcpy(dst + lo, src + (ptrdiff_t)lo + off, hi - lo);
+            else
+                for (size_t ox = lo; ox < hi; ox++) dst[ox] = src[(ptrdiff_t)(ox * sw) + off];
+            memset(dst + hi, p->zp, ow - hi);
+        }
+    }
+}
+
+on_status on_qconv_pack_im2col_q8(const void *x, on_qtype xt, size_t c, size_t h, size_t w, const size_t geom[10],
+                                  int32_t zp, uint8_t *cols, int16_t *bp, int nthreads) {
+    if ((xt != ON_Q_U8 && xt != ON_Q_S8) || !geom || zp < q_lo(xt) || zp > q_hi(xt)) return ON_ERR_ARG;
+    for (int i = 0; i < 6; i++)
+        if (geom[i] == 0) return ON_ERR_ARG;
+    size_t kk = c * geom[0] * geom[1], npix = geom[8] * geom[9];
+    if (kk > ON_QGEMM_MAX_K) return ON_ERR_ARG;
+    if (kk * npix == 0) return ON_OK;
+    if (!x || !bp || !cols) return ON_ERR_ARG;
+    /* bytes: an int8 value and its zero point keep their bit patterns, so the copy is type-blind */
+    im2col_ctx p = {x, c, h, w, {0}, (uint8_t)zp, cols};
+    for (int i = 0; i < 10; i++) p.g[i] = geom[i];
+    int threads = kk * npix < (1u << 16) ? 1 : nthreads;
+    on_parallel_for(kk, im2col_work, &p, threads);
+    return on_qgemm_pack_b_q8(cols, xt, kk, npix, npix, 1, &zp, 0, bp, threads);
 }
 
 /* ---- LSTM gates ---------------------------------------------------------------------------------- */

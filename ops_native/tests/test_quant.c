@@ -138,14 +138,193 @@ static void test_dynamic_qparams_cover_zero(void) {
     const float pos[] = {1.0f, 2.0f, 3.0f}, neg[] = {-2.0f, -1.0f}, mixed[] = {-1.0f, 3.0f}, zeros[] = {0.0f, 0.0f};
     float s;
     int32_t z;
-    on_dynamic_qparams_f32(pos, 3, &s, &z);
+    on_dynamic_qparams_f32(pos, 3, &s, &z, 1);
     CHECK(z == 0 && s == 3.0f / 255.0f);
-    on_dynamic_qparams_f32(neg, 2, &s, &z);
+    on_dynamic_qparams_f32(neg, 2, &s, &z, 1);
     CHECK(z == 255 && s == 2.0f / 255.0f);
-    on_dynamic_qparams_f32(mixed, 2, &s, &z);
+    on_dynamic_qparams_f32(mixed, 2, &s, &z, 1);
     CHECK(z == 64 && s == 4.0f / 255.0f);   /* 1 / (4 / 255) = 63.75 -> 64 */
-    on_dynamic_qparams_f32(zeros, 2, &s, &z);
+    on_dynamic_qparams_f32(zeros, 2, &s, &z, 1);
     CHECK(z == 0 && s == 1.0f);
+}
+
+/* random 8-bit data (uint8 or int8 bytes) */
+static uint8_t *rnd_u8(size_t n) {
+    uint8_t *p = malloc(n ? n : 1);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t r = next_u32();
+        p[i] = (uint8_t)(r % 5 == 0 ? ((r >> 3) & 1 ? 255 : 0) : r >> 8);
+    }
+    return p;
+}
+
+static int32_t q8_at(const uint8_t *b, on_qtype t, size_t at) {
+    return t == ON_Q_U8 ? (int32_t)b[at] : (int32_t)(int8_t)b[at];
+}
+
+/* The packed GEMM against the definition: B packed row-major and transposed, one and per-column zero points,
+ * every ISA's tile (M not a multiple of the tile rows, N not of the panel width, odd K), 1 and 2 threads. */
+static void test_qgemm_packed_matches_definition_every_isa(void) {
+    const size_t shapes[][3] = {{1, 1, 1}, {1, 16, 2}, {6, 16, 16}, {7, 17, 3}, {5, 9, 101}, {13, 33, 64},
+                                {97, 40, 75}, {2, 1024, 256}, {200, 20, 9}, {1, 3, 33025}};
+    int narrowed = 0;
+    for (int isa = 0; isa < ON_ISA_COUNT; isa++) {
+        if (!on_kernels_for_isa((on_isa_t)isa)) continue;
+        on_set_isa((on_isa_t)isa);
+        for (size_t s = 0; s < sizeof(shapes) / sizeof(shapes[0]); s++) {
+            size_t m = shapes[s][0], n = shapes[s][1], k = shapes[s][2], lda = k + 3, ldb = n + 2;
+            on_qtype t = s & 1 ? ON_Q_S8 : ON_Q_U8;
+            int16_t *a = rnd_s16(m * lda);
+            uint8_t *b = rnd_u8(k * ldb);
+            int32_t *zp = malloc(n * sizeof(int32_t));
+            int per_col = (int)(s % 3 != 0);
+            for (size_t j = 0; j < n; j++) zp[j] = (int32_t)(next_u32() % 256) - (t == ON_Q_S8 ? 128 : 0);
+            if (s % 4 == 1)   /* int8 data, zero point 0: fits the int8 panels */
+                for (size_t j = 0; j < n; j++) zp[j] = 0;
+            /* the definition: B^T centered, dot by dot */
+            int16_t *bt = malloc(n * k * sizeof(int16_t));
+            for (size_t j = 0; j < n; j++)
+                for (size_t kk = 0; kk < k; kk++)
+                    bt[j * k + kk] = (int16_t)(q8_at(b, t, kk * ldb + j) - zp[per_col ? j : 0]);
+            int32_t *want = malloc(m * n * sizeof(int32_t)), *got = malloc(m * n * sizeof(int32_t));
+            CHECK(on_qgemm_s16_ref(m, n, k, a, lda, bt, k, want) == ON_OK);
+            size_t psz = on_qgemm_packed_size(k, n);
+            int16_t *bp = malloc(psz * sizeof(int16_t)), *bp2 = malloc(psz * sizeof(int16_t));
+            float *f = malloc(m * n * sizeof(float)), *scale = malloc(n * sizeof(float)), *bias = malloc(n * sizeof(float));
+            for (size_t j = 0; j < n; j++) {
+                scale[j] = 0.001f * (float)(j + 1);
+                bias[j] = (float)j - 3.0f;
+            }
+            /* the same B given transposed: a copy [n][k] */
+            uint8_t *btq = malloc(n * k > 0 ? n * k : 1);
+            for (size_t j = 0; j < n; j++)
+                for (size_t kk = 0; kk < k; kk++) btq[j * k + kk] = b[kk * ldb + j];
+            for (int threads = 1; threads <= 2; threads++) {
+                CHECK(on_qgemm_pack_b_q8(b, t, k, n, ldb, 1, zp, per_col, bp, threads) == ON_OK);
+                CHECK(on_qgemm_pack_b_q8(btq, t, k, n, 1, k, zp, per_col, bp2, threads) == ON_OK);
+                CHECK_MSG(memcmp(bp, bp2, psz * sizeof(int16_t)) == 0, "pack row-major = pack transposed s%zu", s);
+                memset(got, 0, m * n * sizeof(int32_t));
+                CHECK(on_qgemm_s16_packed(m, n, k, a, lda, bp, NULL, got, NULL, n, NULL, 0, NULL, 0, threads) == ON_OK);
+                CHECK_MSG(memcmp(got, want, m * n * sizeof(int32_t)) == 0, "qgemm packed %s m%zu n%zu k%zu t%d",
+                          on_isa_name((on_isa_t)isa), m, n, k, threads);
+                CHECK(on_qgemm_s16_packed(m, n, k, a, lda, bp, NULL, NULL, f, n, scale, 1, bias, 0, threads) == ON_OK);
+                CHECK(on_qgemm_s16_packed(m, n, k, a, lda, bp, NULL, NULL, f, n, scale, 1, NULL, 1, threads) == ON_OK);
+                int bad = 0;
+                for (size_t i = 0; i < m * n; i++) {
+                    float v = (float)want[i] * scale[i % n] + bias[i % n];
+                    v = v + (float)want[i] * scale[i % n];
+                    bad += f[i] != v;
+                }
+                CHECK_MSG(bad == 0, "qgemm packed float epilogue %s s%zu t%d", on_isa_name((on_isa_t)isa), s, threads);
+                /* the int8 panels where B fits them (int8 data with zero point 0: always), else refused */
+                int8_t *bp8 = malloc(psz ? psz : 1);
+                int fits = 1;
+                for (size_t i = 0; i < psz; i++) fits &= bp[i] >= -128 && bp[i] <= 127;
+                on_status st = on_qgemm_narrow_s8(bp, psz, bp8);
+                CHECK(st == (fits ? ON_OK : ON_ERR_ARG));
+                if (fits) {
+                    memset(got, 0, m * n * sizeof(int32_t));
+                    CHECK(on_qgemm_s16_packed(m, n, k, a, lda, NULL, bp8, got, NULL, n, NULL, 0, NULL, 0, threads) ==
+                          ON_OK);
+                    CHECK_MSG(memcmp(got, want, m * n * sizeof(int32_t)) == 0, "qgemm int8 panels %s s%zu t%d",
+                              on_isa_name((on_isa_t)isa), s, threads);
+                    narrowed++;
+                }
+                free(bp8);
+            }
+            free(a), free(b), free(zp), free(bt), free(want), free(got), free(bp), free(bp2), free(f), free(scale),
+                free(bias), free(btq);
+        }
+    }
+    CHECK(narrowed > 0);
+    on_set_isa(on_kernels_for_isa(ON_ISA_AVX2) ? ON_ISA_AVX2 : on_kernels_for_isa(ON_ISA_NEON) ? ON_ISA_NEON
+                                                                                                : ON_ISA_SCALAR);
+}
+
+/* The packed im2col against a direct convolution by the definition (padding reads the zero point), strides,
+ * dilations, odd sizes; then its GEMM against the direct sums. */
+static void test_qconv_im2col_pack_matches_direct_convolution(void) {
+    /* c, h, w, kh, kw, sh, sw, dh, dw, pt, pl, pb, pr, m */
+    const size_t cases[][14] = {{3, 7, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 5}, {2, 10, 6, 3, 2, 2, 1, 1, 2, 0, 1, 2, 0, 7},
+                                {5, 5, 5, 1, 1, 2, 2, 1, 1, 0, 0, 0, 0, 3}, {1, 1, 40, 1, 5, 1, 3, 1, 1, 0, 2, 0, 2, 2},
+                                {4, 17, 19, 5, 5, 2, 2, 1, 1, 2, 2, 2, 2, 9}};
+    for (size_t cs = 0; cs < sizeof(cases) / sizeof(cases[0]); cs++) {
+        const size_t *q = cases[cs];
+        size_t c = q[0], h = q[1], w = q[2], kh = q[3], kw = q[4], sh = q[5], sw = q[6], dh = q[7], dw = q[8];
+        size_t pt = q[9], pl = q[10], pb = q[11], pr = q[12], m = q[13];
+        size_t oh = (h + pt + pb - (kh - 1) * dh - 1) / sh + 1, ow = (w + pl + pr - (kw - 1) * dw - 1) / sw + 1;
+        size_t k = c * kh * kw, np_ = oh * ow;
+        on_qtype t = cs & 1 ? ON_Q_S8 : ON_Q_U8;
+        int32_t zp = t == ON_Q_U8 ? 131 : -7;
+        uint8_t *x = rnd_u8(c * h * w);
+        int16_t *wt = rnd_s16(m * k);
+        size_t geom[10] = {kh, kw, sh, sw, dh, dw, pt, pl, oh, ow};
+        int16_t *bp = malloc(on_qgemm_packed_size(k, np_) * sizeof(int16_t));
+        uint8_t *cols = malloc(k * np_);
+        int32_t *got = malloc(m * np_ * sizeof(int32_t));
+        for (int threads = 1; threads <= 2; threads++) {
+            CHECK(on_qconv_pack_im2col_q8(x, t, c, h, w, geom, zp, cols, bp, threads) == ON_OK);
+            CHECK(on_qgemm_s16_packed(m, np_, k, wt, k, bp, NULL, got, NULL, np_, NULL, 0, NULL, 0, threads) == ON_OK);
+            int bad = 0;
+            for (size_t o = 0; o < m; o++)
+                for (size_t oy = 0; oy < oh; oy++)
+                    for (size_t ox = 0; ox < ow; ox++) {
+                        int32_t sum = 0;
+                        size_t kidx = 0;
+                        for (size_t ch = 0; ch < c; ch++)
+                            for (size_t ky = 0; ky < kh; ky++)
+                                for (size_t kx = 0; kx < kw; kx++, kidx++) {
+                                    ptrdiff_t iy = (ptrdiff_t)(oy * sh + ky * dh) - (ptrdiff_t)pt;
+                                    ptrdiff_t ix = (ptrdiff_t)(ox * sw + kx * dw) - (ptrdiff_t)pl;
+                                    int32_t v = zp;   /* padding is the zero point */
+                                    if (iy >= 0 && ix >= 0 && (size_t)iy < h && (size_t)ix < w)
+                                        v = q8_at(x, t, ch * h * w + (size_t)iy * w + (size_t)ix);
+                                    sum += (v - zp) * wt[o * k + kidx];
+                                }
+                        bad += got[o * np_ + oy * ow + ox] != sum;
+                    }
+            CHECK_MSG(bad == 0, "qconv case %zu threads %d: %d wrong", cs, threads, bad);
+        }
+        free(x), free(wt), free(bp), free(cols), free(got);
+    }
+}
+
+/* DynamicQuantizeLinear's range and quantise on every ISA against the scalar table: bit-equal (min / max are
+ * exact, the quantise divides and rounds half to even on every path), values on rounding boundaries included. */
+static void test_dynamic_quantize_paths_equal_scalar(void) {
+    const size_t sizes[] = {1, 7, 16, 31, 32, 33, 1000, 70001};
+    for (size_t si = 0; si < sizeof(sizes) / sizeof(sizes[0]); si++) {
+        size_t n = sizes[si];
+        float *x = malloc(n * sizeof(float));
+        for (size_t i = 0; i < n; i++) x[i] = on_test_randf() * 6.0f - (i % 3 == 0 ? 1.0f : 0.0f);
+        float scale = 0.25f;
+        for (size_t i = 0; i < n; i += 5) x[i] = ((float)(i % 40) - 20.0f + 0.5f) * scale;   /* exact halves */
+        uint8_t *u_ref = malloc(n), *u = malloc(n);
+        int16_t *c_ref = malloc(n * sizeof(int16_t)), *c16 = malloc(n * sizeof(int16_t));
+        float lo_ref, hi_ref;
+        on_quant_table_scalar.range(x, n, &lo_ref, &hi_ref);
+        on_quant_table_scalar.quantize_u8(x, n, scale, 3, u_ref);
+        on_quant_table_scalar.quantize_centered_s16(x, n, scale, 3, c_ref);
+        for (int isa = 0; isa < ON_ISA_COUNT; isa++) {
+            const on_kernel_table *kt = on_kernels_for_isa((on_isa_t)isa);
+            if (!kt) continue;
+            float lo, hi;
+            kt->quant->range(x, n, &lo, &hi);
+            CHECK_MSG(lo == lo_ref && hi == hi_ref, "range %s n%zu", kt->quant->name, n);
+            kt->quant->quantize_u8(x, n, scale, 3, u);
+            kt->quant->quantize_centered_s16(x, n, scale, 3, c16);
+            CHECK_MSG(memcmp(u, u_ref, n) == 0, "quantize_u8 %s n%zu", kt->quant->name, n);
+            CHECK_MSG(memcmp(c16, c_ref, n * sizeof(int16_t)) == 0, "quantize_centered %s n%zu", kt->quant->name, n);
+        }
+        for (size_t i = 0; i < n; i++) CHECK(c_ref[i] == (int16_t)u_ref[i] - 3);
+        /* the threaded parameters equal the serial ones */
+        float s1, s2;
+        int32_t z1, z2;
+        on_dynamic_qparams_f32(x, n, &s1, &z1, 1);
+        on_dynamic_qparams_f32(x, n, &s2, &z2, 2);
+        CHECK(s1 == s2 && z1 == z2);
+        free(x), free(u_ref), free(u), free(c_ref), free(c16);
+    }
 }
 
 static double sig(double x) { return 1.0 / (1.0 + exp(-x)); }
@@ -180,5 +359,8 @@ int main(void) {
     RUN(test_quantize_per_tensor_chunks_and_tail);
     RUN(test_dynamic_qparams_cover_zero);
     RUN(test_lstm_gates_match_double_cell);
+    RUN(test_qgemm_packed_matches_definition_every_isa);
+    RUN(test_qconv_im2col_pack_matches_direct_convolution);
+    RUN(test_dynamic_quantize_paths_equal_scalar);
     return on_test_summary();
 }
