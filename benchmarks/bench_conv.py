@@ -1,9 +1,9 @@
-"""Convolution layers of MobileNetV2 and ResNet: the native core vs ONNX Runtime, 1 and 2 threads.
+"""Convolution layers of MobileNetV2, ResNet, VGG and YOLO: the native core vs ONNX Runtime, 1 and 2 threads.
 
     python -m benchmarks.bench_conv [--quick] [--blocked] [--json out.json]
 
 Each layer is one Conv (+ its activation, which both sides fuse: Clip(0, 6) for MobileNetV2, Relu for
-ResNet) with constant weights. Timing as in bench_gemm: best run of alternating blocks. "speed" =
+ResNet and VGG, SiLU = Sigmoid + Mul for YOLO) with constant weights. Timing as in bench_gemm: best run of alternating blocks. "speed" =
 ORT ms / ours ms (> 1: we are faster); "%peak" is per core against the measured FMA peak (bench_gemm).
 --blocked runs ours with NCHWc8 input and output where the plan allows it (as inside a model after the
 layout pass); ORT still gets the NCHW model, so its time includes its own reorders to and from NCHWc.
@@ -40,6 +40,16 @@ LAYERS = [
     ("resnet 3x3 256 @14", (256, 14, 14), 256, 3, 1, 1, "relu"),
     ("resnet 3x3 s2 128->256 @28", (128, 28, 28), 256, 3, 2, 1, "relu"),
     ("resnet 3x3 512 @7", (512, 7, 7), 512, 3, 1, 1, "relu"),
+    # wide rows (OW >= 28, the row kernel): VGG / U-Net stages and YOLO-style SiLU layers
+    ("vgg 3x3 64 @224", (64, 224, 224), 64, 3, 1, 1, "relu"),
+    ("vgg 3x3 128 @112", (128, 112, 112), 128, 3, 1, 1, "relu"),
+    ("vgg 3x3 256 @56", (256, 56, 56), 256, 3, 1, 1, "relu"),
+    ("unet 3x3 128 @56", (128, 56, 56), 128, 3, 1, 1, "relu"),
+    ("resnet 3x3 256 @28", (256, 28, 28), 256, 3, 1, 1, "relu"),
+    ("yolo 3x3 32 @208 silu", (32, 208, 208), 32, 3, 1, 1, "silu"),
+    ("yolo 3x3 48 @104 silu", (48, 104, 104), 48, 3, 1, 1, "silu"),
+    ("yolo 3x3 64 @104 silu", (64, 104, 104), 64, 3, 1, 1, "silu"),
+    ("yolo 3x3 s2 32->64 @208 silu", (32, 208, 208), 64, 3, 2, 1, "silu"),
     ("resnet 1x1 2048->512 @7", (2048, 7, 7), 512, 1, 1, 1, "relu"),
     # PP-OCRv4 det (1x3x640x640): the two 96->24 3x3 layers at 160x160 are ~half of its FLOPs
     ("ppocr stem 3x3 s2 3->16 @640", (3, 640, 640), 16, 3, 2, 1, "none"),
@@ -59,7 +69,7 @@ QUICK = {"mbv2 expand 1x1 24->144 @56", "mbv2 project 1x1 576->96 @14", "mbv2 dw
 
 def conv_model(w: np.ndarray, b: np.ndarray, x_shape: tuple, stride: int, pad: int, group: int,
                act: str) -> bytes:
-    """Conv (+ Clip(0, 6) or Relu) with constant weights."""
+    """Conv (+ Clip(0, 6), Relu, or SiLU as Sigmoid + Mul) with constant weights."""
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c" if act != "none" else "y"], strides=[stride] * 2,
                               pads=[pad] * 4, group=group)]
     inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
@@ -69,6 +79,8 @@ def conv_model(w: np.ndarray, b: np.ndarray, x_shape: tuple, stride: int, pad: i
         nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"]))
     elif act == "relu":
         nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    elif act == "silu":
+        nodes += [helper.make_node("Sigmoid", ["c"], ["s"]), helper.make_node("Mul", ["c", "s"], ["y"])]
     graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -109,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         x = rng.standard_normal((1, c, h, w_), dtype=np.float32)
         w = rng.standard_normal((oc, c // group, k, k), dtype=np.float32) / np.float32(np.sqrt(c // group * k * k))
         b = rng.standard_normal(oc, dtype=np.float32)
-        ours_act = {"relu6": "clip", "relu": "relu"}.get(act, "none")
+        ours_act = {"relu6": "clip", "relu": "relu", "silu": "silu"}.get(act, "none")
         geo = {"strides": (stride, stride), "pads": (pad,) * 4, "group": group}
         lay = {"in_layout": "nchw", "out_layout": "nchw"}
         if args.blocked:

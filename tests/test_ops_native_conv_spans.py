@@ -30,6 +30,16 @@ GEOMETRIES = [
     ("many channel chunks", 72, 24, 12, 13, 3, 1, 1, (1, 1, 1, 1)),
     ("rgb 7x7 s2 stem", 3, 64, 45, 43, 7, 2, 1, (3, 3, 3, 3)),
     ("pointwise 14x14", 40, 48, 14, 14, 1, 1, 1, (0, 0, 0, 0)),
+    # rows of 24+ pixels (the row kernel): 3-, 2- and 1-block tiles with a row-end remainder each,
+    # partial sums over several channel chunks, pad lanes, stride 2 with 2 + 2 blocks, dilation 2
+    ("wide rows chunks odd OC", 72, 20, 5, 37, 3, 1, 1, (1, 1, 1, 1)),
+    ("wide rows 2-block tiles", 40, 12, 4, 29, 3, 1, 1, (1, 1, 1, 1)),
+    ("wide rows 1 block", 16, 5, 4, 35, 3, 1, 1, (0, 1, 1, 0)),
+    ("wide s2 rows 2+2 blocks", 24, 28, 7, 61, 3, 2, 1, (1, 1, 1, 1)),
+    ("wide dil2 rows", 8, 24, 7, 53, 3, 1, 2, (2, 2, 2, 2)),
+    ("wide s2 3-block tiles", 16, 20, 5, 57, 3, 2, 1, (1, 1, 1, 1)),
+    ("wide s2 1 block one-side pads", 8, 6, 5, 63, 3, 2, 1, (0, 1, 0, 1)),
+    ("wide s3 rows", 16, 20, 7, 89, 3, 3, 1, (1, 1, 1, 1)),
 ]
 
 

@@ -63,6 +63,8 @@ static const conv_case CASES[] = {
     {"nchwc groups 2 Cg8", 1, 16, 10, 9, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 2, ON_ACT_CLIP},
     {"nchwc dil2 asym", 1, 16, 13, 12, 24, 3, 3, 1, 1, 2, 2, 2, 1, 0, 2, 1, ON_ACT_LEAKY_RELU},
     {"nchwc s2 dil2 5x3", 1, 17, 15, 16, 40, 5, 3, 2, 2, 2, 1, 2, 1, 2, 1, 1, ON_ACT_NONE},
+    {"nchwc s2 wide rows", 1, 16, 7, 61, 20, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 1, ON_ACT_RELU}, /* OW 31, 3 blocks */
+    {"nchwc s2 wide 2 blocks", 1, 24, 5, 57, 12, 3, 3, 2, 2, 1, 1, 0, 1, 1, 0, 1, ON_ACT_NONE},
     {"nchwc tiny 1x1 out", 1, 24, 3, 3, 33, 3, 3, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_SIGMOID},
     {"nchwc many ch chunks", 1, 136, 6, 11, 56, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_NONE},
     {"nchwc OC 8 single block", 1, 9, 7, 23, 8, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_CLIP},

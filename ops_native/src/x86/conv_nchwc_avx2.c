@@ -40,7 +40,9 @@
     }
 
 /* One tile: NB blocks x P pixels starting at output column ow0. CB8: the input block is a full 8
- * channels (inner loop unrolled), else r->CB < 8 channels (RGB stems). */
+ * channels (inner loop unrolled; 2: stride 1, 3: stride 2, 1: any stride), else r->CB < 8 channels (RGB
+ * stems). A compile-time pixel step makes each pixel's broadcast an address displacement; with the
+ * step in a register gcc keeps one offset register per pixel and spills them in the inner loop. */
 static inline __attribute__((always_inline)) void tile(const int NB, const int P, const int CB8,
                                                        const on_nchwc_row *r, const float *xrow, size_t ow0,
                                                        size_t icb0, size_t icb1, __m256 bv0, __m256 bv1,
@@ -48,7 +50,7 @@ static inline __attribute__((always_inline)) void tile(const int NB, const int P
     const __m256 bb0 = bv0, bb1 = bv1, bb2 = bv2;
     bv0 = bv1 = bv2 = _mm256_setzero_ps();
     const size_t CB = CB8 ? C0 : r->CB;
-    const size_t ps = CB8 == 2 ? C0 : r->sw * CB, rs = r->PW * CB, cs = r->PH * rs;
+    const size_t ps = CB8 == 2 ? C0 : (CB8 == 3 ? 2 * C0 : r->sw * CB), rs = r->PW * CB, cs = r->PH * rs;
     const size_t KH = r->KH, KW = r->KW, dhs = r->dh * rs, dws = r->dw * CB, wst = r->wstride;
     float *out = r->rowbuf + ow0 * C0;
     const size_t ob = r->ow_pad * C0;
@@ -169,20 +171,23 @@ static inline __attribute__((always_inline)) void row_nb(const int NB, const int
 }
 
 void on_conv_nchwc_row__avx2(const on_nchwc_row *r, size_t oh) {
-    int cb8 = r->CB == C0 ? (r->sw == 1 ? 2 : 1) : 0;
+    int cb8 = r->CB == C0 ? (r->sw == 1 ? 2 : (r->sw == 2 ? 3 : 1)) : 0;
     switch (r->nb) {
     case 1:
         if (cb8 == 2) row_nb(1, 2, r, oh);
+        else if (cb8 == 3) row_nb(1, 3, r, oh);
         else if (cb8) row_nb(1, 1, r, oh);
         else row_nb(1, 0, r, oh);
         break;
     case 2:
         if (cb8 == 2) row_nb(2, 2, r, oh);
+        else if (cb8 == 3) row_nb(2, 3, r, oh);
         else if (cb8) row_nb(2, 1, r, oh);
         else row_nb(2, 0, r, oh);
         break;
     default:
         if (cb8 == 2) row_nb(3, 2, r, oh);
+        else if (cb8 == 3) row_nb(3, 3, r, oh);
         else if (cb8) row_nb(3, 1, r, oh);
         else row_nb(3, 0, r, oh);
         break;
