@@ -70,6 +70,7 @@ class Calibration:
     client_byte_ms_per_mb: float = 1.1  # caller's CPU per MB sent plus received: bench_bytes
     client_rtt_ms: float = 0.5        # caller's round trip to the broker (the operator measures its own)
     client_link_bytes_per_s: float | None = None   # caller's burst echo rate; None: not measured, no wire time
+    echo_ms_per_mb: float = 8.0       # what a link probe's echo reads on loopback, one full core (3.5-8 ms/MB)
     quota_period_ms: float = 100.0    # a CPU quota's period (the CFS default): see Device.alone_ms
 
 
@@ -123,7 +124,7 @@ class Device:
         the probe's echo went through this agent both ways and through the broker, whose CPU the model counts
         under ``cpu:<dev>`` and ``broker``). About 0 on loopback or a fast LAN; nearly all of the burst's time
         on a slow network."""
-        return link_excess_ms(nbytes, self.link_bytes_per_s, 2 * self.byte_cost_ms(cal), cal)
+        return link_excess_ms(nbytes, self.link_bytes_per_s, 2 * self.byte_cost_ms(cal), cal, self.cpu_share(cal))
 
     def hop_cost_ms(self, cal: Calibration) -> float:
         return self.hop_ms if self.hop_ms is not None else cal.hop_ms / self.cpu_share(cal)
@@ -133,13 +134,16 @@ class Device:
         return cal.byte_ms_per_mb / 1e6 / self.cpu_share(cal)
 
 
-def link_excess_ms(nbytes: Any, rate: float, cpu_ms_per_byte: float, cal: Calibration) -> Any:
+def link_excess_ms(nbytes: Any, rate: float, cpu_ms_per_byte: float, cal: Calibration, share: float = 1.0) -> Any:
     """Link time of ``nbytes`` beyond the CPU that moved them, from a burst echo (client -> broker -> client)
-    measured at ``rate`` bytes/s: the echo's time less the endpoint's CPU to send and receive each byte
-    (``cpu_ms_per_byte``) and the broker's to take it in and pass it on, never below 0 (the echo pipelines
-    these, so on a CPU-bound loopback path the remainder is ~0; a slow network leaves nearly all of it)."""
+    measured at ``rate`` bytes/s: the echo's time less what the echo costs where only CPU limits it, never
+    below 0. That is the larger of the endpoint's CPU to send and receive each byte (``cpu_ms_per_byte``)
+    plus the broker's, and ``cal.echo_ms_per_mb`` over the endpoint's CPU ``share``: the echo's own
+    per-message work (QoS 1 acknowledgements, one paho thread both sending and receiving) makes a loopback
+    echo read 3.5-8 ms/MB where a request's crossing costs ~5. A slow network leaves nearly all of it."""
     probe = nbytes / rate * 1e3
-    return np.maximum(probe - nbytes * (cpu_ms_per_byte + 2e3 / cal.broker_bytes_per_s), 0.0)
+    floor = max(cpu_ms_per_byte + 2e3 / cal.broker_bytes_per_s, cal.echo_ms_per_mb / 1e6 / max(share, 1e-6))
+    return np.maximum(probe - nbytes * floor, 0.0)
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,8 @@ def test_a_probe_rate_that_is_the_agents_cpu_is_not_counted_twice_but_a_slow_net
     p_quota = evaluate(prof, {"q": quota}, one, cal)
     p_net = evaluate(prof, {"n": slow_net}, Shape((0, 4), (("n",),), ((1.0,),)), cal)
     assert p_quota.bottleneck == "cpu:q" and p_net.bottleneck == "in:n"
-    assert p_net.busy_ms["in:n"] == pytest.approx(
-        2e3 - 2e6 * (2 * slow_net.byte_cost_ms(cal) + 2e3 / cal.broker_bytes_per_s), rel=1e-6)
+    floor = max(2 * slow_net.byte_cost_ms(cal) + 2e3 / cal.broker_bytes_per_s, cal.echo_ms_per_mb / 1e6 / share)
+    assert p_net.busy_ms["in:n"] == pytest.approx(2e3 - 2e6 * floor, rel=1e-6)
     # latency alone: CPU + what the link adds, so the CPU-bound probe adds only the broker's transfer
     assert p_quota.latency_ms < p_quota.busy_ms["cpu:q"] + 2e6 / quota.link_bytes_per_s * 1e3
 
@@ -111,8 +111,8 @@ def test_latency_counts_each_byte_once_along_its_path():
     cal = Calibration()
     mb = 1e6
     prof = CostProfile.synthetic([0.0, 0.0], [mb, mb, mb])     # no compute: bytes only
-    # the device's echo went exactly as fast as its CPU and the broker's allow: a CPU-bound loopback link
-    per_mb = 2 * cal.byte_ms_per_mb + 2e9 / cal.broker_bytes_per_s
+    # the device's echo read what a loopback echo reads: a CPU-bound link
+    per_mb = cal.echo_ms_per_mb
     d = Device("d", cal.ref_core_gflops, link_bytes_per_s=1e9 / per_mb, rtt_ms=0.3)
     p = evaluate(prof, {"d": d}, Shape((0, 2), (("d",),), ((1.0,),)), cal)
     device = cal.hop_ms + 2 * cal.byte_ms_per_mb + 0.3                     # 1 MB in, 1 MB out
@@ -122,7 +122,8 @@ def test_latency_counts_each_byte_once_along_its_path():
     # a caller whose measured link is a slow network pays its wire time; a fast one adds nothing
     slow = dataclasses.replace(cal, client_link_bytes_per_s=10e6)             # 10 MB/s: 100 ms per MB
     q = evaluate(prof, {"d": d}, Shape((0, 2), (("d",),), ((1.0,),)), slow)
-    wire = 2 * (100.0 - (2 * cal.client_byte_ms_per_mb + 2e9 / cal.broker_bytes_per_s))
+    # less what its echo reads where only CPU limits it (its CPU and the broker's, or the loopback echo's)
+    wire = 2 * (100.0 - max(2 * cal.client_byte_ms_per_mb + 2e9 / cal.broker_bytes_per_s, cal.echo_ms_per_mb))
     assert q.latency_ms == pytest.approx(p.latency_ms + wire, rel=1e-6)
-    fast = dataclasses.replace(cal, client_link_bytes_per_s=1e10)
+    fast = dataclasses.replace(cal, client_link_bytes_per_s=1e9 / cal.echo_ms_per_mb)   # a loopback echo
     assert evaluate(prof, {"d": d}, Shape((0, 2), (("d",),), ((1.0,),)), fast).latency_ms == pytest.approx(p.latency_ms)

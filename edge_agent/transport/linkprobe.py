@@ -9,7 +9,7 @@ earlier, timed-out run are told apart.
 - round trip: ``rtt_count`` small messages one after the other; the median.
 - throughput: ``burst_bytes`` in ``chunk_bytes`` messages, all published at once; the burst crosses the
   link up and back concurrently, so bytes over (time to the last echo - one round trip) is the rate of the
-  slower direction.
+  slower direction; the best of a few bursts.
 """
 
 from __future__ import annotations
@@ -101,8 +101,11 @@ class LinkProbe:
         return True
 
     def measure(self, rtt_count: int = 5, burst_bytes: int = 1 << 20, chunk_bytes: int = 64 << 10,
-                timeout_s: float = 5.0) -> LinkStats:
-        """Round trip, then throughput; raises TimeoutError naming what did not come back in time."""
+                timeout_s: float = 5.0, bursts: int = 3) -> LinkStats:
+        """Round trip, then throughput: the best of ``bursts`` bursts (a link's capacity is its best rate;
+        a slower burst met other work on the device or the broker: on loopback one 1 MiB burst measured
+        600-2300 Mbit/s in five tries). Raises TimeoutError naming what did not come back in time; a burst
+        after the first that times out ends the measurement with the best rate so far."""
         with self._busy:
             self._new_run()
             deadline = self._clock() + timeout_s
@@ -115,18 +118,23 @@ class LinkProbe:
                 rtts.append(self._arrived[seq] - t)
             rtt = statistics.median(rtts)
             n = max(1, -(-burst_bytes // chunk_bytes))
-            first = rtt_count
-            # made before the clock starts: generating 1 MiB of random bytes takes milliseconds, which the
-            # rate would otherwise count as the link's
-            burst = [self._payload(first + i, chunk_bytes) for i in range(n)]
-            t0 = self._clock()
-            for i, payload in enumerate(burst):
-                self._send(first + i, chunk_bytes, payload)
-            if not self._wait(range(first, first + n), deadline):
-                with self._cond:
-                    got = sum(1 for s in range(first, first + n) if s in self._arrived)
-                raise TimeoutError(f"link probe: {got}/{n} burst messages of {chunk_bytes} B echoed "
-                                   f"within {timeout_s:g} s")
-            total = max(self._arrived[s] for s in range(first, first + n)) - t0
-            elapsed = max(total - rtt, 0.1 * total, 1e-6)   # a jittery round trip never makes it negative
-            return LinkStats(rtt_ms=rtt * 1e3, mbps=n * chunk_bytes * 8 / elapsed / 1e6, at=time.time())
+            best = 0.0
+            for b in range(max(1, bursts)):
+                first = rtt_count + b * n
+                # made before the clock starts: generating 1 MiB of random bytes takes milliseconds, which
+                # the rate would otherwise count as the link's
+                burst = [self._payload(first + i, chunk_bytes) for i in range(n)]
+                t0 = self._clock()
+                for i, payload in enumerate(burst):
+                    self._send(first + i, chunk_bytes, payload)
+                if not self._wait(range(first, first + n), t0 + timeout_s):
+                    if b > 0:
+                        break
+                    with self._cond:
+                        got = sum(1 for s in range(first, first + n) if s in self._arrived)
+                    raise TimeoutError(f"link probe: {got}/{n} burst messages of {chunk_bytes} B echoed "
+                                       f"within {timeout_s:g} s")
+                total = max(self._arrived[s] for s in range(first, first + n)) - t0
+                elapsed = max(total - rtt, 0.1 * total, 1e-6)   # a jittery round trip never makes it negative
+                best = max(best, n * chunk_bytes * 8 / elapsed / 1e6)
+            return LinkStats(rtt_ms=rtt * 1e3, mbps=best, at=time.time())
