@@ -103,6 +103,12 @@ typedef struct {
     int y_blocked;      /* write the NCHWc8 output layout (on_nchwc_store_blocked) */
     const float *sum;   /* NULL, or a residual in y's layout added in the store (same offsets as y; the
                          * plan has no activation then) */
+    /* A blocked y whose conv groups do not start at a block (OC / group not a multiple of ON_C0): y's first
+     * channel is lane y_lane of its block, and the store writes only the valid lanes (the blocks at a group's
+     * ends are shared with the neighbouring groups); y_zero_tail: also zero the lanes after the last valid
+     * channel to the block's end (this unit writes the tensor's last channel). 0 / 0 otherwise. */
+    size_t y_lane;
+    int y_shared, y_zero_tail;
 } on_nchwc_row;
 
 /* Compute output row oh (its input rows start at row oh * sh of the padded copy). */
