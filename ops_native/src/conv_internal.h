@@ -156,6 +156,17 @@ void on_conv_nchwc_pack__scalar(const float *src, size_t plane_stride, size_t nc
 void on_conv_nchwc_pack__avx2(const float *src, size_t plane_stride, size_t nch, size_t CB, size_t W,
                               float *dst);
 #endif
+/* Gather one input row of channels c0 .. c0 + nch - 1 (nch <= CB <= ON_C0) of an NCHWc8 x (x points at
+ * the row in block 0, blocks HW * ON_C0 floats apart), whatever lane c0 falls on, into dst[iw * CB + ci],
+ * iw < W; channels nch..CB-1 become zero (a conv group that starts inside a block). */
+typedef void (*on_nchwc_pack_lanes_fn)(const float *x, size_t HW, size_t c0, size_t nch, size_t CB, size_t W,
+                                       float *dst);
+void on_conv_nchwc_pack_lanes__scalar(const float *x, size_t HW, size_t c0, size_t nch, size_t CB, size_t W,
+                                      float *dst);
+#if defined(__x86_64__)
+void on_conv_nchwc_pack_lanes__avx2(const float *x, size_t HW, size_t c0, size_t nch, size_t CB, size_t W,
+                                    float *dst);
+#endif
 
 /* The NCHWc plan part of a convolution (weights packed per output-channel block). */
 typedef struct on_nchwc_plan on_nchwc_plan;

@@ -275,16 +275,15 @@ typedef struct {
     on_nchwc_span_fn span; /* non-NULL: units are pixel spans into the blocked y, not rows */
     size_t span_len, nspan; /* pixels per span (the last one shorter), spans per plane */
     on_nchwc_pack_fn pack;
+    on_nchwc_pack_lanes_fn pack_lanes;
     const nchwc_blocking *bl; /* the output blocking the row kernel uses */
     size_t row_units, grab; /* rows are handed out `grab` units at a time from next_unit */
     atomic_size_t next_unit;
     atomic_int failed;
 } nchwc_job;
 
-/* One input row of channels c0 .. c0 + nch - 1 of a blocked x (rows at x, planes HW pixels) into
- * dst[iw * CB + ci], whatever lane c0 falls on; channels nch..CB-1 become zero. */
-static void pack_blocked_lanes(const float *x, size_t HW, size_t c0, size_t nch, size_t CB, size_t W,
-                               float *dst) {
+void on_conv_nchwc_pack_lanes__scalar(const float *x, size_t HW, size_t c0, size_t nch, size_t CB, size_t W,
+                                      float *dst) {
     const float *src[C0];
     for (size_t ci = 0; ci < nch; ci++) src[ci] = x + ((c0 + ci) / C0) * HW * C0 + (c0 + ci) % C0;
     for (size_t iw = 0; iw < W; iw++) {
@@ -313,7 +312,7 @@ static void pack_range(void *vctx, size_t begin, size_t end) {
         if (j->xl == ON_LAYOUT_NCHWC8 && !j->x_shared) /* CB == C0 and the group starts at a block: a row copy */
             memcpy(dst + p->pad_l * CB, j->x + ((g * pl->ncb + icb) * HW + ih * j->W) * C0, w * C0 * sizeof(float));
         else if (j->xl == ON_LAYOUT_NCHWC8)
-            pack_blocked_lanes(j->x + ih * j->W * C0, HW, g * pl->Cg + c0, nch, CB, w, dst + p->pad_l * CB);
+            j->pack_lanes(j->x + ih * j->W * C0, HW, g * pl->Cg + c0, nch, CB, w, dst + p->pad_l * CB);
         else
             j->pack(j->x + (g * pl->Cg + c0) * HW + ih * j->W, HW, nch, CB, w, dst + p->pad_l * CB);
         memset(dst + (p->pad_l + w) * CB, 0, (j->PW - p->pad_l - w) * CB * sizeof(float));
@@ -500,6 +499,7 @@ on_status on_nchwc_run_layout(const on_nchwc_plan *pl, size_t N, size_t H, size_
     const on_kernel_table *k = on_kernels_active();
     j.row = k->nchwc_row;
     j.pack = k->nchwc_pack;
+    j.pack_lanes = k->nchwc_pack_lanes;
     j.bl = &pl->b8;
     if (k->nchwc_row16 && pl->b16.w && !j.y_shared) {
         j.row = k->nchwc_row16;
