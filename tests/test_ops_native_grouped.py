@@ -1,8 +1,9 @@
 """Grouped convolutions and the channel shuffle on the blocked (NCHWc8) layout.
 
-Groups of any width stay blocked: a group that starts inside an 8-channel block is packed and stored lane by
-lane (ShuffleNet's 136 channels in 4 groups of 34, ResNeXt's 32 groups of 4); the Reshape -> Transpose ->
-Reshape channel shuffle becomes one gather on the blocks. Every plan is compared with ONNX Runtime
+Grouped k x k convs of any group width stay blocked: a group that starts inside an 8-channel block is packed
+and stored lane by lane (ResNeXt's 32 groups of 4); grouped 1x1s do when their groups fill whole blocks (else
+the per-group GEMM on NCHW was faster); the Reshape -> Transpose -> Reshape channel shuffle becomes one
+gather on the blocks. Every plan is compared with ONNX Runtime
 (rtol 1e-4, atol 1e-4) on every ISA, at 1 and 2 threads, with the layout forced on and off."""
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def _layouts(sess: ops_native.InferenceSession) -> dict[str, tuple[str, str]]:
 @pytest.mark.parametrize("groups,cpg,k,stride,residual", [
     (2, 12, 3, 1, False),   # 12 channels per group: the second group starts at lane 4
     (3, 8, 3, 2, False),    # whole blocks, stride 2
-    (4, 34, 1, 1, True),    # ShuffleNet's 136 = 4 x 34, with a residual add
+    (4, 34, 3, 1, True),    # ShuffleNet's 136 = 4 x 34, with a residual add
     (4, 6, 3, 1, False),    # fewer than 8 channels per group
     (8, 5, 3, 2, False),
     (32, 4, 3, 1, True),    # ResNeXt's cardinality 32, 4 channels per group
@@ -78,9 +79,12 @@ def test_grouped_convs_stay_blocked_and_match_onnxruntime(isa: str, threads: int
     model = grouped_model(groups, cpg, k, stride, residual)
     sess = ops_native.InferenceSession(model, threads=threads, blocked_layout=True)
     lay = _layouts(sess)
-    # every grouped conv reads and writes blocks: no conversion at either side of it
-    assert lay["g1"] == ("nchwc8", "nchwc8") and lay["g2"][0] == "nchwc8"
-    assert not [n for n in sess._plan.nodes if n.op_type == "_FromBlocked"]
+    # the grouped k x k conv reads and writes blocks at any group width; a grouped 1x1 whose groups start
+    # inside blocks stays on the per-group GEMM in NCHW (measured faster than the direct kernel there)
+    whole = cpg % 8 == 0
+    assert lay["g1"] == ("nchwc8", "nchwc8" if whole else "nchw") and lay["g2"][0] == ("nchwc8" if whole else "nchw")
+    if whole:
+        assert not [n for n in sess._plan.nodes if n.op_type == "_FromBlocked"]
     flat = ops_native.InferenceSession(model, threads=threads, blocked_layout=False)
     rng = np.random.default_rng(1)
     for shape in [(2, 3, 13, 11), (1, 3, 8, 9)]:
@@ -115,6 +119,9 @@ def test_conv2d_grouped_blocked_in_and_out_match_nchw(isa: str, groups: int, cpg
         n, cb, h, wd, _ = t.shape
         return t.transpose(0, 1, 4, 2, 3).reshape(n, cb * 8, h, wd)[:, :ch]
 
+    if k == 1:   # a grouped 1x1 whose groups start inside blocks stays on the per-group GEMM (NCHW only)
+        assert not _core.conv_layout_ok(w.shape, group=groups, in_layout="nchwc8")
+        return
     for xl, yl in (("nchwc8", "nchw"), ("nchw", "nchwc8"), ("nchwc8", "nchwc8")):
         assert _core.conv_layout_ok(w.shape, strides=(stride, stride), pads=pads, group=groups, in_layout=xl,
                                     out_layout=yl)
@@ -158,7 +165,8 @@ def shuffle_model(groups: int, cpg: int, shape5: list[int], shape4: list[int] | 
 
 
 @pytest.mark.parametrize("groups,cpg,dims", [
-    (4, 34, "exact"),    # ShuffleNet v1: 136 channels, groups start mid-block
+    (4, 34, "exact"),    # ShuffleNet v1: 136 channels, groups start mid-block (the shuffle runs on NCHW)
+    (4, 16, "exact"),
     (3, 8, "zeros"),     # 0 = copy the dimension, -1 inferred
     (2, 12, "zeros"),    # ShuffleNet v2's two branches
     (8, 3, "exact"),
@@ -171,10 +179,11 @@ def test_channel_shuffle_runs_on_blocks_and_matches_onnxruntime(isa: str, thread
         shuffle_model(groups, cpg, [2, groups, cpg, 6, 7], [2, c, 6, 7])
     sess = ops_native.InferenceSession(model, threads=threads, blocked_layout=True)
     ops = [n.op_type for n in sess._plan.nodes]
-    assert "Transpose" not in ops and "Reshape" not in ops and "_FromBlocked" not in ops
+    assert "Transpose" not in ops and "Reshape" not in ops
     shuffle = next(n for n in sess._plan.nodes if n.op_type == "_ChannelShuffle")
-    assert shuffle.attrs.get("_in_layout") == "nchwc8"
-    assert all(lay == ("nchwc8", "nchwc8") for name, lay in _layouts(sess).items() if name not in ("stem", "head"))
+    assert shuffle.attrs.get("_in_layout") == ("nchwc8" if cpg % 8 == 0 else None)
+    if cpg % 8 == 0:   # grouped 1x1s with whole-block groups: the whole unit stays blocked
+        assert all(lay == ("nchwc8", "nchwc8") for name, lay in _layouts(sess).items() if name not in ("stem", "head"))
     flat = ops_native.InferenceSession(model, threads=threads, blocked_layout=False)
     rng = np.random.default_rng(5)
     for n in (2,) if dims == "exact" else (2, 1):
@@ -187,8 +196,8 @@ def test_channel_shuffle_runs_on_blocks_and_matches_onnxruntime(isa: str, thread
 def test_channel_shuffle_whose_targets_are_not_a_shuffle_runs_as_written() -> None:
     """Targets that split the channels and the height together (the Transpose then moves rows between
     channels): the blocked node runs the three ops on an NCHW copy, as ONNX defines them."""
-    # [2, 24, 6, 7] -> [2, 4, 12, 3, 7]: channel pairs x 6 rows become 12 "channels" x 3 rows
-    model = shuffle_model(4, 6, [2, 4, 12, 3, 7], [2, 24, 6, 7])
+    # [2, 32, 6, 7] -> [2, 4, 16, 3, 7]: channel pairs x 6 rows become 16 "channels" x 3 rows
+    model = shuffle_model(4, 8, [2, 4, 16, 3, 7], [2, 32, 6, 7])
     sess = ops_native.InferenceSession(model, blocked_layout=True)
     assert any(n.op_type == "_ChannelShuffle" and n.attrs.get("_in_layout") == "nchwc8" for n in sess._plan.nodes)
     feeds = {"x": np.random.default_rng(6).standard_normal((2, 3, 6, 7)).astype(np.float32)}
