@@ -62,6 +62,17 @@ LAYERS = [
     ("ppocr dw 3x3 s1 48 @160", (48, 160, 160), 48, 3, 1, 48, "none"),
     ("ppocr dw 5x5 s1 192 @40", (192, 40, 40), 192, 5, 1, 192, "none"),
     ("ppocr dw 5x5 s1 384 @20", (384, 20, 20), 384, 5, 1, 384, "none"),
+    # grouped convs: ShuffleNet v1 (4 groups of 34 / 68 / 136: groups start inside 8-channel blocks),
+    # ResNeXt (32 groups of 4 / 8), and 1x1 convs at small maps with many channels
+    ("shufflenet g4 1x1 24->112 @56", (24, 56, 56), 112, 1, 1, 4, "relu"),
+    ("shufflenet g4 1x1 136 @28", (136, 28, 28), 136, 1, 1, 4, "relu"),
+    ("shufflenet g4 1x1 272 @14", (272, 14, 14), 272, 1, 1, 4, "relu"),
+    ("shufflenet g4 1x1 544 @7", (544, 7, 7), 544, 1, 1, 4, "relu"),
+    ("resnext g32 3x3 128 @56", (128, 56, 56), 128, 3, 1, 32, "relu"),
+    ("resnext g32 3x3 256 @28", (256, 28, 28), 256, 3, 1, 32, "relu"),
+    ("resnext g32 3x3 s2 512 @28", (512, 28, 28), 512, 3, 2, 32, "relu"),
+    ("densenet 1x1 512->128 @14", (512, 14, 14), 128, 1, 1, 1, "relu"),
+    ("densenet 1x1 1024->128 @7", (1024, 7, 7), 128, 1, 1, 1, "relu"),
 ]
 QUICK = {"mbv2 expand 1x1 24->144 @56", "mbv2 project 1x1 576->96 @14", "mbv2 dw 3x3 s1 144 @56",
          "mbv2 dw 3x3 s2 144 @56", "resnet 3x3 64 @56", "resnet 3x3 256 @14"}

@@ -103,6 +103,7 @@ def compile_graph(graph: onnx.GraphProto, ctx: BuildContext, inputs: list[Tensor
     if fuse:
         prelu.uniform_prelu_to_leaky_relu(nodes, consts)
         nodes = fusions.fuse(nodes, consts, graph_outputs)
+        nodes = layout.fuse_channel_shuffle(nodes, consts, graph_outputs)
     n_blocked = layout.assign_blocked_layouts(nodes, consts, graph_outputs) if (
         layout.blocked_layout_default() if blocked is None else blocked) else 0
     if fuse and n_blocked:

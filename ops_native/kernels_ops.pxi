@@ -30,6 +30,8 @@ cdef extern from "on_ops.h" nogil:
                               size_t c, size_t inner, int nthreads)
     int on_channel_affine_nchwc8_f32(const float *x, const float *scale, const float *shift, float *y, size_t n,
                                      size_t cblocks, size_t pixels, int nthreads)
+    int on_channel_gather_nchwc8_f32(const float *x, size_t cin, const int64_t *src, size_t cout, float *y,
+                                     size_t n, size_t pixels, int nthreads)
     ctypedef struct on_pool2d_params:
         int64_t kh, kw, sh, sw, dh, dw, pt, pl
         int count_include_pad
@@ -335,6 +337,26 @@ def ops_channel_affine_nchwc8(x, scale, shift, int threads=1, out=None):
     with nogil:
         st = on_channel_affine_nchwc8_f32(px, ps, ph, py, n, cb, pixels, threads)
     _ops_check(st, "channel affine NCHWc8")
+    return ya
+
+
+def ops_channel_gather_nchwc8(x, int cin, src, int threads=1, out=None):
+    """y channel c = x channel src[c] on the NCHWc8 layout: x [N, ceil(cin/8), H, W, 8] -> y [N, ceil(len(src)/8),
+    H, W, 8], y's lanes past len(src) zero."""
+    cdef cnp.ndarray xa = _np.ascontiguousarray(x, dtype=_np.float32)
+    cdef cnp.ndarray sa = _np.ascontiguousarray(src, dtype=_np.int64).reshape(-1)
+    if xa.ndim != 5 or xa.shape[4] != 8 or xa.shape[1] != (cin + 7) // 8:
+        raise ValueError(f"channel gather NCHWc8: x must be [N, ceil({cin}/8), H, W, 8], got {list(x.shape)}")
+    cdef size_t cout = sa.size
+    cdef cnp.ndarray ya = _ops_out(out, (xa.shape[0], (cout + 7) // 8, xa.shape[2], xa.shape[3], 8), _F32)
+    cdef size_t n = xa.shape[0], pixels = xa.shape[2] * xa.shape[3]
+    cdef const float *px = <const float *>_ops_ptr(xa)
+    cdef const int64_t *ps = <const int64_t *>_ops_ptr(sa)
+    cdef float *py = <float *>_ops_ptr(ya)
+    cdef int st
+    with nogil:
+        st = on_channel_gather_nchwc8_f32(px, cin, ps, cout, py, n, pixels, threads)
+    _ops_check(st, "channel gather NCHWc8")
     return ya
 
 

@@ -44,8 +44,9 @@ typedef enum { ON_CONV_PATH_IM2COL = 0, ON_CONV_PATH_1X1, ON_CONV_PATH_DEPTHWISE
 
 typedef enum { ON_LAYOUT_NCHW = 0, ON_LAYOUT_NCHWC8 = 1 } on_layout;
 
-/* on_conv2d_create_ex flags. ON_CONV_BLOCKED: the plan will run with blocked tensors, so a 1x1
- * conv builds the direct NCHWc plan (which reads and writes every layout) instead of the GEMM one. */
+/* on_conv2d_create_ex flags. ON_CONV_BLOCKED: the plan will run with blocked tensors, so a
+ * non-depthwise conv (1x1, grouped) builds the direct NCHWc plan (which reads and writes every layout)
+ * instead of the GEMM / im2col one (see on_conv2d_layout_ok for the one exception). */
 #define ON_CONV_BLOCKED 1u
 
 typedef struct on_conv2d on_conv2d;
@@ -67,9 +68,9 @@ on_status on_conv2d_output_size(const on_conv_params *p, size_t H, size_t W, siz
 on_status on_conv2d_run(const on_conv2d *conv, size_t N, size_t H, size_t W, const float *x, float *y,
                         int nthreads);
 /* 1 if the plan can read its input in layout xl and write its output in layout yl: NCHW -> NCHW
- * always; a blocked side needs a depthwise plan, or a direct NCHWc plan (KxK, or 1x1 created with
- * ON_CONV_BLOCKED) whose groups start at block boundaries (a blocked input also needs >= 8 input
- * channels per group). */
+ * always; a blocked side needs a depthwise plan or a direct NCHWc plan (every plan created with
+ * ON_CONV_BLOCKED, any group width - groups that start inside a block are packed and stored lane by
+ * lane - except a grouped 1x1 whose groups start inside blocks, which stays on the per-group GEMM). */
 int on_conv2d_layout_ok(const on_conv2d *conv, on_layout xl, on_layout yl);
 /* The same question before a plan exists: would a plan of these parameters and create flags allow it? */
 int on_conv2d_plan_layout_ok(const on_conv_params *p, unsigned flags, on_layout xl, on_layout yl);

@@ -86,6 +86,10 @@ on_status on_channel_affine_f32(const float *x, const float *scale, const float 
 /* The same on the NCHWc8 layout: x, y [n][cblocks][pixels][ON_C0]; scale, shift [cblocks * ON_C0]. */
 on_status on_channel_affine_nchwc8_f32(const float *x, const float *scale, const float *shift, float *y, size_t n,
                                        size_t cblocks, size_t pixels, int nthreads);
+/* Channel c of y is channel src[c] of x, both NCHWc8 ([n][ceil(C/8)][pixels][ON_C0], cin / cout channels;
+ * y's lanes past cout become zero): a channel shuffle or any other channel permutation / selection. */
+on_status on_channel_gather_nchwc8_f32(const float *x, size_t cin, const int64_t *src, size_t cout, float *y,
+                                       size_t n, size_t pixels, int nthreads);
 
 /* ---- pooling ---------------------------------------------------------------------------------- */
 typedef struct {

@@ -76,6 +76,75 @@ def _build_subsample(node: Node, ctx: BuildContext) -> Fn:
     return fn
 
 
+def _reshape_target(shape: tuple, target: list[int]) -> tuple | None:
+    """ONNX Reshape's target (0 copies the input dimension, one -1 is inferred) for an input of ``shape``;
+    None when it does not fit."""
+    dims = [shape[i] if v == 0 and i < len(shape) else v for i, v in enumerate(target)]
+    if 0 in target[len(shape):] or dims.count(-1) > 1:
+        return None
+    known = math.prod(d for d in dims if d != -1)
+    total = math.prod(shape)
+    if -1 in dims:
+        if known == 0 or total % known:
+            return None
+        dims[dims.index(-1)] = total // known
+    return tuple(dims) if math.prod(dims) == total else None
+
+
+@register("_ChannelShuffle")
+def _build_channel_shuffle(node: Node, ctx: BuildContext) -> Fn:
+    """Internal op of passes.layout.fuse_channel_shuffle: Reshape(shape5) -> Transpose(0, 2, 1, 3, 4) ->
+    Reshape(shape4). NCHW: the three ops (one copy). NCHWc8 (passes.layout): output channel j * G + i is input
+    channel i * (C / G) + j, one gather on the blocks, when the targets are that shuffle of [N, C, H, W]."""
+    s5, s4 = list(node.attrs["shape5"]), list(node.attrs["shape4"])
+    blocked = node.attrs.get("_in_layout") == "nchwc8"
+    channels = int(node.attrs.get("channels", 0))
+    threads = ctx.threads
+    gathers: dict[tuple, Any] = {}   # per input shape: the source channels, or None (not a shuffle)
+
+    def nchw(x: np.ndarray) -> np.ndarray:
+        t5 = _reshape_target(x.shape, s5)
+        if t5 is None:
+            raise ValueError(f"Reshape: cannot reshape {list(x.shape)} to {s5}")
+        v = x.reshape(t5).transpose(0, 2, 1, 3, 4)
+        t4 = _reshape_target(v.shape, s4)
+        if t4 is None:
+            raise ValueError(f"Reshape: cannot reshape {list(v.shape)} to {s4}")
+        return _core.ops_copy(v, ctx.pool.empty(v.shape, x.dtype), threads).reshape(t4)
+
+    def source_channels(shape: tuple) -> Any:
+        n, _, h, w, _ = shape
+        t5 = _reshape_target((n, channels, h, w), s5)
+        if t5 is None or t5[0] != n or t5[3:] != (h, w):
+            return None
+        g, k = t5[1], t5[2]
+        if _reshape_target((n, k, g, h, w), s4) != (n, channels, h, w):
+            return None
+        c = np.arange(channels)
+        return (c % g) * k + c // g
+
+    def fn(args: list) -> list:
+        x = args[0]
+        if not blocked:
+            return [nchw(x)]
+        src = gathers.get(x.shape, False)
+        if src is False:
+            src = gathers[x.shape] = source_channels(x.shape)
+        if src is None:   # not a shuffle of whole channels: the ops as written, on an NCHW copy
+            n, cb, h, w, c0 = x.shape
+            y = nchw(np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3).reshape(n, cb * c0, h, w)[:, :channels]))
+            if y.shape != (n, channels, h, w):
+                raise ValueError(f"channel shuffle: {s5} / {s4} make {list(y.shape)} of a blocked "
+                                 f"[{n}, {channels}, {h}, {w}] tensor")
+            full = np.zeros((n, cb * c0, h, w), np.float32)
+            full[:, :channels] = y
+            return [np.ascontiguousarray(full.reshape(n, cb, c0, h, w).transpose(0, 1, 3, 4, 2))]
+        out = ctx.pool.empty((x.shape[0], -(-channels // 8), x.shape[2], x.shape[3], 8), np.float32)
+        return [_core.ops_channel_gather_nchwc8(x, channels, src, threads, out)]
+
+    return fn
+
+
 SMALL_CONCAT = 1024   # elements in all inputs together
 
 

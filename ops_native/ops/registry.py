@@ -126,6 +126,7 @@ def is_internal(op_type: str) -> bool:
 
 # what each internal op stands for, in the user's terms (error messages, profiles)
 _INTERNAL_OP_NAMES = {"_Affine": "Mul+Add", "_FromBlocked": "NCHWc8->NCHW", "_Subsample": "Conv(stride)",
+                      "_ChannelShuffle": "Reshape+Transpose+Reshape",
                       "_ShapeMemo": "shape subgraph", "_MomentNorm": "LayerNorm(moments)"}
 
 

@@ -45,7 +45,7 @@ def _conv_layout_ok(conv: Node, consts: dict[str, np.ndarray], in_layout: str, o
 # input gives a finite output: the lanes past the last channel hold whatever the producer left there (finite),
 # and a NaN or inf there would reach valid outputs through the zero weights of the next conv.
 _UNARY_BLOCKED = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Gelu", "Elu", "Softplus",
-                  "Clip", "Identity", "Dropout"}
+                  "Clip", "Identity", "Dropout", "_ChannelShuffle"}   # the shuffle: a channel gather on blocks
 _BINARY_BLOCKED = {"Add", "Sub", "Mul", "Max", "Min", "Sum"}   # all data inputs blocked, same channel count
 _POOLS = {"MaxPool", "AveragePool"}
 _GLOBAL_POOLS = {"GlobalAveragePool", "GlobalMaxPool"}   # on the NCHWc8 pooling kernel, window = the plane
@@ -217,6 +217,8 @@ def assign_blocked_layouts(nodes: list[Node], consts: dict[str, np.ndarray], gra
         elif id(n) in keep and n.outputs[0] in blocked:
             n.attrs["_in_layout"] = BLOCKED
             n.attrs["_out_layout"] = BLOCKED
+            if n.op_type == "_ChannelShuffle":
+                n.attrs["channels"] = channels[n.outputs[0]]
             if n.op_type in _BINARY_BLOCKED:   # its constant operand, laid out in blocks once
                 for k, i in enumerate(n.inputs):
                     if i in consts:
@@ -288,6 +290,48 @@ def fuse_conv_residual(nodes: list[Node], consts: dict[str, np.ndarray], graph_o
         dead.add(id(add))
     return [n for n in nodes if id(n) not in dead]
 
+
+
+def fuse_channel_shuffle(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[str]) -> list[Node]:
+    """Reshape [N, G, C/G, H, W] -> Transpose(0, 2, 1, 3, 4) -> Reshape [N, C, H, W] (the channel shuffle of
+    ShuffleNet v1/v2 and other grouped-conv nets) ==> one internal ``_ChannelShuffle`` node, which the layout
+    pass keeps on blocked tensors (a channel gather) where the NCHW form would need conversions around it.
+
+    Only constant 5-D / 4-D targets and that permutation, with the two inner tensors read by nothing else; the
+    node keeps both targets and checks at run time that they describe that shuffle of its input (else it runs
+    the three ops as written)."""
+    consumers: dict[str, list[Node]] = defaultdict(list)
+    for n in nodes:
+        for i in n.inputs:
+            if i:
+                consumers[i].append(n)
+
+    def const_shape(n: Node) -> list[int] | None:
+        if n.op_type != "Reshape" or len(n.inputs) != 2 or n.inputs[1] not in consts or \
+                int(n.attrs.get("allowzero", 0)):
+            return None
+        return [int(v) for v in consts[n.inputs[1]].reshape(-1)]
+
+    dead: set[int] = set()
+    for r1 in nodes:
+        s1 = const_shape(r1)
+        if s1 is None or len(s1) != 5 or r1.outputs[0] in graph_outputs:
+            continue
+        users = consumers.get(r1.outputs[0], [])
+        tr = users[0] if len(users) == 1 else None
+        if tr is None or tr.op_type != "Transpose" or [int(v) for v in tr.attrs.get("perm", ())] != [0, 2, 1, 3, 4] \
+                or tr.outputs[0] in graph_outputs:
+            continue
+        users = consumers.get(tr.outputs[0], [])
+        r2 = users[0] if len(users) == 1 else None
+        s2 = const_shape(r2) if r2 is not None else None
+        if s2 is None or len(s2) != 4:
+            continue
+        r2.op_type = "_ChannelShuffle"
+        r2.inputs = [r1.inputs[0]]
+        r2.attrs = {"shape5": s1, "shape4": s2}
+        dead.update((id(r1), id(tr)))
+    return [n for n in nodes if id(n) not in dead]
 
 
 def subsample_strided_pointwise(nodes: list[Node], consts: dict[str, np.ndarray]) -> list[Node]:

@@ -103,6 +103,12 @@ typedef struct {
     int y_blocked;      /* write the NCHWc8 output layout (on_nchwc_store_blocked) */
     const float *sum;   /* NULL, or a residual in y's layout added in the store (same offsets as y; the
                          * plan has no activation then) */
+    /* A blocked y whose conv groups do not start at a block (OC / group not a multiple of ON_C0): y's first
+     * channel is lane y_lane of its block, and the store writes only the valid lanes (the blocks at a group's
+     * ends are shared with the neighbouring groups); y_zero_tail: also zero the lanes after the last valid
+     * channel to the block's end (this unit writes the tensor's last channel). 0 / 0 otherwise. */
+    size_t y_lane;
+    int y_shared, y_zero_tail;
 } on_nchwc_row;
 
 /* Compute output row oh (its input rows start at row oh * sh of the padded copy). */
@@ -149,6 +155,17 @@ void on_conv_nchwc_pack__scalar(const float *src, size_t plane_stride, size_t nc
 #if defined(__x86_64__)
 void on_conv_nchwc_pack__avx2(const float *src, size_t plane_stride, size_t nch, size_t CB, size_t W,
                               float *dst);
+#endif
+/* Gather one input row of channels c0 .. c0 + nch - 1 (nch <= CB <= ON_C0) of an NCHWc8 x (x points at
+ * the row in block 0, blocks HW * ON_C0 floats apart), whatever lane c0 falls on, into dst[iw * CB + ci],
+ * iw < W; channels nch..CB-1 become zero (a conv group that starts inside a block). */
+typedef void (*on_nchwc_pack_lanes_fn)(const float *x, size_t HW, size_t c0, size_t nch, size_t CB, size_t W,
+                                       float *dst);
+void on_conv_nchwc_pack_lanes__scalar(const float *x, size_t HW, size_t c0, size_t nch, size_t CB, size_t W,
+                                      float *dst);
+#if defined(__x86_64__)
+void on_conv_nchwc_pack_lanes__avx2(const float *x, size_t HW, size_t c0, size_t nch, size_t CB, size_t W,
+                                    float *dst);
 #endif
 
 /* The NCHWc plan part of a convolution (weights packed per output-channel block). */

@@ -157,7 +157,32 @@ on_status on_nchwc_plan_create(const on_conv_params *p, const float *weight, con
 
 /* ---- portable kernels ------------------------------------------------------------------------- */
 
+/* A group that starts or ends inside a block: channel by channel, only its own lanes (the neighbouring
+ * groups' units write the others, possibly at the same time). */
+static void store_blocked_shared(const on_nchwc_row *r, int post_act) {
+    const size_t blk = r->rb_blk;
+    for (size_t oc = 0; oc < r->oc_valid; oc++) {
+        size_t q = r->y_lane + oc, off = (q / C0) * r->ystride + q % C0;
+        const float *src = r->rowbuf + (oc / blk) * r->ow_pad * blk + oc % blk;
+        float *dst = r->y + off;
+        const float *sm = r->sum ? r->sum + off : NULL;
+        for (size_t ow = 0; ow < r->OW; ow++) {
+            float v = post_act ? on_act_ref(r->act, src[ow * blk]) : src[ow * blk];
+            dst[ow * C0] = sm ? v + sm[ow * C0] : v;
+        }
+    }
+    if (!r->y_zero_tail) return;
+    for (size_t q = r->y_lane + r->oc_valid; q % C0; q++) {
+        float *dst = r->y + (q / C0) * r->ystride + q % C0;
+        for (size_t ow = 0; ow < r->OW; ow++) dst[ow * C0] = 0.0f;
+    }
+}
+
 void on_nchwc_store_blocked(const on_nchwc_row *r, int post_act) {
+    if (r->y_shared) {
+        store_blocked_shared(r, post_act);
+        return;
+    }
     const int sig = post_act;
     const size_t blk = r->rb_blk, nblocks = (r->oc_valid + C0 - 1) / C0;
     for (size_t j = 0; j < nblocks; j++) {
@@ -242,6 +267,7 @@ typedef struct {
     float *xp;      /* padded NCHWc copy [group][ncb][PH][PW][CB] (or x itself, see on_nchwc_run_layout) */
     const float *sum; /* image n of the residual (y's layout), or NULL */
     on_layout xl, yl;
+    int x_shared, y_shared; /* blocked x / y whose groups do not start at blocks (lane-wise pack / store) */
     /* H x W and OH x OW are the row geometry the kernels see; a flattened 1x1 conv sees its plane as
      * rows of W pixels, the last one last_w (= last_ow) long. in_plane / out_plane: pixels per channel. */
     size_t H, W, OH, OW, PH, PW, ow_pad, last_w, last_ow, in_plane, out_plane;
@@ -249,11 +275,23 @@ typedef struct {
     on_nchwc_span_fn span; /* non-NULL: units are pixel spans into the blocked y, not rows */
     size_t span_len, nspan; /* pixels per span (the last one shorter), spans per plane */
     on_nchwc_pack_fn pack;
+    on_nchwc_pack_lanes_fn pack_lanes;
     const nchwc_blocking *bl; /* the output blocking the row kernel uses */
     size_t row_units, grab; /* rows are handed out `grab` units at a time from next_unit */
     atomic_size_t next_unit;
     atomic_int failed;
 } nchwc_job;
+
+void on_conv_nchwc_pack_lanes__scalar(const float *x, size_t HW, size_t c0, size_t nch, size_t CB, size_t W,
+                                      float *dst) {
+    const float *src[C0];
+    for (size_t ci = 0; ci < nch; ci++) src[ci] = x + ((c0 + ci) / C0) * HW * C0 + (c0 + ci) % C0;
+    for (size_t iw = 0; iw < W; iw++) {
+        float *d = dst + iw * CB;
+        for (size_t ci = 0; ci < nch; ci++) d[ci] = src[ci][iw * C0];
+        for (size_t ci = nch; ci < CB; ci++) d[ci] = 0.0f;
+    }
+}
 
 /* unit = (g * ncb + icb) * PH + padded row: one full padded row (zeros included) */
 static void pack_range(void *vctx, size_t begin, size_t end) {
@@ -271,8 +309,10 @@ static void pack_range(void *vctx, size_t begin, size_t end) {
         size_t ih = r - p->pad_t, w = ih + 1 == j->H ? j->last_w : j->W;
         size_t c0 = icb * CB, nch = pl->Cg - c0 < CB ? pl->Cg - c0 : CB;
         memset(dst, 0, p->pad_l * CB * sizeof(float));
-        if (j->xl == ON_LAYOUT_NCHWC8) /* CB == C0 and the group starts at a block: a row copy */
+        if (j->xl == ON_LAYOUT_NCHWC8 && !j->x_shared) /* CB == C0 and the group starts at a block: a row copy */
             memcpy(dst + p->pad_l * CB, j->x + ((g * pl->ncb + icb) * HW + ih * j->W) * C0, w * C0 * sizeof(float));
+        else if (j->xl == ON_LAYOUT_NCHWC8)
+            j->pack_lanes(j->x + ih * j->W * C0, HW, g * pl->Cg + c0, nch, CB, w, dst + p->pad_l * CB);
         else
             j->pack(j->x + (g * pl->Cg + c0) * HW + ih * j->W, HW, nch, CB, w, dst + p->pad_l * CB);
         memset(dst + (p->pad_l + w) * CB, 0, (j->PW - p->pad_l - w) * CB * sizeof(float));
@@ -308,6 +348,8 @@ static void spans_range(nchwc_job *j, size_t begin, size_t end) {
     r.ystride = j->out_plane * C0;
     r.rowbuf = NULL;
     r.rb_blk = C0;
+    r.y_lane = 0; /* spans only for groups that start at blocks */
+    r.y_shared = r.y_zero_tail = 0;
     for (size_t u = begin; u < end; u++) {
         size_t s = u % j->nspan, gg = u / j->nspan, k = gg % bl->ngrp, g = gg / bl->ngrp;
         size_t ob = bl->grp_first[k], oc0 = ob * C0;
@@ -344,6 +386,9 @@ static void rows_range(nchwc_job *j, size_t begin, size_t end) {
     r.ystride = j->out_plane * (r.y_blocked ? C0 : 1);
     r.rowbuf = rowbuf;
     r.rb_blk = blk;
+    r.y_shared = j->y_shared;
+    r.y_lane = 0;
+    r.y_zero_tail = 0;
     size_t u = begin;
     while (u < end) {
         size_t oh = u % j->OH, gg = u / j->OH, k = gg % bl->ngrp, g = gg / bl->ngrp;
@@ -356,9 +401,13 @@ static void rows_range(nchwc_job *j, size_t begin, size_t end) {
         size_t stop = end - u < j->OH - oh ? end : u + (j->OH - oh); /* rows of this block group */
         for (; u < stop; u++, oh++) {
             r.OW = oh + 1 == j->OH ? j->last_ow : j->OW;
-            size_t yo = r.y_blocked /* groups start at a block (on_nchwc_layout_ok), so do 16-channel blocks */
-                            ? (g * pl->OCg + oc0) / C0 * r.ystride + oh * j->OW * C0
-                            : (g * pl->OCg + oc0) * r.ystride + oh * j->OW;
+            /* groups start at a block, so do 16-channel blocks, or y_shared (8-channel blocks only) */
+            size_t yo = r.y_blocked ? (g * pl->OCg + oc0) / C0 * r.ystride + oh * j->OW * C0
+                                    : (g * pl->OCg + oc0) * r.ystride + oh * j->OW;
+            if (r.y_shared) {
+                r.y_lane = (g * pl->OCg + oc0) % C0;
+                r.y_zero_tail = g * pl->OCg + oc0 + r.oc_valid == pl->p.OC;
+            }
             r.y = j->y + yo;
             r.sum = j->sum ? j->sum + yo : NULL;
             j->row(&r, oh);
@@ -380,12 +429,11 @@ static void rows_worker(void *vctx, size_t begin, size_t end) {
     }
 }
 
+/* Every plan takes either layout: groups that start inside a block are packed and stored lane by lane. */
 int on_nchwc_layout_ok(const on_nchwc_plan *pl, on_layout xl, on_layout yl) {
-    if (!pl) return 0;
-    const on_conv_params *p = &pl->p;
-    if (xl == ON_LAYOUT_NCHWC8 && (pl->CB != C0 || (p->group > 1 && pl->Cg % C0))) return 0;
-    if (yl == ON_LAYOUT_NCHWC8 && p->group > 1 && pl->OCg % C0) return 0;
-    return 1;
+    (void)xl;
+    (void)yl;
+    return pl != NULL;
 }
 
 /* Row length of a flattened 1x1 conv: a multiple of every kernel's pixel tile (4, 6, 8 / 12, 16) that
@@ -415,6 +463,9 @@ on_status on_nchwc_run_layout(const on_nchwc_plan *pl, size_t N, size_t H, size_
     j.pl = pl;
     j.xl = xl;
     j.yl = yl;
+    /* a blocked x is copied row by row when its groups start at blocks and fill them (CB == C0) */
+    j.x_shared = xl == ON_LAYOUT_NCHWC8 && (pl->CB != C0 || (p->group > 1 && pl->Cg % C0));
+    j.y_shared = yl == ON_LAYOUT_NCHWC8 && p->group > 1 && pl->OCg % C0;
     j.in_plane = H * W;
     j.out_plane = OH * OW;
     j.last_w = W;
@@ -448,8 +499,9 @@ on_status on_nchwc_run_layout(const on_nchwc_plan *pl, size_t N, size_t H, size_
     const on_kernel_table *k = on_kernels_active();
     j.row = k->nchwc_row;
     j.pack = k->nchwc_pack;
+    j.pack_lanes = k->nchwc_pack_lanes;
     j.bl = &pl->b8;
-    if (k->nchwc_row16 && pl->b16.w) {
+    if (k->nchwc_row16 && pl->b16.w && !j.y_shared) {
         j.row = k->nchwc_row16;
         j.bl = &pl->b16;
     }
@@ -459,7 +511,7 @@ on_status on_nchwc_run_layout(const on_nchwc_plan *pl, size_t N, size_t H, size_
     const int sum_overlaps = sum && sa < ya + ybytes && ya < sa + ybytes;
     j.span = NULL;
     j.span_len = j.nspan = 1;
-    if (k->nchwc_span && j.bl == &pl->b8 && yl == ON_LAYOUT_NCHWC8 && !sum_overlaps && !pointwise &&
+    if (k->nchwc_span && j.bl == &pl->b8 && yl == ON_LAYOUT_NCHWC8 && !j.y_shared && !sum_overlaps && !pointwise &&
         OW < NCHWC_SPAN_MAX_OW) {
         j.span = k->nchwc_span;
         const size_t P = j.out_plane, tile = 24; /* lcm of the tile widths 4, 6, 8 */
@@ -472,7 +524,8 @@ on_status on_nchwc_run_layout(const on_nchwc_plan *pl, size_t N, size_t H, size_
         j.nspan = (P + j.span_len - 1) / j.span_len;
     }
     /* a blocked input of a pointwise group-1 conv already is the copy the kernels read */
-    const int in_place = pointwise && xl == ON_LAYOUT_NCHWC8 && p->group == 1 && j.PH * j.PW == j.in_plane;
+    const int in_place = pointwise && xl == ON_LAYOUT_NCHWC8 && !j.x_shared && p->group == 1 &&
+                         j.PH * j.PW == j.in_plane;
     size_t bytes = 0;
     if (!on_mul_size(p->group * pl->ncb * j.PH, j.PW * pl->CB, &bytes) || !on_mul_size(bytes, sizeof(float), &bytes))
         return ON_ERR_NOMEM;

@@ -26,6 +26,7 @@ typedef struct {
     on_nchwc_row_fn nchwc_row16;   /* the same with 16-channel blocks (AVX-512F), NULL elsewhere */
     on_nchwc_span_fn nchwc_span;   /* direct NCHWc conv into a blocked output, pixel spans across rows; or NULL */
     on_nchwc_pack_fn nchwc_pack;   /* gather an NCHW input row into channel-interleaved form */
+    on_nchwc_pack_lanes_fn nchwc_pack_lanes; /* the same from an NCHWc8 row at any lane offset */
     const on_ops_table *ops;       /* row kernels of the elementwise / norm / pool / reduce ops */
     const on_chan_table *chan;     /* row kernels of LRN and PRelu (on_chanops.h) */
     const on_rnn_kernels *rnn;     /* fused LSTM / GRU / RNN cells, one batch row per call */

@@ -136,3 +136,44 @@ on_status on_channel_affine_nchwc8_f32(const float *x, const float *scale, const
     on_parallel_for(n * cblocks, affine_blocked_work, &ctx, nthreads);
     return ON_OK;
 }
+
+/* ---- channel gather on the NCHWc8 layout ------------------------------------------------------ */
+
+typedef struct {
+    const float *x;
+    const int64_t *src;
+    float *y;
+    size_t xblocks, yblocks, cout, pixels;
+} gather_blocked_ctx;
+
+/* unit = n * yblocks + output block: each output pixel's 8 lanes come from up to 8 input blocks, read as
+ * 8 sequential streams (one per lane) while the output is written in order. */
+static void gather_blocked_work(void *vctx, size_t begin, size_t end) {
+    const gather_blocked_ctx *c = vctx;
+    for (size_t u = begin; u < end; u++) {
+        size_t n = u / c->yblocks, ob = u % c->yblocks;
+        const float *xs[ON_C0];
+        size_t lanes = c->cout - ob * ON_C0 < ON_C0 ? c->cout - ob * ON_C0 : ON_C0;
+        for (size_t l = 0; l < lanes; l++) {
+            size_t ch = (size_t)c->src[ob * ON_C0 + l];
+            xs[l] = c->x + ((n * c->xblocks + ch / ON_C0) * c->pixels) * ON_C0 + ch % ON_C0;
+        }
+        float *y = c->y + u * c->pixels * ON_C0;
+        for (size_t p = 0; p < c->pixels; p++) {
+            float *d = y + p * ON_C0;
+            for (size_t l = 0; l < lanes; l++) d[l] = xs[l][p * ON_C0];
+            for (size_t l = lanes; l < ON_C0; l++) d[l] = 0.0f; /* lanes past the last channel stay zero */
+        }
+    }
+}
+
+on_status on_channel_gather_nchwc8_f32(const float *x, size_t cin, const int64_t *src, size_t cout, float *y,
+                                       size_t n, size_t pixels, int nthreads) {
+    if (n * cout * pixels > 0 && (!x || !y || !src)) return ON_ERR_ARG;
+    for (size_t c = 0; c < cout; c++)
+        if (src[c] < 0 || (size_t)src[c] >= cin) return ON_ERR_ARG;
+    gather_blocked_ctx ctx = {x, src, y, (cin + ON_C0 - 1) / ON_C0, (cout + ON_C0 - 1) / ON_C0, cout, pixels};
+    if (n * cout * pixels < 32768) nthreads = 1;
+    on_parallel_for(n * ctx.yblocks, gather_blocked_work, &ctx, nthreads);
+    return ON_OK;
+}

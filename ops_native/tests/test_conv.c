@@ -53,6 +53,11 @@ static const conv_case CASES[] = {
     {"dw plane 72x70 past c8 limit", 1, 9, 72, 70, 9, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 9, ON_ACT_CLIP},
     {"1-D as H=1", 2, 6, 1, 31, 10, 1, 5, 1, 2, 1, 1, 0, 2, 0, 2, 1, ON_ACT_NONE},
     {"kernel = input", 1, 3, 4, 4, 5, 4, 4, 1, 1, 1, 1, 0, 0, 0, 0, 1, ON_ACT_NONE},
+    /* groups that start inside an 8-channel block (lane-wise pack / store on blocked tensors) */
+    {"groups 4 Cg34 1x1", 1, 136, 7, 9, 136, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 4, ON_ACT_NONE},
+    {"groups 3 Cg5 OCg7 3x3 s2", 2, 15, 11, 10, 21, 3, 3, 2, 2, 1, 1, 1, 1, 1, 1, 3, ON_ACT_RELU},
+    {"groups 32 Cg4 3x3", 1, 128, 6, 7, 128, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 32, ON_ACT_NONE},
+    {"groups 2 Cg12 OCg10 5x5 sigmoid", 1, 24, 9, 8, 20, 5, 5, 1, 1, 1, 1, 2, 2, 2, 2, 2, ON_ACT_SIGMOID},
     /* NCHWc direct path: partial channel blocks, 1..3-block tiles, pixel tails, chunked channels */
     {"nchwc C12 OC20 3x3", 2, 12, 9, 14, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1, 1, ON_ACT_RELU},
     {"nchwc C5 stem s2", 1, 5, 17, 19, 11, 3, 3, 2, 2, 1, 1, 1, 1, 0, 0, 1, ON_ACT_HARDSWISH},
@@ -215,6 +220,11 @@ static void test_conv2d_blocked_layouts_all_isas(void) {
                     if (!xl && !yl) continue;
                     int ok = on_conv2d_layout_ok(plan, (on_layout)xl, (on_layout)yl);
                     CHECK_EQ_INT(ok, on_conv2d_plan_layout_ok(&p, ON_CONV_BLOCKED, (on_layout)xl, (on_layout)yl));
+                    /* only a grouped 1x1 whose groups start inside blocks stays on the per-group GEMM */
+                    int pw = c->KH == 1 && c->KW == 1 && c->sh == 1 && c->sw == 1 && !c->pt && !c->pl && !c->pb && !c->pr;
+                    size_t cg = c->C / c->group, ocg = c->OC / c->group;
+                    int gemm = pw && c->group > 1 && c->group != c->C && (cg % 8 || ocg % 8);
+                    CHECK_EQ_INT(ok, !gemm);
                     if (!ok) {
                         CHECK_EQ_INT(on_conv2d_run_layout(plan, c->N, c->H, c->W, xl ? xb : x, (on_layout)xl, yb,
                                                           (on_layout)yl, 1), ON_ERR_ARG);

@@ -105,8 +105,41 @@ static inline __m256i tail_mask(size_t n) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
+/* A group starting at lane s of a shared block (r->y_shared): output lane l of block j is channel
+ * 8j + l - s, lane (l - s) mod 8 of rowbuf block j (l >= s) or j - 1 (l < s): two permutes and a blend, then
+ * a masked store of the group's own lanes only (the neighbouring groups write the others). */
+static void store_blocked_shared(const on_nchwc_row *r) {
+    const size_t s = r->y_lane, qend = s + r->oc_valid, nblk = (qend + C0 - 1) / C0;
+    const size_t lim = r->y_zero_tail ? nblk * C0 : qend; /* lanes past qend get zeros only at the tensor's end */
+    const size_t nrb = (r->oc_valid + C0 - 1) / C0;        /* rowbuf blocks holding the group's channels */
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i idx = _mm256_and_si256(_mm256_sub_epi32(lane, _mm256_set1_epi32((int)s)), _mm256_set1_epi32(7));
+    const __m256 from_prev = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)s), lane));
+    for (size_t jb = 0; jb < nblk; jb++) {
+        const __m256i q = _mm256_add_epi32(lane, _mm256_set1_epi32((int)(jb * C0)));
+        const __m256i m = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)s), q),
+                                              _mm256_cmpgt_epi32(_mm256_set1_epi32((int)lim), q));
+        const __m256 valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)qend), q));
+        /* lanes taken from a block outside 0 .. nrb - 1 are masked or zeroed: clamp it to a readable one */
+        const float *cur = r->rowbuf + (jb < nrb ? jb : nrb - 1) * r->ow_pad * C0;
+        const float *prev = r->rowbuf + (jb ? jb - 1 : 0) * r->ow_pad * C0;
+        float *dst = r->y + jb * r->ystride;
+        const float *sm = r->sum ? r->sum + jb * r->ystride : NULL;
+        for (size_t ow = 0; ow < r->OW; ow++) {
+            __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(cur + ow * C0), idx),
+                                        _mm256_permutevar8x32_ps(_mm256_loadu_ps(prev + ow * C0), idx), from_prev);
+            if (sm) v = _mm256_add_ps(v, _mm256_maskload_ps(sm + ow * C0, m));
+            _mm256_maskstore_ps(dst + ow * C0, m, _mm256_and_ps(v, valid));
+        }
+    }
+}
+
 /* rowbuf [nb][ow_pad][8] -> y[oc * ystride + ow] */
 static void store_rows(const on_nchwc_row *r) {
+    if (r->y_shared) {
+        store_blocked_shared(r);
+        return;
+    }
     if (r->y_blocked) {
         on_nchwc_store_blocked(r, 0);
         return;
@@ -386,5 +419,27 @@ void on_conv_nchwc_span__avx2(const on_nchwc_row *r, size_t p0, size_t p1) {
         if (cb8) span_nb(3, 1, r, p0, p1);
         else span_nb(3, 0, r, p0, p1);
         break;
+    }
+}
+
+/* Channels c0 .. c0 + nch - 1 of a blocked row: lane ci is lane (s + ci) mod 8 of block c0 / 8 (s + ci < 8) or
+ * of the next block, s = c0 mod 8: two permutes and a blend per pixel, lanes from nch on zeroed. */
+void on_conv_nchwc_pack_lanes__avx2(const float *x, size_t HW, size_t c0, size_t nch, size_t CB, size_t W,
+                                    float *dst) {
+    if (CB != C0) {
+        on_conv_nchwc_pack_lanes__scalar(x, HW, c0, nch, CB, W, dst);
+        return;
+    }
+    const size_t s = c0 % C0;
+    const float *b0 = x + (c0 / C0) * HW * C0;
+    const float *b1 = s + nch > C0 ? b0 + HW * C0 : b0; /* the next block only when the channels reach it */
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i idx = _mm256_and_si256(_mm256_add_epi32(lane, _mm256_set1_epi32((int)s)), _mm256_set1_epi32(7));
+    const __m256 from_next = _mm256_castsi256_ps(_mm256_cmpgt_epi32(lane, _mm256_set1_epi32((int)(C0 - 1 - s))));
+    const __m256 valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32((int)nch), lane));
+    for (size_t iw = 0; iw < W; iw++) {
+        __m256 v = _mm256_blendv_ps(_mm256_permutevar8x32_ps(_mm256_loadu_ps(b0 + iw * C0), idx),
+                                    _mm256_permutevar8x32_ps(_mm256_loadu_ps(b1 + iw * C0), idx), from_next);
+        _mm256_storeu_ps(dst + iw * C0, _mm256_and_ps(v, valid));
     }
 }
