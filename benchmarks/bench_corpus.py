@@ -8,7 +8,9 @@ shapes and the time ratio ours / ORT at 1 thread (both warmed, median of paired 
 Also tries what a deploy does with the model, without a fleet: ``with_static_shapes`` (dynamic
 dims become 1), ``plan_pipeline`` + ``split_model`` into 2 stages with and without the shape-0
 ``input_shapes``, and runs the 2-stage shards (cut at shape 0) in ORT at shape 1. Failures are
-recorded, not fixed. This is where docs/corpus.md comes from.
+recorded, not fixed. A model slower than 0.9x ORT at either thread count gets a last column, what limits
+it: both runtimes' profiles summed by kind of op (``benchmarks.opprofile``), the kinds where ours loses most.
+This is where docs/corpus.md comes from.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import ops_native
 from benchmarks.bench_models import paired_median_ms
 from benchmarks.bench_models import profile as profile_ops
 from benchmarks.common import console, parser, write_json
+from benchmarks.opprofile import describe, limits
 from models import corpus, zoo_extra
 from models.extract import split_model
 from models.graph import with_static_shapes
@@ -117,9 +120,14 @@ def _timed(model: onnx.ModelProto, feeds: dict[str, np.ndarray], runs: int, repe
     return out
 
 
+LIMIT_ABOVE = 0.9  # a model slower than this ratio at either thread count gets the profile comparison
+
+
 def measure(name: str, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], runs: int,
-            deploy: bool = True, repeats: int = 1, profile: bool = False) -> dict[str, Any]:
-    """All measurements of one model (feeds: the two representative inputs)."""
+            deploy: bool = True, repeats: int = 1, profile: bool = False, limit: bool = True) -> dict[str, Any]:
+    """All measurements of one model (feeds: the two representative inputs). With ``limit``, a model above
+    LIMIT_ABOVE x ORT at 1 or 2 threads also gets both runtimes' profiles by kind of op
+    (:func:`benchmarks.opprofile.limits`, 1 thread, shape 0): what limits it."""
     row: dict[str, Any] = {"model": name, "ir": model.ir_version,
                            "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import}}
     ref_sess = _ort(model)
@@ -135,6 +143,10 @@ def measure(name: str, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]
             row.update(_timed(model, feeds[0], runs, repeats, native=True))
             if profile:
                 row["profile"] = profile_ops(model, feeds[0], runs)
+            if limit and max(row.get(f"ratio_{t}t", 0.0) for t in THREADS) > LIMIT_ABOVE:
+                lim = limits(model, feeds[0], max(runs, 10))
+                row["limit"] = {k: lim[k] for k in ("steps", "ort_nodes", "ours_ms", "ort_ms", "kinds")}
+                row["limit_text"] = describe(lim)
         except Exception as e:  # noqa: BLE001 - recorded
             row["native_error"] = _err(e)
             console.print(f"[dim]{traceback.format_exc(limit=3)}[/dim]")
@@ -170,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=None,
                    help="paired measurements per model and thread count, median ratio (default 3, quick 1)")
     p.add_argument("--profile", action="store_true", help="our time per op type at 1 thread")
+    p.add_argument("--no-limits", action="store_true",
+                   help=f"skip the ours-vs-ORT profile by kind of op for models above {LIMIT_ABOVE}x ORT")
     args = p.parse_args(argv)
     runs = args.runs or (3 if args.quick else 10)
     repeats = args.repeats or (1 if args.quick else 3)
@@ -180,8 +194,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cols = ["model", "missing ops", "max abs", "max rel"]
     for t in THREADS:
         cols += [f"ours ms {t}t", f"ORT ms {t}t", f"ratio {t}t"]
+    cols.append(f"limited by (1t profile, ours vs ORT, above {LIMIT_ABOVE}x)")
     for col in cols:
-        table.add_column(col, justify="left" if col in ("model", "missing ops") else "right")
+        table.add_column(col, justify="right" if col.startswith(("max", "ours", "ORT", "ratio")) else "left")
     results: dict[str, Any] = {"isa": ops_native.isa(), "runs": runs, "repeats": repeats, "rows": []}
     for name, src in workloads(selected):
         if isinstance(src, corpus.Entry):
@@ -195,14 +210,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
         else:
             model = zoo_extra.build(src)
             feeds = [zoo_extra.sample_inputs(src, k) for k in (0, 1)]
-        row = measure(name, model, feeds, runs, deploy=not args.no_deploy, repeats=repeats, profile=args.profile)
+        row = measure(name, model, feeds, runs, deploy=not args.no_deploy, repeats=repeats, profile=args.profile,
+                      limit=not (args.no_limits or args.quick))
         results["rows"].append(row)
         fmt = (lambda k, f, r=row: f.format(r[k]) if k in r else "")  # noqa: E731
         cells = [fmt("max_abs", "{:.2g}"), fmt("max_rel", "{:.2g}")]
         for t in THREADS:
             cells += [fmt(f"ours_ms_{t}t", "{:.2f}"), fmt(f"ort_ms_{t}t", "{:.2f}"), _ratio_cell(row, t)]
+        cells.append(row.get("limit_text", ""))
         table.add_row(name, ", ".join(row["unsupported"]) or row.get("native_error", "-"), *cells)
-        console.print(f"[dim]{name}: { {k: v for k, v in row.items() if k != 'profile'} }[/dim]")
+        console.print(f"[dim]{name}: { {k: v for k, v in row.items() if k not in ('profile', 'limit')} }[/dim]")
     console.print(table)
     for row in results["rows"]:
         if row.get("profile"):
