@@ -47,7 +47,7 @@ _KINDS: dict[str, tuple[str, ...]] = {
     "data": ("Concat", "Split", "Slice", "Reshape", "Transpose", "Gather", "GatherElements", "GatherND",
              "Squeeze", "Unsqueeze", "Flatten", "Expand", "Tile", "Pad", "Resize", "Upsample", "Identity",
              "Shape", "Size", "Cast", "ConstantOfShape", "Range", "ScatterND", "ScatterElements", "DepthToSpace",
-             "SpaceToDepth", "Reshape+Transpose+Reshape", "shape subgraph", "ConcatBuffer", "Subsample",
+             "SpaceToDepth", "Dropout", "Reshape+Transpose+Reshape", "shape subgraph", "ConcatBuffer", "Subsample",
              "TopK", "NonZero", "NonMaxSuppression", "Where", "OneHot", "CumSum", "MemcpyFromHost",
              "MemcpyToHost"),
 }
