@@ -92,7 +92,8 @@ def run(workdir: Path, sizes_kib: Sequence[int], slow: float, n_latency: int, n_
                 name = f"b{kib}p{i}"
                 fleet.deploy(model, name, shape=shape, timeout=120)
                 try:
-                    lat, lat_mean = alone_latency(fleet, name, x, n_latency, gap_s=0.1 if "slow" in label else 0.02)
+                    alone = alone_latency(fleet, name, x, n_latency, gap_s=0.1 if "slow" in label else 0.02)
+                    lat, lat_mean = alone["p50"], alone["mean"]
                     cpu = cpu_per_request(fleet, name, x, n_cpu, pids)
                 finally:
                     fleet.undeploy(name)

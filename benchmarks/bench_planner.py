@@ -52,7 +52,7 @@ def throughput(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], seconds: 
 def latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int) -> float:
     """Median latency (ms) of ``n`` requests, each alone on the idle fleet
     (:func:`benchmarks.bench_pool.alone_latency`: one quota period between them)."""
-    return alone_latency(fleet, name, inputs, n)[0]
+    return alone_latency(fleet, name, inputs, n)["p50"]
 
 
 def run(workdir: Path, fast: float, slow: float, seconds: float, n_latency: int) -> dict[str, Any]:

@@ -199,8 +199,10 @@ def drive(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], in_flight: int
 
 
 def alone_latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int,
-                  gap_s: float = 0.1) -> tuple[float, float]:
-    """Median and mean latency (ms) of ``n`` requests, each alone on an idle fleet (after two warm-ups).
+                  gap_s: float = 0.1) -> dict[str, float]:
+    """Latency (ms) of ``n`` requests, each alone on an idle fleet (after two warm-ups): median and mean, and
+    the median of its two parts, the stages' model runs (the agents' own timings) and the rest (the path:
+    client, broker, agents' framing and hand-offs).
 
     Each is sent 1-2 ``gap_s`` (a CPU-quota period) after the previous answer: a device under a quota spends
     its quota at full speed and then waits for the next period, so back-to-back requests would measure how
@@ -208,14 +210,17 @@ def alone_latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int
     prediction: the agent's own background work (state, load reports) sometimes leaves a request a
     period's wait, which moves the mean of 15 by several ms."""
     lat: list[float] = []
+    run: list[float] = []
     rng = np.random.default_rng(1)
     for i in range(n + 2):
         time.sleep(gap_s * (1 + rng.random()))   # arrivals at random points of the quota's period
         t = time.perf_counter()
-        fleet.infer(name, inputs, timeout=120)
+        _, timings = fleet.infer(name, inputs, timeout=120, with_timings=True)
         if i >= 2:
             lat.append((time.perf_counter() - t) * 1e3)
-    return float(np.median(lat)), float(np.mean(lat))
+            run.append(sum(float(x.get("run_ms", 0.0)) for x in timings if isinstance(x, dict)))
+    return {"p50": float(np.median(lat)), "mean": float(np.mean(lat)), "run": float(np.median(run)),
+            "path": float(np.median(np.subtract(lat, run)))}
 
 
 def measure_plan(fleet: Fleet, model: onnx.ModelProto, tag: str, inputs: dict[str, np.ndarray],
@@ -230,13 +235,16 @@ def measure_plan(fleet: Fleet, model: onnx.ModelProto, tag: str, inputs: dict[st
     fleet.deploy(model, tag, shape=cand.shape, input_shapes=shapes, timeout=300)
     try:
         m = drive(fleet, tag, inputs, per_device * len(devices), seconds, pids, clients, broker_url)
-        lat, lat_mean = alone_latency(fleet, tag, inputs, n_latency)
+        alone = alone_latency(fleet, tag, inputs, n_latency)
     finally:
         fleet.undeploy(tag)
     return {"devices": devices, "shape": cand.shape.label(), "kind": cand.shape.kind,
             "stages": len(cand.shape.groups), "replicas": [len(g) for g in cand.shape.groups],
             "pred_rps": p.throughput_rps, "meas_rps": m["rps"], "err_rps": m["rps"] / p.throughput_rps - 1,
-            "pred_ms": p.latency_ms, "meas_ms": lat, "meas_ms_mean": lat_mean, "err_ms": lat / p.latency_ms - 1,
+            "pred_ms": p.latency_ms, "meas_ms": alone["p50"], "meas_ms_mean": alone["mean"],
+            "err_ms": alone["p50"] / p.latency_ms - 1,
+            "pred_run_ms": p.run_ms, "meas_run_ms": alone["run"], "pred_path_ms": p.latency_ms - p.run_ms,
+            "meas_path_ms": alone["path"],
             "bottleneck": p.bottleneck, "clients": m["clients"], "client_cores": m["client_cores"],
             "broker_cores": m["proc_cores"].get("broker", 0.0),
             "agent_cores": {k: v for k, v in m["proc_cores"].items() if k != "broker"},
@@ -397,9 +405,12 @@ def show(res: dict[str, Any]) -> None:
               ["devices", "req/s"], rows)
         plans = [*m["scaling"], *m["alone"][1:], mix]
         table(f"{mname}: predicted (as deployed) vs measured, every plan",
-              ["plan", "pred req/s", "meas req/s", "err", "pred ms", "meas ms (p50)", "err", "mean ms", "bottleneck"],
+              ["plan", "pred req/s", "meas req/s", "err", "pred ms", "meas ms (p50)", "err", "mean ms",
+               "run pred / meas", "path pred / meas", "bottleneck"],
               [[r["shape"], fmt(r["pred_rps"]), fmt(r["meas_rps"]), f"{r['err_rps']:+.0%}", fmt(r["pred_ms"]),
-                fmt(r["meas_ms"]), f"{r['err_ms']:+.0%}", fmt(r["meas_ms_mean"]), r["bottleneck"]] for r in plans])
+                fmt(r["meas_ms"]), f"{r['err_ms']:+.0%}", fmt(r["meas_ms_mean"]),
+                f"{fmt(r['pred_run_ms'])} / {fmt(r['meas_run_ms'])}",
+                f"{fmt(r['pred_path_ms'])} / {fmt(r['meas_path_ms'])}", r["bottleneck"]] for r in plans])
         if "cal_rps" in plans[0]:
             table(f"{mname}: calibrated prediction (fitted agent costs, efficiency {m['efficiency']:.2f} "
                   f"measured in-process) vs measured",

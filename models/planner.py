@@ -176,6 +176,7 @@ class Prediction:
     latency_ms: float
     bottleneck: str
     busy_ms: dict[str, float] = field(default_factory=dict)   # per resource, per request
+    run_ms: float = 0.0   # the part of latency_ms that is the stages' model runs alone (the rest is the path)
 
 
 @dataclass
@@ -244,7 +245,7 @@ def evaluate(prof: CostProfile, devices: dict[str, Device], shape: Shape, cal: C
     """Throughput, latency and busy time per resource of ``shape`` (see the module docstring)."""
     cb, fp = prof.carry_bytes, prof.flops_prefix
     busy: dict[str, float] = {}
-    latency = 0.0
+    latency = run = 0.0
 
     def add(res: str, ms: float) -> None:
         busy[res] = busy.get(res, 0.0) + ms
@@ -263,6 +264,7 @@ def evaluate(prof: CostProfile, devices: dict[str, Device], shape: Shape, cal: C
             add(f"out:{dev_id}", w * t_out)
             cpu_alone = float(d.alone_ms(flops, b_in + b_out, cal))
             latency += w * (cpu_alone + t_in + t_out + d.rtt_ms)   # half a round trip to receive, half to send
+            run += w * float(d.alone_ms(flops, 0.0, cal) - d.alone_ms(0.0, 0.0, cal))
     boundary_bytes = [float(cb[c]) for c in cuts]            # request, each stage boundary, answer
     broker = sum(2 * x / cal.broker_bytes_per_s * 1e3 + 2 * cal.broker_msg_ms for x in boundary_bytes)
     add("broker", broker)
@@ -271,7 +273,7 @@ def evaluate(prof: CostProfile, devices: dict[str, Device], shape: Shape, cal: C
     add("client", client)
     latency += broker + client + client_wire_ms(client_bytes, cal) + cal.client_rtt_ms
     res, worst = max(busy.items(), key=lambda kv: kv[1])
-    return Prediction(1e3 / worst if worst > 0 else math.inf, latency, res, busy)
+    return Prediction(1e3 / worst if worst > 0 else math.inf, latency, res, busy, run)
 
 
 def client_wire_ms(nbytes: float, cal: Calibration) -> float:

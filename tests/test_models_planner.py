@@ -228,3 +228,18 @@ def test_build_manifest_puts_the_planned_shape_weights_and_prediction_in_the_man
     m2, _ = build_manifest(zoo.build("mlp"), "m", devs, add_shard=lambda b: "0" * 64, version=1, fleet="f",
                            operator="op", sources=[], stages=2)
     assert m2.plan["predicted"]["objective"] == "given" and m2.plan["predicted"]["kind"] == "pipeline"
+
+
+def test_latency_splits_into_the_model_runs_and_the_path_and_a_quota_wait_counts_as_run():
+    prof = chain(input_bytes=1e4, act_bytes=1e3, n=4, flops=0.4 * GFLOP)
+    cal = Calibration(efficiency=0.5)
+    plain = Device("a", 20, link_bytes_per_s=1e9)
+    p = evaluate(prof, {"a": plain}, Shape((0, 4), (("a",),), ((1.0,),)), cal)
+    assert p.run_ms == pytest.approx(1.6e9 / (20e9 * 0.5) * 1e3)        # 160 ms of compute alone
+    assert 0 < p.latency_ms - p.run_ms < 10                             # hop, bytes, broker, client, round trips
+    # a 0.2-core quota at full speed 100 GFLOP/s: 32 ms of compute is more than a period's 20 ms, so the idle
+    # device runs 20 ms at full speed and waits for the next period (unless it arrived near a period's end)
+    quota = Device("a", 20, link_bytes_per_s=1e9, peak_gflops=100)
+    q = evaluate(prof, {"a": quota}, Shape((0, 4), (("a",),), ((1.0,),)), cal)
+    assert 32.0 + 40.0 < q.run_ms < p.run_ms
+    assert q.latency_ms - q.run_ms < p.latency_ms - p.run_ms            # the path's CPU is at full speed too

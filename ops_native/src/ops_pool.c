@@ -113,6 +113,11 @@ static on_status pool_run(int is_max, const float *x, float *y, size_t planes, i
     if (!pool_params_ok(p) || ih < 0 || iw < 0 || oh < 0 || ow < 0 || pb < 0 || pr < 0) return ON_ERR_ARG;
     if (planes == 0 || oh == 0 || ow == 0) return ON_OK;
     if (!x || !y) return ON_ERR_ARG;
+    if (!is_max && oh == 1 && ow == 1 && p->kh == ih && p->kw == iw && p->dh == 1 && p->dw == 1 && !p->pt &&
+        !p->pl && !pb && !pr && ih > 0 && iw > 0)
+        /* one window over the whole plane (ShuffleNet's 7x7 average on 7x7): a global average (max keeps the
+         * plane path, which propagates NaN) */
+        return on_global_pool_f32(x, y, planes, (size_t)(ih * iw), is_max, nthreads);
     pool_ctx c = {is_max, x, y, ih, iw, oh, ow, pb, pr, p, on_kernels_active()->ops};
     if ((size_t)(oh * ow * p->kh * p->kw) * planes < 32768) nthreads = 1;
     on_parallel_for(planes, pool_work, &c, nthreads);

@@ -132,6 +132,36 @@ static void test_pool_planes_match_reference(void) {
     }
 }
 
+/* The driver: dilated windows with padding (the padded-copy fast path), and an average whose window is the
+ * whole plane (taken as a global average), both against the plane reference, threads 1 and 2. */
+static void test_pool_driver_dilated_and_whole_plane(void) {
+    const int64_t ih = 13, iw = 21;
+    const size_t planes = 5;
+    float *x = rnd(planes * (size_t)(ih * iw), 4.0f);
+    for (int whole = 0; whole < 2; whole++) {
+        on_pool2d_params p = whole ? (on_pool2d_params){ih, iw, 1, 1, 1, 1, 0, 0, 0}
+                                   : (on_pool2d_params){3, 3, 1, 2, 2, 2, 2, 2, 1};
+        const int64_t pb = whole ? 0 : 2, pr = whole ? 0 : 3;
+        const int64_t oh = (ih + p.pt + pb - (p.kh - 1) * p.dh - 1) / p.sh + 1;
+        const int64_t ow = (iw + p.pl + pr - (p.kw - 1) * p.dw - 1) / p.sw + 1;
+        const size_t on = (size_t)(oh * ow);
+        float *ref = rnd(planes * on, 1), *got = rnd(planes * on, 1);
+        for (int is_max = 0; is_max < 2; is_max++) {
+            for (size_t c = 0; c < planes; c++)
+                on_pool2d_plane_ref(is_max, x + c * (size_t)(ih * iw), ref + c * on, ih, iw, oh, ow, pb, pr, &p);
+            for (int threads = 1; threads <= 2; threads++) {
+                if (is_max && !whole) continue; /* max takes no end padding: covered by the plane test */
+                on_status st = is_max ? on_maxpool2d_f32(x, got, planes, ih, iw, oh, ow, &p, threads)
+                                      : on_avgpool2d_f32(x, got, planes, ih, iw, oh, ow, pb, pr, &p, threads);
+                CHECK(st == ON_OK);
+                CHECK_ALLCLOSE(got, ref, planes * on, 1e-5f, 1e-6f, whole ? "whole-plane average" : "dilated pool");
+            }
+        }
+        free(ref), free(got);
+    }
+    free(x);
+}
+
 /* NCHWc8 pooling: the active ISA's block rows and the threaded driver against the plane reference run on
  * each channel (8 channels = one block; two images), with padding, ceil-mode overhang, dilation, NaN. */
 static void test_pool_nchwc8_matches_plane_reference(void) {
@@ -333,6 +363,7 @@ int main(void) {
         RUN(test_unary_fast_paths_match_reference);
         RUN(test_softmax_and_layernorm_rows_match_reference);
         RUN(test_pool_planes_match_reference);
+        RUN(test_pool_driver_dilated_and_whole_plane);
         RUN(test_pool_nchwc8_matches_plane_reference);
         RUN(test_row_reduce_matches_reference);
     }

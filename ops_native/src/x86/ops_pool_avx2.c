@@ -13,39 +13,70 @@ static inline __m256 load_strided(const float *src, int64_t sw) {
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
-/* Max pooling on a copy of the plane padded with -inf to whole 8-column groups: every output is a vector
- * (the tail group a masked store). Padded borders and row tails took the scalar reference per pixel,
- * which on small planes was most of them: YOLO's SPPF 5x5 pad 2 on 10x10 ran 0.5-0.7 ms a pool (ORT
- * ~0.03), SqueezeNet's 3x3 s2 on 111x111 left 7 of 55 columns to it. */
+/* Pooling on a copy of the plane padded to whole 8-column groups (-inf for max, 0 for average): every output
+ * is a vector (the tail group a masked store). Padded borders and row tails took the scalar reference per
+ * pixel, which on small planes was most of them: YOLO's SPPF 5x5 pad 2 on 10x10 ran 0.5-0.7 ms a pool (ORT
+ * ~0.03), SqueezeNet's 3x3 s2 on 111x111 left 7 of 55 columns to it, ShuffleNet's 3x3 s2 pad 1 average
+ * pools on 28x28 and 14x14 planes ran 5-9x ORT's time. An average's divisor is the count of the window's
+ * taps inside the input (or inside the declared padding, count_include_pad), which is the row count times the
+ * column count: one per output row and one per output column (col_cnt), so the sum of the window (zeros at
+ * the padding add nothing) is divided exactly as the reference divides it. */
 #define POOL_PAD_MAX_FLOATS 16384 /* 64 KiB of stack: planes up to ~110 x 140 after padding */
-static int max_pool_padded(const float *x, float *y, int64_t ih, int64_t iw, int64_t oh, int64_t ow,
-                           const on_pool2d_params *p) {
+#define POOL_PAD_MAX_OW 512
+static int pool_padded(int is_max, const float *x, float *y, int64_t ih, int64_t iw, int64_t oh, int64_t ow,
+                       int64_t pb, int64_t pr, const on_pool2d_params *p) {
     const int64_t sw = p->sw, groups = (ow + 7) / 8;
     const int64_t ph = (oh - 1) * p->sh + (p->kh - 1) * p->dh + 1;
     const int64_t pw = (groups * 8 - 8) * sw + (p->kw - 1) * p->dw + 8 * sw;
-    if (ph * pw > POOL_PAD_MAX_FLOATS) return 0;
+    if (ph * pw > POOL_PAD_MAX_FLOATS || groups * 8 > POOL_PAD_MAX_OW) return 0;
+    const float fill = is_max ? -INFINITY : 0.0f;
     float buf[POOL_PAD_MAX_FLOATS];
     for (int64_t r = 0; r < ph; r++) {
         float *dst = buf + r * pw;
         const int64_t iy = r - p->pt;
         int64_t c = 0;
         if (iy >= 0 && iy < ih) {
-            for (; c < p->pl && c < pw; c++) dst[c] = -INFINITY;
+            for (; c < p->pl && c < pw; c++) dst[c] = fill;
             const int64_t n = iw < pw - c ? iw : pw - c;
             for (int64_t i = 0; i < n; i++) dst[c + i] = x[iy * iw + i];
             c += n;
         }
-        for (; c < pw; c++) dst[c] = -INFINITY;
+        for (; c < pw; c++) dst[c] = fill;
+    }
+    float col_cnt[POOL_PAD_MAX_OW];
+    if (!is_max) {
+        const int64_t lo = p->count_include_pad ? -p->pl : 0, hi = p->count_include_pad ? iw + pr : iw;
+        for (int64_t ox = 0; ox < groups * 8; ox++) {
+            int64_t k0, k1;
+            on_pool_tap_range(ox * sw - p->pl, p->dw, p->kw, lo, hi, &k0, &k1);
+            col_cnt[ox] = (float)(ox < ow && k1 > k0 ? k1 - k0 : 0);
+        }
     }
     const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(ow - (groups - 1) * 8)),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     for (int64_t oy = 0; oy < oh; oy++) {
         const float *rows = buf + oy * p->sh * pw;
+        __m256 row_cnt = _mm256_setzero_ps();
+        if (!is_max) {
+            int64_t k0, k1;
+            const int64_t lo = p->count_include_pad ? -p->pt : 0, hi = p->count_include_pad ? ih + pb : ih;
+            on_pool_tap_range(oy * p->sh - p->pt, p->dh, p->kh, lo, hi, &k0, &k1);
+            row_cnt = _mm256_set1_ps((float)(k1 > k0 ? k1 - k0 : 0));
+        }
         for (int64_t g = 0; g < groups; g++) {
-            __m256 acc = _mm256_set1_ps(-INFINITY);
+            __m256 acc = _mm256_set1_ps(fill);
             for (int64_t ky = 0; ky < p->kh; ky++) {
                 const float *row = rows + ky * p->dh * pw + g * 8 * sw;
-                for (int64_t kx = 0; kx < p->kw; kx++) acc = _mm256_max_ps(load_strided(row + kx * p->dw, sw), acc);
+                if (is_max)
+                    for (int64_t kx = 0; kx < p->kw; kx++) acc = _mm256_max_ps(load_strided(row + kx * p->dw, sw), acc);
+                else
+                    for (int64_t kx = 0; kx < p->kw; kx++) acc = _mm256_add_ps(acc, load_strided(row + kx * p->dw, sw));
+            }
+            if (!is_max) {
+                /* count 0 (a window wholly in the padding): the reference's 0, not 0 / 0 */
+                const __m256 cnt = _mm256_mul_ps(row_cnt, _mm256_loadu_ps(col_cnt + g * 8));
+                const __m256 none = _mm256_cmp_ps(cnt, _mm256_setzero_ps(), _CMP_EQ_OQ);
+                acc = _mm256_andnot_ps(none, _mm256_div_ps(acc, _mm256_max_ps(cnt, _mm256_set1_ps(1.0f))));
             }
             if (g + 1 < groups) _mm256_storeu_ps(y + oy * ow + g * 8, acc);
             else _mm256_maskstore_ps(y + oy * ow + g * 8, tail, acc);
@@ -58,7 +89,7 @@ int on_pool2d_plane_avx2(int is_max, const float *x, float *y, int64_t ih, int64
                          int64_t pb, int64_t pr, const on_pool2d_params *p) {
     const int64_t sw = p->sw;
     if (sw > 2) return 0;
-    if (is_max && (p->pt || p->pl || pb || pr || ow % 8) && max_pool_padded(x, y, ih, iw, oh, ow, p)) return 1;
+    if ((p->pt || p->pl || pb || pr || ow % 8) && pool_padded(is_max, x, y, ih, iw, oh, ow, pb, pr, p)) return 1;
     /* columns whose whole window (and the over-read of the stride-2 load) lies inside the row */
     const int64_t span = (p->kw - 1) * p->dw + (sw == 2 ? 1 : 0);
     int64_t ox_lo = (p->pl + sw - 1) / sw;
