@@ -13,6 +13,44 @@ static inline __m256 load_strided(const float *src, int64_t sw) {
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), _MM_SHUFFLE(3, 1, 2, 0)));
 }
 
+/* Output rows oy .. oy + R - 1, 8-column group g, of pool_padded (R a compile-time 1 or 4). */
+static inline __attribute__((always_inline)) void pool_padded_rows(const int R, int is_max, const float *buf,
+                                                                   int64_t pw, float *y, int64_t ih, int64_t ow,
+                                                                   int64_t pb, const on_pool2d_params *p, int64_t oy,
+                                                                   int64_t g, int64_t groups, const float *col_cnt,
+                                                                   __m256i tail) {
+    const int64_t sw = p->sw;
+    __m256 acc[4];
+    for (int r = 0; r < R; r++) acc[r] = _mm256_set1_ps(is_max ? -INFINITY : 0.0f);
+    for (int64_t ky = 0; ky < p->kh; ky++) {
+        const float *row = buf + (oy * p->sh + ky * p->dh) * pw + g * 8 * sw;
+        const int64_t rstep = p->sh * pw;
+        for (int64_t kx = 0; kx < p->kw; kx++) {
+            const float *t = row + kx * p->dw;
+            if (is_max)
+                for (int r = 0; r < R; r++) acc[r] = _mm256_max_ps(load_strided(t + r * rstep, sw), acc[r]);
+            else
+                for (int r = 0; r < R; r++) acc[r] = _mm256_add_ps(acc[r], load_strided(t + r * rstep, sw));
+        }
+    }
+    for (int r = 0; r < R; r++) {
+        __m256 v = acc[r];
+        if (!is_max) {
+            int64_t k0, k1;
+            const int64_t lo = p->count_include_pad ? -p->pt : 0, hi = p->count_include_pad ? ih + pb : ih;
+            on_pool_tap_range((oy + r) * p->sh - p->pt, p->dh, p->kh, lo, hi, &k0, &k1);
+            const __m256 cnt = _mm256_mul_ps(_mm256_set1_ps((float)(k1 > k0 ? k1 - k0 : 0)),
+                                             _mm256_loadu_ps(col_cnt + g * 8));
+            /* count 0 (a window wholly in the padding): the reference's 0, not 0 / 0 */
+            const __m256 none = _mm256_cmp_ps(cnt, _mm256_setzero_ps(), _CMP_EQ_OQ);
+            v = _mm256_andnot_ps(none, _mm256_div_ps(v, _mm256_max_ps(cnt, _mm256_set1_ps(1.0f))));
+        }
+        float *dst = y + (oy + r) * ow + g * 8;
+        if (g + 1 < groups) _mm256_storeu_ps(dst, v);
+        else _mm256_maskstore_ps(dst, tail, v);
+    }
+}
+
 /* Pooling on a copy of the plane padded to whole 8-column groups (-inf for max, 0 for average): every output
  * is a vector (the tail group a masked store). Padded borders and row tails took the scalar reference per
  * pixel, which on small planes was most of them: YOLO's SPPF 5x5 pad 2 on 10x10 ran 0.5-0.7 ms a pool (ORT
@@ -38,7 +76,10 @@ static int pool_padded(int is_max, const float *x, float *y, int64_t ih, int64_t
         if (iy >= 0 && iy < ih) {
             for (; c < p->pl && c < pw; c++) dst[c] = fill;
             const int64_t n = iw < pw - c ? iw : pw - c;
-            for (int64_t i = 0; i < n; i++) dst[c + i] = x[iy * iw + i];
+            const float *src = x + iy * iw;
+            int64_t i = 0;
+            for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + c + i, _mm256_loadu_ps(src + i));
+            for (; i < n; i++) dst[c + i] = src[i];
             c += n;
         }
         for (; c < pw; c++) dst[c] = fill;
@@ -54,34 +95,15 @@ static int pool_padded(int is_max, const float *x, float *y, int64_t ih, int64_t
     }
     const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(ow - (groups - 1) * 8)),
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    for (int64_t oy = 0; oy < oh; oy++) {
-        const float *rows = buf + oy * p->sh * pw;
-        __m256 row_cnt = _mm256_setzero_ps();
-        if (!is_max) {
-            int64_t k0, k1;
-            const int64_t lo = p->count_include_pad ? -p->pt : 0, hi = p->count_include_pad ? ih + pb : ih;
-            on_pool_tap_range(oy * p->sh - p->pt, p->dh, p->kh, lo, hi, &k0, &k1);
-            row_cnt = _mm256_set1_ps((float)(k1 > k0 ? k1 - k0 : 0));
-        }
-        for (int64_t g = 0; g < groups; g++) {
-            __m256 acc = _mm256_set1_ps(fill);
-            for (int64_t ky = 0; ky < p->kh; ky++) {
-                const float *row = rows + ky * p->dh * pw + g * 8 * sw;
-                if (is_max)
-                    for (int64_t kx = 0; kx < p->kw; kx++) acc = _mm256_max_ps(load_strided(row + kx * p->dw, sw), acc);
-                else
-                    for (int64_t kx = 0; kx < p->kw; kx++) acc = _mm256_add_ps(acc, load_strided(row + kx * p->dw, sw));
-            }
-            if (!is_max) {
-                /* count 0 (a window wholly in the padding): the reference's 0, not 0 / 0 */
-                const __m256 cnt = _mm256_mul_ps(row_cnt, _mm256_loadu_ps(col_cnt + g * 8));
-                const __m256 none = _mm256_cmp_ps(cnt, _mm256_setzero_ps(), _CMP_EQ_OQ);
-                acc = _mm256_andnot_ps(none, _mm256_div_ps(acc, _mm256_max_ps(cnt, _mm256_set1_ps(1.0f))));
-            }
-            if (g + 1 < groups) _mm256_storeu_ps(y + oy * ow + g * 8, acc);
-            else _mm256_maskstore_ps(y + oy * ow + g * 8, tail, acc);
-        }
-    }
+    /* four output rows at a time: four independent accumulator chains (one chain of 9 dependent adds per
+     * vector left the 3x3 average latency-bound), then the rest one by one */
+    int64_t oy = 0;
+    for (; oy + 4 <= oh; oy += 4)
+        for (int64_t g = 0; g < groups; g++) pool_padded_rows(4, is_max, buf, pw, y, ih, ow, pb, p, oy, g, groups,
+                                                             col_cnt, tail);
+    for (; oy < oh; oy++)
+        for (int64_t g = 0; g < groups; g++) pool_padded_rows(1, is_max, buf, pw, y, ih, ow, pb, p, oy, g, groups,
+                                                             col_cnt, tail);
     return 1;
 }
 
