@@ -51,7 +51,9 @@ from edge_agent.lab.profiles import DeviceProfile, FleetEntry
 from edge_agent.lab.sim import SimFleet
 from edge_agent.operator.manifests import calibration_for, model_device
 from edge_agent.transport.broker import Broker
+from edge_agent.transport.store import sha256_hex
 from models import zoo
+from models.graph import load_model
 from models.partition import CostProfile, profile_model
 from models.planner import Calibration, Observation, Shape, evaluate, fit_agent_costs
 
@@ -228,6 +230,8 @@ def measure_plan(fleet: Fleet, model: onnx.ModelProto, tag: str, inputs: dict[st
                  pids: dict[str, int], broker_url: str, client_rps: float) -> dict[str, Any]:
     """Plan over ``devices`` (throughput objective), deploy the choice, measure it, undeploy. The load comes
     from one client process per ``client_rps`` of predicted throughput (at least one; 0: always one)."""
+    # after the first plan of a model, its devices' efficiency is learned from their run times
+    learned = sorted(fleet.learned.for_model(sha256_hex(load_model(model).SerializeToString())))
     search = fleet.plan_shapes(model, devices=devices, objective="throughput", input_shapes=shapes)
     cand = search.best
     p = cand.prediction
@@ -238,7 +242,9 @@ def measure_plan(fleet: Fleet, model: onnx.ModelProto, tag: str, inputs: dict[st
         alone = alone_latency(fleet, tag, inputs, n_latency)
     finally:
         fleet.undeploy(tag)
-    return {"devices": devices, "shape": cand.shape.label(), "kind": cand.shape.kind,
+    all_learned = not set(cand.shape.devices) - set(learned)
+    return {"devices": devices, "shape": cand.shape.label() + (" *" if all_learned else ""),
+            "learned": learned, "kind": cand.shape.kind,
             "stages": len(cand.shape.groups), "replicas": [len(g) for g in cand.shape.groups],
             "pred_rps": p.throughput_rps, "meas_rps": m["rps"], "err_rps": m["rps"] / p.throughput_rps - 1,
             "pred_ms": p.latency_ms, "meas_ms": alone["p50"], "meas_ms_mean": alone["mean"],
@@ -404,7 +410,8 @@ def show(res: dict[str, Any]) -> None:
         table(f"{mname}: heterogeneous mix, ratio mix / sum(alone) = {mix['ratio']:.2f} (goal >= 0.85)",
               ["devices", "req/s"], rows)
         plans = [*m["scaling"], *m["alone"][1:], mix]
-        table(f"{mname}: predicted (as deployed) vs measured, every plan",
+        table(f"{mname}: predicted (as deployed; * every device's efficiency learned from earlier plans' run "
+              f"times) vs measured, every plan",
               ["plan", "pred req/s", "meas req/s", "err", "pred ms", "meas ms (p50)", "err", "mean ms",
                "run pred / meas", "path pred / meas", "bottleneck"],
               [[r["shape"], fmt(r["pred_rps"]), fmt(r["meas_rps"]), f"{r['err_rps']:+.0%}", fmt(r["pred_ms"]),

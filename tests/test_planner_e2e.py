@@ -87,6 +87,15 @@ def test_throughput_and_latency_objectives_deploy_the_predicted_different_shapes
                 np.testing.assert_allclose(out["output"], expected, rtol=1e-4, atol=1e-5)
                 served_by.update(t["device"] for t in timings)
             assert served_by == set(tp_shape.devices), "requests are spread over every replica"
+            # the efficiency the model reached on each device is learned from the agents' run times, and the
+            # next plan of the same model predicts their compute from it (and says so)
+            sha = dep.manifest.model_sha256
+            wait_until(lambda: set(fleet.learned.for_model(sha)) == set(tp_shape.devices), 15, interval=0.2,
+                       what="an efficiency learned for every replica")
+            for dev, eff in fleet.learned.for_model(sha).items():
+                assert 0 < eff < 5, (dev, eff)
+            _, again = fleet.build_manifest(model, "tp-again", objective="throughput")
+            assert any("reached before" in n for n in again.notes), again.notes
             perf = fleet.status("tp")["performance"]
             assert perf["predicted"]["throughput_rps"] == pred["throughput_rps"]
             assert perf["measured"]["source"] == "this client" and perf["measured"]["requests"] >= 24

@@ -52,6 +52,7 @@ DEDUP_MAX_BYTES = 64 << 20   # ...bounded in bytes too: 2048 x 1 MiB activations
 WORK_QUEUE = 1024            # requests waiting per device before it answers "overloaded" (shared fairly by senders)
 MAX_REROUTES = 3             # a request passed on more often than this is answered with an error
 LOAD_REPORT_EVERY_S = 0.1
+RUN_HISTORY = 32             # runs per stage whose median the load report carries
 INLINE_MAX_MS = 2.0          # stages measured faster than this may run on the network thread when idle
 MAX_PLANS = 1024             # cached stage routing plans before those of replaced manifests are dropped
 
@@ -147,6 +148,9 @@ class StageServer:
         self.served_by_stage: collections.Counter[tuple[str, int, int]] = collections.Counter()
         self.errors_by_stage: collections.Counter[tuple[str, int, int]] = collections.Counter()
         self.run_ms_by_stage: dict[tuple[str, int, int], float] = {}   # EWMA per stage, for the load report
+        # the last runs per stage: their median, unlike the EWMA, ignores the few runs a CPU quota's wait
+        # stretched (the operator learns the model's efficiency on this device from it)
+        self.run_hist_by_stage: dict[tuple[str, int, int], collections.deque] = {}
         self.on_run: Callable[[str, int, float], None] | None = None   # (model, stage, seconds): metrics
         self.work: FairQueue[InferRequest] = FairQueue(max_queued)
         self._shed_log = ShedLog(log, "requests")
@@ -264,7 +268,9 @@ class StageServer:
         """Per-stage cumulative served/error counts and run-time EWMA (the dashboard's rates come from them)."""
         keys = sorted(set(self.served_by_stage) | set(self.errors_by_stage))[:MAX_LOAD_STAGES]
         return [[m, v, s, self.served_by_stage[(m, v, s)], self.errors_by_stage[(m, v, s)],
-                 round(self.run_ms_by_stage.get((m, v, s), 0.0), 3)] for m, v, s in keys]
+                 round(self.run_ms_by_stage.get((m, v, s), 0.0), 3),
+                 round(float(np.median(self.run_hist_by_stage[(m, v, s)])), 3)
+                 if self.run_hist_by_stage.get((m, v, s)) else 0.0] for m, v, s in keys]
 
     # ---------------------------------------------------------------------------------- routing
     def route(self, model: str, version: int, stage: int) -> str | None:
@@ -372,6 +378,7 @@ class StageServer:
         self.served_by_stage[skey] += 1
         prev = self.run_ms_by_stage.get(skey)
         self.run_ms_by_stage[skey] = run_s * 1e3 if prev is None else 0.8 * prev + 0.2 * run_s * 1e3
+        self.run_hist_by_stage.setdefault(skey, collections.deque(maxlen=RUN_HISTORY)).append(run_s * 1e3)
         self._timed_bytes[skey] = max(self._timed_bytes.get(skey, 0), _tensor_bytes(req))
         if self.on_run is not None:
             self.on_run(req.model, inst.index, run_s)

@@ -32,7 +32,7 @@ from edge_agent.operator.requests import RETRY_AFTER_S, Pending, RequestTable
 from edge_agent.operator.spotcheck import SpotChecker, Tolerance, onnxruntime_reference
 from edge_agent.operator.status import adopted_rows, performance, rejected_counters, stage_rows, wait_ready
 from edge_agent.operator.streams import StreamRecord, StreamTable, make_spec
-from edge_agent.operator.telemetry import StageRates
+from edge_agent.operator.telemetry import LearnedEfficiency, StageRates
 from edge_agent.protocol import topics
 from edge_agent.protocol.errors import (
     BrokerError,
@@ -53,6 +53,7 @@ from edge_agent.protocol.messages import (
     Manifest,
     RolloutRecord,
     load_stage_entries,
+    load_stage_medians,
     validate_state,
 )
 from edge_agent.protocol.streams import StreamSpec
@@ -62,6 +63,7 @@ from edge_agent.security.keys import load_public_key
 from edge_agent.transport.blobs import BlobServer
 from edge_agent.transport.mqtt import Transport
 from edge_agent.transport.resolve import resolve_broker
+from edge_agent.transport.store import sha256_hex
 from models.graph import TensorSpec, check_inputs
 
 log = logging.getLogger("edge_agent.fleet")
@@ -119,6 +121,7 @@ class Fleet:
         self.stats = self.requests.stats
         self.request_log = self.requests.log    # this client's finished requests (dashboard, metrics)
         self.stage_rates = StageRates()         # fleet-wide per-stage rates from the agents' load reports
+        self.learned = LearnedEfficiency()      # per (model, device) efficiency from reported run times
         self.transport = Transport(url, client_id=self.client_id if creds is None else creds.username,
                                    clean_session=True, probe_topic=topics.probe(self.endpoint),
                                    **transport_kwargs)
@@ -225,7 +228,31 @@ class Fleet:
         except ProtocolError:
             return
         self.view.update_load(rep)
-        self.stage_rates.observe(rep.device_id, load_stage_entries(rep))
+        entries = load_stage_entries(rep)
+        self.stage_rates.observe(rep.device_id, entries)
+        self._learn(rep.device_id, entries, load_stage_medians(rep))
+
+    def _learn(self, device: str, entries: list[tuple[str, int, int, int, int, float]],
+               medians: dict[tuple[str, int, int], float]) -> None:
+        """Learn each deployed model's efficiency on ``device`` from the run times it reported
+        (:class:`LearnedEfficiency`): the median of its last runs where the agent sends it (a CPU quota's wait
+        inside a few runs stretches the EWMA, not the median), else the EWMA; the stage FLOPs come from the
+        verified manifest of that version."""
+        st = self.view.state(device)
+        if st is None or not entries:
+            return
+        by_model: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        for model, version, stage, served, _errors, ewma in entries:
+            run_ms = medians.get((model, version, stage), ewma)
+            if served > 0 and run_ms > 0:
+                by_model.setdefault((model, version), []).append((stage, run_ms))
+        for (model, version), runs in by_model.items():
+            m = self._verified(model, version)
+            if m is None:
+                continue
+            stages = [(m.stages[i].flops or 0.0, run_ms) for i, run_ms in runs if 0 <= i < len(m.stages)]
+            self.learned.observe(m.model_sha256, device, stages, float(st.gflops or 0.0),
+                                 getattr(st, "burst_gflops", None))
 
     def _on_result(self, topic: str, payload: bytes, retained: bool) -> None:
         try:
@@ -357,7 +384,8 @@ class Fleet:
             input_shapes=input_shapes, replicas=replicas, failover=failover, channel=channel,
             expires=(time.time() + self.manifest_ttl_s) if self.keys is not None else 0.0,
             sample=load_sample(sample_input), objective=objective, shape=shape,
-            standby=sorted(d.device_id for d in self.devices()), client_link=self.client_link())
+            standby=sorted(d.device_id for d in self.devices()), client_link=self.client_link(),
+            learned=self.learned.for_model)
 
     def plan_shapes(self, model: Any, *, devices: Sequence[str] | None = None, objective: str = "throughput",
                     input_shapes: dict[str, Sequence[int]] | None = None, sample_input: Any = None) -> Any:
@@ -370,8 +398,11 @@ class Fleet:
         live = {d.device_id: d for d in self.devices()}
         chosen = [live[d] for d in devices] if devices else list(live.values())
         shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()} or None
-        prof = profile_model(load_model(model), shapes, load_sample(sample_input))
-        return search(prof, [model_device(d) for d in chosen], calibration_for(chosen, self.client_link()), objective)
+        proto = load_model(model)
+        prof = profile_model(proto, shapes, load_sample(sample_input))
+        learned = self.learned.for_model(sha256_hex(proto.SerializeToString()))
+        return search(prof, [model_device(d, learned.get(d.device_id)) for d in chosen],
+                      calibration_for(chosen, self.client_link()), objective)
 
     def publish_manifest(self, m: Manifest) -> Manifest:
         """Sign (when this Fleet has the fleet key) and publish a manifest as the retained desired state."""

@@ -31,16 +31,19 @@ def device_spec(d: Any) -> Any:
     return spec
 
 
-def model_device(d: Any) -> Any:
+def model_device(d: Any, efficiency: float | None = None) -> Any:
     """The performance model's view of a device (:class:`models.planner.Device`): measured GFLOP/s, and its
-    measured link (rate and round trip) when it reported one, else the planner's defaults."""
+    measured link (rate and round trip) when it reported one, else the planner's defaults. ``efficiency``:
+    what the model being planned reached on this device before (learned from its run times), else None
+    (the calibration's)."""
     from models.planner import Device
 
     spec = device_spec(d)
     rtt = getattr(d, "link_rtt_ms", None)
     burst = getattr(d, "burst_gflops", None)
     return Device(spec.id, spec.gflops, link_bytes_per_s=spec.link_bytes_per_s, ram_bytes=spec.ram_bytes,
-                  rtt_ms=float(rtt) if rtt else 1.0, peak_gflops=float(burst) if burst else None)
+                  rtt_ms=float(rtt) if rtt else 1.0, peak_gflops=float(burst) if burst else None,
+                  efficiency=efficiency)
 
 
 def calibration_for(devices: Sequence[Any], client: Any = None) -> Any:
@@ -66,7 +69,7 @@ def calibration_for(devices: Sequence[Any], client: Any = None) -> Any:
 
 def _planned(proto: Any, name: str, devices: Sequence[Any], objective: str,
              shapes: dict[str, tuple[int, ...]] | None, sample: dict[str, Any] | None,
-             shape: Any = None, client: Any = None) -> Any:
+             shape: Any = None, client: Any = None, learned: dict[str, float] | None = None) -> Any:
     """The best shape for ``objective`` as a Plan (cuts, replicas, weights, prediction and alternatives);
     or, given ``shape`` (a :class:`models.planner.Shape`, e.g. an alternative the search listed), that one."""
     from models.partition import plan_from_cuts, profile_model
@@ -74,16 +77,18 @@ def _planned(proto: Any, name: str, devices: Sequence[Any], objective: str,
 
     prof = profile_model(proto, shapes, sample, model_name=name)
     specs = {d.device_id: device_spec(d) for d in devices}
+    learned = learned or {}
     if shape is not None:
         unknown = sorted(set(shape.devices) - set(specs))
         if unknown:
             raise DeployError(f"cannot deploy '{name}': shape {shape.label()!r} names devices {unknown} "
                               f"that are not online")
-        by_id = {d.device_id: model_device(d) for d in devices}
+        by_id = {d.device_id: model_device(d, learned.get(d.device_id)) for d in devices}
         found = Search("given", [Candidate(shape, evaluate(prof, by_id, shape, calibration_for(devices, client)))])
         objective = "given"
     else:
-        found = search(prof, [model_device(d) for d in devices], calibration_for(devices, client), objective)
+        found = search(prof, [model_device(d, learned.get(d.device_id)) for d in devices],
+                       calibration_for(devices, client), objective)
     best = found.best
     plan = plan_from_cuts(prof, list(best.shape.cuts), [specs[g[0]] for g in best.shape.groups],
                           reason=f"Objective {objective}: {found.why()}")
@@ -105,7 +110,7 @@ def prediction_summary(objective: str, chosen: Any, alternatives: Sequence[Any],
 
 def _predict_given(proto: Any, name: str, plan: Any, placement: list[list[str]], devices: Sequence[Any],
                    shapes: dict[str, tuple[int, ...]] | None, sample: dict[str, Any] | None,
-                   client: Any = None) -> dict:
+                   client: Any = None, learned: dict[str, float] | None = None) -> dict:
     """The model's prediction for a shape the operator fixed (``--stages``/``--replicas``)."""
     from models.partition import profile_model
     from models.planner import Candidate, Shape, evaluate
@@ -115,7 +120,7 @@ def _predict_given(proto: Any, name: str, plan: Any, placement: list[list[str]],
                        prof.structure.anchors[i] >= st.node_end) for st in plan.stages]
     weights = tuple(tuple(1.0 / len(g) for g in group) for group in [placement[i] for i in range(len(placement))])
     shape = Shape(tuple(cuts), tuple(tuple(g) for g in placement), weights)
-    by_id = {d.device_id: model_device(d) for d in devices}
+    by_id = {d.device_id: model_device(d, (learned or {}).get(d.device_id)) for d in devices}
     cand = Candidate(shape, evaluate(prof, by_id, shape, calibration_for(devices, client)))
     return prediction_summary("given", cand, [cand])
 
@@ -126,7 +131,8 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
                    failover: bool = True, channel: str = "stable", expires: float = 0.0,
                    sample: dict[str, Any] | None = None, objective: str = "throughput",
                    shape: Any = None, standby: Sequence[str] | None = None,
-                   client_link: Any = None) -> tuple[Manifest, Any]:
+                   client_link: Any = None,
+                   learned: Callable[[str], dict[str, float]] | None = None) -> tuple[Manifest, Any]:
     """Plan ``model`` (path, bytes or ModelProto) onto ``devices`` (objects with ``device_id``, ``gflops``,
     ``ram_mb``), cut it into shards (each handed to ``add_shard``, which returns its sha256) and return the
     unsigned manifest and the plan. Dynamic input dimensions are planned on ``input_shapes``, else the shapes
@@ -139,7 +145,9 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
     (replicas, stages or a hybrid) best for ``objective`` ("throughput" or "latency") among ``devices``;
     otherwise the min-max partitioner cuts ``stages`` and replicas are added (the model still predicts).
     ``shape`` (a :class:`models.planner.Shape`) deploys exactly that shape, with the model's prediction.
-    ``client_link`` (the operator's measured :class:`LinkStats`) gives the caller's terms of the prediction."""
+    ``client_link`` (the operator's measured :class:`LinkStats`) gives the caller's terms of the prediction.
+    ``learned`` maps the model's content hash to the efficiency each device reached running it before
+    (:class:`edge_agent.operator.telemetry.LearnedEfficiency`): those devices' compute is predicted from it."""
     from models.extract import split_model
     from models.graph import input_specs, load_model, output_specs
     from models.partition import plan_pipeline
@@ -159,21 +167,28 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
                           f"got {objective!r}")
     specs = [device_spec(d) for d in devices]
     shapes = {k: tuple(v) for k, v in (input_shapes or {}).items()} or None
+    model_sha = sha256_hex(proto.SerializeToString())
+    known = learned(model_sha) if learned else {}
+    eff = {d.device_id: known[d.device_id] for d in devices if d.device_id in known}
     try:
         if shape is not None or (stages is None and replicas is None):
-            plan = _planned(proto, name, devices, objective, shapes, sample, shape, client_link)
+            plan = _planned(proto, name, devices, objective, shapes, sample, shape, client_link, eff)
             placement = plan.replicas
         else:
             plan = plan_pipeline(proto, specs, stages=stages, input_shapes=shapes, model_name=name, sample=sample)
             placement = assign_replicas([st.device_id for st in plan.stages], [st.est_ms for st in plan.stages],
                                         specs, replicas or 1)
             plan.replicas = placement
-            plan.prediction = _predict_given(proto, name, plan, placement, devices, shapes, sample, client_link)
+            plan.prediction = _predict_given(proto, name, plan, placement, devices, shapes, sample, client_link, eff)
         shards = [s.SerializeToString() for s in split_model(proto, plan)]
     except ValueError as exc:
         raise DeployError(f"cannot plan '{name}': {exc}") from None
     for note in plan.notes:
         log.warning("%s: %s", name, note)
+    if eff:
+        plan.notes.append("compute predicted from the efficiency this model reached before on "
+                          + ", ".join(f"{d} ({e:.2f})" for d, e in sorted(eff.items()))
+                          + " (their reported run times); other devices: the calibration's")
     stage_specs = []
     for st, shard in zip(plan.stages, shards):
         weights = plan.weights[st.index] if plan.weights and len(placement[st.index]) > 1 else None
@@ -186,7 +201,7 @@ def build_manifest(model: Any, name: str, devices: Sequence[Any], *, add_shard: 
             n_nodes=st.node_end - st.node_start))
     manifest = Manifest(
         name=name, version=int(version), created=time.time(),
-        model_sha256=sha256_hex(proto.SerializeToString()),
+        model_sha256=model_sha,
         inputs=[s.to_dict() for s in input_specs(proto)], outputs=[s.to_dict() for s in output_specs(proto)],
         stages=stage_specs, sources=sources,
         plan={"bottleneck_ms": round(plan.bottleneck_ms, 3), "total_ms": round(plan.total_ms, 3),

@@ -185,3 +185,50 @@ def latency_window(completions: Iterable[Completion]) -> dict[str, float | None]
     out["errors"] = float(sum(1 for c in items if not c.ok))
     out["count"] = float(len(items))
     return out
+
+
+class LearnedEfficiency:
+    """Per (model content, device): the share of the device's GEMM speed a model's stages reach, learned from
+    the run times agents report, so the next plan of the same model predicts its compute from what the
+    device measured running it rather than from the calibration's assumed efficiency (docs/planner.md).
+
+    A stage of ``flops`` that a device runs in ``run_ms`` (its load report's run-time EWMA) at its burst speed
+    ``peak`` GFLOP/s (its sustained speed without a CPU quota) reached ``flops / (run_ms * peak)``: a run
+    that fits in a quota's period runs at the burst speed, so this is the per-run efficiency at full speed.
+    A run longer than the period's budget (``sustained / peak`` of ``period_ms``) includes waits for the
+    next period in its wall time and is not learned from. Several stages of one model on one device are
+    summed (FLOPs over time); the value is an EWMA over reports, and kept after the deployment is gone."""
+
+    def __init__(self, alpha: float = 0.5, period_ms: float = 100.0, clock: Callable[[], float] = time.time):
+        self.alpha, self.period_ms, self.clock = alpha, period_ms, clock
+        self._lock = threading.Lock()
+        self._eff: dict[tuple[str, str], tuple[float, float]] = {}   # (model sha, device) -> (eff, when)
+
+    def observe(self, model_sha: str, device: str, stages: Iterable[tuple[float, float]], sustained: float,
+                peak: float | None) -> float | None:
+        """``stages``: (flops, run_ms) of each stage of the model the device reported. Returns the learned
+        efficiency, or None when nothing could be learned from this report."""
+        peak = peak if peak and peak > sustained else sustained
+        if not model_sha or sustained <= 0 or peak <= 0:
+            return None
+        budget_ms = self.period_ms * sustained / peak if peak > sustained else float("inf")
+        flops = ms = 0.0
+        for f, run_ms in stages:
+            if f and f > 0 and run_ms and 0 < run_ms < budget_ms:
+                flops += float(f)
+                ms += float(run_ms)
+        if flops <= 0 or ms <= 0:
+            return None
+        eff = flops / (ms * 1e-3 * peak * 1e9)
+        key = (model_sha, device)
+        with self._lock:
+            old = self._eff.get(key)
+            if old is not None:
+                eff = (1 - self.alpha) * old[0] + self.alpha * eff
+            self._eff[key] = (eff, self.clock())
+        return eff
+
+    def for_model(self, model_sha: str) -> dict[str, float]:
+        """{device: learned efficiency} for the model with this content hash (empty when never run)."""
+        with self._lock:
+            return {dev: e for (sha, dev), (e, _) in self._eff.items() if sha == model_sha}

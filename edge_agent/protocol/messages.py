@@ -421,7 +421,8 @@ class LoadReport(Message):
     service_ms: float
     ts: float = field(default_factory=time.time)
     # per stage held, cumulative since the agent started (rates come from differences, so a lost QoS 0
-    # report costs nothing): [[model, version, stage, served, errors, run_ms EWMA], ...], at most
+    # report costs nothing): [[model, version, stage, served, errors, run_ms EWMA, run_ms median of the
+    # last runs], ...] (the median is newer: older agents send six values), at most
     # MAX_LOAD_STAGES entries so the report stays under the 4 KiB older decoders accept
     stages: list = field(default_factory=list)
 
@@ -437,6 +438,18 @@ def load_stage_entries(rep: LoadReport) -> list[tuple[str, int, int, int, int, f
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in e[1:5])
                 and isinstance(e[5], (int, float)) and not isinstance(e[5], bool)):
             out.append((e[0], e[1], e[2], e[3], e[4], float(e[5])))
+    return out
+
+
+def load_stage_medians(rep: LoadReport) -> dict[tuple[str, int, int], float]:
+    """(model, version, stage) -> the median run time of the last runs, for the well-formed entries that carry
+    one (agents before it send six values; a zero means no run yet)."""
+    out = {}
+    for e in rep.stages[:MAX_LOAD_STAGES] if isinstance(rep.stages, list) else ():
+        if (isinstance(e, list) and len(e) >= 7 and isinstance(e[0], str)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in e[1:3])
+                and isinstance(e[6], (int, float)) and not isinstance(e[6], bool) and e[6] > 0):
+            out[(e[0], e[1], e[2])] = float(e[6])
     return out
 
 
