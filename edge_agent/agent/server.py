@@ -52,7 +52,8 @@ DEDUP_MAX_BYTES = 64 << 20   # ...bounded in bytes too: 2048 x 1 MiB activations
 WORK_QUEUE = 1024            # requests waiting per device before it answers "overloaded" (shared fairly by senders)
 MAX_REROUTES = 3             # a request passed on more often than this is answered with an error
 LOAD_REPORT_EVERY_S = 0.1
-RUN_HISTORY = 32             # runs per stage whose median the load report carries
+RUN_HISTORY = 32             # runs per stage whose median the load report carries...
+UNSTRETCHED = 0.7            # ...counting only runs that had the CPU for this share of their wall time at least
 INLINE_MAX_MS = 2.0          # stages measured faster than this may run on the network thread when idle
 MAX_PLANS = 1024             # cached stage routing plans before those of replaced manifests are dropped
 
@@ -148,8 +149,9 @@ class StageServer:
         self.served_by_stage: collections.Counter[tuple[str, int, int]] = collections.Counter()
         self.errors_by_stage: collections.Counter[tuple[str, int, int]] = collections.Counter()
         self.run_ms_by_stage: dict[tuple[str, int, int], float] = {}   # EWMA per stage, for the load report
-        # the last runs per stage: their median, unlike the EWMA, ignores the few runs a CPU quota's wait
-        # stretched (the operator learns the model's efficiency on this device from it)
+        # the last runs per stage that had the CPU throughout (process CPU time >= UNSTRETCHED x wall: not
+        # stretched by a CPU quota's wait or by other processes): their median is this device's own speed on
+        # the stage, which the operator learns the model's efficiency from
         self.run_hist_by_stage: dict[tuple[str, int, int], collections.deque] = {}
         self.on_run: Callable[[str, int, float], None] | None = None   # (model, stage, seconds): metrics
         self.work: FairQueue[InferRequest] = FairQueue(max_queued)
@@ -366,19 +368,21 @@ class StageServer:
         except (InvalidInputError, ProtocolError) as exc:
             self.reply_error(req, "invalid_input", str(exc))
             return None
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             outs = inst.backend.run(feeds)
         except Exception as exc:
             self.reply_error(req, "run_failed", f"{where}: {type(exc).__name__}: {exc}")
             return None
         run_s = time.perf_counter() - t0
+        cpu_s = time.process_time() - c0
         self.service_ms = 0.8 * self.service_ms + 0.2 * run_s * 1e3
         skey = (req.model, req.version, inst.index)
         self.served_by_stage[skey] += 1
         prev = self.run_ms_by_stage.get(skey)
         self.run_ms_by_stage[skey] = run_s * 1e3 if prev is None else 0.8 * prev + 0.2 * run_s * 1e3
-        self.run_hist_by_stage.setdefault(skey, collections.deque(maxlen=RUN_HISTORY)).append(run_s * 1e3)
+        if cpu_s >= UNSTRETCHED * run_s:   # the run had the CPU throughout: no quota wait, no preemption
+            self.run_hist_by_stage.setdefault(skey, collections.deque(maxlen=RUN_HISTORY)).append(run_s * 1e3)
         self._timed_bytes[skey] = max(self._timed_bytes.get(skey, 0), _tensor_bytes(req))
         if self.on_run is not None:
             self.on_run(req.model, inst.index, run_s)
