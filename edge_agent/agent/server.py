@@ -267,7 +267,8 @@ class StageServer:
         self.transport.publish(topics.load(self.fleet, self.device_id), rep.to_bytes(), qos=0)
 
     def stage_load(self) -> list[list]:
-        """Per-stage cumulative served/error counts and run-time EWMA (the dashboard's rates come from them)."""
+        """Per-stage cumulative served/error counts, run-time EWMA (the dashboard's rates come from them) and
+        the median of the last unstretched runs (the operator's learned efficiency comes from it)."""
         keys = sorted(set(self.served_by_stage) | set(self.errors_by_stage))[:MAX_LOAD_STAGES]
         return [[m, v, s, self.served_by_stage[(m, v, s)], self.errors_by_stage[(m, v, s)],
                  round(self.run_ms_by_stage.get((m, v, s), 0.0), 3),
