@@ -271,3 +271,53 @@ def test_moments_layernorm_is_not_fused_when_the_variance_is_used_elsewhere() ->
     got = sess.run(None, {"x": x})
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("case, fused", [("mul_add", ["MaxPool", "BatchNormalization", "Relu"]),
+                                         ("add_scalar", ["MaxPool", "BatchNormalization", "Relu"]),
+                                         ("spatial_const", ["MaxPool", "BatchNormalization", "Mul", "Add", "Relu"]),
+                                         ("bn_also_read", ["MaxPool", "BatchNormalization", "Mul", "Add", "Relu"]),
+                                         ("conv1d", ["Conv", "BatchNormalization", "Relu"])])
+def test_batchnorm_then_per_channel_mul_add_is_one_batchnorm(case: str, fused: list[str]) -> None:
+    """Caffe2's pre-activation BatchNorm (BN -> Mul(per-channel) -> Add(per-channel) -> Relu) folds the Mul and
+    Add into the BatchNorm's scale and shift. A const that varies along a spatial axis, or a BatchNorm output
+    that something else reads, keeps the separate op. The BatchNorm's input rank comes from its producers."""
+    rng = np.random.default_rng(5)
+    c = 12
+    rank = 3 if case == "conv1d" else 4
+    ones = [1] * (rank - 2)
+    inits = [numpy_helper.from_array(rng.uniform(0.5, 1.5, c).astype(np.float32), n) for n in ("g", "v")] + \
+            [numpy_helper.from_array(rng.standard_normal(c).astype(np.float32), n) for n in ("b", "m")]
+    mul_shape = [c, 1, 5] if case == "spatial_const" else [c, *ones]
+    inits.append(numpy_helper.from_array(rng.standard_normal(mul_shape).astype(np.float32), "k"))
+    add_c = np.array(0.25, np.float32) if case == "add_scalar" else rng.standard_normal([c, *ones]).astype(np.float32)
+    inits.append(numpy_helper.from_array(add_c, "t"))
+    if case == "conv1d":
+        inits.append(numpy_helper.from_array(rng.standard_normal((c, 3, 3)).astype(np.float32), "w"))
+        first = helper.make_node("Conv", ["x", "w"], ["p"], pads=[1, 1])
+        x_shape, dims = (2, 3, 10), ["n", 3, 10]
+        inner = [helper.make_node("Relu", ["p"], ["pr"])]     # (right after the Conv it would fold into it)
+        bn_in = "pr"
+    else:
+        first = helper.make_node("MaxPool", ["x"], ["p"], kernel_shape=[2, 2], strides=[2, 2])
+        x_shape, dims = (2, c, 10, 10), ["n", c, 10, 10]
+        inner, bn_in = [], "p"
+    nodes = [first, *inner,
+             helper.make_node("BatchNormalization", [bn_in, "g", "b", "m", "v"], ["bn"], epsilon=1e-3),
+             helper.make_node("Mul", ["bn", "k"], ["mu"]),
+             helper.make_node("Add", ["t", "mu"], ["ad"]),
+             helper.make_node("Relu", ["ad"], ["y"])]
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if case == "bn_also_read":
+        outs.append(helper.make_tensor_value_info("bn", TensorProto.FLOAT, None))
+    graph = helper.make_graph(nodes, "prebn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)], outs,
+                              inits)
+    model = onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)]))
+    model.ir_version = 8
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    sess = ops_native.InferenceSession(model, threads=1)
+    kept = {"MaxPool", "Conv", "BatchNormalization", "Mul", "Add", "Relu"}
+    assert [n.op_type for n in sess._plan.nodes if n.op_type in kept] == fused
+    for got, w in zip(sess.run(None, feeds), want):
+        np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-5)

@@ -169,7 +169,10 @@ def _build_layernorm(node: Node, ctx: BuildContext) -> Fn:
 
 def batchnorm_scale_shift(attrs: dict, gamma: np.ndarray, beta: np.ndarray, mean: np.ndarray,
                           var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Inference BatchNormalization as y = x * scale + shift per channel."""
+    """Inference BatchNormalization as y = x * scale + shift per channel (``_scale_shift``: a BatchNormalization
+    the fusions combined with the per-channel Mul / Add after it, whose gamma and beta are that scale and shift)."""
+    if attrs.get("_scale_shift"):
+        return gamma.astype(np.float32), beta.astype(np.float32)
     eps = float(attrs.get("epsilon", 1e-5))
     scale = (gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + eps))
     shift = beta.astype(np.float64) - mean.astype(np.float64) * scale

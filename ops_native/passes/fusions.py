@@ -13,6 +13,7 @@ consumer and is not a graph output):
   * Mul(x, scalar) -> Add(., scalar)        : one affine pass (internal op _Affine), folded into a
                                               following 1x1 Conv
   * ConvTranspose -> BatchNormalization / Add(per-channel const) : folded into its weights and bias
+  * BatchNormalization -> Mul/Add by a per-channel const : one BatchNormalization (its scale and shift)
   * Conv / Gemm / MatMul(+Add bias) -> Relu | Clip | LeakyRelu | HardSwish | Sigmoid | Gelu : fused epilogue
   * Conv / Gemm / MatMul(+Add bias) -> Sigmoid -> Mul(y, sigmoid) (SiLU / Swish) : fused epilogue
   * MatMul (computed B) -> Div / Mul by a scalar const : the GEMM's alpha (attention scores)
@@ -39,6 +40,7 @@ def fuse(nodes: list[Node], consts: dict[str, np.ndarray], graph_outputs: set[st
     f = Fuser(nodes, consts, graph_outputs)
     f.fold_conv_affine()
     f.fold_conv_transpose_affine()
+    f.fold_batchnorm_affine()
     f.fuse_hardswish()
     f.fuse_gelu()
     f.fuse_layernorm()
@@ -157,6 +159,69 @@ class Fuser:
                 self._remove([nxt])
                 changed = True
                 break
+
+    def _rank(self, value: str, producers: dict[str, Node], depth: int = 0) -> int | None:
+        """The rank of ``value`` where its producers tell it (a Conv's weight, a pool's window, else the first
+        input of a rank-preserving op), else None."""
+        if value in self.consts:
+            return self.consts[value].ndim
+        prod = producers.get(value)
+        if prod is None or depth > 64:
+            return None
+        if prod.op_type in ("Conv", "ConvTranspose") and prod.inputs[1] in self.consts:
+            return self.consts[prod.inputs[1]].ndim
+        if prod.op_type in ("MaxPool", "AveragePool", "LpPool") and "kernel_shape" in prod.attrs:
+            return len(prod.attrs["kernel_shape"]) + 2
+        if prod.op_type in ("Concat", "BatchNormalization", "Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh",
+                            "GlobalAveragePool", "GlobalMaxPool", "Dropout", "Identity", "PRelu", "HardSwish"):
+            return self._rank(prod.inputs[0], producers, depth + 1)
+        return None
+
+    def fold_batchnorm_affine(self) -> None:
+        """BatchNormalization -> Mul / Add by a per-channel (or scalar) const ==> one BatchNormalization whose
+        inputs are the combined scale and shift (attribute ``_scale_shift``, read by batchnorm_scale_shift).
+
+        Caffe2's exports write every pre-activation BatchNorm this way (BN, Mul, Add, Relu: DenseNet, the
+        Inception and ResNet families of the model zoo); each fold saves a pass over the activation. The const
+        must broadcast along axis 1 only, which needs the input's rank (from its producers)."""
+        changed = True
+        while changed:   # one sweep folds one op after each BatchNormalization (Mul, then Add: two sweeps)
+            changed = False
+            cons = self._consumers()
+            producers = {o: n for n in self.nodes for o in n.outputs if o}
+            dead: list[Node] = []
+            for bn in self.nodes:
+                if bn.op_type != "BatchNormalization" or len([o for o in bn.outputs if o]) != 1 or \
+                        bn.attrs.get("training_mode", 0):
+                    continue
+                nxt = self._sole_consumer(cons, bn.outputs[0])
+                params = [self.consts.get(i) for i in bn.inputs[1:5]]
+                if nxt is None or nxt.op_type not in ("Mul", "Add") or len(nxt.inputs) != 2 or \
+                        any(p is None for p in params):
+                    continue
+                other = nxt.inputs[1] if nxt.inputs[0] == bn.outputs[0] else nxt.inputs[0]
+                c = self.consts.get(other)
+                rank = self._rank(bn.inputs[0], producers)
+                if c is None or c.dtype != np.float32 or other == bn.outputs[0] or rank is None:
+                    continue
+                scale, shift = batchnorm_scale_shift(bn.attrs, *params)
+                vec = _per_channel(c, scale.size, rank)
+                if vec is None:
+                    continue
+                scale64, shift64, vec64 = (v.astype(np.float64) for v in (scale, shift, vec))
+                if nxt.op_type == "Mul":
+                    scale64, shift64 = scale64 * vec64, shift64 * vec64
+                else:
+                    shift64 = shift64 + vec64
+                zeros = np.zeros_like(scale)
+                bn.inputs = [bn.inputs[0], self._new_const(bn.name + "_scale", scale64.astype(np.float32)),
+                             self._new_const(bn.name + "_shift", shift64.astype(np.float32)),
+                             self._new_const(bn.name + "_zero", zeros), self._new_const(bn.name + "_one", zeros)]
+                bn.attrs = {**bn.attrs, "_scale_shift": 1}
+                bn.outputs = [nxt.outputs[0]]
+                dead.append(nxt)
+                changed = True
+            self._remove(dead)
 
     def fold_affine_into_pointwise_conv(self) -> None:
         """_Affine(x; a, b) -> Conv 1x1 without padding ==> Conv(x) with W' = a W, b' = bias + b sum(W).
