@@ -268,9 +268,15 @@ def infrastructure(layout: cgroups.CgroupLayout) -> Iterator[cgroups.DeviceCgrou
     try:
         yield group
     finally:
-        # back to the group this process came from (the groups were made below it), then remove
+        # back to the group this process came from (the groups were made below it), with the helpers it
+        # started that are still alive (multiprocessing's resource tracker lives until this process exits and
+        # kept the group from being removed), then remove
         for d in group.dirs:
-            (d.parent.parent / "cgroup.procs").write_text(str(os.getpid()))
+            for pid in {os.getpid(), *group.pids()}:
+                try:
+                    (d.parent.parent / "cgroup.procs").write_text(str(pid))
+                except OSError:   # exited meanwhile
+                    pass
         group.remove()
 
 
