@@ -251,8 +251,7 @@ class Fleet:
             if m is None:
                 continue
             stages = [(m.stages[i].flops or 0.0, run_ms) for i, run_ms in runs if 0 <= i < len(m.stages)]
-            self.learned.observe(m.model_sha256, device, stages, float(st.gflops or 0.0),
-                                 getattr(st, "burst_gflops", None))
+            self.learned.observe(m.model_sha256, device, stages, float(st.gflops or 0.0), st.burst_gflops)
 
     def _on_result(self, topic: str, payload: bytes, retained: bool) -> None:
         try:

@@ -192,17 +192,17 @@ class LearnedEfficiency:
     the run times agents report, so the next plan of the same model predicts its compute from what the
     device measured running it rather than from the calibration's assumed efficiency (docs/planner.md).
 
-    A stage of ``flops`` that a device runs in ``run_ms`` (its load report's run-time EWMA) at its burst speed
+    A stage of ``flops`` that a device runs in ``run_ms`` (its load report's median run time) at its burst speed
     ``peak`` GFLOP/s (its sustained speed without a CPU quota) reached ``flops / (run_ms * peak)``: a run
     that fits in a quota's period runs at the burst speed, so this is the per-run efficiency at full speed.
     A run longer than the period's budget (``sustained / peak`` of ``period_ms``) includes waits for the
     next period in its wall time and is not learned from. Several stages of one model on one device are
     summed (FLOPs over time); the value is an EWMA over reports, and kept after the deployment is gone."""
 
-    def __init__(self, alpha: float = 0.5, period_ms: float = 100.0, clock: Callable[[], float] = time.time):
-        self.alpha, self.period_ms, self.clock = alpha, period_ms, clock
+    def __init__(self, alpha: float = 0.5, period_ms: float = 100.0):
+        self.alpha, self.period_ms = alpha, period_ms
         self._lock = threading.Lock()
-        self._eff: dict[tuple[str, str], tuple[float, float]] = {}   # (model sha, device) -> (eff, when)
+        self._eff: dict[tuple[str, str], float] = {}   # (model sha, device) -> efficiency
 
     def observe(self, model_sha: str, device: str, stages: Iterable[tuple[float, float]], sustained: float,
                 peak: float | None) -> float | None:
@@ -224,11 +224,11 @@ class LearnedEfficiency:
         with self._lock:
             old = self._eff.get(key)
             if old is not None:
-                eff = (1 - self.alpha) * old[0] + self.alpha * eff
-            self._eff[key] = (eff, self.clock())
+                eff = (1 - self.alpha) * old + self.alpha * eff
+            self._eff[key] = eff
         return eff
 
     def for_model(self, model_sha: str) -> dict[str, float]:
         """{device: learned efficiency} for the model with this content hash (empty when never run)."""
         with self._lock:
-            return {dev: e for (sha, dev), (e, _) in self._eff.items() if sha == model_sha}
+            return {dev: e for (sha, dev), e in self._eff.items() if sha == model_sha}

@@ -213,10 +213,9 @@ class Fuser:
                     scale64, shift64 = scale64 * vec64, shift64 * vec64
                 else:
                     shift64 = shift64 + vec64
-                zeros = np.zeros_like(scale)
+                unused = self._new_const(bn.name + "_unused", np.zeros_like(scale))   # mean and var: read no more
                 bn.inputs = [bn.inputs[0], self._new_const(bn.name + "_scale", scale64.astype(np.float32)),
-                             self._new_const(bn.name + "_shift", shift64.astype(np.float32)),
-                             self._new_const(bn.name + "_zero", zeros), self._new_const(bn.name + "_one", zeros)]
+                             self._new_const(bn.name + "_shift", shift64.astype(np.float32)), unused, unused]
                 bn.attrs = {**bn.attrs, "_scale_shift": 1}
                 bn.outputs = [nxt.outputs[0]]
                 dead.append(nxt)

@@ -15,10 +15,10 @@ static inline __m256 load_strided(const float *src, int64_t sw) {
 
 /* Output rows oy .. oy + R - 1, 8-column group g, of pool_padded (R a compile-time 1 or 4). */
 static inline __attribute__((always_inline)) void pool_padded_rows(const int R, int is_max, const float *buf,
-                                                                   int64_t pw, float *y, int64_t ih, int64_t ow,
-                                                                   int64_t pb, const on_pool2d_params *p, int64_t oy,
-                                                                   int64_t g, int64_t groups, const float *col_cnt,
-                                                                   __m256i tail) {
+                                                                   int64_t pw, float *y, int64_t ow,
+                                                                   const on_pool2d_params *p, int64_t oy, int64_t g,
+                                                                   int64_t groups, const float *row_cnt,
+                                                                   const float *col_cnt, __m256i tail) {
     const int64_t sw = p->sw;
     __m256 acc[4];
     for (int r = 0; r < R; r++) acc[r] = _mm256_set1_ps(is_max ? -INFINITY : 0.0f);
@@ -36,11 +36,7 @@ static inline __attribute__((always_inline)) void pool_padded_rows(const int R, 
     for (int r = 0; r < R; r++) {
         __m256 v = acc[r];
         if (!is_max) {
-            int64_t k0, k1;
-            const int64_t lo = p->count_include_pad ? -p->pt : 0, hi = p->count_include_pad ? ih + pb : ih;
-            on_pool_tap_range((oy + r) * p->sh - p->pt, p->dh, p->kh, lo, hi, &k0, &k1);
-            const __m256 cnt = _mm256_mul_ps(_mm256_set1_ps((float)(k1 > k0 ? k1 - k0 : 0)),
-                                             _mm256_loadu_ps(col_cnt + g * 8));
+            const __m256 cnt = _mm256_mul_ps(_mm256_set1_ps(row_cnt[r]), _mm256_loadu_ps(col_cnt + g * 8));
             /* count 0 (a window wholly in the padding): the reference's 0, not 0 / 0 */
             const __m256 none = _mm256_cmp_ps(cnt, _mm256_setzero_ps(), _CMP_EQ_OQ);
             v = _mm256_andnot_ps(none, _mm256_div_ps(v, _mm256_max_ps(cnt, _mm256_set1_ps(1.0f))));
@@ -97,13 +93,21 @@ static int pool_padded(int is_max, const float *x, float *y, int64_t ih, int64_t
                                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     /* four output rows at a time: four independent accumulator chains (one chain of 9 dependent adds per
      * vector left the 3x3 average latency-bound), then the rest one by one */
-    int64_t oy = 0;
-    for (; oy + 4 <= oh; oy += 4)
-        for (int64_t g = 0; g < groups; g++) pool_padded_rows(4, is_max, buf, pw, y, ih, ow, pb, p, oy, g, groups,
-                                                             col_cnt, tail);
-    for (; oy < oh; oy++)
-        for (int64_t g = 0; g < groups; g++) pool_padded_rows(1, is_max, buf, pw, y, ih, ow, pb, p, oy, g, groups,
-                                                             col_cnt, tail);
+    const int64_t rlo = p->count_include_pad ? -p->pt : 0, rhi = p->count_include_pad ? ih + pb : ih;
+    for (int64_t oy = 0; oy < oh;) {
+        const int64_t rows = oh - oy >= 4 ? 4 : 1;
+        float row_cnt[4] = {0.0f, 0.0f, 0.0f, 0.0f};   /* an average's taps per output row, once per row */
+        for (int64_t r = 0; r < rows && !is_max; r++) {
+            int64_t k0, k1;
+            on_pool_tap_range((oy + r) * p->sh - p->pt, p->dh, p->kh, rlo, rhi, &k0, &k1);
+            row_cnt[r] = (float)(k1 > k0 ? k1 - k0 : 0);
+        }
+        for (int64_t g = 0; g < groups; g++) {
+            if (rows == 4) pool_padded_rows(4, is_max, buf, pw, y, ow, p, oy, g, groups, row_cnt, col_cnt, tail);
+            else pool_padded_rows(1, is_max, buf, pw, y, ow, p, oy, g, groups, row_cnt, col_cnt, tail);
+        }
+        oy += rows;
+    }
     return 1;
 }
 
