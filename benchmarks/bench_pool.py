@@ -204,7 +204,8 @@ def alone_latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int
                   gap_s: float = 0.1) -> dict[str, float]:
     """Latency (ms) of ``n`` requests, each alone on an idle fleet (after two warm-ups): median and mean, and
     the median of its two parts, the stages' model runs (the agents' own timings) and the rest (the path:
-    client, broker, agents' framing and hand-offs).
+    client, broker, agents' framing and hand-offs); ``inbound``, the path's part before the first stage's
+    run starts (the caller's send, the broker, the agent's receive and checks; on this machine's one clock).
 
     Each is sent 1-2 ``gap_s`` (a CPU-quota period) after the previous answer: a device under a quota spends
     its quota at full speed and then waits for the next period, so back-to-back requests would measure how
@@ -213,6 +214,7 @@ def alone_latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int
     period's wait, which moves the mean of 15 by several ms."""
     lat: list[float] = []
     run: list[float] = []
+    inbound: list[float] = []
     rng = np.random.default_rng(1)
     for i in range(n + 2):
         time.sleep(gap_s * (1 + rng.random()))   # arrivals at random points of the quota's period
@@ -221,8 +223,9 @@ def alone_latency(fleet: Fleet, name: str, inputs: dict[str, np.ndarray], n: int
         if i >= 2:
             lat.append((time.perf_counter() - t) * 1e3)
             run.append(sum(float(x.get("run_ms", 0.0)) for x in timings if isinstance(x, dict)))
+            inbound.append(float(timings[0].get("queue_ms", 0.0)) if timings and isinstance(timings[0], dict) else 0.0)
     return {"p50": float(np.median(lat)), "mean": float(np.mean(lat)), "run": float(np.median(run)),
-            "path": float(np.median(np.subtract(lat, run)))}
+            "path": float(np.median(np.subtract(lat, run))), "inbound": float(np.median(inbound))}
 
 
 def measure_plan(fleet: Fleet, model: onnx.ModelProto, tag: str, inputs: dict[str, np.ndarray],
@@ -250,7 +253,7 @@ def measure_plan(fleet: Fleet, model: onnx.ModelProto, tag: str, inputs: dict[st
             "pred_ms": p.latency_ms, "meas_ms": alone["p50"], "meas_ms_mean": alone["mean"],
             "err_ms": alone["p50"] / p.latency_ms - 1,
             "pred_run_ms": p.run_ms, "meas_run_ms": alone["run"], "pred_path_ms": p.latency_ms - p.run_ms,
-            "meas_path_ms": alone["path"],
+            "meas_path_ms": alone["path"], "meas_inbound_ms": alone["inbound"],
             "bottleneck": p.bottleneck, "clients": m["clients"], "client_cores": m["client_cores"],
             "broker_cores": m["proc_cores"].get("broker", 0.0),
             "agent_cores": {k: v for k, v in m["proc_cores"].items() if k != "broker"},

@@ -89,3 +89,44 @@ def test_netlab_host_link_rate_shows_in_the_measured_link(mosquitto_available, t
             assert by["slow-link"] < 6
         finally:
             lf.close()
+
+
+def test_runs_a_quota_cuts_are_learned_from_their_cpu_time(cgroup_layout, mosquitto, tmp_path):
+    """A model whose run is longer than a CPU quota's budget per period is cut by every period's end, and its
+    wall time is mostly waiting. The agent reports the run at full speed (its thread's CPU time), so the
+    operator still learns the model's efficiency on the device (before, such a device was never learned)."""
+    import numpy as np
+
+    from edge_agent.transport.store import sha256_hex
+    from models import zoo
+
+    sim = SimFleet(broker_url=mosquitto.url, workdir=tmp_path, discovery=False, cgroup_layout=cgroup_layout,
+                   devices=[FleetEntry("pi", DeviceProfile("pi", cpu=0.5, threads=1))],
+                   extra_args=["--recheck-every", "0"])
+    try:
+        group = sim.devices["pi"].cgroup
+        assert group is not None
+        model = zoo.build("mobilenetv2")
+        inputs = zoo.sample_inputs(model, seed=0)
+        sha = sha256_hex(model.SerializeToString())
+        with Fleet(mosquitto.url) as fleet:
+            dev = wait_until(lambda: next((d for d in fleet.devices() if d.link_mbps), None), 60,
+                             what="the device with its measured link")
+            fleet.deploy(model, "m", input_shapes={k: v.shape for k, v in inputs.items()}, timeout=120)
+            # 5 ms of CPU per 100 ms period: a MobileNetV2 run (several ms of CPU on any machine this runs on,
+            # plus the agent's own work) spans periods
+            group.set_cpu(0.05)
+            throttled = group.throttled()
+            walls = []
+            for _ in range(6):
+                _, timings = fleet.infer("m", inputs, timeout=60, with_timings=True)
+                walls.append(timings[0]["run_ms"])
+            assert group.throttled() > throttled
+            eff = wait_until(lambda: fleet.learned.for_model(sha).get("pi"), 15, interval=0.2,
+                             what="an efficiency learned from runs the quota cut")
+            flops = fleet.current("m").stages[0].flops
+            full_ms = flops / (eff * (dev.burst_gflops or dev.gflops) * 1e9) * 1e3
+            print(f"wall run times {np.round(walls, 1)} ms; learned at full speed {full_ms:.1f} ms")
+            assert full_ms < 0.5 * float(np.median(walls)), "the learned run is the CPU time, not the waits"
+    finally:
+        sim.close()

@@ -31,9 +31,14 @@ def check_inputs(specs: list[TensorSpec], inputs: dict[str, np.ndarray], where: 
 
 
 class Backend(Protocol):
+    """A stage's runner. ``threads``: the threads a run computes on (1: the calling thread alone). A backend
+    whose wall time is its speed by design (the lab's slowdown, which sleeps) sets ``paced = True``;
+    see :func:`edge_agent.agent.server.full_speed_ms`."""
+
     name: str
     reason: str
     warmed: bool
+    threads: int
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
 
@@ -75,7 +80,8 @@ class OrtBackend:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.intra_op_num_threads = max(1, threads)
+        self.threads = max(1, threads)
+        so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
         self._sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
@@ -98,7 +104,8 @@ class NativeBackend:
     def __init__(self, model_bytes: bytes, threads: int = 1, reason: str = "") -> None:
         import ops_native
 
-        self._sess = ops_native.InferenceSession(model_bytes, threads=threads)
+        self.threads = max(1, threads)
+        self._sess = ops_native.InferenceSession(model_bytes, threads=self.threads)
         self.inputs = list(self._sess.get_inputs())     # ops_native.TensorInfo is a TensorSpec
         self.outputs = list(self._sess.get_outputs())
         self._out_names = [o.name for o in self.outputs]

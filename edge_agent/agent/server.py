@@ -60,6 +60,28 @@ MAX_PLANS = 1024             # cached stage routing plans before those of replac
 Answer = tuple[str, bytes, InferRequest | None]   # ("result" | "forward", payload, forwarded request)
 
 
+def full_speed_ms(backend: object, wall_s: float, process_cpu_s: float, thread_cpu_s: float) -> float | None:
+    """How long a run would have taken with the CPU throughout (ms), or None when that cannot be told.
+
+    A run that had the CPU for at least ``UNSTRETCHED`` of its wall time was not held up (no CPU-quota wait,
+    no preemption): its wall time. A single-threaded backend computes on the calling thread, so the thread's
+    CPU time is the run at full speed even when a quota's period ended mid-run and the run waited up to
+    80 ms for the next one (a run longer than a quota period's budget is always cut so: without this it
+    would never be learned from). A multi-threaded run's CPU time spreads over its pool, whose idle workers
+    may sleep: it bounds the wall time only from below, so such a stretched run is left out. A *paced*
+    backend (the lab's ``--slowdown``, which sleeps to emulate a slower device) takes its wall time by
+    design: always that."""
+    if getattr(backend, "paced", False):
+        return wall_s * 1e3
+    threads = max(1, int(getattr(backend, "threads", 1)))
+    used = thread_cpu_s if threads == 1 else process_cpu_s
+    if used >= UNSTRETCHED * wall_s:
+        return wall_s * 1e3
+    if threads == 1 and thread_cpu_s > 0:
+        return thread_cpu_s * 1e3
+    return None
+
+
 class _Where(NamedTuple):
     """"<model> stage <i> on <device>" for error messages, formatted only when one is raised."""
 
@@ -149,9 +171,9 @@ class StageServer:
         self.served_by_stage: collections.Counter[tuple[str, int, int]] = collections.Counter()
         self.errors_by_stage: collections.Counter[tuple[str, int, int]] = collections.Counter()
         self.run_ms_by_stage: dict[tuple[str, int, int], float] = {}   # EWMA per stage, for the load report
-        # the last runs per stage that had the CPU throughout (process CPU time >= UNSTRETCHED x wall: not
-        # stretched by a CPU quota's wait or by other processes): their median is this device's own speed on
-        # the stage, which the operator learns the model's efficiency from
+        # the last runs per stage at full speed (:func:`full_speed_ms`: the wall time of a run that had the CPU
+        # throughout, else what its CPU time says it would have taken): their median is this device's own
+        # speed on the stage, which the operator learns the model's efficiency from
         self.run_hist_by_stage: dict[tuple[str, int, int], collections.deque] = {}
         self.on_run: Callable[[str, int, float], None] | None = None   # (model, stage, seconds): metrics
         self.work: FairQueue[InferRequest] = FairQueue(max_queued)
@@ -369,21 +391,22 @@ class StageServer:
         except (InvalidInputError, ProtocolError) as exc:
             self.reply_error(req, "invalid_input", str(exc))
             return None
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0, c0, tc0 = time.perf_counter(), time.process_time(), time.thread_time()
         try:
             outs = inst.backend.run(feeds)
         except Exception as exc:
             self.reply_error(req, "run_failed", f"{where}: {type(exc).__name__}: {exc}")
             return None
         run_s = time.perf_counter() - t0
-        cpu_s = time.process_time() - c0
+        cpu_s, thread_s = time.process_time() - c0, time.thread_time() - tc0
         self.service_ms = 0.8 * self.service_ms + 0.2 * run_s * 1e3
         skey = (req.model, req.version, inst.index)
         self.served_by_stage[skey] += 1
         prev = self.run_ms_by_stage.get(skey)
         self.run_ms_by_stage[skey] = run_s * 1e3 if prev is None else 0.8 * prev + 0.2 * run_s * 1e3
-        if cpu_s >= UNSTRETCHED * run_s:   # the run had the CPU throughout: no quota wait, no preemption
-            self.run_hist_by_stage.setdefault(skey, collections.deque(maxlen=RUN_HISTORY)).append(run_s * 1e3)
+        full_ms = full_speed_ms(inst.backend, run_s, cpu_s, thread_s)
+        if full_ms is not None:
+            self.run_hist_by_stage.setdefault(skey, collections.deque(maxlen=RUN_HISTORY)).append(full_ms)
         self._timed_bytes[skey] = max(self._timed_bytes.get(skey, 0), _tensor_bytes(req))
         if self.on_run is not None:
             self.on_run(req.model, inst.index, run_s)

@@ -161,6 +161,19 @@ class DeviceCgroup:
                 pass
         return sorted(out)
 
+    def set_cpu(self, cpu: float | None) -> None:
+        """Change the CPU quota of the running device (``cpu`` cores, None: unlimited), e.g. to emulate a
+        device that slows down, or to start an agent fast and then limit it. The weight stays the one set at
+        creation."""
+        if not self.dirs:
+            raise CgroupUnavailable(f"{self.name}: the group was removed")
+        quota = -1 if cpu is None else max(MIN_QUOTA_US, round(cpu * PERIOD_US))
+        if self.layout.version == 1:
+            _write(self.dirs[0] / "cpu.cfs_quota_us", str(quota))
+        else:
+            _write(self.dirs[0] / "cpu.max", f"{'max' if quota < 0 else quota} {PERIOD_US}")
+        self.cpu = cpu
+
     def throttled(self) -> int:
         """Periods in which the group ran out of quota (``cpu.stat``: ``nr_throttled``)."""
         if not self.dirs:
@@ -258,12 +271,9 @@ def create(name: str, *, cpu: float | None, memory_mb: int | None = None,
             raise CgroupUnavailable("no cpu controller")
         cpu_dir = _make_group(layout.cpu_dir, name, layout.version)
         group.dirs.append(cpu_dir)
-        quota = -1 if cpu is None else max(MIN_QUOTA_US, round(cpu * PERIOD_US))
         if layout.version == 1:
             _write(cpu_dir / "cpu.cfs_period_us", str(PERIOD_US))
-            _write(cpu_dir / "cpu.cfs_quota_us", str(quota))
-        else:
-            _write(cpu_dir / "cpu.max", f"{'max' if quota < 0 else quota} {PERIOD_US}")
+        group.set_cpu(cpu)
         _set_weights(cpu_dir, layout.version, cpu)
         if memory_mb is not None:
             if layout.memory_dir is None:

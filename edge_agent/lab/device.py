@@ -31,8 +31,12 @@ if TYPE_CHECKING:
 
 class SlowBackend:
     """Wraps a stage backend so each run takes ``factor`` times as long: it runs the inner backend, then
-    sleeps ``(factor - 1) x`` the measured run time. Name, reason, inputs, outputs and ``warmed`` are the
-    inner backend's. ``clock`` and ``sleep`` are injectable for tests."""
+    sleeps ``(factor - 1) x`` the measured run time. Name, reason, inputs, outputs, threads and ``warmed`` are
+    the inner backend's. It is *paced*: its wall time is the emulated device's speed, although most of it is
+    sleep (the agent learns its speed from that, not from CPU time). ``clock`` and ``sleep`` are injectable
+    for tests."""
+
+    paced = True
 
     def __init__(self, inner: Backend, factor: float, *, clock: Callable[[], float] = time.perf_counter,
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -50,6 +54,10 @@ class SlowBackend:
     @property
     def reason(self) -> str:
         return self.inner.reason
+
+    @property
+    def threads(self) -> int:
+        return int(getattr(self.inner, "threads", 1))
 
     @property
     def inputs(self) -> list[TensorSpec]:

@@ -235,22 +235,24 @@ class Fleet:
     def _learn(self, device: str, entries: list[tuple[str, int, int, int, int, float]],
                medians: dict[tuple[str, int, int], float]) -> None:
         """Learn each deployed model's efficiency on ``device`` from the run times it reported
-        (:class:`LearnedEfficiency`): the median of its last runs where the agent sends it (a CPU quota's wait
-        inside a few runs stretches the EWMA, not the median), else the EWMA; the stage FLOPs come from the
-        verified manifest of that version."""
+        (:class:`LearnedEfficiency`): the median of its last runs at full speed where the agent sends it (a CPU
+        quota's wait inside a few runs stretches the EWMA, not the median), else the EWMA; the stage FLOPs come
+        from the verified manifest of that version."""
         st = self.view.state(device)
         if st is None or not entries:
             return
-        by_model: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        by_model: dict[tuple[str, int], list[tuple[int, float, bool]]] = {}
         for model, version, stage, served, _errors, ewma in entries:
-            run_ms = medians.get((model, version, stage), ewma)
+            median = medians.get((model, version, stage))
+            run_ms = ewma if median is None else median
             if served > 0 and run_ms > 0:
-                by_model.setdefault((model, version), []).append((stage, run_ms))
+                by_model.setdefault((model, version), []).append((stage, run_ms, median is not None))
         for (model, version), runs in by_model.items():
             m = self._verified(model, version)
             if m is None:
                 continue
-            stages = [(m.stages[i].flops or 0.0, run_ms) for i, run_ms in runs if 0 <= i < len(m.stages)]
+            stages = [(m.stages[i].flops or 0.0, run_ms, full) for i, run_ms, full in runs
+                      if 0 <= i < len(m.stages)]
             self.learned.observe(m.model_sha256, device, stages, float(st.gflops or 0.0), st.burst_gflops)
 
     def _on_result(self, topic: str, payload: bytes, retained: bool) -> None:

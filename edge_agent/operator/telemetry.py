@@ -192,29 +192,32 @@ class LearnedEfficiency:
     the run times agents report, so the next plan of the same model predicts its compute from what the
     device measured running it rather than from the calibration's assumed efficiency (docs/planner.md).
 
-    A stage of ``flops`` that a device runs in ``run_ms`` (its load report's median run time) at its burst speed
-    ``peak`` GFLOP/s (its sustained speed without a CPU quota) reached ``flops / (run_ms * peak)``: a run
-    that fits in a quota's period runs at the burst speed, so this is the per-run efficiency at full speed.
-    A run longer than the period's budget (``sustained / peak`` of ``period_ms``) includes waits for the
-    next period in its wall time and is not learned from. Several stages of one model on one device are
-    summed (FLOPs over time); the value is an EWMA over reports, and kept after the deployment is gone."""
+    A stage of ``flops`` that a device runs in ``run_ms`` (its load report's median run time at full speed:
+    :func:`edge_agent.agent.server.full_speed_ms`, the wall time of runs that had the CPU throughout or
+    the CPU time of those a CPU quota's period cut) at its burst speed ``peak`` GFLOP/s (its sustained speed
+    without a quota) reached ``flops / (run_ms * peak)``. An agent older than that median reports only the
+    run time's EWMA (``full_speed`` False), which includes quota waits: it is used only when shorter than a
+    quota period's budget (``sustained / peak`` of ``period_ms``), which a run cut by the period's end never
+    is. Several stages of one model on one device are summed (FLOPs over time); the value is an EWMA over
+    reports, and kept after the deployment is gone."""
 
     def __init__(self, alpha: float = 0.5, period_ms: float = 100.0):
         self.alpha, self.period_ms = alpha, period_ms
         self._lock = threading.Lock()
         self._eff: dict[tuple[str, str], float] = {}   # (model sha, device) -> efficiency
 
-    def observe(self, model_sha: str, device: str, stages: Iterable[tuple[float, float]], sustained: float,
+    def observe(self, model_sha: str, device: str, stages: Iterable[tuple[float, float, bool]], sustained: float,
                 peak: float | None) -> float | None:
-        """``stages``: (flops, run_ms) of each stage of the model the device reported. Returns the learned
-        efficiency, or None when nothing could be learned from this report."""
+        """``stages``: (flops, run_ms, full_speed) of each stage of the model the device reported, ``full_speed``
+        telling a median at full speed from an EWMA. Returns the learned efficiency, or None when nothing could
+        be learned from this report."""
         peak = peak if peak and peak > sustained else sustained
         if not model_sha or sustained <= 0 or peak <= 0:
             return None
         budget_ms = self.period_ms * sustained / peak if peak > sustained else float("inf")
         flops = ms = 0.0
-        for f, run_ms in stages:
-            if f and f > 0 and run_ms and 0 < run_ms < budget_ms:
+        for f, run_ms, full_speed in stages:
+            if f and f > 0 and run_ms and 0 < run_ms and (full_speed or run_ms < budget_ms):
                 flops += float(f)
                 ms += float(run_ms)
         if flops <= 0 or ms <= 0:

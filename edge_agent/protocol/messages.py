@@ -442,8 +442,8 @@ def load_stage_entries(rep: LoadReport) -> list[tuple[str, int, int, int, int, f
 
 
 def load_stage_medians(rep: LoadReport) -> dict[tuple[str, int, int], float]:
-    """(model, version, stage) -> the median run time of the last runs, for the well-formed entries that carry
-    one (agents before it send six values; a zero means no run yet)."""
+    """(model, version, stage) -> the median run time of the last runs at full speed, for the well-formed
+    entries that carry one (agents before it send six values; a zero means no such run yet)."""
     out = {}
     for e in rep.stages[:MAX_LOAD_STAGES] if isinstance(rep.stages, list) else ():
         if (isinstance(e, list) and len(e) >= 7 and isinstance(e[0], str)
